@@ -1,0 +1,93 @@
+package bus
+
+import (
+	"context"
+	"fmt"
+	"time"
+
+	"github.com/nats-io/nats.go/jetstream"
+)
+
+// StreamOptions tune the pipeline's streams.
+type StreamOptions struct {
+	// Replicas of each stream (1 for a single server, 3 on a cluster).
+	Replicas int
+	// MaxAge bounds how long messages are kept (limits retention) so that
+	// a replay can be inspected afterwards.
+	MaxAge time.Duration
+	// Duplicates is the publish dedupe window for Nats-Msg-Id.
+	Duplicates time.Duration
+	// MaxBytes bounds each stream's size; -1 is unlimited.
+	MaxBytes int64
+}
+
+// DefaultStreamOptions are used for fields left zero.
+var DefaultStreamOptions = StreamOptions{
+	Replicas:   1,
+	MaxAge:     24 * time.Hour,
+	Duplicates: 10 * time.Minute,
+	MaxBytes:   8 << 30,
+}
+
+// Stream names.
+const (
+	StreamIngest = "INGEST"
+	StreamRaw    = "RAW"
+	StreamReady  = "READY"
+	StreamMasks  = "MASKS"
+	StreamScores = "SCORES"
+	StreamErrors = "ERRORS"
+	StreamEvents = "EVENTS"
+)
+
+// Streams returns the pipeline's stream configurations: one per stage
+// boundary, file storage, limits retention.
+func Streams(o StreamOptions) []jetstream.StreamConfig {
+	d := DefaultStreamOptions
+	if o.Replicas == 0 {
+		o.Replicas = d.Replicas
+	}
+	if o.MaxAge == 0 {
+		o.MaxAge = d.MaxAge
+	}
+	if o.Duplicates == 0 {
+		o.Duplicates = d.Duplicates
+	}
+	if o.MaxBytes == 0 {
+		o.MaxBytes = d.MaxBytes
+	}
+	mk := func(name, desc string, subjects ...string) jetstream.StreamConfig {
+		return jetstream.StreamConfig{
+			Name:        name,
+			Description: desc,
+			Subjects:    subjects,
+			Storage:     jetstream.FileStorage,
+			Retention:   jetstream.LimitsPolicy,
+			Replicas:    o.Replicas,
+			MaxAge:      o.MaxAge,
+			MaxBytes:    o.MaxBytes,
+			Duplicates:  o.Duplicates,
+			MaxMsgSize:  MaxPayload,
+			Discard:     jetstream.DiscardOld,
+		}
+	}
+	return []jetstream.StreamConfig{
+		mk(StreamIngest, "ingest jobs: files and folders to read", SubjIngestJobs),
+		mk(StreamRaw, "CT slices in HU from ingest", SubjRaw),
+		mk(StreamReady, "model-ready inputs from preprocess, one subject per model", PrefixReady+">"),
+		mk(StreamMasks, "probability maps from segment, one subject per model", PrefixMasks+">"),
+		mk(StreamScores, "per-slice scores from score", PrefixScores+">"),
+		mk(StreamErrors, "failures of every stage", PrefixErrors+">"),
+		mk(StreamEvents, "pipeline events (ingest jobs done)", "lung.events.>"),
+	}
+}
+
+// EnsureStreams creates or updates the pipeline's streams.
+func EnsureStreams(ctx context.Context, js jetstream.JetStream, o StreamOptions) error {
+	for _, cfg := range Streams(o) {
+		if _, err := js.CreateOrUpdateStream(ctx, cfg); err != nil {
+			return fmt.Errorf("bus: creating stream %s: %w", cfg.Name, err)
+		}
+	}
+	return nil
+}

@@ -1,0 +1,59 @@
+// Package bustest starts a real in-process JetStream server for tests.
+package bustest
+
+import (
+	"context"
+	"testing"
+	"time"
+
+	"github.com/lungseg/lungseg/pkg/bus"
+	"github.com/nats-io/nats-server/v2/server"
+	"github.com/nats-io/nats.go"
+	"github.com/nats-io/nats.go/jetstream"
+)
+
+// Env is a running server with a connection and the pipeline's streams.
+type Env struct {
+	Server *server.Server
+	NC     *nats.Conn
+	JS     jetstream.JetStream
+}
+
+// Start runs an embedded JetStream server on a random loopback port with
+// its store in t.TempDir(), creates the pipeline streams, and cleans up
+// when the test ends.
+func Start(t testing.TB) *Env {
+	t.Helper()
+	s, err := bus.StartEmbedded(bus.EmbeddedOptions{StoreDir: t.TempDir(), Listen: "127.0.0.1:0"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { s.Shutdown(); s.WaitForShutdown() })
+	nc, err := nats.Connect(s.ClientURL())
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(nc.Close)
+	js, err := jetstream.New(nc)
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	if err := bus.EnsureStreams(ctx, js, bus.StreamOptions{}); err != nil {
+		t.Fatal(err)
+	}
+	return &Env{Server: s, NC: nc, JS: js}
+}
+
+// Eventually polls cond every 20 ms until it holds or the timeout passes.
+func Eventually(t testing.TB, timeout time.Duration, what string, cond func() bool) {
+	t.Helper()
+	deadline := time.Now().Add(timeout)
+	for !cond() {
+		if time.Now().After(deadline) {
+			t.Fatalf("timed out after %v waiting for %s", timeout, what)
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+}

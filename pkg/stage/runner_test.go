@@ -1,0 +1,154 @@
+package stage_test
+
+import (
+	"context"
+	"errors"
+	"sync"
+	"sync/atomic"
+	"testing"
+	"time"
+
+	"github.com/lungseg/lungseg/pkg/bus"
+	"github.com/lungseg/lungseg/pkg/bustest"
+	"github.com/lungseg/lungseg/pkg/stage"
+	lungsegv1 "github.com/lungseg/lungseg/proto/lungseg/v1"
+	"github.com/nats-io/nats.go/jetstream"
+	"github.com/rs/zerolog"
+	"google.golang.org/protobuf/proto"
+)
+
+// collect gathers every message on a subject filter of a stream.
+func collect(t *testing.T, js jetstream.JetStream, stream, filter string) func() []jetstream.Msg {
+	t.Helper()
+	ctx := context.Background()
+	c, err := js.OrderedConsumer(ctx, stream, jetstream.OrderedConsumerConfig{FilterSubjects: []string{filter}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	var mu sync.Mutex
+	var got []jetstream.Msg
+	cc, err := c.Consume(func(m jetstream.Msg) { mu.Lock(); got = append(got, m); mu.Unlock() })
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(cc.Stop)
+	return func() []jetstream.Msg { mu.Lock(); defer mu.Unlock(); return append([]jetstream.Msg(nil), got...) }
+}
+
+func TestRunnerSettlesMessages(t *testing.T) {
+	env := bustest.Start(t)
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+
+	var transient atomic.Int32
+	var calls atomic.Int32
+	proc := stage.ProcessorFunc(func(ctx context.Context, m *stage.Msg, e stage.Emitter) error {
+		calls.Add(1)
+		switch string(m.Data) {
+		case "bad":
+			return stage.Permanentf("input %s is bad", m.SliceID)
+		case "flaky":
+			if transient.Add(1) < 3 {
+				return errors.New("temporary trouble")
+			}
+		case "panic":
+			panic("boom")
+		}
+		// Emit twice: the dedupe id must keep one copy.
+		for i := 0; i < 2; i++ {
+			if err := e.Emit(ctx, stage.Out{Subject: bus.PrefixReady + "m1", Data: m.Data, SliceID: m.SliceID, ReplayID: m.ReplayID, Model: "m1"}); err != nil {
+				return err
+			}
+		}
+		return nil
+	})
+	r, err := stage.New(env.JS, stage.Config{
+		Name: "preprocess", Stream: bus.StreamRaw, Workers: 2,
+		Backoff: []time.Duration{10 * time.Millisecond}, MaxDeliver: 5,
+	}, proc, zerolog.New(zerolog.NewTestWriter(t)))
+	if err != nil {
+		t.Fatal(err)
+	}
+	done := make(chan error, 1)
+	go func() { done <- r.Run(ctx) }()
+
+	ready := collect(t, env.JS, bus.StreamReady, bus.PrefixReady+">")
+	errs := collect(t, env.JS, bus.StreamErrors, bus.PrefixErrors+">")
+	for _, in := range []struct{ id, data string }{{"a", "good"}, {"b", "bad"}, {"c", "flaky"}, {"d", "panic"}, {"e", "good2"}} {
+		err := stage.Publish(ctx, env.JS, "test", stage.Out{Subject: bus.SubjRaw, Data: []byte(in.data), SliceID: in.id, ReplayID: "r1"}, nil)
+		if err != nil {
+			t.Fatal(err)
+		}
+	}
+	bustest.Eventually(t, 20*time.Second, "3 outputs and 2 errors", func() bool { return len(ready()) == 3 && len(errs()) == 2 })
+
+	failed := map[string]string{}
+	for _, m := range errs() {
+		var ev lungsegv1.ErrorEvent
+		if err := proto.Unmarshal(m.Data(), &ev); err != nil {
+			t.Fatal(err)
+		}
+		if ev.Stage != "preprocess" || ev.ReplayId != "r1" || !ev.Permanent {
+			t.Errorf("error event %+v", &ev)
+		}
+		if m.Subject() != "lung.errors.preprocess.r1" {
+			t.Errorf("error subject %s", m.Subject())
+		}
+		failed[ev.Id] = ev.Error
+	}
+	if len(failed) != 2 || failed["b"] == "" || failed["d"] == "" {
+		t.Fatalf("failed = %v, want b and d", failed)
+	}
+	// Every input is settled: nothing pending or awaiting ack.
+	cons, err := env.JS.Consumer(ctx, bus.StreamRaw, "preprocess")
+	if err != nil {
+		t.Fatal(err)
+	}
+	bustest.Eventually(t, 10*time.Second, "consumer drained", func() bool {
+		info, err := cons.Info(ctx)
+		return err == nil && info.NumPending == 0 && info.NumAckPending == 0
+	})
+	if n := transient.Load(); n != 3 {
+		t.Errorf("flaky message processed %d times, want 3", n)
+	}
+	// Stay settled: no further deliveries arrive.
+	before := calls.Load()
+	time.Sleep(200 * time.Millisecond)
+	if calls.Load() != before {
+		t.Errorf("messages delivered again after settling")
+	}
+	cancel()
+	if err := <-done; err != nil {
+		t.Fatal(err)
+	}
+}
+
+func TestRunnerGivesUpAfterMaxDeliver(t *testing.T) {
+	env := bustest.Start(t)
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	var n atomic.Int32
+	proc := stage.ProcessorFunc(func(ctx context.Context, m *stage.Msg, e stage.Emitter) error {
+		n.Add(1)
+		return errors.New("always down")
+	})
+	r, err := stage.New(env.JS, stage.Config{Name: "segment", Stream: bus.StreamRaw, MaxDeliver: 3,
+		Backoff: []time.Duration{5 * time.Millisecond}}, proc, zerolog.Nop())
+	if err != nil {
+		t.Fatal(err)
+	}
+	go r.Run(ctx)
+	errs := collect(t, env.JS, bus.StreamErrors, bus.PrefixErrors+">")
+	if err := stage.Publish(ctx, env.JS, "test", stage.Out{Subject: bus.SubjRaw, Data: []byte("x"), SliceID: "s1"}, nil); err != nil {
+		t.Fatal(err)
+	}
+	bustest.Eventually(t, 10*time.Second, "error event", func() bool { return len(errs()) == 1 })
+	if got := n.Load(); got != 3 {
+		t.Fatalf("processed %d times, want MaxDeliver=3", got)
+	}
+	var ev lungsegv1.ErrorEvent
+	_ = proto.Unmarshal(errs()[0].Data(), &ev)
+	if ev.Permanent || ev.Id != "s1" || ev.Error != "always down" {
+		t.Fatalf("event %+v", &ev)
+	}
+}
