@@ -42,7 +42,7 @@ func Fetch(ctx context.Context, log zerolog.Logger) (string, error) {
 	if err != nil {
 		return "", err
 	}
-	return fetchInto(ctx, log, dir, a, fetchers(ctx, log))
+	return fetchInto(ctx, log, dir, a, fetchers(log))
 }
 
 // fetcher writes the package tarball's library member, verified, to dst.
@@ -53,7 +53,7 @@ type fetcher struct {
 
 // fetchers lists the ways to get the tarball, best first: npm pack when
 // npm is on PATH, then HTTPS.
-func fetchers(ctx context.Context, log zerolog.Logger) []fetcher {
+func fetchers(log zerolog.Logger) []fetcher {
 	var list []fetcher
 	npm, npmErr := exec.LookPath("npm")
 	if npmErr == nil {
