@@ -1,0 +1,117 @@
+package ingest
+
+import (
+	"context"
+	"fmt"
+	"time"
+
+	"github.com/lungseg/lungseg/pkg/bus"
+	"github.com/lungseg/lungseg/pkg/imgx"
+	"github.com/lungseg/lungseg/pkg/stage"
+	lungsegv1 "github.com/lungseg/lungseg/proto/lungseg/v1"
+	"google.golang.org/protobuf/proto"
+)
+
+// Resolver expands a model selection ("all", names) into model names.
+type Resolver interface {
+	Resolve(names []string) ([]string, error)
+}
+
+// Stage is the ingest processor: it consumes IngestJobs, publishes each
+// slice of the input on lung.slices.raw, reports bad slices and files on
+// the errors subject, and ends with an IngestDone event. Safe for
+// concurrent use.
+type Stage struct {
+	Formats  []Format
+	Models   Resolver
+	Defaults []string
+}
+
+// maxSlicePayload leaves room for headers under the 1 MiB limit.
+const maxSlicePayload = bus.MaxPayload - 16<<10
+
+func metaID(id string) *lungsegv1.SliceMeta { return &lungsegv1.SliceMeta{Id: id} }
+
+// SliceMessage builds the raw-slice message of an item.
+func SliceMessage(it Item) (*lungsegv1.Slice, error) {
+	if it.HU == nil {
+		return nil, fmt.Errorf("ingest: slice %s has no pixels", it.Meta.GetId())
+	}
+	if err := imgx.CheckSize(it.HU.Rows, it.HU.Cols); err != nil {
+		return nil, err
+	}
+	if len(it.HU.Pix) != it.HU.Rows*it.HU.Cols {
+		return nil, fmt.Errorf("%w: %d pixels for %d×%d", imgx.ErrShape, len(it.HU.Pix), it.HU.Rows, it.HU.Cols)
+	}
+	it.Meta.Rows, it.Meta.Cols = int32(it.HU.Rows), int32(it.HU.Cols)
+	s := &lungsegv1.Slice{Meta: it.Meta, Hu: it.HU.EncodeInt16()}
+	if it.Mask != nil {
+		if it.Mask.Rows != it.HU.Rows || it.Mask.Cols != it.HU.Cols {
+			return nil, fmt.Errorf("ingest: slice %s: mask is %d×%d but image is %d×%d", it.Meta.Id, it.Mask.Rows, it.Mask.Cols, it.HU.Rows, it.HU.Cols)
+		}
+		s.MaskBits, s.HasMask = it.Mask.PackBits(), true
+	}
+	return s, nil
+}
+
+// Process implements stage.Processor.
+func (s *Stage) Process(ctx context.Context, m *stage.Msg, e stage.Emitter) error {
+	var job lungsegv1.IngestJob
+	if err := proto.Unmarshal(m.Data, &job); err != nil {
+		return stage.Permanentf("ingest: decoding job: %w", err)
+	}
+	names := job.Models
+	if len(names) == 0 {
+		names = s.Defaults
+	}
+	models, err := s.Models.Resolve(names)
+	if err != nil {
+		return stage.Permanent(err)
+	}
+	if len(models) == 0 {
+		return stage.Permanentf("ingest: job %s selects no model", job.Path)
+	}
+	done := &lungsegv1.IngestDone{ReplayId: job.ReplayId, Path: job.Path, JobIndex: job.JobIndex, Models: models}
+	err = Walk(ctx, s.Formats, job.Path, job.MasksDir, func(it Item) error {
+		if it.Meta == nil {
+			it.Meta = metaID("?")
+		}
+		it.Meta.Id = job.IdPrefix + it.Meta.Id
+		it.Meta.ReplayId = job.ReplayId
+		fail := func(err error) error {
+			done.Rejected++
+			return e.Fail(ctx, stage.Failure{SliceID: it.Meta.Id, ReplayID: job.ReplayId, Err: err})
+		}
+		if it.Err != nil {
+			return fail(it.Err)
+		}
+		it.Meta.Models = models
+		it.Meta.IngestedUnixNano = time.Now().UnixNano()
+		sl, err := SliceMessage(it)
+		if err != nil {
+			return fail(err)
+		}
+		b, err := proto.Marshal(sl)
+		if err != nil {
+			return err
+		}
+		if len(b) > maxSlicePayload {
+			return fail(fmt.Errorf("ingest: slice %s is %d bytes, over the %d-byte message limit", it.Meta.Id, len(b), maxSlicePayload))
+		}
+		if err := e.Emit(ctx, stage.Out{Subject: bus.SubjRaw, Data: b, SliceID: it.Meta.Id, ReplayID: job.ReplayId}); err != nil {
+			return err
+		}
+		done.Slices++
+		return nil
+	})
+	if err != nil {
+		return err
+	}
+	b, err := proto.Marshal(done)
+	if err != nil {
+		return err
+	}
+	m.Log.Info().Str("path", job.Path).Int64("slices", done.Slices).Int64("rejected", done.Rejected).Msg("ingest job done")
+	return e.Emit(ctx, stage.Out{Subject: bus.IngestedSubject(job.ReplayId), Data: b, ReplayID: job.ReplayId,
+		MsgID: bus.MsgID(job.ReplayId, fmt.Sprintf("job-%d", job.JobIndex), "ingest-done", "")})
+}

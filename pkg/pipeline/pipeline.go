@@ -1,0 +1,155 @@
+// Package pipeline wires the four stages to their streams and runs the
+// ones a process is asked to run: all of them in `lungseg run`, one in
+// `lungseg <stage>`.
+package pipeline
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"sync"
+
+	"github.com/lungseg/lungseg/ingest"
+	"github.com/lungseg/lungseg/pkg/bus"
+	"github.com/lungseg/lungseg/pkg/model"
+	"github.com/lungseg/lungseg/pkg/stage"
+	"github.com/lungseg/lungseg/preprocess"
+	"github.com/lungseg/lungseg/score"
+	"github.com/lungseg/lungseg/segment"
+	"github.com/lungseg/lungseg/segment/infer"
+	"github.com/nats-io/nats.go/jetstream"
+	"github.com/rs/zerolog"
+)
+
+// Stage names.
+const (
+	Ingest     = "ingest"
+	Preprocess = "preprocess"
+	Segment    = "segment"
+	Score      = "score"
+)
+
+// AllStages lists the stages in pipeline order.
+var AllStages = []string{Ingest, Preprocess, Segment, Score}
+
+// Config says which stages to run and how.
+type Config struct {
+	Registry *model.Registry
+	// Stages to run; empty means all.
+	Stages []string
+	// Models served by segment workers; empty means every registry model.
+	Models []string
+	// Defaults are the models for slices and jobs that name none; empty
+	// means every registry model.
+	Defaults []string
+	// Workers per stage (per model for segment); default 1.
+	Workers map[string]int
+	// Infer configures the ONNX Runtime sessions.
+	Infer infer.Options
+	// TTA turns on flip test-time augmentation for every model.
+	TTA bool
+	// Formats are the input readers of ingest.
+	Formats []ingest.Format
+	// Hooks observe every runner (metrics).
+	Hooks stage.Hooks
+}
+
+// Run starts the configured stages and blocks until ctx ends or a stage
+// fails to start. Model sessions are opened before any consumer starts.
+func Run(ctx context.Context, js jetstream.JetStream, cfg Config, log zerolog.Logger) error {
+	if cfg.Registry == nil {
+		return errors.New("pipeline: no model registry")
+	}
+	stages := cfg.Stages
+	if len(stages) == 0 {
+		stages = AllStages
+	}
+	defaults := cfg.Defaults
+	if len(defaults) == 0 {
+		defaults = cfg.Registry.Names()
+	}
+	workers := func(name string) int {
+		if n := cfg.Workers[name]; n > 0 {
+			return n
+		}
+		return 1
+	}
+	var runners []*stage.Runner
+	add := func(c stage.Config, p stage.Processor) error {
+		c.Workers = workers(c.Name)
+		r, err := stage.New(js, c, p, log)
+		if err != nil {
+			return err
+		}
+		r.Hooks = cfg.Hooks
+		runners = append(runners, r)
+		return nil
+	}
+	var closers []func() error
+	defer func() {
+		for _, c := range closers {
+			_ = c()
+		}
+	}()
+	for _, st := range stages {
+		var err error
+		switch st {
+		case Ingest:
+			err = add(stage.Config{Name: Ingest, Stream: bus.StreamIngest, Durable: Ingest},
+				&ingest.Stage{Formats: cfg.Formats, Models: cfg.Registry, Defaults: defaults})
+		case Preprocess:
+			err = add(stage.Config{Name: Preprocess, Stream: bus.StreamRaw},
+				&preprocess.Stage{Cards: cfg.Registry, Defaults: defaults, TTA: cfg.TTA})
+		case Segment:
+			models := cfg.Models
+			if len(models) == 0 {
+				models = cfg.Registry.Names()
+			}
+			models, err = cfg.Registry.Resolve(models)
+			if err != nil {
+				return err
+			}
+			for _, name := range models {
+				card, _ := cfg.Registry.Get(name)
+				sess, err := infer.Open(card, cfg.Infer, log)
+				if err != nil {
+					return fmt.Errorf("pipeline: opening model %s: %w", name, err)
+				}
+				closers = append(closers, sess.Close)
+				log.Info().Str("model", name).Str("provider", sess.Provider()).Msg("model loaded")
+				if err := add(stage.Config{Name: Segment, Durable: "segment-" + name, Stream: bus.StreamReady,
+					FilterSubjects: []string{bus.ReadySubject(name)}}, &segment.Stage{Card: card, Model: sess}); err != nil {
+					return err
+				}
+			}
+		case Score:
+			err = add(stage.Config{Name: Score, Stream: bus.StreamMasks}, score.Stage{})
+		default:
+			err = fmt.Errorf("pipeline: unknown stage %q (want one of %v)", st, AllStages)
+		}
+		if err != nil {
+			return err
+		}
+	}
+	// Create every consumer before consuming, so a replay that publishes
+	// right after start-up finds them all.
+	for _, r := range runners {
+		if _, err := r.Consumer(ctx); err != nil {
+			return err
+		}
+	}
+	var wg sync.WaitGroup
+	errc := make(chan error, len(runners))
+	for _, r := range runners {
+		wg.Add(1)
+		go func(r *stage.Runner) {
+			defer wg.Done()
+			if err := r.Run(ctx); err != nil {
+				errc <- err
+			}
+		}(r)
+	}
+	wg.Wait()
+	close(errc)
+	return <-errc
+}

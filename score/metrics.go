@@ -1,0 +1,65 @@
+// Package score compares a model's prediction with the ground truth at the
+// original resolution (Dice and IoU of the thresholded mask, RMSE of the
+// probability map against the 0/1 truth) and aggregates the results per
+// model and per label.
+package score
+
+import (
+	"math"
+
+	"github.com/lungseg/lungseg/pkg/imgx"
+)
+
+// Metrics of one slice.
+type Metrics struct {
+	Dice, IoU, RMSE float64
+	// BothEmpty is set when neither prediction nor truth has a pixel:
+	// Dice = IoU = 1 by convention, counted apart in reports.
+	BothEmpty bool
+	Truth     int
+	Predicted int
+}
+
+// Compare computes the metrics of a probability map (values in [0,1], same
+// size as truth) thresholded at thr.
+func Compare(prob []float32, thr float64, truth *imgx.Mask) (Metrics, *imgx.Mask) {
+	pred := imgx.NewMask(truth.Rows, truth.Cols)
+	var inter, p, t int
+	var se float64
+	for i, v := range prob {
+		g := truth.Pix[i] != 0
+		if float64(v) >= thr {
+			pred.Pix[i] = 1
+			p++
+			if g {
+				inter++
+			}
+		}
+		if g {
+			t++
+			d := 1 - float64(v)
+			se += d * d
+		} else {
+			se += float64(v) * float64(v)
+		}
+	}
+	m := Metrics{Truth: t, Predicted: p, RMSE: math.Sqrt(se / float64(len(prob)))}
+	if p+t == 0 {
+		m.Dice, m.IoU, m.BothEmpty = 1, 1, true
+	} else {
+		m.Dice = 2 * float64(inter) / float64(p+t)
+		m.IoU = float64(inter) / float64(p+t-inter)
+	}
+	return m, pred
+}
+
+// Threshold makes a binary mask of a probability map.
+func Threshold(prob []float32, rows, cols int, thr float64) *imgx.Mask {
+	m := imgx.NewMask(rows, cols)
+	for i, v := range prob {
+		if float64(v) >= thr {
+			m.Pix[i] = 1
+		}
+	}
+	return m
+}
