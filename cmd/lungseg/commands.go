@@ -1,0 +1,353 @@
+package main
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"flag"
+	"fmt"
+	"os"
+	"path/filepath"
+	"strings"
+	"text/tabwriter"
+	"time"
+
+	"github.com/lungseg/lungseg/ingest/formats"
+	"github.com/lungseg/lungseg/pkg/bus"
+	"github.com/lungseg/lungseg/pkg/model"
+	"github.com/lungseg/lungseg/pkg/pipeline"
+	"github.com/lungseg/lungseg/pkg/replay"
+	lungsegv1 "github.com/lungseg/lungseg/proto/lungseg/v1"
+	"github.com/nats-io/nats-server/v2/server"
+	"github.com/nats-io/nats.go"
+	"github.com/nats-io/nats.go/jetstream"
+	"github.com/rs/zerolog"
+)
+
+func init() {
+	commands = []command{
+		{"run", "run every stage with an embedded NATS server (or --nats URL)", cmdRun},
+		{"ingest", "run the ingest stage against --nats URL", stageCmd(pipeline.Ingest)},
+		{"preprocess", "run the preprocess stage against --nats URL", stageCmd(pipeline.Preprocess)},
+		{"segment", "run the segment stage against --nats URL", stageCmd(pipeline.Segment)},
+		{"score", "run the score stage against --nats URL", stageCmd(pipeline.Score)},
+		{"replay", "replay inputs through the pipeline and report Dice, IoU and RMSE", cmdReplay},
+		{"demo", "make phantom data in every format and replay it with every shipped model", cmdDemo},
+		{"models", "list the model registry", cmdModels},
+		{"phantom", "write synthetic CT slices with exact nodule masks", cmdPhantom},
+	}
+}
+
+// node is a process's NATS: a connection, JetStream, and the embedded
+// server when there is one.
+type node struct {
+	srv *server.Server
+	nc  *nats.Conn
+	js  jetstream.JetStream
+	tmp string
+}
+
+func (n *node) Close() {
+	if n.nc != nil {
+		_ = n.nc.Drain()
+	}
+	if n.srv != nil {
+		n.srv.Shutdown()
+		n.srv.WaitForShutdown()
+	}
+	if n.tmp != "" {
+		_ = os.RemoveAll(n.tmp)
+	}
+}
+
+// connect joins cfg.NATS, or starts the embedded server. tempStore puts
+// the embedded store in a fresh temporary folder (removed on Close).
+func connect(ctx context.Context, cfg *Config, name string, tempStore bool, log zerolog.Logger) (*node, error) {
+	n := &node{}
+	var err error
+	if cfg.NATS != "" {
+		if n.nc, err = bus.Connect(cfg.NATS, name); err != nil {
+			return nil, err
+		}
+		wctx, cancel := context.WithTimeout(ctx, 30*time.Second)
+		defer cancel()
+		if err := bus.WaitConnected(wctx, n.nc); err != nil {
+			n.Close()
+			return nil, err
+		}
+		log.Info().Str("url", n.nc.ConnectedUrlRedacted()).Msg("connected to NATS")
+	} else {
+		dir := cfg.DataDir
+		if tempStore {
+			if n.tmp, err = os.MkdirTemp("", "lungseg-js-"); err != nil {
+				return nil, err
+			}
+			dir = n.tmp
+		}
+		if err := os.MkdirAll(dir, 0o755); err != nil {
+			return nil, err
+		}
+		n.srv, err = bus.StartEmbedded(bus.EmbeddedOptions{StoreDir: dir, Listen: cfg.Listen, SyncAlways: cfg.SyncAlways})
+		if err != nil {
+			n.Close()
+			return nil, err
+		}
+		if n.nc, err = bus.ConnectEmbedded(n.srv, name); err != nil {
+			n.Close()
+			return nil, err
+		}
+		ev := log.Info().Str("store", dir)
+		if cfg.Listen != "" {
+			ev = ev.Str("url", n.srv.ClientURL())
+		}
+		ev.Msg("embedded NATS JetStream started")
+	}
+	if n.js, err = bus.JetStream(n.nc); err != nil {
+		n.Close()
+		return nil, err
+	}
+	if err := bus.EnsureStreams(ctx, n.js, cfg.streamOptions()); err != nil {
+		n.Close()
+		return nil, err
+	}
+	return n, nil
+}
+
+func pipelineConfig(cfg *Config, stages []string) (pipeline.Config, error) {
+	reg, err := model.OpenRegistry(cfg.ModelsDir)
+	if err != nil {
+		return pipeline.Config{}, err
+	}
+	return pipeline.Config{
+		Registry: reg,
+		Stages:   stages,
+		Models:   cfg.Models,
+		Defaults: cfg.Defaults,
+		Workers:  cfg.Workers,
+		Infer:    cfg.inferOptions(),
+		TTA:      cfg.TTA,
+		Formats:  formats.All(),
+	}, nil
+}
+
+func cmdRun(ctx context.Context, args []string) error {
+	fs := flag.NewFlagSet("run", flag.ContinueOnError)
+	load := commonFlags(fs)
+	if err := fs.Parse(args); err != nil {
+		return err
+	}
+	cfg, err := load()
+	if err != nil {
+		return err
+	}
+	log := newLogger(cfg.LogLevel, os.Stderr)
+	pc, err := pipelineConfig(cfg, nil)
+	if err != nil {
+		return err
+	}
+	n, err := connect(ctx, cfg, "lungseg-run", false, log)
+	if err != nil {
+		return err
+	}
+	defer n.Close()
+	return pipeline.Run(ctx, n.js, pc, log)
+}
+
+func stageCmd(name string) func(ctx context.Context, args []string) error {
+	return func(ctx context.Context, args []string) error {
+		fs := flag.NewFlagSet(name, flag.ContinueOnError)
+		load := commonFlags(fs)
+		workers := fs.Int("workers", 1, "concurrent workers in this process")
+		models := fs.String("models", "", "segment: models to serve (comma-separated or all)")
+		if err := fs.Parse(args); err != nil {
+			return err
+		}
+		cfg, err := load()
+		if err != nil {
+			return err
+		}
+		if cfg.NATS == "" {
+			return errors.New("a single stage needs --nats URL (use 'lungseg run' for the embedded server)")
+		}
+		if *models != "" {
+			cfg.Models = strings.Split(*models, ",")
+		}
+		cfg.Workers[name] = *workers
+		log := newLogger(cfg.LogLevel, os.Stderr)
+		pc, err := pipelineConfig(cfg, []string{name})
+		if err != nil {
+			return err
+		}
+		n, err := connect(ctx, cfg, "lungseg-"+name, false, log)
+		if err != nil {
+			return err
+		}
+		defer n.Close()
+		return pipeline.Run(ctx, n.js, pc, log)
+	}
+}
+
+type stringList []string
+
+func (s *stringList) String() string     { return strings.Join(*s, ",") }
+func (s *stringList) Set(v string) error { *s = append(*s, v); return nil }
+
+func cmdReplay(ctx context.Context, args []string) error {
+	fs := flag.NewFlagSet("replay", flag.ContinueOnError)
+	load := commonFlags(fs)
+	var models stringList
+	fs.Var(&models, "model", "model to run (repeatable, comma-separated, or all); default: the configured default models")
+	masks := fs.String("masks", "", "folder of ground-truth PNGs for DICOM inputs (same relative path, .png)")
+	reportPath := fs.String("report", "", "write the JSON report to this file")
+	masksOut := fs.String("masks-out", "", "write each predicted mask as DIR/MODEL/<slice id>.png")
+	timeout := fs.Duration("timeout", 0, "give up waiting for results after this long (0: never)")
+	fs.Usage = func() {
+		fmt.Fprintln(fs.Output(), "usage: lungseg replay [flags] INPUT...")
+		fs.PrintDefaults()
+	}
+	if err := fs.Parse(args); err != nil {
+		return err
+	}
+	if fs.NArg() == 0 {
+		fs.Usage()
+		return errors.New("no inputs")
+	}
+	cfg, err := load()
+	if err != nil {
+		return err
+	}
+	return doReplay(ctx, cfg, replayArgs{inputs: fs.Args(), models: models, masks: *masks, report: *reportPath, masksOut: *masksOut, timeout: *timeout})
+}
+
+type replayArgs struct {
+	inputs                   []string
+	models                   []string
+	masks, report, masksOut  string
+	timeout                  time.Duration
+	dataDirSet               bool
+}
+
+func doReplay(ctx context.Context, cfg *Config, a replayArgs) error {
+	log := newLogger(cfg.LogLevel, os.Stderr)
+	var inputs []string
+	for _, in := range a.inputs {
+		abs, err := filepath.Abs(in)
+		if err != nil {
+			return err
+		}
+		inputs = append(inputs, abs)
+	}
+	masks := a.masks
+	if masks != "" {
+		var err error
+		if masks, err = filepath.Abs(masks); err != nil {
+			return err
+		}
+	}
+	embedded := cfg.NATS == ""
+	if embedded {
+		// A replay of its own: in-process server in a temporary store,
+		// every stage in this process.
+		cfg.Listen = ""
+	}
+	n, err := connect(ctx, cfg, "lungseg-replay", embedded, log)
+	if err != nil {
+		return err
+	}
+	defer n.Close()
+	if embedded {
+		pc, err := pipelineConfig(cfg, nil)
+		if err != nil {
+			return err
+		}
+		if len(a.models) > 0 {
+			if pc.Models, err = pc.Registry.Resolve(a.models); err != nil {
+				return err
+			}
+		}
+		pctx, stop := context.WithCancel(ctx)
+		perr := make(chan error, 1)
+		go func() { perr <- pipeline.Run(pctx, n.js, pc, log) }()
+		defer func() { stop(); <-perr }()
+	}
+	var onScore func(s *lungsegv1.Score) error
+	if a.masksOut != "" {
+		onScore = maskWriter(a.masksOut)
+	}
+	rep, err := replay.Run(ctx, n.js, replay.Options{
+		Inputs: inputs, Models: a.models, MasksDir: masks, Timeout: a.timeout,
+		Progress: os.Stderr, OnScore: onScore,
+	}, log)
+	if rep != nil {
+		printReport(rep)
+		if a.report != "" {
+			if werr := writeJSON(a.report, rep); werr != nil && err == nil {
+				err = werr
+			}
+		}
+	}
+	return err
+}
+
+func writeJSON(path string, v any) error {
+	b, err := json.MarshalIndent(v, "", "  ")
+	if err != nil {
+		return err
+	}
+	if dir := filepath.Dir(path); dir != "" {
+		if err := os.MkdirAll(dir, 0o755); err != nil {
+			return err
+		}
+	}
+	return os.WriteFile(path, append(b, '\n'), 0o644)
+}
+
+func cmdModels(ctx context.Context, args []string) error {
+	fs := flag.NewFlagSet("models", flag.ContinueOnError)
+	dir := fs.String("models-dir", "models", "model registry folder")
+	verify := fs.Bool("verify", false, "check each model file's sha256 against its card")
+	asJSON := fs.Bool("json", false, "print the cards as JSON")
+	if err := fs.Parse(args); err != nil {
+		return err
+	}
+	reg, err := model.OpenRegistry(*dir)
+	if err != nil {
+		return err
+	}
+	if *asJSON {
+		var cards []*model.Card
+		for _, name := range reg.Names() {
+			c, _ := reg.Get(name)
+			cards = append(cards, c)
+		}
+		enc := json.NewEncoder(os.Stdout)
+		enc.SetIndent("", "  ")
+		return enc.Encode(cards)
+	}
+	tw := tabwriter.NewWriter(os.Stdout, 0, 0, 2, ' ', 0)
+	fmt.Fprintln(tw, "NAME\tARCHITECTURE\tVARIANT\tVERSION\tINPUT\tWINDOW\tTHRESHOLD\tPARAMS\tSIZE\tSHA256")
+	var errs []error
+	for _, name := range reg.Names() {
+		c, _ := reg.Get(name)
+		size := "-"
+		if st, err := os.Stat(c.Path()); err == nil {
+			size = fmt.Sprintf("%.1fMB", float64(st.Size())/1e6)
+		}
+		sum := c.SHA256
+		if len(sum) > 12 {
+			sum = sum[:12]
+		}
+		if *verify {
+			if err := c.VerifyChecksum(); err != nil {
+				errs = append(errs, err)
+				sum += " MISMATCH"
+			} else {
+				sum += " ok"
+			}
+		}
+		fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%dx%dx%d\t%g/%g\t%g\t%d\t%s\t%s\n", c.Name, c.Architecture, c.Variant, c.Version,
+			c.Input.Channels, c.Input.Height, c.Input.Width, c.Normalisation.Center, c.Normalisation.Width, c.Threshold, c.Parameters, size, sum)
+	}
+	tw.Flush()
+	return errors.Join(errs...)
+}

@@ -1,0 +1,179 @@
+package main
+
+import (
+	"encoding/json"
+	"errors"
+	"flag"
+	"fmt"
+	"io"
+	"os"
+	"path/filepath"
+	"strings"
+	"time"
+
+	"github.com/lungseg/lungseg/pkg/bus"
+	"github.com/lungseg/lungseg/segment/infer"
+	"github.com/mattn/go-isatty"
+	"github.com/rs/zerolog"
+)
+
+// Config is the process configuration: a JSON file (--config) with flags
+// overriding it.
+type Config struct {
+	// NATS is the URL of an external NATS server or cluster; empty starts
+	// an embedded server.
+	NATS string `json:"nats"`
+	// DataDir holds the embedded server's JetStream file store.
+	DataDir string `json:"data_dir"`
+	// Listen is the embedded server's client address ("" for in-process
+	// only).
+	Listen string `json:"listen"`
+	// ModelsDir is the model registry folder.
+	ModelsDir string `json:"models_dir"`
+	// Models served by segment ("all" or names).
+	Models []string `json:"models"`
+	// Defaults are the models for slices that name none.
+	Defaults []string `json:"default_models"`
+	// Provider is the ONNX Runtime execution provider: cpu, cuda, tensorrt.
+	Provider string `json:"provider"`
+	// Threads is ONNX Runtime's intra-op thread count per session.
+	Threads int `json:"threads"`
+	// Workers per stage.
+	Workers map[string]int `json:"workers"`
+	// TTA turns on flip test-time augmentation.
+	TTA bool `json:"tta"`
+	// SyncAlways makes the embedded server fsync every write.
+	SyncAlways bool `json:"sync_always"`
+	// Replicas of each stream (3 on a cluster).
+	Replicas int `json:"replicas"`
+	// MaxAge of stream messages.
+	MaxAge Duration `json:"max_age"`
+	// LogLevel: debug, info, warn, error.
+	LogLevel string `json:"log_level"`
+}
+
+// Duration is a time.Duration read from a JSON string such as "24h".
+type Duration time.Duration
+
+// UnmarshalJSON implements json.Unmarshaler.
+func (d *Duration) UnmarshalJSON(b []byte) error {
+	var s string
+	if err := json.Unmarshal(b, &s); err != nil {
+		return err
+	}
+	v, err := time.ParseDuration(s)
+	*d = Duration(v)
+	return err
+}
+
+func defaultConfig() Config {
+	return Config{
+		DataDir:   filepath.Join(".cache", "lungseg-data"),
+		Listen:    "127.0.0.1:4222",
+		ModelsDir: "models",
+		Models:    []string{"all"},
+		Provider:  "cpu",
+		Threads:   1,
+		Workers:   map[string]int{},
+		LogLevel:  "info",
+	}
+}
+
+// Validate checks the configuration.
+func (c *Config) Validate() error {
+	var errs []error
+	switch c.Provider {
+	case "cpu", "cuda", "tensorrt":
+	default:
+		errs = append(errs, fmt.Errorf("provider %q: want cpu, cuda or tensorrt", c.Provider))
+	}
+	if c.Threads < 0 {
+		errs = append(errs, fmt.Errorf("threads %d must be ≥ 0", c.Threads))
+	}
+	if _, err := zerolog.ParseLevel(c.LogLevel); err != nil {
+		errs = append(errs, fmt.Errorf("log level %q: %w", c.LogLevel, err))
+	}
+	if c.ModelsDir == "" {
+		errs = append(errs, errors.New("models_dir is required"))
+	}
+	return errors.Join(errs...)
+}
+
+func (c *Config) inferOptions() infer.Options {
+	return infer.Options{Provider: c.Provider, IntraOpThreads: c.Threads}
+}
+
+func (c *Config) streamOptions() bus.StreamOptions {
+	return bus.StreamOptions{Replicas: c.Replicas, MaxAge: time.Duration(c.MaxAge)}
+}
+
+// commonFlags registers the flags every pipeline command shares and returns
+// a function that loads --config and applies the flags set on top of it.
+func commonFlags(fs *flag.FlagSet) func() (*Config, error) {
+	cfgPath := fs.String("config", "", "JSON configuration file (flags override it)")
+	d := defaultConfig()
+	nats := fs.String("nats", "", "external NATS URL(s); empty runs an embedded server")
+	dataDir := fs.String("data-dir", d.DataDir, "embedded JetStream store folder")
+	listen := fs.String("listen", d.Listen, "embedded server client address (\"\" for in-process only)")
+	modelsDir := fs.String("models-dir", d.ModelsDir, "model registry folder")
+	provider := fs.String("provider", d.Provider, "ONNX Runtime execution provider: cpu, cuda, tensorrt")
+	threads := fs.Int("threads", d.Threads, "ONNX Runtime intra-op threads per model session")
+	tta := fs.Bool("tta", false, "flip test-time augmentation for every model")
+	logLevel := fs.String("log-level", d.LogLevel, "log level: debug, info, warn, error")
+	check := fs.Bool("check-config", false, "validate the configuration and exit")
+	return func() (*Config, error) {
+		c := defaultConfig()
+		if *cfgPath != "" {
+			b, err := os.ReadFile(*cfgPath)
+			if err != nil {
+				return nil, err
+			}
+			dec := json.NewDecoder(strings.NewReader(string(b)))
+			dec.DisallowUnknownFields()
+			if err := dec.Decode(&c); err != nil {
+				return nil, fmt.Errorf("config %s: %w", *cfgPath, err)
+			}
+		}
+		fs.Visit(func(f *flag.Flag) {
+			switch f.Name {
+			case "nats":
+				c.NATS = *nats
+			case "data-dir":
+				c.DataDir = *dataDir
+			case "listen":
+				c.Listen = *listen
+			case "models-dir":
+				c.ModelsDir = *modelsDir
+			case "provider":
+				c.Provider = *provider
+			case "threads":
+				c.Threads = *threads
+			case "tta":
+				c.TTA = *tta
+			case "log-level":
+				c.LogLevel = *logLevel
+			}
+		})
+		if err := c.Validate(); err != nil {
+			return nil, fmt.Errorf("invalid configuration: %w", err)
+		}
+		if *check {
+			fmt.Println("configuration ok")
+			os.Exit(0)
+		}
+		return &c, nil
+	}
+}
+
+// newLogger builds the process logger: readable on a terminal, JSON lines
+// otherwise.
+func newLogger(level string, w io.Writer) zerolog.Logger {
+	lv, err := zerolog.ParseLevel(level)
+	if err != nil {
+		lv = zerolog.InfoLevel
+	}
+	if f, ok := w.(*os.File); ok && isatty.IsTerminal(f.Fd()) {
+		w = zerolog.ConsoleWriter{Out: w, TimeFormat: "15:04:05"}
+	}
+	return zerolog.New(w).Level(lv).With().Timestamp().Logger()
+}

@@ -1,0 +1,57 @@
+package main
+
+import (
+	"fmt"
+	"os"
+	"path/filepath"
+	"strings"
+
+	"github.com/lungseg/lungseg/ingest/pngpair"
+	"github.com/lungseg/lungseg/pkg/imgx"
+	"github.com/lungseg/lungseg/pkg/replay"
+	lungsegv1 "github.com/lungseg/lungseg/proto/lungseg/v1"
+	"github.com/lungseg/lungseg/score"
+)
+
+func printReport(rep *replay.Report) {
+	fmt.Printf("\nreplay %s: %d slices ingested, %d inputs rejected, %d errors, %.1fs\n\n",
+		rep.ReplayID, rep.Ingested, rep.Rejected, len(rep.Errors), rep.Seconds)
+	if len(rep.Models) > 0 {
+		score.WriteTable(os.Stdout, rep.Models)
+		fmt.Println("Dice, IoU, RMSE: mean ± sd over slices with ground truth; 'empty' counts slices where truth and prediction are both empty (Dice = IoU = 1).")
+	}
+	if rep.Unscored > 0 {
+		fmt.Printf("%d slice×model results had no ground truth and are not in the table.\n", rep.Unscored)
+	}
+	if len(rep.Errors) > 0 {
+		fmt.Printf("\nerrors:\n")
+		for i, e := range rep.Errors {
+			if i == 20 {
+				fmt.Printf("  ... and %d more (see the JSON report)\n", len(rep.Errors)-20)
+				break
+			}
+			m := ""
+			if e.Model != "" {
+				m = " [" + e.Model + "]"
+			}
+			fmt.Printf("  %s (%s%s): %s\n", e.ID, e.Stage, m, e.Error)
+		}
+	}
+}
+
+// maskWriter writes each predicted mask as an 8-bit PNG (0/255) at the
+// input's original resolution, as DIR/MODEL/<slice id>.png.
+func maskWriter(dir string) func(*lungsegv1.Score) error {
+	return func(s *lungsegv1.Score) error {
+		rows, cols := int(s.Meta.Rows), int(s.Meta.Cols)
+		m, err := imgx.UnpackMask(rows, cols, s.PredBits)
+		if err != nil {
+			return fmt.Errorf("masks-out: slice %s: %w", s.Meta.Id, err)
+		}
+		id := filepath.Clean(filepath.FromSlash(s.Meta.Id))
+		if filepath.IsAbs(id) || strings.HasPrefix(id, "..") {
+			return fmt.Errorf("masks-out: slice id %q escapes the output folder", s.Meta.Id)
+		}
+		return pngpair.WriteMask(filepath.Join(dir, s.Model, id+".png"), m)
+	}
+}

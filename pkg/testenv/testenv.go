@@ -1,0 +1,76 @@
+// Package testenv lets tests find the external tools some of them need
+// (Debian's python3 with numpy, pandas, pydicom or torch; dcmtk; chromium)
+// and the shared LIDC data. Outside CI a missing tool skips the test; in CI
+// (CI=true), where .ci/run installs every tool, it fails the test, so no
+// test is silently skipped there.
+package testenv
+
+import (
+	"os"
+	"os/exec"
+	"path/filepath"
+	"runtime"
+	"strings"
+	"testing"
+)
+
+// Python is the interpreter with Debian's packages.
+const Python = "/usr/bin/python3"
+
+// InCI reports whether the tests run in CI.
+func InCI() bool { v := os.Getenv("CI"); return v != "" && v != "false" && v != "0" }
+
+func missing(t testing.TB, what string) {
+	t.Helper()
+	if InCI() {
+		t.Fatalf("%s is required in CI (.ci/run installs it)", what)
+	}
+	t.Skipf("%s not available", what)
+}
+
+// RequirePython returns the interpreter after checking it imports every
+// module named.
+func RequirePython(t testing.TB, modules ...string) string {
+	t.Helper()
+	if _, err := os.Stat(Python); err != nil {
+		missing(t, Python)
+	}
+	if len(modules) > 0 {
+		code := "import " + strings.Join(modules, ", ")
+		if out, err := exec.Command(Python, "-c", code).CombinedOutput(); err != nil {
+			missing(t, "python modules "+strings.Join(modules, ", ")+" ("+strings.TrimSpace(string(out))+")")
+		}
+	}
+	return Python
+}
+
+// RequireCommand returns the path of an executable on PATH.
+func RequireCommand(t testing.TB, name string) string {
+	t.Helper()
+	p, err := exec.LookPath(name)
+	if err != nil {
+		missing(t, name)
+	}
+	return p
+}
+
+// RepoRoot returns the repository root (the folder holding go.mod).
+func RepoRoot(t testing.TB) string {
+	t.Helper()
+	_, file, _, _ := runtime.Caller(0)
+	return filepath.Clean(filepath.Join(filepath.Dir(file), "..", ".."))
+}
+
+// SharedData returns ../shared/data beside the repository, skipping the
+// test when it is absent (CI always has it).
+func SharedData(t testing.TB) string {
+	t.Helper()
+	d := filepath.Join(RepoRoot(t), "..", "shared", "data")
+	if _, err := os.Stat(filepath.Join(d, "lidc", "MANIFEST.csv")); err != nil {
+		if InCI() {
+			t.Fatalf("../shared/data is required in CI: %v", err)
+		}
+		t.Skip("../shared/data not present")
+	}
+	return d
+}
