@@ -205,7 +205,9 @@ func Init(ctx context.Context, log zerolog.Logger) error {
 	return nil
 }
 
-// Loaded returns the library path Init loaded, or "" before Init succeeds.
+// Loaded returns the library path Init loaded, "(initialised elsewhere)"
+// when ONNX Runtime was already initialised by other code, or "" before
+// Init succeeds.
 func Loaded() string {
 	initMu.Lock()
 	defer initMu.Unlock()

@@ -3,7 +3,11 @@
 // single-channel images, NCHW float32 [N,1,H,W] with H×W from the model
 // card, and returns per-pixel probabilities in the same layout.
 //
-// ONNX Runtime must be loaded first with ortlib.Init.
+// ONNX Runtime must be loaded first with ortlib.Init. The library ortlib
+// fetches is a CPU build; cuda and tensorrt need a GPU build of the same
+// version named by $LUNGSEG_ORT_LIB, with its provider libraries
+// (libonnxruntime_providers_shared.so and the provider's own) beside it.
+// Without them Open logs a warning and falls back to cpu.
 package infer
 
 import (
