@@ -12,6 +12,7 @@ import (
 	"github.com/lungseg/lungseg/ingest"
 	"github.com/lungseg/lungseg/pkg/bus"
 	"github.com/lungseg/lungseg/pkg/model"
+	"github.com/lungseg/lungseg/pkg/ortlib"
 	"github.com/lungseg/lungseg/pkg/stage"
 	"github.com/lungseg/lungseg/preprocess"
 	"github.com/lungseg/lungseg/score"
@@ -108,6 +109,9 @@ func Run(ctx context.Context, js jetstream.JetStream, cfg Config, log zerolog.Lo
 			models, err = cfg.Registry.Resolve(models)
 			if err != nil {
 				return err
+			}
+			if err := ortlib.Init(ctx, log); err != nil {
+				return fmt.Errorf("pipeline: loading ONNX Runtime: %w", err)
 			}
 			for _, name := range models {
 				card, _ := cfg.Registry.Get(name)
