@@ -31,17 +31,17 @@ var globals = map[string]any{
 	"builtins.bytes":                      bytesClass{},
 	"__builtin__.bytes":                   bytesClass{},
 
-	"pandas.core.frame.DataFrame":                dataFrameClass{},
+	"pandas.core.frame.DataFrame":                 dataFrameClass{},
 	"pandas.core.internals.managers.BlockManager": blockManagerClass{},
-	"pandas._libs.internals._unpickle_block":     blockFunc{},
-	"pandas.core.internals.blocks.new_block":     blockFunc{},
-	"pandas.core.indexes.base._new_Index":        newIndexFunc{},
-	"pandas.core.indexes.base.Index":             indexClass{"Index"},
-	"pandas.core.indexes.range.RangeIndex":       indexClass{"RangeIndex"},
-	"pandas.core.indexes.numeric.Int64Index":     indexClass{"Int64Index"},
-	"pandas.core.indexes.numeric.UInt64Index":    indexClass{"UInt64Index"},
-	"pandas.core.indexes.numeric.Float64Index":   indexClass{"Float64Index"},
-	"pandas.core.indexes.numeric.NumericIndex":   indexClass{"NumericIndex"},
+	"pandas._libs.internals._unpickle_block":      blockFunc{},
+	"pandas.core.internals.blocks.new_block":      blockFunc{},
+	"pandas.core.indexes.base._new_Index":         newIndexFunc{},
+	"pandas.core.indexes.base.Index":              indexClass{"Index"},
+	"pandas.core.indexes.range.RangeIndex":        indexClass{"RangeIndex"},
+	"pandas.core.indexes.numeric.Int64Index":      indexClass{"Int64Index"},
+	"pandas.core.indexes.numeric.UInt64Index":     indexClass{"UInt64Index"},
+	"pandas.core.indexes.numeric.Float64Index":    indexClass{"Float64Index"},
+	"pandas.core.indexes.numeric.NumericIndex":    indexClass{"NumericIndex"},
 }
 
 // findClass resolves a global against the allow-list.
