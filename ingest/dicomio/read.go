@@ -1,0 +1,628 @@
+// Package dicomio reads CT slices from DICOM files and writes synthetic
+// CT Image Storage files, with github.com/suyashkumar/dicom.
+//
+// Read accepts uncompressed (native) Part 10 files of modality CT (or with
+// no Modality at all, since some anonymisers strip it) holding one sample
+// of 8 or 16 bits per pixel, single- or multi-frame. It converts stored
+// values to Hounsfield units with RescaleSlope and RescaleIntercept,
+// honouring PixelRepresentation, BitsStored and HighBit. Everything else
+// (compressed transfer syntaxes, non-image objects, other modalities,
+// colour, truncated or oversized files) is rejected with a *FormatError
+// that wraps one of the Err sentinels.
+//
+// Before handing a file to the parser, Read walks its elements (see
+// scan.go) so that no declared length can make the parser allocate more
+// than the file holds.
+package dicomio
+
+import (
+	"bytes"
+	"context"
+	"encoding/binary"
+	"errors"
+	"fmt"
+	"io/fs"
+	"math"
+	"os"
+	"path/filepath"
+	"strconv"
+	"strings"
+
+	"github.com/suyashkumar/dicom"
+	"github.com/suyashkumar/dicom/pkg/tag"
+
+	"github.com/lungseg/lungseg/ingest"
+	"github.com/lungseg/lungseg/ingest/pngpair"
+	"github.com/lungseg/lungseg/pkg/imgx"
+	lungsegv1 "github.com/lungseg/lungseg/proto/lungseg/v1"
+)
+
+const (
+	// Source is the SliceMeta.Source of slices read here.
+	Source = "dicom"
+	// DefaultSpacingMm is the pixel spacing used (with SpacingAssumed)
+	// when a file has no PixelSpacing.
+	DefaultSpacingMm = 0.7
+	// MaxFileBytes bounds the size of a file Read loads into memory.
+	MaxFileBytes = 512 << 20
+	// MaxFrames bounds NumberOfFrames.
+	MaxFrames = 10000
+)
+
+// Frame is one decoded frame of a file.
+type Frame struct {
+	HU *imgx.HU
+	// Position is ImagePositionPatient z (per frame for enhanced
+	// multi-frame files), else SliceLocation, else InstanceNumber, else 0.
+	Position float64
+	// SpacingRowMm and SpacingColMm come from PixelSpacing, or are
+	// DefaultSpacingMm with SpacingAssumed set.
+	SpacingRowMm, SpacingColMm float64
+	SpacingAssumed             bool
+}
+
+// Image is the decoded content of one DICOM file.
+type Image struct {
+	StudyUID, SeriesUID, InstanceUID string
+	TransferSyntax                   string
+	Rows, Cols                       int
+	// MultiFrame is true when the file declares NumberOfFrames (even 1).
+	MultiFrame bool
+	Frames     []Frame
+}
+
+// Read reads the DICOM file at path and emits one Item per frame.
+//
+// Meta.Id is the path relative to root, slash-separated, without a .dcm
+// or .dicom extension (with root "" or a path outside root, the base
+// name); frames of a multi-frame file get "-f001", "-f002"... Frame is
+// the 1-based frame number (1 for single-frame files).
+//
+// When masksDir is not empty the ground truth of a slice is the PNG
+// masksDir/<Id>.png (for a single-frame file, the relative path with .png
+// in place of .dcm, or .png appended when there is no .dcm extension);
+// nonzero pixels are nodule. A missing mask gives a nil Item.Mask; an
+// unreadable mask or one of another size gives an Item with Err.
+//
+// A file that cannot be read is emitted as one Item with Err set (and
+// Meta.Id) and Read returns nil, so that a folder scan goes on. Read
+// returns an error only when ctx is done or fn fails.
+func Read(ctx context.Context, path, root, masksDir string, fn ingest.EmitFunc) error {
+	if err := ctx.Err(); err != nil {
+		return err
+	}
+	id := ID(path, root)
+	img, err := ReadFile(path)
+	if err != nil {
+		return fn(ingest.Item{Meta: &lungsegv1.SliceMeta{Id: id, Source: Source}, Err: err})
+	}
+	for i, fr := range img.Frames {
+		if err := ctx.Err(); err != nil {
+			return err
+		}
+		meta := &lungsegv1.SliceMeta{
+			Id:             id,
+			Source:         Source,
+			StudyUid:       img.StudyUID,
+			SeriesUid:      img.SeriesUID,
+			InstanceUid:    img.InstanceUID,
+			Frame:          int32(i + 1),
+			Rows:           int32(img.Rows),
+			Cols:           int32(img.Cols),
+			SpacingRowMm:   fr.SpacingRowMm,
+			SpacingColMm:   fr.SpacingColMm,
+			SpacingAssumed: fr.SpacingAssumed,
+			SlicePosition:  fr.Position,
+		}
+		if img.MultiFrame {
+			meta.Id = fmt.Sprintf("%s-f%03d", id, i+1)
+		}
+		it := ingest.Item{Meta: meta, HU: fr.HU}
+		if masksDir != "" {
+			it.Mask, it.Err = readMask(MaskPath(masksDir, meta.Id), img.Rows, img.Cols)
+			if it.Err != nil {
+				it.HU = nil
+			}
+		}
+		if err := fn(it); err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
+// ID returns the slice id of a file (before any frame suffix): the path
+// relative to root, slash-separated, without a .dcm or .dicom extension
+// (any case). With root "" or a path outside root it is the base name.
+func ID(path, root string) string {
+	rel := filepath.Base(path)
+	if root != "" {
+		if r, err := filepath.Rel(root, path); err == nil && r != ".." && !strings.HasPrefix(r, ".."+string(filepath.Separator)) {
+			rel = r
+		}
+	}
+	rel = filepath.ToSlash(rel)
+	switch ext := filepath.Ext(rel); strings.ToLower(ext) {
+	case ".dcm", ".dicom":
+		rel = strings.TrimSuffix(rel, ext)
+	}
+	return rel
+}
+
+// MaskPath returns the ground-truth mask of the slice with the given id:
+// masksDir/<id>.png.
+func MaskPath(masksDir, id string) string {
+	return filepath.Join(masksDir, filepath.FromSlash(id)) + ".png"
+}
+
+func readMask(path string, rows, cols int) (*imgx.Mask, error) {
+	m, err := pngpair.ReadMask(path)
+	if errors.Is(err, fs.ErrNotExist) {
+		return nil, nil
+	}
+	if err != nil {
+		return nil, fmt.Errorf("dicomio: reading mask: %w", err)
+	}
+	if m.Rows != rows || m.Cols != cols {
+		return nil, &FormatError{Path: path, Offset: -1, Err: ErrMaskShape,
+			Msg: fmt.Sprintf("mask is %d×%d but the slice is %d×%d", m.Rows, m.Cols, rows, cols)}
+	}
+	return m, nil
+}
+
+// ReadFile reads and decodes one DICOM file.
+func ReadFile(path string) (*Image, error) {
+	f, err := os.Open(path)
+	if err != nil {
+		return nil, fmt.Errorf("dicomio: %w", err)
+	}
+	defer f.Close()
+	st, err := f.Stat()
+	if err != nil {
+		return nil, fmt.Errorf("dicomio: %w", err)
+	}
+	if !st.Mode().IsRegular() {
+		return nil, formatErr(path, ErrNotDICOM, "not a regular file")
+	}
+	if st.Size() > MaxFileBytes {
+		return nil, formatErr(path, ErrTooLarge, "file is %d bytes, over the %d-byte limit", st.Size(), MaxFileBytes)
+	}
+	b := make([]byte, st.Size())
+	if _, err := f.ReadAt(b, 0); err != nil {
+		return nil, fmt.Errorf("dicomio: reading %s: %w", path, err)
+	}
+	return Decode(path, b)
+}
+
+// Decode decodes the bytes of one DICOM file; name is used in errors.
+func Decode(name string, b []byte) (*Image, error) {
+	img, err := decode(b)
+	if err != nil {
+		var fe *FormatError
+		if errors.As(err, &fe) && fe.Path == "" {
+			fe.Path = name
+		}
+		return nil, err
+	}
+	return img, nil
+}
+
+func decode(b []byte) (*Image, error) {
+	if len(b) > MaxFileBytes {
+		return nil, formatErr("", ErrTooLarge, "file is %d bytes, over the %d-byte limit", len(b), MaxFileBytes)
+	}
+	ts, err := scan(b)
+	if err != nil {
+		return nil, err
+	}
+	ds, err := parse(b)
+	if err != nil {
+		return nil, err
+	}
+	return fromDataset(ds, ts)
+}
+
+// parse runs the parser on a file that scan accepted. The parser keeps
+// the pixel data as raw bytes (SkipProcessingPixelDataValue) so that the
+// frame layout is checked here, not trusted from the header. A panic in
+// the parser (it indexes values it assumes present) is turned into an
+// error.
+func parse(b []byte) (ds dicom.Dataset, err error) {
+	defer func() {
+		if r := recover(); r != nil {
+			err = formatErr("", ErrNotDICOM, "parser failed: %v", r)
+		}
+	}()
+	ds, err = dicom.Parse(bytes.NewReader(b), int64(len(b)), nil,
+		dicom.SkipProcessingPixelDataValue(), dicom.AllowUnknownSpecificCharacterSet())
+	if err != nil {
+		return ds, formatErr("", ErrNotDICOM, "parsing: %v", err)
+	}
+	return ds, nil
+}
+
+// elements is a list of elements to look attributes up in.
+type elements []*dicom.Element
+
+func (es elements) find(t tag.Tag) *dicom.Element {
+	for _, e := range es {
+		if e.Tag == t {
+			return e
+		}
+	}
+	return nil
+}
+
+// strs returns the string values of t, trimmed, or nil.
+func (es elements) strs(t tag.Tag) []string {
+	e := es.find(t)
+	if e == nil || e.Value == nil || e.Value.ValueType() != dicom.Strings {
+		return nil
+	}
+	v := e.Value.GetValue().([]string)
+	out := make([]string, len(v))
+	for i, s := range v {
+		out[i] = strings.Trim(s, " \x00")
+	}
+	if len(out) == 1 && out[0] == "" {
+		return nil
+	}
+	return out
+}
+
+func (es elements) str(t tag.Tag) string {
+	if v := es.strs(t); len(v) > 0 {
+		return v[0]
+	}
+	return ""
+}
+
+// integer returns a US/SS/UL/SL value or an IS string.
+func (es elements) integer(t tag.Tag) (int, bool, error) {
+	e := es.find(t)
+	if e == nil || e.Value == nil {
+		return 0, false, nil
+	}
+	switch v := e.Value.GetValue().(type) {
+	case []int:
+		if len(v) == 0 {
+			return 0, false, nil
+		}
+		return v[0], true, nil
+	case []string:
+		s := es.str(t)
+		if s == "" {
+			return 0, false, nil
+		}
+		n, err := strconv.Atoi(s)
+		if err != nil {
+			return 0, false, fmt.Errorf("%v: %q is not an integer", t, s)
+		}
+		return n, true, nil
+	}
+	return 0, false, fmt.Errorf("%v has a value of type %v", t, e.Value.ValueType())
+}
+
+// floats returns DS strings or FL/FD values, all finite.
+func (es elements) floats(t tag.Tag) ([]float64, error) {
+	e := es.find(t)
+	if e == nil || e.Value == nil {
+		return nil, nil
+	}
+	var out []float64
+	switch v := e.Value.GetValue().(type) {
+	case []float64:
+		out = v
+	case []string:
+		for _, s := range es.strs(t) {
+			f, err := strconv.ParseFloat(s, 64)
+			if err != nil {
+				return nil, fmt.Errorf("%v: %q is not a number", t, s)
+			}
+			out = append(out, f)
+		}
+	default:
+		return nil, fmt.Errorf("%v has a value of type %v", t, e.Value.ValueType())
+	}
+	for _, f := range out {
+		if math.IsNaN(f) || math.IsInf(f, 0) {
+			return nil, fmt.Errorf("%v: non-finite value %v", t, f)
+		}
+	}
+	return out, nil
+}
+
+// items returns the elements of the items of sequence t.
+func (es elements) items(t tag.Tag) []elements {
+	e := es.find(t)
+	if e == nil || e.Value == nil || e.Value.ValueType() != dicom.Sequences {
+		return nil
+	}
+	var out []elements
+	for _, it := range e.Value.GetValue().([]*dicom.SequenceItemValue) {
+		out = append(out, it.GetValue().([]*dicom.Element))
+	}
+	return out
+}
+
+// macro looks t up inside the functional group macros of an enhanced
+// multi-frame item: each element of a functional group item is a sequence
+// of one item that holds the attributes.
+func macro(group elements, t tag.Tag) elements {
+	for _, e := range group {
+		if e.Value == nil || e.Value.ValueType() != dicom.Sequences {
+			continue
+		}
+		for _, it := range e.Value.GetValue().([]*dicom.SequenceItemValue) {
+			if es := elements(it.GetValue().([]*dicom.Element)); es.find(t) != nil {
+				return es
+			}
+		}
+	}
+	return nil
+}
+
+// frameScope finds where attribute t of frame i lives: the per-frame
+// functional group, else the shared one, else the top level.
+type frameScope struct {
+	top      elements
+	shared   elements
+	perFrame []elements
+}
+
+func (fs frameScope) lookup(i int, t tag.Tag) elements {
+	if i < len(fs.perFrame) {
+		if es := macro(fs.perFrame[i], t); es != nil {
+			return es
+		}
+	}
+	if es := macro(fs.shared, t); es != nil {
+		return es
+	}
+	return fs.top
+}
+
+// pixelFormat is the checked layout of the native pixel data.
+type pixelFormat struct {
+	rows, cols, frames int
+	bitsAllocated      int
+	bitsStored         int
+	highBit            int
+	signed             bool
+	bo                 binary.ByteOrder
+	swap8              bool // 8-bit samples in a big-endian OW value
+}
+
+func fromDataset(ds dicom.Dataset, ts string) (*Image, error) {
+	top := elements(ds.Elements)
+	pd := top.find(tag.PixelData)
+	if pd == nil || pd.Value == nil || pd.Value.ValueType() != dicom.PixelData {
+		return nil, formatErr("", ErrNoPixelData, "no pixel data element (SOP class %s, modality %q)",
+			top.str(tag.SOPClassUID), top.str(tag.Modality))
+	}
+	if m := top.str(tag.Modality); m != "" && !strings.EqualFold(m, "CT") {
+		return nil, formatErr("", ErrNotCT, "modality is %s, not CT", m)
+	}
+	pf, err := pixelLayout(top, ts)
+	if err != nil {
+		return nil, err
+	}
+	info := pd.Value.GetValue().(dicom.PixelDataInfo)
+	if !info.IntentionallyUnprocessed {
+		return nil, formatErr("", ErrPixelFormat, "pixel data is encapsulated (undefined length) in the native transfer syntax %s", ts)
+	}
+	raw := info.UnprocessedValueData
+	need := int64(pf.rows) * int64(pf.cols) * int64(pf.frames) * int64(pf.bitsAllocated/8)
+	if n := int64(len(raw)); n != need && !(n == need+1 && need%2 == 1) {
+		return nil, formatErr("", ErrPixelFormat, "pixel data has %d bytes, want %d for %d frame(s) of %d×%d at %d bits",
+			n, need, pf.frames, pf.rows, pf.cols, pf.bitsAllocated)
+	}
+	scope := frameScope{top: top}
+	if sh := top.items(tag.SharedFunctionalGroupsSequence); len(sh) > 0 {
+		scope.shared = sh[0]
+	}
+	scope.perFrame = top.items(tag.PerFrameFunctionalGroupsSequence)
+
+	img := &Image{
+		StudyUID:       top.str(tag.StudyInstanceUID),
+		SeriesUID:      top.str(tag.SeriesInstanceUID),
+		InstanceUID:    top.str(tag.SOPInstanceUID),
+		TransferSyntax: ts,
+		Rows:           pf.rows,
+		Cols:           pf.cols,
+		MultiFrame:     top.find(tag.NumberOfFrames) != nil,
+		Frames:         make([]Frame, pf.frames),
+	}
+	if pf.swap8 {
+		// 8-bit samples in a big-endian OW value: the bytes of each 16-bit
+		// word are swapped across the whole value, not per frame.
+		sw := make([]byte, len(raw))
+		for i := range sw {
+			if j := i ^ 1; j < len(raw) {
+				sw[i] = raw[j]
+			}
+		}
+		raw = sw
+	}
+	frameBytes := pf.rows * pf.cols * pf.bitsAllocated / 8
+	for i := range img.Frames {
+		fr := &img.Frames[i]
+		slope, intercept, err := rescale(scope, i)
+		if err != nil {
+			return nil, err
+		}
+		fr.HU = decodeFrame(raw[i*frameBytes:(i+1)*frameBytes], pf, slope, intercept)
+		if fr.SpacingRowMm, fr.SpacingColMm, fr.SpacingAssumed, err = spacing(scope, i); err != nil {
+			return nil, err
+		}
+		if fr.Position, err = position(scope, i); err != nil {
+			return nil, err
+		}
+	}
+	return img, nil
+}
+
+func pixelLayout(top elements, ts string) (pixelFormat, error) {
+	pf := pixelFormat{bo: nativeSyntaxes[ts].bo}
+	get := func(t tag.Tag, def int, required bool) (int, error) {
+		v, ok, err := top.integer(t)
+		if err != nil {
+			return 0, formatErr("", ErrPixelFormat, "%v", err)
+		}
+		if !ok {
+			if required {
+				return 0, formatErr("", ErrPixelFormat, "missing %s", tag.DebugString(t))
+			}
+			return def, nil
+		}
+		return v, nil
+	}
+	var err error
+	if pf.rows, err = get(tag.Rows, 0, true); err != nil {
+		return pf, err
+	}
+	if pf.cols, err = get(tag.Columns, 0, true); err != nil {
+		return pf, err
+	}
+	if err := imgx.CheckSize(pf.rows, pf.cols); err != nil {
+		return pf, formatErr("", ErrTooLarge, "declared size %d×%d: %v", pf.rows, pf.cols, err)
+	}
+	if pf.frames, err = get(tag.NumberOfFrames, 1, false); err != nil {
+		return pf, err
+	}
+	if pf.frames < 1 || pf.frames > MaxFrames {
+		return pf, formatErr("", ErrTooLarge, "NumberOfFrames %d is outside 1..%d", pf.frames, MaxFrames)
+	}
+	spp, err := get(tag.SamplesPerPixel, 1, false)
+	if err != nil {
+		return pf, err
+	}
+	if spp != 1 {
+		return pf, formatErr("", ErrPixelFormat, "%d samples per pixel (colour); CT must have 1", spp)
+	}
+	if pi := strings.ToUpper(top.str(tag.PhotometricInterpretation)); pi != "" && pi != "MONOCHROME1" && pi != "MONOCHROME2" {
+		return pf, formatErr("", ErrPixelFormat, "photometric interpretation %s; CT must be MONOCHROME2", pi)
+	}
+	if pf.bitsAllocated, err = get(tag.BitsAllocated, 0, true); err != nil {
+		return pf, err
+	}
+	if pf.bitsAllocated != 8 && pf.bitsAllocated != 16 {
+		return pf, formatErr("", ErrPixelFormat, "BitsAllocated %d; only 8 and 16 are supported", pf.bitsAllocated)
+	}
+	if pf.bitsStored, err = get(tag.BitsStored, pf.bitsAllocated, false); err != nil {
+		return pf, err
+	}
+	if pf.bitsStored < 1 || pf.bitsStored > pf.bitsAllocated {
+		return pf, formatErr("", ErrPixelFormat, "BitsStored %d with BitsAllocated %d", pf.bitsStored, pf.bitsAllocated)
+	}
+	if pf.highBit, err = get(tag.HighBit, pf.bitsStored-1, false); err != nil {
+		return pf, err
+	}
+	if pf.highBit < pf.bitsStored-1 || pf.highBit >= pf.bitsAllocated {
+		return pf, formatErr("", ErrPixelFormat, "HighBit %d with BitsStored %d and BitsAllocated %d", pf.highBit, pf.bitsStored, pf.bitsAllocated)
+	}
+	rep, err := get(tag.PixelRepresentation, 0, false)
+	if err != nil {
+		return pf, err
+	}
+	if rep != 0 && rep != 1 {
+		return pf, formatErr("", ErrPixelFormat, "PixelRepresentation %d", rep)
+	}
+	pf.signed = rep == 1
+	if pd := top.find(tag.PixelData); pf.bitsAllocated == 8 && pf.bo == binary.BigEndian && pd.RawValueRepresentation == "OW" {
+		pf.swap8 = true
+	}
+	return pf, nil
+}
+
+// rescale returns RescaleSlope and RescaleIntercept of frame i (defaults 1
+// and 0).
+func rescale(scope frameScope, i int) (slope, intercept float64, err error) {
+	slope, intercept = 1, 0
+	if v, err := scope.lookup(i, tag.RescaleSlope).floats(tag.RescaleSlope); err != nil {
+		return 0, 0, formatErr("", ErrPixelFormat, "%v", err)
+	} else if len(v) > 0 {
+		slope = v[0]
+	}
+	if v, err := scope.lookup(i, tag.RescaleIntercept).floats(tag.RescaleIntercept); err != nil {
+		return 0, 0, formatErr("", ErrPixelFormat, "%v", err)
+	} else if len(v) > 0 {
+		intercept = v[0]
+	}
+	if slope == 0 {
+		return 0, 0, formatErr("", ErrPixelFormat, "RescaleSlope is 0")
+	}
+	return slope, intercept, nil
+}
+
+func spacing(scope frameScope, i int) (row, col float64, assumed bool, err error) {
+	v, err := scope.lookup(i, tag.PixelSpacing).floats(tag.PixelSpacing)
+	if err != nil {
+		return 0, 0, false, formatErr("", ErrPixelFormat, "%v", err)
+	}
+	switch {
+	case len(v) == 0:
+		return DefaultSpacingMm, DefaultSpacingMm, true, nil
+	case len(v) != 2 || v[0] <= 0 || v[1] <= 0:
+		return 0, 0, false, formatErr("", ErrPixelFormat, "PixelSpacing %v is not two positive numbers", v)
+	}
+	return v[0], v[1], false, nil
+}
+
+func position(scope frameScope, i int) (float64, error) {
+	v, err := scope.lookup(i, tag.ImagePositionPatient).floats(tag.ImagePositionPatient)
+	if err != nil {
+		return 0, formatErr("", ErrPixelFormat, "%v", err)
+	}
+	if len(v) == 3 {
+		return v[2], nil
+	}
+	if v, err := scope.top.floats(tag.SliceLocation); err == nil && len(v) > 0 {
+		return v[0], nil
+	}
+	if n, ok, err := scope.top.integer(tag.InstanceNumber); err == nil && ok {
+		return float64(n), nil
+	}
+	return 0, nil
+}
+
+// decodeFrame converts one frame of stored values to HU. The stored value
+// is the BitsStored bits ending at HighBit, sign-extended when
+// PixelRepresentation is 1; HU = stored×slope + intercept, rounded and
+// clamped to int16.
+func decodeFrame(raw []byte, pf pixelFormat, slope, intercept float64) *imgx.HU {
+	n := pf.rows * pf.cols
+	hu := &imgx.HU{Rows: pf.rows, Cols: pf.cols, Pix: make([]int16, n)}
+	shift := uint(pf.highBit + 1 - pf.bitsStored)
+	mask := uint32(1)<<uint(pf.bitsStored) - 1
+	sign := uint32(1) << uint(pf.bitsStored-1)
+	integral := slope == 1 && intercept == math.Trunc(intercept) && math.Abs(intercept) < 1<<20
+	ic := int32(intercept)
+	for i := range n {
+		var u uint32
+		if pf.bitsAllocated == 16 {
+			u = uint32(pf.bo.Uint16(raw[2*i:]))
+		} else {
+			u = uint32(raw[i])
+		}
+		u = (u >> shift) & mask
+		v := int32(u)
+		if pf.signed && u&sign != 0 {
+			v -= int32(mask) + 1
+		}
+		var h float64
+		if integral {
+			h = float64(v + ic)
+		} else {
+			h = math.Round(float64(v)*slope + intercept)
+		}
+		switch {
+		case h < math.MinInt16:
+			h = math.MinInt16
+		case h > math.MaxInt16:
+			h = math.MaxInt16
+		}
+		hu.Pix[i] = int16(h)
+	}
+	return hu
+}

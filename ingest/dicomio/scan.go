@@ -1,0 +1,424 @@
+package dicomio
+
+import (
+	"encoding/binary"
+	"fmt"
+	"strings"
+
+	"github.com/suyashkumar/dicom/pkg/tag"
+	"github.com/suyashkumar/dicom/pkg/uid"
+)
+
+// Why a scanner: suyashkumar/dicom v1.1.0 allocates the value of string
+// and byte elements with make([]byte, vl) before reading them, for any
+// declared length vl up to 4 GiB, whatever the input size (and reads a
+// date of undefined length as a 4 GiB string). A 200-byte file can thus
+// make it allocate gigabytes. scan walks the file exactly the way the
+// parser will (same tag, VR and length rules, same nesting of sequences,
+// items and encapsulated fragments) without keeping any value, and
+// rejects the file if any length the parser would allocate from runs past
+// the end of the file or of its enclosing element. Where the parser would
+// do something odd but harmless (skip a stray tag inside encapsulated
+// pixel data, stop silently at a truncated element) the scanner rejects
+// the file instead: being stricter than the parser is always safe.
+
+// Scanner limits. Real CT files stay far below them.
+const (
+	// maxDepth bounds the nesting of sequences.
+	maxDepth = 32
+	// maxElements bounds the elements, items and fragments of one file
+	// (the parser keeps a struct of about 200 bytes per element).
+	maxElements = 200_000
+	// maxNumericBytes bounds the bytes of numeric (US, SS, UL, SL, FL, FD,
+	// AT) values of one file; the parser keeps each number as an 8-byte
+	// int or float64.
+	maxNumericBytes = 16 << 20
+)
+
+// Native (uncompressed) transfer syntaxes: the only ones Read accepts.
+var nativeSyntaxes = map[string]struct {
+	bo       binary.ByteOrder
+	implicit bool
+}{
+	uid.ImplicitVRLittleEndian: {binary.LittleEndian, true},
+	uid.ExplicitVRLittleEndian: {binary.LittleEndian, false},
+	uid.ExplicitVRBigEndian:    {binary.BigEndian, false},
+}
+
+// SyntaxName returns the standard name of a transfer syntax UID, or
+// "unknown transfer syntax".
+func SyntaxName(ts string) string {
+	if info, err := uid.Lookup(ts); err == nil && info.Type == uid.TypeTransferSyntax {
+		return info.Name
+	}
+	return "unknown transfer syntax"
+}
+
+type scanner struct {
+	b        []byte
+	pos      int
+	limits   []int // end offsets; the last one is current
+	bo       binary.ByteOrder
+	implicit bool
+	elements int
+	numeric  int
+}
+
+// element is the header of one element as the parser reads it.
+type element struct {
+	tag   tag.Tag
+	vr    string
+	vl    uint32
+	off   int // offset of the tag
+	start int // offset of the value
+}
+
+// errScan is a scanner error before the path is known.
+func (s *scanner) fail(sentinel error, format string, args ...any) error {
+	return &FormatError{Offset: int64(s.pos), Msg: fmt.Sprintf(format, args...), Err: sentinel}
+}
+
+func (s *scanner) limit() int      { return s.limits[len(s.limits)-1] }
+func (s *scanner) left() int       { return s.limit() - s.pos }
+func (s *scanner) exhausted() bool { return s.left() <= 0 }
+
+// short reports a read of n bytes that does not fit before the current
+// limit: a truncated file at the top level, inconsistent lengths inside a
+// sequence of defined length.
+func (s *scanner) short(what string, n int64) error {
+	if len(s.limits) == 1 {
+		return s.fail(ErrTruncated, "%s needs %d bytes but the file has %d left", what, n, s.left())
+	}
+	return s.fail(ErrTruncated, "%s needs %d bytes but its enclosing element has %d left", what, n, s.left())
+}
+
+func (s *scanner) take(what string, n int64) ([]byte, error) {
+	if n < 0 || n > int64(s.left()) {
+		return nil, s.short(what, n)
+	}
+	b := s.b[s.pos : s.pos+int(n)]
+	s.pos += int(n)
+	return b, nil
+}
+
+func (s *scanner) u16(what string) (uint16, error) {
+	b, err := s.take(what, 2)
+	if err != nil {
+		return 0, err
+	}
+	return s.bo.Uint16(b), nil
+}
+
+func (s *scanner) u32(what string) (uint32, error) {
+	b, err := s.take(what, 4)
+	if err != nil {
+		return 0, err
+	}
+	return s.bo.Uint32(b), nil
+}
+
+func (s *scanner) push(what string, vl uint32) error {
+	if int64(vl) > int64(s.left()) {
+		return s.short(what, int64(vl))
+	}
+	s.limits = append(s.limits, s.pos+int(vl))
+	return nil
+}
+
+func (s *scanner) pop() { s.limits = s.limits[:len(s.limits)-1] }
+
+func (s *scanner) count() error {
+	s.elements++
+	if s.elements > maxElements {
+		return s.fail(ErrTooLarge, "more than %d elements", maxElements)
+	}
+	return nil
+}
+
+// longVL lists the explicit VRs with a 2-byte reserved field and a 4-byte
+// length, as the parser's readVL does.
+func longVL(vr string) bool {
+	switch vr {
+	case "NA", "OB", "OD", "OF", "OL", "OW", "SQ", "UN", "UC", "UR", "UT":
+		return true
+	}
+	return false
+}
+
+// header reads a tag, VR and length like the parser's readTag, readVR and
+// readVL.
+func (s *scanner) header() (element, error) {
+	e := element{off: s.pos}
+	if err := s.count(); err != nil {
+		return e, err
+	}
+	g, err := s.u16("element tag")
+	if err != nil {
+		return e, err
+	}
+	el, err := s.u16("element tag")
+	if err != nil {
+		return e, err
+	}
+	e.tag = tag.Tag{Group: g, Element: el}
+	if s.implicit || e.tag == tag.Item {
+		e.vr = tag.UnknownVR
+		if info, err := tag.Find(e.tag); err == nil {
+			e.vr = info.VRs[0]
+			if e.tag == tag.PixelData || e.tag == tag.OverlayData {
+				e.vr = "OW"
+			}
+		}
+		if e.vl, err = s.u32("element length"); err != nil {
+			return e, err
+		}
+		e.start = s.pos
+		return e, nil
+	}
+	vr, err := s.take("element VR", 2)
+	if err != nil {
+		return e, err
+	}
+	e.vr = string(vr)
+	// Delimitation items have no VR; the parser reads the first half of
+	// their zero length as one, which is harmless. Any other element
+	// must have two upper-case letters (the parser would decode other
+	// bytes through the character set, which this scanner does not).
+	if g != tag.GroupSeqItem && !(isUpper(vr[0]) && isUpper(vr[1])) {
+		return e, s.fail(ErrNotDICOM, "element %v has an invalid VR %q", e.tag, vr)
+	}
+	if longVL(e.vr) {
+		if _, err := s.take("element length", 2); err != nil {
+			return e, err
+		}
+		if e.vl, err = s.u32("element length"); err != nil {
+			return e, err
+		}
+		if e.vl == tag.VLUndefinedLength && (e.vr == "UC" || e.vr == "UR" || e.vr == "UT") {
+			return e, s.fail(ErrNotDICOM, "element %v of VR %s has an undefined length", e.tag, e.vr)
+		}
+	} else {
+		v, err := s.u16("element length")
+		if err != nil {
+			return e, err
+		}
+		e.vl = uint32(v)
+		if v == 0xffff {
+			e.vl = tag.VLUndefinedLength
+		}
+	}
+	e.start = s.pos
+	return e, nil
+}
+
+func isUpper(c byte) bool { return c >= 'A' && c <= 'Z' }
+
+// element reads one element and its value the way the parser's
+// readElement and readValue do.
+func (s *scanner) element(depth int) (element, error) {
+	e, err := s.header()
+	if err != nil {
+		return e, err
+	}
+	undefined := e.vl == tag.VLUndefinedLength
+	what := fmt.Sprintf("value of element %v (VR %s)", e.tag, e.vr)
+	switch kind := tag.GetVRKind(e.tag, e.vr); kind {
+	case tag.VRItem:
+		err = s.item(e, depth+1)
+	case tag.VRPixelData:
+		if undefined {
+			err = s.fragments(e, true)
+		} else {
+			_, err = s.take(what, int64(e.vl))
+		}
+	case tag.VRSequence:
+		err = s.sequence(e, depth+1)
+	case tag.VRUnknown:
+		if undefined {
+			err = s.sequence(e, depth+1)
+		} else {
+			_, err = s.take(what, int64(e.vl))
+		}
+	case tag.VRBytes:
+		if undefined {
+			err = s.fragments(e, false)
+			break
+		}
+		if e.vr == "OW" && e.vl%2 != 0 {
+			return e, s.fail(ErrNotDICOM, "element %v of VR OW has an odd length %d", e.tag, e.vl)
+		}
+		_, err = s.take(what, int64(e.vl))
+	case tag.VRUInt16List, tag.VRUInt32List, tag.VRInt16List, tag.VRInt32List, tag.VRTagList,
+		tag.VRFloat32List, tag.VRFloat64List:
+		size := map[string]uint32{"US": 2, "SS": 2, "AT": 2, "UL": 4, "SL": 4, "FL": 4, "FD": 8}[e.vr]
+		if undefined || size == 0 || e.vl%size != 0 {
+			return e, s.fail(ErrNotDICOM, "element %v of VR %s has a bad length %d", e.tag, e.vr, e.vl)
+		}
+		s.numeric += int(e.vl)
+		if s.numeric > maxNumericBytes {
+			return e, s.fail(ErrTooLarge, "more than %d bytes of numeric values", maxNumericBytes)
+		}
+		_, err = s.take(what, int64(e.vl))
+	default: // strings and dates
+		if undefined {
+			return e, s.fail(ErrNotDICOM, "element %v of VR %s has an undefined length", e.tag, e.vr)
+		}
+		_, err = s.take(what, int64(e.vl))
+	}
+	return e, err
+}
+
+// sequence mirrors readSequence: items until a sequence delimitation item
+// (undefined length) or until the declared length is used up.
+func (s *scanner) sequence(e element, depth int) error {
+	if depth > maxDepth {
+		return s.fail(ErrTooLarge, "sequences nested more than %d deep", maxDepth)
+	}
+	if e.vl == tag.VLUndefinedLength {
+		for {
+			sub, err := s.element(depth)
+			if err != nil {
+				return err
+			}
+			if sub.tag == tag.SequenceDelimitationItem {
+				return nil
+			}
+			if sub.tag != tag.Item {
+				return s.fail(ErrNotDICOM, "sequence %v holds element %v, not an item", e.tag, sub.tag)
+			}
+		}
+	}
+	if err := s.push(fmt.Sprintf("sequence %v", e.tag), e.vl); err != nil {
+		return err
+	}
+	for !s.exhausted() {
+		sub, err := s.element(depth)
+		if err != nil {
+			return err
+		}
+		if sub.tag != tag.Item {
+			return s.fail(ErrNotDICOM, "sequence %v holds element %v, not an item", e.tag, sub.tag)
+		}
+	}
+	s.pop()
+	return nil
+}
+
+// item mirrors readSequenceItem.
+func (s *scanner) item(e element, depth int) error {
+	if depth > maxDepth {
+		return s.fail(ErrTooLarge, "sequences nested more than %d deep", maxDepth)
+	}
+	if e.vl == tag.VLUndefinedLength {
+		for {
+			sub, err := s.element(depth)
+			if err != nil {
+				return err
+			}
+			if sub.tag == tag.ItemDelimitationItem {
+				return nil
+			}
+		}
+	}
+	if err := s.push("sequence item", e.vl); err != nil {
+		return err
+	}
+	for !s.exhausted() {
+		if _, err := s.element(depth); err != nil {
+			return err
+		}
+	}
+	s.pop()
+	return nil
+}
+
+// fragments mirrors the parser's reading of an undefined-length OB/OW
+// value or encapsulated pixel data: items of raw bytes (the first one the
+// basic offset table) up to a sequence delimitation item. Anything else
+// is rejected. For pixel data (offsetTable) the first item, the basic
+// offset table, must be present: the parser reads on past a delimiter in
+// its place.
+func (s *scanner) fragments(e element, offsetTable bool) error {
+	for first := true; ; first = false {
+		if err := s.count(); err != nil {
+			return err
+		}
+		g, err := s.u16("fragment tag")
+		if err != nil {
+			return err
+		}
+		el, err := s.u16("fragment tag")
+		if err != nil {
+			return err
+		}
+		vl, err := s.u32("fragment length")
+		if err != nil {
+			return err
+		}
+		switch t := (tag.Tag{Group: g, Element: el}); {
+		case t == tag.SequenceDelimitationItem && !(first && offsetTable):
+			return nil
+		case t != tag.Item || vl == tag.VLUndefinedLength:
+			return s.fail(ErrNotDICOM, "encapsulated value of %v holds %v (length %#x), not an item", e.tag, t, vl)
+		}
+		if _, err := s.take(fmt.Sprintf("fragment of %v", e.tag), int64(vl)); err != nil {
+			return err
+		}
+	}
+}
+
+// scan checks a whole Part 10 file and returns its transfer syntax UID.
+// A file in a non-native transfer syntax is rejected with ErrCompressed
+// right after the file meta header: its dataset is not walked.
+func scan(b []byte) (string, error) {
+	s := &scanner{b: b, limits: []int{len(b)}, bo: binary.LittleEndian}
+	if len(b) < 132 || string(b[128:132]) != "DICM" {
+		return "", s.fail(ErrNotDICOM, "no 128-byte preamble followed by \"DICM\"")
+	}
+	s.pos = 132
+	gl, err := s.element(0)
+	if err != nil {
+		return "", err
+	}
+	if gl.tag != tag.FileMetaInformationGroupLength || gl.vr != "UL" || gl.vl != 4 {
+		return "", &FormatError{Offset: int64(gl.off), Err: ErrNotDICOM,
+			Msg: fmt.Sprintf("file meta header starts with %v %s of length %d, not (0002,0000) UL", gl.tag, gl.vr, gl.vl)}
+	}
+	metaLen := binary.LittleEndian.Uint32(b[gl.start:])
+	if err := s.push("file meta header", metaLen); err != nil {
+		return "", err
+	}
+	ts := ""
+	for !s.exhausted() {
+		e, err := s.element(0)
+		if err != nil {
+			return "", err
+		}
+		if e.tag == tag.TransferSyntaxUID && ts == "" {
+			if e.vr != "UI" {
+				return "", &FormatError{Offset: int64(e.off), Err: ErrNotDICOM, Msg: "transfer syntax UID has VR " + e.vr}
+			}
+			v := strings.Trim(string(b[e.start:e.start+int(e.vl)]), " \x00")
+			ts, _, _ = strings.Cut(v, `\`)
+			if ts == "" {
+				ts = "(empty)"
+			}
+		}
+	}
+	s.pop()
+	if ts == "" {
+		return "", s.fail(ErrNotDICOM, "file meta header has no transfer syntax UID")
+	}
+	native, ok := nativeSyntaxes[ts]
+	if !ok {
+		return ts, formatErr("", ErrCompressed, "transfer syntax %s (%s) is not supported: only uncompressed pixel data "+
+			"(implicit VR little endian, explicit VR little or big endian) can be read", ts, SyntaxName(ts))
+	}
+	s.bo, s.implicit = native.bo, native.implicit
+	for !s.exhausted() {
+		if _, err := s.element(0); err != nil {
+			return ts, err
+		}
+	}
+	return ts, nil
+}
