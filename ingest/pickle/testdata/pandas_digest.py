@@ -55,6 +55,7 @@ def digest_frame(df, protocol=None):
             row[key + "_shape"] = _cell(v)
             if not isinstance(v, np.ndarray):
                 continue
+            row[key + "_dtype"] = v.dtype.str
             if key == "mask":
                 # The Go reader maps any nonzero value to 1.
                 row[key + "_sha256"] = _sha(np.ascontiguousarray(v != 0, dtype=np.uint8))
