@@ -259,13 +259,15 @@ func reflect(i, n int) int {
 	return m
 }
 
-// blur convolves f (rows×cols) in place with the separable kernel k,
-// using tmp (same length) as scratch.
+// blur convolves f (rows×cols) in place with the separable, symmetric
+// kernel k, using tmp (same length) as scratch. Symmetry halves the
+// multiplications: taps at ±j share a weight.
 func blur(f, tmp []float32, rows, cols int, k []float32) {
 	if len(k) == 1 {
 		return
 	}
 	rad := len(k) / 2
+	kc, kh := k[rad], k[:rad]
 	// Rows: pad each row by reflection, then convolve.
 	pad := make([]float32, cols+2*rad)
 	for y := 0; y < rows; y++ {
@@ -275,9 +277,10 @@ func blur(f, tmp []float32, rows, cols int, k []float32) {
 		}
 		out := tmp[y*cols : (y+1)*cols]
 		for x := range out {
-			var s float32
-			for j, w := range k {
-				s += w * pad[x+j]
+			p := pad[x : x+2*rad+1]
+			s := kc * p[rad]
+			for j, w := range kh {
+				s += w * (p[j] + p[2*rad-j])
 			}
 			out[x] = s
 		}
@@ -285,12 +288,16 @@ func blur(f, tmp []float32, rows, cols int, k []float32) {
 	// Columns: accumulate whole rows so the inner loop runs along memory.
 	for y := 0; y < rows; y++ {
 		out := f[y*cols : (y+1)*cols]
-		clear(out)
-		for j, w := range k {
-			src := tmp[reflect(y+j-rad, rows)*cols:]
-			src = src[:cols]
+		mid := tmp[y*cols : (y+1)*cols]
+		for x := range out {
+			out[x] = kc * mid[x]
+		}
+		for j, w := range kh {
+			a := tmp[reflect(y+j-rad, rows)*cols:]
+			b := tmp[reflect(y+rad-j, rows)*cols:]
+			a, b = a[:len(out)], b[:len(out)]
 			for x := range out {
-				out[x] += w * src[x]
+				out[x] += w * (a[x] + b[x])
 			}
 		}
 	}
