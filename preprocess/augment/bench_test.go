@@ -31,8 +31,10 @@ func benchTransform(b *testing.B, tr augment.Transform) {
 	}
 }
 
-func BenchmarkRotate(b *testing.B) { benchTransform(b, augment.Rotate{MaxDeg: 30, Fill: augment.AirHU}) }
-func BenchmarkFlip(b *testing.B)   { benchTransform(b, augment.Flip{H: 0.5, V: 0.5}) }
+func BenchmarkRotate(b *testing.B) {
+	benchTransform(b, augment.Rotate{MaxDeg: 30, Fill: augment.AirHU})
+}
+func BenchmarkFlip(b *testing.B) { benchTransform(b, augment.Flip{H: 0.5, V: 0.5}) }
 func BenchmarkElastic(b *testing.B) {
 	benchTransform(b, augment.Elastic{Alpha: augment.DefaultAlpha, Sigma: augment.DefaultSigma, Fill: augment.AirHU})
 }
