@@ -1,0 +1,1 @@
+"""Training and export code for the lungseg nodule segmentation models."""

@@ -1,0 +1,140 @@
+"""ONNX export, parity files and card.json for one model.
+
+Layout written under an output root:
+
+    <root>/<name>/model.onnx          opset 17, input "input" [N,1,256,256], output "logits"
+    <root>/<name>/card.json           read by pkg/model (Go)
+    <root>/<name>/parity_input.bin    float32 little-endian, shape in parity.json
+    <root>/<name>/parity_output.bin   PyTorch (CPU, fp32) logits for those inputs
+    <root>/<name>/parity.json
+
+The export always runs on a CPU fp32 copy of the model, so the parity
+output is what ONNX Runtime on a CPU should reproduce to ~1e-5.
+"""
+
+from __future__ import annotations
+
+import copy
+import hashlib
+import inspect
+import json
+import os
+import warnings
+from typing import Dict, Optional
+
+import numpy as np
+import torch
+
+from . import data as D
+
+OPSET = 17
+MAX_MODEL_BYTES = 25_000_000  # the shipping budget for one model.onnx
+CARD_VERSION = "1.0.0"
+
+
+def cpu_copy(model: torch.nn.Module) -> torch.nn.Module:
+    m = copy.deepcopy(model).cpu().float().eval()
+    return m.to(memory_format=torch.contiguous_format)
+
+
+def export_onnx(model: torch.nn.Module, path: str, size: int = 256, opset: int = OPSET) -> None:
+    """TorchScript-based export (dynamo=False where that keyword exists)."""
+    m = cpu_copy(model)
+    x = torch.rand(2, 1, size, size)
+    kw = dict(opset_version=opset, input_names=["input"], output_names=["logits"],
+              dynamic_axes={"input": {0: "batch"}, "logits": {0: "batch"}}, do_constant_folding=True)
+    if "dynamo" in inspect.signature(torch.onnx.export).parameters:
+        kw["dynamo"] = False
+    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        with torch.no_grad():
+            torch.onnx.export(m, (x,), path, **kw)
+
+
+def check_onnx(path: str) -> Dict[str, object]:
+    import onnx
+
+    mp = onnx.load(path)
+    onnx.checker.check_model(mp)
+    g = mp.graph
+    inp = g.input[0]
+    dims = [d.dim_param or d.dim_value for d in inp.type.tensor_type.shape.dim]
+    ops = sorted({n.op_type for n in g.node})
+    opset = max((o.version for o in mp.opset_import if o.domain in ("", "ai.onnx")), default=0)
+    return {"input": inp.name, "input_dims": dims, "output": g.output[0].name, "opset": int(opset),
+            "ops": ops, "bytes": os.path.getsize(path)}
+
+
+def onnxruntime_run(path: str, x: np.ndarray) -> Optional[np.ndarray]:
+    """Runs the model with onnxruntime's CPU provider if the module exists."""
+    try:
+        import onnxruntime as ort  # type: ignore
+    except Exception:
+        return None
+    so = ort.SessionOptions()
+    so.intra_op_num_threads = 2
+    sess = ort.InferenceSession(path, so, providers=["CPUExecutionProvider"])
+    return sess.run(["logits"], {"input": x.astype(np.float32)})[0]
+
+
+def sha256_file(path: str) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def write_parity(model: torch.nn.Module, folder: str, inputs: np.ndarray, onnx_path: str) -> Dict[str, object]:
+    """Writes parity_input.bin / parity_output.bin / parity.json; checks ORT when available."""
+    x = np.ascontiguousarray(inputs.astype("<f4"))
+    with torch.no_grad():
+        y = cpu_copy(model)(torch.from_numpy(x.astype(np.float32))).numpy().astype("<f4")
+    x.tofile(os.path.join(folder, "parity_input.bin"))
+    y.tofile(os.path.join(folder, "parity_output.bin"))
+    info: Dict[str, object] = {"input_shape": list(x.shape), "output_shape": list(y.shape), "dtype": "float32",
+                               "byte_order": "little", "input_name": "input", "output_name": "logits",
+                               "tolerance": 1e-4, "torch": torch.__version__}
+    got = onnxruntime_run(onnx_path, x)
+    if got is not None:
+        import onnxruntime as ort  # type: ignore
+        info["onnxruntime"] = ort.__version__
+        info["max_abs_diff_onnxruntime"] = float(np.abs(got - y).max())
+        # a single image must give the same logits as inside the batch (dynamic batch axis)
+        one = onnxruntime_run(onnx_path, x[:1])
+        info["max_abs_diff_batch1"] = float(np.abs(one - y[:1]).max())
+    with open(os.path.join(folder, "parity.json"), "w") as f:
+        json.dump(info, f, indent=2)
+    return info
+
+
+def export_model(model: torch.nn.Module, name: str, out_root: str, card: Dict[str, object],
+                 parity_inputs: np.ndarray, size: int = 256) -> Dict[str, object]:
+    """Exports model, writes parity files and card.json; returns a report."""
+    folder = os.path.join(out_root, name)
+    os.makedirs(folder, exist_ok=True)
+    path = os.path.join(folder, "model.onnx")
+    export_onnx(model, path, size)
+    chk = check_onnx(path)
+    par = write_parity(model, folder, parity_inputs, path)
+    c = dict(card)
+    c.update({
+        "name": name,
+        "input": {"channels": 1, "height": size, "width": size},
+        "normalisation": {"kind": "window", "center": D.WINDOW_CENTER, "width": D.WINDOW_WIDTH},
+        "output": "logits",
+        "input_name": "input",
+        "output_name": "logits",
+        "sha256": sha256_file(path),
+    })
+    c.setdefault("version", CARD_VERSION)
+    val = dict(c.get("validation") or {})
+    if "max_abs_diff_onnxruntime" in par:
+        val["parity_max_abs_diff_onnxruntime"] = par["max_abs_diff_onnxruntime"]
+    c["validation"] = val
+    with open(os.path.join(folder, "card.json"), "w") as f:
+        json.dump(c, f, indent=2)
+        f.write("\n")
+    return {"folder": folder, "onnx": chk, "parity": par, "bytes": chk["bytes"],
+            "fits_budget": chk["bytes"] <= MAX_MODEL_BYTES, "sha256": c["sha256"]}
