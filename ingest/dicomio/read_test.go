@@ -3,6 +3,7 @@ package dicomio
 import (
 	"bytes"
 	"context"
+	"encoding/binary"
 	"encoding/json"
 	"errors"
 	"fmt"
@@ -423,5 +424,43 @@ func BenchmarkRead(b *testing.B) {
 		if err := Read(ctx, path, "", "", func(it ingest.Item) error { return it.Err }); err != nil {
 			b.Fatal(err)
 		}
+	}
+}
+
+// TestParserAllocatesDeclaredLengths documents why scan.go exists: given a
+// 1 KiB file whose first element declares a 32 MiB OB value, the
+// parser of suyashkumar/dicom allocates the 32 MiB before finding that the
+// bytes are missing, while Decode refuses the file without allocating.
+// If a new version of the parser stops doing so, this test says so.
+func TestParserAllocatesDeclaredLengths(t *testing.T) {
+	good, err := os.ReadFile(filepath.Join(fixtures, "ct_explicit_le.dcm"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	metaEnd := 132 + 12 + int(binary.LittleEndian.Uint32(good[140:]))
+	const declared = 32 << 20
+	el := []byte{0x09, 0x00, 0x01, 0x10, 'O', 'B', 0, 0, 0, 0, 0, 0}
+	binary.LittleEndian.PutUint32(el[8:], declared)
+	b := slices.Concat(good[:metaEnd], el, good[metaEnd:])
+
+	var before, after runtime.MemStats
+	runtime.ReadMemStats(&before)
+	_, perr := parse(b)
+	runtime.ReadMemStats(&after)
+	if perr == nil {
+		t.Fatal("the parser accepted a value running past the end of the file")
+	}
+	if d := after.TotalAlloc - before.TotalAlloc; d < declared {
+		t.Errorf("the parser allocated %d bytes for a declared %d: the pre-scan may no longer be needed", d, declared)
+	}
+
+	runtime.ReadMemStats(&before)
+	_, err = Decode("declared", b)
+	runtime.ReadMemStats(&after)
+	if !errors.Is(err, ErrTruncated) {
+		t.Fatalf("Decode: %v, want ErrTruncated", err)
+	}
+	if d := after.TotalAlloc - before.TotalAlloc; d > 1<<20 {
+		t.Errorf("Decode allocated %d bytes", d)
 	}
 }
