@@ -26,7 +26,7 @@ var DefaultStreamOptions = StreamOptions{
 	Replicas:   1,
 	MaxAge:     24 * time.Hour,
 	Duplicates: 10 * time.Minute,
-	MaxBytes:   8 << 30,
+	MaxBytes:   -1,
 }
 
 // Stream names.
