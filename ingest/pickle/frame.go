@@ -28,6 +28,8 @@ const (
 const (
 	// maxIndexLen bounds index arrays and block placements read at open.
 	maxIndexLen = 1 << 24
+	// maxColumns bounds the columns of a frame.
+	maxColumns = 1 << 16
 	// maxLabelBytes bounds a label or column name kept in the file.
 	maxLabelBytes = 64 << 10
 )
@@ -45,7 +47,8 @@ type File struct {
 	id      func(int) string
 	// Per-row cells of the columns the reader uses; nil when absent.
 	label, mask, hu, hulung []any
-	buf                     []byte // scratch for one array's bytes
+	buf                     []byte    // scratch for one array's bytes
+	huBuf, maskBuf          []float64 // scratch floats for Item
 }
 
 // Open opens and scans the pickle at path.
@@ -156,6 +159,9 @@ func (f *File) interpret(v any) error {
 	ncols, colName, err := f.indexLabels(mgr.axes[0], "columns")
 	if err != nil {
 		return err
+	}
+	if ncols > maxColumns {
+		return fmt.Errorf("%w: %d columns", ErrTooLarge, ncols)
 	}
 	nrows, rowID, err := f.indexLabels(mgr.axes[1], "index")
 	if err != nil {
@@ -650,16 +656,17 @@ type Row struct {
 // declared shape, or when mask and hu_array_old differ in shape; NaN is
 // returned as is (Read rejects it).
 func (f *File) Row(i int) (*Row, error) {
-	r, err := f.row(i, true)
+	r, err := f.row(i, true, false)
 	if err != nil {
 		return nil, err
 	}
 	return r, nil
 }
 
-// row reads row i; on error the returned Row holds what was decoded (the
-// ID and, when readable, the label).
-func (f *File) row(i int, lung bool) (*Row, error) {
+// row reads row i, with hu_array when lung is set; with reuse, r.HU is
+// scratch valid until the next call. On error the returned Row holds what
+// was decoded (the ID and, when readable, the label).
+func (f *File) row(i int, lung, reuse bool) (*Row, error) {
 	if i < 0 || i >= f.nrows {
 		return nil, fmt.Errorf("pickle: row %d of %d", i, f.nrows)
 	}
@@ -672,11 +679,23 @@ func (f *File) row(i int, lung bool) (*Row, error) {
 		r.Label = s
 	}
 	var err error
-	if r.Rows, r.Cols, r.HU, err = f.floats(f.hu[i], nil); err != nil {
+	defer func() {
+		if reuse && r.HU != nil {
+			f.huBuf = r.HU
+		}
+	}()
+	var huDst []float64
+	if reuse {
+		huDst = f.huBuf
+	}
+	if r.Rows, r.Cols, r.HU, err = f.floats(f.hu[i], huDst); err != nil {
 		return r, fmt.Errorf("%s: %w", ColHU, err)
 	}
 	if f.mask != nil {
-		rows, cols, v, err := f.floats(f.mask[i], nil)
+		rows, cols, v, err := f.floats(f.mask[i], f.maskBuf)
+		if v != nil {
+			f.maskBuf = v
+		}
 		if err != nil {
 			return r, fmt.Errorf("%s: %w", ColMask, err)
 		}

@@ -50,7 +50,7 @@ func (f *File) Item(i int) ingest.Item {
 		SlicePosition:  float64(i),
 	}
 	it := ingest.Item{Meta: meta}
-	r, err := f.row(i, false)
+	r, err := f.row(i, false, true)
 	if r != nil {
 		meta.Label = r.Label
 	}
