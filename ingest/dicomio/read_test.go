@@ -14,6 +14,7 @@ import (
 	"runtime"
 	"slices"
 	"strings"
+	"sync"
 	"testing"
 
 	"github.com/lungseg/lungseg/ingest"
@@ -213,11 +214,15 @@ func TestForgedLengthsDoNotAllocate(t *testing.T) {
 	}
 }
 
+var havePydicom = sync.OnceValue(func() error {
+	return exec.Command(python, "-c", "import pydicom, numpy").Run()
+})
+
 // pydicomHU decodes files with pydicom; it skips the test when pydicom is
 // missing.
 func pydicomHU(t *testing.T, paths ...string) map[string]expectedFile {
 	t.Helper()
-	if err := exec.Command(python, "-c", "import pydicom, numpy").Run(); err != nil {
+	if err := havePydicom(); err != nil {
 		t.Skip("pydicom not available:", err)
 	}
 	cmd := exec.Command(python, append([]string{filepath.Join(fixtures, "pydicom_hu.py")}, paths...)...)

@@ -224,9 +224,9 @@ func (e ellipse) norm(r, c float64) float64 {
 // vessel is a capsule (a segment with a radius) that drifts with z.
 type vessel struct {
 	r0, c0, r1, c1 float64 // endpoints at z = 0 (px)
-	dr, dc          float64 // drift in px per mm of z
-	radius          float64 // px
-	hu              float64
+	dr, dc         float64 // drift in px per mm of z
+	radius         float64 // px
+	hu             float64
 }
 
 // sphere is a nodule of the volume.
