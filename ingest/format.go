@@ -26,9 +26,13 @@ type Options struct {
 // Format is one input format: Match looks at the file name and its first
 // bytes (up to 132, enough for the DICOM preamble), Read emits its slices.
 type Format struct {
-	Name  string
-	Match func(name string, head []byte) bool
-	Read  func(ctx context.Context, path string, o Options, fn EmitFunc) error
+	Name string
+	// LocalIDs marks formats whose slice ids are local to the file (pickle
+	// row numbers): inside a folder they are prefixed with the file's
+	// relative path.
+	LocalIDs bool
+	Match    func(name string, head []byte) bool
+	Read     func(ctx context.Context, path string, o Options, fn EmitFunc) error
 }
 
 // HeadSize is how many leading bytes Match is given.
@@ -95,7 +99,7 @@ func Walk(ctx context.Context, formats []Format, path, masksDir string, fn EmitF
 			}
 			return fn(Item{Meta: metaID(filepath.Base(path)), Err: err})
 		}
-		return readOne(ctx, f, path, Options{Root: filepath.Dir(path), MasksDir: masksDir}, fn)
+		return readOne(ctx, f, path, "", Options{Root: filepath.Dir(path), MasksDir: masksDir}, fn)
 	}
 	var files []string
 	err = filepath.WalkDir(path, func(p string, d os.DirEntry, err error) error {
@@ -126,7 +130,11 @@ func Walk(ctx context.Context, formats []Format, path, masksDir string, fn EmitF
 		if f == nil {
 			continue
 		}
-		if err := readOne(ctx, f, p, Options{Root: path, MasksDir: masksDir}, fn); err != nil {
+		prefix := ""
+		if f.LocalIDs {
+			prefix = filepath.ToSlash(strings.TrimSuffix(rel, filepath.Ext(rel))) + "/"
+		}
+		if err := readOne(ctx, f, p, prefix, Options{Root: path, MasksDir: masksDir}, fn); err != nil {
 			return err
 		}
 	}
@@ -139,8 +147,12 @@ type errStop struct{ err error }
 func (e errStop) Error() string { return e.err.Error() }
 func (e errStop) Unwrap() error { return e.err }
 
-func readOne(ctx context.Context, f *Format, path string, o Options, fn EmitFunc) error {
+// readOne reads one file, prefixing the ids of its items with prefix.
+func readOne(ctx context.Context, f *Format, path, prefix string, o Options, fn EmitFunc) error {
 	wrapped := func(it Item) error {
+		if it.Meta != nil {
+			it.Meta.Id = prefix + it.Meta.Id
+		}
 		if err := fn(it); err != nil {
 			return errStop{err}
 		}

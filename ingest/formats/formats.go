@@ -16,7 +16,8 @@ import (
 func All() []ingest.Format {
 	return []ingest.Format{
 		{
-			Name: "pickle",
+			Name:     "pickle",
+			LocalIDs: true,
 			Match: func(name string, head []byte) bool {
 				return ingest.HasExt(name, ".pkl", ".pickle") || (len(head) > 1 && head[0] == 0x80 && head[1] >= 2 && head[1] <= 5 && !ingest.HasExt(name, ".png", ".dcm"))
 			},

@@ -56,6 +56,7 @@ func TestBrokenFiles(t *testing.T) {
 		{"BINBYTES past the end", "\x80\x03B" + u32(1<<20) + "abc", pickle.ErrTruncated, ""},
 		{"LONG4 of 2^30 bytes", "\x80\x02\x8b" + u32(1<<30) + ".", pickle.ErrTooLarge, "integer of"},
 		{"GLOBAL line too long", "\x80\x02c" + strings.Repeat("a", 5000) + "\nb\n.", pickle.ErrTooLarge, "text argument"},
+		{"protocol 0 text", "Vabc\n.", pickle.ErrCorrupt, "protocol 0"},
 		{"protocol 6", "\x80\x06N.", pickle.ErrCorrupt, "protocol 6"},
 		{"opcode 0xff", "\x80\x04\xff.", pickle.ErrCorrupt, "unknown opcode"},
 		{"persistent id", "\x80\x04K\x01Q.", pickle.ErrCorrupt, "persistent ids"},

@@ -57,7 +57,8 @@
 // paths were written from its sources (internals.pyx, Index.__reduce__)
 // without a 2.x pickle to test against: numpy 2 module names
 // (numpy._core.*) and pandas 2's Index of int64 instead of Int64Index are
-// accepted. Not supported: extension-array blocks (pyarrow or the pandas 3
+// accepted. Protocol 1 also reads; protocol 0 text opcodes are refused.
+// Not supported: extension-array blocks (pyarrow or the pandas 3
 // str dtype), categorical labels, MultiIndex, numpy scalars; each fails
 // with ErrUnknownClass or ErrLayout naming what it found.
 //

@@ -66,7 +66,7 @@ const (
 // lineArgs).
 var argSize [256]int8
 
-var lineArgs = map[byte]int{'F': 1, 'I': 1, 'L': 1, 'S': 1, 'V': 1, 'g': 1, 'p': 1, 'c': 2, 'i': 2}
+var lineArgs = map[byte]int{'F': 1, 'I': 1, 'L': 1, 'g': 1, 'p': 1, 'c': 2, 'i': 2}
 
 func init() {
 	for i := range argSize {
@@ -398,6 +398,10 @@ func (t *translator) step() error {
 		}
 		t.out = append(t.out, opLong1, byte(n))
 		t.out = append(t.out, v...)
+	case 'S', 'V':
+		// gopickle keeps their escapes undecoded; pandas never writes
+		// protocol 0.
+		return fmt.Errorf("%w: protocol 0 text (STRING, UNICODE) is not supported", ErrCorrupt)
 	case opPersID, opBinPersID:
 		return fmt.Errorf("%w: persistent ids are not used by pandas", ErrCorrupt)
 	case opExt1, opExt2, opExt4:
