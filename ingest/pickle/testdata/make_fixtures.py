@@ -15,6 +15,7 @@ It writes *.pkl and expected.json, the digest of every readable fixture as
 pd.read_pickle itself returns it (see pandas_digest.py). Output is
 deterministic for a given pandas/numpy version.
 """
+import copyreg
 import json
 import os
 import pickle
@@ -72,6 +73,43 @@ class LyingArray:
             (np.ndarray, (0,), b"b"),
             (1, self.shape, np.dtype("<f8"), False, self.data),
         )
+
+
+class LegacyFrame:
+    """Pickles a frame as pandas before 1.4 did: NEWOBJ on DataFrame and
+    BlockManager, the manager's state being the "0.14.1" tuple (which
+    pandas 1.5 and 2.x still read)."""
+
+    def __init__(self, df):
+        self.df = df
+
+    @property
+    def __class__(self):  # the pickler checks NEWOBJ's class against this
+        return pd.DataFrame
+
+    def __reduce_ex__(self, protocol):
+        mgr = self.df._mgr
+        axes = list(mgr.axes)
+        blocks = [{"values": b.values, "mgr_locs": b.mgr_locs.indexer} for b in mgr.blocks]
+        state = (
+            axes,
+            [b["values"] for b in blocks],
+            [mgr.items[b.mgr_locs.indexer] for b in mgr.blocks],
+            {"0.14.1": {"axes": axes, "blocks": blocks}},
+        )
+        return (copyreg.__newobj__, (pd.DataFrame,), {"_mgr": LegacyManager(state), "_typ": "dataframe"})
+
+
+class LegacyManager:
+    def __init__(self, state):
+        self.state = state
+
+    @property
+    def __class__(self):
+        return type(pd.DataFrame()._mgr)
+
+    def __reduce_ex__(self, protocol):
+        return (copyreg.__newobj__, (type(pd.DataFrame()._mgr),), self.state)
 
 
 class Evil:
@@ -136,6 +174,11 @@ def main():
     ), df._mgr
     good("p4_extra_columns.pkl", df, 4)
     good("p2_extra_columns.pkl", df, 2)
+
+    # The pre-1.4 BlockManager state.
+    df = pd.DataFrame(make_rows(rng, 3))
+    good("p2_legacy_manager.pkl", LegacyFrame(df), 2)
+    good("p5_legacy_manager.pkl", LegacyFrame(df), 5)
 
     # Every supported dtype, both byte orders.
     variants = [
