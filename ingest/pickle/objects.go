@@ -381,13 +381,8 @@ type dataFrameClass struct{}
 // PyNew is DataFrame.__new__.
 func (dataFrameClass) PyNew(args ...any) (any, error) { return &dataFrame{}, nil }
 
-// PySetState is NDFrame.__setstate__: the state dict, or (old pickles) the
-// BlockManager itself.
+// PySetState is NDFrame.__setstate__.
 func (d *dataFrame) PySetState(state any) error {
-	if m, ok := state.(*blockManager); ok {
-		d.mgr = m
-		return nil
-	}
 	dict, ok := state.(*types.Dict)
 	if !ok {
 		return fmt.Errorf("%w: DataFrame state is %T", ErrLayout, state)
