@@ -220,11 +220,11 @@ func cmdReplay(ctx context.Context, args []string) error {
 }
 
 type replayArgs struct {
-	inputs                   []string
-	models                   []string
-	masks, report, masksOut  string
-	timeout                  time.Duration
-	dataDirSet               bool
+	inputs                  []string
+	models                  []string
+	masks, report, masksOut string
+	timeout                 time.Duration
+	dataDirSet              bool
 }
 
 func doReplay(ctx context.Context, cfg *Config, a replayArgs) error {

@@ -12,13 +12,13 @@ import (
 // Subjects. A "<replay>" token is the replay id (LiveReplay for slices that
 // arrive outside a replay); "<model>" is a registry model name.
 const (
-	SubjIngestJobs = "lung.ingest.jobs"            // IngestJob
-	SubjRaw        = "lung.slices.raw"             // Slice
-	PrefixReady    = "lung.ready."                 // + <model>: ModelInput
-	PrefixMasks    = "lung.masks."                 // + <model>: ModelOutput
-	PrefixScores   = "lung.scores."                // + <model>.<replay>: Score
-	PrefixErrors   = "lung.errors."                // + <stage>.<replay>: ErrorEvent
-	PrefixIngested = "lung.events.ingest."         // + <replay>: IngestDone
+	SubjIngestJobs = "lung.ingest.jobs"    // IngestJob
+	SubjRaw        = "lung.slices.raw"     // Slice
+	PrefixReady    = "lung.ready."         // + <model>: ModelInput
+	PrefixMasks    = "lung.masks."         // + <model>: ModelOutput
+	PrefixScores   = "lung.scores."        // + <model>.<replay>: Score
+	PrefixErrors   = "lung.errors."        // + <stage>.<replay>: ErrorEvent
+	PrefixIngested = "lung.events.ingest." // + <replay>: IngestDone
 	LiveReplay     = "live"
 )
 
