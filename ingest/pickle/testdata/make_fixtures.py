@@ -141,6 +141,13 @@ def main():
     df = pd.DataFrame(make_rows(rng, 4), index=["case_a", "case_b", "case_c", "case_d"])
     good("p2_str_index.pkl", df, 2)
 
+    # Float labels (Float64Index) and labels too long to inline, non-ASCII.
+    rows = make_rows(rng, 4)
+    rows[1]["label1"] = "LR3 " + "\u00e9\u4e2d" * 100
+    rows[2]["label1"] = "LR4A-\u00e9"
+    df = pd.DataFrame(rows, index=[0.5, 3.0, 1e16, -2.5e-05])
+    good("p3_float_index.pkl", df, 3)
+
     # Non-square Fortran-ordered cells in an object block built from a 2-D
     # object array (the block itself is then Fortran-ordered too).
     rows = make_rows(rng, 4, shape=(12, 20), fortran=True)
