@@ -214,6 +214,9 @@ def run(args) -> Dict[str, object]:
     epoch_samples = args.epoch_samples or (bank_tr.n_crops + bank_tr.n_real)
     steps_per_epoch = max(1, int(math.ceil(epoch_samples / batch)))
     budget = args.minutes * 60.0
+    if args.train_until:
+        budget = min(budget, args.train_until - time.time())
+    budget = max(budget, 1.0)
     eval_batch = args.eval_batch or (128 if device.type == "cuda" else 8)
 
     best = {"dice": -1.0, "epoch": 0, "state": None}
@@ -336,7 +339,7 @@ def run(args) -> Dict[str, object]:
         "variant": spec["variant"],
         "version": E.CARD_VERSION,
         "description": spec["text"] + f" Trained from scratch with the {args.recipe} recipe on LIDC-IDRI "
-                       "nodule crops composited into whole 256x256 chest slices.",
+                       f"nodule crops composited into whole {size}x{size} chest slices.",
         "threshold": thr,
         "parameters": M.count_parameters(model),
         "training": {
@@ -389,6 +392,8 @@ def parser() -> argparse.ArgumentParser:
     ap.add_argument("--model", required=True, choices=M.MODEL_NAMES)
     ap.add_argument("--recipe", default="dicebce", choices=["report", "dicebce"])
     ap.add_argument("--minutes", type=float, default=4.0, help="wall-clock budget of the training loop")
+    ap.add_argument("--train-until", type=float, default=0.0,
+                    help="absolute time (seconds since the epoch) by which training must stop; caps --minutes")
     ap.add_argument("--out", default="", help="export root: writes OUT/<name>/{model.onnx,card.json,parity_*}")
     ap.add_argument("--name", default="", help="model name in the card and folder (default: --model)")
     ap.add_argument("--data", default=None, help="raw data folder or pack .npz (default ../shared/data)")

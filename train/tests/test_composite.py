@@ -1,0 +1,71 @@
+import numpy as np
+import torch
+
+from lungseg_train import composite as C
+from lungseg_train import data as D
+
+
+def _bank(size=128):
+    d = D.synthetic_phantoms(n_patients=3, crops_per_patient=4, slices_per_patient=1, seed=2)
+    return d, C.make_bank(d.crops, d.slices, "cpu", size)
+
+
+def test_training_batch_is_windowed_and_binary():
+    _, bank = _bank()
+    g = torch.Generator()
+    g.manual_seed(0)
+    x, y = C.training_batch(bank, C.Rand(g, "cpu"), 6)
+    assert x.shape == y.shape == (6, 1, 128, 128)
+    assert float(x.min()) >= 0 and float(x.max()) <= 1
+    assert set(torch.unique(y).tolist()) <= {0.0, 1.0}
+    assert float(y.sum()) > 0
+
+
+def test_eval_composites_map_back_onto_the_crops():
+    d, bank = _bank()
+    ev = C.composite_eval_set(bank, seed=3)
+    assert ev.x.shape[0] == len(d.crops)
+    back = C.crops_back(bank, ev.y, ev.theta, ev.crop_index)
+    for i in range(len(d.crops)):
+        m = bank.crop_mask[i, 0] > 0.5
+        if m.sum() < 30:
+            continue
+        b = back[i, 0] > 0.5
+        dice = 2 * float((m & b).sum()) / float(m.sum() + b.sum())
+        assert dice > 0.8, (i, dice)
+
+
+def test_eval_sets_are_reproducible():
+    _, bank = _bank()
+    a = C.composite_eval_set(bank, seed=9)
+    b = C.composite_eval_set(bank, seed=9)
+    assert torch.equal(a.x, b.x) and torch.equal(a.y, b.y)
+    c = C.composite_eval_set(bank, seed=10)
+    assert not torch.equal(a.x, c.x)
+
+
+def test_paste_scale_follows_spacing():
+    """A crop pixel of spacing s covers s/t canvas pixels (t = grid spacing)."""
+    _, bank = _bank(size=256)
+    i = int(torch.argmax(bank.crop_mask.flatten(1).sum(1)))
+    area_native = float(bank.crop_mask[i].sum())
+    g = torch.Generator()
+    g.manual_seed(1)
+    r = C.Rand(g, "cpu")
+    hu, lung = C.chest_backgrounds(r, 1, 256)
+    idx = torch.tensor([i])
+    t = torch.tensor([1.4])
+    _, mask, _ = C.paste(bank, r, hu, torch.zeros_like(hu), lung, idx, t, False, torch.ones(1))
+    want = area_native * (float(bank.crop_spacing[i]) / 1.4) ** 2
+    assert abs(float(mask.sum()) - want) / want < 0.25
+
+
+def test_real_slices_become_hu_on_the_grid():
+    d = D.synthetic_phantoms(n_patients=1, crops_per_patient=1, slices_per_patient=1)
+    g = C.real_slices_to_grid(d.slices, 256)
+    assert g["hu"].shape == (len(d.slices), 1, 256, 256)
+    lung = g["lung"] > 0
+    hu = g["hu"][lung]
+    assert float(hu.min()) > -1000 and float(hu.max()) < 200
+    assert (g["hu"][~lung] == 0).all()
+    assert float(g["mask"].sum()) > 0 and (g["mask"] <= g["lung"]).all()
