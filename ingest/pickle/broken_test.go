@@ -161,3 +161,60 @@ func TestRowOutOfRange(t *testing.T) {
 		}
 	}
 }
+
+// TestOpCostBoundsAllocation checks that the scan's cost charges bound what
+// the unpickler really allocates for long runs of cheap opcodes, and that a
+// stream of them stops with ErrTooLarge instead of growing the heap.
+func TestOpCostBoundsAllocation(t *testing.T) {
+	tests := []struct {
+		rep string // repeated unit
+		ops string // its opcodes
+	}{
+		{"(", "("},
+		{"}", "}"},
+		{"]", "]"},
+		{"N", "N"},
+		{")", ")"},
+		{"\x8f", "\x8f"},
+		{"\x88\x94", "\x88\x94"},
+		{"K\x01\x94", "K\x94"},
+		{"(\x91", "(\x91"},
+		{"N\x85", "N\x85"},
+		{"NN\x86\x94", "NN\x86\x94"},
+		{"(NNNNl", "(NNNNl"},
+		{"C\x01x", "C"},
+		{"\x8c\x03abc", "\x8c"},
+	}
+	for _, tc := range tests {
+		const n = 50000
+		data := "\x80\x04" + strings.Repeat(tc.rep, n)
+		charged := int64(0)
+		for i := range len(tc.ops) {
+			charged += pickle.OpCost(tc.ops[i])
+		}
+		if tc.ops == "C" {
+			charged += 128 // span
+		}
+		if tc.ops == "\x8c" {
+			charged += 3 // payload
+		}
+		var a, b runtime.MemStats
+		runtime.GC()
+		runtime.ReadMemStats(&a)
+		_, err := pickle.NewFile(strings.NewReader(data), int64(len(data)))
+		runtime.ReadMemStats(&b)
+		if !errors.Is(err, pickle.ErrTruncated) {
+			t.Fatalf("%q: %v", tc.rep, err)
+		}
+		// Minus the fixed cost of a scan (window, memo map, ...).
+		per := (int64(b.TotalAlloc-a.TotalAlloc) - 256<<10) / n
+		if per > charged {
+			t.Errorf("%q allocates %d B per repetition, charged %d", tc.rep, per, charged)
+		}
+	}
+	// A megabyte of MARKs costs more than the budget.
+	data := "\x80\x04" + strings.Repeat("(", 1<<20) + "."
+	if _, err := pickle.NewFile(strings.NewReader(data), int64(len(data))); !errors.Is(err, pickle.ErrTooLarge) {
+		t.Fatalf("1 MiB of MARKs: %v", err)
+	}
+}

@@ -19,8 +19,11 @@ const (
 	// maxLine bounds the text argument of protocol 0 opcodes (GLOBAL's
 	// module and name, INT, FLOAT, ...).
 	maxLine = 4096
-	// maxOps bounds the opcodes in one pickle (about 330 000 array cells).
-	maxOps = 1 << 23
+	// maxCost bounds what the unpickler may allocate, as charged by
+	// opCost. The real dataset costs about 4 KiB per array cell, so this
+	// allows some 60 000 cells (15 000 rows) while a hostile stream of
+	// one-byte opcodes stops at a bounded heap.
+	maxCost = 256 << 20
 	// maxSpans bounds the number of out-of-line payloads.
 	maxSpans = 1 << 22
 	// maxLongBytes bounds LONG1/LONG4 integers (the layout has none wider
@@ -180,6 +183,7 @@ type translator struct {
 	pos     int
 	spans   []*span
 	ops     int
+	cost    int64
 	proto   int
 	stopped bool
 	err     error
@@ -263,6 +267,7 @@ func (t *translator) emitSpan(n int64, enc encoding) error {
 	}
 	k := len(t.spans)
 	t.spans = append(t.spans, &span{off: t.in.off, n: n, enc: enc})
+	t.cost += 128 // the span, its slot, and the BININT the unpickler boxes
 	if err := t.in.skip(n); err != nil {
 		return err
 	}
@@ -286,8 +291,8 @@ func (t *translator) step() error {
 	op := b[0]
 	t.op = op
 	t.ops++
-	if t.ops > maxOps {
-		return fmt.Errorf("%w: more than %d opcodes", ErrTooLarge, maxOps)
+	if t.cost += opCost(op); t.cost > maxCost {
+		return fmt.Errorf("%w: the pickle builds more than %d MiB of objects", ErrTooLarge, maxCost>>20)
 	}
 	if t.ops&4095 == 0 && t.ctx != nil {
 		if err := t.ctx.Err(); err != nil {
@@ -357,6 +362,7 @@ func (t *translator) step() error {
 			return err
 		}
 		text := op != opShortBinString && op != opBinString
+		t.cost += n
 		if n > maxInline {
 			enc := encRaw
 			if text {
@@ -424,4 +430,22 @@ func lenSize(op byte) int {
 	default: // BINBYTES8, BINUNICODE8, BYTEARRAY8
 		return 8
 	}
+}
+
+// opCost bounds what gopickle v0.2.0 allocates for one opcode, growth of
+// its stack and memo included (inline string payloads are charged by
+// length on top): a MARK starts a stack with room for 16 values, empty
+// containers reserve a few entries, and any value may take a boxed
+// interface, a stack slot and a memo entry. TestOpCostBoundsAllocation
+// checks the figures.
+func opCost(op byte) int64 {
+	switch op {
+	case '(': // MARK
+		return 448
+	case '}', 'd', 0x8f, 0x91: // dicts and sets
+		return 320
+	case ']', 'l': // lists
+		return 256
+	}
+	return 128
 }

@@ -1,0 +1,4 @@
+package pickle
+
+// OpCost exposes opCost to the tests.
+var OpCost = opCost
