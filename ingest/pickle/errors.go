@@ -12,8 +12,9 @@ var (
 	ErrUnknownClass = errors.New("pickle: class not on the allow-list")
 	// ErrTruncated reports a file that ends before its pickle does.
 	ErrTruncated = errors.New("pickle: truncated file")
-	// ErrTooLarge reports a declared length or count beyond the reader's
-	// limits (or beyond the file), caught before anything is allocated.
+	// ErrTooLarge reports a declared length, count or object budget beyond
+	// the reader's limits, caught before anything of that size is
+	// allocated. (A length beyond the end of the file is ErrTruncated.)
 	ErrTooLarge = errors.New("pickle: declared size too large")
 	// ErrCorrupt reports a byte stream that is not a pickle this reader
 	// accepts: an unknown or unsupported opcode, a malformed argument, an
@@ -34,6 +35,7 @@ type ClassError struct {
 	Module, Name string
 }
 
+// Error names the refused global.
 func (e *ClassError) Error() string {
 	return fmt.Sprintf("pickle: class %s.%s not on the allow-list", e.Module, e.Name)
 }
@@ -50,6 +52,7 @@ type OpError struct {
 	Err    error
 }
 
+// Error gives the opcode, its offset and the cause.
 func (e *OpError) Error() string {
 	return fmt.Sprintf("pickle: opcode 0x%02x at offset %d: %v", e.Op, e.Offset, e.Err)
 }
@@ -64,6 +67,7 @@ type RowError struct {
 	Err error
 }
 
+// Error gives the row, its id and the cause.
 func (e *RowError) Error() string {
 	return fmt.Sprintf("pickle: decoding row %d (id %s): %v", e.Row, e.ID, e.Err)
 }

@@ -97,8 +97,9 @@ func (f *File) Columns() []string { return append([]string(nil), f.columns...) }
 // PROTO opcode).
 func (f *File) Protocol() int { return f.proto }
 
-// ID returns the index label of row i: its number for a RangeIndex
-// starting at 0, the label as text otherwise.
+// ID returns the index label of row i as text: start+i*step for a
+// RangeIndex (the row number for the default one), the label otherwise
+// (floats as Python's repr writes them).
 func (f *File) ID(i int) string { return f.id(i) }
 
 func newFile(ctx context.Context, r io.ReaderAt, size int64) (*File, error) {

@@ -32,8 +32,10 @@ const (
 	// maxDeclared is the largest payload or frame length taken for a
 	// truncated file rather than a bogus length (both stop the scan).
 	maxDeclared = 1 << 40
-	// scanBuf is the read window of the first pass.
-	scanBuf = 64 << 10
+	// scanBuf is the read window of the first pass, scanBufAfterSkip the
+	// window read after a skipped payload.
+	scanBuf          = 64 << 10
+	scanBufAfterSkip = 4 << 10
 )
 
 // Pickle opcodes (CPython Lib/pickle.py) the first pass treats specially.
@@ -118,6 +120,11 @@ func (s *seqReader) next(n int) ([]byte, error) {
 	}
 	if s.off < s.bufOff || s.off+int64(n) > s.bufOff+int64(len(s.buf)) {
 		want := int64(scanBuf)
+		if s.off > s.bufOff+int64(len(s.buf)) {
+			// Just past a skipped payload: the next one is likely a few
+			// hundred bytes of opcodes away.
+			want = max(scanBufAfterSkip, int64(n))
+		}
 		if rem := s.size - s.off; rem < want {
 			want = rem
 		}
