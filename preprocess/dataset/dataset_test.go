@@ -403,3 +403,22 @@ func TestLIDC(t *testing.T) {
 		}
 	}
 }
+
+// BenchmarkBuild512 builds a set from 20 phantom 512×512 slices at
+// 256×256 with 4 augmented copies each (100 pairs per op); pairs/s is the
+// throughput with Options.Workers' default.
+func BenchmarkBuild512(b *testing.B) {
+	in := b.TempDir()
+	phantoms(b, in, 20, 5, 512)
+	k := 0
+	for b.Loop() {
+		o := options(in, filepath.Join(b.TempDir(), fmt.Sprint(k)), 1, 0)
+		o.Size = 256
+		k++
+		sum, err := dataset.Build(context.Background(), o)
+		if err != nil || sum.Pairs != 100 {
+			b.Fatal(sum, err)
+		}
+	}
+	b.ReportMetric(float64(100*b.N)/b.Elapsed().Seconds(), "pairs/s")
+}
