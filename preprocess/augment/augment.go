@@ -10,7 +10,13 @@
 // steps fill the border with air (AirHU) and the intensity step works on
 // the windowed intensities, mapping the result back to HU through the same
 // window (see Intensity). A "window" step turns HU into the model's [0,1]
-// input; steps after it work in window space.
+// input; steps after it work in window space (geometric steps then fill
+// with the window's value of air). A pipeline that starts with a window
+// step and a resize gives the preprocess stage's model input bit for bit
+// (preprocess.Input windows, then resizes); resizing HU first, as
+// Default does for the HU PNGs of "lungseg dataset build", differs from
+// it only next to HU outside the window, where clamping and interpolation
+// do not commute.
 package augment
 
 import (

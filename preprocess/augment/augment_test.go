@@ -9,6 +9,7 @@ import (
 
 	"github.com/lungseg/lungseg/pkg/imgx"
 	"github.com/lungseg/lungseg/pkg/model"
+	"github.com/lungseg/lungseg/preprocess"
 	"github.com/lungseg/lungseg/preprocess/augment"
 )
 
@@ -532,5 +533,33 @@ func TestDisplacementFieldStatistics(t *testing.T) {
 		if math.Abs(std-want)/want > 0.25 {
 			t.Errorf("α=%g σ=%g: field std %.3f px, want about %.3f", c.alpha, c.sigma, std, want)
 		}
+	}
+}
+
+// TestWindowResizeMatchesPreprocess checks that a pipeline of a window
+// step then a resize gives the preprocess stage's model input bit for
+// bit, so a training path built on augment (window first, then the
+// geometric steps) feeds a model what serving feeds it.
+func TestWindowResizeMatchesPreprocess(t *testing.T) {
+	card := &model.Card{Input: model.Shape{Channels: 1, Height: 64, Width: 64},
+		Normalisation: model.Normalisation{Kind: "window", Center: -600, Width: 1500}}
+	hu := imgx.NewHU(100, 90)
+	r := rand.New(rand.NewPCG(1, 1))
+	for i := range hu.Pix {
+		hu.Pix[i] = int16(r.IntN(3000) - 1500)
+	}
+	pl, err := augment.New(augment.Config{
+		Window: augment.Window{Center: card.Normalisation.Center, Width: card.Normalisation.Width},
+		Steps:  []augment.Step{{Op: "window"}, {Op: "resize", Rows: 64, Cols: 64}},
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	got, _, _, err := pl.Apply(augment.FloatFromHU(hu), nil, augment.NewRand(0, ""))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if want := preprocess.Input(hu, card); !slices.Equal(got.Pix, want) {
+		t.Fatal("window+resize differs from preprocess.Input")
 	}
 }
