@@ -35,6 +35,7 @@ func init() {
 		{"demo", "make phantom data in every format and replay it with every shipped model", cmdDemo},
 		{"models", "list the model registry", cmdModels},
 		{"phantom", "write synthetic CT slices with exact nodule masks", cmdPhantom},
+		{"dataset", "build an augmented training set of PNG pairs (dataset build)", cmdDataset},
 	}
 }
 
