@@ -27,6 +27,10 @@ type Stage struct {
 	Defaults []string
 }
 
+// DefaultSpacingMm is the pixel spacing assumed for inputs that carry none
+// (the pickles); SliceMeta.SpacingAssumed marks it.
+const DefaultSpacingMm = 0.7
+
 // maxSlicePayload leaves room for headers under the 1 MiB limit.
 const maxSlicePayload = bus.MaxPayload - 16<<10
 
@@ -44,6 +48,9 @@ func SliceMessage(it Item) (*lungsegv1.Slice, error) {
 		return nil, fmt.Errorf("%w: %d pixels for %d×%d", imgx.ErrShape, len(it.HU.Pix), it.HU.Rows, it.HU.Cols)
 	}
 	it.Meta.Rows, it.Meta.Cols = int32(it.HU.Rows), int32(it.HU.Cols)
+	if it.Meta.SpacingRowMm <= 0 || it.Meta.SpacingColMm <= 0 {
+		it.Meta.SpacingRowMm, it.Meta.SpacingColMm, it.Meta.SpacingAssumed = DefaultSpacingMm, DefaultSpacingMm, true
+	}
 	s := &lungsegv1.Slice{Meta: it.Meta, Hu: it.HU.EncodeInt16()}
 	if it.Mask != nil {
 		if it.Mask.Rows != it.HU.Rows || it.Mask.Cols != it.HU.Cols {

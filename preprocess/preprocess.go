@@ -7,13 +7,17 @@ package preprocess
 
 import (
 	"context"
+	"encoding/json"
 	"errors"
 	"fmt"
+	"strconv"
+	"sync"
 
 	"github.com/lungseg/lungseg/pkg/bus"
 	"github.com/lungseg/lungseg/pkg/imgx"
 	"github.com/lungseg/lungseg/pkg/model"
 	"github.com/lungseg/lungseg/pkg/stage"
+	"github.com/lungseg/lungseg/preprocess/augment"
 	lungsegv1 "github.com/lungseg/lungseg/proto/lungseg/v1"
 	"google.golang.org/protobuf/proto"
 )
@@ -34,6 +38,14 @@ type Stage struct {
 	Defaults []string
 	// TTA asks segment for test-time augmentation on every input.
 	TTA bool
+	// TrainCopies > 0 publishes, for every slice with ground truth and
+	// every model it names, copy 0 (windowed and resized) and TrainCopies
+	// augmented copies on lung.train.<model>, so that a training set can
+	// be streamed. TrainSeed makes the copies reproducible.
+	TrainCopies int
+	TrainSeed   uint64
+
+	pipelines sync.Map // model name → *augment.Pipeline
 }
 
 // DecodeSlice decodes and validates a raw slice.
@@ -74,7 +86,7 @@ func Input(hu *imgx.HU, card *model.Card) []float32 {
 
 // Process implements stage.Processor.
 func (p *Stage) Process(ctx context.Context, m *stage.Msg, e stage.Emitter) error {
-	s, hu, _, err := DecodeSlice(m.Data)
+	s, hu, mask, err := DecodeSlice(m.Data)
 	if err != nil {
 		return stage.Permanent(err)
 	}
@@ -86,7 +98,8 @@ func (p *Stage) Process(ctx context.Context, m *stage.Msg, e stage.Emitter) erro
 		return stage.Permanent(ErrNoModels)
 	}
 	for _, name := range models {
-		card, err := p.Cards.Get(name)
+		base, tta := model.SplitVariant(name)
+		card, err := p.Cards.Get(base)
 		if err != nil {
 			if ferr := e.Fail(ctx, stage.Failure{SliceID: s.Meta.Id, ReplayID: s.Meta.ReplayId, Model: name, Err: err}); ferr != nil {
 				return ferr
@@ -95,7 +108,7 @@ func (p *Stage) Process(ctx context.Context, m *stage.Msg, e stage.Emitter) erro
 		}
 		in := &lungsegv1.ModelInput{
 			Meta:         s.Meta,
-			Model:        card.Name,
+			Model:        name,
 			ModelVersion: card.Version,
 			Channels:     1,
 			Height:       int32(card.Input.Height),
@@ -103,14 +116,77 @@ func (p *Stage) Process(ctx context.Context, m *stage.Msg, e stage.Emitter) erro
 			Tensor:       imgx.EncodeFloat32(Input(hu, card)),
 			MaskBits:     s.MaskBits,
 			HasMask:      s.HasMask,
-			Tta:          p.TTA || card.TTA,
+			Tta:          tta || p.TTA || card.TTA,
 		}
 		b, err := proto.Marshal(in)
 		if err != nil {
 			return err
 		}
 		if err := e.Emit(ctx, stage.Out{Subject: bus.ReadySubject(card.Name), Data: b,
-			SliceID: s.Meta.Id, ReplayID: s.Meta.ReplayId, Model: card.Name}); err != nil {
+			SliceID: s.Meta.Id, ReplayID: s.Meta.ReplayId, Model: name}); err != nil {
+			return err
+		}
+		if p.TrainCopies > 0 && mask != nil && !tta {
+			if err := p.emitTraining(ctx, e, s.Meta, card, hu, mask); err != nil {
+				return err
+			}
+		}
+	}
+	return nil
+}
+
+// augmentation returns the training pipeline of a model: its window, its
+// input size, then the report's augmentations.
+func (p *Stage) augmentation(card *model.Card) (*augment.Pipeline, error) {
+	if v, ok := p.pipelines.Load(card.Name); ok {
+		return v.(*augment.Pipeline), nil
+	}
+	w := augment.Window{Center: card.Normalisation.Center, Width: card.Normalisation.Width}
+	pl, err := augment.New(augment.Config{Window: w, Steps: []augment.Step{
+		{Op: "window"},
+		{Op: "resize", Rows: card.Input.Height, Cols: card.Input.Width},
+		{Op: "rotate", MaxDeg: 30},
+		{Op: "flip", H: 0.5, V: 0.5},
+		{Op: "elastic", Alpha: augment.DefaultAlpha, Sigma: augment.DefaultSigma},
+		{Op: "intensity", Brightness: 0.1, Contrast: 0.1},
+	}})
+	if err != nil {
+		return nil, err
+	}
+	v, _ := p.pipelines.LoadOrStore(card.Name, pl)
+	return v.(*augment.Pipeline), nil
+}
+
+func (p *Stage) emitTraining(ctx context.Context, e stage.Emitter, meta *lungsegv1.SliceMeta, card *model.Card, hu *imgx.HU, mask *imgx.Mask) error {
+	pl, err := p.augmentation(card)
+	if err != nil {
+		return err
+	}
+	h, w := card.Input.Height, card.Input.Width
+	for k := 0; k <= p.TrainCopies; k++ {
+		var tensor []float32
+		var m *imgx.Mask
+		params := "{}"
+		if k == 0 {
+			tensor, m = Input(hu, card), imgx.ResizeNearest(mask, h, w)
+		} else {
+			f, am, prm, err := pl.Apply(augment.FloatFromHU(hu), mask, augment.NewRand(p.TrainSeed, meta.ReplayId+"|"+meta.Id+"#"+strconv.Itoa(k)))
+			if err != nil {
+				return stage.Permanentf("preprocess: augmenting %s: %w", meta.Id, err)
+			}
+			tensor, m = f.Pix, am
+			if b, err := json.Marshal(prm); err == nil {
+				params = string(b)
+			}
+		}
+		ex := &lungsegv1.TrainingExample{Meta: meta, Model: card.Name, Copy: int32(k), Height: int32(h), Width: int32(w),
+			Tensor: imgx.EncodeFloat32(tensor), MaskBits: m.PackBits(), HasMask: true, ParamsJson: params}
+		b, err := proto.Marshal(ex)
+		if err != nil {
+			return err
+		}
+		if err := e.Emit(ctx, stage.Out{Subject: bus.TrainSubject(card.Name), Data: b, SliceID: meta.Id, ReplayID: meta.ReplayId,
+			Model: card.Name, MsgID: bus.MsgID(meta.ReplayId, meta.Id, "train-"+strconv.Itoa(k), card.Name)}); err != nil {
 			return err
 		}
 	}

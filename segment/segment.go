@@ -86,7 +86,7 @@ func (s *Stage) Process(ctx context.Context, m *stage.Msg, e stage.Emitter) erro
 		return stage.Permanentf("segment: input without slice metadata")
 	}
 	c := s.Card
-	if in.Model != c.Name {
+	if base, _ := model.SplitVariant(in.Model); base != c.Name {
 		return stage.Permanentf("segment: input for model %q reached worker of %q", in.Model, c.Name)
 	}
 	h, w := c.Input.Height, c.Input.Width
@@ -104,7 +104,7 @@ func (s *Stage) Process(ctx context.Context, m *stage.Msg, e stage.Emitter) erro
 		return fmt.Errorf("segment: running %s on %s: %w", c.Name, in.Meta.Id, err)
 	}
 	out := &lungsegv1.ModelOutput{
-		Meta: in.Meta, Model: c.Name, ModelVersion: c.Version,
+		Meta: in.Meta, Model: in.Model, ModelVersion: c.Version,
 		Height: int32(h), Width: int32(w), Prob: imgx.EncodeFloat32(prob),
 		Threshold: float32(c.Threshold), MaskBits: in.MaskBits, HasMask: in.HasMask,
 		Provider: s.Model.Provider(), InferenceUs: time.Since(start).Microseconds(),
@@ -114,5 +114,5 @@ func (s *Stage) Process(ctx context.Context, m *stage.Msg, e stage.Emitter) erro
 		return err
 	}
 	return e.Emit(ctx, stage.Out{Subject: bus.MasksSubject(c.Name), Data: b,
-		SliceID: in.Meta.Id, ReplayID: in.Meta.ReplayId, Model: c.Name})
+		SliceID: in.Meta.Id, ReplayID: in.Meta.ReplayId, Model: in.Model})
 }

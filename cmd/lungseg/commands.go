@@ -120,14 +120,16 @@ func pipelineConfig(cfg *Config, stages []string) (pipeline.Config, error) {
 		return pipeline.Config{}, err
 	}
 	return pipeline.Config{
-		Registry: reg,
-		Stages:   stages,
-		Models:   cfg.Models,
-		Defaults: cfg.Defaults,
-		Workers:  cfg.Workers,
-		Infer:    cfg.inferOptions(),
-		TTA:      cfg.TTA,
-		Formats:  formats.All(),
+		Registry:    reg,
+		Stages:      stages,
+		Models:      cfg.Models,
+		Defaults:    cfg.Defaults,
+		Workers:     cfg.Workers,
+		Infer:       cfg.inferOptions(),
+		TTA:         cfg.TTA,
+		Formats:     formats.All(),
+		TrainCopies: cfg.TrainCopies,
+		TrainSeed:   cfg.TrainSeed,
 	}, nil
 }
 
@@ -202,6 +204,7 @@ func cmdReplay(ctx context.Context, args []string) error {
 	reportPath := fs.String("report", "", "write the JSON report to this file")
 	masksOut := fs.String("masks-out", "", "write each predicted mask as DIR/MODEL/<slice id>.png")
 	timeout := fs.Duration("timeout", 0, "give up waiting for results after this long (0: never)")
+	tta := fs.String("tta-compare", "", "\"both\": also run every chosen model with flip test-time augmentation, reported as MODEL+tta")
 	fs.Usage = func() {
 		fmt.Fprintln(fs.Output(), "usage: lungseg replay [flags] INPUT...")
 		fs.PrintDefaults()
@@ -217,7 +220,31 @@ func cmdReplay(ctx context.Context, args []string) error {
 	if err != nil {
 		return err
 	}
+	switch *tta {
+	case "":
+	case "both":
+		models = withTTA(models)
+	default:
+		return fmt.Errorf("--tta-compare %q: want \"both\"", *tta)
+	}
 	return doReplay(ctx, cfg, replayArgs{inputs: fs.Args(), models: models, masks: *masks, report: *reportPath, masksOut: *masksOut, timeout: *timeout})
+}
+
+// withTTA adds the TTA variant of every selected model ("all" when none
+// is selected).
+func withTTA(models []string) []string {
+	if len(models) == 0 {
+		models = []string{"all"}
+	}
+	out := append([]string(nil), models...)
+	for _, m := range models {
+		for _, p := range strings.Split(m, ",") {
+			if p = strings.TrimSpace(p); p != "" && !strings.HasSuffix(p, model.TTASuffix) {
+				out = append(out, p+model.TTASuffix)
+			}
+		}
+	}
+	return out
 }
 
 type replayArgs struct {

@@ -42,6 +42,9 @@ type Config struct {
 	Workers map[string]int `json:"workers"`
 	// TTA turns on flip test-time augmentation.
 	TTA bool `json:"tta"`
+	// TrainCopies > 0 streams augmented training copies on lung.train.<model>.
+	TrainCopies int    `json:"train_copies"`
+	TrainSeed   uint64 `json:"train_seed"`
 	// SyncAlways makes the embedded server fsync every write.
 	SyncAlways bool `json:"sync_always"`
 	// Replicas of each stream (3 on a cluster).
@@ -87,6 +90,9 @@ func (c *Config) Validate() error {
 	default:
 		errs = append(errs, fmt.Errorf("provider %q: want cpu, cuda or tensorrt", c.Provider))
 	}
+	if c.TrainCopies < 0 {
+		errs = append(errs, fmt.Errorf("train_copies %d must be ≥ 0", c.TrainCopies))
+	}
 	if c.Threads < 0 {
 		errs = append(errs, fmt.Errorf("threads %d must be ≥ 0", c.Threads))
 	}
@@ -119,6 +125,7 @@ func commonFlags(fs *flag.FlagSet) func() (*Config, error) {
 	provider := fs.String("provider", d.Provider, "ONNX Runtime execution provider: cpu, cuda, tensorrt")
 	threads := fs.Int("threads", d.Threads, "ONNX Runtime intra-op threads per model session")
 	tta := fs.Bool("tta", false, "flip test-time augmentation for every model")
+	trainCopies := fs.Int("train-copies", 0, "preprocess: also publish this many augmented copies per slice on lung.train.<model>")
 	logLevel := fs.String("log-level", d.LogLevel, "log level: debug, info, warn, error")
 	check := fs.Bool("check-config", false, "validate the configuration and exit")
 	return func() (*Config, error) {
@@ -150,6 +157,8 @@ func commonFlags(fs *flag.FlagSet) func() (*Config, error) {
 				c.Threads = *threads
 			case "tta":
 				c.TTA = *tta
+			case "train-copies":
+				c.TrainCopies = *trainCopies
 			case "log-level":
 				c.LogLevel = *logLevel
 			}

@@ -246,3 +246,37 @@ func TestReplayEndToEnd(t *testing.T) {
 		}
 	}
 }
+
+// TestReplayComparesTTA runs one model with and without flip test-time
+// augmentation in one replay and reports both.
+func TestReplayComparesTTA(t *testing.T) {
+	reg := testRegistry(t)
+	dir := t.TempDir()
+	in, err := writePhantoms(dir, "png", 5, 3, phantom.Options{Rows: 128, Cols: 128})
+	if err != nil {
+		t.Fatal(err)
+	}
+	cfg := defaultConfig()
+	cfg.ModelsDir = reg
+	cfg.LogLevel = "warn"
+	reportPath := filepath.Join(dir, "r.json")
+	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
+	defer cancel()
+	if err := doReplay(ctx, &cfg, replayArgs{inputs: []string{in}, models: withTTA([]string{"tiny"}), report: reportPath}); err != nil {
+		t.Fatal(err)
+	}
+	var rep replay.Report
+	b, _ := os.ReadFile(reportPath)
+	if err := json.Unmarshal(b, &rep); err != nil {
+		t.Fatal(err)
+	}
+	plain, tta := rep.Models["tiny"], rep.Models["tiny+tta"]
+	if plain.Slices != 3 || tta.Slices != 3 {
+		t.Fatalf("slices: plain %d, tta %d; models %v", plain.Slices, tta.Slices, rep.Models)
+	}
+	// The untrained test model is not flip-invariant, so averaging over
+	// flips must change the probabilities (and so the RMSE).
+	if plain.RMSE.Mean == tta.RMSE.Mean {
+		t.Fatalf("TTA left RMSE unchanged (%v): was it applied?", plain.RMSE.Mean)
+	}
+}

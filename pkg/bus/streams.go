@@ -38,6 +38,7 @@ const (
 	StreamScores = "SCORES"
 	StreamErrors = "ERRORS"
 	StreamEvents = "EVENTS"
+	StreamTrain  = "TRAIN"
 )
 
 // Streams returns the pipeline's stream configurations: one per stage
@@ -79,6 +80,7 @@ func Streams(o StreamOptions) []jetstream.StreamConfig {
 		mk(StreamScores, "per-slice scores from score", PrefixScores+">"),
 		mk(StreamErrors, "failures of every stage", PrefixErrors+">"),
 		mk(StreamEvents, "pipeline events (ingest jobs done)", "lung.events.>"),
+		mk(StreamTrain, "augmented training copies from preprocess", PrefixTrain+">"),
 	}
 }
 

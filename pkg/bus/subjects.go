@@ -16,6 +16,7 @@ const (
 	SubjRaw        = "lung.slices.raw"     // Slice
 	PrefixReady    = "lung.ready."         // + <model>: ModelInput
 	PrefixMasks    = "lung.masks."         // + <model>: ModelOutput
+	PrefixTrain    = "lung.train."         // + <model>: TrainingExample
 	PrefixScores   = "lung.scores."        // + <model>.<replay>: Score
 	PrefixErrors   = "lung.errors."        // + <stage>.<replay>: ErrorEvent
 	PrefixIngested = "lung.events.ingest." // + <replay>: IngestDone
@@ -46,6 +47,9 @@ func CheckToken(kind, s string) error {
 
 // ReadySubject is where preprocess publishes input for one model.
 func ReadySubject(model string) string { return PrefixReady + model }
+
+// TrainSubject is where preprocess publishes augmented training copies.
+func TrainSubject(model string) string { return PrefixTrain + model }
 
 // MasksSubject is where segment publishes one model's output.
 func MasksSubject(model string) string { return PrefixMasks + model }

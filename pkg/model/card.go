@@ -216,8 +216,23 @@ func (r *Registry) Get(name string) (*Card, error) {
 	return c, nil
 }
 
-// Resolve expands a model selection: "all" means every model; names are
-// checked; duplicates are dropped; the order is kept.
+// TTASuffix names the test-time-augmented variant of a model: "m+tta" runs
+// model m with flip TTA and is scored as a model of its own, so a replay can
+// compare the two.
+const TTASuffix = "+tta"
+
+// SplitVariant returns the registry model behind a selection name and
+// whether it asks for TTA.
+func SplitVariant(name string) (base string, tta bool) {
+	if b, ok := strings.CutSuffix(name, TTASuffix); ok {
+		return b, true
+	}
+	return name, false
+}
+
+// Resolve expands a model selection: "all" means every model, "all+tta"
+// every model's TTA variant; names are checked; duplicates are dropped;
+// the order is kept.
 func (r *Registry) Resolve(names []string) ([]string, error) {
 	var out []string
 	seen := map[string]bool{}
@@ -232,12 +247,17 @@ func (r *Registry) Resolve(names []string) ([]string, error) {
 			part = strings.TrimSpace(part)
 			switch {
 			case part == "":
-			case part == "all":
+			case part == "all" || part == "all"+TTASuffix:
+				_, tta := SplitVariant(part)
 				for _, m := range r.Names() {
+					if tta {
+						m += TTASuffix
+					}
 					add(m)
 				}
 			default:
-				if _, err := r.Get(part); err != nil {
+				base, _ := SplitVariant(part)
+				if _, err := r.Get(base); err != nil {
 					return nil, err
 				}
 				add(part)

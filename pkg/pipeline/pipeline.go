@@ -49,6 +49,10 @@ type Config struct {
 	Infer infer.Options
 	// TTA turns on flip test-time augmentation for every model.
 	TTA bool
+	// TrainCopies > 0 makes preprocess stream augmented training copies
+	// on lung.train.<model>.
+	TrainCopies int
+	TrainSeed   uint64
 	// Formats are the input readers of ingest.
 	Formats []ingest.Format
 	// Hooks observe every runner (metrics).
@@ -100,7 +104,8 @@ func Run(ctx context.Context, js jetstream.JetStream, cfg Config, log zerolog.Lo
 				&ingest.Stage{Formats: cfg.Formats, Models: cfg.Registry, Defaults: defaults})
 		case Preprocess:
 			err = add(stage.Config{Name: Preprocess, Stream: bus.StreamRaw},
-				&preprocess.Stage{Cards: cfg.Registry, Defaults: defaults, TTA: cfg.TTA})
+				&preprocess.Stage{Cards: cfg.Registry, Defaults: defaults, TTA: cfg.TTA,
+					TrainCopies: cfg.TrainCopies, TrainSeed: cfg.TrainSeed})
 		case Segment:
 			models := cfg.Models
 			if len(models) == 0 {
@@ -110,6 +115,7 @@ func Run(ctx context.Context, js jetstream.JetStream, cfg Config, log zerolog.Lo
 			if err != nil {
 				return err
 			}
+			models = baseModels(models)
 			if err := ortlib.Init(ctx, log); err != nil {
 				return fmt.Errorf("pipeline: loading ONNX Runtime: %w", err)
 			}
@@ -156,4 +162,19 @@ func Run(ctx context.Context, js jetstream.JetStream, cfg Config, log zerolog.Lo
 	wg.Wait()
 	close(errc)
 	return <-errc
+}
+
+// baseModels maps selection names ("m", "m+tta") to the registry models
+// that serve them, without duplicates.
+func baseModels(names []string) []string {
+	var out []string
+	seen := map[string]bool{}
+	for _, n := range names {
+		b, _ := model.SplitVariant(n)
+		if !seen[b] {
+			seen[b] = true
+			out = append(out, b)
+		}
+	}
+	return out
 }

@@ -214,7 +214,11 @@ func (r *Runner) handle(ctx context.Context, jm jetstream.Msg) {
 
 	switch {
 	case err == nil:
-		if aerr := jm.DoubleAck(ctx); aerr != nil {
+		// Finish the ack even when shutting down: the output is published.
+		actx, cancel := context.WithTimeout(context.WithoutCancel(ctx), 10*time.Second)
+		aerr := jm.DoubleAck(actx)
+		cancel()
+		if aerr != nil {
 			m.Log.Warn().Err(aerr).Msg("ack failed; message will be redelivered and deduped")
 			return
 		}

@@ -668,6 +668,121 @@ func (x *ModelInput) GetTta() bool {
 	return false
 }
 
+// TrainingExample is an augmented copy of a slice prepared for one model,
+// published by preprocess on lung.train.<model> when training copies are
+// asked for, so that a training set can be streamed.
+type TrainingExample struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	Meta  *SliceMeta             `protobuf:"bytes,1,opt,name=meta,proto3" json:"meta,omitempty"`
+	Model string                 `protobuf:"bytes,2,opt,name=model,proto3" json:"model,omitempty"`
+	// Copy number: 0 is the slice only windowed and resized, 1.. augmented.
+	Copy   int32 `protobuf:"varint,3,opt,name=copy,proto3" json:"copy,omitempty"`
+	Height int32 `protobuf:"varint,4,opt,name=height,proto3" json:"height,omitempty"`
+	Width  int32 `protobuf:"varint,5,opt,name=width,proto3" json:"width,omitempty"`
+	// height*width little-endian float32 model input.
+	Tensor []byte `protobuf:"bytes,6,opt,name=tensor,proto3" json:"tensor,omitempty"`
+	// Mask at the model's size (bits, as in Slice).
+	MaskBits []byte `protobuf:"bytes,7,opt,name=mask_bits,json=maskBits,proto3" json:"mask_bits,omitempty"`
+	HasMask  bool   `protobuf:"varint,8,opt,name=has_mask,json=hasMask,proto3" json:"has_mask,omitempty"`
+	// The transform parameters applied, as JSON.
+	ParamsJson    string `protobuf:"bytes,9,opt,name=params_json,json=paramsJson,proto3" json:"params_json,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *TrainingExample) Reset() {
+	*x = TrainingExample{}
+	mi := &file_proto_lungseg_v1_lungseg_proto_msgTypes[6]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *TrainingExample) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*TrainingExample) ProtoMessage() {}
+
+func (x *TrainingExample) ProtoReflect() protoreflect.Message {
+	mi := &file_proto_lungseg_v1_lungseg_proto_msgTypes[6]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use TrainingExample.ProtoReflect.Descriptor instead.
+func (*TrainingExample) Descriptor() ([]byte, []int) {
+	return file_proto_lungseg_v1_lungseg_proto_rawDescGZIP(), []int{6}
+}
+
+func (x *TrainingExample) GetMeta() *SliceMeta {
+	if x != nil {
+		return x.Meta
+	}
+	return nil
+}
+
+func (x *TrainingExample) GetModel() string {
+	if x != nil {
+		return x.Model
+	}
+	return ""
+}
+
+func (x *TrainingExample) GetCopy() int32 {
+	if x != nil {
+		return x.Copy
+	}
+	return 0
+}
+
+func (x *TrainingExample) GetHeight() int32 {
+	if x != nil {
+		return x.Height
+	}
+	return 0
+}
+
+func (x *TrainingExample) GetWidth() int32 {
+	if x != nil {
+		return x.Width
+	}
+	return 0
+}
+
+func (x *TrainingExample) GetTensor() []byte {
+	if x != nil {
+		return x.Tensor
+	}
+	return nil
+}
+
+func (x *TrainingExample) GetMaskBits() []byte {
+	if x != nil {
+		return x.MaskBits
+	}
+	return nil
+}
+
+func (x *TrainingExample) GetHasMask() bool {
+	if x != nil {
+		return x.HasMask
+	}
+	return false
+}
+
+func (x *TrainingExample) GetParamsJson() string {
+	if x != nil {
+		return x.ParamsJson
+	}
+	return ""
+}
+
 // ModelOutput is one model's probability map for one slice, published by
 // segment on lung.masks.<model>.
 type ModelOutput struct {
@@ -693,7 +808,7 @@ type ModelOutput struct {
 
 func (x *ModelOutput) Reset() {
 	*x = ModelOutput{}
-	mi := &file_proto_lungseg_v1_lungseg_proto_msgTypes[6]
+	mi := &file_proto_lungseg_v1_lungseg_proto_msgTypes[7]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -705,7 +820,7 @@ func (x *ModelOutput) String() string {
 func (*ModelOutput) ProtoMessage() {}
 
 func (x *ModelOutput) ProtoReflect() protoreflect.Message {
-	mi := &file_proto_lungseg_v1_lungseg_proto_msgTypes[6]
+	mi := &file_proto_lungseg_v1_lungseg_proto_msgTypes[7]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -718,7 +833,7 @@ func (x *ModelOutput) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ModelOutput.ProtoReflect.Descriptor instead.
 func (*ModelOutput) Descriptor() ([]byte, []int) {
-	return file_proto_lungseg_v1_lungseg_proto_rawDescGZIP(), []int{6}
+	return file_proto_lungseg_v1_lungseg_proto_rawDescGZIP(), []int{7}
 }
 
 func (x *ModelOutput) GetMeta() *SliceMeta {
@@ -822,7 +937,7 @@ type Score struct {
 
 func (x *Score) Reset() {
 	*x = Score{}
-	mi := &file_proto_lungseg_v1_lungseg_proto_msgTypes[7]
+	mi := &file_proto_lungseg_v1_lungseg_proto_msgTypes[8]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -834,7 +949,7 @@ func (x *Score) String() string {
 func (*Score) ProtoMessage() {}
 
 func (x *Score) ProtoReflect() protoreflect.Message {
-	mi := &file_proto_lungseg_v1_lungseg_proto_msgTypes[7]
+	mi := &file_proto_lungseg_v1_lungseg_proto_msgTypes[8]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -847,7 +962,7 @@ func (x *Score) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Score.ProtoReflect.Descriptor instead.
 func (*Score) Descriptor() ([]byte, []int) {
-	return file_proto_lungseg_v1_lungseg_proto_rawDescGZIP(), []int{7}
+	return file_proto_lungseg_v1_lungseg_proto_rawDescGZIP(), []int{8}
 }
 
 func (x *Score) GetMeta() *SliceMeta {
@@ -956,7 +1071,7 @@ type ErrorEvent struct {
 
 func (x *ErrorEvent) Reset() {
 	*x = ErrorEvent{}
-	mi := &file_proto_lungseg_v1_lungseg_proto_msgTypes[8]
+	mi := &file_proto_lungseg_v1_lungseg_proto_msgTypes[9]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -968,7 +1083,7 @@ func (x *ErrorEvent) String() string {
 func (*ErrorEvent) ProtoMessage() {}
 
 func (x *ErrorEvent) ProtoReflect() protoreflect.Message {
-	mi := &file_proto_lungseg_v1_lungseg_proto_msgTypes[8]
+	mi := &file_proto_lungseg_v1_lungseg_proto_msgTypes[9]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -981,7 +1096,7 @@ func (x *ErrorEvent) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ErrorEvent.ProtoReflect.Descriptor instead.
 func (*ErrorEvent) Descriptor() ([]byte, []int) {
-	return file_proto_lungseg_v1_lungseg_proto_rawDescGZIP(), []int{8}
+	return file_proto_lungseg_v1_lungseg_proto_rawDescGZIP(), []int{9}
 }
 
 func (x *ErrorEvent) GetStage() string {
@@ -1104,7 +1219,18 @@ const file_proto_lungseg_v1_lungseg_proto_rawDesc = "" +
 	"\tmask_bits\x18\b \x01(\fR\bmaskBits\x12\x19\n" +
 	"\bhas_mask\x18\t \x01(\bR\ahasMask\x12\x10\n" +
 	"\x03tta\x18\n" +
-	" \x01(\bR\x03tta\"\xca\x02\n" +
+	" \x01(\bR\x03tta\"\x85\x02\n" +
+	"\x0fTrainingExample\x12)\n" +
+	"\x04meta\x18\x01 \x01(\v2\x15.lungseg.v1.SliceMetaR\x04meta\x12\x14\n" +
+	"\x05model\x18\x02 \x01(\tR\x05model\x12\x12\n" +
+	"\x04copy\x18\x03 \x01(\x05R\x04copy\x12\x16\n" +
+	"\x06height\x18\x04 \x01(\x05R\x06height\x12\x14\n" +
+	"\x05width\x18\x05 \x01(\x05R\x05width\x12\x16\n" +
+	"\x06tensor\x18\x06 \x01(\fR\x06tensor\x12\x1b\n" +
+	"\tmask_bits\x18\a \x01(\fR\bmaskBits\x12\x19\n" +
+	"\bhas_mask\x18\b \x01(\bR\ahasMask\x12\x1f\n" +
+	"\vparams_json\x18\t \x01(\tR\n" +
+	"paramsJson\"\xca\x02\n" +
 	"\vModelOutput\x12)\n" +
 	"\x04meta\x18\x01 \x01(\v2\x15.lungseg.v1.SliceMetaR\x04meta\x12\x14\n" +
 	"\x05model\x18\x02 \x01(\tR\x05model\x12#\n" +
@@ -1156,29 +1282,31 @@ func file_proto_lungseg_v1_lungseg_proto_rawDescGZIP() []byte {
 	return file_proto_lungseg_v1_lungseg_proto_rawDescData
 }
 
-var file_proto_lungseg_v1_lungseg_proto_msgTypes = make([]protoimpl.MessageInfo, 9)
+var file_proto_lungseg_v1_lungseg_proto_msgTypes = make([]protoimpl.MessageInfo, 10)
 var file_proto_lungseg_v1_lungseg_proto_goTypes = []any{
-	(*IngestJob)(nil),   // 0: lungseg.v1.IngestJob
-	(*IngestDone)(nil),  // 1: lungseg.v1.IngestDone
-	(*SliceMeta)(nil),   // 2: lungseg.v1.SliceMeta
-	(*ObjectRef)(nil),   // 3: lungseg.v1.ObjectRef
-	(*Slice)(nil),       // 4: lungseg.v1.Slice
-	(*ModelInput)(nil),  // 5: lungseg.v1.ModelInput
-	(*ModelOutput)(nil), // 6: lungseg.v1.ModelOutput
-	(*Score)(nil),       // 7: lungseg.v1.Score
-	(*ErrorEvent)(nil),  // 8: lungseg.v1.ErrorEvent
+	(*IngestJob)(nil),       // 0: lungseg.v1.IngestJob
+	(*IngestDone)(nil),      // 1: lungseg.v1.IngestDone
+	(*SliceMeta)(nil),       // 2: lungseg.v1.SliceMeta
+	(*ObjectRef)(nil),       // 3: lungseg.v1.ObjectRef
+	(*Slice)(nil),           // 4: lungseg.v1.Slice
+	(*ModelInput)(nil),      // 5: lungseg.v1.ModelInput
+	(*TrainingExample)(nil), // 6: lungseg.v1.TrainingExample
+	(*ModelOutput)(nil),     // 7: lungseg.v1.ModelOutput
+	(*Score)(nil),           // 8: lungseg.v1.Score
+	(*ErrorEvent)(nil),      // 9: lungseg.v1.ErrorEvent
 }
 var file_proto_lungseg_v1_lungseg_proto_depIdxs = []int32{
 	2, // 0: lungseg.v1.Slice.meta:type_name -> lungseg.v1.SliceMeta
 	3, // 1: lungseg.v1.Slice.hu_ref:type_name -> lungseg.v1.ObjectRef
 	2, // 2: lungseg.v1.ModelInput.meta:type_name -> lungseg.v1.SliceMeta
-	2, // 3: lungseg.v1.ModelOutput.meta:type_name -> lungseg.v1.SliceMeta
-	2, // 4: lungseg.v1.Score.meta:type_name -> lungseg.v1.SliceMeta
-	5, // [5:5] is the sub-list for method output_type
-	5, // [5:5] is the sub-list for method input_type
-	5, // [5:5] is the sub-list for extension type_name
-	5, // [5:5] is the sub-list for extension extendee
-	0, // [0:5] is the sub-list for field type_name
+	2, // 3: lungseg.v1.TrainingExample.meta:type_name -> lungseg.v1.SliceMeta
+	2, // 4: lungseg.v1.ModelOutput.meta:type_name -> lungseg.v1.SliceMeta
+	2, // 5: lungseg.v1.Score.meta:type_name -> lungseg.v1.SliceMeta
+	6, // [6:6] is the sub-list for method output_type
+	6, // [6:6] is the sub-list for method input_type
+	6, // [6:6] is the sub-list for extension type_name
+	6, // [6:6] is the sub-list for extension extendee
+	0, // [0:6] is the sub-list for field type_name
 }
 
 func init() { file_proto_lungseg_v1_lungseg_proto_init() }
@@ -1192,7 +1320,7 @@ func file_proto_lungseg_v1_lungseg_proto_init() {
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_proto_lungseg_v1_lungseg_proto_rawDesc), len(file_proto_lungseg_v1_lungseg_proto_rawDesc)),
 			NumEnums:      0,
-			NumMessages:   9,
+			NumMessages:   10,
 			NumExtensions: 0,
 			NumServices:   0,
 		},

@@ -1,0 +1,159 @@
+package preprocess_test
+
+import (
+	"context"
+	"math"
+	"testing"
+
+	"github.com/lungseg/lungseg/pkg/bus"
+	"github.com/lungseg/lungseg/pkg/imgx"
+	"github.com/lungseg/lungseg/pkg/model"
+	"github.com/lungseg/lungseg/pkg/stage"
+	"github.com/lungseg/lungseg/preprocess"
+	lungsegv1 "github.com/lungseg/lungseg/proto/lungseg/v1"
+	"google.golang.org/protobuf/proto"
+)
+
+type cards map[string]*model.Card
+
+func (c cards) Get(n string) (*model.Card, error) {
+	if v, ok := c[n]; ok {
+		return v, nil
+	}
+	return nil, model.ErrUnknownModel
+}
+
+type recorder struct {
+	outs  []stage.Out
+	fails []stage.Failure
+}
+
+func (r *recorder) Emit(_ context.Context, o stage.Out) error { r.outs = append(r.outs, o); return nil }
+func (r *recorder) Fail(_ context.Context, f stage.Failure) error {
+	r.fails = append(r.fails, f)
+	return nil
+}
+
+func card(name string, size int) *model.Card {
+	return &model.Card{Name: name, Input: model.Shape{Channels: 1, Height: size, Width: size},
+		Normalisation: model.Normalisation{Kind: "window", Center: -600, Width: 1500}, Threshold: 0.5, Output: "logits"}
+}
+
+func slice(t *testing.T, rows, cols int, models ...string) ([]byte, *imgx.HU) {
+	hu := imgx.NewHU(rows, cols)
+	m := imgx.NewMask(rows, cols)
+	for i := range hu.Pix {
+		hu.Pix[i] = int16(i%2000 - 1200)
+		if i%7 == 0 {
+			m.Pix[i] = 1
+		}
+	}
+	b, err := proto.Marshal(&lungsegv1.Slice{Meta: &lungsegv1.SliceMeta{Id: "s1", ReplayId: "r", Rows: int32(rows), Cols: int32(cols), Models: models},
+		Hu: hu.EncodeInt16(), MaskBits: m.PackBits(), HasMask: true})
+	if err != nil {
+		t.Fatal(err)
+	}
+	return b, hu
+}
+
+func TestProcessEmitsOneInputPerModel(t *testing.T) {
+	st := &preprocess.Stage{Cards: cards{"a": card("a", 32), "b": card("b", 16)}}
+	data, hu := slice(t, 64, 64, "a", "b", "a+tta", "nope")
+	var r recorder
+	if err := st.Process(context.Background(), &stage.Msg{Data: data}, &r); err != nil {
+		t.Fatal(err)
+	}
+	if len(r.outs) != 3 || len(r.fails) != 1 || r.fails[0].Model != "nope" {
+		t.Fatalf("outs %d fails %+v", len(r.outs), r.fails)
+	}
+	wantSubj := []string{bus.ReadySubject("a"), bus.ReadySubject("b"), bus.ReadySubject("a")}
+	for i, o := range r.outs {
+		var in lungsegv1.ModelInput
+		if err := proto.Unmarshal(o.Data, &in); err != nil {
+			t.Fatal(err)
+		}
+		if o.Subject != wantSubj[i] || in.Model != o.Model {
+			t.Errorf("out %d: subject %s model %s/%s", i, o.Subject, in.Model, o.Model)
+		}
+		if in.Tta != (in.Model == "a+tta") {
+			t.Errorf("%s: tta %v", in.Model, in.Tta)
+		}
+		if len(in.Tensor) != 4*int(in.Height*in.Width) || !in.HasMask || in.Meta.Rows != 64 {
+			t.Errorf("%s: tensor %d bytes for %d×%d", in.Model, len(in.Tensor), in.Height, in.Width)
+		}
+	}
+	// The tensor is the windowed slice averaged over 2×2 (or 4×4) blocks.
+	var in lungsegv1.ModelInput
+	_ = proto.Unmarshal(r.outs[0].Data, &in)
+	x, _ := imgx.DecodeFloat32(32*32, in.Tensor)
+	c := st.Cards.(cards)["a"]
+	want := (c.Normalisation.Apply(float64(hu.At(0, 0))) + c.Normalisation.Apply(float64(hu.At(0, 1))) +
+		c.Normalisation.Apply(float64(hu.At(1, 0))) + c.Normalisation.Apply(float64(hu.At(1, 1)))) / 4
+	if math.Abs(float64(x[0]-want)) > 1e-6 {
+		t.Fatalf("pixel 0 = %v, want %v", x[0], want)
+	}
+}
+
+func TestProcessRejectsBadSlices(t *testing.T) {
+	st := &preprocess.Stage{Cards: cards{"a": card("a", 32)}, Defaults: []string{"a"}}
+	good, _ := slice(t, 8, 8)
+	var s lungsegv1.Slice
+	_ = proto.Unmarshal(good, &s)
+	short := proto.Clone(&s).(*lungsegv1.Slice)
+	short.Hu = short.Hu[:10]
+	badMask := proto.Clone(&s).(*lungsegv1.Slice)
+	badMask.MaskBits = badMask.MaskBits[:3]
+	huge := proto.Clone(&s).(*lungsegv1.Slice)
+	huge.Meta.Rows, huge.Meta.Cols = 100000, 100000
+	for name, msg := range map[string]*lungsegv1.Slice{"short pixels": short, "mask bits": badMask, "huge": huge} {
+		b, _ := proto.Marshal(msg)
+		var r recorder
+		err := st.Process(context.Background(), &stage.Msg{Data: b}, &r)
+		if err == nil || !stage.IsPermanent(err) || len(r.outs) != 0 {
+			t.Errorf("%s: err %v (permanent %v), outs %d", name, err, stage.IsPermanent(err), len(r.outs))
+		}
+	}
+	var r recorder
+	if err := st.Process(context.Background(), &stage.Msg{Data: []byte{0xff, 0x01}}, &r); !stage.IsPermanent(err) {
+		t.Errorf("garbage: %v", err)
+	}
+}
+
+func TestTrainingCopies(t *testing.T) {
+	st := &preprocess.Stage{Cards: cards{"a": card("a", 32)}, TrainCopies: 3, TrainSeed: 7}
+	data, hu := slice(t, 64, 64, "a")
+	run := func() []stage.Out {
+		var r recorder
+		if err := st.Process(context.Background(), &stage.Msg{Data: data}, &r); err != nil {
+			t.Fatal(err)
+		}
+		return r.outs
+	}
+	outs := run()
+	if len(outs) != 1+4 {
+		t.Fatalf("%d outputs, want 1 ready + 4 training", len(outs))
+	}
+	var ex0 lungsegv1.TrainingExample
+	if err := proto.Unmarshal(outs[1].Data, &ex0); err != nil || outs[1].Subject != bus.TrainSubject("a") || ex0.Copy != 0 {
+		t.Fatalf("copy 0: %v %s %d", err, outs[1].Subject, ex0.Copy)
+	}
+	x0, _ := imgx.DecodeFloat32(32*32, ex0.Tensor)
+	in := preprocess.Input(hu, st.Cards.(cards)["a"])
+	for i := range in {
+		if in[i] != x0[i] {
+			t.Fatalf("copy 0 differs from the serving input at %d", i)
+		}
+	}
+	again := run()
+	for k := 1; k <= 3; k++ {
+		if string(outs[1+k].Data) != string(again[1+k].Data) {
+			t.Errorf("copy %d not reproducible under the seed", k)
+		}
+		if string(outs[1+k].Data) == string(outs[1].Data) {
+			t.Errorf("copy %d equals copy 0", k)
+		}
+		if outs[1+k].MsgID == outs[1].MsgID {
+			t.Errorf("copy %d shares copy 0's dedupe id", k)
+		}
+	}
+}
