@@ -15,6 +15,7 @@ import (
 	"github.com/lungseg/lungseg/ingest/formats"
 	"github.com/lungseg/lungseg/pkg/bus"
 	"github.com/lungseg/lungseg/pkg/model"
+	"github.com/lungseg/lungseg/pkg/ortlib"
 	"github.com/lungseg/lungseg/pkg/pipeline"
 	"github.com/lungseg/lungseg/pkg/replay"
 	lungsegv1 "github.com/lungseg/lungseg/proto/lungseg/v1"
@@ -335,8 +336,15 @@ func cmdModels(ctx context.Context, args []string) error {
 	dir := fs.String("models-dir", "models", "model registry folder")
 	verify := fs.Bool("verify", false, "check each model file's sha256 against its card")
 	asJSON := fs.Bool("json", false, "print the cards as JSON")
+	fetchORT := fs.Bool("fetch-ort", false, "fetch the ONNX Runtime library into the cache (if missing) and print its path")
 	if err := fs.Parse(args); err != nil {
 		return err
+	}
+	if *fetchORT {
+		if err := ortlib.Init(ctx, newLogger("info", os.Stderr)); err != nil {
+			return err
+		}
+		fmt.Println(ortlib.Loaded())
 	}
 	reg, err := model.OpenRegistry(*dir)
 	if err != nil {
