@@ -37,19 +37,33 @@ def cpu_copy(model: torch.nn.Module) -> torch.nn.Module:
     return m.to(memory_format=torch.contiguous_format)
 
 
-def export_onnx(model: torch.nn.Module, path: str, size: int = 256, opset: int = OPSET) -> None:
+def export_onnx(model: torch.nn.Module, path: str, size: int = 256, opset: int = OPSET) -> str:
     """TorchScript-based export (dynamo=False where that keyword exists)."""
     m = cpu_copy(model)
     x = torch.rand(2, 1, size, size)
     kw = dict(opset_version=opset, input_names=["input"], output_names=["logits"],
               dynamic_axes={"input": {0: "batch"}, "logits": {0: "batch"}}, do_constant_folding=True)
-    if "dynamo" in inspect.signature(torch.onnx.export).parameters:
+    has_dynamo = "dynamo" in inspect.signature(torch.onnx.export).parameters
+    if has_dynamo:
         kw["dynamo"] = False
     os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         with torch.no_grad():
-            torch.onnx.export(m, (x,), path, **kw)
+            try:
+                torch.onnx.export(m, (x,), path, **kw)
+                return "torchscript"
+            except Exception as e:  # noqa: BLE001
+                if not has_dynamo:
+                    raise
+                # a torch without the TorchScript exporter: torch.export-based one
+                print(f"export: TorchScript exporter failed ({type(e).__name__}: {e}); trying dynamo=True",
+                      flush=True)
+                kw.pop("dynamic_axes")
+                kw["dynamo"] = True
+                kw["dynamic_shapes"] = ({0: torch.export.Dim("batch", min=1, max=1024)},)
+                torch.onnx.export(m, (x,), path, **kw)
+                return "dynamo"
 
 
 def check_onnx(path: str) -> Dict[str, object]:
@@ -115,8 +129,9 @@ def export_model(model: torch.nn.Module, name: str, out_root: str, card: Dict[st
     folder = os.path.join(out_root, name)
     os.makedirs(folder, exist_ok=True)
     path = os.path.join(folder, "model.onnx")
-    export_onnx(model, path, size)
+    exporter = export_onnx(model, path, size)
     chk = check_onnx(path)
+    chk["exporter"] = exporter
     par = write_parity(model, folder, parity_inputs, path)
     c = dict(card)
     c.update({
@@ -138,3 +153,37 @@ def export_model(model: torch.nn.Module, name: str, out_root: str, card: Dict[st
         f.write("\n")
     return {"folder": folder, "onnx": chk, "parity": par, "bytes": chk["bytes"],
             "fits_budget": chk["bytes"] <= MAX_MODEL_BYTES, "sha256": c["sha256"]}
+
+
+def export_checkpoint(ckpt_path: str, out_root: str) -> Dict[str, object]:
+    """Re-exports a state_dict.pt that train.py saved when its export failed."""
+    from . import models as M
+
+    ck = torch.load(ckpt_path, map_location="cpu")
+    size = int(ck.get("size", 256))
+    model = M.build(ck["model"], size)
+    model.load_state_dict(ck["state_dict"])
+    card = ck["card"]
+    pin = os.path.join(os.path.dirname(ckpt_path), "parity_input.bin")
+    if os.path.isfile(pin):
+        x = np.fromfile(pin, "<f4").reshape(-1, 1, size, size)
+    else:
+        x = np.random.default_rng(0).random((2, 1, size, size)).astype(np.float32)
+    return export_model(model, card["name"], out_root, card, x, size)
+
+
+def main(argv=None) -> int:
+    import argparse
+
+    ap = argparse.ArgumentParser(prog="python3 -m lungseg_train.export",
+                                 description="Export a saved state_dict.pt (from a failed export) to ONNX + card.")
+    ap.add_argument("--checkpoint", required=True)
+    ap.add_argument("--out", required=True, help="output root; writes OUT/<name>/")
+    a = ap.parse_args(argv)
+    rep = export_checkpoint(a.checkpoint, a.out)
+    print(json.dumps({k: v for k, v in rep.items() if k != "onnx"}, indent=1, default=str))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

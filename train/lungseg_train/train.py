@@ -145,6 +145,14 @@ def _subset_slices(s: D.SliceSet, limit: Optional[int]) -> D.SliceSet:
     return s.subset(np.linspace(0, len(s) - 1, limit).round().astype(np.int64))
 
 
+def _flops(model, size: int):
+    try:
+        return M.count_flops(E.cpu_copy(model), size)
+    except Exception as e:  # noqa: BLE001 - a rough figure is not worth losing a run
+        log(f"flop count failed: {e}")
+        return None
+
+
 def parity_inputs(test_real: C.EvalSet, test_comp: C.EvalSet, n: int = 2) -> np.ndarray:
     """Real test slice(s) first (with nodule if any), then composites with nodule."""
     picks = []
@@ -360,7 +368,7 @@ def run(args) -> Dict[str, object]:
             "epochs": epoch, "best_epoch": best["epoch"], "steps": step, "batch": batch,
             "epoch_samples": epoch_samples, "minutes": round(train_s / 60.0, 2), "budget_minutes": args.minutes,
             "stop": stop, "device": dev_name, "torch": torch.__version__, "seed": args.seed,
-            "flops_per_image": M.count_flops(E.cpu_copy(model), size),
+            "flops_per_image": _flops(model, size),
         },
         "validation": validation,
     }
@@ -374,11 +382,22 @@ def run(args) -> Dict[str, object]:
     if args.out:
         par = parity_inputs(test_real, test_comp)
         te0 = time.time()
-        rep = E.export_model(model, card["name"], args.out, card, par, size)
-        rep["export_s"] = round(time.time() - te0, 1)
-        summary["export"] = rep
-        log(f"{card['name']}: exported {rep['bytes'] / 1e6:.1f} MB (budget {'ok' if rep['fits_budget'] else 'EXCEEDED'}), "
-            f"parity ORT {rep['parity'].get('max_abs_diff_onnxruntime', 'n/a')}, {rep['export_s']}s")
+        try:
+            rep = E.export_model(model, card["name"], args.out, card, par, size)
+            rep["export_s"] = round(time.time() - te0, 1)
+            summary["export"] = rep
+            log(f"{card['name']}: exported {rep['bytes'] / 1e6:.1f} MB (budget {'ok' if rep['fits_budget'] else 'EXCEEDED'}), "
+                f"parity ORT {rep['parity'].get('max_abs_diff_onnxruntime', 'n/a')}, {rep['export_s']}s")
+        except Exception:  # keep the trained weights so the export can be redone elsewhere
+            import traceback
+            err = traceback.format_exc()
+            folder = os.path.join(args.out, card["name"])
+            os.makedirs(folder, exist_ok=True)
+            torch.save({"model": args.model, "size": size, "state_dict": E.cpu_copy(model).state_dict(), "card": card},
+                       os.path.join(folder, "state_dict.pt"))
+            np.asarray(par, "<f4").tofile(os.path.join(folder, "parity_input.bin"))
+            summary["export_error"] = err
+            log(f"{card['name']}: EXPORT FAILED, weights saved to {folder}/state_dict.pt:\n{err}")
     if args.work:
         with open(os.path.join(args.work, f"{card['name']}.summary.json"), "w") as f:
             json.dump(summary, f, indent=2, default=float)

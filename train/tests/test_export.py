@@ -48,3 +48,22 @@ def test_export_writes_checked_model_card_and_parity(tmp_path, name):
         r = subprocess.run(["node", script, str(folder)], env=dict(os.environ, NODE_PATH=ORT_NODE),
                            capture_output=True, text=True, timeout=120)
         assert r.returncode == 0, r.stdout + r.stderr
+
+
+def test_saved_checkpoint_reexports(tmp_path):
+    torch.manual_seed(1)
+    m = M.build("resnet50-unet-small", img_size=64)
+    folder = tmp_path / "failed" / "resnet50-unet-small"
+    folder.mkdir(parents=True)
+    card = {"name": "resnet50-unet-small", "architecture": "resnet50-unet", "threshold": 0.3}
+    torch.save({"model": "resnet50-unet-small", "size": 64, "state_dict": m.state_dict(), "card": card},
+               folder / "state_dict.pt")
+    x = np.random.default_rng(2).random((1, 1, 64, 64)).astype("<f4")
+    x.tofile(folder / "parity_input.bin")
+    rep = E.export_checkpoint(str(folder / "state_dict.pt"), str(tmp_path / "out"))
+    out = tmp_path / "out" / "resnet50-unet-small"
+    assert json.loads((out / "card.json").read_text())["threshold"] == 0.3
+    got = np.fromfile(out / "parity_output.bin", "<f4").reshape(1, 1, 64, 64)
+    want = m.eval()(torch.from_numpy(x)).detach().numpy()
+    assert np.allclose(got, want, atol=1e-5)
+    assert rep["onnx"]["input_dims"] == ["batch", 1, 64, 64]
