@@ -1,0 +1,124 @@
+package model_test
+
+import (
+	"crypto/sha256"
+	"encoding/hex"
+	"encoding/json"
+	"errors"
+	"os"
+	"path/filepath"
+	"reflect"
+	"strings"
+	"testing"
+
+	"github.com/lungseg/lungseg/pkg/model"
+)
+
+func writeModel(t *testing.T, dir, name string, edit func(*model.Card)) {
+	t.Helper()
+	d := filepath.Join(dir, name)
+	if err := os.MkdirAll(d, 0o755); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.WriteFile(filepath.Join(d, model.ModelFile), []byte("onnx bytes of "+name), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	c := model.Card{Name: name, Architecture: "unet", Version: "1", Input: model.Shape{Channels: 1, Height: 256, Width: 256},
+		Normalisation: model.Normalisation{Kind: "window", Center: -600, Width: 1500}, Threshold: 0.5, Output: "logits",
+	}
+	if edit != nil {
+		edit(&c)
+	}
+	b, _ := json.Marshal(c)
+	if err := os.WriteFile(filepath.Join(d, model.CardFile), b, 0o644); err != nil {
+		t.Fatal(err)
+	}
+}
+
+func TestRegistryResolve(t *testing.T) {
+	dir := t.TempDir()
+	writeModel(t, dir, "b", nil)
+	writeModel(t, dir, "a", nil)
+	if err := os.MkdirAll(filepath.Join(dir, "not-a-model"), 0o755); err != nil {
+		t.Fatal(err)
+	}
+	r, err := model.OpenRegistry(dir)
+	if err != nil {
+		t.Fatal(err)
+	}
+	tests := []struct {
+		in   []string
+		want []string
+		err  error
+	}{
+		{[]string{"all"}, []string{"a", "b"}, nil},
+		{[]string{"b,a", "a"}, []string{"b", "a"}, nil},
+		{[]string{"all", "all+tta"}, []string{"a", "b", "a+tta", "b+tta"}, nil},
+		{[]string{"b+tta"}, []string{"b+tta"}, nil},
+		{[]string{"c"}, nil, model.ErrUnknownModel},
+		{[]string{"c+tta"}, nil, model.ErrUnknownModel},
+	}
+	for _, tc := range tests {
+		got, err := r.Resolve(tc.in)
+		if !errors.Is(err, tc.err) || !reflect.DeepEqual(got, tc.want) {
+			t.Errorf("Resolve(%v) = %v, %v; want %v, %v", tc.in, got, err, tc.want, tc.err)
+		}
+	}
+}
+
+func TestBadCards(t *testing.T) {
+	tests := []struct {
+		name string
+		edit func(*model.Card)
+		want string
+	}{
+		{"threshold", func(c *model.Card) { c.Threshold = 1.5 }, "threshold"},
+		{"channels", func(c *model.Card) { c.Input.Channels = 3 }, "channels"},
+		{"window", func(c *model.Card) { c.Normalisation.Width = 0 }, "width"},
+		{"output", func(c *model.Card) { c.Output = "softmax" }, "output"},
+		{"size", func(c *model.Card) { c.Input.Height = 100000 }, "size"},
+		{"kind", func(c *model.Card) { c.Normalisation.Kind = "zscore" }, "kind"},
+	}
+	for _, tc := range tests {
+		t.Run(tc.name, func(t *testing.T) {
+			dir := t.TempDir()
+			writeModel(t, dir, "m", tc.edit)
+			_, err := model.OpenRegistry(dir)
+			if !errors.Is(err, model.ErrBadCard) || !strings.Contains(err.Error(), tc.want) {
+				t.Fatalf("got %v, want ErrBadCard mentioning %q", err, tc.want)
+			}
+		})
+	}
+	dir := t.TempDir()
+	writeModel(t, dir, "m", func(c *model.Card) { c.Name = "other" })
+	if _, err := model.OpenRegistry(dir); !errors.Is(err, model.ErrBadCard) {
+		t.Fatalf("folder/name mismatch: %v", err)
+	}
+}
+
+func TestVerifyChecksum(t *testing.T) {
+	dir := t.TempDir()
+	writeModel(t, dir, "m", func(c *model.Card) { c.SHA256 = "0000" })
+	c, err := model.LoadCard(filepath.Join(dir, "m"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := c.VerifyChecksum(); !errors.Is(err, model.ErrChecksum) {
+		t.Fatalf("wrong sum accepted: %v", err)
+	}
+	// sha256("onnx bytes of m")
+	sum := sha256.Sum256([]byte("onnx bytes of m"))
+	c.SHA256 = hex.EncodeToString(sum[:])
+	if err := c.VerifyChecksum(); err != nil {
+		t.Fatalf("right sum refused: %v", err)
+	}
+}
+
+func TestNormalisation(t *testing.T) {
+	n := model.Normalisation{Kind: "window", Center: -600, Width: 1500}
+	for hu, want := range map[float64]float32{-1350: 0, -2000: 0, 150: 1, 3000: 1, -600: 0.5} {
+		if got := n.Apply(hu); got != want {
+			t.Errorf("Apply(%v) = %v, want %v", hu, got, want)
+		}
+	}
+}
