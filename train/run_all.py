@@ -58,6 +58,10 @@ def jobs_for(sets):
     return jobs
 
 
+def _num(v):
+    return float("nan") if v is None else float(v)
+
+
 def log(msg):
     print(time.strftime("%H:%M:%S ") + msg, flush=True)
 
@@ -87,7 +91,7 @@ def pack(out, dest, summary):
             f.write(data[i:i + PART_BYTES])
         parts.append(p)
     with open(os.path.join(dest, "summary.json"), "w") as f:
-        json.dump(summary, f, indent=1, default=float)
+        json.dump(summary, f, indent=1, default=str)
     with tarfile.open(os.path.join(dest, "logs.tar.gz"), "w:gz") as t:
         if os.path.isdir(os.path.join(out, "logs")):
             t.add(os.path.join(out, "logs"), arcname="logs")
@@ -114,7 +118,7 @@ def main(argv=None):
     jobs = jobs_for([s for s in a.sets.split(",") if s])
     hard_end = t_start + a.total_minutes * 60.0
     train_until = hard_end - a.tail_seconds
-    threads = a.threads or max(1, (os.cpu_count() or 2) // len(jobs))
+    threads = a.threads or max(2, (os.cpu_count() or 2) // len(jobs))
     os.makedirs(os.path.join(a.out, "logs"), exist_ok=True)
     os.makedirs(os.path.join(a.out, "work"), exist_ok=True)
     data = os.path.abspath(a.data)
@@ -171,9 +175,10 @@ def main(argv=None):
             v = s["card"]["validation"]
             ex = s.get("export", {})
             rows.append((name, s["card"]["training"]["epochs"], s["card"]["training"]["steps"],
-                         s["card"]["threshold"], v["dice"], v["test_slices_dice"], v["test_crops_dice"],
-                         v.get("test_real_slices_dice") or float("nan"), ex.get("bytes", 0) / 1e6,
-                         ex.get("parity", {}).get("max_abs_diff_onnxruntime", float("nan"))))
+                         s["card"]["threshold"], _num(v["dice"]), _num(v["test_slices_dice"]),
+                         _num(v["test_crops_dice"]),
+                         _num(v.get("test_real_slices_dice")), ex.get("bytes", 0) / 1e6,
+                         _num(ex.get("parity", {}).get("max_abs_diff_onnxruntime"))))
         else:
             with open(os.path.join(a.out, "logs", f"{name}.log"), errors="replace") as f:
                 rec["log_tail"] = f.read()[-3000:]

@@ -92,6 +92,20 @@ def onnxruntime_run(path: str, x: np.ndarray) -> Optional[np.ndarray]:
     return sess.run(["logits"], {"input": x.astype(np.float32)})[0]
 
 
+def json_safe(obj):
+    """Replaces NaN/inf with None (strict JSON, as Go's encoding/json wants) and numpy scalars with Python ones."""
+    if isinstance(obj, dict):
+        return {str(k): json_safe(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [json_safe(v) for v in obj]
+    if isinstance(obj, (np.floating, float)):
+        v = float(obj)
+        return v if np.isfinite(v) else None
+    if isinstance(obj, np.integer):
+        return int(obj)
+    return obj
+
+
 def sha256_file(path: str) -> str:
     h = hashlib.sha256()
     with open(path, "rb") as f:
@@ -119,7 +133,7 @@ def write_parity(model: torch.nn.Module, folder: str, inputs: np.ndarray, onnx_p
         one = onnxruntime_run(onnx_path, x[:1])
         info["max_abs_diff_batch1"] = float(np.abs(one - y[:1]).max())
     with open(os.path.join(folder, "parity.json"), "w") as f:
-        json.dump(info, f, indent=2)
+        json.dump(json_safe(info), f, indent=2, allow_nan=False)
     return info
 
 
@@ -149,7 +163,7 @@ def export_model(model: torch.nn.Module, name: str, out_root: str, card: Dict[st
         val["parity_max_abs_diff_onnxruntime"] = par["max_abs_diff_onnxruntime"]
     c["validation"] = val
     with open(os.path.join(folder, "card.json"), "w") as f:
-        json.dump(c, f, indent=2)
+        json.dump(json_safe(c), f, indent=2, allow_nan=False)
         f.write("\n")
     return {"folder": folder, "onnx": chk, "parity": par, "bytes": chk["bytes"],
             "fits_budget": chk["bytes"] <= MAX_MODEL_BYTES, "sha256": c["sha256"]}

@@ -400,7 +400,7 @@ def run(args) -> Dict[str, object]:
             log(f"{card['name']}: EXPORT FAILED, weights saved to {folder}/state_dict.pt:\n{err}")
     if args.work:
         with open(os.path.join(args.work, f"{card['name']}.summary.json"), "w") as f:
-            json.dump(summary, f, indent=2, default=float)
+            json.dump(E.json_safe(summary), f, indent=2, default=str, allow_nan=False)
     summary["total_s"] = round(time.time() - t_start, 1)
     return summary
 

@@ -67,3 +67,8 @@ def test_saved_checkpoint_reexports(tmp_path):
     want = m.eval()(torch.from_numpy(x)).detach().numpy()
     assert np.allclose(got, want, atol=1e-5)
     assert rep["onnx"]["input_dims"] == ["batch", 1, 64, 64]
+
+
+def test_json_safe_makes_strict_json():
+    v = E.json_safe({"a": float("nan"), "b": [np.float32(1.5), np.int64(3), float("inf")], "c": {"d": 0.25}})
+    assert json.loads(json.dumps(v, allow_nan=False)) == {"a": None, "b": [1.5, 3, None], "c": {"d": 0.25}}
