@@ -1,0 +1,445 @@
+package findings
+
+import (
+	"context"
+	"crypto/sha256"
+	"encoding/hex"
+	"errors"
+	"fmt"
+	"strings"
+	"sync"
+	"time"
+
+	"github.com/lungseg/lungseg/pkg/bus"
+	"github.com/lungseg/lungseg/pkg/imgx"
+	"github.com/lungseg/lungseg/pkg/stage"
+	lungsegv1 "github.com/lungseg/lungseg/proto/lungseg/v1"
+	"github.com/lungseg/lungseg/score"
+	"github.com/nats-io/nats.go/jetstream"
+	"github.com/rs/zerolog"
+	"google.golang.org/protobuf/proto"
+)
+
+// HUSource gives the HU image of a slice when it has it (nil otherwise).
+type HUSource interface {
+	HU(meta *lungsegv1.SliceMeta) *imgx.HU
+}
+
+// Stage is the findings stage processor. It reads Score messages
+// (lung.scores.>, from SCORES) or ModelOutput messages (lung.masks.>, from
+// MASKS; these also give the mean probability) and:
+//
+//   - publishes the slice's components as SliceFindings;
+//   - for a slice without a series UID (pickles, PNG pairs), publishes its
+//     nodule findings at once (one per component);
+//   - for a slice of a series, stores the slice in the state bucket and
+//     restarts the series' quiet timer; when no slice of the series has
+//     arrived for the quiet period, groups the stored slices into nodules,
+//     publishes one Finding per nodule and an Alert for each at or above
+//     the alert category, and removes the series from the bucket.
+//
+// The series state is durable: it is in a JetStream key-value bucket and
+// the last-seen time of a series is the newest store time of its slices,
+// so after a restart Start reschedules every series left in the bucket.
+// Publishing uses stable ids, so two processes completing the same series
+// publish each finding once (within the streams' dedupe window). A slice
+// that arrives after its series was completed starts a new group.
+//
+// Safe for concurrent use.
+type Stage struct {
+	cfg Config
+	js  jetstream.JetStream
+	kv  jetstream.KeyValue
+	hu  HUSource
+	log zerolog.Logger
+	now func() time.Time
+
+	mu     sync.Mutex
+	timers map[string]*seriesTimer
+	runCtx context.Context
+	wg     sync.WaitGroup
+}
+
+// New returns the stage, creating its state bucket if needed. hu may be
+// nil (mean HU is then unknown).
+func New(ctx context.Context, js jetstream.JetStream, cfg Config, hu HUSource, log zerolog.Logger) (*Stage, error) {
+	cfg = cfg.WithDefaults()
+	if err := cfg.Validate(); err != nil {
+		return nil, err
+	}
+	kv, err := js.CreateOrUpdateKeyValue(ctx, jetstream.KeyValueConfig{
+		Bucket:      cfg.StateBucket,
+		Description: "findings: slices of series not yet complete",
+		History:     1,
+		Storage:     jetstream.FileStorage,
+	})
+	if err != nil {
+		return nil, fmt.Errorf("findings: creating bucket %s: %w", cfg.StateBucket, err)
+	}
+	return &Stage{cfg: cfg, js: js, kv: kv, hu: hu, log: log.With().Str("stage", StageName).Logger(),
+		now: time.Now, timers: map[string]*seriesTimer{}}, nil
+}
+
+// Config returns the stage's configuration, defaults applied.
+func (s *Stage) Config() Config { return s.cfg }
+
+// Start arms the series timers until ctx ends: every series already in
+// the bucket (left by an earlier process) is scheduled. Call it before
+// the runner delivers messages; Wait returns when the timers have stopped.
+func (s *Stage) Start(ctx context.Context) error {
+	s.mu.Lock()
+	s.runCtx = ctx
+	s.mu.Unlock()
+	pending, err := s.pendingSeries(ctx)
+	if err != nil {
+		return err
+	}
+	for _, k := range pending {
+		s.touch(k, 0)
+	}
+	s.wg.Add(1)
+	go func() {
+		defer s.wg.Done()
+		<-ctx.Done()
+		s.mu.Lock()
+		for k, t := range s.timers {
+			t.t.Stop()
+			delete(s.timers, k)
+		}
+		s.mu.Unlock()
+	}()
+	return nil
+}
+
+// Wait blocks until Start's context has ended and no completion runs.
+func (s *Stage) Wait() { s.wg.Wait() }
+
+// pendingSeries lists the series keys in the bucket.
+func (s *Stage) pendingSeries(ctx context.Context) ([]string, error) {
+	kl, err := s.kv.ListKeys(ctx)
+	if err != nil {
+		if errors.Is(err, jetstream.ErrNoKeysFound) {
+			return nil, nil
+		}
+		return nil, fmt.Errorf("findings: listing bucket: %w", err)
+	}
+	defer func() { _ = kl.Stop() }()
+	seen := map[string]bool{}
+	var out []string
+	for k := range kl.Keys() {
+		parts := strings.Split(k, ".")
+		if len(parts) == 3 && parts[0] == "s" && !seen[parts[1]] {
+			seen[parts[1]] = true
+			out = append(out, parts[1])
+		}
+	}
+	return out, nil
+}
+
+// Process implements stage.Processor.
+func (s *Stage) Process(ctx context.Context, m *stage.Msg, e stage.Emitter) error {
+	in, err := Decode(m.Subject, m.Data)
+	if err != nil {
+		return stage.Permanent(err)
+	}
+	if s.hu != nil {
+		in.HU = s.hu.HU(in.Meta)
+	}
+	sf, err := s.cfg.Analyze(in)
+	if err != nil {
+		return stage.Permanent(err)
+	}
+	meta := in.Meta
+	b, err := proto.Marshal(sf)
+	if err != nil {
+		return err
+	}
+	if err := e.Emit(ctx, stage.Out{Subject: SliceSubject(in.Model, meta.ReplayId), Data: b,
+		SliceID: meta.Id, ReplayID: meta.ReplayId, Model: in.Model}); err != nil {
+		return err
+	}
+	ss := &lungsegv1.SeriesSlice{Meta: meta, Model: in.Model, ModelVersion: in.ModelVersion, Components: sf.Components}
+	if len(sf.Components) > 0 {
+		ss.PredBits = in.Pred.PackBits()
+	}
+	if meta.SeriesUid == "" {
+		fs, err := s.cfg.Group([]*lungsegv1.SeriesSlice{ss}, CompletedSingle)
+		if err != nil {
+			return stage.Permanent(err)
+		}
+		return s.publish(ctx, fs, e.Emit)
+	}
+	key := SeriesKey(meta.ReplayId, in.Model, meta.StudyUid, meta.SeriesUid)
+	v, err := proto.Marshal(ss)
+	if err != nil {
+		return err
+	}
+	if _, err := s.kv.Put(ctx, "s."+key+"."+hash(meta.Id), v); err != nil {
+		return fmt.Errorf("findings: storing slice %s: %w", meta.Id, err)
+	}
+	s.touch(key, s.cfg.QuietPeriod)
+	return nil
+}
+
+// Decode reads a Score (subjects under lung.scores.) or a ModelOutput
+// (lung.masks.) into a SliceInput. A ModelOutput's probability map is
+// resized to the slice and thresholded as the score stage does, so both
+// give the same mask; only a ModelOutput gives the probabilities.
+func Decode(subject string, data []byte) (SliceInput, error) {
+	switch {
+	case strings.HasPrefix(subject, bus.PrefixScores):
+		var sc lungsegv1.Score
+		if err := proto.Unmarshal(data, &sc); err != nil {
+			return SliceInput{}, fmt.Errorf("%w: decoding score: %w", ErrBadMessage, err)
+		}
+		if sc.Meta == nil {
+			return SliceInput{}, ErrNoMeta
+		}
+		pred, err := imgx.UnpackMask(int(sc.Meta.Rows), int(sc.Meta.Cols), sc.PredBits)
+		if err != nil {
+			return SliceInput{}, fmt.Errorf("decoding predicted mask of %s: %w", sc.Meta.Id, err)
+		}
+		return SliceInput{Meta: sc.Meta, Model: sc.Model, ModelVersion: sc.ModelVersion, Pred: pred}, nil
+	case strings.HasPrefix(subject, bus.PrefixMasks):
+		var o lungsegv1.ModelOutput
+		if err := proto.Unmarshal(data, &o); err != nil {
+			return SliceInput{}, fmt.Errorf("%w: decoding model output: %w", ErrBadMessage, err)
+		}
+		if o.Meta == nil {
+			return SliceInput{}, ErrNoMeta
+		}
+		h, w := int(o.Height), int(o.Width)
+		rows, cols := int(o.Meta.Rows), int(o.Meta.Cols)
+		if err := imgx.CheckSize(h, w); err != nil {
+			return SliceInput{}, fmt.Errorf("probability map of %s: %w", o.Meta.Id, err)
+		}
+		if err := imgx.CheckSize(rows, cols); err != nil {
+			return SliceInput{}, fmt.Errorf("slice %s: %w", o.Meta.Id, err)
+		}
+		prob, err := imgx.DecodeFloat32(h*w, o.Prob)
+		if err != nil {
+			return SliceInput{}, fmt.Errorf("probability map of %s: %w", o.Meta.Id, err)
+		}
+		full := imgx.ResizeBilinear(prob, h, w, rows, cols)
+		pred := score.Threshold(full, rows, cols, float64(o.Threshold))
+		return SliceInput{Meta: o.Meta, Model: o.Model, ModelVersion: o.ModelVersion, Pred: pred, Prob: full}, nil
+	}
+	return SliceInput{}, fmt.Errorf("%w: subject %s is neither a score nor a model output", ErrBadMessage, subject)
+}
+
+// publish sends findings and their alerts with stable dedupe ids.
+func (s *Stage) publish(ctx context.Context, fs []*lungsegv1.Finding, emit func(context.Context, stage.Out) error) error {
+	for _, f := range fs {
+		f.UnixNano = s.now().UnixNano()
+		b, err := proto.Marshal(f)
+		if err != nil {
+			return err
+		}
+		slice := ""
+		if len(f.SliceIds) > 0 {
+			slice = f.SliceIds[0]
+		}
+		if err := emit(ctx, stage.Out{Subject: FindingSubject(f.Category, f.Model, f.ReplayId), Data: b,
+			SliceID: slice, ReplayID: f.ReplayId, Model: f.Model, MsgID: f.Id}); err != nil {
+			return err
+		}
+		if !AtLeast(f.Category, s.cfg.AlertAt) {
+			continue
+		}
+		a := NewAlert(f, s.cfg.AlertAt, s.now())
+		if b, err = proto.Marshal(a); err != nil {
+			return err
+		}
+		if err := emit(ctx, stage.Out{Subject: AlertSubject(f.Category, f.Model, f.ReplayId), Data: b,
+			SliceID: slice, ReplayID: f.ReplayId, Model: f.Model, MsgID: a.Id}); err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
+// NewAlert makes the alert of a finding.
+func NewAlert(f *lungsegv1.Finding, threshold string, now time.Time) *lungsegv1.Alert {
+	return &lungsegv1.Alert{Id: "a-" + strings.TrimPrefix(f.Id, "f-"), Finding: f, Threshold: threshold,
+		Summary: Summary(f), UnixNano: now.UnixNano()}
+}
+
+// Summary describes a finding in one line for a person.
+func Summary(f *lungsegv1.Finding) string {
+	var b strings.Builder
+	fmt.Fprintf(&b, "%s (size-based estimate) nodule %.1f mm", f.Category, f.DiameterMm)
+	if f.SpacingAssumed {
+		b.WriteString(" (pixel spacing assumed)")
+	}
+	if f.Slices > 1 {
+		fmt.Fprintf(&b, ", %.0f mm³ over %d slices at %.1f..%.1f", f.VolumeMm3, f.Slices, f.FirstPosition, f.LastPosition)
+	} else if len(f.SliceIds) == 1 {
+		fmt.Fprintf(&b, " on slice %s", f.SliceIds[0])
+	}
+	fmt.Fprintf(&b, ", centre (%.0f, %.0f)", f.CentroidRow, f.CentroidCol)
+	if f.HuKnown {
+		fmt.Fprintf(&b, ", mean %.0f HU", f.MeanHu)
+	}
+	if f.ProbKnown {
+		fmt.Fprintf(&b, ", mean p %.2f", f.MeanProb)
+	}
+	fmt.Fprintf(&b, "; model %s", f.Model)
+	if f.SeriesUid != "" {
+		fmt.Fprintf(&b, ", series %s", f.SeriesUid)
+	}
+	return b.String()
+}
+
+// SeriesKey is the bucket key token of one series of one model in one
+// replay.
+func SeriesKey(replay, model, study, series string) string {
+	return hash(strings.Join([]string{orLive(replay), model, study, series}, "\x00"))
+}
+
+func hash(s string) string {
+	h := sha256.Sum256([]byte(s))
+	return hex.EncodeToString(h[:12])
+}
+
+// seriesTimer is the completion timer of one series; seq counts touches
+// so that a completion does not forget a timer re-armed meanwhile.
+type seriesTimer struct {
+	t   *time.Timer
+	seq uint64
+}
+
+// touch (re)arms the completion timer of a series.
+func (s *Stage) touch(key string, after time.Duration) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if s.runCtx == nil || s.runCtx.Err() != nil {
+		// Not started (or stopping): the series stays in the bucket and
+		// the next Start schedules it.
+		return
+	}
+	if st, ok := s.timers[key]; ok {
+		st.seq++
+		st.t.Reset(after)
+		return
+	}
+	s.timers[key] = &seriesTimer{t: time.AfterFunc(after, func() { s.fire(key) })}
+}
+
+// fire runs when a series' timer expires.
+func (s *Stage) fire(key string) {
+	s.mu.Lock()
+	ctx := s.runCtx
+	st, ok := s.timers[key]
+	if ctx == nil || ctx.Err() != nil || !ok {
+		s.mu.Unlock()
+		return
+	}
+	seq := st.seq
+	s.wg.Add(1)
+	s.mu.Unlock()
+	defer s.wg.Done()
+	again, err := s.complete(ctx, key, false)
+	if err != nil {
+		s.log.Error().Err(err).Str("series_key", key).Msg("completing series; will retry")
+		again = 5 * time.Second
+	}
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if ctx.Err() != nil || st.seq != seq {
+		return // stopping, or a new slice re-armed the timer
+	}
+	if again > 0 {
+		st.t.Reset(again)
+		return
+	}
+	delete(s.timers, key)
+}
+
+// FlushAll completes every series in the bucket now, quiet or not (for
+// shutdown of a batch job and for tests). It returns the findings
+// published.
+func (s *Stage) FlushAll(ctx context.Context) (int, error) {
+	keys, err := s.pendingSeries(ctx)
+	if err != nil {
+		return 0, err
+	}
+	n := 0
+	for _, k := range keys {
+		c, _, err := s.completeCount(ctx, k, true)
+		n += c
+		if err != nil {
+			return n, err
+		}
+	}
+	return n, nil
+}
+
+func (s *Stage) complete(ctx context.Context, key string, force bool) (time.Duration, error) {
+	_, again, err := s.completeCount(ctx, key, force)
+	return again, err
+}
+
+// completeCount publishes the nodules of a series if it has been quiet
+// (or force), then removes it from the bucket. It returns the number of
+// findings and, when the series is not yet quiet, how long to wait.
+func (s *Stage) completeCount(ctx context.Context, key string, force bool) (int, time.Duration, error) {
+	w, err := s.kv.WatchFiltered(ctx, []string{"s." + key + ".>"}, jetstream.IgnoreDeletes())
+	if err != nil {
+		return 0, 0, fmt.Errorf("findings: reading series %s: %w", key, err)
+	}
+	var entries []jetstream.KeyValueEntry
+	for e := range w.Updates() {
+		if e == nil {
+			break
+		}
+		entries = append(entries, e)
+	}
+	_ = w.Stop()
+	if len(entries) == 0 {
+		return 0, 0, nil
+	}
+	var last time.Time
+	slices := make([]*lungsegv1.SeriesSlice, 0, len(entries))
+	for _, e := range entries {
+		if e.Created().After(last) {
+			last = e.Created()
+		}
+		var ss lungsegv1.SeriesSlice
+		if err := proto.Unmarshal(e.Value(), &ss); err != nil {
+			s.log.Error().Err(err).Str("key", e.Key()).Msg("dropping undecodable series slice")
+			continue
+		}
+		slices = append(slices, &ss)
+	}
+	if wait := s.cfg.QuietPeriod - s.now().Sub(last); !force && wait > 0 {
+		return 0, wait, nil
+	}
+	n := 0
+	if len(slices) > 0 {
+		fs, err := s.cfg.Group(slices, CompletedQuiet)
+		if err != nil {
+			// Bad state cannot get better: report and drop it.
+			s.log.Error().Err(err).Str("series_key", key).Msg("grouping series; dropping it")
+			m := slices[0].Meta
+			_ = stage.PublishError(ctx, s.js, StageName, stage.Failure{SliceID: m.GetId(), ReplayID: m.GetReplayId(),
+				Model: slices[0].Model, Err: err}, "", true)
+		} else {
+			emit := func(ctx context.Context, o stage.Out) error { return stage.Publish(ctx, s.js, StageName, o, nil) }
+			if err := s.publish(ctx, fs, emit); err != nil {
+				return 0, 0, err
+			}
+			n = len(fs)
+			m := slices[0].Meta
+			s.log.Info().Str("series", m.SeriesUid).Str("model", slices[0].Model).Str("replay", m.ReplayId).
+				Int("slices", len(slices)).Int("nodules", n).Msg("series complete")
+		}
+	}
+	for _, e := range entries {
+		// Only the revision read: a slice stored again meanwhile stays.
+		if err := s.kv.Purge(ctx, e.Key(), jetstream.LastRevision(e.Revision())); err != nil &&
+			!errors.Is(err, jetstream.ErrKeyExists) {
+			return n, 0, fmt.Errorf("findings: removing %s: %w", e.Key(), err)
+		}
+	}
+	return n, 0, nil
+}
