@@ -49,6 +49,11 @@ func (c Config) Group(slices []*lungsegv1.SeriesSlice, completedBy string) ([]*l
 		if err := imgx.CheckSize(rows, cols); err != nil {
 			return nil, fmt.Errorf("slice %s: %w", s.Meta.Id, err)
 		}
+		dims[i] = [2]int{rows, cols}
+		if len(s.Components) == 0 && len(s.PredBits) == 0 {
+			base[i+1] = base[i] // nothing predicted: the bits are not stored
+			continue
+		}
 		m, err := imgx.UnpackMask(rows, cols, s.PredBits)
 		if err != nil {
 			return nil, fmt.Errorf("unpacking slice %s: %w", s.Meta.Id, err)
@@ -57,12 +62,12 @@ func (c Config) Group(slices []*lungsegv1.SeriesSlice, completedBy string) ([]*l
 		if n != len(s.Components) {
 			return nil, fmt.Errorf("%w: slice %s has %d components but its mask %d (different minimum size?)", ErrShape, s.Meta.Id, len(s.Components), n)
 		}
-		labels[i], dims[i] = lab, [2]int{rows, cols}
+		labels[i] = lab
 		base[i+1] = base[i] + n
 	}
 	uf := newUnionFind(base[len(ss)])
 	for i := 0; i+1 < len(ss); i++ {
-		if dims[i] != dims[i+1] {
+		if dims[i] != dims[i+1] || labels[i] == nil || labels[i+1] == nil {
 			continue
 		}
 		a, b := labels[i], labels[i+1]

@@ -1,0 +1,247 @@
+package findings
+
+import (
+	"math"
+	"math/rand/v2"
+	"strings"
+	"testing"
+
+	"github.com/lungseg/lungseg/pkg/imgx"
+	lungsegv1 "github.com/lungseg/lungseg/proto/lungseg/v1"
+)
+
+// maskOf parses rows of '#' (set) and '.' (clear).
+func maskOf(rows ...string) *imgx.Mask {
+	m := imgx.NewMask(len(rows), len(rows[0]))
+	for r, s := range rows {
+		for c, ch := range s {
+			if ch == '#' {
+				m.Pix[r*m.Cols+c] = 1
+			}
+		}
+	}
+	return m
+}
+
+func TestLabels(t *testing.T) {
+	tests := []struct {
+		name    string
+		mask    []string
+		minSize int
+		want    []string // label digits, '.' for 0
+	}{
+		{"diagonal joins (8-connectivity)", []string{
+			"#...",
+			".#..",
+			"..#.",
+			"...."}, 1, []string{
+			"1...",
+			".1..",
+			"..1.",
+			"...."}},
+		{"raster order of first pixel", []string{
+			"..##",
+			"#...",
+			"#..#"}, 1, []string{
+			"..11",
+			"2...",
+			"2..3"}},
+		{"small components dropped and the rest renumbered", []string{
+			"#..##",
+			"...##",
+			"#....",
+			"##..."}, 3, []string{
+			"...11",
+			"...11",
+			"2....",
+			"22..."}},
+		{"empty", []string{"...", "..."}, 1, []string{"...", "..."}},
+		{"u shape is one component", []string{
+			"#.#",
+			"#.#",
+			"###"}, 1, []string{
+			"1.1",
+			"1.1",
+			"111"}},
+	}
+	for _, tc := range tests {
+		t.Run(tc.name, func(t *testing.T) {
+			m := maskOf(tc.mask...)
+			lab, n := Labels(m, tc.minSize)
+			var got []string
+			maxL := 0
+			for r := 0; r < m.Rows; r++ {
+				var b strings.Builder
+				for c := 0; c < m.Cols; c++ {
+					l := lab[r*m.Cols+c]
+					if l == 0 {
+						b.WriteByte('.')
+					} else {
+						b.WriteByte(byte('0' + l))
+						maxL = max(maxL, int(l))
+					}
+				}
+				got = append(got, b.String())
+			}
+			if strings.Join(got, "\n") != strings.Join(tc.want, "\n") {
+				t.Errorf("labels\n%s\nwant\n%s", strings.Join(got, "\n"), strings.Join(tc.want, "\n"))
+			}
+			if n != maxL {
+				t.Errorf("n = %d, highest label %d", n, maxL)
+			}
+		})
+	}
+}
+
+func TestCategory(t *testing.T) {
+	tests := []struct {
+		d    float64
+		want string
+	}{
+		{0, LR2}, {5.99, LR2}, {6, LR3}, {7.99, LR3}, {8, LR4A}, {14.99, LR4A}, {15, LR4B}, {40, LR4B},
+	}
+	for _, tc := range tests {
+		if got := Category(tc.d); got != tc.want {
+			t.Errorf("Category(%v) = %s, want %s", tc.d, got, tc.want)
+		}
+	}
+	if !AtLeast(LR4B, LR4A) || !AtLeast(LR4A, LR4A) || AtLeast(LR3, LR4A) || AtLeast("", LR2) || !AtLeast("4A", LR3) {
+		t.Error("AtLeast ordering wrong")
+	}
+}
+
+// disc draws the pixels whose centres lie within an ellipse of semi-axes
+// ar (rows) and ac (columns) pixels, as the phantom draws nodules.
+func disc(rows, cols int, cr, cc, ar, ac float64) *imgx.Mask {
+	m := imgx.NewMask(rows, cols)
+	for r := range rows {
+		for c := range cols {
+			dr, dc := (float64(r)-cr)/ar, (float64(c)-cc)/ac
+			if dr*dr+dc*dc <= 1 {
+				m.Pix[r*cols+c] = 1
+			}
+		}
+	}
+	return m
+}
+
+// TestDiameterOfDiscs measures discs of random size and sub-pixel centre,
+// with square and with unequal pixel spacing, and checks the longest
+// diameter against the disc's within one pixel spacing, and the area and
+// centroid.
+func TestDiameterOfDiscs(t *testing.T) {
+	r := rand.New(rand.NewPCG(7, 7))
+	worst := 0.0
+	for i := range 300 {
+		sr := 0.5 + r.Float64()*0.5
+		sc := sr
+		if i%3 == 0 {
+			sc = sr * (0.8 + 0.4*r.Float64()) // anisotropic
+		}
+		dMm := 3 + r.Float64()*30
+		cr, cc := 40+r.Float64(), 40+r.Float64()
+		m := disc(80, 80, cr, cc, dMm/2/sr, dMm/2/sc)
+		meta := &lungsegv1.SliceMeta{Id: "s", SpacingRowMm: sr, SpacingColMm: sc}
+		sf, err := Config{MinSizePx: 1}.Analyze(SliceInput{Meta: meta, Pred: m})
+		if err != nil {
+			t.Fatal(err)
+		}
+		if len(sf.Components) != 1 {
+			t.Fatalf("disc %d: %d components", i, len(sf.Components))
+		}
+		k := sf.Components[0]
+		tol := math.Max(sr, sc)
+		if e := math.Abs(k.DiameterMm - dMm); e > tol {
+			t.Errorf("disc %d (%.2f mm, spacing %.3f×%.3f): diameter %.2f mm", i, dMm, sr, sc, k.DiameterMm)
+		} else {
+			worst = math.Max(worst, e/tol)
+		}
+		if k.AreaPx != int64(m.Count()) || math.Abs(k.AreaMm2-float64(m.Count())*sr*sc) > 1e-9 {
+			t.Errorf("disc %d: area %d px %.2f mm²", i, k.AreaPx, k.AreaMm2)
+		}
+		if math.Abs(k.CentroidRow-cr) > 0.5 || math.Abs(k.CentroidCol-cc) > 0.5 {
+			t.Errorf("disc %d: centroid (%.2f, %.2f), want (%.2f, %.2f)", i, k.CentroidRow, k.CentroidCol, cr, cc)
+		}
+		if k.Category != Category(k.DiameterMm) {
+			t.Errorf("disc %d: category %s for %.2f mm", i, k.Category, k.DiameterMm)
+		}
+	}
+	t.Logf("worst diameter error: %.2f pixel spacings", worst)
+}
+
+func TestAnalyzeStatistics(t *testing.T) {
+	m := maskOf(
+		"##....",
+		"##....",
+		"....#.",
+		"......")
+	hu := imgx.NewHU(4, 6)
+	prob := make([]float32, 24)
+	for i := range hu.Pix {
+		hu.Pix[i] = int16(i * 10)
+		prob[i] = float32(i) / 100
+	}
+	meta := &lungsegv1.SliceMeta{Id: "x", Rows: 4, Cols: 6} // no spacing: default, assumed
+	c := Config{MinSizePx: 1, DefaultSpacingMm: 0.5}
+	sf, err := c.Analyze(SliceInput{Meta: meta, Pred: m, HU: hu, Prob: prob})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(sf.Components) != 2 {
+		t.Fatalf("%d components", len(sf.Components))
+	}
+	a := sf.Components[0]
+	// Pixels 0, 1, 6, 7.
+	if !a.HuKnown || a.MeanHu != 35 || !a.ProbKnown || math.Abs(a.MeanProb-0.035) > 1e-6 {
+		t.Errorf("means: HU %v (%v) p %v (%v)", a.MeanHu, a.HuKnown, a.MeanProb, a.ProbKnown)
+	}
+	if a.AreaMm2 != 1 || a.MinRow != 0 || a.MaxRow != 1 || a.MinCol != 0 || a.MaxCol != 1 {
+		t.Errorf("area %v box %d,%d-%d,%d", a.AreaMm2, a.MinRow, a.MinCol, a.MaxRow, a.MaxCol)
+	}
+	// Pixel centres √2 px apart, plus half a pixel.
+	if want := (math.Sqrt2 + 0.5) * 0.5; math.Abs(a.DiameterMm-want) > 1e-9 {
+		t.Errorf("diameter %v, want %v", a.DiameterMm, want)
+	}
+	if b := sf.Components[1]; b.DiameterMm != 0.5 || b.MeanHu != 160 {
+		t.Errorf("single pixel: diameter %v HU %v", b.DiameterMm, b.MeanHu)
+	}
+	if sf.Category != LR2 || !strings.Contains(sf.CategoryBasis, "size-based estimate") {
+		t.Errorf("category %q basis %q", sf.Category, sf.CategoryBasis)
+	}
+	// Without HU and probabilities the means are unknown, not zero.
+	sf, err = c.Analyze(SliceInput{Meta: meta, Pred: m})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if sf.Components[0].HuKnown || sf.Components[0].ProbKnown {
+		t.Error("means known without HU or probabilities")
+	}
+	// Mismatched inputs are errors.
+	if _, err := c.Analyze(SliceInput{Meta: meta, Pred: m, Prob: prob[:5]}); err == nil {
+		t.Error("short probability map accepted")
+	}
+	if _, err := c.Analyze(SliceInput{Meta: meta, Pred: m, HU: imgx.NewHU(3, 6)}); err == nil {
+		t.Error("HU of another size accepted")
+	}
+	if _, err := c.Analyze(SliceInput{Pred: m}); err == nil {
+		t.Error("slice without metadata accepted")
+	}
+}
+
+func TestFeret(t *testing.T) {
+	tests := []struct {
+		pts  [][2]float64
+		want float64
+	}{
+		{nil, 0},
+		{[][2]float64{{1, 1}}, 0},
+		{[][2]float64{{0, 0}, {3, 4}}, 5},
+		{[][2]float64{{0, 0}, {1, 1}, {2, 2}, {3, 3}}, 3 * math.Sqrt2},
+		{[][2]float64{{0, 0}, {0, 2}, {2, 0}, {2, 2}, {1, 1}}, 2 * math.Sqrt2},
+	}
+	for _, tc := range tests {
+		if got := Feret(tc.pts); math.Abs(got-tc.want) > 1e-12 {
+			t.Errorf("Feret(%v) = %v, want %v", tc.pts, got, tc.want)
+		}
+	}
+}
