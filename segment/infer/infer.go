@@ -61,6 +61,18 @@ type Options struct {
 	// FP16 lets TensorRT build half-precision kernels. Inputs and outputs
 	// stay float32; cpu and cuda ignore it.
 	FP16 bool
+	// GraphOptimization is ONNX Runtime's graph optimisation level: "all"
+	// (default), "extended", "basic" or "none". Fusions reorder float
+	// arithmetic, so "none" gives the closest match to PyTorch.
+	GraphOptimization string
+}
+
+var graphLevels = map[string]ort.GraphOptimizationLevel{
+	"":         ort.GraphOptimizationLevelEnableAll,
+	"all":      ort.GraphOptimizationLevelEnableAll,
+	"extended": ort.GraphOptimizationLevelEnableExtended,
+	"basic":    ort.GraphOptimizationLevelEnableBasic,
+	"none":     ort.GraphOptimizationLevelDisableAll,
 }
 
 // normalise fills defaults and checks ranges.
@@ -172,6 +184,13 @@ func openOn(provider, path, inName, outName string, o Options) (*ort.DynamicAdva
 	defer so.Destroy()
 	if err := so.SetIntraOpNumThreads(o.IntraOpThreads); err != nil {
 		return nil, fmt.Errorf("setting intra-op threads: %w", err)
+	}
+	level, ok := graphLevels[o.GraphOptimization]
+	if !ok {
+		return nil, fmt.Errorf("%w: graph optimisation %q (want all, extended, basic or none)", ErrOptions, o.GraphOptimization)
+	}
+	if err := so.SetGraphOptimizationLevel(level); err != nil {
+		return nil, fmt.Errorf("setting graph optimisation: %w", err)
 	}
 	if o.InterOpThreads > 0 {
 		if err := so.SetInterOpNumThreads(o.InterOpThreads); err != nil {
