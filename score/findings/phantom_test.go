@@ -1,6 +1,7 @@
 package findings
 
 import (
+	"fmt"
 	"math"
 	"testing"
 
@@ -31,7 +32,7 @@ func phantomSlices(t *testing.T, c Config, ps []phantom.Slice, model string) []*
 
 func phantomMeta(s phantom.Slice, replay string) *lungsegv1.SliceMeta {
 	return &lungsegv1.SliceMeta{
-		Id: "series/" + s.Name(), ReplayId: replay, Source: "dicom",
+		Id: fmt.Sprintf("series%d/%s", s.Seed, s.Name()), ReplayId: replay, Source: "dicom",
 		StudyUid: s.StudyUID, SeriesUid: s.SeriesUID, InstanceUid: s.InstanceUID,
 		Rows: int32(s.HU.Rows), Cols: int32(s.HU.Cols),
 		SpacingRowMm: s.SpacingMm, SpacingColMm: s.SpacingMm, SlicePosition: s.PositionMm,
