@@ -137,6 +137,7 @@ func pipelineConfig(cfg *Config, stages []string) (pipeline.Config, error) {
 func cmdRun(ctx context.Context, args []string) error {
 	fs := flag.NewFlagSet("run", flag.ContinueOnError)
 	load := commonFlags(fs)
+	stages := fs.String("stages", "all", "stages to run in this process (comma-separated), or none to serve only the embedded NATS server")
 	if err := fs.Parse(args); err != nil {
 		return err
 	}
@@ -145,7 +146,14 @@ func cmdRun(ctx context.Context, args []string) error {
 		return err
 	}
 	log := newLogger(cfg.LogLevel, os.Stderr)
-	pc, err := pipelineConfig(cfg, nil)
+	var list []string
+	switch *stages {
+	case "all", "":
+	case "none":
+	default:
+		list = strings.Split(*stages, ",")
+	}
+	pc, err := pipelineConfig(cfg, list)
 	if err != nil {
 		return err
 	}
@@ -154,6 +162,10 @@ func cmdRun(ctx context.Context, args []string) error {
 		return err
 	}
 	defer n.Close()
+	if *stages == "none" {
+		<-ctx.Done()
+		return nil
+	}
 	return pipeline.Run(ctx, n.js, pc, log)
 }
 
