@@ -270,7 +270,7 @@ func TestViewerInBrowser(t *testing.T) {
 	y := box.Y + (pr+0.5)*box.H/128
 	var huText string
 	waitFor(t, 20*time.Second, "HU read-out", func() bool {
-		if _, err := chromedp.Run(bctx, chromedp.MouseEvent(input.MouseMoved, x, y)); err != nil {
+		if _, err := chromedp.Run(bctx, chromedp.MouseEvent(input.DispatchMouseEventTypeMouseMoved, x, y)); err != nil {
 			t.Fatal(err)
 		}
 		huText, err = chromedp.Run(bctx, chromedp.Evaluate[string](`document.getElementById('hu').textContent`))

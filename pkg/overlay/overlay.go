@@ -63,6 +63,10 @@ type Layer struct {
 	Thickness int
 }
 
+// DashLength is the length in pixels of the dashes in which coinciding
+// outlines alternate.
+const DashLength = 3
+
 // OutSize returns the output size of a rows×cols slice scaled so that its
 // longer side is size (size ≤ 0 keeps the original size).
 func OutSize(rows, cols, size int) (int, int) {
@@ -77,7 +81,8 @@ func OutSize(rows, cols, size int) (int, int) {
 
 // Render draws hu through w, scaled (nearest neighbour) so that its longer
 // side is size pixels (size ≤ 0: original size), with the outline of each
-// layer drawn on top in order. Outlines are found at the output
+// layer drawn on top; where outlines of several layers coincide they
+// alternate in dashes of DashLength pixels. Outlines are found at the output
 // resolution, so they stay thin and closed whatever the scale. Layers
 // whose mask size differs from hu's are an error.
 func Render(hu *imgx.HU, w Window, size int, layers []Layer) (*image.RGBA, error) {
@@ -97,6 +102,7 @@ func Render(hu *imgx.HU, w Window, size int, layers []Layer) (*image.RGBA, error
 			o += 4
 		}
 	}
+	edges := make([]*imgx.Mask, len(layers))
 	for i, l := range layers {
 		if l.Mask == nil {
 			continue
@@ -113,16 +119,29 @@ func Render(hu *imgx.HU, w Window, size int, layers []Layer) (*image.RGBA, error
 				}
 			}
 		}
-		edge := Outline(scaled)
+		edges[i] = Outline(scaled)
 		if l.Thickness > 1 {
-			edge = Dilate(edge, l.Thickness-1)
+			edges[i] = Dilate(edges[i], l.Thickness-1)
 		}
-		for p, v := range edge.Pix {
-			if v != 0 {
-				o := img.PixOffset(p%cols, p/cols)
-				img.Pix[o], img.Pix[o+1], img.Pix[o+2], img.Pix[o+3] = l.Color.R, l.Color.G, l.Color.B, 255
+	}
+	// Where outlines coincide (a prediction that follows the truth, two
+	// models that agree) they alternate in dashes along the diagonal, so
+	// every colour stays visible.
+	on := make([]int, 0, len(layers))
+	for p := 0; p < rows*cols; p++ {
+		on = on[:0]
+		for i, e := range edges {
+			if e != nil && e.Pix[p] != 0 {
+				on = append(on, i)
 			}
 		}
+		if len(on) == 0 {
+			continue
+		}
+		x, y := p%cols, p/cols
+		l := layers[on[((x+y)/DashLength)%len(on)]]
+		o := img.PixOffset(x, y)
+		img.Pix[o], img.Pix[o+1], img.Pix[o+2], img.Pix[o+3] = l.Color.R, l.Color.G, l.Color.B, 255
 	}
 	return img, nil
 }

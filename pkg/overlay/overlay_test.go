@@ -195,3 +195,33 @@ func TestPaletteDistinct(t *testing.T) {
 		t.Errorf("Hex = %s", Hex(TruthColor))
 	}
 }
+
+func TestCoincidingOutlinesAlternate(t *testing.T) {
+	hu := imgx.NewHU(12, 12)
+	m := imgx.NewMask(12, 12)
+	for r := 0; r < 12; r++ {
+		for c := 0; c < 12; c++ {
+			m.Pix[r*12+c] = 1
+		}
+	}
+	a, b := ModelColor(0), ModelColor(1)
+	img, err := Render(hu, LungWindow, 0, []Layer{{Mask: m, Color: a}, {Mask: m, Color: b}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	// Along the top edge, dashes of DashLength: a a a b b b a a a b b b.
+	var got strings.Builder
+	for x := 0; x < 12; x++ {
+		switch img.RGBAAt(x, 0) {
+		case a:
+			got.WriteByte('a')
+		case b:
+			got.WriteByte('b')
+		default:
+			got.WriteByte('?')
+		}
+	}
+	if got.String() != "aaabbbaaabbb" {
+		t.Errorf("top edge %s, want aaabbbaaabbb", got.String())
+	}
+}

@@ -349,8 +349,9 @@ func (s *Server) slicePNG(w http.ResponseWriter, r *http.Request) {
 		l.Thickness = thick
 		layers = append(layers, l)
 	}
-	// The truth goes last and thinner, so that it stays visible where a
-	// prediction follows it.
+	// The truth is one pixel thinner than the predictions, so that a
+	// prediction that follows it shows outside it; where they coincide
+	// they alternate in dashes.
 	if px.truth != nil {
 		layers = append(layers, overlay.Layer{Mask: px.truth, Color: overlay.TruthColor, Thickness: max(1, thick-1)})
 	}

@@ -203,8 +203,12 @@ func TestViewerStreamsAndRenders(t *testing.T) {
 		t.Fatalf("initial snapshot %+v", snap)
 	}
 
+	// The raw slice first (the viewer reads raw slices and scores with
+	// separate consumers, so their relative order is not guaranteed).
 	f := newFixture("r1", "case/7")
-	f.publish(t, ctx, env, true, "alpha", "beta")
+	f.publish(t, ctx, env, true)
+	ev.until(t, "slice", func(b []byte) bool { return strings.Contains(string(b), `"has_ct":true`) })
+	f.publish(t, ctx, env, false, "alpha", "beta")
 	f2 := newFixture("r1", "case/8")
 	f2.publish(t, ctx, env, false, "alpha") // score without its raw slice
 
@@ -212,7 +216,7 @@ func TestViewerStreamsAndRenders(t *testing.T) {
 	if err := json.Unmarshal(ev.until(t, "slice", func(b []byte) bool {
 		var v SliceView
 		_ = json.Unmarshal(b, &v)
-		return v.ID == "case/7" && len(v.Scores) == 2
+		return v.ID == "case/7" && len(v.Scores) == 2 && v.HasCT
 	}), &view); err != nil {
 		t.Fatal(err)
 	}
@@ -228,7 +232,9 @@ func TestViewerStreamsAndRenders(t *testing.T) {
 	if len(fd) != 1 || fd[0].Pixels != 400 || fd[0].Category != "LR4A" || fd[0].DiameterMm < 11.27 || fd[0].DiameterMm > 11.29 {
 		t.Errorf("findings %+v", fd)
 	}
-	ev.until(t, "alert", func(b []byte) bool { return strings.Contains(string(b), `"low-dice"`) && strings.Contains(string(b), "beta") })
+	ev.until(t, "alert", func(b []byte) bool {
+		return strings.Contains(string(b), `"low-dice"`) && strings.Contains(string(b), "beta")
+	})
 	var st Stats
 	if err := json.Unmarshal(ev.until(t, "stats", func(b []byte) bool {
 		var s Stats
@@ -260,8 +266,14 @@ func TestViewerStreamsAndRenders(t *testing.T) {
 	}
 	rgba := func(x, y int) color.RGBA { return color.RGBAModel.Convert(img.At(x, y)).(color.RGBA) }
 	alpha, beta := parseHex(st.Models[0].Color), parseHex(st.Models[1].Color)
-	if c := rgba(20, 30); c != overlay.TruthColor {
-		t.Errorf("truth edge %v, want green on top of alpha", c)
+	// alpha follows the truth exactly: along the shared edge the two
+	// alternate in dashes.
+	edge := map[color.RGBA]int{}
+	for y := 21; y < 39; y++ {
+		edge[rgba(20, y)]++
+	}
+	if edge[overlay.TruthColor] < 6 || edge[alpha] < 6 || edge[overlay.TruthColor]+edge[alpha] != 18 {
+		t.Errorf("shared truth/alpha edge colours %v", edge)
 	}
 	if c := rgba(49, 45); c != beta {
 		t.Errorf("beta edge %v, want %v", c, beta)
