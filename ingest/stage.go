@@ -2,6 +2,8 @@ package ingest
 
 import (
 	"context"
+	"crypto/sha256"
+	"encoding/hex"
 	"fmt"
 	"time"
 
@@ -9,6 +11,7 @@ import (
 	"github.com/lungseg/lungseg/pkg/imgx"
 	"github.com/lungseg/lungseg/pkg/stage"
 	lungsegv1 "github.com/lungseg/lungseg/proto/lungseg/v1"
+	"github.com/nats-io/nats.go/jetstream"
 	"google.golang.org/protobuf/proto"
 )
 
@@ -25,6 +28,9 @@ type Stage struct {
 	Formats  []Format
 	Models   Resolver
 	Defaults []string
+	// Objects holds the pixels of slices too large for one message; nil
+	// rejects such slices.
+	Objects jetstream.ObjectStore
 }
 
 // DefaultSpacingMm is the pixel spacing assumed for inputs that carry none
@@ -59,6 +65,19 @@ func SliceMessage(it Item) (*lungsegv1.Slice, error) {
 		s.MaskBits, s.HasMask = it.Mask.PackBits(), true
 	}
 	return s, nil
+}
+
+// offload puts the slice's pixels in the object store and returns the
+// message with a reference in their place.
+func (s *Stage) offload(ctx context.Context, sl *lungsegv1.Slice) ([]byte, error) {
+	key := sl.Meta.ReplayId + "/" + sl.Meta.Id
+	sum := sha256.Sum256(sl.Hu)
+	if _, err := s.Objects.PutBytes(ctx, key, sl.Hu); err != nil {
+		return nil, fmt.Errorf("ingest: storing pixels of %s: %w", sl.Meta.Id, err)
+	}
+	sl.HuRef = &lungsegv1.ObjectRef{Bucket: bus.PixelsBucket, Key: key, Sha256: hex.EncodeToString(sum[:]), Size: int64(len(sl.Hu))}
+	sl.Hu = nil
+	return proto.Marshal(sl)
 }
 
 // Process implements stage.Processor.
@@ -103,7 +122,12 @@ func (s *Stage) Process(ctx context.Context, m *stage.Msg, e stage.Emitter) erro
 			return err
 		}
 		if len(b) > maxSlicePayload {
-			return fail(fmt.Errorf("ingest: slice %s is %d bytes, over the %d-byte message limit", it.Meta.Id, len(b), maxSlicePayload))
+			if s.Objects == nil {
+				return fail(fmt.Errorf("ingest: slice %s is %d bytes, over the %d-byte message limit, and no object store is configured", it.Meta.Id, len(b), maxSlicePayload))
+			}
+			if b, err = s.offload(ctx, sl); err != nil {
+				return err
+			}
 		}
 		if err := e.Emit(ctx, stage.Out{Subject: bus.SubjRaw, Data: b, SliceID: it.Meta.Id, ReplayID: job.ReplayId}); err != nil {
 			return err

@@ -7,6 +7,8 @@ package preprocess
 
 import (
 	"context"
+	"crypto/sha256"
+	"encoding/hex"
 	"encoding/json"
 	"errors"
 	"fmt"
@@ -19,6 +21,7 @@ import (
 	"github.com/lungseg/lungseg/pkg/stage"
 	"github.com/lungseg/lungseg/preprocess/augment"
 	lungsegv1 "github.com/lungseg/lungseg/proto/lungseg/v1"
+	"github.com/nats-io/nats.go/jetstream"
 	"google.golang.org/protobuf/proto"
 )
 
@@ -44,12 +47,26 @@ type Stage struct {
 	// be streamed. TrainSeed makes the copies reproducible.
 	TrainCopies int
 	TrainSeed   uint64
+	// Objects holds pixels of slices too large for one message.
+	Objects jetstream.ObjectStore
 
 	pipelines sync.Map // model name → *augment.Pipeline
 }
 
-// DecodeSlice decodes and validates a raw slice.
-func DecodeSlice(b []byte) (*lungsegv1.Slice, *imgx.HU, *imgx.Mask, error) {
+// PixelSource fetches pixels kept in the object store.
+type PixelSource interface {
+	GetBytes(ctx context.Context, name string, opts ...jetstream.GetObjectOpt) ([]byte, error)
+}
+
+// errFetch marks a failure to fetch pixels, which is worth retrying.
+type errFetch struct{ error }
+
+func (e errFetch) Unwrap() error { return e.error }
+
+// DecodeSlice decodes and validates a raw slice, fetching its pixels from
+// objects when the message carries a reference (objects may be nil when
+// none is configured).
+func DecodeSlice(ctx context.Context, b []byte, objects PixelSource) (*lungsegv1.Slice, *imgx.HU, *imgx.Mask, error) {
 	var s lungsegv1.Slice
 	if err := proto.Unmarshal(b, &s); err != nil {
 		return nil, nil, nil, fmt.Errorf("preprocess: decoding slice: %w", err)
@@ -58,7 +75,20 @@ func DecodeSlice(b []byte) (*lungsegv1.Slice, *imgx.HU, *imgx.Mask, error) {
 		return nil, nil, nil, errors.New("preprocess: slice without metadata")
 	}
 	if s.HuRef != nil && len(s.Hu) == 0 {
-		return nil, nil, nil, fmt.Errorf("preprocess: slice %s: object-store pixels are not supported by this worker", s.Meta.Id)
+		if objects == nil {
+			return nil, nil, nil, fmt.Errorf("preprocess: slice %s: pixels are in the object store, which this worker has not got", s.Meta.Id)
+		}
+		if want := 2 * int64(s.Meta.Rows) * int64(s.Meta.Cols); s.HuRef.Size != want {
+			return nil, nil, nil, fmt.Errorf("preprocess: slice %s: object of %d bytes for %d×%d int16", s.Meta.Id, s.HuRef.Size, s.Meta.Rows, s.Meta.Cols)
+		}
+		px, err := objects.GetBytes(ctx, s.HuRef.Key)
+		if err != nil {
+			return nil, nil, nil, errFetch{fmt.Errorf("preprocess: slice %s: fetching pixels %s: %w", s.Meta.Id, s.HuRef.Key, err)}
+		}
+		if sum := sha256.Sum256(px); hex.EncodeToString(sum[:]) != s.HuRef.Sha256 {
+			return nil, nil, nil, fmt.Errorf("preprocess: slice %s: pixels %s fail their sha256", s.Meta.Id, s.HuRef.Key)
+		}
+		s.Hu = px
 	}
 	rows, cols := int(s.Meta.Rows), int(s.Meta.Cols)
 	hu, err := imgx.DecodeHU(rows, cols, s.Hu)
@@ -86,7 +116,15 @@ func Input(hu *imgx.HU, card *model.Card) []float32 {
 
 // Process implements stage.Processor.
 func (p *Stage) Process(ctx context.Context, m *stage.Msg, e stage.Emitter) error {
-	s, hu, mask, err := DecodeSlice(m.Data)
+	var objects PixelSource
+	if p.Objects != nil {
+		objects = p.Objects
+	}
+	s, hu, mask, err := DecodeSlice(ctx, m.Data, objects)
+	var fe errFetch
+	if errors.As(err, &fe) {
+		return err // transient: retried with backoff
+	}
 	if err != nil {
 		return stage.Permanent(err)
 	}

@@ -129,6 +129,7 @@ func pipelineConfig(cfg *Config, stages []string) (pipeline.Config, error) {
 		Infer:       cfg.inferOptions(),
 		TTA:         cfg.TTA,
 		Formats:     formats.All(),
+		Streams:     cfg.streamOptions(),
 		TrainCopies: cfg.TrainCopies,
 		TrainSeed:   cfg.TrainSeed,
 	}, nil

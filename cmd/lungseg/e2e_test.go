@@ -280,3 +280,39 @@ func TestReplayComparesTTA(t *testing.T) {
 		t.Fatalf("TTA left RMSE unchanged (%v): was it applied?", plain.RMSE.Mean)
 	}
 }
+
+// TestReplayLargeSlice sends a 1024×1024 slice, whose pixels exceed one
+// message, through the object store.
+func TestReplayLargeSlice(t *testing.T) {
+	reg := testRegistry(t)
+	dir := t.TempDir()
+	in, err := writePhantoms(dir, "png", 9, 1, phantom.Options{Rows: 1024, Cols: 1024})
+	if err != nil {
+		t.Fatal(err)
+	}
+	cfg := defaultConfig()
+	cfg.ModelsDir = reg
+	cfg.LogLevel = "warn"
+	reportPath := filepath.Join(dir, "r.json")
+	masksOut := filepath.Join(dir, "m")
+	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
+	defer cancel()
+	if err := doReplay(ctx, &cfg, replayArgs{inputs: []string{in}, models: []string{"tiny"}, report: reportPath, masksOut: masksOut}); err != nil {
+		t.Fatal(err)
+	}
+	var rep replay.Report
+	b, _ := os.ReadFile(reportPath)
+	if err := json.Unmarshal(b, &rep); err != nil {
+		t.Fatal(err)
+	}
+	if len(rep.Slices) != 1 || len(rep.Errors) != 0 {
+		t.Fatalf("slices %+v errors %+v", rep.Slices, rep.Errors)
+	}
+	m, err := pngpair.ReadMask(filepath.Join(masksOut, "tiny", "slice0001.png"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if m.Rows != 1024 || m.Cols != 1024 {
+		t.Fatalf("mask %d×%d, want the original 1024×1024", m.Rows, m.Cols)
+	}
+}

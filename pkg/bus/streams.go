@@ -93,3 +93,30 @@ func EnsureStreams(ctx context.Context, js jetstream.JetStream, o StreamOptions)
 	}
 	return nil
 }
+
+// PixelsBucket is the JetStream Object Store bucket for slices whose
+// pixels do not fit in one message (over about 700×700 int16 pixels); the
+// Slice message then carries an ObjectRef instead of the pixels.
+const PixelsBucket = "lung-pixels"
+
+// PixelStore creates or opens the pixel bucket, with the streams' max age
+// as its TTL.
+func PixelStore(ctx context.Context, js jetstream.JetStream, o StreamOptions) (jetstream.ObjectStore, error) {
+	if o.MaxAge == 0 {
+		o.MaxAge = DefaultStreamOptions.MaxAge
+	}
+	if o.Replicas == 0 {
+		o.Replicas = DefaultStreamOptions.Replicas
+	}
+	st, err := js.CreateOrUpdateObjectStore(ctx, jetstream.ObjectStoreConfig{
+		Bucket:      PixelsBucket,
+		Description: "pixels of slices too large for one message",
+		TTL:         o.MaxAge,
+		Storage:     jetstream.FileStorage,
+		Replicas:    o.Replicas,
+	})
+	if err != nil {
+		return nil, fmt.Errorf("bus: creating object store %s: %w", PixelsBucket, err)
+	}
+	return st, nil
+}

@@ -57,6 +57,9 @@ type Config struct {
 	Formats []ingest.Format
 	// Hooks observe every runner (metrics).
 	Hooks stage.Hooks
+	// Streams are the stream options (for the pixel bucket's TTL and
+	// replicas).
+	Streams bus.StreamOptions
 }
 
 // Run starts the configured stages and blocks until ctx ends or a stage
@@ -90,6 +93,10 @@ func Run(ctx context.Context, js jetstream.JetStream, cfg Config, log zerolog.Lo
 		runners = append(runners, r)
 		return nil
 	}
+	objects, err := bus.PixelStore(ctx, js, cfg.Streams)
+	if err != nil {
+		return err
+	}
 	var closers []func() error
 	defer func() {
 		for _, c := range closers {
@@ -101,11 +108,11 @@ func Run(ctx context.Context, js jetstream.JetStream, cfg Config, log zerolog.Lo
 		switch st {
 		case Ingest:
 			err = add(stage.Config{Name: Ingest, Stream: bus.StreamIngest, Durable: Ingest},
-				&ingest.Stage{Formats: cfg.Formats, Models: cfg.Registry, Defaults: defaults})
+				&ingest.Stage{Formats: cfg.Formats, Models: cfg.Registry, Defaults: defaults, Objects: objects})
 		case Preprocess:
 			err = add(stage.Config{Name: Preprocess, Stream: bus.StreamRaw},
 				&preprocess.Stage{Cards: cfg.Registry, Defaults: defaults, TTA: cfg.TTA,
-					TrainCopies: cfg.TrainCopies, TrainSeed: cfg.TrainSeed})
+					TrainCopies: cfg.TrainCopies, TrainSeed: cfg.TrainSeed, Objects: objects})
 		case Segment:
 			models := cfg.Models
 			if len(models) == 0 {
