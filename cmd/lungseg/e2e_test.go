@@ -117,6 +117,7 @@ func TestReplayEndToEnd(t *testing.T) {
 		"ingest/pickle/testdata/broken_unknown_class.pkl": "broken_unknown_class",
 		"ingest/pickle/testdata/broken_mask_shape.pkl":    "broken_mask_shape/",
 		"ingest/pickle/testdata/broken_nan.pkl":           "broken_nan/",
+		"ingest/pickle/testdata/broken_huge_shape.pkl":    "broken_huge_shape",
 	}
 	for src := range badFiles {
 		copyFile(t, filepath.Join(root, src), filepath.Join(bad, filepath.Base(src)))
