@@ -7,6 +7,7 @@ import (
 	"testing"
 
 	"github.com/lungseg/lungseg/pkg/imgx"
+	"github.com/lungseg/lungseg/pkg/phantom"
 	lungsegv1 "github.com/lungseg/lungseg/proto/lungseg/v1"
 )
 
@@ -242,6 +243,21 @@ func TestFeret(t *testing.T) {
 	for _, tc := range tests {
 		if got := Feret(tc.pts); math.Abs(got-tc.want) > 1e-12 {
 			t.Errorf("Feret(%v) = %v, want %v", tc.pts, got, tc.want)
+		}
+	}
+}
+
+// BenchmarkAnalyze512 measures one 512×512 phantom slice with nodules,
+// HU and probabilities.
+func BenchmarkAnalyze512(b *testing.B) {
+	ps := phantom.Generate(3, 1, phantom.Options{EmptyFraction: -1, MaxNodules: 2})
+	s := ps[0]
+	prob := make([]float32, len(s.Mask.Pix))
+	meta := &lungsegv1.SliceMeta{Id: "b", Rows: 512, Cols: 512, SpacingRowMm: 0.7, SpacingColMm: 0.7}
+	b.ResetTimer()
+	for range b.N {
+		if _, err := (Config{}).Analyze(SliceInput{Meta: meta, Pred: s.Mask, HU: s.HU, Prob: prob}); err != nil {
+			b.Fatal(err)
 		}
 	}
 }
