@@ -219,7 +219,7 @@ func Dataset(s Series, alg Algorithm, frames []Frame, o Options) (dicom.Dataset,
 		o.SeriesUID = dicomio.NewUID("lungseg-seg", s.SeriesUID, alg.Name, alg.Version, "series")
 	}
 	if o.InstanceUID == "" {
-		o.InstanceUID = dicomio.NewUID("lungseg-seg", s.SeriesUID, alg.Name, alg.Version, "instance")
+		o.InstanceUID = DefaultInstanceUID(s, alg)
 	}
 	if o.SeriesNumber == 0 {
 		o.SeriesNumber = 9000
@@ -414,6 +414,15 @@ func Dataset(s Series, alg Algorithm, frames []Frame, o Options) (dicom.Dataset,
 	}
 	sortElements(els)
 	return dicom.Dataset{Elements: els}, nil
+}
+
+// DefaultInstanceUID is the SOPInstanceUID a SEG gets when Options leave
+// it empty: derived from the source series and the algorithm.
+func DefaultInstanceUID(s Series, alg Algorithm) string {
+	if alg.Version == "" {
+		alg.Version = "unknown"
+	}
+	return dicomio.NewUID("lungseg-seg", s.SeriesUID, alg.Name, alg.Version, "instance")
 }
 
 // implementationUID identifies this writer in the file meta header.

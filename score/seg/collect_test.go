@@ -1,0 +1,176 @@
+package seg
+
+import (
+	"bytes"
+	"context"
+	"strconv"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/nats-io/nats.go/jetstream"
+	"github.com/rs/zerolog"
+	"github.com/suyashkumar/dicom"
+	"github.com/suyashkumar/dicom/pkg/tag"
+	"google.golang.org/protobuf/proto"
+
+	"github.com/lungseg/lungseg/pkg/bus"
+	"github.com/lungseg/lungseg/pkg/bustest"
+	"github.com/lungseg/lungseg/pkg/stage"
+	lungsegv1 "github.com/lungseg/lungseg/proto/lungseg/v1"
+)
+
+// TestCollectorOnJetStream publishes the scores of one phantom series for
+// two models (plus a score of a non-DICOM slice) on the SCORES stream,
+// runs the collector as a stage, and checks that one SEG per model is
+// stored, announced and handed to the Storer, with the predicted masks
+// as frames.
+func TestCollectorOnJetStream(t *testing.T) {
+	env := bustest.Start(t)
+	ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
+	defer cancel()
+	var mu sync.Mutex
+	stored := map[string][]byte{}
+	col := &Collector{JS: env.JS, Quiet: 300 * time.Millisecond, Log: zerolog.Nop(),
+		Store: func(ctx context.Context, study string, b []byte) error {
+			mu.Lock()
+			defer mu.Unlock()
+			stored[study+"/"+strconv.Itoa(len(stored))] = b
+			return nil
+		}}
+	r, err := stage.New(env.JS, RunnerConfig(), col, zerolog.Nop())
+	if err != nil {
+		t.Fatal(err)
+	}
+	rctx, stop := context.WithCancel(ctx)
+	defer stop()
+	go r.Run(rctx)
+	go col.Run(rctx)
+
+	ph, sc := scores(t, 32, 32, 5)
+	publish := func(s *lungsegv1.Score) {
+		b, _ := proto.Marshal(s)
+		if err := stage.Publish(ctx, env.JS, "score", stage.Out{Subject: bus.ScoresSubject(s.Model, "r1"), Data: b,
+			SliceID: s.Meta.Id, ReplayID: "r1", Model: s.Model}, nil); err != nil {
+			t.Fatal(err)
+		}
+	}
+	for _, model := range []string{"unet-lidc", "other"} {
+		for _, s := range sc {
+			c := proto.Clone(s).(*lungsegv1.Score)
+			c.Model, c.Meta.ReplayId = model, "r1"
+			publish(c)
+		}
+	}
+	publish(&lungsegv1.Score{Meta: &lungsegv1.SliceMeta{Id: "png/1", ReplayId: "r1", Rows: 4, Cols: 4}, Model: "other"})
+
+	var events []jetstream.Msg
+	bustest.Eventually(t, 30*time.Second, "two SEG events", func() bool {
+		events = fetchAll(t, env.JS, bus.StreamEvents, PrefixResults+">")
+		return len(events) == 2
+	})
+	osb, err := env.JS.ObjectStore(ctx, Bucket)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, ev := range events {
+		var ref lungsegv1.ObjectRef
+		if err := proto.Unmarshal(ev.Data(), &ref); err != nil {
+			t.Fatal(err)
+		}
+		model := ev.Headers().Get(bus.HdrModel)
+		if ref.Key != ObjectKey("r1", model, ph[0].SeriesUID) || ev.Headers().Get(HdrSeries) != ph[0].SeriesUID || ev.Headers().Get(HdrFrames) != "5" {
+			t.Errorf("event %s %+v %v", ev.Subject(), &ref, ev.Headers())
+		}
+		b, err := osb.GetBytes(ctx, ref.Key)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if int64(len(b)) != ref.Size {
+			t.Errorf("object %d bytes, ref says %d", len(b), ref.Size)
+		}
+		ds, err := dicom.Parse(bytes.NewReader(b), int64(len(b)), nil, dicom.SkipProcessingPixelDataValue())
+		if err != nil {
+			t.Fatal(err)
+		}
+		var algName string
+		walk(ds.Elements, func(e *dicom.Element) {
+			if e.Tag == tag.AlgorithmName {
+				algName = dicom.MustGetStrings(e.Value)[0]
+			}
+		})
+		if algName != model {
+			t.Errorf("SEG of %s names algorithm %q", model, algName)
+		}
+		// Frames are the predictions, in position order.
+		pd, _ := ds.FindElementByTag(tag.PixelData)
+		data := dicom.MustGetPixelDataInfo(pd.Value).UnprocessedValueData
+		_, _, frames, _ := FromScores(sc)
+		k := 0
+		for _, f := range Order(frames) {
+			for _, v := range f.Mask.Pix {
+				if data[k/8]>>(k%8)&1 != v {
+					t.Fatalf("%s: bit %d differs from the prediction", model, k)
+				}
+				k++
+			}
+		}
+	}
+	mu.Lock()
+	if len(stored) != 2 {
+		t.Errorf("%d SEGs handed to the Storer, want 2", len(stored))
+	}
+	mu.Unlock()
+	if col.Pending() != 0 {
+		t.Errorf("%d series still pending", col.Pending())
+	}
+}
+
+func TestCollectorQuietPeriod(t *testing.T) {
+	now := time.Unix(1000, 0)
+	col := &Collector{Quiet: 10 * time.Second, Now: func() time.Time { return now }, Log: zerolog.Nop()}
+	_, sc := scores(t, 16, 16, 3)
+	col.Add(sc[0])
+	now = now.Add(9 * time.Second)
+	col.Add(sc[1])
+	now = now.Add(9 * time.Second)
+	if n, err := col.Flush(context.Background(), false); n != 0 || err != nil {
+		t.Fatalf("flushed %d (%v) before the series was quiet", n, err)
+	}
+	now = now.Add(2 * time.Second)
+	if n, err := col.Flush(context.Background(), false); n != 1 || err != nil {
+		t.Fatalf("flushed %d (%v), want 1", n, err)
+	}
+	// A series whose SEG cannot be made is dropped with an error.
+	bad := proto.Clone(sc[2]).(*lungsegv1.Score)
+	bad.PredBits = nil
+	col.Add(bad)
+	if n, err := col.Flush(context.Background(), true); n != 0 || err == nil || col.Pending() != 0 {
+		t.Errorf("bad series: flushed %d, err %v, pending %d", n, err, col.Pending())
+	}
+}
+
+func fetchAll(t *testing.T, js jetstream.JetStream, stream, subject string) []jetstream.Msg {
+	t.Helper()
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	c, err := js.OrderedConsumer(ctx, stream, jetstream.OrderedConsumerConfig{FilterSubjects: []string{subject}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	var out []jetstream.Msg
+	for {
+		batch, err := c.FetchNoWait(100)
+		if err != nil {
+			t.Fatal(err)
+		}
+		n := 0
+		for m := range batch.Messages() {
+			out = append(out, m)
+			n++
+		}
+		if n == 0 {
+			return out
+		}
+	}
+}
