@@ -1,0 +1,309 @@
+// Package natsauth holds the NATS security settings of the pipeline: the
+// client side (user/password, nkey seed or credentials file, TLS) as
+// nats.go options, and the server side: one NATS user per role (each
+// stage, the replay client, the dead-letter tool, the administrator) with
+// publish and subscribe allow-lists so that a stage can only publish and
+// subscribe where it must. Deny is the default: a subject not listed is
+// refused by the server.
+package natsauth
+
+import (
+	"crypto/tls"
+	"crypto/x509"
+	"errors"
+	"fmt"
+	"os"
+	"strings"
+
+	"github.com/lungseg/lungseg/pkg/bus"
+	"github.com/nats-io/nats-server/v2/server"
+	"github.com/nats-io/nats.go"
+)
+
+// Sentinel errors.
+var (
+	// ErrConflictingAuth means more than one way to authenticate was set.
+	ErrConflictingAuth = errors.New("natsauth: set only one of password, nkey seed file or credentials file")
+	// ErrUnknownRole means a role name is not one of Roles.
+	ErrUnknownRole = errors.New("natsauth: unknown role")
+	// ErrTLSPair means only one of the client certificate and key was set.
+	ErrTLSPair = errors.New("natsauth: client certificate and key go together")
+)
+
+// Options are a client's NATS credentials and TLS settings. The zero value
+// connects without authentication or TLS.
+type Options struct {
+	// User and Password authenticate with a user name and password.
+	// PasswordFile reads the password from a file (a mounted secret);
+	// PasswordEnv from an environment variable.
+	User         string `json:"user,omitempty"`
+	Password     string `json:"password,omitempty"`
+	PasswordFile string `json:"password_file,omitempty"`
+	PasswordEnv  string `json:"password_env,omitempty"`
+	// NKeySeedFile authenticates with an nkey (the seed file of a user
+	// nkey whose public key the server lists).
+	NKeySeedFile string `json:"nkey_seed_file,omitempty"`
+	// CredsFile authenticates with a decentralised JWT credentials file.
+	CredsFile string `json:"creds_file,omitempty"`
+	// TLSCA is a PEM file of the CAs that sign the server certificate;
+	// setting it requires TLS. TLSCert and TLSKey are the client
+	// certificate for servers that verify clients.
+	TLSCA   string `json:"tls_ca,omitempty"`
+	TLSCert string `json:"tls_cert,omitempty"`
+	TLSKey  string `json:"tls_key,omitempty"`
+}
+
+// Validate checks that the options are consistent (without reading files).
+func (o Options) Validate() error {
+	n := 0
+	if o.User != "" || o.Password != "" || o.PasswordFile != "" || o.PasswordEnv != "" {
+		n++
+	}
+	if o.NKeySeedFile != "" {
+		n++
+	}
+	if o.CredsFile != "" {
+		n++
+	}
+	if n > 1 {
+		return ErrConflictingAuth
+	}
+	if (o.TLSCert == "") != (o.TLSKey == "") {
+		return ErrTLSPair
+	}
+	return nil
+}
+
+// password resolves the password from the options, file or environment.
+func (o Options) password() (string, error) {
+	switch {
+	case o.Password != "":
+		return o.Password, nil
+	case o.PasswordFile != "":
+		b, err := os.ReadFile(o.PasswordFile)
+		if err != nil {
+			return "", fmt.Errorf("natsauth: reading password file: %w", err)
+		}
+		return strings.TrimRight(string(b), "\r\n"), nil
+	case o.PasswordEnv != "":
+		v, ok := os.LookupEnv(o.PasswordEnv)
+		if !ok {
+			return "", fmt.Errorf("natsauth: environment variable %s is not set", o.PasswordEnv)
+		}
+		return v, nil
+	}
+	return "", nil
+}
+
+// NATSOptions turns the settings into nats.go connection options.
+func (o Options) NATSOptions() ([]nats.Option, error) {
+	if err := o.Validate(); err != nil {
+		return nil, err
+	}
+	var opts []nats.Option
+	switch {
+	case o.NKeySeedFile != "":
+		opt, err := nats.NkeyOptionFromSeed(o.NKeySeedFile)
+		if err != nil {
+			return nil, fmt.Errorf("natsauth: reading nkey seed: %w", err)
+		}
+		opts = append(opts, opt)
+	case o.CredsFile != "":
+		if _, err := os.Stat(o.CredsFile); err != nil {
+			return nil, fmt.Errorf("natsauth: credentials file: %w", err)
+		}
+		opts = append(opts, nats.UserCredentials(o.CredsFile))
+	case o.User != "":
+		pw, err := o.password()
+		if err != nil {
+			return nil, err
+		}
+		opts = append(opts, nats.UserInfo(o.User, pw))
+	}
+	if o.TLSCA != "" || o.TLSCert != "" {
+		cfg, err := o.TLSConfig()
+		if err != nil {
+			return nil, err
+		}
+		opts = append(opts, nats.Secure(cfg))
+	}
+	return opts, nil
+}
+
+// TLSConfig builds the client TLS configuration (TLS 1.2 or later).
+func (o Options) TLSConfig() (*tls.Config, error) {
+	cfg := &tls.Config{MinVersion: tls.VersionTLS12}
+	if o.TLSCA != "" {
+		pem, err := os.ReadFile(o.TLSCA)
+		if err != nil {
+			return nil, fmt.Errorf("natsauth: reading CA file: %w", err)
+		}
+		pool := x509.NewCertPool()
+		if !pool.AppendCertsFromPEM(pem) {
+			return nil, fmt.Errorf("natsauth: no certificate in CA file %s", o.TLSCA)
+		}
+		cfg.RootCAs = pool
+	}
+	if o.TLSCert != "" {
+		cert, err := tls.LoadX509KeyPair(o.TLSCert, o.TLSKey)
+		if err != nil {
+			return nil, fmt.Errorf("natsauth: loading client certificate: %w", err)
+		}
+		cfg.Certificates = []tls.Certificate{cert}
+	}
+	return cfg, nil
+}
+
+// Roles, one NATS user each.
+const (
+	RoleIngest     = "ingest"
+	RolePreprocess = "preprocess"
+	RoleSegment    = "segment"
+	RoleScore      = "score"
+	RoleReplay     = "replay"
+	RoleDLQ        = "dlq"
+	RoleAdmin      = "admin"
+)
+
+// Roles lists every role in a stable order.
+var Roles = []string{RoleIngest, RolePreprocess, RoleSegment, RoleScore, RoleReplay, RoleDLQ, RoleAdmin}
+
+// Inbox is the reply prefix every client subscribes to for JetStream API
+// responses and publish acknowledgements.
+const Inbox = "_INBOX.>"
+
+// consume returns the subjects a client needs to run a durable pull
+// consumer named durable ("*" for any) on stream: create/update and read
+// it, pull from it and acknowledge its messages.
+func consume(stream, durable string) []string {
+	create := "$JS.API.CONSUMER.CREATE." + stream + "." + durable
+	out := []string{
+		create, create + ".>",
+		"$JS.API.CONSUMER.DURABLE.CREATE." + stream + "." + durable,
+		"$JS.API.CONSUMER.INFO." + stream + "." + durable,
+		"$JS.API.CONSUMER.MSG.NEXT." + stream + "." + durable,
+		"$JS.ACK." + stream + "." + durable + ".>",
+		"$JS.API.STREAM.INFO." + stream,
+	}
+	if durable == "*" {
+		// A create subject ends in the consumer name or name.filter.
+		out = []string{
+			"$JS.API.CONSUMER.CREATE." + stream + ".>",
+			"$JS.API.CONSUMER.DURABLE.CREATE." + stream + ".*",
+			"$JS.API.CONSUMER.INFO." + stream + ".*",
+			"$JS.API.CONSUMER.MSG.NEXT." + stream + ".*",
+			"$JS.ACK." + stream + ".*.>",
+			"$JS.API.STREAM.INFO." + stream,
+		}
+	}
+	return out
+}
+
+// ordered returns the subjects of ordered (ephemeral) consumers on a
+// stream: the client creates, reads and deletes them itself.
+func ordered(stream string) []string {
+	return []string{
+		"$JS.API.CONSUMER.CREATE." + stream + ".>",
+		"$JS.API.CONSUMER.INFO." + stream + ".*",
+		"$JS.API.CONSUMER.DELETE." + stream + ".*",
+		"$JS.API.CONSUMER.MSG.NEXT." + stream + ".*",
+		"$JS.API.STREAM.INFO." + stream,
+	}
+}
+
+// Permissions returns a role's allow-lists. Every role may subscribe to
+// its inbox and nothing else unless listed; admin may do everything.
+func Permissions(role string) (*server.Permissions, error) {
+	var pub, sub []string
+	errs := func(stage string) string { return bus.PrefixErrors + stage + ".>" }
+	switch role {
+	case RoleIngest:
+		pub = append(consume(bus.StreamIngest, "ingest"), bus.SubjRaw, bus.PrefixIngested+">", errs("ingest"))
+	case RolePreprocess:
+		pub = append(consume(bus.StreamRaw, "preprocess"), bus.PrefixReady+">", bus.PrefixTrain+">", errs("preprocess"))
+	case RoleSegment:
+		// One durable per model (segment-<model>): any consumer of READY.
+		pub = append(consume(bus.StreamReady, "*"), bus.PrefixMasks+">", errs("segment"))
+	case RoleScore:
+		pub = append(consume(bus.StreamMasks, "score"), bus.PrefixScores+">", errs("score"))
+	case RoleReplay:
+		pub = []string{bus.SubjIngestJobs}
+		for _, s := range []string{bus.StreamScores, bus.StreamErrors, bus.StreamEvents} {
+			pub = append(pub, ordered(s)...)
+		}
+	case RoleDLQ:
+		// Captures advisories, reads the dead message from its stream,
+		// writes the dead-letter stream and re-drives messages to the
+		// pipeline's subjects.
+		pub = []string{"lung.>", "$JS.API.STREAM.MSG.GET.*", "$JS.API.STREAM.MSG.DELETE.*", "$JS.API.STREAM.INFO.*",
+			"$JS.API.CONSUMER.>", "$JS.ACK.>", "$JS.API.STREAM.NAMES", "$JS.API.STREAM.LIST"}
+	case RoleAdmin:
+		pub, sub = []string{">"}, []string{">"}
+	default:
+		return nil, fmt.Errorf("%w %q (want one of %v)", ErrUnknownRole, role, Roles)
+	}
+	if sub == nil {
+		sub = []string{Inbox}
+	}
+	return &server.Permissions{
+		Publish:   &server.SubjectPermission{Allow: pub},
+		Subscribe: &server.SubjectPermission{Allow: sub},
+	}, nil
+}
+
+// Users returns the server's users, one per role, with the passwords
+// given (a role without a password is left out).
+func Users(passwords map[string]string) ([]*server.User, error) {
+	var out []*server.User
+	for _, role := range Roles {
+		pw, ok := passwords[role]
+		if !ok {
+			continue
+		}
+		p, err := Permissions(role)
+		if err != nil {
+			return nil, err
+		}
+		out = append(out, &server.User{Username: role, Password: pw, Permissions: p})
+	}
+	for r := range passwords {
+		if _, err := Permissions(r); err != nil {
+			return nil, err
+		}
+	}
+	return out, nil
+}
+
+// PasswordEnv is the environment variable the generated server
+// configuration reads a role's password from, e.g.
+// LUNGSEG_NATS_PASSWORD_PREPROCESS.
+func PasswordEnv(role string) string {
+	return "LUNGSEG_NATS_PASSWORD_" + strings.ToUpper(role)
+}
+
+// ServerConfig renders the authorization block of a nats-server
+// configuration file for every role, reading each password from
+// PasswordEnv(role) when the server starts.
+func ServerConfig() string {
+	var b strings.Builder
+	b.WriteString("# Generated by `go run ./deploy/gen` from pkg/natsauth: do not edit.\n")
+	b.WriteString("# One user per pipeline role; passwords come from the environment.\n")
+	b.WriteString("authorization {\n  users = [\n")
+	for _, role := range Roles {
+		p, _ := Permissions(role)
+		fmt.Fprintf(&b, "    {\n      user: %q\n      password: $%s\n      permissions: {\n", role, PasswordEnv(role))
+		fmt.Fprintf(&b, "        publish: { allow: %s }\n", list(p.Publish.Allow))
+		fmt.Fprintf(&b, "        subscribe: { allow: %s }\n", list(p.Subscribe.Allow))
+		b.WriteString("      }\n    }\n")
+	}
+	b.WriteString("  ]\n}\n")
+	return b.String()
+}
+
+func list(s []string) string {
+	q := make([]string, len(s))
+	for i, v := range s {
+		q[i] = fmt.Sprintf("%q", v)
+	}
+	return "[" + strings.Join(q, ", ") + "]"
+}
