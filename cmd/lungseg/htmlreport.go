@@ -49,26 +49,38 @@ func cmdReport(ctx context.Context, args []string) error {
 	if err := json.Unmarshal(b, &rep); err != nil {
 		return fmt.Errorf("decoding %s: %w", fs.Arg(0), err)
 	}
+	page, err := writeHTMLReport(ctx, &rep, *out, *masksOut, *masks, report.Options{Tile: *tile, Bins: *bins})
+	if err != nil {
+		return err
+	}
+	fmt.Println(page)
+	return nil
+}
+
+// writeHTMLReport writes the static report of rep into out and returns
+// the page's path. masksOut is the folder replay --masks-out wrote (""
+// leaves out the comparison sheets); masks the ground-truth folder of
+// DICOM inputs. doReplay can call it for a replay --html flag.
+func writeHTMLReport(ctx context.Context, rep *replay.Report, out, masksOut, masks string, o report.Options) (string, error) {
 	px := report.Pixels{}
-	if *masksOut != "" {
-		if st, err := os.Stat(*masksOut); err != nil || !st.IsDir() {
-			return fmt.Errorf("--masks-out %s: not a folder", *masksOut)
+	if masksOut != "" {
+		if st, err := os.Stat(masksOut); err != nil || !st.IsDir() {
+			return "", fmt.Errorf("--masks-out %s: not a folder", masksOut)
 		}
-		px.Pred = report.MasksDir(*masksOut, pngpair.ReadMask)
-		picks := report.Pick(&rep)
-		if px.Slices, err = report.LoadInputs(ctx, formats.All(), rep.Inputs, *masks, report.Wanted(picks)); err != nil {
-			return err
+		px.Pred = report.MasksDir(masksOut, pngpair.ReadMask)
+		var err error
+		if px.Slices, err = report.LoadInputs(ctx, formats.All(), rep.Inputs, masks, report.Wanted(report.Pick(rep))); err != nil {
+			return "", err
 		}
 	} else {
 		fmt.Fprintln(os.Stderr, "lungseg report: no --masks-out: writing the scores and histograms without comparison sheets")
 	}
-	w, err := report.Write(*out, &rep, px, report.Options{Tile: *tile, Bins: *bins})
+	w, err := report.Write(out, rep, px, o)
 	if err != nil {
-		return err
+		return "", err
 	}
 	for _, m := range w.Missing {
 		fmt.Fprintln(os.Stderr, "lungseg report: not drawn:", m)
 	}
-	fmt.Println(filepath.Join(*out, w.Page))
-	return nil
+	return filepath.Join(out, w.Page), nil
 }
