@@ -307,3 +307,39 @@ func list(s []string) string {
 	}
 	return "[" + strings.Join(q, ", ") + "]"
 }
+
+// Environment variables read by WithEnv, for containers whose secrets are
+// mounted as files or passed in the environment.
+const (
+	EnvUser         = "LUNGSEG_NATS_USER"
+	EnvPassword     = "LUNGSEG_NATS_PASSWORD"
+	EnvPasswordFile = "LUNGSEG_NATS_PASSWORD_FILE"
+	EnvNKeySeedFile = "LUNGSEG_NATS_NKEY_SEED_FILE"
+	EnvCredsFile    = "LUNGSEG_NATS_CREDS"
+	EnvTLSCA        = "LUNGSEG_NATS_TLS_CA"
+	EnvTLSCert      = "LUNGSEG_NATS_TLS_CERT"
+	EnvTLSKey       = "LUNGSEG_NATS_TLS_KEY"
+)
+
+// WithEnv fills the fields left empty from the LUNGSEG_NATS_* environment
+// variables (the configuration file wins where both are set).
+func (o Options) WithEnv() Options {
+	set := func(f *string, env string) {
+		if *f == "" {
+			*f = os.Getenv(env)
+		}
+	}
+	if o.Password == "" && o.PasswordFile == "" && o.PasswordEnv == "" {
+		if _, ok := os.LookupEnv(EnvPassword); ok {
+			o.PasswordEnv = EnvPassword
+		}
+		set(&o.PasswordFile, EnvPasswordFile)
+	}
+	set(&o.User, EnvUser)
+	set(&o.NKeySeedFile, EnvNKeySeedFile)
+	set(&o.CredsFile, EnvCredsFile)
+	set(&o.TLSCA, EnvTLSCA)
+	set(&o.TLSCert, EnvTLSCert)
+	set(&o.TLSKey, EnvTLSKey)
+	return o
+}

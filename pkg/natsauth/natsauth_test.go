@@ -331,6 +331,17 @@ func TestOptionsValidate(t *testing.T) {
 	if pw, err := (Options{User: "u", PasswordEnv: "LUNGSEG_TEST_PW"}).password(); err != nil || pw != "from-env" {
 		t.Fatalf("password from env = %q, %v", pw, err)
 	}
+	t.Setenv(EnvUser, "env-user")
+	t.Setenv(EnvTLSCA, "/ca.pem")
+	if o := (Options{User: "file-user"}).WithEnv(); o.User != "file-user" || o.TLSCA != "/ca.pem" || o.PasswordEnv != "" {
+		t.Fatalf("WithEnv over a configured user: %+v", o)
+	}
+	t.Setenv(EnvPassword, "env-pw")
+	if o := (Options{}).WithEnv(); o.User != "env-user" || o.PasswordEnv != EnvPassword {
+		t.Fatalf("WithEnv: %+v", o)
+	} else if pw, err := o.password(); err != nil || pw != "env-pw" {
+		t.Fatalf("password via WithEnv = %q, %v", pw, err)
+	}
 	f := filepath.Join(t.TempDir(), "pw")
 	if err := os.WriteFile(f, []byte("from-file\n"), 0o600); err != nil {
 		t.Fatal(err)

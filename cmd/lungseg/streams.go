@@ -1,0 +1,68 @@
+package main
+
+import (
+	"context"
+	"errors"
+	"flag"
+	"fmt"
+	"os"
+
+	"github.com/lungseg/lungseg/deploy"
+	"github.com/lungseg/lungseg/pkg/model"
+)
+
+// cmdStreams prints or applies the JetStream definitions (streams and the
+// stages' durable consumers): lungseg streams print|apply.
+func cmdStreams(ctx context.Context, args []string) error {
+	if len(args) == 0 {
+		return errors.New("usage: lungseg streams print|apply [flags]")
+	}
+	sub := args[0]
+	fs := flag.NewFlagSet("streams "+sub, flag.ContinueOnError)
+	load := commonFlags(fs)
+	consumers := fs.Bool("consumers", true, "apply: also create the stages' durable consumers (one segment consumer per registry model)")
+	if err := fs.Parse(args[1:]); err != nil {
+		return err
+	}
+	cfg, err := load()
+	if err != nil {
+		return err
+	}
+	so := cfg.streamOptions()
+	var models []string
+	if reg, err := model.OpenRegistry(cfg.ModelsDir); err == nil {
+		models = reg.Names()
+	} else if sub == "apply" && *consumers {
+		return err
+	}
+	switch sub {
+	case "print":
+		return writeJSONTo(os.Stdout, map[string]any{"streams": deploy.Streams(so), "consumers": deploy.Consumers(models)})
+	case "apply":
+		if cfg.NATS == "" {
+			return errors.New("streams apply needs --nats URL")
+		}
+		log := newLogger(cfg.LogLevel, os.Stderr)
+		n, err := connect(ctx, cfg, "lungseg-streams", false, log)
+		if err != nil {
+			return err
+		}
+		defer n.Close()
+		for _, s := range deploy.Streams(so) {
+			if _, err := n.js.CreateOrUpdateStream(ctx, s); err != nil {
+				return fmt.Errorf("stream %s: %w", s.Name, err)
+			}
+			log.Info().Str("stream", s.Name).Int("replicas", s.Replicas).Msg("stream applied")
+		}
+		if *consumers {
+			for _, c := range deploy.Consumers(models) {
+				if _, err := n.js.CreateOrUpdateConsumer(ctx, c.Stream, c.Config); err != nil {
+					return fmt.Errorf("consumer %s on %s: %w", c.Config.Durable, c.Stream, err)
+				}
+				log.Info().Str("stream", c.Stream).Str("consumer", c.Config.Durable).Msg("consumer applied")
+			}
+		}
+		return nil
+	}
+	return fmt.Errorf("streams: unknown subcommand %q (want print or apply)", sub)
+}
