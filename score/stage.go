@@ -52,6 +52,13 @@ func ScoreOutput(o *lungsegv1.ModelOutput) (*lungsegv1.Score, error) {
 		s.PredictedPixels = int64(pred.Count())
 	}
 	s.PredBits = pred.PackBits()
+	var inside []float32
+	for i, v := range pred.Pix {
+		if v != 0 {
+			inside = append(inside, full[i])
+		}
+	}
+	s.PredProb = imgx.EncodeFloat32(inside)
 	return s, nil
 }
 

@@ -32,11 +32,14 @@ func init() {
 		{"preprocess", "run the preprocess stage against --nats URL", stageCmd(pipeline.Preprocess)},
 		{"segment", "run the segment stage against --nats URL", stageCmd(pipeline.Segment)},
 		{"score", "run the score stage against --nats URL", stageCmd(pipeline.Score)},
+		{"findings", "run the findings stage (and webhooks) against --nats URL", stageCmd(pipeline.Findings)},
 		{"replay", "replay inputs through the pipeline and report Dice, IoU and RMSE", cmdReplay},
 		{"demo", "make phantom data in every format and replay it with every shipped model", cmdDemo},
 		{"models", "list the model registry", cmdModels},
 		{"phantom", "write synthetic CT slices with exact nodule masks", cmdPhantom},
 		{"dataset", "build an augmented training set of PNG pairs (dataset build)", cmdDataset},
+		{"receive", "receive DICOM (STOW-RS, C-STORE SCP, watched folder) and write SEG results", cmdReceive},
+		{"tail", "print findings or alerts as they arrive (tail [SUBJECT], default lung.findings.>)", cmdTail},
 	}
 }
 
@@ -130,6 +133,8 @@ func pipelineConfig(cfg *Config, stages []string) (pipeline.Config, error) {
 		TTA:         cfg.TTA,
 		Formats:     formats.All(),
 		Streams:     cfg.streamOptions(),
+		Findings:    cfg.findingsConfig(),
+		Webhooks:    cfg.webhookConfigs(),
 		TrainCopies: cfg.TrainCopies,
 		TrainSeed:   cfg.TrainSeed,
 	}, nil
@@ -312,9 +317,16 @@ func doReplay(ctx context.Context, cfg *Config, a replayArgs) error {
 		go func() { perr <- pipeline.Run(pctx, n.js, pc, log) }()
 		defer func() { stop(); <-perr }()
 	}
-	var onScore func(s *lungsegv1.Score) error
+	writeMask := func(*lungsegv1.Score) error { return nil }
 	if a.masksOut != "" {
-		onScore = maskWriter(a.masksOut)
+		writeMask = maskWriter(a.masksOut)
+	}
+	cats := newCategoryTable(cfg.findingsConfig())
+	onScore := func(s *lungsegv1.Score) error {
+		if err := cats.add(s); err != nil {
+			return err
+		}
+		return writeMask(s)
 	}
 	rep, err := replay.Run(ctx, n.js, replay.Options{
 		Inputs: inputs, Models: a.models, MasksDir: masks, Timeout: a.timeout,
@@ -322,6 +334,7 @@ func doReplay(ctx context.Context, cfg *Config, a replayArgs) error {
 	}, log)
 	if rep != nil {
 		printReport(rep)
+		cats.print(os.Stdout)
 		if a.report != "" {
 			if werr := writeJSON(a.report, rep); werr != nil && err == nil {
 				err = werr

@@ -12,6 +12,8 @@ import (
 	"time"
 
 	"github.com/lungseg/lungseg/pkg/bus"
+	"github.com/lungseg/lungseg/pkg/webhook"
+	"github.com/lungseg/lungseg/score/findings"
 	"github.com/lungseg/lungseg/segment/infer"
 	"github.com/mattn/go-isatty"
 	"github.com/rs/zerolog"
@@ -53,6 +55,43 @@ type Config struct {
 	MaxAge Duration `json:"max_age"`
 	// LogLevel: debug, info, warn, error.
 	LogLevel string `json:"log_level"`
+	// Findings tunes the findings stage.
+	Findings FindingsConfig `json:"findings"`
+	// Webhooks receive alerts by HTTP POST.
+	Webhooks []WebhookConfig `json:"webhooks"`
+}
+
+// FindingsConfig is the JSON form of findings.Config; zero fields take its
+// defaults.
+type FindingsConfig struct {
+	MinSizePx          int      `json:"min_size_px"`
+	DefaultSpacingMm   float64  `json:"default_spacing_mm"`
+	DefaultThicknessMm float64  `json:"default_thickness_mm"`
+	QuietPeriod        Duration `json:"quiet_period"`
+	AlertAt            string   `json:"alert_at"`
+}
+
+// WebhookConfig is the JSON form of webhook.Config.
+type WebhookConfig struct {
+	Name     string            `json:"name"`
+	URL      string            `json:"url"`
+	Subjects []string          `json:"subjects"`
+	Headers  map[string]string `json:"headers"`
+	Timeout  Duration          `json:"timeout"`
+}
+
+func (c *Config) findingsConfig() findings.Config {
+	f := c.Findings
+	return findings.Config{MinSizePx: f.MinSizePx, DefaultSpacingMm: f.DefaultSpacingMm, DefaultThicknessMm: f.DefaultThicknessMm,
+		QuietPeriod: time.Duration(f.QuietPeriod), AlertAt: f.AlertAt}
+}
+
+func (c *Config) webhookConfigs() []webhook.Config {
+	var out []webhook.Config
+	for _, w := range c.Webhooks {
+		out = append(out, webhook.Config{Name: w.Name, URL: w.URL, FilterSubjects: w.Subjects, Headers: w.Headers, Timeout: time.Duration(w.Timeout)})
+	}
+	return out
 }
 
 // Duration is a time.Duration read from a JSON string such as "24h".
@@ -99,6 +138,14 @@ func (c *Config) Validate() error {
 	if _, err := zerolog.ParseLevel(c.LogLevel); err != nil {
 		errs = append(errs, fmt.Errorf("log level %q: %w", c.LogLevel, err))
 	}
+	if err := c.findingsConfig().WithDefaults().Validate(); err != nil {
+		errs = append(errs, err)
+	}
+	for i, w := range c.Webhooks {
+		if w.Name == "" || w.URL == "" {
+			errs = append(errs, fmt.Errorf("webhooks[%d]: name and url are required", i))
+		}
+	}
 	if c.ModelsDir == "" {
 		errs = append(errs, errors.New("models_dir is required"))
 	}
@@ -128,6 +175,9 @@ func commonFlags(fs *flag.FlagSet) func() (*Config, error) {
 	trainCopies := fs.Int("train-copies", 0, "preprocess: also publish this many augmented copies per slice on lung.train.<model>")
 	logLevel := fs.String("log-level", d.LogLevel, "log level: debug, info, warn, error")
 	check := fs.Bool("check-config", false, "validate the configuration and exit")
+	hook := fs.String("webhook", "", "POST each alert as JSON to this URL (a webhook named \"default\")")
+	alertAt := fs.String("alert-at", "", "lowest Lung-RADS category that raises an alert (default LR4A)")
+	quiet := fs.Duration("quiet-period", 0, "a series is complete after this long without a new slice (default 60s)")
 	return func() (*Config, error) {
 		c := defaultConfig()
 		if *cfgPath != "" {
@@ -161,6 +211,12 @@ func commonFlags(fs *flag.FlagSet) func() (*Config, error) {
 				c.TrainCopies = *trainCopies
 			case "log-level":
 				c.LogLevel = *logLevel
+			case "webhook":
+				c.Webhooks = append(c.Webhooks, WebhookConfig{Name: "default", URL: *hook})
+			case "alert-at":
+				c.Findings.AlertAt = *alertAt
+			case "quiet-period":
+				c.Findings.QuietPeriod = Duration(*quiet)
 			}
 		})
 		if err := c.Validate(); err != nil {

@@ -79,7 +79,19 @@ func scrape(t *testing.T, url string) map[string]float64 {
 // the running scores, the HU under the cursor in the large view) and what
 // /metrics and /healthz report. The screenshots are kept as artefacts.
 func TestViewerInBrowser(t *testing.T) {
-	chromium := testenv.RequireCommand(t, "chromium")
+	viewerReplay(t, testenv.RequireCommand(t, "chromium"))
+}
+
+// TestMetricsMoveWithReplay is the same replay without a browser: /healthz
+// fails until the segment workers run, and /metrics counts exactly the
+// work of the replay.
+func TestMetricsMoveWithReplay(t *testing.T) {
+	viewerReplay(t, "")
+}
+
+// viewerReplay runs a replay with the viewer; with a chromium path it
+// also drives the page.
+func viewerReplay(t *testing.T, chromium string) {
 	reg := testRegistry(t)
 	dir := t.TempDir()
 	const n = 6
@@ -146,7 +158,68 @@ func TestViewerInBrowser(t *testing.T) {
 	defer func() { stopPipe(); <-perr }()
 	waitFor(t, 60*time.Second, "healthy", func() bool { c, _ := health(); return c == 200 })
 
-	// The browser.
+	var bctx context.Context
+	if chromium != "" {
+		bctx = openBrowser(t, ctx, chromium, base)
+	}
+
+	// A replay while the page watches.
+	rep, err := replay.Run(ctx, node.js, replay.Options{Inputs: []string{in}, Models: []string{"tiny", "tiny-low"}, Timeout: 2 * time.Minute}, log)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if rep.Ingested != n || len(rep.Slices) != 2*n {
+		t.Fatalf("replay: %d slices, %d results", rep.Ingested, len(rep.Slices))
+	}
+
+	if chromium != "" {
+		checkPage(t, bctx, base, rep, truth, n)
+	}
+
+	// /metrics moved with the replay, by exactly the work done.
+	var after map[string]float64
+	waitFor(t, 10*time.Second, "consumers drained", func() bool {
+		after = scrape(t, base+"/metrics")
+		return after[`lungseg_consumer_pending_messages{consumer="score",stream="MASKS"}`] == 0 &&
+			after[`lungseg_consumer_ack_pending_messages{consumer="score",stream="MASKS"}`] == 0 &&
+			after[`lungseg_stage_messages_acked_total{stage="score"}`] == 2*n
+	})
+	for series, v := range map[string]float64{
+		`lungseg_stage_messages_received_total{stage="ingest"}`:                         1,
+		`lungseg_stage_messages_acked_total{stage="ingest"}`:                            1,
+		`lungseg_stage_messages_received_total{stage="preprocess"}`:                     n,
+		`lungseg_stage_messages_acked_total{stage="preprocess"}`:                        n,
+		`lungseg_stage_messages_received_total{stage="segment"}`:                        2 * n,
+		`lungseg_stage_messages_received_total{stage="score"}`:                          2 * n,
+		`lungseg_stage_messages_published_total{stage="score"}`:                         2 * n,
+		`lungseg_stage_processing_seconds_count{stage="segment"}`:                       2 * n,
+		`lungseg_model_inference_seconds_count{model="tiny",provider="cpu"}`:            n,
+		`lungseg_model_inference_seconds_count{model="tiny-low",provider="cpu"}`:        n,
+		`lungseg_score_dice_count{model="tiny"}`:                                        n,
+		`lungseg_consumer_pending_messages{consumer="preprocess",stream="RAW"}`:         0,
+		`lungseg_consumer_waiting_pulls{consumer="segment-tiny",stream="READY"}`:        -1, // present, checked below
+		`lungseg_consumer_pending_messages{consumer="segment-tiny-low",stream="READY"}`: 0,
+	} {
+		got, ok := after[series]
+		switch {
+		case !ok:
+			t.Errorf("%s missing from /metrics", series)
+		case v >= 0 && got != v:
+			t.Errorf("%s = %v, want %v", series, got, v)
+		}
+	}
+	if after[`lungseg_consumer_waiting_pulls{consumer="segment-tiny",stream="READY"}`] < 1 {
+		t.Error("segment-tiny has no waiting pull although its worker runs")
+	}
+	if s := after[`lungseg_model_inference_seconds_sum{model="tiny",provider="cpu"}`]; s <= 0 || math.IsNaN(s) {
+		t.Errorf("inference time sum %v", s)
+	}
+}
+
+// openBrowser starts headless Chromium on the viewer's page and waits
+// until the page is connected to the event stream.
+func openBrowser(t *testing.T, ctx context.Context, chromium, base string) context.Context {
+	t.Helper()
 	opts := append(chromedp.DefaultExecAllocatorOptions[:],
 		chromedp.ExecPath(chromium),
 		chromedp.NoSandbox,
@@ -160,9 +233,9 @@ func TestViewerInBrowser(t *testing.T) {
 		chromedp.WindowSize(1440, 1100),
 	)
 	actx, cancelAlloc := chromedp.NewExecAllocator(ctx, opts...)
-	defer cancelAlloc()
+	t.Cleanup(cancelAlloc)
 	bctx, cancelBrowser := chromedp.NewContext(actx)
-	defer cancelBrowser()
+	t.Cleanup(cancelBrowser)
 	step := func(what string, a chromedp.Action[chromedp.Void]) {
 		t.Helper()
 		if _, err := chromedp.Run(bctx, a); err != nil {
@@ -172,15 +245,19 @@ func TestViewerInBrowser(t *testing.T) {
 	step("navigate", chromedp.Navigate(base+"/"))
 	step("connect", chromedp.Poll[chromedp.Void](`document.body.dataset.connected === '1'`, chromedp.WithPollingTimeout(30*time.Second)))
 
-	// A replay while the page watches.
-	rep, err := replay.Run(ctx, node.js, replay.Options{Inputs: []string{in}, Models: []string{"tiny", "tiny-low"}, Timeout: 2 * time.Minute}, log)
-	if err != nil {
-		t.Fatal(err)
-	}
-	if rep.Ingested != n || len(rep.Slices) != 2*n {
-		t.Fatalf("replay: %d slices, %d results", rep.Ingested, len(rep.Slices))
-	}
+	return bctx
+}
 
+// checkPage checks what the page shows after the replay and keeps the
+// screenshots.
+func checkPage(t *testing.T, bctx context.Context, base string, rep *replay.Report, truth map[string]phantom.Slice, n int) {
+	t.Helper()
+	step := func(what string, a chromedp.Action[chromedp.Void]) {
+		t.Helper()
+		if _, err := chromedp.Run(bctx, a); err != nil {
+			t.Fatalf("browser: %s: %v", what, err)
+		}
+	}
 	// Every slice has a card with both models' scores and a loaded image,
 	// and the metrics panel has both models.
 	step("cards", chromedp.Poll[chromedp.Void](fmt.Sprintf(`(() => {
@@ -299,44 +376,6 @@ func TestViewerInBrowser(t *testing.T) {
 		t.Fatal(err)
 	}
 
-	// /metrics moved with the replay, by exactly the work done.
-	var after map[string]float64
-	waitFor(t, 10*time.Second, "consumers drained", func() bool {
-		after = scrape(t, base+"/metrics")
-		return after[`lungseg_consumer_pending_messages{consumer="score",stream="MASKS"}`] == 0 &&
-			after[`lungseg_consumer_ack_pending_messages{consumer="score",stream="MASKS"}`] == 0 &&
-			after[`lungseg_stage_messages_acked_total{stage="score"}`] == 2*n
-	})
-	for series, v := range map[string]float64{
-		`lungseg_stage_messages_received_total{stage="ingest"}`:                         1,
-		`lungseg_stage_messages_acked_total{stage="ingest"}`:                            1,
-		`lungseg_stage_messages_received_total{stage="preprocess"}`:                     n,
-		`lungseg_stage_messages_acked_total{stage="preprocess"}`:                        n,
-		`lungseg_stage_messages_received_total{stage="segment"}`:                        2 * n,
-		`lungseg_stage_messages_received_total{stage="score"}`:                          2 * n,
-		`lungseg_stage_messages_published_total{stage="score"}`:                         2 * n,
-		`lungseg_stage_processing_seconds_count{stage="segment"}`:                       2 * n,
-		`lungseg_model_inference_seconds_count{model="tiny",provider="cpu"}`:            n,
-		`lungseg_model_inference_seconds_count{model="tiny-low",provider="cpu"}`:        n,
-		`lungseg_score_dice_count{model="tiny"}`:                                        n,
-		`lungseg_consumer_pending_messages{consumer="preprocess",stream="RAW"}`:         0,
-		`lungseg_consumer_waiting_pulls{consumer="segment-tiny",stream="READY"}`:        -1, // present, checked below
-		`lungseg_consumer_pending_messages{consumer="segment-tiny-low",stream="READY"}`: 0,
-	} {
-		got, ok := after[series]
-		switch {
-		case !ok:
-			t.Errorf("%s missing from /metrics", series)
-		case v >= 0 && got != v:
-			t.Errorf("%s = %v, want %v", series, got, v)
-		}
-	}
-	if after[`lungseg_consumer_waiting_pulls{consumer="segment-tiny",stream="READY"}`] < 1 {
-		t.Error("segment-tiny has no waiting pull although its worker runs")
-	}
-	if s := after[`lungseg_model_inference_seconds_sum{model="tiny",provider="cpu"}`]; s <= 0 || math.IsNaN(s) {
-		t.Errorf("inference time sum %v", s)
-	}
 }
 
 // screenRect is an element's box in page pixels.

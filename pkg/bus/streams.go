@@ -31,14 +31,16 @@ var DefaultStreamOptions = StreamOptions{
 
 // Stream names.
 const (
-	StreamIngest = "INGEST"
-	StreamRaw    = "RAW"
-	StreamReady  = "READY"
-	StreamMasks  = "MASKS"
-	StreamScores = "SCORES"
-	StreamErrors = "ERRORS"
-	StreamEvents = "EVENTS"
-	StreamTrain  = "TRAIN"
+	StreamIngest   = "INGEST"
+	StreamRaw      = "RAW"
+	StreamReady    = "READY"
+	StreamMasks    = "MASKS"
+	StreamScores   = "SCORES"
+	StreamErrors   = "ERRORS"
+	StreamEvents   = "EVENTS"
+	StreamTrain    = "TRAIN"
+	StreamFindings = "FINDINGS"
+	StreamAlerts   = "ALERTS"
 )
 
 // Streams returns the pipeline's stream configurations: one per stage
@@ -58,6 +60,10 @@ func Streams(o StreamOptions) []jetstream.StreamConfig {
 		o.MaxBytes = d.MaxBytes
 	}
 	mk := func(name, desc string, subjects ...string) jetstream.StreamConfig {
+		age := o.MaxAge
+		if name == StreamAlerts {
+			age = max(age, AlertsMinAge)
+		}
 		return jetstream.StreamConfig{
 			Name:        name,
 			Description: desc,
@@ -65,7 +71,7 @@ func Streams(o StreamOptions) []jetstream.StreamConfig {
 			Storage:     jetstream.FileStorage,
 			Retention:   jetstream.LimitsPolicy,
 			Replicas:    o.Replicas,
-			MaxAge:      o.MaxAge,
+			MaxAge:      age,
 			MaxBytes:    o.MaxBytes,
 			Duplicates:  o.Duplicates,
 			MaxMsgSize:  MaxPayload,
@@ -81,6 +87,8 @@ func Streams(o StreamOptions) []jetstream.StreamConfig {
 		mk(StreamErrors, "failures of every stage", PrefixErrors+">"),
 		mk(StreamEvents, "pipeline events (ingest jobs done)", "lung.events.>"),
 		mk(StreamTrain, "augmented training copies from preprocess", PrefixTrain+">"),
+		mk(StreamFindings, "nodule findings per category and per-slice components", PrefixFindings+">"),
+		mk(StreamAlerts, "alerts: findings at or above the alert category", PrefixAlerts+">"),
 	}
 }
 
@@ -93,6 +101,10 @@ func EnsureStreams(ctx context.Context, js jetstream.JetStream, o StreamOptions)
 	}
 	return nil
 }
+
+// AlertsMinAge is the least time alerts are kept, so that a webhook
+// receiver may be down over a weekend without losing one.
+const AlertsMinAge = 7 * 24 * time.Hour
 
 // PixelsBucket is the JetStream Object Store bucket for slices whose
 // pixels do not fit in one message (over about 700×700 int16 pixels); the

@@ -20,6 +20,8 @@ const (
 	PrefixScores   = "lung.scores."        // + <model>.<replay>: Score
 	PrefixErrors   = "lung.errors."        // + <stage>.<replay>: ErrorEvent
 	PrefixIngested = "lung.events.ingest." // + <replay>: IngestDone
+	PrefixFindings = "lung.findings."      // + <category>.<model>.<replay>: Finding; + slice.<model>.<replay>: SliceFindings
+	PrefixAlerts   = "lung.alerts."        // + <category>.<model>.<replay>: Alert
 	LiveReplay     = "live"
 )
 

@@ -14,8 +14,10 @@ import (
 	"github.com/lungseg/lungseg/pkg/model"
 	"github.com/lungseg/lungseg/pkg/ortlib"
 	"github.com/lungseg/lungseg/pkg/stage"
+	"github.com/lungseg/lungseg/pkg/webhook"
 	"github.com/lungseg/lungseg/preprocess"
 	"github.com/lungseg/lungseg/score"
+	"github.com/lungseg/lungseg/score/findings"
 	"github.com/lungseg/lungseg/segment"
 	"github.com/lungseg/lungseg/segment/infer"
 	"github.com/nats-io/nats.go/jetstream"
@@ -28,10 +30,11 @@ const (
 	Preprocess = "preprocess"
 	Segment    = "segment"
 	Score      = "score"
+	Findings   = "findings"
 )
 
 // AllStages lists the stages in pipeline order.
-var AllStages = []string{Ingest, Preprocess, Segment, Score}
+var AllStages = []string{Ingest, Preprocess, Segment, Score, Findings}
 
 // Config says which stages to run and how.
 type Config struct {
@@ -57,6 +60,12 @@ type Config struct {
 	Formats []ingest.Format
 	// Hooks observe every runner (metrics).
 	Hooks stage.Hooks
+	// Findings configures the findings stage (components, series
+	// grouping, Lung-RADS estimate, alerts).
+	Findings findings.Config
+	// Webhooks deliver alerts by HTTP POST, each from its own durable
+	// consumer; they run with the findings stage.
+	Webhooks []webhook.Config
 	// Streams are the stream options (for the pixel bucket's TTL and
 	// replicas).
 	Streams bus.StreamOptions
@@ -98,6 +107,7 @@ func Run(ctx context.Context, js jetstream.JetStream, cfg Config, log zerolog.Lo
 		return err
 	}
 	var closers []func() error
+	var starters []func(context.Context) error
 	defer func() {
 		for _, c := range closers {
 			_ = c()
@@ -141,6 +151,29 @@ func Run(ctx context.Context, js jetstream.JetStream, cfg Config, log zerolog.Lo
 			}
 		case Score:
 			err = add(stage.Config{Name: Score, Stream: bus.StreamMasks}, score.Stage{})
+		case Findings:
+			cache := findings.NewHUCache(0)
+			if err = add(stage.Config{Name: "findings-hu", Stream: bus.StreamRaw}, cache); err != nil {
+				return err
+			}
+			fst, ferr := findings.New(ctx, js, cfg.Findings, cache, log)
+			if ferr != nil {
+				return ferr
+			}
+			starters = append(starters, fst.Start)
+			if err = add(stage.Config{Name: findings.StageName, Stream: bus.StreamScores,
+				FilterSubjects: []string{bus.PrefixScores + ">"}}, fst); err != nil {
+				return err
+			}
+			for _, wc := range cfg.Webhooks {
+				sink, werr := webhook.New(wc)
+				if werr != nil {
+					return werr
+				}
+				if err = add(sink.StageConfig(), sink); err != nil {
+					return err
+				}
+			}
 		default:
 			err = fmt.Errorf("pipeline: unknown stage %q (want one of %v)", st, AllStages)
 		}
@@ -152,6 +185,11 @@ func Run(ctx context.Context, js jetstream.JetStream, cfg Config, log zerolog.Lo
 	// right after start-up finds them all.
 	for _, r := range runners {
 		if _, err := r.Consumer(ctx); err != nil {
+			return err
+		}
+	}
+	for _, start := range starters {
+		if err := start(ctx); err != nil {
 			return err
 		}
 	}

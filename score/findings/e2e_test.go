@@ -263,9 +263,10 @@ func TestReplayToWebhook(t *testing.T) {
 		if findings.AtLeast(f.Category, findings.LR4A) {
 			wantAlerts["a-"+f.Id[2:]] = true
 		}
-		// Scores carry no probabilities: the mean probability is unknown
-		// (not 0) on this path; HU comes from the HU cache.
-		if !f.HuKnown || f.ProbKnown || f.SeriesUid != ps[0].SeriesUID || f.ReplayId != rep.ReplayID {
+		// Scores carry the probabilities of predicted pixels (pred_prob);
+		// the stand-in segment predicts the truth with probability 1. HU
+		// comes from the HU cache.
+		if !f.HuKnown || !f.ProbKnown || f.MeanProb != 1 || f.SeriesUid != ps[0].SeriesUID || f.ReplayId != rep.ReplayID {
 			t.Errorf("finding %s: HU known %v, p %v (known %v), series %s, replay %s", f.Id, f.HuKnown, f.MeanProb, f.ProbKnown, f.SeriesUid, f.ReplayId)
 		}
 	}

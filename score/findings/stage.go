@@ -184,7 +184,8 @@ func (s *Stage) Process(ctx context.Context, m *stage.Msg, e stage.Emitter) erro
 // Decode reads a Score (subjects under lung.scores.) or a ModelOutput
 // (lung.masks.) into a SliceInput. A ModelOutput's probability map is
 // resized to the slice and thresholded as the score stage does, so both
-// give the same mask; only a ModelOutput gives the probabilities.
+// give the same mask; both give the probabilities of the predicted pixels
+// (a Score through pred_prob, when present).
 func Decode(subject string, data []byte) (SliceInput, error) {
 	switch {
 	case strings.HasPrefix(subject, bus.PrefixScores):
@@ -199,7 +200,21 @@ func Decode(subject string, data []byte) (SliceInput, error) {
 		if err != nil {
 			return SliceInput{}, fmt.Errorf("decoding predicted mask of %s: %w", sc.Meta.Id, err)
 		}
-		return SliceInput{Meta: sc.Meta, Model: sc.Model, ModelVersion: sc.ModelVersion, Pred: pred}, nil
+		in := SliceInput{Meta: sc.Meta, Model: sc.Model, ModelVersion: sc.ModelVersion, Pred: pred}
+		// pred_prob holds the probability of each predicted pixel; the
+		// others are below the threshold and not needed for the means.
+		if n := pred.Count(); n > 0 && len(sc.PredProb) == 4*n {
+			inside, _ := imgx.DecodeFloat32(n, sc.PredProb)
+			in.Prob = make([]float32, len(pred.Pix))
+			k := 0
+			for i, v := range pred.Pix {
+				if v != 0 {
+					in.Prob[i] = inside[k]
+					k++
+				}
+			}
+		}
+		return in, nil
 	case strings.HasPrefix(subject, bus.PrefixMasks):
 		var o lungsegv1.ModelOutput
 		if err := proto.Unmarshal(data, &o); err != nil {

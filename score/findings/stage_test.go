@@ -318,8 +318,14 @@ func TestDecodeModelOutputMatchesScore(t *testing.T) {
 	if string(fromOut.Pred.PackBits()) != string(fromScore.Pred.PackBits()) || fromOut.Pred.Count() == 0 {
 		t.Error("masks differ between model output and score")
 	}
-	if len(fromOut.Prob) != 50*70 || fromScore.Prob != nil {
+	if len(fromOut.Prob) != 50*70 || len(fromScore.Prob) != 50*70 {
 		t.Errorf("probabilities: %d from output, %d from score", len(fromOut.Prob), len(fromScore.Prob))
+	}
+	// On predicted pixels the score's pred_prob gives the same values.
+	for i, v := range fromOut.Pred.Pix {
+		if v != 0 && fromOut.Prob[i] != fromScore.Prob[i] {
+			t.Fatalf("pixel %d: probability %v from output, %v from score", i, fromOut.Prob[i], fromScore.Prob[i])
+		}
 	}
 	sf, err := Config{MinSizePx: 1}.Analyze(fromOut)
 	if err != nil {

@@ -1,7 +1,6 @@
 package findings
 
 import (
-	"time"
 
 	"github.com/lungseg/lungseg/pkg/bus"
 	"github.com/nats-io/nats.go/jetstream"
@@ -12,14 +11,14 @@ import (
 const (
 	// PrefixFindings + <category>.<model>.<replay>: Finding;
 	// PrefixFindings + "slice.<model>.<replay>": SliceFindings.
-	PrefixFindings = "lung.findings."
+	PrefixFindings = bus.PrefixFindings
 	// PrefixAlerts + <category>.<model>.<replay>: Alert.
-	PrefixAlerts = "lung.alerts."
+	PrefixAlerts = bus.PrefixAlerts
 	// SliceToken is the subject token of per-slice findings.
 	SliceToken = "slice"
 
-	StreamFindings = "FINDINGS"
-	StreamAlerts   = "ALERTS"
+	StreamFindings = bus.StreamFindings
+	StreamAlerts   = bus.StreamAlerts
 
 	// StageName names the findings stage (errors subject, dedupe ids).
 	StageName = "findings"
@@ -27,7 +26,7 @@ const (
 
 // AlertsMinAge is the least time alerts are kept, so that a webhook
 // receiver may be down over a weekend without losing one.
-const AlertsMinAge = 7 * 24 * time.Hour
+const AlertsMinAge = bus.AlertsMinAge
 
 func orLive(r string) string {
 	if r == "" {
@@ -52,33 +51,14 @@ func AlertSubject(category, model, replay string) string {
 	return PrefixAlerts + category + "." + model + "." + orLive(replay)
 }
 
-// Streams returns the FINDINGS and ALERTS stream configurations, in the
-// style of bus.Streams (file storage, limits retention). Alerts are kept
-// at least AlertsMinAge.
+// Streams returns the FINDINGS and ALERTS stream configurations (defined
+// with the others in pkg/bus; alerts are kept at least AlertsMinAge).
 func Streams(o bus.StreamOptions) []jetstream.StreamConfig {
-	d := bus.DefaultStreamOptions
-	if o.Replicas == 0 {
-		o.Replicas = d.Replicas
-	}
-	if o.MaxAge == 0 {
-		o.MaxAge = d.MaxAge
-	}
-	if o.Duplicates == 0 {
-		o.Duplicates = d.Duplicates
-	}
-	if o.MaxBytes == 0 {
-		o.MaxBytes = d.MaxBytes
-	}
-	mk := func(name, desc string, age time.Duration, subjects ...string) jetstream.StreamConfig {
-		return jetstream.StreamConfig{
-			Name: name, Description: desc, Subjects: subjects,
-			Storage: jetstream.FileStorage, Retention: jetstream.LimitsPolicy,
-			Replicas: o.Replicas, MaxAge: age, MaxBytes: o.MaxBytes, Duplicates: o.Duplicates,
-			MaxMsgSize: bus.MaxPayload, Discard: jetstream.DiscardOld,
+	var out []jetstream.StreamConfig
+	for _, c := range bus.Streams(o) {
+		if c.Name == StreamFindings || c.Name == StreamAlerts {
+			out = append(out, c)
 		}
 	}
-	return []jetstream.StreamConfig{
-		mk(StreamFindings, "nodule findings per category and per-slice components", o.MaxAge, PrefixFindings+">"),
-		mk(StreamAlerts, "alerts: findings at or above the alert category", max(o.MaxAge, AlertsMinAge), PrefixAlerts+">"),
-	}
+	return out
 }

@@ -46,6 +46,12 @@ def module_path(node_name: str, modules) -> str | None:
         p = ".".join(path)
         if p in modules:
             return p
+        # a child called directly from a parent's forward (ResNetUNet calls
+        # encoder.conv1 itself) is scoped without the parent: take the
+        # shortest module path ending in it
+        ends = sorted((m for m in modules if m.endswith("." + p)), key=lambda m: (m.count("."), m))
+        if ends:
+            return ends[0]
         path.pop()
     return None
 
@@ -68,6 +74,10 @@ def load_onnx_weights(model, onnx_path: str) -> dict:
 
     mp = onnx.load(onnx_path)
     inits = {i.name: numpy_helper.to_array(i) for i in mp.graph.initializer}
+    # the exporter turns equal parameters into Identity nodes of one
+    for node in mp.graph.node:
+        if node.op_type == "Identity" and node.input[0] in inits:
+            inits[node.output[0]] = inits[node.input[0]]
     sd = model.state_dict()
     modules = dict(model.named_modules())
     new = {}

@@ -929,8 +929,11 @@ type Score struct {
 	TruthPixels     int64 `protobuf:"varint,9,opt,name=truth_pixels,json=truthPixels,proto3" json:"truth_pixels,omitempty"`
 	PredictedPixels int64 `protobuf:"varint,10,opt,name=predicted_pixels,json=predictedPixels,proto3" json:"predicted_pixels,omitempty"`
 	// Predicted binary mask at the original resolution (bits, as in Slice).
-	PredBits      []byte `protobuf:"bytes,11,opt,name=pred_bits,json=predBits,proto3" json:"pred_bits,omitempty"`
-	InferenceUs   int64  `protobuf:"varint,12,opt,name=inference_us,json=inferenceUs,proto3" json:"inference_us,omitempty"`
+	PredBits    []byte `protobuf:"bytes,11,opt,name=pred_bits,json=predBits,proto3" json:"pred_bits,omitempty"`
+	InferenceUs int64  `protobuf:"varint,12,opt,name=inference_us,json=inferenceUs,proto3" json:"inference_us,omitempty"`
+	// Probability of each set pixel of pred_bits, in row-major order,
+	// little-endian float32 (for findings' mean probability).
+	PredProb      []byte `protobuf:"bytes,13,opt,name=pred_prob,json=predProb,proto3" json:"pred_prob,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -1047,6 +1050,13 @@ func (x *Score) GetInferenceUs() int64 {
 		return x.InferenceUs
 	}
 	return 0
+}
+
+func (x *Score) GetPredProb() []byte {
+	if x != nil {
+		return x.PredProb
+	}
+	return nil
 }
 
 // ErrorEvent reports a message or input that a stage gave up on. Published
@@ -1243,7 +1253,7 @@ const file_proto_lungseg_v1_lungseg_proto_rawDesc = "" +
 	"\bhas_mask\x18\t \x01(\bR\ahasMask\x12\x1a\n" +
 	"\bprovider\x18\n" +
 	" \x01(\tR\bprovider\x12!\n" +
-	"\finference_us\x18\v \x01(\x03R\vinferenceUs\"\xf1\x02\n" +
+	"\finference_us\x18\v \x01(\x03R\vinferenceUs\"\x8e\x03\n" +
 	"\x05Score\x12)\n" +
 	"\x04meta\x18\x01 \x01(\v2\x15.lungseg.v1.SliceMetaR\x04meta\x12\x14\n" +
 	"\x05model\x18\x02 \x01(\tR\x05model\x12#\n" +
@@ -1258,7 +1268,8 @@ const file_proto_lungseg_v1_lungseg_proto_rawDesc = "" +
 	"\x10predicted_pixels\x18\n" +
 	" \x01(\x03R\x0fpredictedPixels\x12\x1b\n" +
 	"\tpred_bits\x18\v \x01(\fR\bpredBits\x12!\n" +
-	"\finference_us\x18\f \x01(\x03R\vinferenceUs\"\xd0\x01\n" +
+	"\finference_us\x18\f \x01(\x03R\vinferenceUs\x12\x1b\n" +
+	"\tpred_prob\x18\r \x01(\fR\bpredProb\"\xd0\x01\n" +
 	"\n" +
 	"ErrorEvent\x12\x14\n" +
 	"\x05stage\x18\x01 \x01(\tR\x05stage\x12\x1b\n" +
