@@ -17,7 +17,9 @@ import (
 	"github.com/lungseg/lungseg/pkg/model"
 	"github.com/lungseg/lungseg/pkg/ortlib"
 	"github.com/lungseg/lungseg/pkg/pipeline"
+	"github.com/lungseg/lungseg/pkg/progress"
 	"github.com/lungseg/lungseg/pkg/replay"
+	"github.com/lungseg/lungseg/pkg/web"
 	lungsegv1 "github.com/lungseg/lungseg/proto/lungseg/v1"
 	"github.com/nats-io/nats-server/v2/server"
 	"github.com/nats-io/nats.go"
@@ -34,6 +36,7 @@ func init() {
 		{"score", "run the score stage against --nats URL", stageCmd(pipeline.Score)},
 		{"findings", "run the findings stage (and webhooks) against --nats URL", stageCmd(pipeline.Findings)},
 		{"replay", "replay inputs through the pipeline and report Dice, IoU and RMSE", cmdReplay},
+		{"report", "write a static HTML report (PNG sheets, Dice histograms) from a replay's JSON report", cmdReport},
 		{"demo", "make phantom data in every format and replay it with every shipped model", cmdDemo},
 		{"models", "list the model registry", cmdModels},
 		{"phantom", "write synthetic CT slices with exact nodule masks", cmdPhantom},
@@ -144,6 +147,8 @@ func cmdRun(ctx context.Context, args []string) error {
 	fs := flag.NewFlagSet("run", flag.ContinueOnError)
 	load := commonFlags(fs)
 	stages := fs.String("stages", "all", "stages to run in this process (comma-separated), or none to serve only the embedded NATS server")
+	webAddr := fs.String("web", web.DefaultAddr, "viewer, /metrics and /healthz address (\"\" to disable)")
+	webToken := fs.String("web-token", os.Getenv("LUNGSEG_WEB_TOKEN"), "token the viewer and /metrics require (default $LUNGSEG_WEB_TOKEN; empty: none)")
 	if err := fs.Parse(args); err != nil {
 		return err
 	}
@@ -168,6 +173,18 @@ func cmdRun(ctx context.Context, args []string) error {
 		return err
 	}
 	defer n.Close()
+	served, err := pc.Registry.Resolve(pc.Models)
+	if err != nil {
+		return err
+	}
+	wctx, stopWeb := context.WithCancel(ctx)
+	wh, err := startWeb(wctx, n.js, webOptions{Addr: *webAddr, Token: *webToken, Models: served}, log)
+	if err != nil {
+		stopWeb()
+		return err
+	}
+	defer func() { stopWeb(); _ = wh.Wait() }()
+	pc.Hooks = wh.Metrics.Hooks()
 	if *stages == "none" {
 		<-ctx.Done()
 		return nil
@@ -330,7 +347,7 @@ func doReplay(ctx context.Context, cfg *Config, a replayArgs) error {
 	}
 	rep, err := replay.Run(ctx, n.js, replay.Options{
 		Inputs: inputs, Models: a.models, MasksDir: masks, Timeout: a.timeout,
-		Progress: os.Stderr, OnScore: onScore,
+		Progress: progress.New(os.Stderr, progress.Options{Label: "replay", Unit: "results"}), OnScore: onScore,
 	}, log)
 	if rep != nil {
 		printReport(rep)

@@ -10,13 +10,13 @@ import (
 	"encoding/hex"
 	"errors"
 	"fmt"
-	"io"
 	"path/filepath"
 	"sort"
 	"strings"
 	"time"
 
 	"github.com/lungseg/lungseg/pkg/bus"
+	"github.com/lungseg/lungseg/pkg/progress"
 	"github.com/lungseg/lungseg/pkg/stage"
 	lungsegv1 "github.com/lungseg/lungseg/proto/lungseg/v1"
 	"github.com/lungseg/lungseg/score"
@@ -35,12 +35,22 @@ type Options struct {
 	MasksDir string
 	// Timeout bounds the wait for results (0: none).
 	Timeout time.Duration
-	// Progress receives progress lines; nil for none.
-	Progress io.Writer
-	// ProgressEvery is the interval of progress lines (default 2s).
+	// Progress receives the count of settled slice×model results (the
+	// total once every input is read) and errors; nil for none. A
+	// *progress.Reporter draws a bar on a terminal and plain lines
+	// elsewhere, throttling its output itself.
+	Progress Progress
+	// ProgressEvery is how often Progress is updated while no result
+	// arrives (default 1s), so that rate and ETA stay current.
 	ProgressEvery time.Duration
 	// OnScore is called for each new score (for --masks-out).
 	OnScore func(*lungsegv1.Score) error
+}
+
+// Progress receives a replay's progress.
+type Progress interface {
+	Update(progress.Status)
+	Finish(progress.Status)
 }
 
 // SliceResult is one slice's score by one model.
@@ -181,33 +191,35 @@ func Run(ctx context.Context, js jetstream.JetStream, o Options, log zerolog.Log
 	}
 	every := o.ProgressEvery
 	if every <= 0 {
-		every = 2 * time.Second
+		every = time.Second
 	}
 	tick := time.NewTicker(every)
 	defer tick.Stop()
-	progress := func(final bool) {
+	showProgress := func(final bool) {
 		if o.Progress == nil {
 			return
 		}
-		total := "?"
+		st := progress.Status{Done: int64(len(settled)), Total: -1, Errors: len(rep.Errors)}
 		if len(jobs) == len(o.Inputs) {
-			total = fmt.Sprint(expected)
+			st.Total = expected
 		}
-		el := time.Since(rep.Started).Seconds()
-		rate := float64(len(settled)) / el
-		fmt.Fprintf(o.Progress, "replay %s: %d/%s slice×model results, %d errors, %.1f/s, %.0fs\n", rid, len(settled), total, len(rep.Errors), rate, el)
-		_ = final
+		if final {
+			o.Progress.Finish(st)
+		} else {
+			o.Progress.Update(st)
+		}
 	}
 	for {
 		if len(jobs) == len(o.Inputs) && int64(len(settled)) >= expected {
 			break
 		}
+		showProgress(false) // the Progress throttles its output
 		select {
 		case <-ctx.Done():
-			progress(true)
+			showProgress(true)
 			return rep, fmt.Errorf("replay %s: waiting for results (%d of %d settled, %d/%d inputs read): %w", rid, len(settled), expected, len(jobs), len(o.Inputs), ctx.Err())
 		case <-tick.C:
-			progress(false)
+			showProgress(false)
 		case ev := <-events:
 			switch {
 			case ev.done != nil:
@@ -262,7 +274,7 @@ func Run(ctx context.Context, js jetstream.JetStream, o Options, log zerolog.Log
 			}
 		}
 	}
-	progress(true)
+	showProgress(true)
 	rep.Seconds = time.Since(rep.Started).Seconds()
 	rep.Models = agg.Summary()
 	sort.Slice(rep.Slices, func(i, j int) bool {
