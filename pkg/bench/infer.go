@@ -48,11 +48,11 @@ type Inference struct {
 	// TorchVersion, TorchParity (the largest difference of the converted
 	// PyTorch model from the model's parity output) and the weights the
 	// helper mapped by name / in total.
-	TorchVersion  string  `json:"torch_version,omitempty"`
-	TorchParity   float64 `json:"torch_parity_max_abs_diff,omitempty"`
-	TorchWeights  string  `json:"torch_weights,omitempty"`
-	TorchPeakMB   float64 `json:"torch_peak_rss_mb,omitempty"`
-	TorchSkipped  string  `json:"torch_skipped,omitempty"`
+	TorchVersion string  `json:"torch_version,omitempty"`
+	TorchParity  float64 `json:"torch_parity_max_abs_diff,omitempty"`
+	TorchWeights string  `json:"torch_weights,omitempty"`
+	TorchPeakMB  float64 `json:"torch_peak_rss_mb,omitempty"`
+	TorchSkipped string  `json:"torch_skipped,omitempty"`
 	// RatioBatch1 is Go's time per image over PyTorch's at batch 1;
 	// RatioBest the same at each side's best batch (target ≤ 0.5).
 	RatioBatch1 float64 `json:"ratio_batch1,omitempty"`
@@ -96,8 +96,8 @@ func repsFor(b int) int {
 }
 
 type torchHello struct {
-	Torch   string  `json:"torch"`
-	Threads int     `json:"threads"`
+	Torch   string   `json:"torch"`
+	Threads int      `json:"threads"`
 	Parity  *float64 `json:"parity_max_abs_diff"`
 	Weights struct {
 		ByName int `json:"by_name"`

@@ -47,10 +47,10 @@ type Pipeline struct {
 
 // Batching compares the pipeline with and without segment.Batcher.
 type Batching struct {
-	Model    string  `json:"model"`
-	Threads  int     `json:"threads"`
-	Slices   int     `json:"slices"`
-	MaxBatch int     `json:"max_batch"`
+	Model     string  `json:"model"`
+	Threads   int     `json:"threads"`
+	Slices    int     `json:"slices"`
+	MaxBatch  int     `json:"max_batch"`
 	MaxWaitMs float64 `json:"max_wait_ms"`
 	// Workers of the batched segment stage (the unbatched one has 1).
 	Workers int `json:"workers"`

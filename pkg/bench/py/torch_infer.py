@@ -21,11 +21,21 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import resource
 import sys
 import time
 
 import numpy as np
+
+
+def peak_mb() -> float:
+    """High-water RSS of this process (VmHWM). Not ru_maxrss, which Linux
+    carries over exec from the parent: a helper started by a Go process
+    holding models would report the Go process's peak."""
+    with open("/proc/self/status") as f:
+        for line in f:
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1]) / 1024
+    return 0.0
 
 
 def module_path(node_name: str, modules) -> str | None:
@@ -202,7 +212,7 @@ def main(argv=None) -> int:
     x = torch.from_numpy(x.reshape(a.n, 1, h, w))
     print(json.dumps({"torch": torch.__version__, "threads": torch.get_num_threads(), "model": card["name"],
                       "parity_max_abs_diff": diff, "weights": mapped,
-                      "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}), flush=True)
+                      "peak_rss_mb": peak_mb()}), flush=True)
     batches = {}
     with torch.inference_mode():
         for line in sys.stdin:
@@ -223,7 +233,7 @@ def main(argv=None) -> int:
                 secs.append(time.perf_counter() - t)
                 s += float(y[0, 0, 128, 128])
             print(json.dumps({"batch": b, "reps": reps, "seconds": secs, "checksum": s,
-                              "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}), flush=True)
+                              "peak_rss_mb": peak_mb()}), flush=True)
     return 0
 
 

@@ -1,0 +1,81 @@
+package main
+
+import (
+	"context"
+	"errors"
+	"flag"
+	"fmt"
+	"os"
+	"strconv"
+	"strings"
+
+	"github.com/lungseg/lungseg/pkg/bench"
+)
+
+// cmdBench measures inference, the pipeline, batching and decoding
+// against their alternatives in one run and prints ratios.
+func cmdBench(ctx context.Context, args []string) error {
+	fs := flag.NewFlagSet("bench", flag.ContinueOnError)
+	modelsDir := fs.String("models-dir", "models", "model registry folder")
+	modelSel := fs.String("model", "all", "model to measure (a name, comma-separated names, or all)")
+	n := fs.Int("n", 16, "images or slices per measurement")
+	rounds := fs.Int("rounds", 3, "interleaved rounds per comparison (figures are medians)")
+	threads := fs.String("threads", "1,2", "intra-op thread counts, the same for ONNX Runtime and PyTorch")
+	batches := fs.String("batches", "1,2,4,8", "batch sizes of the inference comparison")
+	sections := fs.String("sections", strings.Join(bench.AllSections, ","), "sections to run")
+	python := fs.String("python", "", "Python interpreter for the reference side (default /usr/bin/python3, else python3; none to skip)")
+	trainDir := fs.String("train-dir", "", "folder holding lungseg_train (default: train beside --models-dir, or ./train)")
+	batchMax := fs.Int("batch-max", 4, "batching section: segment.Batcher max batch (and segment workers)")
+	batchWait := fs.Duration("batch-wait", 0, "batching section: max wait of a batch (default 20ms)")
+	out := fs.String("json", "bench.json", "write the JSON report here (empty: don't)")
+	logLevel := fs.String("log-level", "warn", "log level of the pipeline under test")
+	if err := fs.Parse(args); err != nil {
+		return err
+	}
+	if fs.NArg() > 0 {
+		return fmt.Errorf("unexpected arguments %q", fs.Args())
+	}
+	ints := func(name, s string) ([]int, error) {
+		var v []int
+		for _, p := range strings.Split(s, ",") {
+			if p = strings.TrimSpace(p); p == "" {
+				continue
+			}
+			i, err := strconv.Atoi(p)
+			if err != nil {
+				return nil, fmt.Errorf("--%s %q: %w", name, s, err)
+			}
+			v = append(v, i)
+		}
+		return v, nil
+	}
+	th, err := ints("threads", *threads)
+	if err != nil {
+		return err
+	}
+	bs, err := ints("batches", *batches)
+	if err != nil {
+		return err
+	}
+	log := newLogger(*logLevel, os.Stderr)
+	o := bench.Options{
+		ModelsDir: *modelsDir, Models: strings.Split(*modelSel, ","), N: *n, Rounds: *rounds,
+		Threads: th, Batches: bs, Sections: strings.Split(*sections, ","), Python: *python,
+		TrainDir: *trainDir, BatchMax: *batchMax, BatchWait: *batchWait, Progress: os.Stderr, Log: &log,
+	}
+	rep, err := bench.Run(ctx, o)
+	if rep != nil {
+		rep.Command = "lungseg bench " + strings.Join(args, " ")
+		if werr := rep.WriteTable(os.Stdout); werr != nil && err == nil {
+			err = werr
+		}
+		if *out != "" {
+			if werr := writeJSON(*out, rep); werr != nil {
+				err = errors.Join(err, werr)
+			} else {
+				fmt.Fprintf(os.Stderr, "wrote %s\n", *out)
+			}
+		}
+	}
+	return err
+}

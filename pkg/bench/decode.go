@@ -1,0 +1,292 @@
+package bench
+
+import (
+	"context"
+	"fmt"
+	"os"
+	"path/filepath"
+	"runtime"
+	"runtime/metrics"
+	"strings"
+	"time"
+
+	"github.com/lungseg/lungseg/ingest"
+	"github.com/lungseg/lungseg/ingest/dicomio"
+	"github.com/lungseg/lungseg/ingest/pickle"
+)
+
+// DecodeSide is one implementation's decoding of one input set.
+type DecodeSide struct {
+	// Seconds is the median over rounds of one pass over the input.
+	Seconds float64 `json:"seconds"`
+	// PerItemMs is Seconds per file (DICOM) or row (pickle), in ms.
+	PerItemMs float64 `json:"per_item_ms"`
+	// PeakMB is the memory a pass adds at its peak: for Go the heap
+	// objects (runtime/metrics, sampled every 200µs in a separate untimed
+	// pass, after a GC), for Python the growth of the process's high-water
+	// RSS over its RSS after imports.
+	PeakMB float64 `json:"peak_mb"`
+}
+
+// DecodeCompare is Go against Python on one input set.
+type DecodeCompare struct {
+	Items  int         `json:"items"`
+	Bytes  int64       `json:"bytes"`
+	Go     DecodeSide  `json:"go"`
+	Python *DecodeSide `json:"python,omitempty"`
+	// Speedup is Python's time over Go's.
+	Speedup float64 `json:"speedup,omitempty"`
+	Skipped string  `json:"python_skipped,omitempty"`
+}
+
+// Decode holds the decoding comparisons.
+type Decode struct {
+	// DICOM: dicomio.ReadFile against pydicom dcmread + pixel_array +
+	// apply_modality_lut, over the phantom CT series (512×512, 16-bit).
+	DICOM *DecodeCompare `json:"dicom,omitempty"`
+	// Pickle: pickle.Read (every row to an ingest.Item) against
+	// pd.read_pickle plus touching every row's arrays, on a
+	// Mendeley-layout DataFrame pickle of N rows.
+	Pickle *DecodeCompare `json:"pickle,omitempty"`
+	// PickleLarge is the same on a file of 2N rows (memory scaling); its
+	// timing is one pass.
+	PickleLarge *DecodeCompare `json:"pickle_2n,omitempty"`
+	// PickleGrowth is Go's peak on 2N rows over its peak on N rows
+	// (streaming: near 1).
+	PickleGrowth float64 `json:"pickle_go_peak_growth"`
+}
+
+// heapObjects reads the bytes in heap objects (live and not yet swept).
+func heapObjects() uint64 {
+	s := []metrics.Sample{{Name: "/memory/classes/heap/objects:bytes"}}
+	metrics.Read(s)
+	if s[0].Value.Kind() != metrics.KindUint64 {
+		return 0
+	}
+	return s[0].Value.Uint64()
+}
+
+// peakHeap runs f and returns the heap growth at its peak, in MB.
+func peakHeap(f func() error) (float64, error) {
+	runtime.GC()
+	base := heapObjects()
+	stop := make(chan struct{})
+	done := make(chan uint64)
+	go func() {
+		peak := base
+		tk := time.NewTicker(200 * time.Microsecond)
+		defer tk.Stop()
+		for {
+			select {
+			case <-stop:
+				if v := heapObjects(); v > peak {
+					peak = v
+				}
+				done <- peak
+				return
+			case <-tk.C:
+				if v := heapObjects(); v > peak {
+					peak = v
+				}
+			}
+		}
+	}()
+	err := f()
+	close(stop)
+	peak := <-done
+	return float64(peak-base) / (1 << 20), err
+}
+
+func goDICOM(files []string) error {
+	for _, p := range files {
+		img, err := dicomio.ReadFile(p)
+		if err != nil {
+			return err
+		}
+		if len(img.Frames) == 0 || img.Frames[0].HU == nil {
+			return fmt.Errorf("bench: %s decoded without pixels", p)
+		}
+	}
+	return nil
+}
+
+func goPickle(ctx context.Context, path string, rows int) error {
+	n := 0
+	err := pickle.Read(ctx, path, func(it ingest.Item) error {
+		if it.Err != nil {
+			return it.Err
+		}
+		if it.HU == nil || it.Mask == nil {
+			return fmt.Errorf("bench: row %d decoded without pixels or mask", n)
+		}
+		n++
+		return nil
+	})
+	if err == nil && n != rows {
+		err = fmt.Errorf("bench: %s: %d rows, want %d", path, n, rows)
+	}
+	return err
+}
+
+type decodeHello struct {
+	BaselineMB float64 `json:"baseline_rss_mb"`
+}
+
+type decodeResp struct {
+	Seconds    []float64 `json:"seconds"`
+	BaselineMB float64   `json:"baseline_rss_mb"`
+	PeakMB     float64   `json:"peak_rss_mb"`
+}
+
+// compare times goPass and the Python helper in interleaved rounds; the
+// helper's first pass gives its peak memory, a separate Go pass its own.
+func (r *runner) compare(ctx context.Context, what string, items int, bytes int64, goPass func() error,
+	pyErr error, script string, args ...string) (*DecodeCompare, error) {
+	c := &DecodeCompare{Items: items, Bytes: bytes}
+	var py *pyServer
+	if pyErr == nil {
+		var hello decodeHello
+		var err error
+		py, err = startPy(ctx, r.py, filepath.Join(r.tmp, script), []string{"OMP_NUM_THREADS=1"}, &hello, args...)
+		if err != nil {
+			pyErr = err
+		} else {
+			defer py.Close()
+		}
+	}
+	if pyErr != nil {
+		c.Skipped = pyErr.Error()
+	}
+	var goSecs, pySecs []float64
+	for round := 0; round < r.o.Rounds; round++ {
+		runGo := func() error {
+			st := time.Now()
+			if err := goPass(); err != nil {
+				return err
+			}
+			goSecs = append(goSecs, time.Since(st).Seconds())
+			return nil
+		}
+		runPy := func() error {
+			if py == nil {
+				return nil
+			}
+			var resp decodeResp
+			if err := py.call(timingReq{Reps: 1}, &resp); err != nil {
+				return err
+			}
+			if round == 0 {
+				c.Python = &DecodeSide{PeakMB: resp.PeakMB - resp.BaselineMB}
+			}
+			pySecs = append(pySecs, resp.Seconds...)
+			return nil
+		}
+		first, second := runGo, runPy
+		if round%2 == 1 {
+			first, second = runPy, runGo
+		}
+		if err := first(); err != nil {
+			return nil, fmt.Errorf("bench: %s: %w", what, err)
+		}
+		if err := second(); err != nil {
+			return nil, fmt.Errorf("bench: %s: %w", what, err)
+		}
+	}
+	peak, err := peakHeap(goPass)
+	if err != nil {
+		return nil, err
+	}
+	c.Go = DecodeSide{Seconds: median(goSecs), PeakMB: peak}
+	c.Go.PerItemMs = 1000 * c.Go.Seconds / float64(items)
+	if c.Python != nil {
+		c.Python.Seconds = median(pySecs)
+		c.Python.PerItemMs = 1000 * c.Python.Seconds / float64(items)
+		c.Speedup = ratio(c.Python.Seconds, c.Go.Seconds)
+	}
+	line := fmt.Sprintf("decode %s (%d items, %.1f MB): go %.2f ms/item, peak +%.1f MB", what, items, float64(bytes)/1e6, c.Go.PerItemMs, c.Go.PeakMB)
+	if c.Python != nil {
+		line += fmt.Sprintf("; python %.2f ms/item, peak +%.1f MB; speedup %.2f", c.Python.PerItemMs, c.Python.PeakMB, c.Speedup)
+	}
+	r.progress("%s", line)
+	return c, nil
+}
+
+func fileSize(paths ...string) int64 {
+	var n int64
+	for _, p := range paths {
+		if st, err := os.Stat(p); err == nil {
+			n += st.Size()
+		}
+	}
+	return n
+}
+
+func (r *runner) decode(ctx context.Context) error {
+	set, _, err := r.mainSet()
+	if err != nil {
+		return err
+	}
+	d := &Decode{}
+	r.rep.Decode = d
+	pyErr := error(nil)
+	if r.py == "" {
+		pyErr = fmt.Errorf("no python")
+	}
+	dcmErr := pyErr
+	if dcmErr == nil {
+		dcmErr = pyHas(ctx, r.py, "pydicom", "numpy")
+	}
+	list := filepath.Join(r.tmp, "dicom-files.txt")
+	if err := os.WriteFile(list, []byte(strings.Join(set.files, "\n")+"\n"), 0o644); err != nil {
+		return err
+	}
+	if d.DICOM, err = r.compare(ctx, "dicom", len(set.files), fileSize(set.files...),
+		func() error { return goDICOM(set.files) }, dcmErr, "pydicom_decode.py", "--files", list); err != nil {
+		return err
+	}
+
+	pdErr := pyErr
+	if pdErr == nil {
+		pdErr = pyHas(ctx, r.py, "pandas", "numpy")
+	}
+	write := func(name string, rows int) (string, error) {
+		p := filepath.Join(r.tmp, name)
+		f, err := os.Create(p)
+		if err != nil {
+			return "", err
+		}
+		err = pickle.WriteFunc(f, rows, func(i int) (*pickle.Row, error) {
+			row := set.slices[i%len(set.slices)].PickleRow()
+			return &row, nil
+		})
+		if cerr := f.Close(); err == nil {
+			err = cerr
+		}
+		return p, err
+	}
+	n := len(set.slices)
+	small, err := write("n.pkl", n)
+	if err != nil {
+		return err
+	}
+	if d.Pickle, err = r.compare(ctx, "pickle", n, fileSize(small),
+		func() error { return goPickle(ctx, small, n) }, pdErr, "pandas_read.py", "--file", small); err != nil {
+		return err
+	}
+	os.Remove(small)
+	large, err := write("2n.pkl", 2*n)
+	if err != nil {
+		return err
+	}
+	defer os.Remove(large)
+	o := r.o
+	r.o.Rounds = 1
+	d.PickleLarge, err = r.compare(ctx, "pickle 2N", 2*n, fileSize(large),
+		func() error { return goPickle(ctx, large, 2*n) }, pdErr, "pandas_read.py", "--file", large)
+	r.o = o
+	if err != nil {
+		return err
+	}
+	d.PickleGrowth = ratio(d.PickleLarge.Go.PeakMB, d.Pickle.Go.PeakMB)
+	return nil
+}

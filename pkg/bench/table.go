@@ -1,0 +1,92 @@
+package bench
+
+import (
+	"fmt"
+	"io"
+	"strings"
+	"text/tabwriter"
+)
+
+// WriteTable prints the report as plain-text tables.
+func (rep *Report) WriteTable(w io.Writer) error {
+	tw := tabwriter.NewWriter(w, 0, 0, 2, ' ', 0)
+	p := func(format string, args ...any) { fmt.Fprintf(tw, format+"\n", args...) }
+	h := rep.Host
+	p("host: %d CPUs %s/%s, %s, ONNX Runtime %s; load average %v; n=%d, rounds=%d; python %s",
+		h.CPUs, h.GOOS, h.GOARCH, h.Go, h.ORT, h.LoadAverage, rep.N, rep.Rounds, orNone(rep.Python))
+	if len(rep.Inference) > 0 {
+		p("")
+		p("INFERENCE\tTHREADS\tGO ms/img b1\tTORCH ms/img b1\tRATIO b1\tGO best img/s (b)\tTORCH best img/s (b)\tRATIO best\tTORCH PARITY")
+		for _, in := range rep.Inference {
+			tb1, tbest, rb1, rbest, par := "-", "-", "-", "-", "-"
+			if t := in.Torch; t != nil {
+				tb1 = fmt.Sprintf("%.1f", t.Batch1Ms)
+				tbest = fmt.Sprintf("%.2f (%d)", t.BestImagesPerS, t.BestBatch)
+				rb1 = fmt.Sprintf("%.2f", in.RatioBatch1)
+				rbest = fmt.Sprintf("%.2f", in.RatioBest)
+				par = fmt.Sprintf("%.1e", in.TorchParity)
+			}
+			p("%s\t%d\t%.1f\t%s\t%s\t%.2f (%d)\t%s\t%s\t%s", in.Model, in.Threads, in.Go.Batch1Ms, tb1, rb1,
+				in.Go.BestImagesPerS, in.Go.BestBatch, tbest, rbest, par)
+		}
+	}
+	if len(rep.Pipeline) > 0 {
+		p("")
+		p("PIPELINE\tTHREADS\tSLICES\tPIPELINE slices/s\tBARE LOOP slices/s\tRATIO\tINFERENCE SHARE")
+		for _, x := range rep.Pipeline {
+			p("%s\t%d\t%d\t%.2f\t%.2f\t%.2f\t%.0f%%", x.Model, x.Threads, x.Slices, x.PipelineSlicesPerS, x.BareSlicesPerS, x.Ratio, 100*x.InferenceShare)
+		}
+	}
+	if len(rep.Batching) > 0 {
+		p("")
+		p("BATCHING\tTHREADS\tMAX BATCH\tWAIT ms\tWORKERS\tUNBATCHED slices/s\tBATCHED slices/s\tGAIN\tMEAN BATCH")
+		for _, b := range rep.Batching {
+			p("%s\t%d\t%d\t%g\t%d\t%.2f\t%.2f\t%.2f\t%.2f", b.Model, b.Threads, b.MaxBatch, b.MaxWaitMs, b.Workers,
+				b.UnbatchedSlicesPerS, b.BatchedSlicesPerS, b.Gain, b.MeanBatch)
+		}
+	}
+	if d := rep.Decode; d != nil {
+		p("")
+		p("DECODE\tITEMS\tMB\tGO ms/item\tPYTHON ms/item\tSPEEDUP\tGO PEAK +MB\tPYTHON PEAK +MB")
+		row := func(name string, c *DecodeCompare) {
+			if c == nil {
+				return
+			}
+			pm, pp, sp := "-", "-", "-"
+			if c.Python != nil {
+				pm = fmt.Sprintf("%.2f", c.Python.PerItemMs)
+				pp = fmt.Sprintf("%.1f", c.Python.PeakMB)
+				sp = fmt.Sprintf("%.2f", c.Speedup)
+			}
+			p("%s\t%d\t%.1f\t%.2f\t%s\t%s\t%.1f\t%s", name, c.Items, float64(c.Bytes)/1e6, c.Go.PerItemMs, pm, sp, c.Go.PeakMB, pp)
+		}
+		row("dicom vs pydicom", d.DICOM)
+		row("pickle vs pandas", d.Pickle)
+		row("pickle 2N (memory)", d.PickleLarge)
+	}
+	if len(rep.Targets) > 0 {
+		p("")
+		p("TARGET\tGOAL\tVALUE\tMET\tNOTE")
+		for _, t := range rep.Targets {
+			met := "no"
+			if t.Met {
+				met = "yes"
+			}
+			p("%s\t%s\t%.2f\t%s\t%s", t.Name, t.Goal, t.Value, met, t.Note)
+		}
+	}
+	if len(rep.Skipped) > 0 {
+		p("")
+		for _, s := range rep.Skipped {
+			p("skipped: %s", strings.ReplaceAll(s, "\n", " "))
+		}
+	}
+	return tw.Flush()
+}
+
+func orNone(s string) string {
+	if s == "" {
+		return "none"
+	}
+	return s
+}

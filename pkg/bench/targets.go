@@ -1,0 +1,56 @@
+package bench
+
+import "fmt"
+
+// targets evaluates issue 9's goals on a report.
+func targets(rep *Report) []Target {
+	var ts []Target
+	for _, in := range rep.Inference {
+		if in.Torch == nil {
+			continue
+		}
+		worst := max(in.RatioBatch1, in.RatioBest)
+		ts = append(ts, Target{
+			Name:  fmt.Sprintf("inference %s, %d thread(s)", in.Model, in.Threads),
+			Goal:  "Go time per image ≤ 0.5 × PyTorch eager (batch 1 and best batch)",
+			Value: worst, Met: worst <= 0.5,
+			Note: fmt.Sprintf("batch 1 %.2f×, best batch %.2f× (Go batch %d, PyTorch batch %d)",
+				in.RatioBatch1, in.RatioBest, in.Go.BestBatch, in.Torch.BestBatch),
+		})
+	}
+	for _, p := range rep.Pipeline {
+		ts = append(ts, Target{
+			Name:  fmt.Sprintf("pipeline %s, %d thread(s)", p.Model, p.Threads),
+			Goal:  "pipeline throughput ≥ 0.9 × bare ONNX Runtime loop",
+			Value: p.Ratio, Met: p.Ratio >= 0.9,
+			Note: fmt.Sprintf("%.2f vs %.2f slices/s; inference is %.0f%% of the bare loop", p.PipelineSlicesPerS, p.BareSlicesPerS, 100*p.InferenceShare),
+		})
+	}
+	for _, b := range rep.Batching {
+		ts = append(ts, Target{
+			Name:  fmt.Sprintf("batching %s, %d thread(s)", b.Model, b.Threads),
+			Goal:  "dynamic batching in segment, gain measured (> 1 is a gain)",
+			Value: b.Gain, Met: b.Gain > 1,
+			Note: fmt.Sprintf("max batch %d, wait %gms, %d workers, mean batch %.2f", b.MaxBatch, b.MaxWaitMs, b.Workers, b.MeanBatch),
+		})
+	}
+	if d := rep.Decode; d != nil {
+		if c := d.DICOM; c != nil && c.Python != nil {
+			ts = append(ts, Target{Name: "dicom decoding", Goal: "≥ 5 × faster than pydicom",
+				Value: c.Speedup, Met: c.Speedup >= 5,
+				Note: fmt.Sprintf("%.2f vs %.2f ms/file", c.Go.PerItemMs, c.Python.PerItemMs)})
+		}
+		if c := d.Pickle; c != nil && c.Python != nil {
+			ts = append(ts, Target{Name: "pickle decoding", Goal: "no slower than pandas.read_pickle (speedup ≥ 1)",
+				Value: c.Speedup, Met: c.Speedup >= 1,
+				Note: fmt.Sprintf("%.2f vs %.2f ms/row", c.Go.PerItemMs, c.Python.PerItemMs)})
+		}
+		if d.Pickle != nil && d.PickleLarge != nil {
+			ts = append(ts, Target{Name: "pickle streaming", Goal: "Go peak memory independent of rows (2N/N ≤ 1.5)",
+				Value: d.PickleGrowth, Met: d.PickleGrowth <= 1.5,
+				Note: fmt.Sprintf("Go +%.1f MB at %d rows, +%.1f MB at %d rows", d.Pickle.Go.PeakMB, d.Pickle.Items,
+					d.PickleLarge.Go.PeakMB, d.PickleLarge.Items)})
+		}
+	}
+	return ts
+}
