@@ -211,7 +211,7 @@ func decode(b []byte) (*Image, error) {
 	if len(b) > MaxFileBytes {
 		return nil, formatErr("", ErrTooLarge, "file is %d bytes, over the %d-byte limit", len(b), MaxFileBytes)
 	}
-	ts, err := scan(b)
+	ts, pixelItems, err := scan(b)
 	if err != nil {
 		return nil, err
 	}
@@ -219,7 +219,7 @@ func decode(b []byte) (*Image, error) {
 	if err != nil {
 		return nil, err
 	}
-	return fromDataset(ds, ts)
+	return fromDataset(ds, ts, b, pixelItems)
 }
 
 // parse runs the parser on a file that scan accepted. The parser keeps
@@ -393,7 +393,9 @@ type pixelFormat struct {
 	swap8              bool // 8-bit samples in a big-endian OW value
 }
 
-func fromDataset(ds dicom.Dataset, ts string) (*Image, error) {
+// fromDataset decodes the dataset ds of file b; pixelItems is the offset
+// in b of the items of encapsulated pixel data, or -1.
+func fromDataset(ds dicom.Dataset, ts string, b []byte, pixelItems int) (*Image, error) {
 	top := elements(ds.Elements)
 	pd := top.find(tag.PixelData)
 	if pd == nil || pd.Value == nil || pd.Value.ValueType() != dicom.PixelData {
@@ -408,14 +410,23 @@ func fromDataset(ds dicom.Dataset, ts string) (*Image, error) {
 		return nil, err
 	}
 	info := pd.Value.GetValue().(dicom.PixelDataInfo)
-	if !info.IntentionallyUnprocessed {
-		return nil, formatErr("", ErrPixelFormat, "pixel data is encapsulated (undefined length) in the native transfer syntax %s", ts)
-	}
-	raw := info.UnprocessedValueData
-	need := int64(pf.rows) * int64(pf.cols) * int64(pf.frames) * int64(pf.bitsAllocated/8)
-	if n := int64(len(raw)); n != need && !(n == need+1 && need%2 == 1) {
-		return nil, formatErr("", ErrPixelFormat, "pixel data has %d bytes, want %d for %d frame(s) of %d×%d at %d bits",
-			n, need, pf.frames, pf.rows, pf.cols, pf.bitsAllocated)
+	var raw []byte
+	// compressed decodes frame i of an encapsulated syntax (encap.go).
+	var compressed func(i int, dst []byte) error
+	if _, ok := encapsulatedSyntaxes[ts]; ok {
+		if compressed, err = encapsulatedFrames(b, pixelItems, ts, pf); err != nil {
+			return nil, err
+		}
+	} else {
+		if !info.IntentionallyUnprocessed {
+			return nil, formatErr("", ErrPixelFormat, "pixel data is encapsulated (undefined length) in the native transfer syntax %s", ts)
+		}
+		raw = info.UnprocessedValueData
+		need := int64(pf.rows) * int64(pf.cols) * int64(pf.frames) * int64(pf.bitsAllocated/8)
+		if n := int64(len(raw)); n != need && !(n == need+1 && need%2 == 1) {
+			return nil, formatErr("", ErrPixelFormat, "pixel data has %d bytes, want %d for %d frame(s) of %d×%d at %d bits",
+				n, need, pf.frames, pf.rows, pf.cols, pf.bitsAllocated)
+		}
 	}
 	scope := frameScope{top: top}
 	if sh := top.items(tag.SharedFunctionalGroupsSequence); len(sh) > 0 {
@@ -445,13 +456,23 @@ func fromDataset(ds dicom.Dataset, ts string) (*Image, error) {
 		raw = sw
 	}
 	frameBytes := pf.rows * pf.cols * pf.bitsAllocated / 8
+	var buf []byte
+	if compressed != nil {
+		buf = make([]byte, frameBytes)
+	}
 	for i := range img.Frames {
 		fr := &img.Frames[i]
 		slope, intercept, err := rescale(scope, i)
 		if err != nil {
 			return nil, err
 		}
-		fr.HU = decodeFrame(raw[i*frameBytes:(i+1)*frameBytes], pf, slope, intercept)
+		src := buf
+		if compressed == nil {
+			src = raw[i*frameBytes : (i+1)*frameBytes]
+		} else if err := compressed(i, buf); err != nil {
+			return nil, err
+		}
+		fr.HU = decodeFrame(src, pf, slope, intercept)
 		if fr.SpacingRowMm, fr.SpacingColMm, fr.SpacingAssumed, err = spacing(scope, i); err != nil {
 			return nil, err
 		}
@@ -463,7 +484,10 @@ func fromDataset(ds dicom.Dataset, ts string) (*Image, error) {
 }
 
 func pixelLayout(top elements, ts string) (pixelFormat, error) {
-	pf := pixelFormat{bo: nativeSyntaxes[ts].bo}
+	pf := pixelFormat{bo: binary.LittleEndian} // decoded compressed frames are little endian
+	if n, ok := nativeSyntaxes[ts]; ok {
+		pf.bo = n.bo
+	}
 	get := func(t tag.Tag, def int, required bool) (int, error) {
 		v, ok, err := top.integer(t)
 		if err != nil {

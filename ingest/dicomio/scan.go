@@ -367,36 +367,49 @@ func (s *scanner) fragments(e element, offsetTable bool) error {
 	}
 }
 
-// scan checks a whole Part 10 file and returns its transfer syntax UID.
-// A file in a non-native transfer syntax is rejected with ErrCompressed
-// right after the file meta header: its dataset is not walked.
-func scan(b []byte) (string, error) {
+// scan checks a whole Part 10 file and returns its transfer syntax UID
+// and the offset of the first item (the basic offset table) of its
+// top-level encapsulated pixel data, or -1. A file in a transfer syntax
+// that is neither native nor one of encapsulatedSyntaxes is rejected with
+// ErrCompressed right after the file meta header: its dataset is not
+// walked.
+func scan(b []byte) (string, int, error) {
+	ts, err := scanFile(b)
+	return ts.uid, ts.pixelItems, err
+}
+
+type scanResult struct {
+	uid        string
+	pixelItems int
+}
+
+func scanFile(b []byte) (scanResult, error) {
 	s := &scanner{b: b, limits: []int{len(b)}, bo: binary.LittleEndian}
 	if len(b) < 132 || string(b[128:132]) != "DICM" {
-		return "", s.fail(ErrNotDICOM, "no 128-byte preamble followed by \"DICM\"")
+		return scanResult{}, s.fail(ErrNotDICOM, "no 128-byte preamble followed by \"DICM\"")
 	}
 	s.pos = 132
 	gl, err := s.element(0)
 	if err != nil {
-		return "", err
+		return scanResult{}, err
 	}
 	if gl.tag != tag.FileMetaInformationGroupLength || gl.vr != "UL" || gl.vl != 4 {
-		return "", &FormatError{Offset: int64(gl.off), Err: ErrNotDICOM,
+		return scanResult{}, &FormatError{Offset: int64(gl.off), Err: ErrNotDICOM,
 			Msg: fmt.Sprintf("file meta header starts with %v %s of length %d, not (0002,0000) UL", gl.tag, gl.vr, gl.vl)}
 	}
 	metaLen := binary.LittleEndian.Uint32(b[gl.start:])
 	if err := s.push("file meta header", metaLen); err != nil {
-		return "", err
+		return scanResult{}, err
 	}
 	ts := ""
 	for !s.exhausted() {
 		e, err := s.element(0)
 		if err != nil {
-			return "", err
+			return scanResult{}, err
 		}
 		if e.tag == tag.TransferSyntaxUID && ts == "" {
 			if e.vr != "UI" {
-				return "", &FormatError{Offset: int64(e.off), Err: ErrNotDICOM, Msg: "transfer syntax UID has VR " + e.vr}
+				return scanResult{}, &FormatError{Offset: int64(e.off), Err: ErrNotDICOM, Msg: "transfer syntax UID has VR " + e.vr}
 			}
 			v := strings.Trim(string(b[e.start:e.start+int(e.vl)]), " \x00")
 			ts, _, _ = strings.Cut(v, `\`)
@@ -407,18 +420,27 @@ func scan(b []byte) (string, error) {
 	}
 	s.pop()
 	if ts == "" {
-		return "", s.fail(ErrNotDICOM, "file meta header has no transfer syntax UID")
+		return scanResult{}, s.fail(ErrNotDICOM, "file meta header has no transfer syntax UID")
 	}
+	res := scanResult{uid: ts, pixelItems: -1}
 	native, ok := nativeSyntaxes[ts]
 	if !ok {
-		return ts, formatErr("", ErrCompressed, "transfer syntax %s (%s) is not supported: only uncompressed pixel data "+
-			"(implicit VR little endian, explicit VR little or big endian) can be read", ts, SyntaxName(ts))
+		if encapsulatedSyntaxes[ts] == nil {
+			return res, formatErr("", ErrCompressed, "transfer syntax %s (%s) is not supported: only uncompressed pixel data "+
+				"(implicit VR little endian, explicit VR little or big endian), RLE Lossless and JPEG Lossless (process 14) "+
+				"can be read", ts, SyntaxName(ts))
+		}
+		native.bo, native.implicit = binary.LittleEndian, false // encapsulated syntaxes are explicit VR little endian
 	}
 	s.bo, s.implicit = native.bo, native.implicit
 	for !s.exhausted() {
-		if _, err := s.element(0); err != nil {
-			return ts, err
+		e, err := s.element(0)
+		if err != nil {
+			return res, err
+		}
+		if e.tag == tag.PixelData && e.vl == tag.VLUndefinedLength {
+			res.pixelItems = e.start
 		}
 	}
-	return ts, nil
+	return res, nil
 }
