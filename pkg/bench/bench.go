@@ -36,6 +36,7 @@ import (
 
 	"github.com/lungseg/lungseg/pkg/model"
 	"github.com/lungseg/lungseg/pkg/ortlib"
+	"github.com/lungseg/lungseg/segment/infer"
 	"github.com/rs/zerolog"
 	ort "github.com/yalue/onnxruntime_go"
 )
@@ -85,6 +86,16 @@ type Options struct {
 	// segment workers.
 	BatchMax  int
 	BatchWait time.Duration
+	// Provider is the ONNX Runtime execution provider for the Go side
+	// (cpu, cuda, tensorrt; default cpu) and FP16 lets TensorRT use half
+	// precision. With a GPU provider the PyTorch comparison is skipped
+	// (Debian's torch is CPU-only) and the inference section reports
+	// achieved GFLOP/s instead.
+	Provider string
+	FP16     bool
+	// PeakTFLOPs is the accelerator's peak (dense, at the precision used)
+	// to compare achieved FLOP/s with; 0 leaves the fraction out.
+	PeakTFLOPs float64
 	// Progress receives a line per measurement; nil for none.
 	Progress io.Writer
 	// Log receives the pipeline's logs (default: none).
@@ -145,6 +156,12 @@ func (o Options) withDefaults() (Options, error) {
 			}
 		}
 	}
+	if o.Provider == "" {
+		o.Provider = "cpu"
+	}
+	if o.PeakTFLOPs < 0 {
+		return o, fmt.Errorf("%w: peak %g TFLOP/s", ErrOptions, o.PeakTFLOPs)
+	}
 	if o.Log == nil {
 		l := zerolog.Nop()
 		o.Log = &l
@@ -153,6 +170,11 @@ func (o Options) withDefaults() (Options, error) {
 }
 
 func (o Options) has(section string) bool { return slices.Contains(o.Sections, section) }
+
+// infer returns the session options for t intra-op threads.
+func (o Options) infer(t int) infer.Options {
+	return infer.Options{Provider: o.Provider, FP16: o.FP16, IntraOpThreads: t, InterOpThreads: 1}
+}
 
 // Host describes the machine a report was measured on.
 type Host struct {
@@ -171,6 +193,7 @@ type Report struct {
 	Seconds   float64     `json:"seconds"`
 	Host      Host        `json:"host"`
 	Command   string      `json:"command,omitempty"`
+	Provider  string      `json:"provider"`
 	N         int         `json:"n"`
 	Rounds    int         `json:"rounds"`
 	Python    string      `json:"python,omitempty"`
@@ -199,7 +222,7 @@ func Run(ctx context.Context, o Options) (*Report, error) {
 	if err != nil {
 		return nil, err
 	}
-	rep := &Report{Started: time.Now().UTC(), N: o.N, Rounds: o.Rounds}
+	rep := &Report{Started: time.Now().UTC(), N: o.N, Rounds: o.Rounds, Provider: o.Provider}
 	start := time.Now()
 	if err := ortlib.Init(ctx, *o.Log); err != nil {
 		return nil, fmt.Errorf("bench: loading ONNX Runtime: %w", err)

@@ -3,6 +3,7 @@ package bench
 import (
 	"context"
 	"encoding/binary"
+	"encoding/json"
 	"fmt"
 	"math"
 	"os"
@@ -53,6 +54,14 @@ type Inference struct {
 	TorchWeights string  `json:"torch_weights,omitempty"`
 	TorchPeakMB  float64 `json:"torch_peak_rss_mb,omitempty"`
 	TorchSkipped string  `json:"torch_skipped,omitempty"`
+	// Provider is the execution provider the Go session ran on.
+	Provider string `json:"provider"`
+	// GFLOPsPerImage is the card's training.flops_per_image; GoGFLOPS the
+	// FLOP rate of the Go side's best batch, and PeakFraction that over
+	// Options.PeakTFLOPs.
+	GFLOPsPerImage float64 `json:"gflops_per_image,omitempty"`
+	GoGFLOPS       float64 `json:"go_gflops,omitempty"`
+	PeakFraction   float64 `json:"peak_fraction,omitempty"`
 	// RatioBatch1 is Go's time per image over PyTorch's at batch 1;
 	// RatioBest the same at each side's best batch (target ≤ 0.5).
 	RatioBatch1 float64 `json:"ratio_batch1,omitempty"`
@@ -118,7 +127,9 @@ type timingResp struct {
 
 func (r *runner) inference(ctx context.Context, cards []*model.Card) error {
 	torchErr := error(nil)
-	if r.py == "" {
+	if r.o.Provider != infer.ProviderCPU {
+		torchErr = fmt.Errorf("provider %s: the PyTorch reference is CPU-only", r.o.Provider)
+	} else if r.py == "" {
 		torchErr = fmt.Errorf("no python")
 	} else if r.o.TrainDir == "" {
 		torchErr = fmt.Errorf("no train/lungseg_train/models.py found (set --train-dir)")
@@ -141,7 +152,7 @@ func (r *runner) inference(ctx context.Context, cards []*model.Card) error {
 		}
 		for _, t := range r.o.Threads {
 			res := Inference{Model: card.Name, Threads: t}
-			sess, err := infer.Open(card, infer.Options{IntraOpThreads: t, InterOpThreads: 1}, *r.o.Log)
+			sess, err := infer.Open(card, r.o.infer(t), *r.o.Log)
 			if err != nil {
 				return fmt.Errorf("bench: opening %s: %w", card.Name, err)
 			}
@@ -228,6 +239,14 @@ func (r *runner) inference(ctx context.Context, cards []*model.Card) error {
 				torch.Close()
 			}
 			res.Go = side(goSecs, r.o.Batches)
+			res.Provider = sess.Provider()
+			if f := cardFLOPs(card); f > 0 {
+				res.GFLOPsPerImage = f / 1e9
+				res.GoGFLOPS = res.Go.BestImagesPerS * f / 1e9
+				if r.o.PeakTFLOPs > 0 {
+					res.PeakFraction = res.GoGFLOPS / (1000 * r.o.PeakTFLOPs)
+				}
+			}
 			if len(pySecs) > 0 {
 				ts := side(pySecs, r.o.Batches)
 				res.Torch = &ts
@@ -266,4 +285,15 @@ func side(secs map[int][]float64, order []int) Side {
 		}
 	}
 	return s
+}
+
+// cardFLOPs reads training.flops_per_image from a card (0 when absent).
+func cardFLOPs(card *model.Card) float64 {
+	var t struct {
+		FLOPs float64 `json:"flops_per_image"`
+	}
+	if len(card.Training) == 0 || json.Unmarshal(card.Training, &t) != nil {
+		return 0
+	}
+	return t.FLOPs
 }

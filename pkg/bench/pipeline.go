@@ -150,7 +150,7 @@ func (r *runner) startPipeline(ctx context.Context, reg *model.Registry, card *m
 	if err := bus.EnsureStreams(ctx, h.js, bus.StreamOptions{}); err != nil {
 		return nil, err
 	}
-	io := infer.Options{IntraOpThreads: threads, InterOpThreads: 1}
+	io := r.o.infer(threads)
 	pc := pipeline.Config{Registry: reg, Models: []string{card.Name}, Defaults: []string{card.Name},
 		Infer: io, Formats: formats.All()}
 	log := *r.o.Log
@@ -281,7 +281,7 @@ func (r *runner) pipelines(ctx context.Context, reg *model.Registry, cards []*mo
 			if err != nil {
 				return err
 			}
-			sess, err := infer.Open(card, infer.Options{IntraOpThreads: t, InterOpThreads: 1}, *r.o.Log)
+			sess, err := infer.Open(card, r.o.infer(t), *r.o.Log)
 			if err != nil {
 				h.Close()
 				return err

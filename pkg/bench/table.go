@@ -12,11 +12,11 @@ func (rep *Report) WriteTable(w io.Writer) error {
 	tw := tabwriter.NewWriter(w, 0, 0, 2, ' ', 0)
 	p := func(format string, args ...any) { fmt.Fprintf(tw, format+"\n", args...) }
 	h := rep.Host
-	p("host: %d CPUs %s/%s, %s, ONNX Runtime %s; load average %v; n=%d, rounds=%d; python %s",
-		h.CPUs, h.GOOS, h.GOARCH, h.Go, h.ORT, h.LoadAverage, rep.N, rep.Rounds, orNone(rep.Python))
+	p("host: %d CPUs %s/%s, %s, ONNX Runtime %s (%s); load average %v; n=%d, rounds=%d; python %s",
+		h.CPUs, h.GOOS, h.GOARCH, h.Go, h.ORT, rep.Provider, h.LoadAverage, rep.N, rep.Rounds, orNone(rep.Python))
 	if len(rep.Inference) > 0 {
 		p("")
-		p("INFERENCE\tTHREADS\tGO ms/img b1\tTORCH ms/img b1\tRATIO b1\tGO best img/s (b)\tTORCH best img/s (b)\tRATIO best\tTORCH PARITY")
+		p("INFERENCE\tTHREADS\tPROVIDER\tGO ms/img b1\tTORCH ms/img b1\tRATIO b1\tGO best img/s (b)\tTORCH best img/s (b)\tRATIO best\tTORCH PARITY\tGO GFLOP/s (of peak)")
 		for _, in := range rep.Inference {
 			tb1, tbest, rb1, rbest, par := "-", "-", "-", "-", "-"
 			if t := in.Torch; t != nil {
@@ -26,8 +26,15 @@ func (rep *Report) WriteTable(w io.Writer) error {
 				rbest = fmt.Sprintf("%.2f", in.RatioBest)
 				par = fmt.Sprintf("%.1e", in.TorchParity)
 			}
-			p("%s\t%d\t%.1f\t%s\t%s\t%.2f (%d)\t%s\t%s\t%s", in.Model, in.Threads, in.Go.Batch1Ms, tb1, rb1,
-				in.Go.BestImagesPerS, in.Go.BestBatch, tbest, rbest, par)
+			fl := "-"
+			if in.GoGFLOPS > 0 {
+				fl = fmt.Sprintf("%.1f", in.GoGFLOPS)
+				if in.PeakFraction > 0 {
+					fl += fmt.Sprintf(" (%.1f%%)", 100*in.PeakFraction)
+				}
+			}
+			p("%s\t%d\t%s\t%.1f\t%s\t%s\t%.2f (%d)\t%s\t%s\t%s\t%s", in.Model, in.Threads, in.Provider, in.Go.Batch1Ms, tb1, rb1,
+				in.Go.BestImagesPerS, in.Go.BestBatch, tbest, rbest, par, fl)
 		}
 	}
 	if len(rep.Pipeline) > 0 {

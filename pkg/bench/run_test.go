@@ -1,0 +1,219 @@
+package bench
+
+import (
+	"bytes"
+	"context"
+	"encoding/json"
+	"errors"
+	"os"
+	"path/filepath"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/lungseg/lungseg/pkg/model"
+	"github.com/lungseg/lungseg/pkg/testenv"
+)
+
+// tinyRegistry makes a registry holding only the tiny test model.
+func tinyRegistry(t *testing.T) string {
+	t.Helper()
+	src := filepath.Join(testenv.RepoRoot(t), "segment", "testdata", "tiny")
+	reg := filepath.Join(t.TempDir(), "models")
+	dst := filepath.Join(reg, "tiny")
+	if err := os.MkdirAll(dst, 0o755); err != nil {
+		t.Fatal(err)
+	}
+	for _, f := range []string{model.CardFile, model.ModelFile} {
+		b, err := os.ReadFile(filepath.Join(src, f))
+		if err != nil {
+			t.Fatal(err)
+		}
+		if err := os.WriteFile(filepath.Join(dst, f), b, 0o644); err != nil {
+			t.Fatal(err)
+		}
+	}
+	return reg
+}
+
+// TestRunWithoutPython runs every section on the tiny model with the
+// Python side off: the Go side must be measured, the Python side noted as
+// skipped, and the report must survive JSON and print its tables.
+func TestRunWithoutPython(t *testing.T) {
+	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Minute)
+	defer cancel()
+	var progress bytes.Buffer
+	rep, err := Run(ctx, Options{ModelsDir: tinyRegistry(t), N: 3, Rounds: 1, Threads: []int{1},
+		Batches: []int{1, 2}, Python: "none", BatchMax: 2, BatchWait: 50 * time.Millisecond, Progress: &progress})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(rep.Inference) != 1 {
+		t.Fatalf("%d inference results, want 1", len(rep.Inference))
+	}
+	in := rep.Inference[0]
+	if in.Model != "tiny" || in.Threads != 1 || in.Provider != "cpu" || in.Torch != nil || in.TorchSkipped == "" {
+		t.Fatalf("inference %+v", in)
+	}
+	if len(in.Go.Batches) != 2 || in.Go.Batch1Ms <= 0 || in.Go.BestImagesPerS <= 0 {
+		t.Fatalf("go side %+v", in.Go)
+	}
+	for _, b := range in.Go.Batches {
+		if b.Samples != repsFor(b.Batch) || b.MsPerImage*float64(b.Batch) != b.MsPerBatch {
+			t.Fatalf("batch timing %+v", b)
+		}
+	}
+	if len(rep.Pipeline) != 1 || rep.Pipeline[0].Slices != 3 || rep.Pipeline[0].Ratio <= 0 ||
+		rep.Pipeline[0].InferenceShare <= 0 || rep.Pipeline[0].InferenceShare > 1 {
+		t.Fatalf("pipeline %+v", rep.Pipeline)
+	}
+	if len(rep.Batching) != 1 || rep.Batching[0].Gain <= 0 || rep.Batching[0].MeanBatch < 1 || rep.Batching[0].MeanBatch > 2 {
+		t.Fatalf("batching %+v", rep.Batching)
+	}
+	d := rep.Decode
+	if d == nil || d.DICOM == nil || d.Pickle == nil || d.PickleLarge == nil {
+		t.Fatalf("decode %+v", d)
+	}
+	if d.DICOM.Items != 3 || d.DICOM.Go.Seconds <= 0 || d.DICOM.Python != nil || d.DICOM.Skipped == "" {
+		t.Fatalf("dicom %+v", d.DICOM)
+	}
+	if d.PickleLarge.Items != 6 || d.PickleLarge.Bytes <= d.Pickle.Bytes || d.PickleGrowth <= 0 {
+		t.Fatalf("pickle %+v / %+v", d.Pickle, d.PickleLarge)
+	}
+	if !strings.Contains(strings.Join(rep.Skipped, "\n"), "python") {
+		t.Fatalf("skipped %q does not mention python", rep.Skipped)
+	}
+	// Only targets that have both sides are judged: here the Go-only ones.
+	names := map[string]bool{}
+	for _, tg := range rep.Targets {
+		names[strings.Fields(tg.Name)[0]] = true
+	}
+	if names["inference"] || names["dicom"] || !names["pipeline"] || !names["batching"] || !names["pickle"] {
+		t.Fatalf("targets %+v", rep.Targets)
+	}
+	b, err := json.Marshal(rep)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var back Report
+	if err := json.Unmarshal(b, &back); err != nil || back.Decode == nil || len(back.Inference) != 1 {
+		t.Fatalf("JSON round trip: %v", err)
+	}
+	var table bytes.Buffer
+	if err := rep.WriteTable(&table); err != nil {
+		t.Fatal(err)
+	}
+	for _, want := range []string{"INFERENCE", "PIPELINE", "BATCHING", "DECODE", "TARGET", "skipped: python side"} {
+		if !strings.Contains(table.String(), want) {
+			t.Errorf("table lacks %q:\n%s", want, table.String())
+		}
+	}
+	if !strings.Contains(progress.String(), "inference tiny threads 1") {
+		t.Errorf("progress: %q", progress.String())
+	}
+}
+
+// TestRunPythonDecode runs the decode section against pydicom and pandas.
+func TestRunPythonDecode(t *testing.T) {
+	py := testenv.RequirePython(t, "pydicom", "pandas", "numpy")
+	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Minute)
+	defer cancel()
+	rep, err := Run(ctx, Options{ModelsDir: tinyRegistry(t), N: 2, Rounds: 2, Sections: []string{SectionDecode}, Python: py})
+	if err != nil {
+		t.Fatal(err)
+	}
+	for name, c := range map[string]*DecodeCompare{"dicom": rep.Decode.DICOM, "pickle": rep.Decode.Pickle, "pickle 2N": rep.Decode.PickleLarge} {
+		if c.Python == nil || c.Python.Seconds <= 0 || c.Python.PeakMB <= 0 || c.Speedup <= 0 || c.Skipped != "" {
+			t.Errorf("%s: %+v (python %+v)", name, c, c.Python)
+		}
+	}
+	// pandas holds the whole frame: its peak must grow with the rows,
+	// at least by half the added file size.
+	grow := rep.Decode.PickleLarge.Python.PeakMB - rep.Decode.Pickle.Python.PeakMB
+	added := float64(rep.Decode.PickleLarge.Bytes-rep.Decode.Pickle.Bytes) / (1 << 20)
+	if grow < added/2 {
+		t.Errorf("pandas peak grew %.1f MB for %.1f MB more file", grow, added)
+	}
+}
+
+// TestTorchHelperLoadsShippedWeights checks that the PyTorch helper maps
+// every tensor of each shipped model from its ONNX file and reproduces
+// the model's parity output.
+func TestTorchHelperLoadsShippedWeights(t *testing.T) {
+	py := testenv.RequirePython(t, "torch", "onnx", "numpy")
+	root := testenv.RepoRoot(t)
+	reg, err := model.OpenRegistry(filepath.Join(root, "models"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	tmp := t.TempDir()
+	if err := writeScripts(tmp); err != nil {
+		t.Fatal(err)
+	}
+	for _, name := range reg.Names() {
+		t.Run(name, func(t *testing.T) {
+			card, _ := reg.Get(name)
+			in := filepath.Join(tmp, name+".bin")
+			if err := writeFloat32(in, benchInputs(card, 1)); err != nil {
+				t.Fatal(err)
+			}
+			var hello torchHello
+			s, err := startPy(context.Background(), py, filepath.Join(tmp, "torch_infer.py"), nil, &hello,
+				"--train-dir", filepath.Join(root, "train"), "--model-dir", card.Dir, "--inputs", in, "--n", "1", "--threads", "1")
+			if err != nil {
+				t.Fatal(err)
+			}
+			defer s.Close()
+			if hello.Parity == nil || *hello.Parity > 1e-4 {
+				t.Fatalf("parity %v, want ≤ 1e-4", hello.Parity)
+			}
+			if hello.Weights.Total == 0 || hello.Threads != 1 {
+				t.Fatalf("hello %+v", hello)
+			}
+			var resp timingResp
+			if err := s.call(timingReq{Batch: 2, Reps: 1}, &resp); err != nil {
+				t.Fatal(err)
+			}
+			if len(resp.Seconds) != 1 || resp.Seconds[0] <= 0 {
+				t.Fatalf("timing %+v", resp)
+			}
+		})
+	}
+}
+
+func TestOptionsRejects(t *testing.T) {
+	for _, o := range []Options{
+		{N: -1}, {Rounds: -2}, {Threads: []int{0}}, {Batches: []int{2000}}, {Sections: []string{"gpu"}}, {PeakTFLOPs: -1},
+	} {
+		if _, err := o.withDefaults(); !errors.Is(err, ErrOptions) {
+			t.Errorf("%+v: got %v, want ErrOptions", o, err)
+		}
+	}
+}
+
+func TestPythonHelperFailureIsReported(t *testing.T) {
+	py := testenv.RequirePython(t)
+	tmp := t.TempDir()
+	if err := writeScripts(tmp); err != nil {
+		t.Fatal(err)
+	}
+	var hello decodeHello
+	_, err := startPy(context.Background(), py, filepath.Join(tmp, "pandas_read.py"), nil, &hello) // no --file
+	if !errors.Is(err, ErrPython) || !strings.Contains(err.Error(), "--file") {
+		t.Fatalf("got %v, want ErrPython naming the missing flag", err)
+	}
+}
+
+func TestMedianAndRatio(t *testing.T) {
+	for _, tc := range []struct {
+		xs   []float64
+		want float64
+	}{{nil, 0}, {[]float64{3}, 3}, {[]float64{5, 1, 3}, 3}, {[]float64{4, 1, 3, 2}, 2.5}} {
+		if got := median(tc.xs); got != tc.want {
+			t.Errorf("median(%v) = %v, want %v", tc.xs, got, tc.want)
+		}
+	}
+	if ratio(1, 0) != 0 || ratio(3, 2) != 1.5 {
+		t.Error("ratio")
+	}
+}
