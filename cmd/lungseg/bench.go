@@ -6,6 +6,7 @@ import (
 	"flag"
 	"fmt"
 	"os"
+	"runtime/pprof"
 	"strconv"
 	"strings"
 
@@ -26,12 +27,14 @@ func cmdBench(ctx context.Context, args []string) error {
 	python := fs.String("python", "", "Python interpreter for the reference side (default /usr/bin/python3, else python3; none to skip)")
 	trainDir := fs.String("train-dir", "", "folder holding lungseg_train (default: train beside --models-dir, or ./train)")
 	batchMax := fs.Int("batch-max", 4, "batching section: segment.Batcher max batch (and segment workers)")
+	batchWorkers := fs.Int("batch-workers", 0, "batching section: segment workers of the batched pipeline (default --batch-max)")
 	batchWait := fs.Duration("batch-wait", 0, "batching section: max wait of a batch (default 20ms)")
 	provider := fs.String("provider", "cpu", "ONNX Runtime execution provider of the Go side: cpu, cuda, tensorrt")
 	fp16 := fs.Bool("fp16", false, "let TensorRT build fp16 kernels")
 	peak := fs.Float64("peak-tflops", 0, "accelerator peak TFLOP/s to compare achieved FLOP/s with (e.g. 989 for an H100 SXM, dense fp16/bf16)")
 	out := fs.String("json", "bench.json", "write the JSON report here (empty: don't)")
 	logLevel := fs.String("log-level", "warn", "log level of the pipeline under test")
+	cpuProfile := fs.String("cpuprofile", "", "write a Go CPU profile of the whole run here")
 	if err := fs.Parse(args); err != nil {
 		return err
 	}
@@ -60,11 +63,22 @@ func cmdBench(ctx context.Context, args []string) error {
 	if err != nil {
 		return err
 	}
+	if *cpuProfile != "" {
+		f, err := os.Create(*cpuProfile)
+		if err != nil {
+			return err
+		}
+		defer f.Close()
+		if err := pprof.StartCPUProfile(f); err != nil {
+			return err
+		}
+		defer pprof.StopCPUProfile()
+	}
 	log := newLogger(*logLevel, os.Stderr)
 	o := bench.Options{
 		ModelsDir: *modelsDir, Models: strings.Split(*modelSel, ","), N: *n, Rounds: *rounds,
 		Threads: th, Batches: bs, Sections: strings.Split(*sections, ","), Python: *python,
-		TrainDir: *trainDir, Provider: *provider, FP16: *fp16, PeakTFLOPs: *peak, BatchMax: *batchMax, BatchWait: *batchWait, Progress: os.Stderr, Log: &log,
+		TrainDir: *trainDir, Provider: *provider, FP16: *fp16, PeakTFLOPs: *peak, BatchMax: *batchMax, BatchWait: *batchWait, BatchWorkers: *batchWorkers, Progress: os.Stderr, Log: &log,
 	}
 	rep, err := bench.Run(ctx, o)
 	if rep != nil {

@@ -86,6 +86,11 @@ type Options struct {
 	// segment workers.
 	BatchMax  int
 	BatchWait time.Duration
+	// BatchWorkers are the batched segment stage's workers (default
+	// BatchMax). With BatchMax 1 and 2 workers the model still runs one
+	// image at a time, and the figure isolates the gain of overlapping a
+	// message's publish and ack with the next inference.
+	BatchWorkers int
 	// Provider is the ONNX Runtime execution provider for the Go side
 	// (cpu, cuda, tensorrt; default cpu) and FP16 lets TensorRT use half
 	// precision. With a GPU provider the PyTorch comparison is skipped
@@ -127,10 +132,13 @@ func (o Options) withDefaults() (Options, error) {
 	if o.BatchMax == 0 {
 		o.BatchMax = 4
 	}
+	if o.BatchWorkers == 0 {
+		o.BatchWorkers = o.BatchMax
+	}
 	if o.BatchWait == 0 {
 		o.BatchWait = 20 * time.Millisecond
 	}
-	if o.N < 1 || o.Rounds < 1 || o.BatchMax < 1 || o.BatchWait < 0 {
+	if o.N < 1 || o.Rounds < 1 || o.BatchMax < 1 || o.BatchWait < 0 || o.BatchWorkers < 1 {
 		return o, fmt.Errorf("%w: n %d, rounds %d, batch max %d, batch wait %v", ErrOptions, o.N, o.Rounds, o.BatchMax, o.BatchWait)
 	}
 	for _, t := range o.Threads {

@@ -337,7 +337,7 @@ func (r *runner) batching(ctx context.Context, reg *model.Registry, cards []*mod
 		if err != nil {
 			return err
 		}
-		bc := &batchCfg{opts: segment.BatchOptions{MaxBatch: r.o.BatchMax, MaxWait: r.o.BatchWait}, workers: r.o.BatchMax}
+		bc := &batchCfg{opts: segment.BatchOptions{MaxBatch: r.o.BatchMax, MaxWait: r.o.BatchWait}, workers: r.o.BatchWorkers}
 		batched, err := r.startPipeline(ctx, reg, card, t, bc)
 		if err != nil {
 			plain.Close()
