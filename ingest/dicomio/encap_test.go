@@ -324,7 +324,7 @@ type fileLayout struct {
 	rows, cols, samples, bits, frames, planar int
 }
 
-func intOf(t *testing.T, es elements, tg tag.Tag, def int) int {
+func intOf(t testing.TB, es elements, tg tag.Tag, def int) int {
 	t.Helper()
 	v, ok, err := es.integer(tg)
 	if err != nil {
@@ -336,7 +336,7 @@ func intOf(t *testing.T, es elements, tg tag.Tag, def int) int {
 	return v
 }
 
-func layoutOf(t *testing.T, b []byte) (fileLayout, elements) {
+func layoutOf(t testing.TB, b []byte) (fileLayout, elements) {
 	t.Helper()
 	ts, _, err := scan(b)
 	if err != nil && !errors.Is(err, ErrCompressed) {

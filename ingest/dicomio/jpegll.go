@@ -111,35 +111,6 @@ func (br *bitReader) fill() {
 	}
 }
 
-// diff decodes one difference.
-func (br *bitReader) diff(t *huffTable) int32 {
-	if br.n < 32 {
-		br.fill()
-	}
-	var s uint
-	if e := t.look[br.acc>>(64-lookBits)]; e != 0 {
-		l := uint(e >> 8)
-		s = uint(e & 0xff)
-		br.acc <<= l
-		br.n -= int(l)
-	} else {
-		s = br.slow(t)
-	}
-	switch s {
-	case 0:
-		return 0
-	case 16:
-		return 32768
-	}
-	v := int32(br.acc >> (64 - s))
-	br.acc <<= s
-	br.n -= int(s)
-	if v < 1<<(s-1) {
-		v -= 1<<s - 1
-	}
-	return v
-}
-
 // slow decodes a code longer than lookBits (T.81 F.16).
 func (br *bitReader) slow(t *huffTable) uint {
 	for l := lookBits + 1; l <= 16; l++ {
@@ -152,6 +123,74 @@ func (br *bitReader) slow(t *huffTable) uint {
 	}
 	br.bad = true
 	return 0
+}
+
+// row decodes one line into cur, predicting from cur and prev (the line
+// above) with selection value pred; first marks the first line of the
+// scan or of a restart interval. The bit reader state is kept in locals
+// and the Huffman decoding is written out here: this is the hot loop.
+func (br *bitReader) row(t *huffTable, cur, prev []int32, pred int, first bool, initial int32) {
+	acc, n := br.acc, br.n
+	if first {
+		pred = 1
+	}
+	for x := range cur {
+		if n < 32 {
+			br.acc, br.n = acc, n
+			br.fill()
+			acc, n = br.acc, br.n
+		}
+		var s uint
+		if e := t.look[acc>>(64-lookBits)]; e != 0 {
+			l := uint(e >> 8)
+			s = uint(e & 0xff)
+			acc <<= l
+			n -= int(l)
+		} else {
+			br.acc, br.n = acc, n
+			s = br.slow(t)
+			acc, n = br.acc, br.n
+		}
+		var d int32
+		switch s {
+		case 0:
+		case 16:
+			d = 32768
+		default:
+			d = int32(acc >> (64 - s))
+			acc <<= s
+			n -= int(s)
+			if d < 1<<(s-1) {
+				d -= 1<<s - 1
+			}
+		}
+		var px int32
+		switch {
+		case x == 0 && first:
+			px = initial
+		case x == 0:
+			px = prev[0]
+		default:
+			switch pred {
+			case 1:
+				px = cur[x-1]
+			case 2:
+				px = prev[x]
+			case 3:
+				px = prev[x-1]
+			case 4:
+				px = cur[x-1] + prev[x] - prev[x-1]
+			case 5:
+				px = cur[x-1] + (prev[x]-prev[x-1])>>1
+			case 6:
+				px = prev[x] + (cur[x-1]-prev[x-1])>>1
+			default:
+				px = (cur[x-1] + prev[x]) >> 1
+			}
+		}
+		cur[x] = (px + d) & 0xFFFF
+	}
+	br.acc, br.n = acc, n
 }
 
 // DecodeJPEGLossless decodes one JPEG lossless image (ITU T.81 process
@@ -386,41 +425,7 @@ func (d *jpegDecoder) scan(at int, seg []byte, pos int) (int, error) {
 			rst++
 			first = true
 		}
-		px := initial
-		if !first {
-			px = prev[0]
-		}
-		cur[0] = (px + br.diff(t)) & 0xFFFF
-		switch {
-		case first || pred == 1:
-			for x := 1; x < cols; x++ {
-				cur[x] = (cur[x-1] + br.diff(t)) & 0xFFFF
-			}
-		case pred == 2:
-			for x := 1; x < cols; x++ {
-				cur[x] = (prev[x] + br.diff(t)) & 0xFFFF
-			}
-		case pred == 3:
-			for x := 1; x < cols; x++ {
-				cur[x] = (prev[x-1] + br.diff(t)) & 0xFFFF
-			}
-		case pred == 4:
-			for x := 1; x < cols; x++ {
-				cur[x] = (cur[x-1] + prev[x] - prev[x-1] + br.diff(t)) & 0xFFFF
-			}
-		case pred == 5:
-			for x := 1; x < cols; x++ {
-				cur[x] = (cur[x-1] + (prev[x]-prev[x-1])>>1 + br.diff(t)) & 0xFFFF
-			}
-		case pred == 6:
-			for x := 1; x < cols; x++ {
-				cur[x] = (prev[x] + (cur[x-1]-prev[x-1])>>1 + br.diff(t)) & 0xFFFF
-			}
-		default: // 7
-			for x := 1; x < cols; x++ {
-				cur[x] = ((cur[x-1]+prev[x])>>1 + br.diff(t)) & 0xFFFF
-			}
-		}
+		br.row(t, cur, prev, pred, first, initial)
 		if br.bad {
 			return 0, d.fail(br.pos, "line %d: a Huffman code not in the table", y)
 		}

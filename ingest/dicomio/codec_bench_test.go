@@ -1,0 +1,99 @@
+package dicomio_test
+
+import (
+	"context"
+	"encoding/binary"
+	"os/exec"
+	"path/filepath"
+	"testing"
+
+	"github.com/lungseg/lungseg/ingest"
+	"github.com/lungseg/lungseg/ingest/dicomio"
+	"github.com/lungseg/lungseg/pkg/phantom"
+)
+
+// ctFrame returns a 512×512 synthetic CT slice (pkg/phantom, with its
+// default 20 HU noise) as stored values HU+1024.
+func ctFrame(b *testing.B) (*phantom.Slice, []uint16, []byte) {
+	b.Helper()
+	s := phantom.Generate(7, 1, phantom.Options{})[0]
+	v := make([]uint16, len(s.HU.Pix))
+	raw := make([]byte, 2*len(v))
+	for i, h := range s.HU.Pix {
+		v[i] = uint16(max(int(h)+1024, 0))
+		binary.LittleEndian.PutUint16(raw[2*i:], v[i])
+	}
+	return &s, v, raw
+}
+
+// BenchmarkDecodeRLE decodes one 512×512 16-bit CT frame encoded by the
+// test PackBits encoder.
+func BenchmarkDecodeRLE(b *testing.B) {
+	_, _, raw := ctFrame(b)
+	enc := dicomio.EncodeRLEForTest(raw, 512, 512, 1, 2)
+	b.SetBytes(int64(len(raw)))
+	for b.Loop() {
+		if _, err := dicomio.DecodeRLE(enc, 512, 512, 1, 16); err != nil {
+			b.Fatal(err)
+		}
+	}
+	b.ReportMetric(float64(len(raw))/float64(len(enc)), "ratio")
+}
+
+// BenchmarkDecodeJPEGLossless decodes one 512×512 16-bit CT frame encoded
+// by the test encoder (optimised Huffman table) with predictors 1 and 6.
+func BenchmarkDecodeJPEGLossless(b *testing.B) {
+	_, v, raw := ctFrame(b)
+	for _, pred := range []int{1, 6} {
+		b.Run("sv"+string(rune('0'+pred)), func(b *testing.B) {
+			enc := dicomio.EncodeJPEGLosslessForTest(v, 512, 512, 16, pred)
+			b.SetBytes(int64(len(raw)))
+			for b.Loop() {
+				if _, err := dicomio.DecodeJPEGLossless(enc, 512, 512, 16); err != nil {
+					b.Fatal(err)
+				}
+			}
+			b.ReportMetric(float64(len(raw))/float64(len(enc)), "ratio")
+		})
+	}
+}
+
+// BenchmarkReadCompressed reads a whole 512×512 CT file (parse, decode,
+// HU) uncompressed and as compressed by dcmtk (skipped without it).
+func BenchmarkReadCompressed(b *testing.B) {
+	s, _, _ := ctFrame(b)
+	dir := b.TempDir()
+	native := filepath.Join(dir, "native.dcm")
+	ser := dicomio.Series{StudyUID: s.StudyUID, SeriesUID: s.SeriesUID, Intercept: -1024}
+	if err := dicomio.WriteFile(native, ser, dicomio.Instance{HU: s.HU, SpacingRowMm: 0.7, SpacingColMm: 0.7, InstanceNumber: 1}); err != nil {
+		b.Fatal(err)
+	}
+	files := []struct{ name, tool, opt string }{
+		{"native", "", ""}, {"rle", "dcmcrle", ""}, {"jpeg-sv1", "dcmcjpeg", "+e1"}, {"jpeg-sv6", "dcmcjpeg", "+el"},
+	}
+	for _, f := range files {
+		b.Run(f.name, func(b *testing.B) {
+			path := native
+			if f.tool != "" {
+				if _, err := exec.LookPath(f.tool); err != nil {
+					b.Skip(f.tool, " not installed")
+				}
+				path = filepath.Join(dir, f.name+".dcm")
+				args := []string{native, path}
+				if f.opt != "" {
+					args = append([]string{f.opt}, args...)
+				}
+				if out, err := exec.Command(f.tool, args...).CombinedOutput(); err != nil {
+					b.Fatalf("%s: %v\n%s", f.tool, err, out)
+				}
+			}
+			b.SetBytes(512 * 512 * 2)
+			ctx := context.Background()
+			for b.Loop() {
+				if err := dicomio.Read(ctx, path, "", "", func(it ingest.Item) error { return it.Err }); err != nil {
+					b.Fatal(err)
+				}
+			}
+		})
+	}
+}
