@@ -21,6 +21,7 @@ import (
 	"github.com/lungseg/lungseg/pkg/replay"
 	"github.com/lungseg/lungseg/pkg/web"
 	lungsegv1 "github.com/lungseg/lungseg/proto/lungseg/v1"
+	"github.com/lungseg/lungseg/segment"
 	"github.com/nats-io/nats-server/v2/server"
 	"github.com/nats-io/nats.go"
 	"github.com/nats-io/nats.go/jetstream"
@@ -42,6 +43,7 @@ func init() {
 		{"phantom", "write synthetic CT slices with exact nodule masks", cmdPhantom},
 		{"dataset", "build an augmented training set of PNG pairs (dataset build)", cmdDataset},
 		{"receive", "receive DICOM (STOW-RS, C-STORE SCP, watched folder) and write SEG results", cmdReceive},
+		{"bench", "measure inference, pipeline, batching and decoding against PyTorch, pydicom and pandas", cmdBench},
 		{"tail", "print findings or alerts as they arrive (tail [SUBJECT], default lung.findings.>)", cmdTail},
 	}
 }
@@ -137,6 +139,7 @@ func pipelineConfig(cfg *Config, stages []string) (pipeline.Config, error) {
 		Formats:     formats.All(),
 		Streams:     cfg.streamOptions(),
 		Findings:    cfg.findingsConfig(),
+		Batch:       segment.BatchOptions{MaxBatch: cfg.BatchMax, MaxWait: time.Duration(cfg.BatchWait)},
 		Webhooks:    cfg.webhookConfigs(),
 		TrainCopies: cfg.TrainCopies,
 		TrainSeed:   cfg.TrainSeed,

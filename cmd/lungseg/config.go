@@ -55,6 +55,10 @@ type Config struct {
 	MaxAge Duration `json:"max_age"`
 	// LogLevel: debug, info, warn, error.
 	LogLevel string `json:"log_level"`
+	// BatchMax > 1 groups concurrent segment requests into one model call
+	// of up to BatchMax images, waiting at most BatchWait.
+	BatchMax  int      `json:"batch_max"`
+	BatchWait Duration `json:"batch_wait"`
 	// Findings tunes the findings stage.
 	Findings FindingsConfig `json:"findings"`
 	// Webhooks receive alerts by HTTP POST.
@@ -175,6 +179,8 @@ func commonFlags(fs *flag.FlagSet) func() (*Config, error) {
 	trainCopies := fs.Int("train-copies", 0, "preprocess: also publish this many augmented copies per slice on lung.train.<model>")
 	logLevel := fs.String("log-level", d.LogLevel, "log level: debug, info, warn, error")
 	check := fs.Bool("check-config", false, "validate the configuration and exit")
+	batchMax := fs.Int("batch-max", 0, "segment: group up to this many concurrent slices into one model call (dynamic batching; 0 or 1: off)")
+	batchWait := fs.Duration("batch-wait", 10*time.Millisecond, "segment: how long a batch waits for more slices")
 	hook := fs.String("webhook", "", "POST each alert as JSON to this URL (a webhook named \"default\")")
 	alertAt := fs.String("alert-at", "", "lowest Lung-RADS category that raises an alert (default LR4A)")
 	quiet := fs.Duration("quiet-period", 0, "a series is complete after this long without a new slice (default 60s)")
@@ -211,6 +217,10 @@ func commonFlags(fs *flag.FlagSet) func() (*Config, error) {
 				c.TrainCopies = *trainCopies
 			case "log-level":
 				c.LogLevel = *logLevel
+			case "batch-max":
+				c.BatchMax = *batchMax
+			case "batch-wait":
+				c.BatchWait = Duration(*batchWait)
 			case "webhook":
 				c.Webhooks = append(c.Webhooks, WebhookConfig{Name: "default", URL: *hook})
 			case "alert-at":
