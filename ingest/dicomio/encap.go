@@ -232,6 +232,19 @@ func encapsulatedFrames(b []byte, start int, ts string, pf pixelFormat) (func(i 
 	if err != nil {
 		return nil, &FormatError{Offset: int64(start), Msg: "splitting encapsulated pixel data into frames: " + err.Error(), Err: err}
 	}
+	// Each frame must be long enough for its decoded size before the
+	// caller allocates the output.
+	for i, f := range frames {
+		var err error
+		if ts == SyntaxRLELossless {
+			err = rleCheckSize(f, pf.rows*pf.cols, pf.bitsAllocated/8)
+		} else {
+			err = jpegCheckSize(f, pf.rows*pf.cols)
+		}
+		if err != nil {
+			return nil, &FormatError{Offset: -1, Msg: fmt.Sprintf("frame %d (%s): %v", i+1, SyntaxName(ts), err), Err: err}
+		}
+	}
 	return func(i int, dst []byte) error {
 		if err := dec(dst, frames[i], pf.rows, pf.cols); err != nil {
 			return &FormatError{Offset: -1, Msg: fmt.Sprintf("decoding frame %d (%s): %v", i+1, SyntaxName(ts), err), Err: err}

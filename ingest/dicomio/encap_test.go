@@ -7,6 +7,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"runtime"
 	"slices"
 	"strings"
 	"testing"
@@ -516,5 +517,33 @@ func TestUnsupportedJPEG(t *testing.T) {
 	frames, l := compressedFramesOf(t, p)
 	if _, err := DecodeJPEGLossless(frames[0], l.rows, l.cols, 8); !errors.Is(err, ErrPixelFormat) || !strings.Contains(err.Error(), "3 components") {
 		t.Errorf("RGB JPEG lossless: %v", err)
+	}
+}
+
+// TestForgedSizeDoesNotAllocate declares 4096×4096 in small compressed
+// files: they are refused before the frame buffer is allocated.
+func TestForgedSizeDoesNotAllocate(t *testing.T) {
+	for _, name := range []string{"rle_ct_explicit_le.dcm", "jpll_sv1_ct_explicit_le.dcm"} {
+		b, err := os.ReadFile(filepath.Join(fixtures, name))
+		if err != nil {
+			t.Fatal(err)
+		}
+		for _, tg := range [][]byte{{0x28, 0, 0x10, 0, 'U', 'S', 2, 0}, {0x28, 0, 0x11, 0, 'U', 'S', 2, 0}} {
+			i := bytes.Index(b, tg)
+			if i < 0 {
+				t.Fatalf("%s: no %x", name, tg)
+			}
+			binary.LittleEndian.PutUint16(b[i+8:], 4096)
+		}
+		var before, after runtime.MemStats
+		runtime.ReadMemStats(&before)
+		_, err = Decode(name, b)
+		runtime.ReadMemStats(&after)
+		if !errors.Is(err, ErrCorruptPixels) || !strings.Contains(err.Error(), "cannot hold") {
+			t.Errorf("%s: error %v", name, err)
+		}
+		if d := after.TotalAlloc - before.TotalAlloc; d > 1<<20 {
+			t.Errorf("%s: allocated %d bytes", name, d)
+		}
 	}
 }

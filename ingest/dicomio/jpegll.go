@@ -387,8 +387,11 @@ func (d *jpegDecoder) scan(at int, seg []byte, pos int) (int, error) {
 	if !d.sof {
 		return 0, d.fail(at, "SOS before SOF3")
 	}
-	if len(seg) != 6 || seg[0] != 1 {
-		return 0, d.fail(at, "SOS segment of %d bytes for %d components; want one component", len(seg), seg[0])
+	if len(seg) < 1 || seg[0] != 1 {
+		return 0, d.fail(at, "SOS segment of %d bytes is not for one component", len(seg))
+	}
+	if len(seg) != 6 {
+		return 0, d.fail(at, "SOS segment of %d bytes for one component, want 6", len(seg))
 	}
 	if seg[1] != d.component {
 		return 0, d.fail(at, "scan of component %d, frame has component %d", seg[1], d.component)
