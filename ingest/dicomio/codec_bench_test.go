@@ -1,15 +1,20 @@
 package dicomio_test
 
 import (
+	"bytes"
 	"context"
 	"encoding/binary"
+	"os"
 	"os/exec"
 	"path/filepath"
+	"slices"
+	"strings"
 	"testing"
 
 	"github.com/lungseg/lungseg/ingest"
 	"github.com/lungseg/lungseg/ingest/dicomio"
 	"github.com/lungseg/lungseg/pkg/phantom"
+	"github.com/lungseg/lungseg/pkg/testenv"
 )
 
 // ctFrame returns a 512×512 synthetic CT slice (pkg/phantom, with its
@@ -93,6 +98,59 @@ func BenchmarkReadCompressed(b *testing.B) {
 				if err := dicomio.Read(ctx, path, "", "", func(it ingest.Item) error { return it.Err }); err != nil {
 					b.Fatal(err)
 				}
+			}
+		})
+	}
+}
+
+// TestPhantomCompressedByDcmtk writes a 512×512 synthetic CT slice,
+// compresses it with dcmtk (RLE, JPEG lossless SV1, SV6 and SV7, split in
+// 1 KiB fragments with and without an offset table) and checks that Read
+// gives back the exact HU.
+func TestPhantomCompressedByDcmtk(t *testing.T) {
+	s := phantom.Generate(11, 1, phantom.Options{})[0]
+	dir := t.TempDir()
+	native := filepath.Join(dir, "native.dcm")
+	ser := dicomio.Series{StudyUID: s.StudyUID, SeriesUID: s.SeriesUID, Intercept: -1024}
+	if err := dicomio.WriteFile(native, ser, dicomio.Instance{HU: s.HU, SpacingRowMm: 0.7, SpacingColMm: 0.7, InstanceNumber: 1}); err != nil {
+		t.Fatal(err)
+	}
+	for _, tc := range []struct {
+		name string
+		args []string
+		ts   string
+	}{
+		{"rle", []string{"dcmcrle"}, dicomio.SyntaxRLELossless},
+		{"jpeg-sv1", []string{"dcmcjpeg", "+e1"}, dicomio.SyntaxJPEGLosslessSV1},
+		{"jpeg-sv6", []string{"dcmcjpeg", "+el"}, dicomio.SyntaxJPEGLossless},
+		{"jpeg-sv1-fragments", []string{"dcmcjpeg", "+e1", "+fs", "1"}, dicomio.SyntaxJPEGLosslessSV1},
+		{"jpeg-sv7-fragments-no-table", []string{"dcmcjpeg", "+el", "+sv", "7", "+fs", "1", "-ot"}, dicomio.SyntaxJPEGLossless},
+		{"rle-fragments", []string{"dcmcrle", "+fs", "1"}, dicomio.SyntaxRLELossless},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			tool := testenv.RequireCommand(t, tc.args[0])
+			out := filepath.Join(dir, tc.name+".dcm")
+			if msg, err := exec.Command(tool, append(tc.args[1:], native, out)...).CombinedOutput(); err != nil {
+				t.Fatalf("%v: %v\n%s", tc.args, err, msg)
+			}
+			if strings.Contains(tc.name, "fragments") {
+				b, err := os.ReadFile(out)
+				if err != nil {
+					t.Fatal(err)
+				}
+				if n := bytes.Count(b, []byte{0xFE, 0xFF, 0x00, 0xE0}); n < 10 {
+					t.Fatalf("only %d items: the frame is not fragmented", n)
+				}
+			}
+			img, err := dicomio.ReadFile(out)
+			if err != nil {
+				t.Fatal(err)
+			}
+			if img.TransferSyntax != tc.ts {
+				t.Errorf("transfer syntax %s, want %s", img.TransferSyntax, tc.ts)
+			}
+			if !slices.Equal(img.Frames[0].HU.Pix, s.HU.Pix) {
+				t.Error("HU differ from the slice written")
 			}
 		})
 	}

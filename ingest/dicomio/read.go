@@ -1,14 +1,16 @@
 // Package dicomio reads CT slices from DICOM files and writes synthetic
 // CT Image Storage files, with github.com/suyashkumar/dicom.
 //
-// Read accepts uncompressed (native) Part 10 files of modality CT (or with
-// no Modality at all, since some anonymisers strip it) holding one sample
-// of 8 or 16 bits per pixel, single- or multi-frame. It converts stored
-// values to Hounsfield units with RescaleSlope and RescaleIntercept,
-// honouring PixelRepresentation, BitsStored and HighBit. Everything else
-// (compressed transfer syntaxes, non-image objects, other modalities,
-// colour, truncated or oversized files) is rejected with a *FormatError
-// that wraps one of the Err sentinels.
+// Read accepts Part 10 files of modality CT (or with no Modality at all,
+// since some anonymisers strip it) holding one sample of 8 or 16 bits per
+// pixel, single- or multi-frame, uncompressed (native) or in RLE Lossless
+// or JPEG Lossless process 14 (encap.go, rle.go, jpegll.go). It converts
+// stored values to Hounsfield units with RescaleSlope and
+// RescaleIntercept, honouring PixelRepresentation, BitsStored and
+// HighBit. Everything else (other compressed transfer syntaxes, non-image
+// objects, other modalities, colour, truncated or oversized files, corrupt
+// compressed data) is rejected with a *FormatError that wraps one of the
+// Err sentinels.
 //
 // Before handing a file to the parser, Read walks its elements (see
 // scan.go) so that no declared length can make the parser allocate more
