@@ -17,9 +17,9 @@ var (
 	// element whose declared length runs past the end of the file or of
 	// its enclosing sequence.
 	ErrTruncated = errors.New("dicomio: truncated or inconsistent lengths")
-	// ErrCompressed reports a transfer syntax other than the three native
-	// ones (implicit VR little endian, explicit VR little and big endian):
-	// JPEG, JPEG-LS, JPEG 2000, RLE, deflate and unknown syntaxes.
+	// ErrCompressed reports a transfer syntax this package does not read:
+	// all but the three native ones, RLE Lossless and JPEG Lossless
+	// process 14 (lossy JPEG, JPEG-LS, JPEG 2000, deflate, unknown).
 	ErrCompressed = errors.New("dicomio: compressed or unsupported transfer syntax")
 	// ErrNoPixelData reports a DICOM object without pixel data (a
 	// structured report, an RT plan...).

@@ -211,7 +211,7 @@ func TestStowRejectsBadInstancesAndGoesOn(t *testing.T) {
 		reason uint16
 		want   string // in the Warning header
 	}{
-		{"rle", fixture(t, "rle.dcm"), ReasonSyntaxNotSupported, "RLE Lossless"},
+		{"jpeg-ls", fixture(t, "jpegls.dcm"), ReasonSyntaxNotSupported, "JPEG-LS"},
 		{"deflate", fixture(t, "deflate.dcm"), ReasonSyntaxNotSupported, "Deflate"},
 		{"mr sop class", fixture(t, "non_ct.dcm"), ReasonSOPClassNotSupp, "not a CT image storage class"},
 		{"mr modality", withModality(t, files[1], "MR"), ReasonDataSetMismatch, "modality is MR"},

@@ -56,9 +56,12 @@ var DefaultSOPClasses = []string{
 	"1.2.840.10008.5.1.4.1.1.2.2", // Legacy Converted Enhanced CT Image Storage
 }
 
-// DefaultTransferSyntaxes are the transfer syntaxes accepted by default,
-// in order of preference.
-var DefaultTransferSyntaxes = []string{ExplicitVRLittleEndian, ImplicitVRLittleEndian, ExplicitVRBigEndian}
+// DefaultTransferSyntaxes are the transfer syntaxes accepted by default
+// (the proposer's order decides among them): the uncompressed ones, then the lossless
+// compressions common for CT that ingest/dicomio decodes (RLE Lossless,
+// JPEG Lossless process 14 with first-order or any predictor).
+var DefaultTransferSyntaxes = []string{ExplicitVRLittleEndian, ImplicitVRLittleEndian, ExplicitVRBigEndian,
+	dicomio.SyntaxRLELossless, dicomio.SyntaxJPEGLosslessSV1, dicomio.SyntaxJPEGLossless}
 
 // Statuses.
 const (
@@ -311,9 +314,12 @@ func (s *Server) associate(a *assoc) error {
 	for _, pc := range rq.contexts {
 		res := contextResult{id: pc.id, result: 3}
 		if pc.abstract == VerificationSOPClass || slices.Contains(s.cfg.SOPClasses, pc.abstract) {
+			// The proposer's order wins among the syntaxes we accept, so
+			// a compressed file proposed first is sent as it is rather
+			// than converted by the sender.
 			res.result = 4
-			for _, ts := range s.cfg.TransferSyntaxes {
-				if slices.Contains(pc.syntaxes, ts) {
+			for _, ts := range pc.syntaxes {
+				if slices.Contains(s.cfg.TransferSyntaxes, ts) {
 					res.result, res.syntax = 0, ts
 					break
 				}

@@ -174,15 +174,24 @@ func TestStorescuIntoJetStream(t *testing.T) {
 		addr, _ := startSCP(t, Config{}, handler)
 		h, p := hostPort(t, addr)
 		_, files := writeSeries(t, 40, 1)
-		// An RLE Lossless file, proposed in its own syntax only (-R): the
-		// SCP refuses the context and storescu cannot send it.
+		// An RLE Lossless file, proposed in its own syntax only (-R), is
+		// accepted and decoded; a JPEG-LS one is refused at negotiation
+		// and storescu cannot send it.
 		rle := filepath.Join(t.TempDir(), "rle.dcm")
 		if out, err := run(t, "dcmcrle", files[0], rle); err != nil {
 			t.Fatalf("dcmcrle: %v %s", err, out)
 		}
-		out, err := run(t, storescu, "-v", "-R", "-aet", "SCANNER", "-aec", "LUNGSEG", h, p, rle)
-		if err == nil || strings.Contains(out, "Received Store Response") {
+		out, err := run(t, storescu, "-v", "-R", "-xr", "-aet", "SCANNER", "-aec", "LUNGSEG", h, p, rle)
+		if err != nil || !strings.Contains(out, "Received Store Response (Success)") || !strings.Contains(out, "-> RLE Lossless") {
 			t.Errorf("RLE file: %v\n%s", err, out)
+		}
+		jls := filepath.Join(t.TempDir(), "jls.dcm")
+		if out, err := run(t, "dcmcjpls", files[0], jls); err != nil {
+			t.Fatalf("dcmcjpls: %v %s", err, out)
+		}
+		out, err = run(t, storescu, "-v", "-R", "-aet", "SCANNER", "-aec", "LUNGSEG", h, p, jls)
+		if err == nil || strings.Contains(out, "Received Store Response") {
+			t.Errorf("JPEG-LS file: %v\n%s", err, out)
 		}
 		// A CT with Modality MR: status A900 with the cause.
 		mr := filepath.Join(t.TempDir(), "mr.dcm")
@@ -323,9 +332,9 @@ func TestNegotiation(t *testing.T) {
 	addr, _ := startSCP(t, Config{}, nil)
 	r := dial(t, addr)
 	r.send(associateRQ("LUNGSEG", "ANY", 0,
-		[]string{"1.2.840.10008.5.1.4.1.1.2", "1.2.840.10008.1.2.5", "1.2.840.10008.1.2.4.70"},  // RLE, JPEG lossless only
-		[]string{"1.2.840.10008.5.1.4.1.1.4", ExplicitVRLittleEndian},                           // MR
-		[]string{"1.2.840.10008.5.1.4.1.1.2.1", ImplicitVRLittleEndian, ExplicitVRLittleEndian}, // Enhanced CT
+		[]string{"1.2.840.10008.5.1.4.1.1.2", "1.2.840.10008.1.2.4.80", "1.2.840.10008.1.2.4.90"}, // JPEG-LS, JPEG 2000 only
+		[]string{"1.2.840.10008.5.1.4.1.1.4", ExplicitVRLittleEndian},                             // MR
+		[]string{"1.2.840.10008.5.1.4.1.1.2.1", ImplicitVRLittleEndian, ExplicitVRLittleEndian},   // Enhanced CT
 		[]string{VerificationSOPClass, ImplicitVRLittleEndian},
 	))
 	typ, body, err := r.reply()
