@@ -1,0 +1,10 @@
+package fault
+
+import (
+	"context"
+	"time"
+)
+
+func contextTimeout(d time.Duration) (context.Context, context.CancelFunc) {
+	return context.WithTimeout(context.Background(), d)
+}
