@@ -14,6 +14,7 @@ import (
 	"github.com/lungseg/lungseg/pkg/overlay"
 	"github.com/lungseg/lungseg/pkg/phantom"
 	lungsegv1 "github.com/lungseg/lungseg/proto/lungseg/v1"
+	"github.com/lungseg/lungseg/score/findings"
 )
 
 // Alert thresholds.
@@ -310,6 +311,34 @@ func (h *hub) addScore(s *lungsegv1.Score) error {
 	}
 	h.broadcastLocked("stats", h.statsViewLocked(m.ReplayId))
 	return nil
+}
+
+// addFinding records a nodule finding of the findings stage.
+func (h *hub) addFinding(f *lungsegv1.Finding) {
+	h.mu.Lock()
+	defer h.mu.Unlock()
+	id := f.SeriesUid
+	if len(f.SliceIds) > 0 {
+		id = f.SliceIds[0]
+	}
+	h.alertLocked(Alert{Level: "info", Kind: "nodule", Replay: f.ReplayId, ID: id, Model: f.Model,
+		Text: fmt.Sprintf("%s: %s", f.Model, findings.Summary(f))})
+}
+
+// addNoduleAlert records an alert of the findings stage.
+func (h *hub) addNoduleAlert(a *lungsegv1.Alert) {
+	f := a.GetFinding()
+	if f == nil {
+		return
+	}
+	h.mu.Lock()
+	defer h.mu.Unlock()
+	id := f.SeriesUid
+	if len(f.SliceIds) > 0 {
+		id = f.SliceIds[0]
+	}
+	h.alertLocked(Alert{Level: "error", Kind: "alert", Replay: f.ReplayId, ID: id, Model: f.Model,
+		Text: fmt.Sprintf("ALERT (≥ %s) %s: %s", a.Threshold, f.Model, a.Summary)})
 }
 
 // addError records a stage's failure report.

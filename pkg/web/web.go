@@ -41,6 +41,7 @@ import (
 	"github.com/lungseg/lungseg/pkg/bus"
 	"github.com/lungseg/lungseg/pkg/overlay"
 	lungsegv1 "github.com/lungseg/lungseg/proto/lungseg/v1"
+	"github.com/lungseg/lungseg/score/findings"
 	"github.com/nats-io/nats.go/jetstream"
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/prometheus/client_golang/prometheus/promhttp"
@@ -124,11 +125,22 @@ func New(js jetstream.JetStream, o Options) (*Server, error) {
 	return &Server{js: js, o: o, hub: newHub(o.CacheSlices, o.Alerts), log: o.Log.With().Str("component", "web").Logger()}, nil
 }
 
+// findingFilters selects the nodule findings of every category, leaving
+// out the per-slice components (lung.findings.slice.>): filters separated
+// by spaces.
+func findingFilters() string {
+	var f []string
+	for _, c := range []string{findings.LR2, findings.LR3, findings.LR4A, findings.LR4B} {
+		f = append(f, bus.PrefixFindings+c+".>")
+	}
+	return strings.Join(f, " ")
+}
+
 // Start subscribes to raw slices, scores and errors with ordered
 // consumers; they stop when ctx ends or Stop is called.
 func (s *Server) Start(ctx context.Context) error {
 	cfg := func(filter string) jetstream.OrderedConsumerConfig {
-		c := jetstream.OrderedConsumerConfig{FilterSubjects: []string{filter}, DeliverPolicy: jetstream.DeliverNewPolicy}
+		c := jetstream.OrderedConsumerConfig{FilterSubjects: strings.Split(filter, " "), DeliverPolicy: jetstream.DeliverNewPolicy}
 		if s.o.Backfill > 0 {
 			t := time.Now().Add(-s.o.Backfill)
 			c.DeliverPolicy, c.OptStartTime = jetstream.DeliverByStartTimePolicy, &t
@@ -152,6 +164,24 @@ func (s *Server) Start(ctx context.Context) error {
 				return err
 			}
 			return s.hub.addScore(&m)
+		}},
+		// Nodule findings of the findings stage (not the per-slice
+		// components) and its alerts.
+		{bus.StreamFindings, findingFilters(), func(b []byte) error {
+			var m lungsegv1.Finding
+			if err := proto.Unmarshal(b, &m); err != nil {
+				return err
+			}
+			s.hub.addFinding(&m)
+			return nil
+		}},
+		{bus.StreamAlerts, bus.PrefixAlerts + ">", func(b []byte) error {
+			var m lungsegv1.Alert
+			if err := proto.Unmarshal(b, &m); err != nil {
+				return err
+			}
+			s.hub.addNoduleAlert(&m)
+			return nil
 		}},
 		{bus.StreamErrors, bus.PrefixErrors + ">", func(b []byte) error {
 			var m lungsegv1.ErrorEvent

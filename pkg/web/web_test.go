@@ -520,3 +520,51 @@ type jsMsg = jetstream.Msg
 func jsConsumer(name, filter string) jetstream.ConsumerConfig {
 	return jetstream.ConsumerConfig{Durable: name, FilterSubject: filter, AckPolicy: jetstream.AckExplicitPolicy}
 }
+
+// TestViewerShowsNoduleFindingsAndAlerts publishes a nodule finding, a
+// per-slice component record and an alert of the findings stage; the page
+// lists the finding and the alert, not the per-slice record.
+func TestViewerShowsNoduleFindingsAndAlerts(t *testing.T) {
+	env, _, hs, ctx := startServer(t, Options{})
+	resp := get(t, hs.URL+"/events")
+	defer resp.Body.Close()
+	ev := readSSE(resp.Body)
+	ev.until(t, "snapshot", func([]byte) bool { return true })
+
+	f := &lungsegv1.Finding{Id: "f-1", ReplayId: "r1", Model: "m", Category: "LR4B", DiameterMm: 17.5, SliceIds: []string{"s3"}}
+	pub := func(subject string, m proto.Message) {
+		b, err := proto.Marshal(m)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if _, err := env.JS.Publish(ctx, subject, b); err != nil {
+			t.Fatal(err)
+		}
+	}
+	pub(bus.PrefixFindings+"slice.m.r1", &lungsegv1.SliceFindings{})
+	pub(bus.PrefixFindings+"LR4B.m.r1", f)
+	pub(bus.PrefixAlerts+"LR4B.m.r1", &lungsegv1.Alert{Id: "a-1", Finding: f, Threshold: "LR4A", Summary: "LR4B nodule 17.5 mm"})
+	// The two arrive through different consumers, in either order.
+	got := map[string]Alert{}
+	ev.until(t, "alert", func(b []byte) bool {
+		var a Alert
+		if err := json.Unmarshal(b, &a); err != nil {
+			t.Fatal(err)
+		}
+		got[a.Kind] = a
+		_, n := got["nodule"]
+		_, al := got["alert"]
+		return n && al
+	})
+	if a := got["nodule"]; a.ID != "s3" || !strings.Contains(a.Text, "17.5 mm") {
+		t.Errorf("finding shown as %+v", a)
+	}
+	if a := got["alert"]; !strings.Contains(a.Text, "ALERT") || !strings.Contains(a.Text, "LR4B nodule 17.5 mm") {
+		t.Errorf("alert shown as %+v", a)
+	}
+	for k := range got {
+		if k != "nodule" && k != "alert" {
+			t.Errorf("unexpected entry %+v", got[k])
+		}
+	}
+}
