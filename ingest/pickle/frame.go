@@ -2,6 +2,7 @@ package pickle
 
 import (
 	"context"
+	"encoding/binary"
 	"errors"
 	"fmt"
 	"io"
@@ -753,6 +754,21 @@ func (f *File) floats(cell any, dst []float64) (rows, cols int, v []float64, err
 		v = dst[:n]
 	} else {
 		v = make([]float64, n)
+	}
+	if !a.fortran && a.dtype.kind == 'f' && a.dtype.order == binary.LittleEndian {
+		// The dataset's own layout (float64 or float32, little endian,
+		// C order): one tight loop, no call per element.
+		raw = raw[:n*sz]
+		if sz == 8 {
+			for k := range v {
+				v[k] = math.Float64frombits(binary.LittleEndian.Uint64(raw[8*k:]))
+			}
+		} else {
+			for k := range v {
+				v[k] = float64(math.Float32frombits(binary.LittleEndian.Uint32(raw[4*k:])))
+			}
+		}
+		return rows, cols, v, nil
 	}
 	get := floatAt(a.dtype)
 	if !a.fortran {
