@@ -98,11 +98,21 @@ func (s *Stage) Process(ctx context.Context, m *stage.Msg, e stage.Emitter) erro
 		return stage.Permanentf("ingest: job %s selects no model", job.Path)
 	}
 	done := &lungsegv1.IngestDone{ReplayId: job.ReplayId, Path: job.Path, JobIndex: job.JobIndex, Models: models}
+	// Ids drop the extension, so two files of one folder can share one
+	// (a.dcm and a_image.png): later ones get "~2", "~3"... so that no
+	// slice is deduped away as a repeat of another.
+	seen := map[string]int{}
 	err = Walk(ctx, s.Formats, job.Path, job.MasksDir, func(it Item) error {
 		if it.Meta == nil {
 			it.Meta = metaID("?")
 		}
 		it.Meta.Id = job.IdPrefix + it.Meta.Id
+		if n := seen[it.Meta.Id]; n > 0 {
+			seen[it.Meta.Id] = n + 1
+			it.Meta.Id = fmt.Sprintf("%s~%d", it.Meta.Id, n+1)
+		} else {
+			seen[it.Meta.Id] = 1
+		}
 		it.Meta.ReplayId = job.ReplayId
 		fail := func(err error) error {
 			done.Rejected++

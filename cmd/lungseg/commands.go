@@ -14,6 +14,7 @@ import (
 
 	"github.com/lungseg/lungseg/ingest/formats"
 	"github.com/lungseg/lungseg/pkg/bus"
+	"github.com/lungseg/lungseg/pkg/dlq"
 	"github.com/lungseg/lungseg/pkg/model"
 	"github.com/lungseg/lungseg/pkg/ortlib"
 	"github.com/lungseg/lungseg/pkg/pipeline"
@@ -44,6 +45,8 @@ func init() {
 		{"dataset", "build an augmented training set of PNG pairs (dataset build)", cmdDataset},
 		{"receive", "receive DICOM (STOW-RS, C-STORE SCP, watched folder) and write SEG results", cmdReceive},
 		{"bench", "measure inference, pipeline, batching and decoding against PyTorch, pydicom and pandas", cmdBench},
+		{"dlq", "inspect and re-drive dead letters: dlq list|replay|watch (--nats URL)", cmdDLQ},
+		{"streams", "print or apply the JetStream streams and consumers: streams print|apply", cmdStreams},
 		{"tail", "print findings or alerts as they arrive (tail [SUBJECT], default lung.findings.>)", cmdTail},
 	}
 }
@@ -76,7 +79,11 @@ func connect(ctx context.Context, cfg *Config, name string, tempStore bool, log 
 	n := &node{}
 	var err error
 	if cfg.NATS != "" {
-		if n.nc, err = bus.Connect(cfg.NATS, name); err != nil {
+		opts, err := cfg.NATSAuth.WithEnv().NATSOptions()
+		if err != nil {
+			return nil, fmt.Errorf("NATS credentials: %w", err)
+		}
+		if n.nc, err = bus.Connect(cfg.NATS, name, opts...); err != nil {
 			return nil, err
 		}
 		wctx, cancel := context.WithTimeout(ctx, 30*time.Second)
@@ -116,9 +123,15 @@ func connect(ctx context.Context, cfg *Config, name string, tempStore bool, log 
 		n.Close()
 		return nil, err
 	}
-	if err := bus.EnsureStreams(ctx, n.js, cfg.streamOptions()); err != nil {
-		n.Close()
-		return nil, err
+	if cfg.ensureStreams() {
+		if err := bus.EnsureStreams(ctx, n.js, cfg.streamOptions()); err != nil {
+			n.Close()
+			return nil, err
+		}
+		if err := dlq.Ensure(ctx, n.js, cfg.streamOptions()); err != nil {
+			n.Close()
+			return nil, err
+		}
 	}
 	return n, nil
 }
@@ -129,20 +142,22 @@ func pipelineConfig(cfg *Config, stages []string) (pipeline.Config, error) {
 		return pipeline.Config{}, err
 	}
 	return pipeline.Config{
-		Registry:    reg,
-		Stages:      stages,
-		Models:      cfg.Models,
-		Defaults:    cfg.Defaults,
-		Workers:     cfg.Workers,
-		Infer:       cfg.inferOptions(),
-		TTA:         cfg.TTA,
-		Formats:     formats.All(),
-		Streams:     cfg.streamOptions(),
-		Findings:    cfg.findingsConfig(),
-		Batch:       segment.BatchOptions{MaxBatch: cfg.BatchMax, MaxWait: time.Duration(cfg.BatchWait)},
-		Webhooks:    cfg.webhookConfigs(),
-		TrainCopies: cfg.TrainCopies,
-		TrainSeed:   cfg.TrainSeed,
+		Registry:        reg,
+		Stages:          stages,
+		Models:          cfg.Models,
+		Defaults:        cfg.Defaults,
+		Workers:         cfg.Workers,
+		Infer:           cfg.inferOptions(),
+		TTA:             cfg.TTA,
+		Formats:         formats.All(),
+		Streams:         cfg.streamOptions(),
+		SkipStreamSetup: !cfg.ensureStreams(),
+		AckWait:         time.Duration(cfg.AckWait),
+		Findings:        cfg.findingsConfig(),
+		Batch:           segment.BatchOptions{MaxBatch: cfg.BatchMax, MaxWait: time.Duration(cfg.BatchWait)},
+		Webhooks:        cfg.webhookConfigs(),
+		TrainCopies:     cfg.TrainCopies,
+		TrainSeed:       cfg.TrainSeed,
 	}, nil
 }
 
@@ -188,6 +203,10 @@ func cmdRun(ctx context.Context, args []string) error {
 	}
 	defer func() { stopWeb(); _ = wh.Wait() }()
 	pc.Hooks = wh.Metrics.Hooks()
+	// Dead letters: copy each message that exhausted its deliveries, or
+	// was terminated, into the DLQ stream with the reason.
+	capErr := make(chan error, 1)
+	go func() { capErr <- (&dlq.Capturer{JS: n.js, Log: log}).Run(ctx) }()
 	if *stages == "none" {
 		<-ctx.Done()
 		return nil

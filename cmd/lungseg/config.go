@@ -12,6 +12,7 @@ import (
 	"time"
 
 	"github.com/lungseg/lungseg/pkg/bus"
+	"github.com/lungseg/lungseg/pkg/natsauth"
 	"github.com/lungseg/lungseg/pkg/webhook"
 	"github.com/lungseg/lungseg/score/findings"
 	"github.com/lungseg/lungseg/segment/infer"
@@ -59,6 +60,15 @@ type Config struct {
 	// of up to BatchMax images, waiting at most BatchWait.
 	BatchMax  int      `json:"batch_max"`
 	BatchWait Duration `json:"batch_wait"`
+	// NATSAuth holds credentials and TLS for an external NATS
+	// (LUNGSEG_NATS_* environment variables fill what is unset).
+	NATSAuth natsauth.Options `json:"nats_auth"`
+	// EnsureStreams creates or updates the streams at start-up (default
+	// true); stage users without stream rights set it false.
+	EnsureStreams *bool `json:"ensure_streams"`
+	// AckWait is the redelivery timeout of the stage consumers (default
+	// 5m; workers send in-progress heartbeats while they work).
+	AckWait Duration `json:"ack_wait"`
 	// Findings tunes the findings stage.
 	Findings FindingsConfig `json:"findings"`
 	// Webhooks receive alerts by HTTP POST.
@@ -83,6 +93,8 @@ type WebhookConfig struct {
 	Headers  map[string]string `json:"headers"`
 	Timeout  Duration          `json:"timeout"`
 }
+
+func (c *Config) ensureStreams() bool { return c.EnsureStreams == nil || *c.EnsureStreams }
 
 func (c *Config) findingsConfig() findings.Config {
 	f := c.Findings
@@ -149,6 +161,9 @@ func (c *Config) Validate() error {
 		if w.Name == "" || w.URL == "" {
 			errs = append(errs, fmt.Errorf("webhooks[%d]: name and url are required", i))
 		}
+	}
+	if err := c.NATSAuth.Validate(); err != nil {
+		errs = append(errs, fmt.Errorf("nats_auth: %w", err))
 	}
 	if c.ModelsDir == "" {
 		errs = append(errs, errors.New("models_dir is required"))

@@ -5,6 +5,7 @@ import (
 	"errors"
 	"flag"
 	"fmt"
+	"github.com/lungseg/lungseg/pkg/bus"
 	"os"
 
 	"github.com/lungseg/lungseg/deploy"
@@ -54,6 +55,10 @@ func cmdStreams(ctx context.Context, args []string) error {
 			}
 			log.Info().Str("stream", s.Name).Int("replicas", s.Replicas).Msg("stream applied")
 		}
+		if _, err := bus.PixelStore(ctx, n.js, so); err != nil {
+			return err
+		}
+		log.Info().Str("bucket", bus.PixelsBucket).Msg("object store applied")
 		if *consumers {
 			for _, c := range deploy.Consumers(models) {
 				if _, err := n.js.CreateOrUpdateConsumer(ctx, c.Stream, c.Config); err != nil {

@@ -8,6 +8,7 @@ import (
 	"errors"
 	"fmt"
 	"sync"
+	"time"
 
 	"github.com/lungseg/lungseg/ingest"
 	"github.com/lungseg/lungseg/pkg/bus"
@@ -69,6 +70,12 @@ type Config struct {
 	// Webhooks deliver alerts by HTTP POST, each from its own durable
 	// consumer; they run with the findings stage.
 	Webhooks []webhook.Config
+	// SkipStreamSetup opens the pixel bucket instead of creating it, for
+	// users without the right to (the operator creates it).
+	SkipStreamSetup bool
+	// AckWait is the redelivery timeout of every stage consumer (0: the
+	// runner's default).
+	AckWait time.Duration
 	// Streams are the stream options (for the pixel bucket's TTL and
 	// replicas).
 	Streams bus.StreamOptions
@@ -103,6 +110,9 @@ func Run(ctx context.Context, js jetstream.JetStream, cfg Config, log zerolog.Lo
 	var runners []*stage.Runner
 	addN := func(c stage.Config, p stage.Processor, n int) error {
 		c.Workers = n
+		if c.AckWait == 0 {
+			c.AckWait = cfg.AckWait
+		}
 		r, err := stage.New(js, c, p, log)
 		if err != nil {
 			return err
@@ -112,7 +122,13 @@ func Run(ctx context.Context, js jetstream.JetStream, cfg Config, log zerolog.Lo
 		return nil
 	}
 	add := func(c stage.Config, p stage.Processor) error { return addN(c, p, workers(c.Name)) }
-	objects, err := bus.PixelStore(ctx, js, cfg.Streams)
+	var objects jetstream.ObjectStore
+	var err error
+	if !cfg.SkipStreamSetup {
+		objects, err = bus.PixelStore(ctx, js, cfg.Streams)
+	} else {
+		objects, err = js.ObjectStore(ctx, bus.PixelsBucket)
+	}
 	if err != nil {
 		return err
 	}
