@@ -128,10 +128,6 @@ func connect(ctx context.Context, cfg *Config, name string, tempStore bool, log 
 			n.Close()
 			return nil, err
 		}
-		if err := dlq.Ensure(ctx, n.js, cfg.streamOptions()); err != nil {
-			n.Close()
-			return nil, err
-		}
 	}
 	return n, nil
 }
@@ -205,8 +201,16 @@ func cmdRun(ctx context.Context, args []string) error {
 	pc.Hooks = wh.Metrics.Hooks()
 	// Dead letters: copy each message that exhausted its deliveries, or
 	// was terminated, into the DLQ stream with the reason.
-	capErr := make(chan error, 1)
-	go func() { capErr <- (&dlq.Capturer{JS: n.js, Log: log}).Run(ctx) }()
+	if cfg.ensureStreams() {
+		if err := dlq.Ensure(ctx, n.js, cfg.streamOptions()); err != nil {
+			return err
+		}
+	}
+	go func() {
+		if err := (&dlq.Capturer{JS: n.js, Log: log}).Run(ctx); err != nil && ctx.Err() == nil {
+			log.Error().Err(err).Msg("dead-letter capture stopped")
+		}
+	}()
 	if *stages == "none" {
 		<-ctx.Done()
 		return nil
