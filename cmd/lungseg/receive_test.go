@@ -44,6 +44,7 @@ func TestReceiveEndToEnd(t *testing.T) {
 	cfg := defaultConfig()
 	cfg.ModelsDir, cfg.Listen, cfg.LogLevel = reg, "", "warn"
 	cfg.DataDir = t.TempDir()
+	cfg.Findings.QuietPeriod = Duration(1500 * time.Millisecond)
 	log := zerolog.Nop()
 	n, err := connect(ctx, &cfg, "receive-test", true, log)
 	if err != nil {
@@ -184,6 +185,37 @@ func TestReceiveEndToEnd(t *testing.T) {
 	}
 	if len(want) != 0 {
 		t.Errorf("no SEG for %d series", len(want))
+	}
+
+	// Findings: per-slice records for every received instance, and the
+	// series-level nodule findings once each series has gone quiet.
+	series := map[string]bool{a[0].SeriesUID: true, b[0].SeriesUID: true}
+	var sliceRecs, nodules []jetstream.Msg
+	bustest.Eventually(t, time.Minute, "findings of every slice and series", func() bool {
+		sliceRecs = fetchSubject(t, n.js, bus.StreamFindings, bus.PrefixFindings+"slice.tiny.>")
+		nodules = nil
+		for _, m := range fetchSubject(t, n.js, bus.StreamFindings, bus.PrefixFindings+"*.tiny.>") {
+			if !strings.HasPrefix(m.Subject(), bus.PrefixFindings+"slice.") {
+				nodules = append(nodules, m)
+			}
+		}
+		seen := map[string]bool{}
+		for _, m := range nodules {
+			var f lungsegv1.Finding
+			if err := proto.Unmarshal(m.Data(), &f); err == nil {
+				seen[f.SeriesUid] = true
+			}
+		}
+		return len(sliceRecs) >= len(a)+len(b) && seen[a[0].SeriesUID] && seen[b[0].SeriesUID]
+	})
+	for _, m := range nodules {
+		var f lungsegv1.Finding
+		if err := proto.Unmarshal(m.Data(), &f); err != nil {
+			t.Fatal(err)
+		}
+		if !series[f.SeriesUid] || f.Model != "tiny" || f.Category == "" || f.DiameterMm <= 0 || len(f.InstanceUids) == 0 {
+			t.Errorf("finding %+v", &f)
+		}
 	}
 	stopPipeline()
 	<-perr
