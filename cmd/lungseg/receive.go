@@ -5,6 +5,7 @@ import (
 	"errors"
 	"flag"
 	"fmt"
+	"github.com/lungseg/lungseg/pkg/bus"
 	"net"
 	"net/http"
 	"os"
@@ -92,6 +93,13 @@ func runReceivers(ctx context.Context, rc receiveConfig, log zerolog.Logger) err
 	defer cancel()
 	var wg sync.WaitGroup
 	errs := make(chan error, 4)
+	if rc.acc.Studies == nil {
+		kv, err := bus.StudyStore(ctx, rc.acc.JS, bus.StreamOptions{})
+		if err != nil {
+			return err
+		}
+		rc.acc.Studies = kv
+	}
 	withSource := func(src string) *dicomweb.Acceptor {
 		a := *rc.acc
 		a.Source = src
@@ -155,7 +163,7 @@ func runReceivers(ctx context.Context, rc receiveConfig, log zerolog.Logger) err
 		log.Info().Str("dir", rc.watch).Msg("watching folder")
 	}
 	if rc.segQuiet > 0 {
-		col := &seg.Collector{JS: rc.acc.JS, Quiet: rc.segQuiet, Log: log.With().Str("stage", seg.StageName).Logger()}
+		col := &seg.Collector{JS: rc.acc.JS, Quiet: rc.segQuiet, Studies: rc.acc.Studies, Log: log.With().Str("stage", seg.StageName).Logger()}
 		if rc.stowURL != "" {
 			cl := &dicomweb.Client{BaseURL: rc.stowURL}
 			col.Store = func(ctx context.Context, study string, b []byte) error {

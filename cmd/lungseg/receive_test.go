@@ -153,6 +153,10 @@ func TestReceiveEndToEnd(t *testing.T) {
 		if err != nil {
 			t.Fatal(err)
 		}
+		// The SEG repeats the source's patient, so a PACS files it there.
+		if pid, err := ds.FindElementByTag(tag.PatientID); err != nil || pid.Value.String() != "[P1]" {
+			t.Errorf("SEG PatientID %v (%v), want the source's P1", pid, err)
+		}
 		pd, _ := ds.FindElementByTag(tag.PixelData)
 		bits := dicom.MustGetPixelDataInfo(pd.Value).UnprocessedValueData
 		k := 0

@@ -66,11 +66,22 @@ type Frame struct {
 // Image is the decoded content of one DICOM file.
 type Image struct {
 	StudyUID, SeriesUID, InstanceUID string
-	TransferSyntax                   string
-	Rows, Cols                       int
+	// Study holds the patient and study attributes that results sent
+	// back (DICOM SEG) must repeat so that a PACS files them with the
+	// source. They identify the patient: never log them.
+	Study          StudyAttrs
+	TransferSyntax string
+	Rows, Cols     int
 	// MultiFrame is true when the file declares NumberOfFrames (even 1).
 	MultiFrame bool
 	Frames     []Frame
+}
+
+// StudyAttrs are a source's patient and study attributes, as text.
+type StudyAttrs struct {
+	PatientName, PatientID, PatientBirthDate, PatientSex string
+	StudyDate, StudyTime, StudyID, AccessionNumber       string
+	ReferringPhysicianName                               string
 }
 
 // Read reads the DICOM file at path and emits one Item per frame.
@@ -437,6 +448,12 @@ func fromDataset(ds dicom.Dataset, ts string, b []byte, pixelItems int) (*Image,
 	scope.perFrame = top.items(tag.PerFrameFunctionalGroupsSequence)
 
 	img := &Image{
+		Study: StudyAttrs{
+			PatientName: top.str(tag.PatientName), PatientID: top.str(tag.PatientID),
+			PatientBirthDate: top.str(tag.PatientBirthDate), PatientSex: top.str(tag.PatientSex),
+			StudyDate: top.str(tag.StudyDate), StudyTime: top.str(tag.StudyTime), StudyID: top.str(tag.StudyID),
+			AccessionNumber: top.str(tag.AccessionNumber), ReferringPhysicianName: top.str(tag.ReferringPhysicianName),
+		},
 		StudyUID:       top.str(tag.StudyInstanceUID),
 		SeriesUID:      top.str(tag.SeriesInstanceUID),
 		InstanceUID:    top.str(tag.SOPInstanceUID),

@@ -21,6 +21,7 @@ package dicomweb
 
 import (
 	"context"
+	"encoding/json"
 	"errors"
 	"fmt"
 	"strings"
@@ -113,6 +114,9 @@ type Acceptor struct {
 	// Hook, if set, is called after each publish (for metrics).
 	Hook func(stage, subject string)
 	Log  zerolog.Logger
+	// Studies, when set, keeps each study's patient and study attributes
+	// (key: StudyInstanceUID) for the SEG results (score/seg.Collector).
+	Studies jetstream.KeyValue
 }
 
 // Instance describes an accepted instance.
@@ -225,6 +229,12 @@ func (a *Acceptor) Accept(ctx context.Context, name string, b []byte, wantStudy 
 			return nil, &Rejection{Reason: ReasonOutOfResources, Err: fmt.Errorf("dicomweb: storing %s: %w", name, err)}
 		}
 		inst.SliceIDs = append(inst.SliceIDs, id)
+	}
+	if a.Studies != nil && img.StudyUID != "" {
+		b, _ := json.Marshal(img.Study)
+		if _, err := a.Studies.Put(ctx, img.StudyUID, b); err != nil {
+			return nil, &Rejection{Reason: ReasonOutOfResources, Err: fmt.Errorf("dicomweb: storing study attributes of %s: %w", name, err)}
+		}
 	}
 	a.Log.Debug().Str("instance", img.InstanceUID).Str("series", img.SeriesUID).Int("frames", len(img.Frames)).Msg("instance accepted")
 	return inst, nil

@@ -132,3 +132,27 @@ func PixelStore(ctx context.Context, js jetstream.JetStream, o StreamOptions) (j
 	}
 	return st, nil
 }
+
+// StudiesBucket is the key-value bucket of each received study's patient
+// and study attributes (key: StudyInstanceUID), which results sent back
+// as DICOM must repeat. It identifies patients: it never reaches logs.
+const StudiesBucket = "lung-studies"
+
+// StudyStore creates or opens the studies bucket (kept twice the streams'
+// max age, so a late SEG still finds its study).
+func StudyStore(ctx context.Context, js jetstream.JetStream, o StreamOptions) (jetstream.KeyValue, error) {
+	if o.MaxAge == 0 {
+		o.MaxAge = DefaultStreamOptions.MaxAge
+	}
+	if o.Replicas == 0 {
+		o.Replicas = DefaultStreamOptions.Replicas
+	}
+	kv, err := js.CreateOrUpdateKeyValue(ctx, jetstream.KeyValueConfig{
+		Bucket: StudiesBucket, Description: "patient and study attributes of received studies",
+		TTL: 2 * o.MaxAge, Storage: jetstream.FileStorage, Replicas: o.Replicas,
+	})
+	if err != nil {
+		return nil, fmt.Errorf("bus: creating key-value bucket %s: %w", StudiesBucket, err)
+	}
+	return kv, nil
+}

@@ -5,7 +5,10 @@ import (
 	"context"
 	"crypto/sha256"
 	"encoding/hex"
+	"encoding/json"
+	"errors"
 	"fmt"
+	"github.com/lungseg/lungseg/ingest/dicomio"
 	"strconv"
 	"sync"
 	"time"
@@ -68,6 +71,10 @@ type Collector struct {
 	Log   zerolog.Logger
 	// Now is the clock (time.Now when nil).
 	Now func() time.Time
+	// Studies, when set, holds the patient and study attributes of each
+	// source study (dicomio.StudyAttrs as JSON, key: StudyInstanceUID),
+	// copied into the SEG so that a PACS files it with its source.
+	Studies jetstream.KeyValue
 
 	mu      sync.Mutex
 	pending map[string]*pendingSeries
@@ -191,6 +198,23 @@ func (c *Collector) write(ctx context.Context, scores []*lungsegv1.Score) error 
 	s, alg, frames, err := FromScores(scores)
 	if err != nil {
 		return err
+	}
+	if c.Studies != nil && s.StudyUID != "" {
+		e, err := c.Studies.Get(ctx, s.StudyUID)
+		switch {
+		case err == nil:
+			var a dicomio.StudyAttrs
+			if err := json.Unmarshal(e.Value(), &a); err != nil {
+				return fmt.Errorf("seg: study attributes of %s: %w", s.StudyUID, err)
+			}
+			s.PatientName, s.PatientID, s.PatientBirthDate, s.PatientSex = a.PatientName, a.PatientID, a.PatientBirthDate, a.PatientSex
+			s.StudyDate, s.StudyTime, s.StudyID, s.AccessionNumber = a.StudyDate, a.StudyTime, a.StudyID, a.AccessionNumber
+			s.ReferringPhysicianName = a.ReferringPhysicianName
+		case errors.Is(err, jetstream.ErrKeyNotFound):
+			c.Log.Warn().Str("series", s.SeriesUID).Msg("no study attributes known: the SEG's patient module stays empty")
+		default:
+			return fmt.Errorf("seg: reading study attributes: %w", err)
+		}
 	}
 	o := Options{Time: c.now()}
 	ds, err := Bytes(s, alg, frames, o)
