@@ -163,6 +163,8 @@ func cmdRun(ctx context.Context, args []string) error {
 	stages := fs.String("stages", "all", "stages to run in this process (comma-separated), or none to serve only the embedded NATS server")
 	webAddr := fs.String("web", web.DefaultAddr, "viewer, /metrics and /healthz address (\"\" to disable)")
 	webToken := fs.String("web-token", os.Getenv("LUNGSEG_WEB_TOKEN"), "token the viewer and /metrics require (default $LUNGSEG_WEB_TOKEN; empty: none)")
+	webCert := fs.String("web-tls-cert", "", "serve the viewer and /metrics over HTTPS with this certificate (PEM)")
+	webKey := fs.String("web-tls-key", "", "the certificate's key (PEM)")
 	if err := fs.Parse(args); err != nil {
 		return err
 	}
@@ -192,7 +194,7 @@ func cmdRun(ctx context.Context, args []string) error {
 		return err
 	}
 	wctx, stopWeb := context.WithCancel(ctx)
-	wh, err := startWeb(wctx, n.js, webOptions{Addr: *webAddr, Token: *webToken, Models: served}, log)
+	wh, err := startWeb(wctx, n.js, webOptions{Addr: *webAddr, Token: *webToken, TLSCert: *webCert, TLSKey: *webKey, Models: served}, log)
 	if err != nil {
 		stopWeb()
 		return err

@@ -6,6 +6,7 @@ import (
 	"flag"
 	"fmt"
 	"github.com/lungseg/lungseg/pkg/bus"
+	"github.com/lungseg/lungseg/pkg/httpsec"
 	"net"
 	"net/http"
 	"os"
@@ -31,6 +32,9 @@ func cmdReceive(ctx context.Context, args []string) error {
 	fs := flag.NewFlagSet("receive", flag.ContinueOnError)
 	load := commonFlags(fs)
 	httpAddr := fs.String("stow", "127.0.0.1:8042", "STOW-RS listen address (\"\" for none); POST /dicomweb/studies")
+	stowToken := fs.String("stow-token", os.Getenv("LUNGSEG_STOW_TOKEN"), "bearer token STOW-RS requires (default $LUNGSEG_STOW_TOKEN; empty: none)")
+	stowCert := fs.String("stow-tls-cert", "", "serve STOW-RS over HTTPS with this certificate (PEM)")
+	stowKey := fs.String("stow-tls-key", "", "the certificate's key (PEM)")
 	dimseAddr := fs.String("dimse", "127.0.0.1:11112", "C-STORE SCP listen address (\"\" for none)")
 	aeTitle := fs.String("ae-title", "LUNGSEG", "the SCP's AE title")
 	allowAE := fs.String("allow-ae", "", "comma-separated calling AE titles allowed (empty: any)")
@@ -61,7 +65,7 @@ func cmdReceive(ctx context.Context, args []string) error {
 	defer n.Close()
 	return runReceivers(ctx, receiveConfig{
 		acc:  &dicomweb.Acceptor{JS: n.js, Models: names, Log: log},
-		http: *httpAddr, dimse: *dimseAddr, ae: *aeTitle, allow: splitList(*allowAE),
+		http: *httpAddr, httpSec: httpsec.Options{Token: *stowToken, CertFile: *stowCert, KeyFile: *stowKey}, dimse: *dimseAddr, ae: *aeTitle, allow: splitList(*allowAE),
 		watch: *watchDir, segQuiet: *segQuiet, stowURL: *stowURL,
 	}, log)
 }
@@ -69,6 +73,7 @@ func cmdReceive(ctx context.Context, args []string) error {
 type receiveConfig struct {
 	acc             *dicomweb.Acceptor
 	http, dimse, ae string
+	httpSec         httpsec.Options
 	allow           []string
 	watch           string
 	segQuiet        time.Duration
@@ -108,14 +113,14 @@ func runReceivers(ctx context.Context, rc receiveConfig, log zerolog.Logger) err
 	}
 	var httpAddr, dimseAddr net.Addr
 	if rc.http != "" {
-		ln, err := net.Listen("tcp", rc.http)
+		ln, err := rc.httpSec.Listen(rc.http)
 		if err != nil {
 			return err
 		}
 		httpAddr = ln.Addr()
 		mux := http.NewServeMux()
 		dicomweb.NewServer(withSource("dicomweb"), "/dicomweb").Register(mux)
-		srv := &http.Server{Handler: mux, ReadHeaderTimeout: 30 * time.Second}
+		srv := &http.Server{Handler: rc.httpSec.Require(mux), ReadHeaderTimeout: 30 * time.Second}
 		wg.Add(1)
 		go func() {
 			defer wg.Done()

@@ -4,7 +4,9 @@ import (
 	"bytes"
 	"context"
 	"fmt"
+	"github.com/lungseg/lungseg/pkg/httpsec"
 	"net"
+	"net/http"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -251,4 +253,47 @@ func fetchSubject(t *testing.T, js jetstream.JetStream, stream, subject string) 
 			return out
 		}
 	}
+}
+
+// TestStowRequiresToken runs the STOW-RS receiver with a token: a request
+// without it gets 401 and stores nothing; with it the instance is stored.
+func TestStowRequiresToken(t *testing.T) {
+	env := bustest.Start(t)
+	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
+	defer cancel()
+	ready := make(chan net.Addr, 1)
+	rerr := make(chan error, 1)
+	go func() {
+		rerr <- runReceivers(ctx, receiveConfig{
+			acc:     &dicomweb.Acceptor{JS: env.JS, Models: []string{"tiny"}, Log: zerolog.Nop()},
+			http:    "127.0.0.1:0",
+			httpSec: httpsec.Options{Token: "s3cret"},
+			ready:   func(h, _ net.Addr) { ready <- h },
+		}, zerolog.Nop())
+	}()
+	var addr net.Addr
+	select {
+	case addr = <-ready:
+	case err := <-rerr:
+		t.Fatal(err)
+	}
+	dir := t.TempDir()
+	ph := phantom.Generate(3, 1, phantom.Options{Rows: 32, Cols: 32})
+	if err := phantom.WriteDICOM(dir, ph); err != nil {
+		t.Fatal(err)
+	}
+	data, err := os.ReadFile(filepath.Join(dir, ph[0].Name()+".dcm"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	cl := &dicomweb.Client{BaseURL: "http://" + addr.String() + "/dicomweb"}
+	if res, err := cl.Store(ctx, "", data); err == nil || (res != nil && res.Status != 401) {
+		t.Fatalf("without token: %v %+v", err, res)
+	}
+	cl.Header = http.Header{"Authorization": {"Bearer s3cret"}}
+	if res, err := cl.Store(ctx, "", data); err != nil || res.Status != 200 || len(res.Stored) != 1 {
+		t.Fatalf("with token: %v %+v", err, res)
+	}
+	cancel()
+	<-rerr
 }

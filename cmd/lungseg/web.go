@@ -24,6 +24,8 @@ type webOptions struct {
 	Addr string
 	// Token, when set, is required by every endpoint but /healthz.
 	Token string
+	// TLSCert and TLSKey, when set, serve HTTPS.
+	TLSCert, TLSKey string
 	// Models are the models whose segment workers /healthz checks
 	// (selection names; TTA variants map to their base model).
 	Models []string
@@ -77,7 +79,7 @@ func startWeb(ctx context.Context, js jetstream.JetStream, o webOptions, log zer
 	for _, name := range baseModelNames(o.Models) {
 		checks["model:"+name] = web.ConsumerCheck(js, bus.StreamReady, "segment-"+name)
 	}
-	srv, err := web.New(js, web.Options{Addr: o.Addr, Token: o.Token, Gatherer: reg, Checks: checks, Backfill: o.Backfill, Log: log})
+	srv, err := web.New(js, web.Options{Addr: o.Addr, Token: o.Token, TLSCertFile: o.TLSCert, TLSKeyFile: o.TLSKey, Gatherer: reg, Checks: checks, Backfill: o.Backfill, Log: log})
 	if err != nil {
 		return nil, err
 	}

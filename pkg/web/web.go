@@ -39,6 +39,7 @@ import (
 	"time"
 
 	"github.com/lungseg/lungseg/pkg/bus"
+	"github.com/lungseg/lungseg/pkg/httpsec"
 	"github.com/lungseg/lungseg/pkg/overlay"
 	lungsegv1 "github.com/lungseg/lungseg/proto/lungseg/v1"
 	"github.com/lungseg/lungseg/score/findings"
@@ -63,6 +64,8 @@ type Check func(ctx context.Context) error
 type Options struct {
 	// Addr is the listen address (default DefaultAddr).
 	Addr string
+	// TLSCertFile and TLSKeyFile, when set, serve HTTPS.
+	TLSCertFile, TLSKeyFile string
 	// Token, when set, is required on every endpoint except /healthz, as
 	// ?token=, an "Authorization: Bearer" header or the cookie the page
 	// sets after a ?token= visit.
@@ -480,9 +483,14 @@ func writeJSON(w http.ResponseWriter, code int, v any) {
 // not nil, receives the bound address once listening (useful with port
 // 0).
 func (s *Server) Serve(ctx context.Context, ready func(addr string)) error {
-	ln, err := net.Listen("tcp", s.o.Addr)
+	sec := httpsec.Options{CertFile: s.o.TLSCertFile, KeyFile: s.o.TLSKeyFile}
+	ln, err := sec.Listen(s.o.Addr)
 	if err != nil {
 		return fmt.Errorf("web: listening on %s: %w", s.o.Addr, err)
+	}
+	scheme := "http"
+	if sec.TLS() {
+		scheme = "https"
 	}
 	// Requests inherit ctx, so event streams end when it does.
 	srv := &http.Server{Handler: s.Handler(), ReadHeaderTimeout: 10 * time.Second,
@@ -490,7 +498,7 @@ func (s *Server) Serve(ctx context.Context, ready func(addr string)) error {
 	if ready != nil {
 		ready(ln.Addr().String())
 	}
-	s.log.Info().Str("url", "http://"+ln.Addr().String()+"/").Msg("viewer listening")
+	s.log.Info().Str("url", scheme+"://"+ln.Addr().String()+"/").Msg("viewer listening")
 	errc := make(chan error, 1)
 	go func() { errc <- srv.Serve(ln) }()
 	select {
