@@ -58,6 +58,20 @@ func testRegistry(t *testing.T) string {
 	return reg
 }
 
+// readReport reads a replay's JSON report.
+func readReport(t *testing.T, path string) *replay.Report {
+	t.Helper()
+	b, err := os.ReadFile(path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var rep replay.Report
+	if err := json.Unmarshal(b, &rep); err != nil {
+		t.Fatal(err)
+	}
+	return &rep
+}
+
 func copyFile(t *testing.T, src, dst string) {
 	t.Helper()
 	b, err := os.ReadFile(src)
@@ -144,14 +158,7 @@ func TestReplayEndToEnd(t *testing.T) {
 		t.Fatal(err)
 	}
 
-	var rep replay.Report
-	b, err := os.ReadFile(reportPath)
-	if err != nil {
-		t.Fatal(err)
-	}
-	if err := json.Unmarshal(b, &rep); err != nil {
-		t.Fatal(err)
-	}
+	rep := readReport(t, reportPath)
 	if len(rep.Slices) != int(rep.Ingested)*2 {
 		t.Fatalf("%d slice results for %d slices × 2 models", len(rep.Slices), rep.Ingested)
 	}
@@ -266,11 +273,7 @@ func TestReplayComparesTTA(t *testing.T) {
 	if err := doReplay(ctx, &cfg, replayArgs{inputs: []string{in}, models: withTTA([]string{"tiny"}), report: reportPath}); err != nil {
 		t.Fatal(err)
 	}
-	var rep replay.Report
-	b, _ := os.ReadFile(reportPath)
-	if err := json.Unmarshal(b, &rep); err != nil {
-		t.Fatal(err)
-	}
+	rep := readReport(t, reportPath)
 	plain, tta := rep.Models["tiny"], rep.Models["tiny+tta"]
 	if plain.Slices != 3 || tta.Slices != 3 {
 		t.Fatalf("slices: plain %d, tta %d; models %v", plain.Slices, tta.Slices, rep.Models)
@@ -301,11 +304,7 @@ func TestReplayLargeSlice(t *testing.T) {
 	if err := doReplay(ctx, &cfg, replayArgs{inputs: []string{in}, models: []string{"tiny"}, report: reportPath, masksOut: masksOut}); err != nil {
 		t.Fatal(err)
 	}
-	var rep replay.Report
-	b, _ := os.ReadFile(reportPath)
-	if err := json.Unmarshal(b, &rep); err != nil {
-		t.Fatal(err)
-	}
+	rep := readReport(t, reportPath)
 	if len(rep.Slices) != 1 || len(rep.Errors) != 0 {
 		t.Fatalf("slices %+v errors %+v", rep.Slices, rep.Errors)
 	}
