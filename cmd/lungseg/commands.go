@@ -6,6 +6,7 @@ import (
 	"errors"
 	"flag"
 	"fmt"
+	"github.com/lungseg/lungseg/pkg/httpsec"
 	"os"
 	"path/filepath"
 	"strings"
@@ -226,6 +227,8 @@ func stageCmd(name string) func(ctx context.Context, args []string) error {
 		load := commonFlags(fs)
 		workers := fs.Int("workers", 1, "concurrent workers in this process")
 		models := fs.String("models", "", "segment: models to serve (comma-separated or all)")
+		metricsAddr := fs.String("metrics", "", "serve /metrics and /healthz on this address (\"\": off)")
+		metricsToken := fs.String("metrics-token", os.Getenv("LUNGSEG_WEB_TOKEN"), "token /metrics requires (default $LUNGSEG_WEB_TOKEN)")
 		if err := fs.Parse(args); err != nil {
 			return err
 		}
@@ -250,6 +253,22 @@ func stageCmd(name string) func(ctx context.Context, args []string) error {
 			return err
 		}
 		defer n.Close()
+		if *metricsAddr != "" {
+			wh, err := startWeb(ctx, n.js, webOptions{}, log) // collectors only
+			if err != nil {
+				return err
+			}
+			pc.Hooks = wh.Metrics.Hooks()
+			var served []string
+			if name == pipeline.Segment {
+				if served, err = pc.Registry.Resolve(pc.Models); err != nil {
+					return err
+				}
+			}
+			if _, err := serveMetrics(ctx, n.js, *metricsAddr, httpsec.Options{Token: *metricsToken}, wh.Registry, served, log); err != nil {
+				return err
+			}
+		}
 		return pipeline.Run(ctx, n.js, pc, log)
 	}
 }

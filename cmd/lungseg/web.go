@@ -2,7 +2,13 @@ package main
 
 import (
 	"context"
+	"encoding/json"
+	"errors"
 	"fmt"
+	"github.com/lungseg/lungseg/pkg/httpsec"
+	"github.com/prometheus/client_golang/prometheus/promhttp"
+	"net"
+	"net/http"
 	"sort"
 	"time"
 
@@ -113,4 +119,40 @@ func baseModelNames(sel []string) []string {
 	}
 	sort.Strings(out)
 	return out
+}
+
+// serveMetrics serves only /metrics and /healthz (no viewer) for a
+// single-stage process, until ctx ends; it returns the bound address.
+func serveMetrics(ctx context.Context, js jetstream.JetStream, addr string, sec httpsec.Options, reg *prometheus.Registry, models []string, log zerolog.Logger) (net.Addr, error) {
+	checks := map[string]web.Check{"nats": web.NATSCheck(js.Conn(), js)}
+	for _, name := range baseModelNames(models) {
+		checks["model:"+name] = web.ConsumerCheck(js, bus.StreamReady, "segment-"+name)
+	}
+	srv, err := web.New(js, web.Options{Addr: addr, Checks: checks, Log: log})
+	if err != nil {
+		return nil, err
+	}
+	mux := http.NewServeMux()
+	mux.Handle("GET /metrics", promhttp.HandlerFor(reg, promhttp.HandlerOpts{}))
+	mux.HandleFunc("GET /healthz", func(w http.ResponseWriter, r *http.Request) {
+		h := srv.RunChecks(r.Context())
+		w.Header().Set("Content-Type", "application/json")
+		if h.Status != "ok" {
+			w.WriteHeader(http.StatusServiceUnavailable)
+		}
+		_ = json.NewEncoder(w).Encode(h)
+	})
+	ln, err := sec.Listen(addr)
+	if err != nil {
+		return nil, err
+	}
+	hs := &http.Server{Handler: sec.Require(mux, "/healthz"), ReadHeaderTimeout: 10 * time.Second}
+	go func() { <-ctx.Done(); _ = hs.Close() }()
+	go func() {
+		if err := hs.Serve(ln); err != nil && !errors.Is(err, http.ErrServerClosed) {
+			log.Error().Err(err).Msg("metrics server stopped")
+		}
+	}()
+	log.Info().Str("addr", ln.Addr().String()).Msg("serving /metrics and /healthz")
+	return ln.Addr(), nil
 }
