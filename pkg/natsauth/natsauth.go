@@ -160,13 +160,15 @@ const (
 	RolePreprocess = "preprocess"
 	RoleSegment    = "segment"
 	RoleScore      = "score"
+	RoleFindings   = "findings"
+	RoleWebhook    = "webhook"
 	RoleReplay     = "replay"
 	RoleDLQ        = "dlq"
 	RoleAdmin      = "admin"
 )
 
 // Roles lists every role in a stable order.
-var Roles = []string{RoleIngest, RolePreprocess, RoleSegment, RoleScore, RoleReplay, RoleDLQ, RoleAdmin}
+var Roles = []string{RoleIngest, RolePreprocess, RoleSegment, RoleScore, RoleFindings, RoleWebhook, RoleReplay, RoleDLQ, RoleAdmin}
 
 // Inbox is the reply prefix every client subscribes to for JetStream API
 // responses and publish acknowledgements.
@@ -211,21 +213,91 @@ func ordered(stream string) []string {
 	}
 }
 
+// objectStore returns the subjects a client needs to read objects of a
+// JetStream Object Store bucket (open it, read an object's info and its
+// chunks with an ordered consumer) and, with write, to put objects (the
+// chunk and meta subjects, and the purge of an object's old chunks).
+func objectStore(bucket string, write bool) []string {
+	s := "OBJ_" + bucket
+	out := []string{
+		"$JS.API.STREAM.INFO." + s,
+		"$JS.API.DIRECT.GET." + s + ".>",
+		"$JS.API.CONSUMER.CREATE." + s + ".>",
+		"$JS.API.CONSUMER.DELETE." + s + ".*",
+		"$JS.FC." + s + ".>",
+	}
+	if write {
+		out = append(out, "$O."+bucket+".>", "$JS.API.STREAM.PURGE."+s)
+	}
+	return out
+}
+
+// openStore returns the subject a client needs to open a bucket it does
+// not use (a stage process opens the pixel bucket whatever its stages).
+func openStore(bucket string) []string {
+	return []string{"$JS.API.STREAM.INFO.OBJ_" + bucket}
+}
+
+// keyValue returns the subjects a client needs to open a key-value
+// bucket, get, put and purge keys, and list or watch them.
+func keyValue(bucket string) []string {
+	s := "KV_" + bucket
+	return []string{
+		"$KV." + bucket + ".>",
+		"$JS.API.STREAM.INFO." + s,
+		"$JS.API.DIRECT.GET." + s + ".>",
+		"$JS.API.CONSUMER.CREATE." + s + ".>",
+		"$JS.API.CONSUMER.DELETE." + s + ".*",
+		"$JS.FC." + s + ".>",
+	}
+}
+
+// FindingsBucket is the findings stage's key-value bucket (the default
+// of findings.Config.StateBucket).
+const FindingsBucket = "lungseg-findings"
+
+// webhookPub returns the subjects of webhook sinks: a durable
+// webhook-<name> on ALERTS and their error events. The error subject is
+// lung.errors.webhook-<name>.<replay>; a NATS wildcard is a whole token,
+// so without the sink names this allows every stage's error subject.
+func webhookPub() []string {
+	return append(consume(bus.StreamAlerts, "*"), bus.PrefixErrors+"*.>")
+}
+
+// errs is the error subject of a stage's failures.
+func errs(stage string) string { return bus.PrefixErrors + stage + ".>" }
+
 // Permissions returns a role's allow-lists. Every role may subscribe to
 // its inbox and nothing else unless listed; admin may do everything.
 func Permissions(role string) (*server.Permissions, error) {
 	var pub, sub []string
-	errs := func(stage string) string { return bus.PrefixErrors + stage + ".>" }
 	switch role {
 	case RoleIngest:
 		pub = append(consume(bus.StreamIngest, "ingest"), bus.SubjRaw, bus.PrefixIngested+">", errs("ingest"))
+		pub = append(pub, objectStore(bus.PixelsBucket, true)...)
 	case RolePreprocess:
 		pub = append(consume(bus.StreamRaw, "preprocess"), bus.PrefixReady+">", bus.PrefixTrain+">", errs("preprocess"))
+		pub = append(pub, objectStore(bus.PixelsBucket, false)...)
 	case RoleSegment:
 		// One durable per model (segment-<model>): any consumer of READY.
 		pub = append(consume(bus.StreamReady, "*"), bus.PrefixMasks+">", errs("segment"))
+		pub = append(pub, openStore(bus.PixelsBucket)...)
 	case RoleScore:
 		pub = append(consume(bus.StreamMasks, "score"), bus.PrefixScores+">", errs("score"))
+		pub = append(pub, openStore(bus.PixelsBucket)...)
+	case RoleFindings:
+		// Scores (durable findings), the HU of raw slices (findings-hu),
+		// the series state bucket; publishes findings and alerts. A
+		// webhook run in the same process has the webhook role's rights.
+		pub = append(consume(bus.StreamScores, "findings"), consume(bus.StreamRaw, "findings-hu")...)
+		pub = append(pub, keyValue(FindingsBucket)...)
+		pub = append(pub, bus.PrefixFindings+">", bus.PrefixAlerts+">", errs("findings"), errs("findings-hu"))
+		pub = append(pub, openStore(bus.PixelsBucket)...)
+		pub = append(pub, webhookPub()...)
+	case RoleWebhook:
+		// webhook.Run in a process of its own (pipeline.Run opens the
+		// pixel bucket: run webhooks there with the findings role).
+		pub = webhookPub()
 	case RoleReplay:
 		pub = []string{bus.SubjIngestJobs}
 		for _, s := range []string{bus.StreamScores, bus.StreamErrors, bus.StreamEvents} {

@@ -60,19 +60,24 @@ type Stage struct {
 	wg     sync.WaitGroup
 }
 
-// New returns the stage, creating its state bucket if needed. hu may be
-// nil (mean HU is then unknown).
+// New returns the stage, opening its state bucket or creating it if it
+// does not exist. hu may be nil (mean HU is then unknown).
 func New(ctx context.Context, js jetstream.JetStream, cfg Config, hu HUSource, log zerolog.Logger) (*Stage, error) {
 	cfg = cfg.WithDefaults()
 	if err := cfg.Validate(); err != nil {
 		return nil, err
 	}
-	kv, err := js.CreateOrUpdateKeyValue(ctx, jetstream.KeyValueConfig{
-		Bucket:      cfg.StateBucket,
-		Description: "findings: slices of series not yet complete",
-		History:     1,
-		Storage:     jetstream.FileStorage,
-	})
+	// Open first: a stage user may read and write the bucket but not
+	// create streams; create it only where it does not exist yet.
+	kv, err := js.KeyValue(ctx, cfg.StateBucket)
+	if errors.Is(err, jetstream.ErrBucketNotFound) {
+		kv, err = js.CreateOrUpdateKeyValue(ctx, jetstream.KeyValueConfig{
+			Bucket:      cfg.StateBucket,
+			Description: "findings: slices of series not yet complete",
+			History:     1,
+			Storage:     jetstream.FileStorage,
+		})
+	}
 	if err != nil {
 		return nil, fmt.Errorf("findings: creating bucket %s: %w", cfg.StateBucket, err)
 	}

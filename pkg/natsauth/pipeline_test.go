@@ -1,0 +1,279 @@
+package natsauth_test
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"os"
+	"path/filepath"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/lungseg/lungseg/ingest/formats"
+	"github.com/lungseg/lungseg/pkg/bus"
+	"github.com/lungseg/lungseg/pkg/model"
+	"github.com/lungseg/lungseg/pkg/natsauth"
+	"github.com/lungseg/lungseg/pkg/ortlib"
+	"github.com/lungseg/lungseg/pkg/phantom"
+	"github.com/lungseg/lungseg/pkg/pipeline"
+	"github.com/lungseg/lungseg/pkg/replay"
+	"github.com/lungseg/lungseg/pkg/testenv"
+	"github.com/lungseg/lungseg/pkg/webhook"
+	"github.com/lungseg/lungseg/score/findings"
+	"github.com/nats-io/nats-server/v2/server"
+	"github.com/nats-io/nats.go"
+	"github.com/nats-io/nats.go/jetstream"
+	"github.com/rs/zerolog"
+)
+
+// violations collects a connection's permission violations.
+type violations struct {
+	mu   sync.Mutex
+	errs []string
+}
+
+func (v *violations) handler(_ *nats.Conn, _ *nats.Subscription, err error) {
+	if errors.Is(err, nats.ErrPermissionViolation) || strings.Contains(strings.ToLower(err.Error()), "permissions violation") {
+		v.mu.Lock()
+		v.errs = append(v.errs, err.Error())
+		v.mu.Unlock()
+	}
+}
+
+func (v *violations) list() []string {
+	v.mu.Lock()
+	defer v.mu.Unlock()
+	return append([]string(nil), v.errs...)
+}
+
+// tinyRegistry copies the tiny test model into a registry folder.
+func tinyRegistry(t *testing.T) *model.Registry {
+	t.Helper()
+	src := filepath.Join(testenv.RepoRoot(t), "segment", "testdata", "tiny")
+	dir := filepath.Join(t.TempDir(), "tiny")
+	if err := os.MkdirAll(dir, 0o755); err != nil {
+		t.Fatal(err)
+	}
+	for _, f := range []string{model.ModelFile, model.CardFile} {
+		b, err := os.ReadFile(filepath.Join(src, f))
+		if err != nil {
+			t.Fatal(err)
+		}
+		if err := os.WriteFile(filepath.Join(dir, f), b, 0o644); err != nil {
+			t.Fatal(err)
+		}
+	}
+	reg, err := model.OpenRegistry(filepath.Dir(dir))
+	if err != nil {
+		t.Fatal(err)
+	}
+	return reg
+}
+
+// TestPipelinePermissions runs every stage of the pipeline in its own
+// connection as its own NATS user (streams and buckets made by admin),
+// replays phantom slices as the replay user, one of them 1024×1024 so its
+// pixels go through the object store, and checks that every slice is
+// scored, findings are published and no connection met a permission
+// violation; then that stage users are refused outside their rights.
+func TestPipelinePermissions(t *testing.T) {
+	if testing.Short() {
+		t.Skip("runs the whole pipeline")
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
+	defer cancel()
+	log := zerolog.Nop()
+	if err := ortlib.Init(ctx, log); err != nil {
+		t.Fatal(err)
+	}
+
+	pw := map[string]string{}
+	for _, r := range natsauth.Roles {
+		pw[r] = "secret-" + r
+	}
+	users, err := natsauth.Users(pw)
+	if err != nil {
+		t.Fatal(err)
+	}
+	s, err := server.NewServer(&server.Options{Host: "127.0.0.1", Port: server.RANDOM_PORT, JetStream: true,
+		StoreDir: t.TempDir(), NoSigs: true, NoLog: true, Users: users, MaxPayload: bus.MaxPayload})
+	if err != nil {
+		t.Fatal(err)
+	}
+	go s.Start()
+	if !s.ReadyForConnections(10 * time.Second) {
+		t.Fatal("server not ready")
+	}
+	t.Cleanup(func() { s.Shutdown(); s.WaitForShutdown() })
+
+	viol := map[string]*violations{}
+	connect := func(role string) jetstream.JetStream {
+		t.Helper()
+		v := &violations{}
+		viol[role] = v
+		opts, err := natsauth.Options{User: role, Password: pw[role]}.NATSOptions()
+		if err != nil {
+			t.Fatal(err)
+		}
+		nc, err := nats.Connect(s.ClientURL(), append(opts, nats.ErrorHandler(v.handler))...)
+		if err != nil {
+			t.Fatalf("connecting as %s: %v", role, err)
+		}
+		t.Cleanup(nc.Close)
+		js, err := jetstream.New(nc)
+		if err != nil {
+			t.Fatal(err)
+		}
+		return js
+	}
+
+	admin := connect(natsauth.RoleAdmin)
+	if err := bus.EnsureStreams(ctx, admin, bus.StreamOptions{}); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := bus.PixelStore(ctx, admin, bus.StreamOptions{}); err != nil {
+		t.Fatal(err)
+	}
+	// The findings bucket, made the way the stage makes it.
+	if _, err := findings.New(ctx, admin, findings.Config{}, nil, log); err != nil {
+		t.Fatal(err)
+	}
+
+	reg := tinyRegistry(t)
+	fcfg := findings.Config{QuietPeriod: 300 * time.Millisecond}
+	if fcfg.WithDefaults().StateBucket != natsauth.FindingsBucket {
+		t.Fatalf("findings bucket %q, natsauth grants %q", fcfg.WithDefaults().StateBucket, natsauth.FindingsBucket)
+	}
+	pctx, stop := context.WithCancel(ctx)
+	var wg sync.WaitGroup
+	errc := make(chan error, 8)
+	for _, st := range []struct{ stage, role string }{
+		{pipeline.Ingest, natsauth.RoleIngest},
+		{pipeline.Preprocess, natsauth.RolePreprocess},
+		{pipeline.Segment, natsauth.RoleSegment},
+		{pipeline.Score, natsauth.RoleScore},
+		{pipeline.Findings, natsauth.RoleFindings},
+	} {
+		js := connect(st.role)
+		cfg := pipeline.Config{Registry: reg, Stages: []string{st.stage}, SkipStreamSetup: true,
+			Formats: formats.All(), Findings: fcfg}
+		if st.stage == pipeline.Findings {
+			cfg.Webhooks = []webhook.Config{{Name: "perm", URL: "http://127.0.0.1:1/alerts"}}
+		}
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			if err := pipeline.Run(pctx, js, cfg, log); err != nil && pctx.Err() == nil {
+				errc <- err
+			}
+		}()
+	}
+	// A webhook on its own, as the webhook user.
+	wjs := connect(natsauth.RoleWebhook)
+	wg.Add(1)
+	go func() {
+		defer wg.Done()
+		if err := webhook.Run(pctx, wjs, webhook.Config{Name: "solo", URL: "http://127.0.0.1:1/alerts"}, log); err != nil && pctx.Err() == nil {
+			errc <- err
+		}
+	}()
+	defer wg.Wait()
+	defer stop()
+
+	dir := t.TempDir()
+	small := phantom.Generate(11, 3, phantom.Options{Rows: 64, Cols: 64, Series: true})
+	big := phantom.Generate(12, 1, phantom.Options{Rows: 1024, Cols: 1024})
+	bigDir := t.TempDir()
+	if err := phantom.WriteDICOM(dir, small); err != nil {
+		t.Fatal(err)
+	}
+	if err := phantom.WriteDICOM(bigDir, big); err != nil {
+		t.Fatal(err)
+	}
+	rjs := connect(natsauth.RoleReplay)
+	rep, err := replay.Run(ctx, rjs, replay.Options{Inputs: []string{dir, bigDir}, Models: []string{"tiny"}, Timeout: time.Minute}, log)
+	select {
+	case err := <-errc:
+		t.Fatalf("a stage failed: %v", err)
+	default:
+	}
+	if err != nil {
+		t.Fatalf("replay: %v (violations %v)", err, allViolations(viol))
+	}
+	if len(rep.Errors) != 0 || len(rep.Slices) != len(small)+len(big) {
+		b, _ := json.Marshal(rep.Errors)
+		t.Fatalf("replay scored %d of %d slices, errors %s", len(rep.Slices), len(small)+len(big), b)
+	}
+	// The big slice's pixels went through the object store.
+	obj, err := admin.ObjectStore(ctx, bus.PixelsBucket)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if st, err := obj.Status(ctx); err != nil || st.Size() == 0 {
+		t.Fatalf("pixel bucket empty (err %v): the 1024×1024 slice did not take the object store path", err)
+	}
+	// Findings: every slice's components are published by the findings
+	// user.
+	fs, err := admin.Stream(ctx, bus.StreamFindings)
+	if err != nil {
+		t.Fatal(err)
+	}
+	deadline := time.Now().Add(20 * time.Second)
+	for {
+		info, err := fs.Info(ctx, jetstream.WithSubjectFilter(bus.PrefixFindings+findings.SliceToken+".>"))
+		if err != nil {
+			t.Fatal(err)
+		}
+		if int(info.State.Msgs) >= len(rep.Slices) {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("FINDINGS holds %d slice findings, want %d (violations %v)", info.State.Msgs, len(rep.Slices), allViolations(viol))
+		}
+		time.Sleep(100 * time.Millisecond)
+	}
+	if v := allViolations(viol); len(v) != 0 {
+		t.Fatalf("a role needed a subject it is not allowed: %v", v)
+	}
+
+	// Outside their rights: the segment user cannot read the pixel
+	// objects, the findings user cannot publish scores, the webhook user
+	// cannot write the findings bucket.
+	seg := connect(natsauth.RoleSegment)
+	if ps, err := seg.ObjectStore(ctx, bus.PixelsBucket); err != nil {
+		t.Fatalf("segment opens the pixel bucket: %v", err)
+	} else {
+		gctx, gcancel := context.WithTimeout(ctx, 2*time.Second)
+		_, gerr := ps.List(gctx)
+		gcancel()
+		if gerr == nil {
+			t.Fatal("segment listed the pixel objects")
+		}
+	}
+	fjs := connect(natsauth.RoleFindings)
+	pc, pcancel := context.WithTimeout(ctx, 2*time.Second)
+	_, perr := fjs.Publish(pc, bus.ScoresSubject("tiny", "forged"), []byte("x"))
+	pcancel()
+	if perr == nil {
+		t.Fatal("findings published a score")
+	}
+	wh := connect(natsauth.RoleWebhook)
+	kc, kcancel := context.WithTimeout(ctx, 2*time.Second)
+	_, kerr := wh.KeyValue(kc, natsauth.FindingsBucket)
+	kcancel()
+	if kerr == nil {
+		t.Fatal("webhook opened the findings bucket")
+	}
+}
+
+func allViolations(m map[string]*violations) []string {
+	var out []string
+	for role, v := range m {
+		for _, e := range v.list() {
+			out = append(out, role+": "+e)
+		}
+	}
+	return out
+}
