@@ -162,13 +162,14 @@ const (
 	RoleScore      = "score"
 	RoleFindings   = "findings"
 	RoleWebhook    = "webhook"
+	RoleReceive    = "receive"
 	RoleReplay     = "replay"
 	RoleDLQ        = "dlq"
 	RoleAdmin      = "admin"
 )
 
 // Roles lists every role in a stable order.
-var Roles = []string{RoleIngest, RolePreprocess, RoleSegment, RoleScore, RoleFindings, RoleWebhook, RoleReplay, RoleDLQ, RoleAdmin}
+var Roles = []string{RoleIngest, RolePreprocess, RoleSegment, RoleScore, RoleFindings, RoleWebhook, RoleReceive, RoleReplay, RoleDLQ, RoleAdmin}
 
 // Inbox is the reply prefix every client subscribes to for JetStream API
 // responses and publish acknowledgements.
@@ -252,6 +253,23 @@ func keyValue(bucket string) []string {
 	}
 }
 
+// createStream returns the subjects that create or update one stream
+// (a bucket a client makes itself when it is missing); nats.go reads the
+// account's JetStream information ($JS.API.INFO) before making a bucket.
+func createStream(stream string) []string {
+	return []string{"$JS.API.STREAM.CREATE." + stream, "$JS.API.STREAM.UPDATE." + stream, "$JS.API.INFO"}
+}
+
+// The SEG collector's stage name, object store bucket and result
+// subjects: score/seg's StageName, Bucket and PrefixResults, repeated so
+// that this package stays free of the stages' dependencies (a test checks
+// that they agree).
+const (
+	segStage  = "seg"
+	segBucket = "lung-seg"
+	segEvents = "lung.events.seg.>"
+)
+
 // FindingsBucket is the findings stage's key-value bucket (the default
 // of findings.Config.StateBucket).
 const FindingsBucket = "lungseg-findings"
@@ -298,6 +316,17 @@ func Permissions(role string) (*server.Permissions, error) {
 		// webhook.Run in a process of its own (pipeline.Run opens the
 		// pixel bucket: run webhooks there with the findings role).
 		pub = webhookPub()
+	case RoleReceive:
+		// The DICOM receivers publish raw slices (errors as ingest) and
+		// keep each study's attributes in the studies bucket; the SEG
+		// collector (durable seg on SCORES) stores SEG files in its
+		// object store and announces them on lung.events.seg.>. Both
+		// buckets are created by the receiver if missing.
+		pub = append(consume(bus.StreamScores, segStage), bus.SubjRaw, errs("ingest"), errs(segStage), segEvents)
+		pub = append(pub, keyValue(bus.StudiesBucket)...)
+		pub = append(pub, createStream("KV_"+bus.StudiesBucket)...)
+		pub = append(pub, objectStore(segBucket, true)...)
+		pub = append(pub, createStream("OBJ_"+segBucket)...)
 	case RoleReplay:
 		pub = []string{bus.SubjIngestJobs}
 		for _, s := range []string{bus.StreamScores, bus.StreamErrors, bus.StreamEvents} {

@@ -11,6 +11,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/lungseg/lungseg/ingest/dicomweb"
 	"github.com/lungseg/lungseg/ingest/formats"
 	"github.com/lungseg/lungseg/pkg/bus"
 	"github.com/lungseg/lungseg/pkg/model"
@@ -19,9 +20,11 @@ import (
 	"github.com/lungseg/lungseg/pkg/phantom"
 	"github.com/lungseg/lungseg/pkg/pipeline"
 	"github.com/lungseg/lungseg/pkg/replay"
+	"github.com/lungseg/lungseg/pkg/stage"
 	"github.com/lungseg/lungseg/pkg/testenv"
 	"github.com/lungseg/lungseg/pkg/webhook"
 	"github.com/lungseg/lungseg/score/findings"
+	"github.com/lungseg/lungseg/score/seg"
 	"github.com/nats-io/nats-server/v2/server"
 	"github.com/nats-io/nats.go"
 	"github.com/nats-io/nats.go/jetstream"
@@ -238,9 +241,72 @@ func TestPipelinePermissions(t *testing.T) {
 		t.Fatalf("a role needed a subject it is not allowed: %v", v)
 	}
 
+	// The receivers as the receive user: DICOM slices accepted as live
+	// slices, and the SEG collector on the same connection.
+	recv := connect(natsauth.RoleReceive)
+	sctx, scancel := context.WithTimeout(ctx, 10*time.Second)
+	studies, err := bus.StudyStore(sctx, recv, bus.StreamOptions{})
+	scancel()
+	if err != nil {
+		t.Fatalf("receive opens the studies bucket: %v (violations %v)", err, allViolations(viol))
+	}
+	col := &seg.Collector{JS: recv, Quiet: 300 * time.Millisecond, Studies: studies, Log: log}
+	cr, err := stage.New(recv, seg.RunnerConfig(), col, log)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := cr.Consumer(ctx); err != nil {
+		t.Fatal(err)
+	}
+	wg.Add(2)
+	go func() {
+		defer wg.Done()
+		if err := cr.Run(pctx); err != nil && pctx.Err() == nil {
+			errc <- err
+		}
+	}()
+	go func() {
+		defer wg.Done()
+		if err := col.Run(pctx); err != nil && pctx.Err() == nil {
+			errc <- err
+		}
+	}()
+	acc := &dicomweb.Acceptor{JS: recv, Models: []string{"tiny"}, Studies: studies, Source: "test", Log: log}
+	for _, sl := range small {
+		b, err := os.ReadFile(filepath.Join(dir, sl.Name()+".dcm"))
+		if err != nil {
+			t.Fatal(err)
+		}
+		if _, err := acc.Accept(ctx, sl.Name(), b, ""); err != nil {
+			t.Fatalf("receive accepting %s: %v (violations %v)", sl.Name(), err, allViolations(viol))
+		}
+	}
+	ev, err := admin.Stream(ctx, bus.StreamEvents)
+	if err != nil {
+		t.Fatal(err)
+	}
+	deadline = time.Now().Add(30 * time.Second)
+	for {
+		info, err := ev.Info(ctx, jetstream.WithSubjectFilter(seg.PrefixResults+">"))
+		if err != nil {
+			t.Fatal(err)
+		}
+		if info.State.Msgs > 0 {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("no SEG announced on %s> (violations %v)", seg.PrefixResults, allViolations(viol))
+		}
+		time.Sleep(100 * time.Millisecond)
+	}
+	if v := allViolations(viol); len(v) != 0 {
+		t.Fatalf("a role needed a subject it is not allowed: %v", v)
+	}
+
 	// Outside their rights: the segment user cannot read the pixel
-	// objects, the findings user cannot publish scores, the webhook user
-	// cannot write the findings bucket.
+	// objects, the findings user cannot publish scores, the receive user
+	// cannot create other streams, the webhook user cannot open the
+	// findings bucket.
 	seg := connect(natsauth.RoleSegment)
 	if ps, err := seg.ObjectStore(ctx, bus.PixelsBucket); err != nil {
 		t.Fatalf("segment opens the pixel bucket: %v", err)
@@ -258,6 +324,12 @@ func TestPipelinePermissions(t *testing.T) {
 	pcancel()
 	if perr == nil {
 		t.Fatal("findings published a score")
+	}
+	rc, rcancel := context.WithTimeout(ctx, 2*time.Second)
+	_, rerr := recv.CreateStream(rc, jetstream.StreamConfig{Name: "SPY", Subjects: []string{"lung.>"}})
+	rcancel()
+	if rerr == nil {
+		t.Fatal("receive created a stream other than its buckets")
 	}
 	wh := connect(natsauth.RoleWebhook)
 	kc, kcancel := context.WithTimeout(ctx, 2*time.Second)
