@@ -254,16 +254,21 @@ func keyValue(bucket string) []string {
 }
 
 // createStream returns the subjects that create or update one stream
-// (a bucket a client makes itself when it is missing); nats.go reads the
-// account's JetStream information ($JS.API.INFO) before making a bucket.
+// (a bucket a client makes itself when it is missing). nats.go also
+// reads the account's JetStream information (AccountInfo) before making
+// a bucket: grant it once.
 func createStream(stream string) []string {
-	return []string{"$JS.API.STREAM.CREATE." + stream, "$JS.API.STREAM.UPDATE." + stream, "$JS.API.INFO"}
+	return []string{"$JS.API.STREAM.CREATE." + stream, "$JS.API.STREAM.UPDATE." + stream}
 }
+
+// AccountInfo is the subject of the account's JetStream information,
+// which nats.go reads before it creates a key-value or object bucket.
+const AccountInfo = "$JS.API.INFO"
 
 // The SEG collector's stage name, object store bucket and result
 // subjects: score/seg's StageName, Bucket and PrefixResults, repeated so
-// that this package stays free of the stages' dependencies (a test checks
-// that they agree).
+// that this package stays free of the stages' dependencies
+// (TestPipelinePermissions fails if they differ).
 const (
 	segStage  = "seg"
 	segBucket = "lung-seg"
@@ -327,6 +332,7 @@ func Permissions(role string) (*server.Permissions, error) {
 		pub = append(pub, createStream("KV_"+bus.StudiesBucket)...)
 		pub = append(pub, objectStore(segBucket, true)...)
 		pub = append(pub, createStream("OBJ_"+segBucket)...)
+		pub = append(pub, AccountInfo)
 	case RoleReplay:
 		pub = []string{bus.SubjIngestJobs}
 		for _, s := range []string{bus.StreamScores, bus.StreamErrors, bus.StreamEvents} {
