@@ -292,7 +292,9 @@ func TestStagePermissions(t *testing.T) {
 	waitFor(t, func() bool {
 		return ae.has(`Publish to "`+bus.ScoresSubject("m", "r1")) && ae.has(`Subscription to "lung.>"`) &&
 			ae.has(`Publish to "$JS.API.CONSUMER.CREATE.SCORES`)
-	}, func() string { return "permission violations for the score publish, the lung.> subscription and the consumer" })
+	}, func() string {
+		return "permission violations for the score publish, the lung.> subscription and the consumer"
+	})
 }
 
 func waitFor(t *testing.T, cond func() bool, what func() string) {

@@ -1,7 +1,6 @@
 package findings
 
 import (
-
 	"github.com/lungseg/lungseg/pkg/bus"
 	"github.com/nats-io/nats.go/jetstream"
 )
