@@ -9,6 +9,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/lungseg/lungseg/pkg/bus"
 	"github.com/lungseg/lungseg/pkg/bustest"
 )
 
@@ -52,6 +53,11 @@ func TestStageProcessServesMetrics(t *testing.T) {
 	if resp.StatusCode != 200 || !strings.Contains(string(b), `"nats":"ok"`) {
 		t.Errorf("healthz %d %s", resp.StatusCode, b)
 	}
+	// Stop only once the stage runs, so the test covers a running stage.
+	bustest.Eventually(t, 30*time.Second, "the score consumer", func() bool {
+		_, err := env.JS.Consumer(ctx, bus.StreamMasks, "score")
+		return err == nil
+	})
 	cancel()
 	if err := <-done; err != nil {
 		t.Fatal(err)

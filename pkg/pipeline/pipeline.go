@@ -223,6 +223,9 @@ func Run(ctx context.Context, js jetstream.JetStream, cfg Config, log zerolog.Lo
 	// right after start-up finds them all.
 	for _, r := range runners {
 		if _, err := r.Consumer(ctx); err != nil {
+			if ctx.Err() != nil {
+				return nil // stopped while starting
+			}
 			return err
 		}
 	}

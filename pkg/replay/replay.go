@@ -162,7 +162,7 @@ func Run(ctx context.Context, js jetstream.JetStream, o Options, log zerolog.Log
 		defer cc.Stop()
 	}
 
-	prefixes := idPrefixes(o.Inputs)
+	prefixes := IDPrefixes(o.Inputs)
 	for i, in := range o.Inputs {
 		job := &lungsegv1.IngestJob{ReplayId: rid, Path: in, MasksDir: o.MasksDir, Models: o.Models, JobIndex: int32(i), IdPrefix: prefixes[i]}
 		b, err := proto.Marshal(job)
@@ -288,10 +288,10 @@ func Run(ctx context.Context, js jetstream.JetStream, o Options, log zerolog.Log
 	return rep, nil
 }
 
-// idPrefixes keeps slice ids as the spec says (row number or relative
+// IDPrefixes keeps slice ids as the spec says (row number or relative
 // path) for a single input, and prefixes them with the input's base name
 // when several inputs could collide.
-func idPrefixes(inputs []string) []string {
+func IDPrefixes(inputs []string) []string {
 	out := make([]string, len(inputs))
 	if len(inputs) == 1 {
 		return out

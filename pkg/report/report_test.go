@@ -60,10 +60,10 @@ func TestHistogram(t *testing.T) {
 }
 
 func TestIDPrefixes(t *testing.T) {
-	if got := IDPrefixes([]string{"/x/a.pkl"}); !reflect.DeepEqual(got, []string{""}) {
+	if got := replay.IDPrefixes([]string{"/x/a.pkl"}); !reflect.DeepEqual(got, []string{""}) {
 		t.Errorf("single input: %q", got)
 	}
-	got := IDPrefixes([]string{"/x/a.pkl", "/y/a.pkl", "/z/dicom"})
+	got := replay.IDPrefixes([]string{"/x/a.pkl", "/y/a.pkl", "/z/dicom"})
 	if want := []string{"a/", "a~2/", "dicom/"}; !reflect.DeepEqual(got, want) {
 		t.Errorf("IDPrefixes = %q, want %q", got, want)
 	}

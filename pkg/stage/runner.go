@@ -134,6 +134,9 @@ func (r *Runner) Consumer(ctx context.Context) (jetstream.Consumer, error) {
 func (r *Runner) Run(ctx context.Context) error {
 	cons, err := r.Consumer(ctx)
 	if err != nil {
+		if ctx.Err() != nil {
+			return nil // stopped while starting
+		}
 		return err
 	}
 	work := make(chan jetstream.Msg)
