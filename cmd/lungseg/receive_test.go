@@ -120,11 +120,11 @@ func TestReceiveEndToEnd(t *testing.T) {
 	want := map[string][]phantom.Slice{a[0].SeriesUID: a, b[0].SeriesUID: b}
 	var events []jetstream.Msg
 	bustest.Eventually(t, 2*time.Minute, "a SEG for each series", func() bool {
-		events = fetchSubject(t, n.js, bus.StreamEvents, seg.ResultsSubject("tiny", ""))
+		events = bustest.Fetch(t, n.js, bus.StreamEvents, seg.ResultsSubject("tiny", ""))
 		return len(events) >= 2
 	})
 	scores := map[string]*lungsegv1.Score{}
-	for _, m := range fetchSubject(t, n.js, bus.StreamScores, bus.ScoresSubject("tiny", "")) {
+	for _, m := range bustest.Fetch(t, n.js, bus.StreamScores, bus.ScoresSubject("tiny", "")) {
 		var s lungsegv1.Score
 		if err := proto.Unmarshal(m.Data(), &s); err != nil {
 			t.Fatal(err)
@@ -198,9 +198,9 @@ func TestReceiveEndToEnd(t *testing.T) {
 	series := map[string]bool{a[0].SeriesUID: true, b[0].SeriesUID: true}
 	var sliceRecs, nodules []jetstream.Msg
 	bustest.Eventually(t, time.Minute, "findings of every slice and series", func() bool {
-		sliceRecs = fetchSubject(t, n.js, bus.StreamFindings, bus.PrefixFindings+"slice.tiny.>")
+		sliceRecs = bustest.Fetch(t, n.js, bus.StreamFindings, bus.PrefixFindings+"slice.tiny.>")
 		nodules = nil
-		for _, m := range fetchSubject(t, n.js, bus.StreamFindings, bus.PrefixFindings+"*.tiny.>") {
+		for _, m := range bustest.Fetch(t, n.js, bus.StreamFindings, bus.PrefixFindings+"*.tiny.>") {
 			if !strings.HasPrefix(m.Subject(), bus.PrefixFindings+"slice.") {
 				nodules = append(nodules, m)
 			}
@@ -227,31 +227,6 @@ func TestReceiveEndToEnd(t *testing.T) {
 	<-perr
 	if err := <-rerr; err != nil && ctx.Err() == nil {
 		t.Errorf("receivers: %v", err)
-	}
-}
-
-func fetchSubject(t *testing.T, js jetstream.JetStream, stream, subject string) []jetstream.Msg {
-	t.Helper()
-	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
-	defer cancel()
-	c, err := js.OrderedConsumer(ctx, stream, jetstream.OrderedConsumerConfig{FilterSubjects: []string{subject}})
-	if err != nil {
-		t.Fatal(err)
-	}
-	var out []jetstream.Msg
-	for {
-		batch, err := c.FetchNoWait(100)
-		if err != nil {
-			t.Fatal(err)
-		}
-		got := 0
-		for m := range batch.Messages() {
-			out = append(out, m)
-			got++
-		}
-		if got == 0 {
-			return out
-		}
 	}
 }
 

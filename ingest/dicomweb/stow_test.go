@@ -98,38 +98,10 @@ func start(t *testing.T, configure func(*Server)) *env {
 	return &env{bus: b, srv: srv, acc: acc, cl: &Client{BaseURL: srv.URL + "/dicomweb"}}
 }
 
-// fetch returns the messages on subject (a filter) now in the stream.
-func fetch(t *testing.T, js jetstream.JetStream, stream, subject string) []jetstream.Msg {
-	t.Helper()
-	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
-	defer cancel()
-	c, err := js.OrderedConsumer(ctx, stream, jetstream.OrderedConsumerConfig{FilterSubjects: []string{subject}})
-	if err != nil {
-		t.Fatal(err)
-	}
-	info, err := js.Stream(ctx, stream)
-	if err != nil {
-		t.Fatal(err)
-	}
-	si, _ := info.Info(ctx)
-	var out []jetstream.Msg
-	if si.State.Msgs == 0 {
-		return nil
-	}
-	batch, err := c.FetchNoWait(int(si.State.Msgs))
-	if err != nil {
-		t.Fatal(err)
-	}
-	for m := range batch.Messages() {
-		out = append(out, m)
-	}
-	return out
-}
-
 func rawSlices(t *testing.T, js jetstream.JetStream) []*lungsegv1.Slice {
 	t.Helper()
 	var out []*lungsegv1.Slice
-	for _, m := range fetch(t, js, bus.StreamRaw, bus.SubjRaw) {
+	for _, m := range bustest.Fetch(t, js, bus.StreamRaw, bus.SubjRaw) {
 		var s lungsegv1.Slice
 		if err := proto.Unmarshal(m.Data(), &s); err != nil {
 			t.Fatal(err)
@@ -142,7 +114,7 @@ func rawSlices(t *testing.T, js jetstream.JetStream) []*lungsegv1.Slice {
 func errorEvents(t *testing.T, js jetstream.JetStream) []*lungsegv1.ErrorEvent {
 	t.Helper()
 	var out []*lungsegv1.ErrorEvent
-	for _, m := range fetch(t, js, bus.StreamErrors, bus.ErrorsSubject(StageName, "stow-test")) {
+	for _, m := range bustest.Fetch(t, js, bus.StreamErrors, bus.ErrorsSubject(StageName, "stow-test")) {
 		var e lungsegv1.ErrorEvent
 		if err := proto.Unmarshal(m.Data(), &e); err != nil {
 			t.Fatal(err)

@@ -215,26 +215,8 @@ func TestStorescuIntoJetStream(t *testing.T) {
 
 func rawSlices(t *testing.T, js jetstream.JetStream) []*lungsegv1.Slice {
 	t.Helper()
-	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
-	defer cancel()
-	st, err := js.Stream(ctx, bus.StreamRaw)
-	if err != nil {
-		t.Fatal(err)
-	}
-	info, _ := st.Info(ctx)
-	if info.State.Msgs == 0 {
-		return nil
-	}
-	c, err := js.OrderedConsumer(ctx, bus.StreamRaw, jetstream.OrderedConsumerConfig{})
-	if err != nil {
-		t.Fatal(err)
-	}
-	batch, err := c.FetchNoWait(int(info.State.Msgs))
-	if err != nil {
-		t.Fatal(err)
-	}
 	var out []*lungsegv1.Slice
-	for m := range batch.Messages() {
+	for _, m := range bustest.Fetch(t, js, bus.StreamRaw, bus.SubjRaw) {
 		var s lungsegv1.Slice
 		if err := proto.Unmarshal(m.Data(), &s); err != nil {
 			t.Fatal(err)

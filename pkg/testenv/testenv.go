@@ -74,3 +74,31 @@ func SharedData(t testing.TB) string {
 	}
 	return d
 }
+
+// TinyModelDir is the folder of the tiny untrained test model
+// (segment/testdata/tiny: model.onnx and card.json).
+func TinyModelDir(t testing.TB) string {
+	t.Helper()
+	return filepath.Join(RepoRoot(t), "segment", "testdata", "tiny")
+}
+
+// TinyRegistry copies the tiny test model into a fresh registry folder and
+// returns the folder.
+func TinyRegistry(t testing.TB) string {
+	t.Helper()
+	reg := t.TempDir()
+	dir := filepath.Join(reg, "tiny")
+	if err := os.MkdirAll(dir, 0o755); err != nil {
+		t.Fatal(err)
+	}
+	for _, f := range []string{"model.onnx", "card.json"} {
+		b, err := os.ReadFile(filepath.Join(TinyModelDir(t), f))
+		if err != nil {
+			t.Fatal(err)
+		}
+		if err := os.WriteFile(filepath.Join(dir, f), b, 0o644); err != nil {
+			t.Fatal(err)
+		}
+	}
+	return reg
+}

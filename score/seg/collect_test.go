@@ -66,7 +66,7 @@ func TestCollectorOnJetStream(t *testing.T) {
 
 	var events []jetstream.Msg
 	bustest.Eventually(t, 30*time.Second, "two SEG events", func() bool {
-		events = fetchAll(t, env.JS, bus.StreamEvents, PrefixResults+">")
+		events = bustest.Fetch(t, env.JS, bus.StreamEvents, PrefixResults+">")
 		return len(events) == 2
 	})
 	osb, err := env.JS.ObjectStore(ctx, Bucket)
@@ -147,30 +147,5 @@ func TestCollectorQuietPeriod(t *testing.T) {
 	col.Add(bad)
 	if n, err := col.Flush(context.Background(), true); n != 0 || err == nil || col.Pending() != 0 {
 		t.Errorf("bad series: flushed %d, err %v, pending %d", n, err, col.Pending())
-	}
-}
-
-func fetchAll(t *testing.T, js jetstream.JetStream, stream, subject string) []jetstream.Msg {
-	t.Helper()
-	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
-	defer cancel()
-	c, err := js.OrderedConsumer(ctx, stream, jetstream.OrderedConsumerConfig{FilterSubjects: []string{subject}})
-	if err != nil {
-		t.Fatal(err)
-	}
-	var out []jetstream.Msg
-	for {
-		batch, err := c.FetchNoWait(100)
-		if err != nil {
-			t.Fatal(err)
-		}
-		n := 0
-		for m := range batch.Messages() {
-			out = append(out, m)
-			n++
-		}
-		if n == 0 {
-			return out
-		}
 	}
 }

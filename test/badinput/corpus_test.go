@@ -221,23 +221,10 @@ func TestCorpusDecoders(t *testing.T) {
 	t.Logf("corpus: %v", kinds)
 }
 
-// registry makes a registry holding the tiny model.
-func registry(t *testing.T, root string) *model.Registry {
+// registry opens a registry holding the tiny test model.
+func registry(t *testing.T) *model.Registry {
 	t.Helper()
-	dir := filepath.Join(t.TempDir(), "tiny")
-	if err := os.MkdirAll(dir, 0o755); err != nil {
-		t.Fatal(err)
-	}
-	for _, f := range []string{model.ModelFile, model.CardFile} {
-		b, err := os.ReadFile(filepath.Join(root, "segment", "testdata", "tiny", f))
-		if err != nil {
-			t.Fatal(err)
-		}
-		if err := os.WriteFile(filepath.Join(dir, f), b, 0o644); err != nil {
-			t.Fatal(err)
-		}
-	}
-	reg, err := model.OpenRegistry(filepath.Dir(dir))
+	reg, err := model.OpenRegistry(testenv.TinyRegistry(t))
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -254,7 +241,7 @@ func TestCorpusPipeline(t *testing.T) {
 	}
 	root := testenv.RepoRoot(t)
 	env := bustest.Start(t)
-	reg := registry(t, root)
+	reg := registry(t)
 	ctx, cancel := context.WithTimeout(context.Background(), 3*time.Minute)
 	defer cancel()
 	pctx, stop := context.WithCancel(ctx)

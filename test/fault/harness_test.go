@@ -472,7 +472,7 @@ type replayResult struct {
 		Model string `json:"model"`
 	} `json:"slices"`
 	Errors []json.RawMessage `json:"errors"`
-	Err    error            `json:"-"`
+	Err    error             `json:"-"`
 }
 
 // startReplay runs `lungseg replay` as its own process against url and

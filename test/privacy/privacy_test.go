@@ -52,7 +52,6 @@ func TestNoPatientDataInLogs(t *testing.T) {
 		t.Skip("runs the whole pipeline")
 	}
 	const seed = 4242
-	root := testenv.RepoRoot(t)
 	secrets := []string{"PHANTOM^SYNTHETIC", fmt.Sprintf("PHANTOM-%d", seed)}
 
 	dir := filepath.Join(t.TempDir(), "dicom")
@@ -88,7 +87,7 @@ func TestNoPatientDataInLogs(t *testing.T) {
 	var logs syncBuffer
 	log := zerolog.New(&logs).Level(zerolog.DebugLevel).With().Timestamp().Logger()
 	env := bustest.Start(t)
-	reg := registry(t, root)
+	reg := registry(t)
 	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
 	defer cancel()
 	pctx, stop := context.WithCancel(ctx)
@@ -179,23 +178,10 @@ func scan(t *testing.T, ctx context.Context, js jetstream.JetStream, name string
 	return n, hits
 }
 
-// registry makes a registry holding the tiny test model.
-func registry(t *testing.T, root string) *model.Registry {
+// registry opens a registry holding the tiny test model.
+func registry(t *testing.T) *model.Registry {
 	t.Helper()
-	dir := filepath.Join(t.TempDir(), "tiny")
-	if err := os.MkdirAll(dir, 0o755); err != nil {
-		t.Fatal(err)
-	}
-	for _, f := range []string{model.ModelFile, model.CardFile} {
-		b, err := os.ReadFile(filepath.Join(root, "segment", "testdata", "tiny", f))
-		if err != nil {
-			t.Fatal(err)
-		}
-		if err := os.WriteFile(filepath.Join(dir, f), b, 0o644); err != nil {
-			t.Fatal(err)
-		}
-	}
-	reg, err := model.OpenRegistry(filepath.Dir(dir))
+	reg, err := model.OpenRegistry(testenv.TinyRegistry(t))
 	if err != nil {
 		t.Fatal(err)
 	}
