@@ -23,6 +23,9 @@ var (
 	ErrUnknownModel = errors.New("model: unknown model")
 	ErrBadCard      = errors.New("model: bad card")
 	ErrChecksum     = errors.New("model: sha256 mismatch")
+	// ErrNotRunnable reports a selection of a crop model on its own: crop
+	// models segment windows a cascade cuts, not whole slices.
+	ErrNotRunnable = errors.New("model: not runnable on whole slices")
 )
 
 // CardFile and ModelFile are the names inside each model folder.
@@ -60,6 +63,28 @@ func (n Normalisation) Apply(hu float64) float32 {
 	return float32(v)
 }
 
+// Tasks a card may name.
+const (
+	TaskSlice = "slice"
+	TaskCrop  = "crop"
+)
+
+// MaxCascadePixels caps Window²·MaxCandidates of a cascade: segment sends
+// every crop window of a slice as float32 in one message of at most
+// 1 MiB, beside the detector's map (8 windows of 128² are 512 KiB).
+const MaxCascadePixels = 8 * 128 * 128
+
+// Cascade configures the two-model cascade of a crop model: the detector's
+// probability, resized to the slice's native grid, is cut into components
+// at DetectThreshold; the MaxCandidates most probable ones are each
+// segmented again by the crop model in a Window×Window native-resolution
+// window centred on the component (see segment/cascade).
+type Cascade struct {
+	Window          int     `json:"window"`
+	DetectThreshold float64 `json:"detect_threshold"`
+	MaxCandidates   int     `json:"max_candidates"`
+}
+
 // Card describes one model. Fields beyond the ones the pipeline reads
 // (training, validation) are kept as written so that `lungseg models` can
 // show them.
@@ -78,7 +103,16 @@ type Card struct {
 	InputName  string `json:"input_name,omitempty"`
 	OutputName string `json:"output_name,omitempty"`
 	// TTA asks segment for flip test-time augmentation by default.
-	TTA        bool            `json:"tta,omitempty"`
+	TTA bool `json:"tta,omitempty"`
+	// Task is "" or "slice" for a whole-slice model, "crop" for a crop
+	// model, which segments a Cascade.Window² window at the slice's native
+	// pixel grid inside a cascade behind its Detector.
+	Task string `json:"task,omitempty"`
+	// Detector is the whole-slice model a crop model pairs with (crop
+	// models only); "<detector>+crop" selects the cascade.
+	Detector string `json:"detector,omitempty"`
+	// Cascade configures the cascade (crop models only).
+	Cascade    *Cascade        `json:"cascade,omitempty"`
 	SHA256     string          `json:"sha256"`
 	Parameters int64           `json:"parameters,omitempty"`
 	Training   json.RawMessage `json:"training,omitempty"`
@@ -115,10 +149,50 @@ func (c *Card) Validate() error {
 	if c.Output != "logits" && c.Output != "probabilities" {
 		errs = append(errs, fmt.Sprintf("output %q must be \"logits\" or \"probabilities\"", c.Output))
 	}
+	errs = append(errs, c.validateTask()...)
 	if len(errs) > 0 {
 		return fmt.Errorf("%w %s: %s", ErrBadCard, c.Name, strings.Join(errs, "; "))
 	}
 	return nil
+}
+
+// IsCrop reports whether the card is a crop model's.
+func (c *Card) IsCrop() bool { return c.Task == TaskCrop }
+
+// validateTask checks task, detector and cascade.
+func (c *Card) validateTask() []string {
+	var errs []string
+	switch c.Task {
+	case "", TaskSlice:
+		if c.Detector != "" || c.Cascade != nil {
+			errs = append(errs, fmt.Sprintf("detector and cascade are for task %q only", TaskCrop))
+		}
+		return errs
+	case TaskCrop:
+	default:
+		return []string{fmt.Sprintf("task %q unknown (want \"slice\" or \"crop\")", c.Task)}
+	}
+	if !nameRE.MatchString(c.Detector) || c.Detector == c.Name {
+		errs = append(errs, fmt.Sprintf("detector %q must name another model", c.Detector))
+	}
+	k := c.Cascade
+	if k == nil {
+		return append(errs, "a crop model needs cascade {window, detect_threshold, max_candidates}")
+	}
+	if k.Window <= 16 || k.Window > 512 {
+		errs = append(errs, fmt.Sprintf("cascade.window %d out of range (17..512)", k.Window))
+	}
+	if k.Window != c.Input.Height || k.Window != c.Input.Width {
+		errs = append(errs, fmt.Sprintf("cascade.window %d differs from input %d×%d", k.Window, c.Input.Height, c.Input.Width))
+	}
+	if k.DetectThreshold <= 0 || k.DetectThreshold >= 1 {
+		errs = append(errs, fmt.Sprintf("cascade.detect_threshold %v must be in (0,1)", k.DetectThreshold))
+	}
+	if k.MaxCandidates < 1 || k.Window*k.Window*k.MaxCandidates > MaxCascadePixels {
+		errs = append(errs, fmt.Sprintf("cascade.max_candidates %d out of range (1..%d for window %d)",
+			k.MaxCandidates, MaxCascadePixels/max(1, k.Window*k.Window), k.Window))
+	}
+	return errs
 }
 
 // VerifyChecksum compares the model file's sha256 with the card's.
@@ -167,6 +241,7 @@ func LoadCard(dir string) (*Card, error) {
 type Registry struct {
 	Dir   string
 	cards map[string]*Card
+	crops map[string]*Card // detector name → its crop model
 }
 
 // OpenRegistry reads every <dir>/<name>/card.json. Folders without a card
@@ -176,7 +251,7 @@ func OpenRegistry(dir string) (*Registry, error) {
 	if err != nil {
 		return nil, fmt.Errorf("model: reading registry: %w", err)
 	}
-	r := &Registry{Dir: dir, cards: map[string]*Card{}}
+	r := &Registry{Dir: dir, cards: map[string]*Card{}, crops: map[string]*Card{}}
 	for _, e := range ents {
 		if !e.IsDir() {
 			continue
@@ -194,14 +269,59 @@ func OpenRegistry(dir string) (*Registry, error) {
 		}
 		r.cards[c.Name] = c
 	}
+	for _, c := range r.cards {
+		if !c.IsCrop() {
+			continue
+		}
+		if d, ok := r.cards[c.Detector]; !ok || d.IsCrop() {
+			continue // no whole-slice detector: the crop model is not runnable
+		}
+		if o, ok := r.crops[c.Detector]; ok {
+			a, b := min(o.Name, c.Name), max(o.Name, c.Name)
+			return nil, fmt.Errorf("%w: crop models %s and %s both pair with detector %s", ErrBadCard, a, b, c.Detector)
+		}
+		r.crops[c.Detector] = c
+	}
 	return r, nil
 }
 
-// Names returns the model names, sorted.
+// Names returns the names of the whole-slice models, sorted: the models a
+// slice can be sent to on its own. Crop models are left out (AllNames
+// lists them too).
 func (r *Registry) Names() []string {
+	var n []string
+	for k, c := range r.cards {
+		if !c.IsCrop() {
+			n = append(n, k)
+		}
+	}
+	sort.Strings(n)
+	return n
+}
+
+// AllNames returns the names of every card, crop models included, sorted.
+func (r *Registry) AllNames() []string {
 	n := make([]string, 0, len(r.cards))
 	for k := range r.cards {
 		n = append(n, k)
+	}
+	sort.Strings(n)
+	return n
+}
+
+// Crop returns the crop model paired with a whole-slice detector, if the
+// registry has one.
+func (r *Registry) Crop(detector string) (*Card, bool) {
+	c, ok := r.crops[detector]
+	return c, ok
+}
+
+// Cascades returns the runnable cascade selections ("<detector>+crop"),
+// sorted: one for each crop model whose detector is in the registry.
+func (r *Registry) Cascades() []string {
+	n := make([]string, 0, len(r.crops))
+	for d := range r.crops {
+		n = append(n, d+CropSuffix)
 	}
 	sort.Strings(n)
 	return n
@@ -211,7 +331,7 @@ func (r *Registry) Names() []string {
 func (r *Registry) Get(name string) (*Card, error) {
 	c, ok := r.cards[name]
 	if !ok {
-		return nil, fmt.Errorf("%w %q (registry %s has %s)", ErrUnknownModel, name, r.Dir, strings.Join(r.Names(), ", "))
+		return nil, fmt.Errorf("%w %q (registry %s has %s)", ErrUnknownModel, name, r.Dir, strings.Join(r.AllNames(), ", "))
 	}
 	return c, nil
 }
@@ -221,18 +341,33 @@ func (r *Registry) Get(name string) (*Card, error) {
 // compare the two.
 const TTASuffix = "+tta"
 
-// SplitVariant returns the registry model behind a selection name and
-// whether it asks for TTA.
+// CropSuffix names the cascade of a whole-slice model: "m+crop" runs model
+// m as a detector and refines its candidates with the crop model paired
+// with m (Registry.Crop); it is scored as a model of its own. There is no
+// "m+crop+tta".
+const CropSuffix = "+crop"
+
+// SplitVariant returns the registry model behind a selection name (the
+// whole-slice model whose segment workers serve it: "m" for "m", "m+tta"
+// and "m+crop") and whether it asks for TTA. IsCascade tells a cascade.
 func SplitVariant(name string) (base string, tta bool) {
 	if b, ok := strings.CutSuffix(name, TTASuffix); ok {
-		return b, true
+		name, tta = b, true
 	}
-	return name, false
+	if b, ok := strings.CutSuffix(name, CropSuffix); ok {
+		name = b
+	}
+	return name, tta
 }
 
-// Resolve expands a model selection: "all" means every model, "all+tta"
-// every model's TTA variant; names are checked; duplicates are dropped;
-// the order is kept.
+// IsCascade reports whether a selection name is a cascade ("m+crop").
+func IsCascade(name string) bool { return strings.HasSuffix(name, CropSuffix) }
+
+// Resolve expands a model selection: "all" means every whole-slice model
+// then every runnable cascade (Cascades), "all+tta" every whole-slice
+// model's TTA variant, "all+crop" every cascade; names are checked (a crop
+// model alone is ErrNotRunnable, "m+crop" needs a crop model paired with
+// m); duplicates are dropped; the order is kept.
 func (r *Registry) Resolve(names []string) ([]string, error) {
 	var out []string
 	seen := map[string]bool{}
@@ -245,19 +380,25 @@ func (r *Registry) Resolve(names []string) ([]string, error) {
 	for _, n := range names {
 		for _, part := range strings.Split(n, ",") {
 			part = strings.TrimSpace(part)
-			switch {
-			case part == "":
-			case part == "all" || part == "all"+TTASuffix:
-				_, tta := SplitVariant(part)
+			switch part {
+			case "":
+			case "all":
 				for _, m := range r.Names() {
-					if tta {
-						m += TTASuffix
-					}
+					add(m)
+				}
+				for _, m := range r.Cascades() {
+					add(m)
+				}
+			case "all" + TTASuffix:
+				for _, m := range r.Names() {
+					add(m + TTASuffix)
+				}
+			case "all" + CropSuffix:
+				for _, m := range r.Cascades() {
 					add(m)
 				}
 			default:
-				base, _ := SplitVariant(part)
-				if _, err := r.Get(base); err != nil {
+				if err := r.check(part); err != nil {
 					return nil, err
 				}
 				add(part)
@@ -265,4 +406,26 @@ func (r *Registry) Resolve(names []string) ([]string, error) {
 		}
 	}
 	return out, nil
+}
+
+// check validates one selection name.
+func (r *Registry) check(sel string) error {
+	base, tta := SplitVariant(sel)
+	crop := strings.Contains(sel, CropSuffix)
+	if crop && (tta || !IsCascade(sel)) {
+		return fmt.Errorf("%w %q: a cascade has no TTA variant", ErrUnknownModel, sel)
+	}
+	c, err := r.Get(base)
+	if err != nil {
+		return err
+	}
+	if c.IsCrop() {
+		return fmt.Errorf("%w: %s is a crop model; select its cascade %s%s", ErrNotRunnable, c.Name, c.Detector, CropSuffix)
+	}
+	if crop {
+		if _, ok := r.Crop(base); !ok {
+			return fmt.Errorf("%w %q: registry %s has no crop model with detector %s", ErrUnknownModel, sel, r.Dir, base)
+		}
+	}
+	return nil
 }

@@ -122,3 +122,113 @@ func TestNormalisation(t *testing.T) {
 		}
 	}
 }
+
+// cropCard makes c a crop model paired with detector.
+func cropCard(detector string) func(*model.Card) {
+	return func(c *model.Card) {
+		c.Task, c.Detector = model.TaskCrop, detector
+		c.Input.Height, c.Input.Width = 128, 128
+		c.Cascade = &model.Cascade{Window: 128, DetectThreshold: 0.25, MaxCandidates: 8}
+	}
+}
+
+func TestRegistryCascades(t *testing.T) {
+	dir := t.TempDir()
+	writeModel(t, dir, "b", nil)
+	writeModel(t, dir, "a", nil)
+	writeModel(t, dir, "a-crop", cropCard("a"))
+	writeModel(t, dir, "orphan-crop", cropCard("gone")) // detector absent: not runnable
+	r, err := model.OpenRegistry(dir)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if got, want := r.Names(), []string{"a", "b"}; !reflect.DeepEqual(got, want) {
+		t.Errorf("Names = %v, want %v", got, want)
+	}
+	if got, want := r.AllNames(), []string{"a", "a-crop", "b", "orphan-crop"}; !reflect.DeepEqual(got, want) {
+		t.Errorf("AllNames = %v, want %v", got, want)
+	}
+	if got, want := r.Cascades(), []string{"a+crop"}; !reflect.DeepEqual(got, want) {
+		t.Errorf("Cascades = %v, want %v", got, want)
+	}
+	if c, ok := r.Crop("a"); !ok || c.Name != "a-crop" {
+		t.Errorf("Crop(a) = %v, %v", c, ok)
+	}
+	if _, ok := r.Crop("b"); ok {
+		t.Error("Crop(b) found a crop model")
+	}
+	tests := []struct {
+		in   []string
+		want []string
+		err  error
+	}{
+		{[]string{"all"}, []string{"a", "b", "a+crop"}, nil},
+		{[]string{"all+tta"}, []string{"a+tta", "b+tta"}, nil},
+		{[]string{"all+crop", "a"}, []string{"a+crop", "a"}, nil},
+		{[]string{"a+crop,a+tta"}, []string{"a+crop", "a+tta"}, nil},
+		{[]string{"b+crop"}, nil, model.ErrUnknownModel},
+		{[]string{"a+crop+tta"}, nil, model.ErrUnknownModel},
+		{[]string{"a+tta+crop"}, nil, model.ErrUnknownModel},
+		{[]string{"a-crop"}, nil, model.ErrNotRunnable},
+		{[]string{"a-crop+tta"}, nil, model.ErrNotRunnable},
+		{[]string{"orphan-crop"}, nil, model.ErrNotRunnable},
+		{[]string{"gone+crop"}, nil, model.ErrUnknownModel},
+	}
+	for _, tc := range tests {
+		got, err := r.Resolve(tc.in)
+		if !errors.Is(err, tc.err) || !reflect.DeepEqual(got, tc.want) {
+			t.Errorf("Resolve(%v) = %v, %v; want %v, %v", tc.in, got, err, tc.want, tc.err)
+		}
+	}
+	for sel, want := range map[string]struct {
+		base      string
+		tta, crop bool
+	}{"a": {"a", false, false}, "a+tta": {"a", true, false}, "a+crop": {"a", false, true}} {
+		b, tta := model.SplitVariant(sel)
+		if b != want.base || tta != want.tta || model.IsCascade(sel) != want.crop {
+			t.Errorf("%s: SplitVariant = %s, %v; IsCascade %v; want %+v", sel, b, tta, model.IsCascade(sel), want)
+		}
+	}
+}
+
+func TestRegistryRefusesTwoCropsOfOneDetector(t *testing.T) {
+	dir := t.TempDir()
+	writeModel(t, dir, "a", nil)
+	writeModel(t, dir, "a-crop", cropCard("a"))
+	writeModel(t, dir, "a-crop2", cropCard("a"))
+	if _, err := model.OpenRegistry(dir); !errors.Is(err, model.ErrBadCard) || !strings.Contains(err.Error(), "a-crop and a-crop2") {
+		t.Fatalf("got %v, want ErrBadCard naming both", err)
+	}
+}
+
+func TestBadCropCards(t *testing.T) {
+	tests := []struct {
+		name string
+		edit func(*model.Card)
+		want string
+	}{
+		{"task", func(c *model.Card) { c.Task = "detect" }, "task"},
+		{"slice with cascade", func(c *model.Card) { c.Cascade = &model.Cascade{Window: 128} }, "detector and cascade"},
+		{"no detector", func(c *model.Card) { cropCard("a")(c); c.Detector = "" }, "detector"},
+		{"self detector", func(c *model.Card) { cropCard("m")(c) }, "detector"},
+		{"no cascade", func(c *model.Card) { cropCard("a")(c); c.Cascade = nil }, "needs cascade"},
+		{"small window", func(c *model.Card) {
+			cropCard("a")(c)
+			c.Cascade.Window, c.Input.Height, c.Input.Width = 16, 16, 16
+		}, "cascade.window 16"},
+		{"window vs input", func(c *model.Card) { cropCard("a")(c); c.Input.Width = 96 }, "differs from input"},
+		{"detect threshold", func(c *model.Card) { cropCard("a")(c); c.Cascade.DetectThreshold = 1 }, "detect_threshold"},
+		{"no candidates", func(c *model.Card) { cropCard("a")(c); c.Cascade.MaxCandidates = 0 }, "max_candidates"},
+		{"too many candidates", func(c *model.Card) { cropCard("a")(c); c.Cascade.MaxCandidates = 9 }, "max_candidates 9 out of range (1..8"},
+	}
+	for _, tc := range tests {
+		t.Run(tc.name, func(t *testing.T) {
+			dir := t.TempDir()
+			writeModel(t, dir, "m", tc.edit)
+			_, err := model.OpenRegistry(dir)
+			if !errors.Is(err, model.ErrBadCard) || !strings.Contains(err.Error(), tc.want) {
+				t.Fatalf("got %v, want ErrBadCard mentioning %q", err, tc.want)
+			}
+		})
+	}
+}
