@@ -563,7 +563,12 @@ type ModelInput struct {
 	MaskBits []byte `protobuf:"bytes,8,opt,name=mask_bits,json=maskBits,proto3" json:"mask_bits,omitempty"`
 	HasMask  bool   `protobuf:"varint,9,opt,name=has_mask,json=hasMask,proto3" json:"has_mask,omitempty"`
 	// Test-time augmentation requested.
-	Tta           bool `protobuf:"varint,10,opt,name=tta,proto3" json:"tta,omitempty"`
+	Tta bool `protobuf:"varint,10,opt,name=tta,proto3" json:"tta,omitempty"`
+	// For a cascade ("<detector>+crop"): the slice's native HU, which the
+	// crop model reads, as in Slice.hu (rows*cols little-endian int16,
+	// row-major), or native_hu_ref when the pixels are in the Object Store.
+	NativeHu      []byte     `protobuf:"bytes,11,opt,name=native_hu,json=nativeHu,proto3" json:"native_hu,omitempty"`
+	NativeHuRef   *ObjectRef `protobuf:"bytes,12,opt,name=native_hu_ref,json=nativeHuRef,proto3" json:"native_hu_ref,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -666,6 +671,20 @@ func (x *ModelInput) GetTta() bool {
 		return x.Tta
 	}
 	return false
+}
+
+func (x *ModelInput) GetNativeHu() []byte {
+	if x != nil {
+		return x.NativeHu
+	}
+	return nil
+}
+
+func (x *ModelInput) GetNativeHuRef() *ObjectRef {
+	if x != nil {
+		return x.NativeHuRef
+	}
+	return nil
 }
 
 // TrainingExample is an augmented copy of a slice prepared for one model,
@@ -801,9 +820,20 @@ type ModelOutput struct {
 	// Execution provider that ran the model ("cpu", "cuda", "tensorrt").
 	Provider string `protobuf:"bytes,10,opt,name=provider,proto3" json:"provider,omitempty"`
 	// Inference time in microseconds.
-	InferenceUs   int64 `protobuf:"varint,11,opt,name=inference_us,json=inferenceUs,proto3" json:"inference_us,omitempty"`
-	unknownFields protoimpl.UnknownFields
-	sizeCache     protoimpl.SizeCache
+	InferenceUs int64 `protobuf:"varint,11,opt,name=inference_us,json=inferenceUs,proto3" json:"inference_us,omitempty"`
+	// Set for a cascade ("<detector>+crop"): prob is the detector's map and
+	// windows are the crop model's; score builds the refined native-grid map
+	// from both (see segment/cascade.Merge) and thresholds it at threshold,
+	// which is then the crop model's, with ">" (not ">=").
+	Cascade bool `protobuf:"varint,12,opt,name=cascade,proto3" json:"cascade,omitempty"`
+	// The crop model's probability windows on the native grid, in candidate
+	// order (empty when the detector found no candidate).
+	Windows []*CropWindow `protobuf:"bytes,13,rep,name=windows,proto3" json:"windows,omitempty"`
+	// The crop model and its version (cascades only).
+	CropModel        string `protobuf:"bytes,14,opt,name=crop_model,json=cropModel,proto3" json:"crop_model,omitempty"`
+	CropModelVersion string `protobuf:"bytes,15,opt,name=crop_model_version,json=cropModelVersion,proto3" json:"crop_model_version,omitempty"`
+	unknownFields    protoimpl.UnknownFields
+	sizeCache        protoimpl.SizeCache
 }
 
 func (x *ModelOutput) Reset() {
@@ -913,6 +943,114 @@ func (x *ModelOutput) GetInferenceUs() int64 {
 	return 0
 }
 
+func (x *ModelOutput) GetCascade() bool {
+	if x != nil {
+		return x.Cascade
+	}
+	return false
+}
+
+func (x *ModelOutput) GetWindows() []*CropWindow {
+	if x != nil {
+		return x.Windows
+	}
+	return nil
+}
+
+func (x *ModelOutput) GetCropModel() string {
+	if x != nil {
+		return x.CropModel
+	}
+	return ""
+}
+
+func (x *ModelOutput) GetCropModelVersion() string {
+	if x != nil {
+		return x.CropModelVersion
+	}
+	return ""
+}
+
+// CropWindow is one window of a crop model's probabilities, placed on the
+// slice's native pixel grid; it may reach past the image's edges.
+type CropWindow struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// Top-left pixel (row, column) on the native grid; may be negative.
+	Y0     int32 `protobuf:"varint,1,opt,name=y0,proto3" json:"y0,omitempty"`
+	X0     int32 `protobuf:"varint,2,opt,name=x0,proto3" json:"x0,omitempty"`
+	Height int32 `protobuf:"varint,3,opt,name=height,proto3" json:"height,omitempty"`
+	Width  int32 `protobuf:"varint,4,opt,name=width,proto3" json:"width,omitempty"`
+	// height*width little-endian float32 probabilities, row-major.
+	Prob          []byte `protobuf:"bytes,5,opt,name=prob,proto3" json:"prob,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *CropWindow) Reset() {
+	*x = CropWindow{}
+	mi := &file_proto_lungseg_v1_lungseg_proto_msgTypes[8]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *CropWindow) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*CropWindow) ProtoMessage() {}
+
+func (x *CropWindow) ProtoReflect() protoreflect.Message {
+	mi := &file_proto_lungseg_v1_lungseg_proto_msgTypes[8]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use CropWindow.ProtoReflect.Descriptor instead.
+func (*CropWindow) Descriptor() ([]byte, []int) {
+	return file_proto_lungseg_v1_lungseg_proto_rawDescGZIP(), []int{8}
+}
+
+func (x *CropWindow) GetY0() int32 {
+	if x != nil {
+		return x.Y0
+	}
+	return 0
+}
+
+func (x *CropWindow) GetX0() int32 {
+	if x != nil {
+		return x.X0
+	}
+	return 0
+}
+
+func (x *CropWindow) GetHeight() int32 {
+	if x != nil {
+		return x.Height
+	}
+	return 0
+}
+
+func (x *CropWindow) GetWidth() int32 {
+	if x != nil {
+		return x.Width
+	}
+	return 0
+}
+
+func (x *CropWindow) GetProb() []byte {
+	if x != nil {
+		return x.Prob
+	}
+	return nil
+}
+
 // Score is the per-slice, per-model result, published by score on
 // lung.scores.<model>.<replay>.
 type Score struct {
@@ -940,7 +1078,7 @@ type Score struct {
 
 func (x *Score) Reset() {
 	*x = Score{}
-	mi := &file_proto_lungseg_v1_lungseg_proto_msgTypes[8]
+	mi := &file_proto_lungseg_v1_lungseg_proto_msgTypes[9]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -952,7 +1090,7 @@ func (x *Score) String() string {
 func (*Score) ProtoMessage() {}
 
 func (x *Score) ProtoReflect() protoreflect.Message {
-	mi := &file_proto_lungseg_v1_lungseg_proto_msgTypes[8]
+	mi := &file_proto_lungseg_v1_lungseg_proto_msgTypes[9]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -965,7 +1103,7 @@ func (x *Score) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Score.ProtoReflect.Descriptor instead.
 func (*Score) Descriptor() ([]byte, []int) {
-	return file_proto_lungseg_v1_lungseg_proto_rawDescGZIP(), []int{8}
+	return file_proto_lungseg_v1_lungseg_proto_rawDescGZIP(), []int{9}
 }
 
 func (x *Score) GetMeta() *SliceMeta {
@@ -1081,7 +1219,7 @@ type ErrorEvent struct {
 
 func (x *ErrorEvent) Reset() {
 	*x = ErrorEvent{}
-	mi := &file_proto_lungseg_v1_lungseg_proto_msgTypes[9]
+	mi := &file_proto_lungseg_v1_lungseg_proto_msgTypes[10]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1093,7 +1231,7 @@ func (x *ErrorEvent) String() string {
 func (*ErrorEvent) ProtoMessage() {}
 
 func (x *ErrorEvent) ProtoReflect() protoreflect.Message {
-	mi := &file_proto_lungseg_v1_lungseg_proto_msgTypes[9]
+	mi := &file_proto_lungseg_v1_lungseg_proto_msgTypes[10]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1106,7 +1244,7 @@ func (x *ErrorEvent) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ErrorEvent.ProtoReflect.Descriptor instead.
 func (*ErrorEvent) Descriptor() ([]byte, []int) {
-	return file_proto_lungseg_v1_lungseg_proto_rawDescGZIP(), []int{9}
+	return file_proto_lungseg_v1_lungseg_proto_rawDescGZIP(), []int{10}
 }
 
 func (x *ErrorEvent) GetStage() string {
@@ -1216,7 +1354,7 @@ const file_proto_lungseg_v1_lungseg_proto_rawDesc = "" +
 	"\x02hu\x18\x02 \x01(\fR\x02hu\x12\x1b\n" +
 	"\tmask_bits\x18\x03 \x01(\fR\bmaskBits\x12\x19\n" +
 	"\bhas_mask\x18\x04 \x01(\bR\ahasMask\x12,\n" +
-	"\x06hu_ref\x18\x05 \x01(\v2\x15.lungseg.v1.ObjectRefR\x05huRef\"\x9e\x02\n" +
+	"\x06hu_ref\x18\x05 \x01(\v2\x15.lungseg.v1.ObjectRefR\x05huRef\"\xf6\x02\n" +
 	"\n" +
 	"ModelInput\x12)\n" +
 	"\x04meta\x18\x01 \x01(\v2\x15.lungseg.v1.SliceMetaR\x04meta\x12\x14\n" +
@@ -1229,7 +1367,9 @@ const file_proto_lungseg_v1_lungseg_proto_rawDesc = "" +
 	"\tmask_bits\x18\b \x01(\fR\bmaskBits\x12\x19\n" +
 	"\bhas_mask\x18\t \x01(\bR\ahasMask\x12\x10\n" +
 	"\x03tta\x18\n" +
-	" \x01(\bR\x03tta\"\x85\x02\n" +
+	" \x01(\bR\x03tta\x12\x1b\n" +
+	"\tnative_hu\x18\v \x01(\fR\bnativeHu\x129\n" +
+	"\rnative_hu_ref\x18\f \x01(\v2\x15.lungseg.v1.ObjectRefR\vnativeHuRef\"\x85\x02\n" +
 	"\x0fTrainingExample\x12)\n" +
 	"\x04meta\x18\x01 \x01(\v2\x15.lungseg.v1.SliceMetaR\x04meta\x12\x14\n" +
 	"\x05model\x18\x02 \x01(\tR\x05model\x12\x12\n" +
@@ -1240,7 +1380,7 @@ const file_proto_lungseg_v1_lungseg_proto_rawDesc = "" +
 	"\tmask_bits\x18\a \x01(\fR\bmaskBits\x12\x19\n" +
 	"\bhas_mask\x18\b \x01(\bR\ahasMask\x12\x1f\n" +
 	"\vparams_json\x18\t \x01(\tR\n" +
-	"paramsJson\"\xca\x02\n" +
+	"paramsJson\"\xe3\x03\n" +
 	"\vModelOutput\x12)\n" +
 	"\x04meta\x18\x01 \x01(\v2\x15.lungseg.v1.SliceMetaR\x04meta\x12\x14\n" +
 	"\x05model\x18\x02 \x01(\tR\x05model\x12#\n" +
@@ -1253,7 +1393,19 @@ const file_proto_lungseg_v1_lungseg_proto_rawDesc = "" +
 	"\bhas_mask\x18\t \x01(\bR\ahasMask\x12\x1a\n" +
 	"\bprovider\x18\n" +
 	" \x01(\tR\bprovider\x12!\n" +
-	"\finference_us\x18\v \x01(\x03R\vinferenceUs\"\x8e\x03\n" +
+	"\finference_us\x18\v \x01(\x03R\vinferenceUs\x12\x18\n" +
+	"\acascade\x18\f \x01(\bR\acascade\x120\n" +
+	"\awindows\x18\r \x03(\v2\x16.lungseg.v1.CropWindowR\awindows\x12\x1d\n" +
+	"\n" +
+	"crop_model\x18\x0e \x01(\tR\tcropModel\x12,\n" +
+	"\x12crop_model_version\x18\x0f \x01(\tR\x10cropModelVersion\"n\n" +
+	"\n" +
+	"CropWindow\x12\x0e\n" +
+	"\x02y0\x18\x01 \x01(\x05R\x02y0\x12\x0e\n" +
+	"\x02x0\x18\x02 \x01(\x05R\x02x0\x12\x16\n" +
+	"\x06height\x18\x03 \x01(\x05R\x06height\x12\x14\n" +
+	"\x05width\x18\x04 \x01(\x05R\x05width\x12\x12\n" +
+	"\x04prob\x18\x05 \x01(\fR\x04prob\"\x8e\x03\n" +
 	"\x05Score\x12)\n" +
 	"\x04meta\x18\x01 \x01(\v2\x15.lungseg.v1.SliceMetaR\x04meta\x12\x14\n" +
 	"\x05model\x18\x02 \x01(\tR\x05model\x12#\n" +
@@ -1293,7 +1445,7 @@ func file_proto_lungseg_v1_lungseg_proto_rawDescGZIP() []byte {
 	return file_proto_lungseg_v1_lungseg_proto_rawDescData
 }
 
-var file_proto_lungseg_v1_lungseg_proto_msgTypes = make([]protoimpl.MessageInfo, 10)
+var file_proto_lungseg_v1_lungseg_proto_msgTypes = make([]protoimpl.MessageInfo, 11)
 var file_proto_lungseg_v1_lungseg_proto_goTypes = []any{
 	(*IngestJob)(nil),       // 0: lungseg.v1.IngestJob
 	(*IngestDone)(nil),      // 1: lungseg.v1.IngestDone
@@ -1303,21 +1455,24 @@ var file_proto_lungseg_v1_lungseg_proto_goTypes = []any{
 	(*ModelInput)(nil),      // 5: lungseg.v1.ModelInput
 	(*TrainingExample)(nil), // 6: lungseg.v1.TrainingExample
 	(*ModelOutput)(nil),     // 7: lungseg.v1.ModelOutput
-	(*Score)(nil),           // 8: lungseg.v1.Score
-	(*ErrorEvent)(nil),      // 9: lungseg.v1.ErrorEvent
+	(*CropWindow)(nil),      // 8: lungseg.v1.CropWindow
+	(*Score)(nil),           // 9: lungseg.v1.Score
+	(*ErrorEvent)(nil),      // 10: lungseg.v1.ErrorEvent
 }
 var file_proto_lungseg_v1_lungseg_proto_depIdxs = []int32{
 	2, // 0: lungseg.v1.Slice.meta:type_name -> lungseg.v1.SliceMeta
 	3, // 1: lungseg.v1.Slice.hu_ref:type_name -> lungseg.v1.ObjectRef
 	2, // 2: lungseg.v1.ModelInput.meta:type_name -> lungseg.v1.SliceMeta
-	2, // 3: lungseg.v1.TrainingExample.meta:type_name -> lungseg.v1.SliceMeta
-	2, // 4: lungseg.v1.ModelOutput.meta:type_name -> lungseg.v1.SliceMeta
-	2, // 5: lungseg.v1.Score.meta:type_name -> lungseg.v1.SliceMeta
-	6, // [6:6] is the sub-list for method output_type
-	6, // [6:6] is the sub-list for method input_type
-	6, // [6:6] is the sub-list for extension type_name
-	6, // [6:6] is the sub-list for extension extendee
-	0, // [0:6] is the sub-list for field type_name
+	3, // 3: lungseg.v1.ModelInput.native_hu_ref:type_name -> lungseg.v1.ObjectRef
+	2, // 4: lungseg.v1.TrainingExample.meta:type_name -> lungseg.v1.SliceMeta
+	2, // 5: lungseg.v1.ModelOutput.meta:type_name -> lungseg.v1.SliceMeta
+	8, // 6: lungseg.v1.ModelOutput.windows:type_name -> lungseg.v1.CropWindow
+	2, // 7: lungseg.v1.Score.meta:type_name -> lungseg.v1.SliceMeta
+	8, // [8:8] is the sub-list for method output_type
+	8, // [8:8] is the sub-list for method input_type
+	8, // [8:8] is the sub-list for extension type_name
+	8, // [8:8] is the sub-list for extension extendee
+	0, // [0:8] is the sub-list for field type_name
 }
 
 func init() { file_proto_lungseg_v1_lungseg_proto_init() }
@@ -1331,7 +1486,7 @@ func file_proto_lungseg_v1_lungseg_proto_init() {
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_proto_lungseg_v1_lungseg_proto_rawDesc), len(file_proto_lungseg_v1_lungseg_proto_rawDesc)),
 			NumEnums:      0,
-			NumMessages:   10,
+			NumMessages:   11,
 			NumExtensions: 0,
 			NumServices:   0,
 		},
