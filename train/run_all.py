@@ -14,6 +14,9 @@ Job sets (--sets, comma-separated):
                -> OUT/models_full/<name>  (over the 25 MB budget: tested, not shipped)
   full-report  the full models with the report's recipes
                -> OUT/models_full_report/<name>-report
+  crop         the compact models as crop models (--task crop: 128x128 windows at
+               the native pixel grid, for the "<name>+crop" cascade); dicebce
+               -> OUT/models/<name>-crop   (shipped)
 
 --pack-to DIR then writes at most 8 files there, none over 15 MiB:
 models.tar.gz.partNN (OUT/models, the shipped folders), summary.json (every
@@ -46,13 +49,15 @@ def jobs_for(sets):
     jobs = []
     for s in sets:
         if s == "compact":
-            jobs += [(m, m, "dicebce", "models") for m in COMPACT]
+            jobs += [(m, m, "dicebce", "models", []) for m in COMPACT]
+        elif s == "crop":
+            jobs += [(m + "-crop", m, "dicebce", "models", ["--task", "crop"]) for m in COMPACT]
         elif s == "report":
-            jobs += [(m + "-report", m, "report", "models_report") for m in COMPACT]
+            jobs += [(m + "-report", m, "report", "models_report", []) for m in COMPACT]
         elif s == "full":
-            jobs += [(m, m, "dicebce", "models_full") for m in FULL]
+            jobs += [(m, m, "dicebce", "models_full", []) for m in FULL]
         elif s == "full-report":
-            jobs += [(m + "-report", m, "report", "models_full_report") for m in FULL]
+            jobs += [(m + "-report", m, "report", "models_full_report", []) for m in FULL]
         else:
             raise SystemExit(f"unknown set {s!r}")
     return jobs
@@ -132,11 +137,11 @@ def main(argv=None):
     log(f"{len(jobs)} jobs, {threads} threads each, training until +{train_until - t_start:.0f}s, "
         f"hard end +{hard_end - t_start:.0f}s")
     procs = {}
-    for name, model, recipe, sub in jobs:
+    for name, model, recipe, sub, job_args in jobs:
         cmd = [sys.executable, "-m", "lungseg_train.train", "--model", model, "--recipe", recipe,
                "--name", name, "--minutes", str(a.total_minutes), "--train-until", f"{train_until:.1f}",
                "--data", data, "--out", os.path.join(a.out, sub), "--work", os.path.join(a.out, "work"),
-               "--threads", str(threads), "--seed", str(a.seed)] + shlex.split(a.extra)
+               "--threads", str(threads), "--seed", str(a.seed)] + job_args + shlex.split(a.extra)
         lf = open(os.path.join(a.out, "logs", f"{name}.log"), "w")
         procs[name] = (subprocess.Popen(cmd, cwd=HERE, env=env, stdout=lf, stderr=subprocess.STDOUT), lf, sub)
     last_status = 0.0

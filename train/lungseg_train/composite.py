@@ -242,7 +242,7 @@ def real_slices_to_grid(slices: D.SliceSet, size: int = 256, device="cpu") -> Di
     return {"hu": hu.to(dev), "lung": lung.to(dev), "mask": m.to(dev), "body": body.to(dev)}
 
 
-def make_bank(crops: D.CropSet, slices: D.SliceSet, device, size: int = 256) -> Bank:
+def make_bank(crops: D.CropSet, slices: D.SliceSet, device, size: int = 256, smooth: bool = True) -> Bank:
     """Moves one split's crops and slices to the device and precomputes
     smoothing, alphas and the real slices' 256 grids there."""
     dev = torch.device(device)
@@ -251,7 +251,9 @@ def make_bank(crops: D.CropSet, slices: D.SliceSet, device, size: int = 256) -> 
     valid = torch.from_numpy(crops.valid()).to(dev).float().unsqueeze(1)
     mask = torch.from_numpy(crops.mask).to(dev).float().unsqueeze(1)
     alpha = torch.from_numpy(_feather_alpha(crops.hw, p)).to(dev).unsqueeze(1)
-    if len(crops):
+    if len(crops) and not smooth:
+        alpha = alpha * _nodule_alpha(mask, crops.hw)
+    elif len(crops):
         # smoothing of about half a native pixel against aliasing when pasted at ~0.5x
         sm = _blur(hu * valid, 0.6, peak=False) / _blur(valid, 0.6, peak=False).clamp(min=1e-3)
         hu = torch.where(valid > 0, sm, hu)
@@ -303,11 +305,14 @@ def _pick_centres(r: Rand, lung: torch.Tensor, size: int) -> torch.Tensor:
 
 
 def paste(bank: Bank, r: Rand, hu: torch.Tensor, mask: torch.Tensor, lung: torch.Tensor,
-          idx: torch.Tensor, grid_mm: torch.Tensor, random_pose: bool, on: torch.Tensor):
-    """Pastes crops idx into hu/mask where on==1; returns hu, mask, theta."""
+          idx: torch.Tensor, grid_mm: torch.Tensor, random_pose: bool, on: torch.Tensor,
+          centre: Optional[torch.Tensor] = None):
+    """Pastes crops idx into hu/mask where on==1; returns hu, mask, theta.
+    centre: [B,2] (x, y) from the canvas centre; default a random lung pixel."""
     b, size = hu.shape[0], hu.shape[-1]
     p = bank.crop_hu.shape[-1]
-    centre = _pick_centres(r, lung, size)
+    if centre is None:
+        centre = _pick_centres(r, lung, size)
     scale = bank.crop_spacing[idx] / grid_mm
     if random_pose:
         phi = r.u((b,), 0, 2 * math.pi)
@@ -443,3 +448,152 @@ def crops_back(bank: Bank, prob: torch.Tensor, theta: torch.Tensor, idx: torch.T
     inv = invert_theta(theta)
     grid = F.affine_grid(inv, (prob.shape[0], 1, p, p), align_corners=False)
     return F.grid_sample(prob, grid, mode="bilinear", padding_mode="zeros", align_corners=False)
+
+
+# ---------------------------------------------------------------------------
+# Crop models: windows at the slice's native pixel grid
+#
+# A crop model sees a WIN x WIN window (128) of a slice at its own pixel
+# spacing, centred near a candidate found by a whole-slice model (the Go
+# cascade: segment/cascade). Examples: a 512 chest background (synthetic, or
+# a real normalised slice with a synthetic body) at 0.45-1.0 mm/px, a window
+# cut around a lung pixel or a real nodule, and a nodule crop pasted near the
+# window centre at its physical size; then the usual augmentation.
+
+CROP_WIN = 128
+CROP_CANVAS = 512
+CROP_OFFSET = 24  # window centre to nodule centre, px (the detector's centring error)
+CROP_GRID_MM = (0.45, 1.0)  # mm/px of the native grid while training
+
+
+def _pick_weighted(r: Rand, w: torch.Tensor) -> torch.Tensor:
+    """One pixel per image drawn with weights w [B,1,S,S]; returns (y, x) int [B] each."""
+    b, size = w.shape[0], w.shape[-1]
+    flat = w.reshape(b, -1) + 1e-9
+    u = r.u((b, 1)).clamp(max=1 - 1e-6)
+    cdf = torch.cumsum(flat, dim=1)
+    idx = torch.searchsorted(cdf, u * cdf[:, -1:]).clamp(max=size * size - 1).view(-1)
+    return idx // size, idx % size
+
+
+def cut_windows(t: torch.Tensor, cy: torch.Tensor, cx: torch.Tensor, win: int, fill: float) -> torch.Tensor:
+    """[B,1,win,win] windows of t [B,1,S,S] with top-left (cy - win//2, cx - win//2);
+    pixels outside the image read fill (the Go cascade reads HU -1024 there)."""
+    b, size = t.shape[0], t.shape[-1]
+    ar = torch.arange(win, device=t.device) - win // 2
+    ys = cy.long().view(-1, 1) + ar.view(1, -1)
+    xs = cx.long().view(-1, 1) + ar.view(1, -1)
+    ok = ((ys >= 0) & (ys < size)).unsqueeze(2) & ((xs >= 0) & (xs < size)).unsqueeze(1)
+    bi = torch.arange(b, device=t.device).view(-1, 1, 1)
+    out = t[bi, 0, ys.clamp(0, size - 1).unsqueeze(2), xs.clamp(0, size - 1).unsqueeze(1)]
+    return torch.where(ok, out, torch.full_like(out, fill)).unsqueeze(1)
+
+
+def _crop_backgrounds(bank: Bank, r: Rand, b: int, p_real: float):
+    """512 backgrounds: HU, lung, nodule mask [B,1,C,C] and which are real."""
+    size = bank.size
+    hu, lung = chest_backgrounds(r, b, size)
+    mask = torch.zeros_like(hu)
+    use_real = (r.u((b,)) < p_real) if bank.n_real > 0 else torch.zeros(b, dtype=torch.bool, device=r.device)
+    if bank.n_real > 0:
+        ri = r.i(bank.n_real, (b,))
+        ur = use_real.view(-1, 1, 1, 1)
+        body = torch.where(use_real.view(-1, 1), bank.real_body[ri], _default_body(b, size, r.device))
+        hu2, _ = chest_backgrounds(r, b, size, body=body, lungs=False)
+        rl = bank.real_lung[ri]
+        hu = torch.where(ur, torch.where(rl > 0, bank.real_hu[ri], hu2), hu)
+        lung = torch.where(ur, rl, lung)
+        mask = torch.where(ur, bank.real_mask[ri], mask)
+    return hu, lung, mask, use_real
+
+
+def crop_training_batch(bank: Bank, r: Rand, b: int, win: int = CROP_WIN, p_real: float = 0.3,
+                        p_paste: float = 0.85, p_second: float = 0.1, offset: int = CROP_OFFSET,
+                        grid_mm=CROP_GRID_MM, aug: bool = True) -> Tuple[torch.Tensor, torch.Tensor]:
+    """One batch of crop-model inputs [B,1,win,win] in [0,1] and masks."""
+    hu, lung, mask, use_real = _crop_backgrounds(bank, r, b, p_real)
+    er = -F.max_pool2d(-lung, 9, 1, 4)
+    has = mask.flatten(1).amax(1) > 0
+    w = torch.where(has.view(-1, 1, 1, 1), mask, er + 1e-3 * lung)
+    cy, cx = _pick_weighted(r, w)
+    cy = cy + r.i(2 * offset + 1, (b,)) - offset
+    cx = cx + r.i(2 * offset + 1, (b,)) - offset
+    hu_w = cut_windows(hu, cy, cx, win, -1024.0)
+    mask_w = cut_windows(mask, cy, cx, win, 0.0)
+    lung_w = cut_windows(lung, cy, cx, win, 0.0)
+    # a crop near the centre unless the window already holds a real nodule
+    on = ((r.u((b,)) < p_paste) & ~has).float()
+    if bank.n_crops > 0:
+        gm = r.u((b,), grid_mm[0], grid_mm[1])
+        centre = r.u((b, 2), -offset, offset)
+        hu_w, mask_w, _ = paste(bank, r, hu_w, mask_w, lung_w, r.i(bank.n_crops, (b,)), gm, True, on,
+                                centre=centre)
+        on2 = (r.u((b,)) < p_second).float()
+        hu_w, mask_w, _ = paste(bank, r, hu_w, mask_w, lung_w, r.i(bank.n_crops, (b,)), gm, True, on2)
+    if aug:
+        hu_w, mask_w = augment(r, hu_w, mask_w)
+    hu_w = hu_w + r.n((b, 1, 1, 1)).abs().clamp(max=2.5) * 8.0 * r.n(hu_w.shape)
+    x = D.window(hu_w)
+    if aug:
+        c = r.u((b, 1, 1, 1), 0.9, 1.1)
+        o = r.u((b, 1, 1, 1), -0.04, 0.04)
+        x = ((x - 0.5) * c + 0.5 + o).clamp(0.0, 1.0)
+    return x, mask_w
+
+
+def crop_eval_set(bank: Bank, seed: int, win: int = CROP_WIN, limit: Optional[int] = None,
+                  chunk: int = 64) -> EvalSet:
+    """Each crop once at its native spacing (scale 1, no rotation) at the centre of
+    a window cut around a lung pixel of a seeded synthetic 512 chest; CT noise 8 HU.
+    With the thetas, predictions map back exactly onto the crop's own pixels."""
+    g = torch.Generator()
+    g.manual_seed(seed)
+    r = Rand(g, bank.crop_hu.device)
+    n = bank.n_crops if limit is None else min(limit, bank.n_crops)
+    xs, ys, ts = [], [], []
+    for s in range(0, n, chunk):
+        idx = torch.arange(s, min(n, s + chunk), device=r.device)
+        b = idx.numel()
+        hu, lung = chest_backgrounds(r, b, bank.size)
+        er = -F.max_pool2d(-lung.float(), 9, 1, 4)
+        cy, cx = _pick_weighted(r, er + 1e-3 * lung)
+        hu_w = cut_windows(hu, cy, cx, win, -1024.0)
+        lung_w = cut_windows(lung.float(), cy, cx, win, 0.0)
+        mask_w = torch.zeros_like(hu_w)
+        hu_w, mask_w, th = paste(bank, r, hu_w, mask_w, lung_w, idx, bank.crop_spacing[idx], False,
+                                 torch.ones(b, device=r.device), centre=torch.zeros(b, 2, device=r.device))
+        hu_w = hu_w + 8.0 * r.n(hu_w.shape)
+        xs.append(D.window(hu_w))
+        ys.append(mask_w)
+        ts.append(th)
+    if not xs:
+        z = torch.zeros((0, 1, win, win), device=r.device)
+        return EvalSet(z, z, torch.zeros((0, 2, 3), device=r.device), torch.zeros(0, dtype=torch.long, device=r.device))
+    return EvalSet(torch.cat(xs), torch.cat(ys), torch.cat(ts), torch.arange(n, device=r.device))
+
+
+def crop_real_eval_set(bank: Bank, seed: int, win: int = CROP_WIN) -> EvalSet:
+    """Windows of the bank's real slices (512, synthetic body) centred on the
+    bounding-box centre of each slice's nodule pixels; slices without any are left out."""
+    g = torch.Generator()
+    g.manual_seed(seed)
+    r = Rand(g, bank.real_hu.device)
+    keep = [i for i in range(bank.n_real) if float(bank.real_mask[i].sum()) > 0]
+    if not keep:
+        z = torch.zeros((0, 1, win, win), device=r.device)
+        return EvalSet(z, z, None, None)
+    ix = torch.tensor(keep, device=r.device)
+    hu2, _ = chest_backgrounds(r, len(keep), bank.size, body=bank.real_body[ix], lungs=False)
+    lung = bank.real_lung[ix]
+    hu = torch.where(lung > 0, bank.real_hu[ix], hu2)
+    hu = hu + 8.0 * r.n(hu.shape) * (lung == 0).float()
+    cys, cxs = [], []
+    for m in bank.real_mask[ix]:
+        ys, xs = torch.nonzero(m[0] > 0, as_tuple=True)
+        cys.append(int((ys.min() + ys.max()) // 2))
+        cxs.append(int((xs.min() + xs.max()) // 2))
+    cy = torch.tensor(cys, device=r.device)
+    cx = torch.tensor(cxs, device=r.device)
+    x = D.window(cut_windows(hu, cy, cx, win, -1024.0))
+    y = cut_windows(bank.real_mask[ix], cy, cx, win, 0.0)
+    return EvalSet(x, y, None, None)

@@ -181,19 +181,28 @@ def run(args) -> Dict[str, object]:
     spec = M.SPECS[args.model]
     family = spec["family"]
     cfg = recipe_config(args.recipe, family, device, args)
-    size = args.size
+    crop = args.task == "crop"
+    if crop and not getattr(args, "detector", ""):
+        args.detector = args.model
+    size = args.size or (C.CROP_WIN if crop else 256)
+    canvas = C.CROP_CANVAS if crop else size
 
     data = args.loaded_data if getattr(args, "loaded_data", None) is not None else D.load(args.data)
     parts = D.split_data(data)
     tr, va, te = parts["train"], parts["val"], parts["test"]
     tr_crops = _subset_crops(tr["crops"], args.crop_limit)
-    bank_tr = C.make_bank(tr_crops, tr["slices"], device, size)
+    smooth = not crop  # crop models see the crops at their own resolution
+    bank_tr = C.make_bank(tr_crops, tr["slices"], device, canvas, smooth)
     bank_va = C.make_bank(_subset_crops(va["crops"], args.eval_limit),
-                          _subset_slices(va["slices"], args.eval_limit), device, size)
+                          _subset_slices(va["slices"], args.eval_limit), device, canvas, smooth)
     bank_te = C.make_bank(_subset_crops(te["crops"], args.eval_limit),
-                          _subset_slices(te["slices"], args.eval_limit), device, size)
-    val_comp = C.composite_eval_set(bank_va, seed=1001)
-    val_real = C.real_eval_set(bank_va, seed=1002)
+                          _subset_slices(te["slices"], args.eval_limit), device, canvas, smooth)
+    if crop:
+        val_comp = C.crop_eval_set(bank_va, seed=1001, win=size)
+        val_real = C.crop_real_eval_set(bank_va, seed=1002, win=size)
+    else:
+        val_comp = C.composite_eval_set(bank_va, seed=1001)
+        val_real = C.real_eval_set(bank_va, seed=1002)
     log(f"{args.model}/{args.recipe}: data {data.source}; train {len(tr['patients'])} patients "
         f"{bank_tr.n_crops} crops {bank_tr.n_real} slices; val {len(va['patients'])} patients "
         f"{bank_va.n_crops} crops {bank_va.n_real} slices; test {len(te['patients'])} patients "
@@ -254,7 +263,10 @@ def run(args) -> Dict[str, object]:
                 for g, b0 in zip(opt.param_groups, base_lrs):
                     g["lr"] = b0 * f
             with torch.no_grad():
-                x, y = C.training_batch(bank_tr, rnd, batch)
+                if crop:
+                    x, y = C.crop_training_batch(bank_tr, rnd, batch, win=size)
+                else:
+                    x, y = C.training_batch(bank_tr, rnd, batch)
             if cl:
                 x = x.contiguous(memory_format=torch.channels_last)
             with autocast(device, cfg["amp"]):
@@ -312,51 +324,81 @@ def run(args) -> Dict[str, object]:
     sl_v, cr_v = predict_scores(model, val_comp, device, cfg["amp"], eval_batch, bank_va, cl)
     thr = sl_v.best_threshold()
     rv, _ = predict_scores(model, val_real, device, cfg["amp"], eval_batch, channels_last=cl)
-    test_comp = C.composite_eval_set(bank_te, seed=2001)
-    test_real = C.real_eval_set(bank_te, seed=2002)
+    if crop:
+        test_comp = C.crop_eval_set(bank_te, seed=2001, win=size)
+        test_real = C.crop_real_eval_set(bank_te, seed=2002, win=size)
+    else:
+        test_comp = C.composite_eval_set(bank_te, seed=2001)
+        test_real = C.real_eval_set(bank_te, seed=2002)
     sl_t, cr_t = predict_scores(model, test_comp, device, cfg["amp"], eval_batch, bank_te, cl)
     rt, _ = predict_scores(model, test_real, device, cfg["amp"], eval_batch, channels_last=cl)
     vs, ts, tc, trl = sl_v.summary(thr), sl_t.summary(thr), cr_t.summary(thr), rt.summary(thr)
+    definitions = {
+        "slices": "256x256 composites: each held-out crop once in a seeded synthetic chest at 1.4 mm/px; "
+                  "pooled over all pixels of all images",
+        "crops": "the same predictions sampled back (bilinear) onto each crop's native pixel grid; only "
+                 "the crop's own pixels counted; pooled",
+        "real_slices": "the held-out normalised LIDC slices, approximate HU (v*775-835) inside the lung, "
+                       "seeded synthetic body outside, 512->256 area-averaged",
+        "dice": "pooled 2TP/(2TP+FP+FN) at the card threshold; dice_mean: per image, empty+empty = 1",
+        "rmse": "root mean square of (sigmoid(logit) - mask) over pixels; rmse_binary: of the binary mask",
+    }
+    if crop:
+        definitions.update({
+            "slices": f"{size}x{size} windows at native resolution: each held-out crop once, unscaled and "
+                      "unrotated, at the centre of a window cut around a lung pixel of a seeded synthetic "
+                      f"{canvas} chest; pooled over all window pixels",
+            "crops": "the same predictions on each crop's own pixels only (the window holds the crop "
+                     "unscaled, so no resampling); pooled",
+            "real_slices": f"{size}x{size} windows of the held-out normalised LIDC slices at 512 (approximate "
+                           "HU inside the lung, seeded synthetic body outside), centred on the bounding box "
+                           "of each slice's nodule pixels",
+        })
     validation = {
-        "threshold_selected_on": "val composites, pooled Dice over thresholds 0.05..0.95",
+        "threshold_selected_on": ("val crop windows" if crop else "val composites")
+                                 + ", pooled Dice over thresholds 0.05..0.95",
         "dice": vs["dice"], "iou": vs["iou"], "rmse": vs["rmse"],
         "val_slices": vs, "val_crops": cr_v.summary(thr), "val_real_slices": rv.summary(thr),
         "test_slices_dice": ts["dice"], "test_slices_iou": ts["iou"], "test_slices_rmse": ts["rmse"],
         "test_crops_dice": tc["dice"], "test_crops_iou": tc["iou"], "test_crops_rmse": tc["rmse"],
         "test_real_slices_dice": trl.get("dice"), "test_real_slices_iou": trl.get("iou"),
         "test_slices": ts, "test_crops": tc, "test_real_slices": trl,
-        "definitions": {
-            "slices": "256x256 composites: each held-out crop once in a seeded synthetic chest at 1.4 mm/px; "
-                      "pooled over all pixels of all images",
-            "crops": "the same predictions sampled back (bilinear) onto each crop's native pixel grid; only "
-                     "the crop's own pixels counted; pooled",
-            "real_slices": "the held-out normalised LIDC slices, approximate HU (v*775-835) inside the lung, "
-                           "seeded synthetic body outside, 512->256 area-averaged",
-            "dice": "pooled 2TP/(2TP+FP+FN) at the card threshold; dice_mean: per image, empty+empty = 1",
-            "rmse": "root mean square of (sigmoid(logit) - mask) over pixels; rmse_binary: of the binary mask",
-        },
+        "definitions": definitions,
     }
     log(f"{args.model}/{args.recipe}: threshold {thr}; val dice {vs['dice']:.4f}; test slices dice "
         f"{ts['dice']:.4f} iou {ts['iou']:.4f} rmse {ts['rmse']:.4f}; test crops dice {tc['dice']:.4f}; "
         f"test real dice {trl.get('dice', float('nan')):.4f}; val real dice {rv.summary(thr).get('dice', float('nan')):.4f}")
 
     dev_name = torch.cuda.get_device_name(device) if device.type == "cuda" else platform.processor() or "cpu"
+    if crop:
+        how = (f" Crop model: segments a {size}x{size} window at the slice's native pixel grid around a "
+               f"candidate of the whole-slice detector {args.detector} (the cascade '{args.detector}+crop'). "
+               f"Trained from scratch with the {args.recipe} recipe on LIDC-IDRI nodule crops pasted at their "
+               f"physical size into windows of {canvas}x{canvas} chest backgrounds.")
+        compositing = (f"{size}x{size} windows of synthetic or real-lung {canvas} chest backgrounds at "
+                       f"{C.CROP_GRID_MM[0]}-{C.CROP_GRID_MM[1]} mm/px, cut around a lung pixel or a real nodule; "
+                       f"a crop pasted within +-{C.CROP_OFFSET} px of the centre (p 0.85 unless a real nodule is "
+                       "there; a second one anywhere, p 0.1); flips, any rotation of the crop, then rotation +-30 deg, "
+                       "scale 0.9-1.1, elastic 1.5 px, CT noise, contrast 0.9-1.1, brightness +-0.04")
+    else:
+        how = (f" Trained from scratch with the {args.recipe} recipe on LIDC-IDRI "
+               f"nodule crops composited into whole {size}x{size} chest slices.")
+        compositing = ("crops pasted into synthetic or real-lung chest backgrounds at spacing/t, "
+                       "t ~ U(1.2,1.6) mm/px; flips, rotation +-30 deg, scale 0.9-1.1, elastic 1.5 px, "
+                       "CT noise, contrast 0.9-1.1, brightness +-0.04")
     card = {
         "name": args.name or args.model,
         "architecture": family,
         "variant": spec["variant"],
         "version": E.CARD_VERSION,
-        "description": spec["text"] + f" Trained from scratch with the {args.recipe} recipe on LIDC-IDRI "
-                       f"nodule crops composited into whole {size}x{size} chest slices.",
+        "description": spec["text"] + how,
         "threshold": thr,
         "parameters": M.count_parameters(model),
         "training": {
             "data": {"source": data.source.split(":")[0], "dataset": "LIDC-IDRI (CC BY 3.0), shared/data README",
                      "crops": "ctslicing_vois_hu (HU crops, union of readers' outlines)",
                      "slices": "vinibfr_lidc_norm (normalised full slices, 50% consensus)",
-                     "compositing": "crops pasted into synthetic or real-lung chest backgrounds at spacing/t, "
-                                    "t ~ U(1.2,1.6) mm/px; flips, rotation +-30 deg, scale 0.9-1.1, elastic 1.5 px, "
-                                    "CT noise, contrast 0.9-1.1, brightness +-0.04"},
+                     "compositing": compositing},
             "split": {"rule": "by patient_id: the 5 full-slice patients fixed (0001,0003,0006 train; 0008 val; "
                               "0007 test); the others ordered by sha256('lungseg-split-v1:'+id), cut 80/10/10",
                       "train_patients": len(tr["patients"]), "val_patients": len(va["patients"]),
@@ -372,6 +414,11 @@ def run(args) -> Dict[str, object]:
         },
         "validation": validation,
     }
+    if crop:
+        card["task"] = "crop"
+        card["detector"] = args.detector
+        card["cascade"] = {"window": size, "detect_threshold": args.detect_threshold,
+                           "max_candidates": args.max_candidates}
     summary = {"model": args.model, "name": card["name"], "recipe": args.recipe, "card": card, "history": history,
                "nonfinite_epochs": nonfinite}
     if args.work:
@@ -423,7 +470,12 @@ def parser() -> argparse.ArgumentParser:
     ap.add_argument("--batch", type=int, default=0)
     ap.add_argument("--lr", type=float, default=0.0)
     ap.add_argument("--no-amp", action="store_true")
-    ap.add_argument("--size", type=int, default=256)
+    ap.add_argument("--size", type=int, default=0, help="model input side (default 256; crop task 128)")
+    ap.add_argument("--task", default="slice", choices=["slice", "crop"],
+                    help="slice: whole-slice model at 256; crop: native-resolution window model for the cascade")
+    ap.add_argument("--detector", default="", help="crop task: the whole-slice model it follows (default: --model)")
+    ap.add_argument("--detect-threshold", type=float, default=0.25, help="crop task: cascade candidate threshold")
+    ap.add_argument("--max-candidates", type=int, default=8, help="crop task: windows per slice at most")
     ap.add_argument("--epoch-samples", type=int, default=0)
     ap.add_argument("--max-epochs", type=int, default=0)
     ap.add_argument("--max-steps", type=int, default=0)
