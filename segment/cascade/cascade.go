@@ -1,0 +1,254 @@
+// Package cascade holds the arithmetic of the two-model cascade
+// "<detector>+crop": where the crop windows go (segment runs the crop model
+// in them) and how the windows' probabilities merge with the detector's
+// map (score builds the refined map from them). It is pure Go with no
+// model or bus, so that both stages share one definition and tests can
+// check it on hand-made maps.
+//
+// The algorithm, which the evaluation in Python repeats exactly:
+//
+//  1. The detector's probability map is resized to the slice's rows×cols
+//     with imgx.ResizeBilinear (the native map).
+//  2. Candidates are the 8-connected components of native pixels with
+//     probability > DetectThreshold (float32 comparison), each with its
+//     inclusive bounding box and peak probability. They are sorted by peak
+//     descending, ties by bounding-box top row, then left column, then
+//     raster order of the component's first pixel; the first
+//     MaxCandidates are kept. Of those, a component whose box is taller or
+//     wider than Window−16 is skipped (it gets no window); it still counts
+//     towards MaxCandidates.
+//  3. Each remaining candidate gets the Window×Window window whose top-left
+//     corner is (cy−Window/2, cx−Window/2), with cy = (ymin+ymax)/2 and
+//     cx = (xmin+xmax)/2 in integer division. Windows are not clamped to
+//     the image: pixels outside it read OutsideHU.
+//  4. The crop model sees the window's HU normalised as its card says
+//     (Crop) and returns a probability window.
+//  5. Merge: a pixel covered by one window or more takes the maximum of
+//     those windows' probabilities (the detector's value there is
+//     discarded); a pixel covered by no window takes min(native,
+//     threshold), threshold being the crop model's. So only crop windows
+//     make mask pixels: the pixels of skipped candidates, of candidates
+//     past MaxCandidates and of anything else the detector saw are capped
+//     at the threshold too. With no candidate the whole map is capped.
+//  6. The mask is refined > threshold (strictly, in float32: a capped
+//     pixel equals the threshold at most and is never in the mask).
+package cascade
+
+import (
+	"errors"
+	"fmt"
+	"sort"
+
+	"github.com/lungseg/lungseg/pkg/imgx"
+	"github.com/lungseg/lungseg/pkg/model"
+)
+
+// OutsideHU is the value a window reads outside the image (air).
+const OutsideHU = -1024
+
+// Margin is how much smaller than the window a candidate's bounding box
+// must be, in each direction, to get a window.
+const Margin = 16
+
+// ErrWindow reports a window whose size or probabilities do not fit.
+var ErrWindow = errors.New("cascade: bad window")
+
+// Params are a crop model's cascade settings.
+type Params struct {
+	// Window is the side of the square crop window in native pixels.
+	Window int
+	// DetectThreshold cuts the detector's native map into candidates.
+	DetectThreshold float32
+	// MaxCandidates is the most candidates kept per slice.
+	MaxCandidates int
+	// Threshold is the crop model's own threshold: the refined map's cap
+	// and mask threshold.
+	Threshold float32
+}
+
+// ParamsOf returns the cascade settings of a crop model's card.
+func ParamsOf(c *model.Card) (Params, error) {
+	if !c.IsCrop() || c.Cascade == nil {
+		return Params{}, fmt.Errorf("cascade: %s is not a crop model", c.Name)
+	}
+	return Params{Window: c.Cascade.Window, DetectThreshold: float32(c.Cascade.DetectThreshold),
+		MaxCandidates: c.Cascade.MaxCandidates, Threshold: float32(c.Threshold)}, nil
+}
+
+// Component is one 8-connected component of the native map above the
+// detect threshold.
+type Component struct {
+	// Inclusive bounding box.
+	YMin, XMin, YMax, XMax int
+	// Peak is the highest probability in the component.
+	Peak float32
+	// Pixels is the component's size.
+	Pixels int
+}
+
+// Height and Width are the bounding box's sides.
+func (c Component) Height() int { return c.YMax - c.YMin + 1 }
+
+// Width is the bounding box's width.
+func (c Component) Width() int { return c.XMax - c.XMin + 1 }
+
+// Window is a rectangle on the native grid; Y0 and X0 may be negative and
+// the rectangle may reach past the image.
+type Window struct {
+	Y0, X0, H, W int
+}
+
+// Components labels the 8-connected components of the pixels of prob
+// (rows×cols) with a value > thr, in raster order of each component's
+// first pixel.
+func Components(prob []float32, rows, cols int, thr float32) []Component {
+	seen := make([]bool, len(prob))
+	var out []Component
+	var stack []int
+	for start, v := range prob {
+		if seen[start] || !(v > thr) {
+			continue
+		}
+		c := Component{YMin: rows, XMin: cols, YMax: -1, XMax: -1, Peak: v}
+		seen[start] = true
+		stack = append(stack[:0], start)
+		for len(stack) > 0 {
+			i := stack[len(stack)-1]
+			stack = stack[:len(stack)-1]
+			y, x := i/cols, i%cols
+			c.Pixels++
+			c.YMin, c.YMax = min(c.YMin, y), max(c.YMax, y)
+			c.XMin, c.XMax = min(c.XMin, x), max(c.XMax, x)
+			if prob[i] > c.Peak {
+				c.Peak = prob[i]
+			}
+			for dy := -1; dy <= 1; dy++ {
+				ny := y + dy
+				if ny < 0 || ny >= rows {
+					continue
+				}
+				for dx := -1; dx <= 1; dx++ {
+					nx := x + dx
+					if nx < 0 || nx >= cols {
+						continue
+					}
+					j := ny*cols + nx
+					if !seen[j] && prob[j] > thr {
+						seen[j] = true
+						stack = append(stack, j)
+					}
+				}
+			}
+		}
+		out = append(out, c)
+	}
+	return out
+}
+
+// Select orders components (given in raster order, as Components returns
+// them) by peak descending, ties by top row then left column, keeps the
+// first p.MaxCandidates, drops those whose box exceeds Window−Margin in
+// height or width, and returns the windows of the rest, in that order.
+func Select(comps []Component, p Params) []Window {
+	cs := append([]Component(nil), comps...)
+	sort.SliceStable(cs, func(i, j int) bool {
+		a, b := cs[i], cs[j]
+		if a.Peak != b.Peak {
+			return a.Peak > b.Peak
+		}
+		if a.YMin != b.YMin {
+			return a.YMin < b.YMin
+		}
+		return a.XMin < b.XMin
+	})
+	if len(cs) > p.MaxCandidates {
+		cs = cs[:p.MaxCandidates]
+	}
+	var out []Window
+	for _, c := range cs {
+		if c.Height() > p.Window-Margin || c.Width() > p.Window-Margin {
+			continue
+		}
+		out = append(out, WindowOf(c, p.Window))
+	}
+	return out
+}
+
+// WindowOf returns the size×size window centred on a component's box.
+func WindowOf(c Component, size int) Window {
+	cy, cx := (c.YMin+c.YMax)/2, (c.XMin+c.XMax)/2
+	return Window{Y0: cy - size/2, X0: cx - size/2, H: size, W: size}
+}
+
+// Plan returns the crop windows of a native-resolution detector map
+// (steps 2 and 3).
+func Plan(native []float32, rows, cols int, p Params) []Window {
+	return Select(Components(native, rows, cols, p.DetectThreshold), p)
+}
+
+// Crop returns the crop model's input of one window: the HU of the window
+// (OutsideHU beyond the image), normalised by norm, row-major.
+func Crop(hu *imgx.HU, w Window, norm model.Normalisation) []float32 {
+	out := make([]float32, w.H*w.W)
+	air := norm.Apply(OutsideHU)
+	for y := 0; y < w.H; y++ {
+		sy := w.Y0 + y
+		row := out[y*w.W : (y+1)*w.W]
+		for x := range row {
+			sx := w.X0 + x
+			if sy < 0 || sy >= hu.Rows || sx < 0 || sx >= hu.Cols {
+				row[x] = air
+				continue
+			}
+			row[x] = norm.Apply(float64(hu.Pix[sy*hu.Cols+sx]))
+		}
+	}
+	return out
+}
+
+// Merge builds the refined map (step 5) from the native detector map
+// (rows×cols) and the crop model's probability windows (probs[k] holds
+// wins[k].H×wins[k].W values). native is not changed.
+func Merge(native []float32, rows, cols int, wins []Window, probs [][]float32, thr float32) ([]float32, error) {
+	if len(native) != rows*cols {
+		return nil, fmt.Errorf("%w: native map of %d values for %d×%d", ErrWindow, len(native), rows, cols)
+	}
+	if len(wins) != len(probs) {
+		return nil, fmt.Errorf("%w: %d windows, %d probability maps", ErrWindow, len(wins), len(probs))
+	}
+	refined := make([]float32, len(native))
+	covered := make([]bool, len(native))
+	for k, w := range wins {
+		if w.H < 1 || w.W < 1 || w.H > imgx.MaxSide || w.W > imgx.MaxSide || len(probs[k]) != w.H*w.W {
+			return nil, fmt.Errorf("%w: window %d is %d×%d with %d values", ErrWindow, k, w.H, w.W, len(probs[k]))
+		}
+		for y := max(0, -w.Y0); y < w.H && w.Y0+y < rows; y++ {
+			py := w.Y0 + y
+			for x := max(0, -w.X0); x < w.W && w.X0+x < cols; x++ {
+				i := py*cols + w.X0 + x
+				v := probs[k][y*w.W+x]
+				if !covered[i] || v > refined[i] {
+					refined[i] = v
+				}
+				covered[i] = true
+			}
+		}
+	}
+	for i, v := range native {
+		if !covered[i] {
+			refined[i] = min(v, thr)
+		}
+	}
+	return refined, nil
+}
+
+// Mask thresholds a refined map (step 6): pixels with a value > thr.
+func Mask(refined []float32, rows, cols int, thr float32) *imgx.Mask {
+	m := imgx.NewMask(rows, cols)
+	for i, v := range refined {
+		if v > thr {
+			m.Pix[i] = 1
+		}
+	}
+	return m
+}
