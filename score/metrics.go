@@ -21,15 +21,21 @@ type Metrics struct {
 }
 
 // Compare computes the metrics of a probability map (values in [0,1], same
-// size as truth) thresholded at thr.
+// size as truth) thresholded at thr: pixels with a value >= thr are
+// predicted.
 func Compare(prob []float32, thr float64, truth *imgx.Mask) (Metrics, *imgx.Mask) {
-	pred := imgx.NewMask(truth.Rows, truth.Cols)
+	pred := Threshold(prob, truth.Rows, truth.Cols, thr)
+	return CompareMask(prob, pred, truth), pred
+}
+
+// CompareMask computes the metrics of a predicted mask (Dice, IoU) and of
+// the probability map it was cut from (RMSE), all the same size as truth.
+func CompareMask(prob []float32, pred, truth *imgx.Mask) Metrics {
 	var inter, p, t int
 	var se float64
 	for i, v := range prob {
 		g := truth.Pix[i] != 0
-		if float64(v) >= thr {
-			pred.Pix[i] = 1
+		if pred.Pix[i] != 0 {
 			p++
 			if g {
 				inter++
@@ -50,10 +56,10 @@ func Compare(prob []float32, thr float64, truth *imgx.Mask) (Metrics, *imgx.Mask
 		m.Dice = 2 * float64(inter) / float64(p+t)
 		m.IoU = float64(inter) / float64(p+t-inter)
 	}
-	return m, pred
+	return m
 }
 
-// Threshold makes a binary mask of a probability map.
+// Threshold makes a binary mask of a probability map: pixels >= thr.
 func Threshold(prob []float32, rows, cols int, thr float64) *imgx.Mask {
 	m := imgx.NewMask(rows, cols)
 	for i, v := range prob {

@@ -9,46 +9,64 @@ import (
 	"github.com/lungseg/lungseg/pkg/imgx"
 	"github.com/lungseg/lungseg/pkg/stage"
 	lungsegv1 "github.com/lungseg/lungseg/proto/lungseg/v1"
+	"github.com/lungseg/lungseg/segment/cascade"
 	"google.golang.org/protobuf/proto"
 )
 
 // Stage is the score stage processor: it maps each probability map back to
 // the slice's original grid, thresholds it at the model's threshold and
-// scores it against the ground truth. Safe for concurrent use.
+// scores it against the ground truth. A cascade's map is first refined
+// with its crop windows (Refine) and thresholded with ">" instead of ">=",
+// so that the pixels capped at the threshold stay out of the mask.
+// Safe for concurrent use.
 type Stage struct{}
 
-// ScoreOutput computes the Score of one model output.
-func ScoreOutput(o *lungsegv1.ModelOutput) (*lungsegv1.Score, error) {
+// Prediction maps a model output to the slice's grid: the probability map
+// resized to rows×cols (refined with the crop windows for a cascade) and
+// the predicted mask cut from it at the output's threshold.
+func Prediction(o *lungsegv1.ModelOutput) (prob []float32, pred *imgx.Mask, err error) {
 	if o.Meta == nil {
-		return nil, errors.New("score: output without slice metadata")
+		return nil, nil, errors.New("score: output without slice metadata")
 	}
 	h, w := int(o.Height), int(o.Width)
 	if err := imgx.CheckSize(h, w); err != nil {
-		return nil, fmt.Errorf("score: probability map: %w", err)
+		return nil, nil, fmt.Errorf("score: probability map: %w", err)
 	}
-	prob, err := imgx.DecodeFloat32(h*w, o.Prob)
+	small, err := imgx.DecodeFloat32(h*w, o.Prob)
 	if err != nil {
-		return nil, fmt.Errorf("score: probability map: %w", err)
+		return nil, nil, fmt.Errorf("score: probability map: %w", err)
 	}
 	rows, cols := int(o.Meta.Rows), int(o.Meta.Cols)
 	if err := imgx.CheckSize(rows, cols); err != nil {
-		return nil, fmt.Errorf("score: slice %s: %w", o.Meta.Id, err)
+		return nil, nil, fmt.Errorf("score: slice %s: %w", o.Meta.Id, err)
 	}
-	full := imgx.ResizeBilinear(prob, h, w, rows, cols)
-	thr := float64(o.Threshold)
+	full := imgx.ResizeBilinear(small, h, w, rows, cols)
+	if !o.Cascade {
+		return full, Threshold(full, rows, cols, float64(o.Threshold)), nil
+	}
+	if full, err = Refine(o, full); err != nil {
+		return nil, nil, err
+	}
+	return full, cascade.Mask(full, rows, cols, o.Threshold), nil
+}
+
+// ScoreOutput computes the Score of one model output.
+func ScoreOutput(o *lungsegv1.ModelOutput) (*lungsegv1.Score, error) {
+	full, pred, err := Prediction(o)
+	if err != nil {
+		return nil, err
+	}
+	rows, cols := int(o.Meta.Rows), int(o.Meta.Cols)
 	s := &lungsegv1.Score{Meta: o.Meta, Model: o.Model, ModelVersion: o.ModelVersion, HasTruth: o.HasMask, InferenceUs: o.InferenceUs}
-	var pred *imgx.Mask
 	if o.HasMask {
 		truth, err := imgx.UnpackMask(rows, cols, o.MaskBits)
 		if err != nil {
 			return nil, fmt.Errorf("score: slice %s truth: %w", o.Meta.Id, err)
 		}
-		var m Metrics
-		m, pred = Compare(full, thr, truth)
+		m := CompareMask(full, pred, truth)
 		s.Dice, s.Iou, s.Rmse, s.BothEmpty = m.Dice, m.IoU, m.RMSE, m.BothEmpty
 		s.TruthPixels, s.PredictedPixels = int64(m.Truth), int64(m.Predicted)
 	} else {
-		pred = Threshold(full, rows, cols, thr)
 		s.PredictedPixels = int64(pred.Count())
 	}
 	s.PredBits = pred.PackBits()
@@ -60,6 +78,31 @@ func ScoreOutput(o *lungsegv1.ModelOutput) (*lungsegv1.Score, error) {
 	}
 	s.PredProb = imgx.EncodeFloat32(inside)
 	return s, nil
+}
+
+// Refine builds the refined map of a cascade output from its detector map
+// already resized to the slice's grid (native) and its crop windows, as
+// segment/cascade.Merge says, capped at the output's threshold (the crop
+// model's).
+func Refine(o *lungsegv1.ModelOutput, native []float32) ([]float32, error) {
+	wins := make([]cascade.Window, len(o.Windows))
+	probs := make([][]float32, len(o.Windows))
+	for k, w := range o.Windows {
+		if err := imgx.CheckSize(int(w.Height), int(w.Width)); err != nil {
+			return nil, fmt.Errorf("score: slice %s: crop window %d: %w", o.Meta.Id, k, err)
+		}
+		p, err := imgx.DecodeFloat32(int(w.Height)*int(w.Width), w.Prob)
+		if err != nil {
+			return nil, fmt.Errorf("score: slice %s: crop window %d: %w", o.Meta.Id, k, err)
+		}
+		wins[k] = cascade.Window{Y0: int(w.Y0), X0: int(w.X0), H: int(w.Height), W: int(w.Width)}
+		probs[k] = p
+	}
+	refined, err := cascade.Merge(native, int(o.Meta.Rows), int(o.Meta.Cols), wins, probs, o.Threshold)
+	if err != nil {
+		return nil, fmt.Errorf("score: slice %s: %w", o.Meta.Id, err)
+	}
+	return refined, nil
 }
 
 // Process implements stage.Processor.

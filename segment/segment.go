@@ -3,10 +3,17 @@
 // sees every slice and the workers of one model share the work, and
 // publishes probability maps on lung.masks.<model>. The ONNX Runtime
 // session lives in segment/infer.
+//
+// The worker of a model m also serves its cascade "m+crop" when it has the
+// crop model paired with m: it runs m, places crop windows on the slice's
+// native grid (segment/cascade), runs the crop model in them and publishes
+// m's map with the windows; score merges them.
 package segment
 
 import (
 	"context"
+	"crypto/sha256"
+	"encoding/hex"
 	"fmt"
 	"time"
 
@@ -15,6 +22,8 @@ import (
 	"github.com/lungseg/lungseg/pkg/model"
 	"github.com/lungseg/lungseg/pkg/stage"
 	lungsegv1 "github.com/lungseg/lungseg/proto/lungseg/v1"
+	"github.com/lungseg/lungseg/segment/cascade"
+	"github.com/nats-io/nats.go/jetstream"
 	"google.golang.org/protobuf/proto"
 )
 
@@ -25,12 +34,35 @@ type Model interface {
 	Provider() string
 }
 
+// FixedBatcher is implemented by a Model whose input has a fixed batch
+// size (infer.Session); 0 means any batch.
+type FixedBatcher interface {
+	FixedBatch() int
+}
+
+// PixelSource fetches pixels kept in the object store.
+type PixelSource interface {
+	GetBytes(ctx context.Context, name string, opts ...jetstream.GetObjectOpt) ([]byte, error)
+}
+
 // Stage is the segment processor of one model. Safe for concurrent use
-// when its Model is.
+// when its Models are.
 type Stage struct {
 	Card  *model.Card
 	Model Model
+	// Crop and CropModel serve the cascade Card.Name+"+crop": the crop
+	// model paired with Card (model.Registry.Crop) and its session. Without
+	// them, cascade inputs fail as permanent errors.
+	Crop      *model.Card
+	CropModel Model
+	// Objects fetches a cascade's native HU when preprocess sent a
+	// reference to the object store instead of the pixels.
+	Objects PixelSource
 }
+
+// maxOutput is the largest ModelOutput published, leaving room for
+// headers under the payload limit.
+const maxOutput = bus.MaxPayload - 16<<10
 
 // Predict runs the model on one input, averaging over horizontal and
 // vertical flips when tta is set.
@@ -98,6 +130,17 @@ func (s *Stage) Process(ctx context.Context, m *stage.Msg, e stage.Emitter) erro
 	if err != nil {
 		return stage.Permanentf("segment: slice %s: %w", in.Meta.Id, err)
 	}
+	isCascade := model.IsCascade(in.Model)
+	var hu *imgx.HU
+	if isCascade {
+		// Check the crop model and the pixels before spending inference.
+		if s.Crop == nil || s.CropModel == nil {
+			return stage.Permanentf("segment: slice %s: no crop model loaded for %s on the worker of %s", in.Meta.Id, in.Model, c.Name)
+		}
+		if hu, err = s.nativeHU(ctx, &in); err != nil {
+			return err
+		}
+	}
 	start := time.Now()
 	prob, err := Predict(s.Model, x, h, w, in.Tta)
 	if err != nil {
@@ -107,12 +150,125 @@ func (s *Stage) Process(ctx context.Context, m *stage.Msg, e stage.Emitter) erro
 		Meta: in.Meta, Model: in.Model, ModelVersion: c.Version,
 		Height: int32(h), Width: int32(w), Prob: imgx.EncodeFloat32(prob),
 		Threshold: float32(c.Threshold), MaskBits: in.MaskBits, HasMask: in.HasMask,
-		Provider: s.Model.Provider(), InferenceUs: time.Since(start).Microseconds(),
+		Provider: s.Model.Provider(),
 	}
+	if isCascade {
+		if err := s.refine(out, prob, hu); err != nil {
+			return err
+		}
+	}
+	out.InferenceUs = time.Since(start).Microseconds()
 	b, err := proto.Marshal(out)
 	if err != nil {
 		return err
 	}
+	if len(b) > maxOutput {
+		return stage.Permanentf("segment: slice %s: output of %s is %d bytes, over the %d-byte message limit", in.Meta.Id, in.Model, len(b), maxOutput)
+	}
 	return e.Emit(ctx, stage.Out{Subject: bus.MasksSubject(c.Name), Data: b,
 		SliceID: in.Meta.Id, ReplayID: in.Meta.ReplayId, Model: in.Model})
+}
+
+// nativeHU decodes a cascade input's native HU, fetching it from the
+// object store when the input holds a reference. Bad pixels are permanent
+// errors; a failed fetch is retried.
+func (s *Stage) nativeHU(ctx context.Context, in *lungsegv1.ModelInput) (*imgx.HU, error) {
+	rows, cols := int(in.Meta.Rows), int(in.Meta.Cols)
+	if err := imgx.CheckSize(rows, cols); err != nil {
+		return nil, stage.Permanentf("segment: slice %s: %w", in.Meta.Id, err)
+	}
+	px := in.NativeHu
+	if ref := in.NativeHuRef; len(px) == 0 && ref != nil {
+		if s.Objects == nil {
+			return nil, stage.Permanentf("segment: slice %s: native pixels are in the object store, which this worker has not got", in.Meta.Id)
+		}
+		if want := 2 * int64(rows) * int64(cols); ref.Size != want {
+			return nil, stage.Permanentf("segment: slice %s: object of %d bytes for %d×%d int16", in.Meta.Id, ref.Size, rows, cols)
+		}
+		b, err := s.Objects.GetBytes(ctx, ref.Key)
+		if err != nil {
+			return nil, fmt.Errorf("segment: slice %s: fetching native pixels %s: %w", in.Meta.Id, ref.Key, err)
+		}
+		if sum := sha256.Sum256(b); hex.EncodeToString(sum[:]) != ref.Sha256 {
+			return nil, stage.Permanentf("segment: slice %s: native pixels %s fail their sha256", in.Meta.Id, ref.Key)
+		}
+		px = b
+	}
+	if len(px) == 0 {
+		return nil, stage.Permanentf("segment: slice %s: cascade input %s without native HU", in.Meta.Id, in.Model)
+	}
+	hu, err := imgx.DecodeHU(rows, cols, px)
+	if err != nil {
+		return nil, stage.Permanentf("segment: slice %s: native HU: %w", in.Meta.Id, err)
+	}
+	return hu, nil
+}
+
+// refine runs the cascade's crop stage on a detector map (prob, at the
+// detector's input size) and fills the output's cascade fields.
+func (s *Stage) refine(out *lungsegv1.ModelOutput, prob []float32, hu *imgx.HU) error {
+	p, err := cascade.ParamsOf(s.Crop)
+	if err != nil {
+		return stage.Permanent(err)
+	}
+	native := imgx.ResizeBilinear(prob, int(out.Height), int(out.Width), hu.Rows, hu.Cols)
+	wins := cascade.Plan(native, hu.Rows, hu.Cols, p)
+	probs, err := RunWindows(s.CropModel, s.Crop, hu, wins)
+	if err != nil {
+		return fmt.Errorf("segment: running %s on %s: %w", s.Crop.Name, out.Meta.Id, err)
+	}
+	out.Cascade, out.CropModel, out.CropModelVersion = true, s.Crop.Name, s.Crop.Version
+	out.Threshold = p.Threshold
+	for k, w := range wins {
+		out.Windows = append(out.Windows, &lungsegv1.CropWindow{Y0: int32(w.Y0), X0: int32(w.X0),
+			Height: int32(w.H), Width: int32(w.W), Prob: imgx.EncodeFloat32(probs[k])})
+	}
+	return nil
+}
+
+// RunWindows runs a crop model on windows of a slice: all in one Run when
+// the model's batch axis is dynamic, else in batches of its fixed size
+// (the last padded with air windows). It returns one probability window
+// per window.
+func RunWindows(m Model, crop *model.Card, hu *imgx.HU, wins []cascade.Window) ([][]float32, error) {
+	if len(wins) == 0 {
+		return nil, nil
+	}
+	px := crop.Input.Height * crop.Input.Width
+	in := make([]float32, 0, len(wins)*px)
+	for _, w := range wins {
+		if w.H != crop.Input.Height || w.W != crop.Input.Width {
+			return nil, fmt.Errorf("%w: %d×%d window for a %d×%d model", cascade.ErrWindow, w.H, w.W, crop.Input.Height, crop.Input.Width)
+		}
+		in = append(in, cascade.Crop(hu, w, crop.Normalisation)...)
+	}
+	chunk := len(wins)
+	if f, ok := m.(FixedBatcher); ok && f.FixedBatch() > 0 {
+		chunk = f.FixedBatch()
+	}
+	out := make([][]float32, 0, len(wins))
+	for k := 0; k < len(wins); k += chunk {
+		n := min(chunk, len(wins)-k)
+		batch := in[k*px : (k+n)*px]
+		if n < chunk {
+			padded := make([]float32, chunk*px)
+			copy(padded, batch)
+			air := crop.Normalisation.Apply(cascade.OutsideHU)
+			for i := len(batch); i < len(padded); i++ {
+				padded[i] = air
+			}
+			batch = padded
+		}
+		res, err := m.Run(batch, chunk)
+		if err != nil {
+			return nil, err
+		}
+		if len(res) != chunk*px {
+			return nil, fmt.Errorf("%w: model returned %d values for %d windows", cascade.ErrWindow, len(res), chunk)
+		}
+		for j := 0; j < n; j++ {
+			out = append(out, res[j*px:(j+1)*px:(j+1)*px])
+		}
+	}
+	return out, nil
 }

@@ -188,8 +188,8 @@ func (s *Stage) Process(ctx context.Context, m *stage.Msg, e stage.Emitter) erro
 
 // Decode reads a Score (subjects under lung.scores.) or a ModelOutput
 // (lung.masks.) into a SliceInput. A ModelOutput's probability map is
-// resized to the slice and thresholded as the score stage does, so both
-// give the same mask; both give the probabilities of the predicted pixels
+// resized to the slice (and refined, for a cascade) and thresholded by
+// score.Prediction, as the score stage does, so both give the same mask; both give the probabilities of the predicted pixels
 // (a Score through pred_prob, when present).
 func Decode(subject string, data []byte) (SliceInput, error) {
 	switch {
@@ -228,20 +228,10 @@ func Decode(subject string, data []byte) (SliceInput, error) {
 		if o.Meta == nil {
 			return SliceInput{}, ErrNoMeta
 		}
-		h, w := int(o.Height), int(o.Width)
-		rows, cols := int(o.Meta.Rows), int(o.Meta.Cols)
-		if err := imgx.CheckSize(h, w); err != nil {
-			return SliceInput{}, fmt.Errorf("probability map of %s: %w", o.Meta.Id, err)
-		}
-		if err := imgx.CheckSize(rows, cols); err != nil {
-			return SliceInput{}, fmt.Errorf("slice %s: %w", o.Meta.Id, err)
-		}
-		prob, err := imgx.DecodeFloat32(h*w, o.Prob)
+		full, pred, err := score.Prediction(&o)
 		if err != nil {
-			return SliceInput{}, fmt.Errorf("probability map of %s: %w", o.Meta.Id, err)
+			return SliceInput{}, fmt.Errorf("model output of %s: %w", o.Meta.Id, err)
 		}
-		full := imgx.ResizeBilinear(prob, h, w, rows, cols)
-		pred := score.Threshold(full, rows, cols, float64(o.Threshold))
 		return SliceInput{Meta: o.Meta, Model: o.Model, ModelVersion: o.ModelVersion, Pred: pred, Prob: full}, nil
 	}
 	return SliceInput{}, fmt.Errorf("%w: subject %s is neither a score nor a model output", ErrBadMessage, subject)

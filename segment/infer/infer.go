@@ -105,6 +105,7 @@ type Session struct {
 	h, w     int
 	provider string
 	sigmoid  bool
+	fixed    int // the input's fixed batch size; 0 when the axis is dynamic
 
 	mu   sync.RWMutex
 	sess *ort.DynamicAdvancedSession
@@ -141,7 +142,7 @@ func Open(card *model.Card, opts Options, log zerolog.Logger) (*Session, error) 
 		w:       card.Input.Width,
 		sigmoid: card.Output == "logits",
 	}
-	if err := checkIO(card.Path(), inName, outName, s.h, s.w); err != nil {
+	if s.fixed, err = checkIO(card.Path(), inName, outName, s.h, s.w); err != nil {
 		return nil, fmt.Errorf("%w: %s: %v", ErrModel, card.Name, err)
 	}
 	log = log.With().Str("model", card.Name).Logger()
@@ -258,12 +259,14 @@ func appendTensorRT(so *ort.SessionOptions, o Options) error {
 }
 
 // checkIO reads the model's declared input and output and checks that the
-// named ones are float32 [N,1,H,W] (any dimension may be symbolic).
-func checkIO(path, inName, outName string, h, w int) error {
+// named ones are float32 [N,1,H,W] (any dimension may be symbolic). It
+// returns the input's batch size N, or 0 when that axis is dynamic.
+func checkIO(path, inName, outName string, h, w int) (int, error) {
 	ins, outs, err := ort.GetInputOutputInfo(path)
 	if err != nil {
-		return fmt.Errorf("reading inputs and outputs: %w", err)
+		return 0, fmt.Errorf("reading inputs and outputs: %w", err)
 	}
+	fixed := 0
 	find := func(kind, name string, infos []ort.InputOutputInfo) error {
 		var names []string
 		for _, i := range infos {
@@ -279,14 +282,17 @@ func checkIO(path, inName, outName string, h, w int) error {
 			if len(d) != 4 || !ok(d[1], 1) || !ok(d[2], h) || !ok(d[3], w) {
 				return fmt.Errorf("%s %q has shape %v, want [N 1 %d %d]", kind, name, d, h, w)
 			}
+			if kind == "input" && d[0] > 0 {
+				fixed = int(d[0])
+			}
 			return nil
 		}
 		return fmt.Errorf("no %s %q (model has %s)", kind, name, strings.Join(names, ", "))
 	}
 	if err := find("input", inName, ins); err != nil {
-		return err
+		return 0, err
 	}
-	return find("output", outName, outs)
+	return fixed, find("output", outName, outs)
 }
 
 // Provider returns the execution provider actually in use.
@@ -294,6 +300,10 @@ func (s *Session) Provider() string { return s.provider }
 
 // Card returns the model card the session was opened with.
 func (s *Session) Card() *model.Card { return s.card }
+
+// FixedBatch returns the batch size the model's input is fixed to, or 0
+// when its batch axis is dynamic (any n up to MaxBatch per Run).
+func (s *Session) FixedBatch() int { return s.fixed }
 
 // Size returns the image height and width the model takes.
 func (s *Session) Size() (h, w int) { return s.h, s.w }

@@ -1,0 +1,116 @@
+package score
+
+import (
+	"math"
+	"testing"
+
+	"github.com/lungseg/lungseg/pkg/imgx"
+	lungsegv1 "github.com/lungseg/lungseg/proto/lungseg/v1"
+)
+
+// TestScoreCascade scores a hand-made cascade output: a uniform 0.9
+// detector map, two overlapping crop windows, one reaching past the top
+// and right edges. The expected refined map is written out pixel by pixel.
+func TestScoreCascade(t *testing.T) {
+	const rows, cols = 6, 8
+	det := make([]float32, 3*4)
+	for i := range det {
+		det[i] = 0.9
+	}
+	w1 := []float32{ // y0 -1, x0 5: rows 1..2, cols 0..2 land on image rows 0..1, cols 5..7
+		0.99, 0.99, 0.99, 0.99,
+		0.2, 0.6, 0.7, 0.1,
+		0.3, 0.4, 0.8, 0.95,
+	}
+	w2 := []float32{ // y0 0, x0 4: overlaps w1 at rows 0..1, cols 5..6
+		0.1, 0.65, 0.1,
+		0.3, 0.3, 0.3,
+	}
+	o := &lungsegv1.ModelOutput{
+		Meta:  &lungsegv1.SliceMeta{Id: "s", Rows: rows, Cols: cols},
+		Model: "det+crop", Height: 3, Width: 4, Prob: imgx.EncodeFloat32(det), Threshold: 0.5,
+		Cascade: true,
+		Windows: []*lungsegv1.CropWindow{
+			{Y0: -1, X0: 5, Height: 3, Width: 4, Prob: imgx.EncodeFloat32(w1)},
+			{Y0: 0, X0: 4, Height: 2, Width: 3, Prob: imgx.EncodeFloat32(w2)},
+		},
+	}
+	c := float32(0.5) // uncovered: min(0.9, 0.5)
+	want := []float32{
+		c, c, c, c, 0.1, 0.65, 0.6, 0.7,
+		c, c, c, c, 0.3, 0.3, 0.4, 0.8,
+		c, c, c, c, c, c, c, c,
+		c, c, c, c, c, c, c, c,
+		c, c, c, c, c, c, c, c,
+		c, c, c, c, c, c, c, c,
+	}
+	truth := imgx.NewMask(rows, cols)
+	truth.Pix[5], truth.Pix[6], truth.Pix[20] = 1, 1, 1
+	o.HasMask, o.MaskBits = true, truth.PackBits()
+	s, err := ScoreOutput(o)
+	if err != nil {
+		t.Fatal(err)
+	}
+	pred, err := imgx.UnpackMask(rows, cols, s.PredBits)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var inside []float32
+	var se float64
+	for i, v := range want {
+		if (pred.Pix[i] != 0) != (v > 0.5) {
+			t.Errorf("pixel %d: predicted %v, refined %v", i, pred.Pix[i], v)
+		}
+		if v > 0.5 {
+			inside = append(inside, v)
+		}
+		d := float64(v) - float64(truth.Pix[i])
+		se += d * d
+	}
+	gotProb, err := imgx.DecodeFloat32(len(inside), s.PredProb)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for i := range inside {
+		if gotProb[i] != inside[i] {
+			t.Errorf("pred_prob[%d] = %v, want %v", i, gotProb[i], inside[i])
+		}
+	}
+	// Predicted: 0.65, 0.6, 0.7, 0.8 (indices 5, 6, 7, 15); truth 5, 6, 20.
+	if s.PredictedPixels != 4 || s.TruthPixels != 3 || math.Abs(s.Dice-2*2.0/7) > 1e-9 || math.Abs(s.Iou-2.0/5) > 1e-9 {
+		t.Errorf("score %+v", s)
+	}
+	if rmse := math.Sqrt(se / rows / cols); math.Abs(s.Rmse-rmse) > 1e-6 {
+		t.Errorf("rmse %v, want %v", s.Rmse, rmse)
+	}
+
+	// The same map as a plain output: every pixel is 0.9 ≥ 0.5.
+	o.Cascade = false
+	if s, err = ScoreOutput(o); err != nil || s.PredictedPixels != rows*cols {
+		t.Fatalf("plain output: %d pixels, %v", s.GetPredictedPixels(), err)
+	}
+
+	// No window: the map is capped everywhere and the mask is empty.
+	o.Cascade, o.Windows = true, nil
+	if s, err = ScoreOutput(o); err != nil || s.PredictedPixels != 0 || math.Abs(s.Rmse-math.Sqrt((45*0.25+3*0.25)/48)) > 1e-6 {
+		t.Fatalf("cascade without windows: %+v, %v", s, err)
+	}
+}
+
+func TestScoreCascadeRejectsBadWindows(t *testing.T) {
+	base := func() *lungsegv1.ModelOutput {
+		return &lungsegv1.ModelOutput{Meta: &lungsegv1.SliceMeta{Id: "s", Rows: 4, Cols: 4}, Height: 2, Width: 2,
+			Prob: imgx.EncodeFloat32(make([]float32, 4)), Threshold: 0.5, Cascade: true}
+	}
+	for name, w := range map[string]*lungsegv1.CropWindow{
+		"short":    {Height: 2, Width: 2, Prob: imgx.EncodeFloat32(make([]float32, 3))},
+		"negative": {Height: -2, Width: -2, Prob: imgx.EncodeFloat32(make([]float32, 4))},
+		"huge":     {Height: 1 << 20, Width: 1 << 20},
+	} {
+		o := base()
+		o.Windows = []*lungsegv1.CropWindow{w}
+		if _, err := ScoreOutput(o); err == nil {
+			t.Errorf("%s window accepted", name)
+		}
+	}
+}
