@@ -156,6 +156,18 @@ func (p *Stage) Process(ctx context.Context, m *stage.Msg, e stage.Emitter) erro
 			HasMask:      s.HasMask,
 			Tta:          tta || p.TTA || card.TTA,
 		}
+		cascade := model.IsCascade(name)
+		if cascade {
+			if err := p.attachNative(ctx, in, s); err != nil {
+				if stage.IsPermanent(err) {
+					if ferr := e.Fail(ctx, stage.Failure{SliceID: s.Meta.Id, ReplayID: s.Meta.ReplayId, Model: name, Err: err}); ferr != nil {
+						return ferr
+					}
+					continue
+				}
+				return err
+			}
+		}
 		b, err := proto.Marshal(in)
 		if err != nil {
 			return err
@@ -164,12 +176,45 @@ func (p *Stage) Process(ctx context.Context, m *stage.Msg, e stage.Emitter) erro
 			SliceID: s.Meta.Id, ReplayID: s.Meta.ReplayId, Model: name}); err != nil {
 			return err
 		}
-		if p.TrainCopies > 0 && mask != nil && !tta {
+		if p.TrainCopies > 0 && mask != nil && !tta && !cascade {
 			if err := p.emitTraining(ctx, e, s.Meta, card, hu, mask); err != nil {
 				return err
 			}
 		}
 	}
+	return nil
+}
+
+// MaxInput is the largest ModelInput preprocess publishes, leaving room
+// for headers under the payload limit.
+const MaxInput = bus.MaxPayload - 16<<10
+
+// attachNative gives a cascade's input the slice's native HU, which the
+// crop model reads: a reference when the slice's pixels are in the object
+// store, else the pixels themselves; when those would push the input over
+// MaxInput they are stored in the object store (key "native/<replay>/<id>")
+// and referenced, or, without an object store, the input fails with a
+// permanent error.
+func (p *Stage) attachNative(ctx context.Context, in *lungsegv1.ModelInput, s *lungsegv1.Slice) error {
+	if s.HuRef != nil {
+		in.NativeHuRef = s.HuRef
+		return nil
+	}
+	in.NativeHu = s.Hu
+	if n := proto.Size(in); n <= MaxInput {
+		return nil
+	} else if p.Objects == nil {
+		in.NativeHu = nil
+		return stage.Permanentf("preprocess: slice %s: cascade input for %s with native HU is %d bytes, over the %d-byte message limit, and no object store is configured",
+			s.Meta.Id, in.Model, n, MaxInput)
+	}
+	key := "native/" + s.Meta.ReplayId + "/" + s.Meta.Id
+	sum := sha256.Sum256(s.Hu)
+	if _, err := p.Objects.PutBytes(ctx, key, s.Hu); err != nil {
+		return fmt.Errorf("preprocess: slice %s: storing native pixels: %w", s.Meta.Id, err)
+	}
+	in.NativeHu = nil
+	in.NativeHuRef = &lungsegv1.ObjectRef{Bucket: bus.PixelsBucket, Key: key, Sha256: hex.EncodeToString(sum[:]), Size: int64(len(s.Hu))}
 	return nil
 }
 

@@ -2,10 +2,14 @@ package preprocess_test
 
 import (
 	"context"
+	"crypto/sha256"
+	"encoding/hex"
 	"math"
+	"strings"
 	"testing"
 
 	"github.com/lungseg/lungseg/pkg/bus"
+	"github.com/lungseg/lungseg/pkg/bustest"
 	"github.com/lungseg/lungseg/pkg/imgx"
 	"github.com/lungseg/lungseg/pkg/model"
 	"github.com/lungseg/lungseg/pkg/stage"
@@ -155,5 +159,101 @@ func TestTrainingCopies(t *testing.T) {
 		if outs[1+k].MsgID == outs[1].MsgID {
 			t.Errorf("copy %d shares copy 0's dedupe id", k)
 		}
+	}
+}
+
+// TestCascadeInputsCarryNativeHU checks that only cascade selections get
+// the native HU, inline when the input stays under the message limit and
+// through the object store when not.
+func TestCascadeInputsCarryNativeHU(t *testing.T) {
+	ctx := context.Background()
+	cs := cards{"a": card("a", 256)}
+
+	data, hu := slice(t, 64, 64, "a", "a+crop")
+	var r recorder
+	if err := (&preprocess.Stage{Cards: cs}).Process(ctx, &stage.Msg{Data: data}, &r); err != nil {
+		t.Fatal(err)
+	}
+	if len(r.outs) != 2 || len(r.fails) != 0 {
+		t.Fatalf("outs %d fails %+v", len(r.outs), r.fails)
+	}
+	for _, o := range r.outs {
+		var in lungsegv1.ModelInput
+		if err := proto.Unmarshal(o.Data, &in); err != nil {
+			t.Fatal(err)
+		}
+		if o.Subject != bus.ReadySubject("a") {
+			t.Errorf("%s went to %s", in.Model, o.Subject)
+		}
+		wantHU := in.Model == "a+crop"
+		if got := len(in.NativeHu) > 0; got != wantHU || in.NativeHuRef != nil {
+			t.Errorf("%s: native HU %d bytes, ref %v", in.Model, len(in.NativeHu), in.NativeHuRef)
+		}
+		if wantHU && string(in.NativeHu) != string(hu.EncodeInt16()) {
+			t.Errorf("%s: native HU differs from the slice's", in.Model)
+		}
+	}
+
+	// 620×620 int16 fits in a Slice but not beside a 256² float32 tensor.
+	data, hu = slice(t, 620, 620, "a+crop", "a")
+	r = recorder{}
+	if err := (&preprocess.Stage{Cards: cs}).Process(ctx, &stage.Msg{Data: data}, &r); err != nil {
+		t.Fatal(err)
+	}
+	if len(r.outs) != 1 || len(r.fails) != 1 || r.fails[0].Model != "a+crop" || !strings.Contains(r.fails[0].Err.Error(), "message limit") {
+		t.Fatalf("without object store: outs %d fails %+v", len(r.outs), r.fails)
+	}
+
+	env := bustest.Start(t)
+	objects, err := bus.PixelStore(ctx, env.JS, bus.StreamOptions{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	r = recorder{}
+	if err := (&preprocess.Stage{Cards: cs, Objects: objects}).Process(ctx, &stage.Msg{Data: data}, &r); err != nil {
+		t.Fatal(err)
+	}
+	if len(r.outs) != 2 || len(r.fails) != 0 {
+		t.Fatalf("with object store: outs %d fails %+v", len(r.outs), r.fails)
+	}
+	var in lungsegv1.ModelInput
+	if err := proto.Unmarshal(r.outs[0].Data, &in); err != nil {
+		t.Fatal(err)
+	}
+	if len(r.outs[0].Data) > preprocess.MaxInput || len(in.NativeHu) != 0 || in.NativeHuRef == nil {
+		t.Fatalf("%s: %d bytes, native HU %d bytes, ref %v", in.Model, len(r.outs[0].Data), len(in.NativeHu), in.NativeHuRef)
+	}
+	px, err := objects.GetBytes(ctx, in.NativeHuRef.Key)
+	if err != nil {
+		t.Fatal(err)
+	}
+	sum := sha256.Sum256(px)
+	if string(px) != string(hu.EncodeInt16()) || hex.EncodeToString(sum[:]) != in.NativeHuRef.Sha256 || in.NativeHuRef.Size != int64(len(px)) {
+		t.Fatalf("stored native pixels differ from the slice's (ref %+v)", in.NativeHuRef)
+	}
+
+	// A slice whose pixels are already in the object store passes its
+	// reference on.
+	ref := &lungsegv1.ObjectRef{Bucket: bus.PixelsBucket, Key: "r/big", Sha256: in.NativeHuRef.Sha256, Size: int64(len(px))}
+	if _, err := objects.PutBytes(ctx, ref.Key, px); err != nil {
+		t.Fatal(err)
+	}
+	b, err := proto.Marshal(&lungsegv1.Slice{Meta: &lungsegv1.SliceMeta{Id: "big", ReplayId: "r", Rows: 620, Cols: 620, Models: []string{"a+crop"}}, HuRef: ref})
+	if err != nil {
+		t.Fatal(err)
+	}
+	r = recorder{}
+	if err := (&preprocess.Stage{Cards: cs, Objects: objects}).Process(ctx, &stage.Msg{Data: b}, &r); err != nil {
+		t.Fatal(err)
+	}
+	if len(r.outs) != 1 {
+		t.Fatalf("outs %d fails %+v", len(r.outs), r.fails)
+	}
+	in.Reset()
+	if err := proto.Unmarshal(r.outs[0].Data, &in); err != nil {
+		t.Fatal(err)
+	}
+	if len(in.NativeHu) != 0 || !proto.Equal(in.NativeHuRef, ref) {
+		t.Fatalf("native HU %d bytes, ref %v, want %v", len(in.NativeHu), in.NativeHuRef, ref)
 	}
 }
