@@ -7,6 +7,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"slices"
 	"sync"
 	"time"
 
@@ -42,10 +43,12 @@ type Config struct {
 	Registry *model.Registry
 	// Stages to run; empty means all.
 	Stages []string
-	// Models served by segment workers; empty means every registry model.
+	// Models served by segment workers; empty means every registry model
+	// ("all": whole-slice models and runnable cascades). A worker of model
+	// m also loads m's crop model when the selection holds "m+crop".
 	Models []string
 	// Defaults are the models for slices and jobs that name none; empty
-	// means every registry model.
+	// means "all" (every whole-slice model and runnable cascade).
 	Defaults []string
 	// Workers per stage (per model for segment); default 1.
 	Workers map[string]int
@@ -93,7 +96,11 @@ func Run(ctx context.Context, js jetstream.JetStream, cfg Config, log zerolog.Lo
 	}
 	defaults := cfg.Defaults
 	if len(defaults) == 0 {
-		defaults = cfg.Registry.Names()
+		// Every whole-slice model and every runnable cascade.
+		var err error
+		if defaults, err = cfg.Registry.Resolve([]string{"all"}); err != nil {
+			return err
+		}
 	}
 	workers := func(name string) int {
 		if n := cfg.Workers[name]; n > 0 {
@@ -150,15 +157,15 @@ func Run(ctx context.Context, js jetstream.JetStream, cfg Config, log zerolog.Lo
 				&preprocess.Stage{Cards: cfg.Registry, Defaults: defaults, TTA: cfg.TTA,
 					TrainCopies: cfg.TrainCopies, TrainSeed: cfg.TrainSeed, Objects: objects})
 		case Segment:
-			models := cfg.Models
-			if len(models) == 0 {
-				models = cfg.Registry.Names()
+			selected := cfg.Models
+			if len(selected) == 0 {
+				selected = []string{"all"}
 			}
-			models, err = cfg.Registry.Resolve(models)
+			selected, err = cfg.Registry.Resolve(selected)
 			if err != nil {
 				return err
 			}
-			models = baseModels(models)
+			models := baseModels(selected)
 			if err := ortlib.Init(ctx, log); err != nil {
 				return fmt.Errorf("pipeline: loading ONNX Runtime: %w", err)
 			}
@@ -183,7 +190,19 @@ func Run(ctx context.Context, js jetstream.JetStream, cfg Config, log zerolog.Lo
 				}
 				closers = append(closers, sess.Close)
 				log.Info().Str("model", name).Str("provider", sess.Provider()).Int("max_batch", cfg.Batch.MaxBatch).Msg("model loaded")
-				if err := addN(sc, &segment.Stage{Card: card, Model: m}, max(workers(Segment), cfg.Batch.MaxBatch)); err != nil {
+				st := &segment.Stage{Card: card, Model: m, Objects: objects}
+				if crop, ok := cfg.Registry.Crop(name); ok && slices.Contains(selected, name+model.CropSuffix) {
+					// The cascade's crop model: one batched Run per slice,
+					// so no Batcher.
+					cs, err := infer.Open(crop, cfg.Infer, log)
+					if err != nil {
+						return fmt.Errorf("pipeline: opening crop model %s of %s: %w", crop.Name, name, err)
+					}
+					closers = append(closers, cs.Close)
+					st.Crop, st.CropModel = crop, cs
+					log.Info().Str("model", crop.Name).Str("detector", name).Str("provider", cs.Provider()).Msg("crop model loaded")
+				}
+				if err := addN(sc, st, max(workers(Segment), cfg.Batch.MaxBatch)); err != nil {
 					return err
 				}
 			}
@@ -250,7 +269,7 @@ func Run(ctx context.Context, js jetstream.JetStream, cfg Config, log zerolog.Lo
 	return <-errc
 }
 
-// baseModels maps selection names ("m", "m+tta") to the registry models
+// baseModels maps selection names ("m", "m+tta", "m+crop") to the registry models
 // that serve them, without duplicates.
 func baseModels(names []string) []string {
 	var out []string
