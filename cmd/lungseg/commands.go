@@ -10,14 +10,12 @@ import (
 	"os"
 	"path/filepath"
 	"strings"
-	"text/tabwriter"
 	"time"
 
 	"github.com/lungseg/lungseg/ingest/formats"
 	"github.com/lungseg/lungseg/pkg/bus"
 	"github.com/lungseg/lungseg/pkg/dlq"
 	"github.com/lungseg/lungseg/pkg/model"
-	"github.com/lungseg/lungseg/pkg/ortlib"
 	"github.com/lungseg/lungseg/pkg/pipeline"
 	"github.com/lungseg/lungseg/pkg/progress"
 	"github.com/lungseg/lungseg/pkg/replay"
@@ -419,61 +417,4 @@ func writeJSON(path string, v any) error {
 		}
 	}
 	return os.WriteFile(path, append(b, '\n'), 0o644)
-}
-
-func cmdModels(ctx context.Context, args []string) error {
-	fs := flag.NewFlagSet("models", flag.ContinueOnError)
-	dir := fs.String("models-dir", "models", "model registry folder")
-	verify := fs.Bool("verify", false, "check each model file's sha256 against its card")
-	asJSON := fs.Bool("json", false, "print the cards as JSON")
-	fetchORT := fs.Bool("fetch-ort", false, "fetch the ONNX Runtime library into the cache (if missing) and print its path")
-	if err := fs.Parse(args); err != nil {
-		return err
-	}
-	if *fetchORT {
-		if err := ortlib.Init(ctx, newLogger("info", os.Stderr)); err != nil {
-			return err
-		}
-		fmt.Println(ortlib.Loaded())
-	}
-	reg, err := model.OpenRegistry(*dir)
-	if err != nil {
-		return err
-	}
-	if *asJSON {
-		var cards []*model.Card
-		for _, name := range reg.Names() {
-			c, _ := reg.Get(name)
-			cards = append(cards, c)
-		}
-		enc := json.NewEncoder(os.Stdout)
-		enc.SetIndent("", "  ")
-		return enc.Encode(cards)
-	}
-	tw := tabwriter.NewWriter(os.Stdout, 0, 0, 2, ' ', 0)
-	fmt.Fprintln(tw, "NAME\tARCHITECTURE\tVARIANT\tVERSION\tINPUT\tWINDOW\tTHRESHOLD\tPARAMS\tSIZE\tSHA256")
-	var errs []error
-	for _, name := range reg.Names() {
-		c, _ := reg.Get(name)
-		size := "-"
-		if st, err := os.Stat(c.Path()); err == nil {
-			size = fmt.Sprintf("%.1fMB", float64(st.Size())/1e6)
-		}
-		sum := c.SHA256
-		if len(sum) > 12 {
-			sum = sum[:12]
-		}
-		if *verify {
-			if err := c.VerifyChecksum(); err != nil {
-				errs = append(errs, err)
-				sum += " MISMATCH"
-			} else {
-				sum += " ok"
-			}
-		}
-		fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%dx%dx%d\t%g/%g\t%g\t%d\t%s\t%s\n", c.Name, c.Architecture, c.Variant, c.Version,
-			c.Input.Channels, c.Input.Height, c.Input.Width, c.Normalisation.Center, c.Normalisation.Width, c.Threshold, c.Parameters, size, sum)
-	}
-	tw.Flush()
-	return errors.Join(errs...)
 }
