@@ -69,3 +69,40 @@ def test_real_slices_become_hu_on_the_grid():
     assert float(hu.min()) > -1000 and float(hu.max()) < 200
     assert (g["hu"][~lung] == 0).all()
     assert float(g["mask"].sum()) > 0 and (g["mask"] <= g["lung"]).all()
+
+
+def test_cut_windows_places_top_left_at_centre_minus_half_and_fills_outside():
+    t = torch.arange(16.0).view(1, 1, 4, 4)
+    w = C.cut_windows(t, torch.tensor([0]), torch.tensor([3]), 4, -1024.0)
+    # top-left (-2, 1): rows -2,-1 outside; columns 1..3 inside, column 4 outside
+    assert w.shape == (1, 1, 4, 4)
+    assert torch.all(w[0, 0, :2] == -1024)
+    assert torch.all(w[0, 0, :, 3] == -1024)
+    assert w[0, 0, 2, :3].tolist() == [1.0, 2.0, 3.0]
+    assert w[0, 0, 3, :3].tolist() == [5.0, 6.0, 7.0]
+
+
+def test_crop_batches_hold_nodules_near_the_centre():
+    _, bank = _bank(256)
+    g = torch.Generator()
+    g.manual_seed(1)
+    x, y = C.crop_training_batch(bank, C.Rand(g, "cpu"), 8, win=64, offset=8, aug=False)
+    assert x.shape == y.shape == (8, 1, 64, 64)
+    assert float(x.min()) >= 0 and float(x.max()) <= 1
+    assert set(torch.unique(y).tolist()) <= {0.0, 1.0}
+    assert float(y.sum()) > 0
+
+
+def test_crop_eval_set_keeps_the_crops_unscaled():
+    d, bank = _bank(256)
+    bank = C.make_bank(d.crops, d.slices, "cpu", 256, smooth=False)
+    ev = C.crop_eval_set(bank, seed=4, win=128)
+    assert ev.x.shape == (len(d.crops), 1, 128, 128)
+    back = C.crops_back(bank, ev.y, ev.theta, ev.crop_index)
+    for i in range(len(d.crops)):
+        m = bank.crop_mask[i, 0] > 0.5
+        b = back[i, 0] > 0.5
+        # unscaled and unrotated: the mask comes back pixel for pixel
+        assert torch.equal(m, b), i
+    again = C.crop_eval_set(bank, seed=4, win=128)
+    assert torch.equal(ev.x, again.x)
