@@ -299,12 +299,16 @@ func Permissions(role string) (*server.Permissions, error) {
 		pub = append(consume(bus.StreamIngest, "ingest"), bus.SubjRaw, bus.PrefixIngested+">", errs("ingest"))
 		pub = append(pub, objectStore(bus.PixelsBucket, true)...)
 	case RolePreprocess:
+		// Reads the pixels ingest stored; writes a cascade input's native
+		// HU there when it does not fit the message (native/<replay>/<id>).
 		pub = append(consume(bus.StreamRaw, "preprocess"), bus.PrefixReady+">", bus.PrefixTrain+">", errs("preprocess"))
-		pub = append(pub, objectStore(bus.PixelsBucket, false)...)
+		pub = append(pub, objectStore(bus.PixelsBucket, true)...)
 	case RoleSegment:
 		// One durable per model (segment-<model>): any consumer of READY.
+		// Reads the native HU a cascade input references in the pixel
+		// bucket; never writes it.
 		pub = append(consume(bus.StreamReady, "*"), bus.PrefixMasks+">", errs("segment"))
-		pub = append(pub, openStore(bus.PixelsBucket)...)
+		pub = append(pub, objectStore(bus.PixelsBucket, false)...)
 	case RoleScore:
 		pub = append(consume(bus.StreamMasks, "score"), bus.PrefixScores+">", errs("score"))
 		pub = append(pub, openStore(bus.PixelsBucket)...)

@@ -51,36 +51,50 @@ func (v *violations) list() []string {
 	return append([]string(nil), v.errs...)
 }
 
-// tinyRegistry copies the tiny test model into a registry folder.
+// tinyRegistry copies the tiny test model and the tiny cascade (detector
+// tiny-det, crop model tiny-crop) into a registry folder.
 func tinyRegistry(t *testing.T) *model.Registry {
 	t.Helper()
-	src := filepath.Join(testenv.RepoRoot(t), "segment", "testdata", "tiny")
-	dir := filepath.Join(t.TempDir(), "tiny")
-	if err := os.MkdirAll(dir, 0o755); err != nil {
-		t.Fatal(err)
-	}
-	for _, f := range []string{model.ModelFile, model.CardFile} {
-		b, err := os.ReadFile(filepath.Join(src, f))
-		if err != nil {
+	root := t.TempDir()
+	for _, name := range []string{"tiny", "tiny-det", "tiny-crop"} {
+		src := filepath.Join(testenv.RepoRoot(t), "segment", "testdata", name)
+		dir := filepath.Join(root, name)
+		if err := os.MkdirAll(dir, 0o755); err != nil {
 			t.Fatal(err)
 		}
-		if err := os.WriteFile(filepath.Join(dir, f), b, 0o644); err != nil {
-			t.Fatal(err)
+		for _, f := range []string{model.ModelFile, model.CardFile} {
+			b, err := os.ReadFile(filepath.Join(src, f))
+			if err != nil {
+				t.Fatal(err)
+			}
+			if err := os.WriteFile(filepath.Join(dir, f), b, 0o644); err != nil {
+				t.Fatal(err)
+			}
 		}
 	}
-	reg, err := model.OpenRegistry(filepath.Dir(dir))
+	reg, err := model.OpenRegistry(root)
 	if err != nil {
 		t.Fatal(err)
 	}
+	if c := reg.Cascades(); len(c) != 1 || c[0] != cascade {
+		t.Fatalf("cascades %v, want %s", c, cascade)
+	}
 	return reg
 }
+
+// cascade is the tiny registry's cascade selection.
+const cascade = "tiny-det+crop"
 
 // TestPipelinePermissions runs every stage of the pipeline in its own
 // connection as its own NATS user (streams and buckets made by admin),
 // replays phantom slices as the replay user, one of them 1024×1024 so its
 // pixels go through the object store, and checks that every slice is
 // scored, findings are published and no connection met a permission
-// violation; then that stage users are refused outside their rights.
+// violation. A second replay runs the tiny cascade, whose crop model reads
+// native HU, on a 640×640 slice (inline, so preprocess stores its native
+// HU in the pixel bucket) and a 1024×1024 one (ingest stored its pixels):
+// segment reads both from the bucket. Then stage users are refused
+// outside their rights.
 func TestPipelinePermissions(t *testing.T) {
 	if testing.Short() {
 		t.Skip("runs the whole pipeline")
@@ -241,6 +255,42 @@ func TestPipelinePermissions(t *testing.T) {
 		t.Fatalf("a role needed a subject it is not allowed: %v", v)
 	}
 
+	// The cascade: native HU through the pixel bucket both ways.
+	mid := phantom.Generate(13, 1, phantom.Options{Rows: 640, Cols: 640})
+	midDir := t.TempDir()
+	if err := phantom.WriteDICOM(midDir, mid); err != nil {
+		t.Fatal(err)
+	}
+	crep, err := replay.Run(ctx, rjs, replay.Options{Inputs: []string{midDir, bigDir}, Models: []string{cascade}, Timeout: time.Minute}, log)
+	if err != nil {
+		t.Fatalf("cascade replay: %v (violations %v)", err, allViolations(viol))
+	}
+	if len(crep.Errors) != 0 || len(crep.Slices) != len(mid)+len(big) {
+		b, _ := json.Marshal(crep.Errors)
+		t.Fatalf("cascade replay scored %d of %d slices, errors %s (violations %v)", len(crep.Slices), len(mid)+len(big), b, allViolations(viol))
+	}
+	for _, r := range crep.Slices {
+		if r.Model != cascade {
+			t.Fatalf("cascade replay scored %s with %s, want %s", r.ID, r.Model, cascade)
+		}
+	}
+	objs, err := obj.List(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var native []string
+	for _, o := range objs {
+		if strings.HasPrefix(o.Name, "native/"+crep.ReplayID+"/") {
+			native = append(native, o.Name)
+		}
+	}
+	if len(native) != len(mid) {
+		t.Fatalf("native HU objects of the cascade replay %v, want one for the 640×640 slice", native)
+	}
+	if v := allViolations(viol); len(v) != 0 {
+		t.Fatalf("a role needed a subject it is not allowed: %v", v)
+	}
+
 	// The receivers as the receive user: DICOM slices accepted as live
 	// slices, and the SEG collector on the same connection.
 	recv := connect(natsauth.RoleReceive)
@@ -303,19 +353,29 @@ func TestPipelinePermissions(t *testing.T) {
 		t.Fatalf("a role needed a subject it is not allowed: %v", v)
 	}
 
-	// Outside their rights: the segment user cannot read the pixel
-	// objects, the findings user cannot publish scores, the receive user
-	// cannot create other streams, the webhook user cannot open the
-	// findings bucket.
+	// Outside their rights: the segment user cannot store pixel objects
+	// (it only reads them), the score user cannot read them, the findings
+	// user cannot publish scores, the receive user cannot create other
+	// streams, the webhook user cannot open the findings bucket.
 	seg := connect(natsauth.RoleSegment)
 	if ps, err := seg.ObjectStore(ctx, bus.PixelsBucket); err != nil {
 		t.Fatalf("segment opens the pixel bucket: %v", err)
 	} else {
 		gctx, gcancel := context.WithTimeout(ctx, 2*time.Second)
+		_, gerr := ps.PutBytes(gctx, "native/forged/s1", []byte("x"))
+		gcancel()
+		if gerr == nil {
+			t.Fatal("segment stored a pixel object")
+		}
+	}
+	if ps, err := connect(natsauth.RoleScore).ObjectStore(ctx, bus.PixelsBucket); err != nil {
+		t.Fatalf("score opens the pixel bucket: %v", err)
+	} else {
+		gctx, gcancel := context.WithTimeout(ctx, 2*time.Second)
 		_, gerr := ps.List(gctx)
 		gcancel()
 		if gerr == nil {
-			t.Fatal("segment listed the pixel objects")
+			t.Fatal("score listed the pixel objects")
 		}
 	}
 	fjs := connect(natsauth.RoleFindings)
