@@ -79,6 +79,8 @@ def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--data", default=None, help="raw folder or pack (default ../shared/data, else phantoms)")
     ap.add_argument("--models", default=",".join(M.COMPACT))
+    ap.add_argument("--crop-models", default="resnet50-unet-small",
+                    help="also train these as crop models (--task crop, 64x64 windows)")
     ap.add_argument("--size", type=int, default=128)
     ap.add_argument("--keep", default="", help="write the exported models here instead of a temp folder")
     a = ap.parse_args(argv)
@@ -95,16 +97,25 @@ def main(argv=None) -> int:
     out = a.keep or tempfile.mkdtemp(prefix="lungseg-smoke-")
     passed, failed = 0, 0
     try:
-        for name in [m for m in a.models.split(",") if m]:
+        jobs = [(m, m, a.size, []) for m in a.models.split(",") if m]
+        jobs += [(m + "-crop", m, 64, ["--task", "crop", "--name", m + "-crop"])
+                 for m in a.crop_models.split(",") if m]
+        for name, model, size, extra in jobs:
             t1 = time.time()
             args = T.parser().parse_args([
-                "--model", name, "--recipe", "dicebce", "--minutes", "2", "--max-steps", "2",
+                "--model", model, "--recipe", "dicebce", "--minutes", "2", "--max-steps", "2",
                 "--batch", "2", "--epoch-samples", "2", "--crop-limit", "16", "--eval-limit", "3",
-                "--size", str(a.size), "--out", out, "--device", "cpu", "--threads", "2", "--lr", "1e-3"])
+                "--size", str(size), "--out", out, "--device", "cpu", "--threads", "2", "--lr", "1e-3"] + extra)
             args.loaded_data = data
             try:
                 s = T.run(args)
-                errs = check_folder(os.path.join(out, name), name, a.size)
+                errs = check_folder(os.path.join(out, name), name, size)
+                if extra:
+                    card = s["card"]
+                    if (card.get("task"), card.get("detector")) != ("crop", model) or \
+                            card.get("cascade", {}).get("window") != size:
+                        errs.append(f"crop card task/detector/cascade {card.get('task')} {card.get('detector')} "
+                                    f"{card.get('cascade')}")
                 if s["card"]["training"]["steps"] != 2:
                     errs.append(f"trained {s['card']['training']['steps']} steps, want 2")
                 for h in s["history"]:
