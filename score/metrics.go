@@ -20,6 +20,19 @@ type Metrics struct {
 	Predicted int
 }
 
+// TruePositives returns the slice's predicted pixels that are truth
+// pixels. Dice is 2·TP/(Truth+Predicted) with TP a whole number, so TP
+// comes back exactly from Dice, Truth and Predicted (the fields a Score
+// message carries): float64 rounding is far below ½ for any slice size
+// imgx allows. The result is clamped to [0, min(Truth, Predicted)].
+func (m Metrics) TruePositives() int {
+	if m.BothEmpty || m.Truth+m.Predicted <= 0 {
+		return 0
+	}
+	tp := int(math.Round(m.Dice * float64(m.Truth+m.Predicted) / 2))
+	return max(0, min(tp, m.Truth, m.Predicted))
+}
+
 // Compare computes the metrics of a probability map (values in [0,1], same
 // size as truth) thresholded at thr: pixels with a value >= thr are
 // predicted.

@@ -80,6 +80,14 @@ func ScoreOutput(o *lungsegv1.ModelOutput) (*lungsegv1.Score, error) {
 	return s, nil
 }
 
+// FromScore returns the metrics a Score message carries (its Dice, IoU,
+// RMSE and pixel counts), from which Metrics.TruePositives recovers the
+// slice's true positives exactly.
+func FromScore(s *lungsegv1.Score) Metrics {
+	return Metrics{Dice: s.Dice, IoU: s.Iou, RMSE: s.Rmse, BothEmpty: s.BothEmpty,
+		Truth: int(s.TruthPixels), Predicted: int(s.PredictedPixels)}
+}
+
 // Refine builds the refined map of a cascade output from its detector map
 // already resized to the slice's grid (native) and its crop windows, as
 // segment/cascade.Merge says, capped at the output's threshold (the crop

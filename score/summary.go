@@ -44,6 +44,19 @@ type Group struct {
 	RMSE      Stat `json:"rmse"`
 	// DiceWithTruth is the Dice over slices whose truth is not empty.
 	DiceWithTruth Stat `json:"dice_nonempty_truth"`
+	// DicePooled and IoUPooled are the Dice and IoU of all the group's
+	// pixels taken together, as the model cards measure them:
+	// 2·ΣTP/(Σtruth+Σpredicted) and ΣTP/(Σtruth+Σpredicted−ΣTP). A slice
+	// weighs by its pixels, so a few large nodules outweigh many small
+	// ones, unlike the mean Dice. With no truth and no predicted pixel at
+	// all both are 1, as for a single empty slice.
+	DicePooled float64 `json:"dice_pooled"`
+	IoUPooled  float64 `json:"iou_pooled"`
+	// TP, TruthPixels and PredictedPixels are the sums the pooled figures
+	// come from.
+	TP              int64 `json:"tp_pixels"`
+	TruthPixels     int64 `json:"truth_pixels"`
+	PredictedPixels int64 `json:"predicted_pixels"`
 }
 
 // ModelSummary is one model's aggregate, overall and per label.
@@ -56,6 +69,7 @@ type groupAcc struct {
 	n, empty        int
 	dice, iou, rmse acc
 	diceT           acc
+	tp, truth, pred int64
 }
 
 func (g *groupAcc) add(m Metrics) {
@@ -69,10 +83,24 @@ func (g *groupAcc) add(m Metrics) {
 	if m.Truth > 0 {
 		g.diceT.add(m.Dice)
 	}
+	g.tp += int64(m.TruePositives())
+	g.truth += int64(m.Truth)
+	g.pred += int64(m.Predicted)
 }
 
 func (g *groupAcc) group() Group {
-	return Group{Slices: g.n, BothEmpty: g.empty, Dice: g.dice.stat(), IoU: g.iou.stat(), RMSE: g.rmse.stat(), DiceWithTruth: g.diceT.stat()}
+	dice, iou := Pooled(g.tp, g.truth, g.pred)
+	return Group{Slices: g.n, BothEmpty: g.empty, Dice: g.dice.stat(), IoU: g.iou.stat(), RMSE: g.rmse.stat(), DiceWithTruth: g.diceT.stat(),
+		DicePooled: dice, IoUPooled: iou, TP: g.tp, TruthPixels: g.truth, PredictedPixels: g.pred}
+}
+
+// Pooled returns the Dice and IoU of tp true-positive pixels among truth
+// truth pixels and pred predicted pixels: 1 and 1 when both are 0.
+func Pooled(tp, truth, pred int64) (dice, iou float64) {
+	if truth+pred == 0 {
+		return 1, 1
+	}
+	return 2 * float64(tp) / float64(truth+pred), float64(tp) / float64(truth+pred-tp)
 }
 
 // Aggregator accumulates slice metrics per model and label. Not safe for
@@ -127,15 +155,16 @@ func WriteTable(w io.Writer, sum map[string]ModelSummary) {
 		names = append(names, n)
 	}
 	sort.Strings(names)
-	fmt.Fprintf(w, "%-22s %-10s %7s %6s  %-15s %-15s %-15s %-15s\n", "model", "label", "slices", "empty", "Dice", "IoU", "RMSE", "Dice(truth>0)")
-	line := strings.Repeat("-", 118)
+	fmt.Fprintf(w, "%-22s %-10s %7s %6s  %-15s %-15s %-15s %-15s %11s %10s\n", "model", "label", "slices", "empty", "Dice", "IoU", "RMSE", "Dice(truth>0)", "Dice pooled", "IoU pooled")
+	line := strings.Repeat("-", 141)
 	fmt.Fprintln(w, line)
 	row := func(name, label string, g Group) {
 		dt := "-"
 		if g.DiceWithTruth.N > 0 {
 			dt = g.DiceWithTruth.String()
 		}
-		fmt.Fprintf(w, "%-22s %-10s %7d %6d  %-15s %-15s %-15s %-15s\n", name, label, g.Slices, g.BothEmpty, g.Dice, g.IoU, g.RMSE, dt)
+		fmt.Fprintf(w, "%-22s %-10s %7d %6d  %-15s %-15s %-15s %-15s %11.3f %10.3f\n", name, label, g.Slices, g.BothEmpty, g.Dice, g.IoU, g.RMSE, dt,
+			g.DicePooled, g.IoUPooled)
 	}
 	for _, n := range names {
 		s := sum[n]

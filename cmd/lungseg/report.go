@@ -19,6 +19,7 @@ func printReport(rep *replay.Report) {
 	if len(rep.Models) > 0 {
 		score.WriteTable(os.Stdout, rep.Models)
 		fmt.Println("Dice, IoU, RMSE: mean ± sd over slices with ground truth; 'empty' counts slices where truth and prediction are both empty (Dice = IoU = 1).")
+		fmt.Println("Dice/IoU pooled: over all pixels of those slices, 2·ΣTP/(Σtruth+Σpredicted) and ΣTP/(Σtruth+Σpredicted−ΣTP), as the model cards measure Dice.")
 	}
 	if rep.Unscored > 0 {
 		fmt.Printf("%d slice×model results had no ground truth and are not in the table.\n", rep.Unscored)

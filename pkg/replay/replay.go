@@ -262,7 +262,7 @@ func Run(ctx context.Context, js jetstream.JetStream, o Options, log zerolog.Log
 					Predicted: s.PredictedPixels, InferenceUs: s.InferenceUs}
 				rep.Slices = append(rep.Slices, r)
 				if s.HasTruth {
-					agg.Add(s.Model, s.Meta.Label, score.Metrics{Dice: s.Dice, IoU: s.Iou, RMSE: s.Rmse, BothEmpty: s.BothEmpty, Truth: int(s.TruthPixels), Predicted: int(s.PredictedPixels)})
+					agg.Add(s.Model, s.Meta.Label, score.FromScore(s))
 				} else {
 					rep.Unscored++
 				}

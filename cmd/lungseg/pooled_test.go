@@ -1,0 +1,95 @@
+package main
+
+import (
+	"context"
+	"math"
+	"path/filepath"
+	"testing"
+	"time"
+
+	"github.com/lungseg/lungseg/ingest/pngpair"
+	"github.com/lungseg/lungseg/pkg/phantom"
+	"github.com/lungseg/lungseg/score"
+)
+
+// TestReplayPooledDice replays phantom PNG slices and checks the JSON
+// report's pooled Dice and IoU of each model against the sums of true
+// positive, truth and predicted pixels counted here from the written
+// masks and the phantoms' truth masks.
+func TestReplayPooledDice(t *testing.T) {
+	reg := testRegistry(t)
+	dir := t.TempDir()
+	opts := phantom.Options{Rows: 128, Cols: 128}
+	const n = 6
+	in, err := writePhantoms(filepath.Join(dir, "png"), "png", 77, n, opts)
+	if err != nil {
+		t.Fatal(err)
+	}
+	truth := map[string]phantom.Slice{}
+	for _, s := range phantom.Generate(77, n, opts) {
+		truth[s.Name()] = s
+	}
+	cfg := defaultConfig()
+	cfg.ModelsDir = reg
+	cfg.LogLevel = "warn"
+	reportPath := filepath.Join(dir, "report.json")
+	masksOut := filepath.Join(dir, "masks-out")
+	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
+	defer cancel()
+	if err := doReplay(ctx, &cfg, replayArgs{inputs: []string{in}, models: []string{"all"}, report: reportPath, masksOut: masksOut}); err != nil {
+		t.Fatal(err)
+	}
+	rep := readReport(t, reportPath)
+	type sums struct{ tp, truth, pred int64 }
+	got := map[string]*sums{}
+	for _, sr := range rep.Slices {
+		s, ok := truth[sr.ID]
+		if !ok {
+			t.Fatalf("slice %s is not a phantom (have %d)", sr.ID, len(truth))
+		}
+		m, err := pngpair.ReadMask(filepath.Join(masksOut, sr.Model, sr.ID+".png"))
+		if err != nil {
+			t.Fatal(err)
+		}
+		g := got[sr.Model]
+		if g == nil {
+			g = &sums{}
+			got[sr.Model] = g
+		}
+		for i, v := range m.Pix {
+			if v != 0 {
+				g.pred++
+				if s.Mask.Pix[i] != 0 {
+					g.tp++
+				}
+			}
+			if s.Mask.Pix[i] != 0 {
+				g.truth++
+			}
+		}
+	}
+	if len(got) != 2 {
+		t.Fatalf("models %v, want tiny and tiny-low", got)
+	}
+	for name, g := range got {
+		ms, ok := rep.Models[name]
+		if !ok {
+			t.Fatalf("no summary of %s", name)
+		}
+		if g.truth == 0 || g.pred == 0 {
+			t.Fatalf("%s: %d truth and %d predicted pixels: the phantoms test nothing", name, g.truth, g.pred)
+		}
+		if ms.TP != g.tp || ms.TruthPixels != g.truth || ms.PredictedPixels != g.pred {
+			t.Errorf("%s: report sums tp %d truth %d pred %d, counted %d %d %d", name, ms.TP, ms.TruthPixels, ms.PredictedPixels, g.tp, g.truth, g.pred)
+		}
+		dice := 2 * float64(g.tp) / float64(g.truth+g.pred)
+		iou := float64(g.tp) / float64(g.truth+g.pred-g.tp)
+		if math.Abs(ms.DicePooled-dice) > 1e-12 || math.Abs(ms.IoUPooled-iou) > 1e-12 {
+			t.Errorf("%s: pooled Dice %v IoU %v, counted %v %v", name, ms.DicePooled, ms.IoUPooled, dice, iou)
+		}
+		if d, i := score.Pooled(ms.TP, ms.TruthPixels, ms.PredictedPixels); d != ms.DicePooled || i != ms.IoUPooled {
+			t.Errorf("%s: pooled figures %v %v do not follow from the report's sums (%v %v)", name, ms.DicePooled, ms.IoUPooled, d, i)
+		}
+		t.Logf("%s: mean Dice %.4f, pooled %.4f over %d slices", name, ms.Dice.Mean, ms.DicePooled, ms.Slices)
+	}
+}
