@@ -383,8 +383,13 @@ func nativePixels(t *testing.T, path string) ([]byte, fileLayout) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	l, top := layoutOf(t, b)
-	info := top.find(tag.PixelData).Value.GetValue().(dicom.PixelDataInfo)
+	l, _ := layoutOf(t, b)
+	// The library's own copy of the value (Decode takes it from the scan).
+	ds, err := dicom.Parse(bytes.NewReader(b), int64(len(b)), nil, dicom.SkipProcessingPixelDataValue())
+	if err != nil {
+		t.Fatal(err)
+	}
+	info := elements(ds.Elements).find(tag.PixelData).Value.GetValue().(dicom.PixelDataInfo)
 	raw := slices.Clone(info.UnprocessedValueData)
 	raw = raw[:l.rows*l.cols*l.samples*l.frames*l.bits/8]
 	if nativeSyntaxes[l.ts].bo == binary.BigEndian && l.bits > 8 {

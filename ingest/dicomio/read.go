@@ -14,7 +14,9 @@
 //
 // Before handing a file to the parser, Read walks its elements (see
 // scan.go) so that no declared length can make the parser allocate more
-// than the file holds.
+// than the file holds. The parser reads the header and metadata only
+// (dicom.SkipPixelData); the pixel values are taken from the file's bytes
+// where the walk found them and converted to HU in one pass (pixels.go).
 package dicomio
 
 import (
@@ -29,6 +31,7 @@ import (
 	"path/filepath"
 	"strconv"
 	"strings"
+	"sync"
 
 	"github.com/suyashkumar/dicom"
 	"github.com/suyashkumar/dicom/pkg/tag"
@@ -200,11 +203,41 @@ func ReadFile(path string) (*Image, error) {
 	if st.Size() > MaxFileBytes {
 		return nil, formatErr(path, ErrTooLarge, "file is %d bytes, over the %d-byte limit", st.Size(), MaxFileBytes)
 	}
-	b := make([]byte, st.Size())
+	buf := getFileBuf(int(st.Size()))
+	defer putFileBuf(buf)
+	b := (*buf)[:st.Size()]
 	if _, err := f.ReadAt(b, 0); err != nil {
 		return nil, fmt.Errorf("dicomio: reading %s: %w", path, err)
 	}
+	// Decode keeps no reference to b: the Image holds copies.
 	return Decode(path, b)
+}
+
+// maxPooledBytes bounds the file buffers ReadFile keeps for reuse; larger
+// files get a buffer of their own.
+const maxPooledBytes = 8 << 20
+
+// fileBufs holds file buffers of ReadFile, so that reading a series does
+// not allocate (and zero, and collect) one buffer per file.
+var fileBufs sync.Pool
+
+func getFileBuf(n int) *[]byte {
+	if n <= maxPooledBytes {
+		if p, ok := fileBufs.Get().(*[]byte); ok {
+			if cap(*p) >= n {
+				return p
+			}
+			fileBufs.Put(p)
+		}
+	}
+	b := make([]byte, n)
+	return &b
+}
+
+func putFileBuf(p *[]byte) {
+	if cap(*p) <= maxPooledBytes {
+		fileBufs.Put(p)
+	}
 }
 
 // Decode decodes the bytes of one DICOM file; name is used in errors.
@@ -224,7 +257,7 @@ func decode(b []byte) (*Image, error) {
 	if len(b) > MaxFileBytes {
 		return nil, formatErr("", ErrTooLarge, "file is %d bytes, over the %d-byte limit", len(b), MaxFileBytes)
 	}
-	ts, pixelItems, err := scan(b)
+	sr, err := scanFile(b)
 	if err != nil {
 		return nil, err
 	}
@@ -232,12 +265,13 @@ func decode(b []byte) (*Image, error) {
 	if err != nil {
 		return nil, err
 	}
-	return fromDataset(ds, ts, b, pixelItems)
+	return fromDataset(ds, sr, b)
 }
 
-// parse runs the parser on a file that scan accepted. The parser keeps
-// the pixel data as raw bytes (SkipProcessingPixelDataValue) so that the
-// frame layout is checked here, not trusted from the header. A panic in
+// parse runs the parser on a file that scan accepted. The parser skips
+// the pixel data (SkipPixelData: it neither copies nor converts it);
+// fromDataset takes the values from the file's bytes, where scan found
+// them, and checks the frame layout itself. A panic in
 // the parser (it indexes values it assumes present) is turned into an
 // error.
 func parse(b []byte) (ds dicom.Dataset, err error) {
@@ -247,7 +281,7 @@ func parse(b []byte) (ds dicom.Dataset, err error) {
 		}
 	}()
 	ds, err = dicom.Parse(bytes.NewReader(b), int64(len(b)), nil,
-		dicom.SkipProcessingPixelDataValue(), dicom.AllowUnknownSpecificCharacterSet())
+		dicom.SkipPixelData(), dicom.AllowUnknownSpecificCharacterSet())
 	if err != nil {
 		return ds, formatErr("", ErrNotDICOM, "parsing: %v", err)
 	}
@@ -406,9 +440,11 @@ type pixelFormat struct {
 	swap8              bool // 8-bit samples in a big-endian OW value
 }
 
-// fromDataset decodes the dataset ds of file b; pixelItems is the offset
-// in b of the items of encapsulated pixel data, or -1.
-func fromDataset(ds dicom.Dataset, ts string, b []byte, pixelItems int) (*Image, error) {
+// fromDataset decodes the dataset ds of file b, which scan described as
+// sr: sr.pixel is the native pixel data, sr.pixelItems the offset in b of
+// the items of encapsulated pixel data, or -1.
+func fromDataset(ds dicom.Dataset, sr scanResult, b []byte) (*Image, error) {
+	ts := sr.uid
 	top := elements(ds.Elements)
 	pd := top.find(tag.PixelData)
 	if pd == nil || pd.Value == nil || pd.Value.ValueType() != dicom.PixelData {
@@ -427,14 +463,18 @@ func fromDataset(ds dicom.Dataset, ts string, b []byte, pixelItems int) (*Image,
 	// compressed decodes frame i of an encapsulated syntax (encap.go).
 	var compressed func(i int, dst []byte) error
 	if _, ok := encapsulatedSyntaxes[ts]; ok {
-		if compressed, err = encapsulatedFrames(b, pixelItems, ts, pf); err != nil {
+		if compressed, err = encapsulatedFrames(b, sr.pixelItems, ts, pf); err != nil {
 			return nil, err
 		}
 	} else {
-		if !info.IntentionallyUnprocessed {
+		if info.IsEncapsulated {
 			return nil, formatErr("", ErrPixelFormat, "pixel data is encapsulated (undefined length) in the native transfer syntax %s", ts)
 		}
-		raw = info.UnprocessedValueData
+		if raw = sr.pixel; raw == nil {
+			// The parser found a defined-length PixelData where the scan
+			// did not: they disagree on the file's structure.
+			return nil, formatErr("", ErrNotDICOM, "the parser and the scan disagree on where the pixel data is")
+		}
 		need := int64(pf.rows) * int64(pf.cols) * int64(pf.frames) * int64(pf.bitsAllocated/8)
 		if n := int64(len(raw)); n != need && !(n == need+1 && need%2 == 1) {
 			return nil, formatErr("", ErrPixelFormat, "pixel data has %d bytes, want %d for %d frame(s) of %d×%d at %d bits",
@@ -627,70 +667,4 @@ func position(scope frameScope, i int) (float64, error) {
 		return float64(n), nil
 	}
 	return 0, nil
-}
-
-// decodeFrame converts one frame of stored values to HU. The stored value
-// is the BitsStored bits ending at HighBit, sign-extended when
-// PixelRepresentation is 1; HU = stored×slope + intercept, rounded and
-// clamped to int16.
-// decodeLE16 is decodeFrame's loop for the common CT case: 16-bit little
-// endian samples with slope 1 and an integer intercept, in integer
-// arithmetic with no per-pixel interface call.
-func decodeLE16(dst []int16, raw []byte, shift uint, mask, sign uint32, signed bool, ic int32) {
-	raw = raw[:2*len(dst)]
-	for i := range dst {
-		u := (uint32(raw[2*i]) | uint32(raw[2*i+1])<<8) >> shift & mask
-		v := int32(u)
-		if signed && u&sign != 0 {
-			v -= int32(mask) + 1
-		}
-		v += ic
-		if v < math.MinInt16 {
-			v = math.MinInt16
-		} else if v > math.MaxInt16 {
-			v = math.MaxInt16
-		}
-		dst[i] = int16(v)
-	}
-}
-
-func decodeFrame(raw []byte, pf pixelFormat, slope, intercept float64) *imgx.HU {
-	n := pf.rows * pf.cols
-	hu := &imgx.HU{Rows: pf.rows, Cols: pf.cols, Pix: make([]int16, n)}
-	shift := uint(pf.highBit + 1 - pf.bitsStored)
-	mask := uint32(1)<<uint(pf.bitsStored) - 1
-	sign := uint32(1) << uint(pf.bitsStored-1)
-	integral := slope == 1 && intercept == math.Trunc(intercept) && math.Abs(intercept) < 1<<20
-	ic := int32(intercept)
-	if integral && pf.bitsAllocated == 16 && pf.bo == binary.LittleEndian {
-		decodeLE16(hu.Pix, raw, shift, mask, sign, pf.signed, ic)
-		return hu
-	}
-	for i := range n {
-		var u uint32
-		if pf.bitsAllocated == 16 {
-			u = uint32(pf.bo.Uint16(raw[2*i:]))
-		} else {
-			u = uint32(raw[i])
-		}
-		u = (u >> shift) & mask
-		v := int32(u)
-		if pf.signed && u&sign != 0 {
-			v -= int32(mask) + 1
-		}
-		var h float64
-		if integral {
-			h = float64(v + ic)
-		} else {
-			h = math.Round(float64(v)*slope + intercept)
-		}
-		switch {
-		case h < math.MinInt16:
-			h = math.MinInt16
-		case h > math.MaxInt16:
-			h = math.MaxInt16
-		}
-		hu.Pix[i] = int16(h)
-	}
-	return hu
 }

@@ -101,6 +101,16 @@ func (s *scanner) take(what string, n int64) ([]byte, error) {
 	return b, nil
 }
 
+// skipValue steps over the value of e (whose header was just read). The
+// error message is formatted only on failure: this runs for every element.
+func (s *scanner) skipValue(e element) error {
+	if int64(e.vl) > int64(s.left()) {
+		return s.short(fmt.Sprintf("value of element %v (VR %s)", e.tag, e.vr), int64(e.vl))
+	}
+	s.pos += int(e.vl)
+	return nil
+}
+
 func (s *scanner) u16(what string) (uint16, error) {
 	b, err := s.take(what, 2)
 	if err != nil {
@@ -211,6 +221,19 @@ func (s *scanner) header() (element, error) {
 	return e, nil
 }
 
+// numericSize is the size of one value of a numeric VR, or 0.
+func numericSize(vr string) uint32 {
+	switch vr {
+	case "US", "SS", "AT":
+		return 2
+	case "UL", "SL", "FL":
+		return 4
+	case "FD":
+		return 8
+	}
+	return 0
+}
+
 func isUpper(c byte) bool { return c >= 'A' && c <= 'Z' }
 
 // element reads one element and its value the way the parser's
@@ -221,7 +244,6 @@ func (s *scanner) element(depth int) (element, error) {
 		return e, err
 	}
 	undefined := e.vl == tag.VLUndefinedLength
-	what := fmt.Sprintf("value of element %v (VR %s)", e.tag, e.vr)
 	switch kind := tag.GetVRKind(e.tag, e.vr); kind {
 	case tag.VRItem:
 		err = s.item(e, depth+1)
@@ -229,7 +251,7 @@ func (s *scanner) element(depth int) (element, error) {
 		if undefined {
 			err = s.fragments(e, true)
 		} else {
-			_, err = s.take(what, int64(e.vl))
+			err = s.skipValue(e)
 		}
 	case tag.VRSequence:
 		err = s.sequence(e, depth+1)
@@ -237,7 +259,7 @@ func (s *scanner) element(depth int) (element, error) {
 		if undefined {
 			err = s.sequence(e, depth+1)
 		} else {
-			_, err = s.take(what, int64(e.vl))
+			err = s.skipValue(e)
 		}
 	case tag.VRBytes:
 		if undefined {
@@ -247,10 +269,10 @@ func (s *scanner) element(depth int) (element, error) {
 		if e.vr == "OW" && e.vl%2 != 0 {
 			return e, s.fail(ErrNotDICOM, "element %v of VR OW has an odd length %d", e.tag, e.vl)
 		}
-		_, err = s.take(what, int64(e.vl))
+		err = s.skipValue(e)
 	case tag.VRUInt16List, tag.VRUInt32List, tag.VRInt16List, tag.VRInt32List, tag.VRTagList,
 		tag.VRFloat32List, tag.VRFloat64List:
-		size := map[string]uint32{"US": 2, "SS": 2, "AT": 2, "UL": 4, "SL": 4, "FL": 4, "FD": 8}[e.vr]
+		size := numericSize(e.vr)
 		if undefined || size == 0 || e.vl%size != 0 {
 			return e, s.fail(ErrNotDICOM, "element %v of VR %s has a bad length %d", e.tag, e.vr, e.vl)
 		}
@@ -258,12 +280,12 @@ func (s *scanner) element(depth int) (element, error) {
 		if s.numeric > maxNumericBytes {
 			return e, s.fail(ErrTooLarge, "more than %d bytes of numeric values", maxNumericBytes)
 		}
-		_, err = s.take(what, int64(e.vl))
+		err = s.skipValue(e)
 	default: // strings and dates
 		if undefined {
 			return e, s.fail(ErrNotDICOM, "element %v of VR %s has an undefined length", e.tag, e.vr)
 		}
-		_, err = s.take(what, int64(e.vl))
+		err = s.skipValue(e)
 	}
 	return e, err
 }
@@ -381,6 +403,12 @@ func scan(b []byte) (string, int, error) {
 type scanResult struct {
 	uid        string
 	pixelItems int
+	// pixel is the value of the first top-level PixelData element when
+	// its length is defined (native pixel data, the element the parser's
+	// Dataset finds first), else nil. It aliases the file's bytes.
+	pixel []byte
+	// pixelSeen is true once a top-level PixelData element was seen.
+	pixelSeen bool
 }
 
 func scanFile(b []byte) (scanResult, error) {
@@ -438,7 +466,14 @@ func scanFile(b []byte) (scanResult, error) {
 		if err != nil {
 			return res, err
 		}
-		if e.tag == tag.PixelData && e.vl == tag.VLUndefinedLength {
+		if e.tag != tag.PixelData {
+			continue
+		}
+		if !res.pixelSeen && e.vl != tag.VLUndefinedLength {
+			res.pixel = b[e.start : e.start+int(e.vl) : e.start+int(e.vl)]
+		}
+		res.pixelSeen = true
+		if e.vl == tag.VLUndefinedLength {
 			res.pixelItems = e.start
 		}
 	}

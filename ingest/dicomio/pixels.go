@@ -1,0 +1,134 @@
+package dicomio
+
+import (
+	"encoding/binary"
+	"math"
+
+	"github.com/lungseg/lungseg/pkg/imgx"
+)
+
+// decodeFrame converts one frame of stored values to HU. The stored value
+// is the BitsStored bits ending at HighBit, sign-extended when
+// PixelRepresentation is 1; HU = stored×slope + intercept, rounded and
+// clamped to int16.
+//
+// The common CT layouts (16-bit little-endian samples, slope 1, integer
+// intercept) take integer loops with no per-pixel branch; 16 signed bits
+// stored, the usual case, go four pixels at a time. Every other layout
+// takes decodeGeneric, the plain per-pixel definition.
+func decodeFrame(raw []byte, pf pixelFormat, slope, intercept float64) *imgx.HU {
+	n := pf.rows * pf.cols
+	hu := &imgx.HU{Rows: pf.rows, Cols: pf.cols, Pix: make([]int16, n)}
+	integral := slope == 1 && intercept == math.Trunc(intercept) && math.Abs(intercept) < 1<<20
+	if !integral || pf.bitsAllocated != 16 || pf.bo != binary.LittleEndian {
+		decodeGeneric(hu.Pix, raw, pf, slope, intercept)
+		return hu
+	}
+	ic := int32(intercept)
+	if pf.signed && pf.bitsStored == 16 && ic >= math.MinInt16 && ic <= math.MaxInt16 {
+		if !addS16(hu.Pix, raw, int16(ic)) {
+			return hu
+		}
+		// Some pixel left the int16 range and wrapped: redo the frame
+		// with clamping.
+	}
+	decodeLE16(hu.Pix, raw, pf.highBit, pf.bitsStored, pf.signed, ic)
+	return hu
+}
+
+// decodeLE16 decodes 16-bit little-endian samples with slope 1 and the
+// integer intercept ic. The stored value is the bits bits ending at
+// highBit: shifting them to the top of a 32-bit word and back down (an
+// arithmetic shift when signed) masks and sign-extends without a branch.
+func decodeLE16(dst []int16, raw []byte, highBit, bits int, signed bool, ic int32) {
+	raw = raw[:2*len(dst)]
+	lsh, rsh := uint(31-highBit), uint(32-bits)
+	if signed {
+		for i := range dst {
+			u := uint32(binary.LittleEndian.Uint16(raw[2*i:]))
+			v := int32(u<<lsh)>>rsh + ic
+			dst[i] = int16(min(max(v, math.MinInt16), math.MaxInt16))
+		}
+		return
+	}
+	for i := range dst {
+		u := uint32(binary.LittleEndian.Uint16(raw[2*i:]))
+		v := int32(u<<lsh>>rsh) + ic
+		dst[i] = int16(min(max(v, math.MinInt16), math.MaxInt16))
+	}
+}
+
+// Lane masks of four 16-bit lanes in a uint64.
+const (
+	lanesLow15 = 0x7fff_7fff_7fff_7fff
+	lanesSign  = 0x8000_8000_8000_8000
+	lanesOne   = 0x0001_0001_0001_0001
+)
+
+// addS16 sets dst[i] to the little-endian int16 at raw[2i] plus ic,
+// wrapping, four pixels per 64-bit word (SWAR). It reports whether any
+// sum left the int16 range, in which case dst holds wrapped values and
+// the caller must decode again with clamping.
+func addS16(dst []int16, raw []byte, ic int16) (overflow bool) {
+	raw = raw[:2*len(dst)]
+	y := uint64(uint16(ic)) * lanesOne
+	var ov uint64
+	n := len(dst) &^ 3
+	for i := 0; i < n; i += 4 {
+		x := binary.LittleEndian.Uint64(raw[2*i:])
+		// Add the low 15 bits of each lane (no carry leaves a lane), then
+		// put the lanes' sign bits back in by xor.
+		s := ((x & lanesLow15) + (y & lanesLow15)) ^ ((x ^ y) & lanesSign)
+		// A lane overflowed when its addends have the same sign and the
+		// sum another.
+		ov |= ^(x ^ y) & (x ^ s)
+		d := dst[i : i+4 : i+4]
+		d[0] = int16(s)
+		d[1] = int16(s >> 16)
+		d[2] = int16(s >> 32)
+		d[3] = int16(s >> 48)
+	}
+	for i := n; i < len(dst); i++ {
+		v := int32(int16(binary.LittleEndian.Uint16(raw[2*i:]))) + int32(ic)
+		if v < math.MinInt16 || v > math.MaxInt16 {
+			return true
+		}
+		dst[i] = int16(v)
+	}
+	return ov&lanesSign != 0
+}
+
+// decodeGeneric is decodeFrame for any layout, one pixel at a time.
+func decodeGeneric(dst []int16, raw []byte, pf pixelFormat, slope, intercept float64) {
+	shift := uint(pf.highBit + 1 - pf.bitsStored)
+	mask := uint32(1)<<uint(pf.bitsStored) - 1
+	sign := uint32(1) << uint(pf.bitsStored-1)
+	integral := slope == 1 && intercept == math.Trunc(intercept) && math.Abs(intercept) < 1<<20
+	ic := int32(intercept)
+	for i := range dst {
+		var u uint32
+		if pf.bitsAllocated == 16 {
+			u = uint32(pf.bo.Uint16(raw[2*i:]))
+		} else {
+			u = uint32(raw[i])
+		}
+		u = (u >> shift) & mask
+		v := int32(u)
+		if pf.signed && u&sign != 0 {
+			v -= int32(mask) + 1
+		}
+		var h float64
+		if integral {
+			h = float64(v + ic)
+		} else {
+			h = math.Round(float64(v)*slope + intercept)
+		}
+		switch {
+		case h < math.MinInt16:
+			h = math.MinInt16
+		case h > math.MaxInt16:
+			h = math.MaxInt16
+		}
+		dst[i] = int16(h)
+	}
+}
