@@ -50,6 +50,12 @@ func (f *File) Item(i int) ingest.Item {
 		SlicePosition:  float64(i),
 	}
 	it := ingest.Item{Meta: meta}
+	if label, hu, mask, ok := f.fastItem(i); ok {
+		meta.Label = label
+		meta.Rows, meta.Cols = int32(hu.Rows), int32(hu.Cols)
+		it.HU, it.Mask = hu, mask
+		return it
+	}
 	r, err := f.row(i, false, true)
 	if r != nil {
 		meta.Label = r.Label

@@ -1,0 +1,168 @@
+package pickle
+
+import (
+	"encoding/binary"
+	"math"
+
+	"github.com/lungseg/lungseg/pkg/imgx"
+)
+
+// chunkBytes is the size of the reads of the fast path: small enough that
+// a chunk is still in the CPU cache when it is converted, large enough that
+// the calls cost nothing (16 reads for a 512×512 float64 slice). A
+// variable so that the tests can make rows span many chunks.
+var chunkBytes = 128 << 10
+
+// fastItem decodes row i for Item without the float64 detour of row: the
+// hu_array_old bytes go straight to int16 and the mask bytes straight into
+// the mask, read in chunks into one reused buffer. It handles the layout
+// the dataset and the Go writer use (raw bytes payloads; C order; HU as
+// little-endian float64 or float32; mask of a 1-byte integer or bool
+// dtype) and declines (ok false) everything else, and any row with a
+// problem: a wrong size, a read error, a non-finite HU. Item then decodes
+// the row the general way, which gives the typed errors, so the fast path
+// never has to reproduce them.
+func (f *File) fastItem(i int) (label string, hu *imgx.HU, mask *imgx.Mask, ok bool) {
+	if f.label != nil {
+		s, err := f.text(f.label[i])
+		if err != nil {
+			return "", nil, nil, false
+		}
+		label = s
+	}
+	ha, rows, cols, ok := fastCell(f.hu[i])
+	if !ok || ha.dtype.kind != 'f' || (ha.dtype.size != 8 && ha.dtype.size != 4) || ha.dtype.order != binary.LittleEndian {
+		return "", nil, nil, false
+	}
+	hs := ha.data.(*span)
+	n := rows * cols
+	if hs.n != int64(n*ha.dtype.size) {
+		return "", nil, nil, false
+	}
+	if f.mask != nil {
+		ma, mr, mc, ok := fastCell(f.mask[i])
+		if !ok || ma.dtype.size != 1 || (ma.dtype.kind != 'i' && ma.dtype.kind != 'u' && ma.dtype.kind != 'b') ||
+			mr != rows || mc != cols {
+			return "", nil, nil, false
+		}
+		ms := ma.data.(*span)
+		if ms.n != int64(n) {
+			return "", nil, nil, false
+		}
+		mask = &imgx.Mask{Rows: rows, Cols: cols, Pix: make([]uint8, n)}
+		if _, err := f.r.ReadAt(mask.Pix, ms.off); err != nil {
+			return "", nil, nil, false
+		}
+		maskBits(mask.Pix)
+	}
+	hu = &imgx.HU{Rows: rows, Cols: cols, Pix: make([]int16, n)}
+	sz := ha.dtype.size
+	per := max(1, chunkBytes/sz) // elements a chunk
+	if cap(f.buf) < per*sz {
+		f.buf = make([]byte, per*sz)
+	}
+	for k := 0; k < n; k += per {
+		m := min(per, n-k)
+		b := f.buf[:m*sz]
+		if _, err := f.r.ReadAt(b, hs.off+int64(k*sz)); err != nil {
+			return "", nil, nil, false
+		}
+		if sz == 8 {
+			ok = huFromF8(hu.Pix[k:k+m], b)
+		} else {
+			ok = huFromF4(hu.Pix[k:k+m], b)
+		}
+		if !ok {
+			return "", nil, nil, false
+		}
+	}
+	return label, hu, mask, true
+}
+
+// fastCell returns the array of a cell the fast path may read: a usable
+// numeric 2-D array in C order within imgx.MaxSide whose data is a raw
+// bytes payload in the file.
+func fastCell(cell any) (a *ndarray, rows, cols int, ok bool) {
+	a, ok = cell.(*ndarray)
+	if !ok || a.usable() != nil || a.dtype.kind == 'O' || a.fortran || len(a.shape) != 2 {
+		return nil, 0, 0, false
+	}
+	rows, cols = a.shape[0], a.shape[1]
+	if imgx.CheckSize(rows, cols) != nil {
+		return nil, 0, 0, false
+	}
+	if s, isSpan := a.data.(*span); !isSpan || s.enc != encRaw {
+		return nil, 0, 0, false
+	}
+	return a, rows, cols, true
+}
+
+// expBits64 and expBits32 are the exponent fields; all ones is NaN or ±Inf.
+const (
+	expBits64 = 0x7ff << 52
+	expBits32 = 0xff << 23
+)
+
+// huFromF8 converts little-endian float64s to HU as imgx.HUFromFloat does
+// (rounded half away from zero, clamped to int16). It returns false at the
+// first non-finite value. (b is consumed from the front so that the
+// compiler drops the bounds checks.)
+func huFromF8(dst []int16, b []byte) bool {
+	b = b[:8*len(dst)]
+	for k := range dst {
+		u := binary.LittleEndian.Uint64(b)
+		b = b[8:]
+		if u&expBits64 == expBits64 {
+			return false
+		}
+		dst[k] = roundInt16(math.Float64frombits(u))
+	}
+	return true
+}
+
+// huFromF4 is huFromF8 for little-endian float32s.
+func huFromF4(dst []int16, b []byte) bool {
+	b = b[:4*len(dst)]
+	for k := range dst {
+		u := binary.LittleEndian.Uint32(b)
+		b = b[4:]
+		if u&expBits32 == expBits32 {
+			return false
+		}
+		dst[k] = roundInt16(float64(math.Float32frombits(u)))
+	}
+	return true
+}
+
+// roundInt16 is imgx.HUFromFloat's conversion of one finite value:
+// math.Round, then clamping to int16. Clamping first gives the same result
+// (both are monotone and the bounds are integers); in that range the
+// truncation t is exact and so is x-t, its fraction, which decides the
+// half-away-from-zero step. No call and no data-dependent branch but the
+// clamps (rarely taken), where math.Round branches on the exponent.
+func roundInt16(x float64) int16 {
+	if x < math.MinInt16 {
+		x = math.MinInt16
+	}
+	if x > math.MaxInt16 {
+		x = math.MaxInt16
+	}
+	t := int32(x)
+	fr := x - float64(t)
+	if fr >= 0.5 {
+		t++
+	}
+	if fr <= -0.5 {
+		t--
+	}
+	return int16(t)
+}
+
+// maskBits turns each nonzero byte into 1, in place.
+func maskBits(p []uint8) {
+	for k, v := range p {
+		if v != 0 {
+			p[k] = 1
+		}
+	}
+}
