@@ -15,30 +15,6 @@ import (
 	"github.com/rs/zerolog"
 )
 
-// modelsRegistry copies the named test models of segment/testdata into a
-// fresh registry folder and returns the folder.
-func modelsRegistry(t *testing.T, names ...string) string {
-	t.Helper()
-	dir := t.TempDir()
-	for _, name := range names {
-		src := filepath.Join(testenv.RepoRoot(t), "segment", "testdata", name)
-		dst := filepath.Join(dir, name)
-		if err := os.MkdirAll(dst, 0o755); err != nil {
-			t.Fatal(err)
-		}
-		for _, f := range []string{model.ModelFile, model.CardFile} {
-			b, err := os.ReadFile(filepath.Join(src, f))
-			if err != nil {
-				t.Fatal(err)
-			}
-			if err := os.WriteFile(filepath.Join(dst, f), b, 0o644); err != nil {
-				t.Fatal(err)
-			}
-		}
-	}
-	return dir
-}
-
 // row returns the table row of one model, split into cells.
 func row(t *testing.T, out, name string) []string {
 	t.Helper()
@@ -105,7 +81,7 @@ func TestModelsListsCropModelsAndCascades(t *testing.T) {
 	}
 	for _, tc := range tests {
 		t.Run(tc.name, func(t *testing.T) {
-			dir := modelsRegistry(t, tc.models...)
+			dir := testenv.TestRegistry(t, tc.models...)
 			if tc.tamper != "" {
 				p := filepath.Join(dir, tc.tamper, model.ModelFile)
 				b, err := os.ReadFile(p)
@@ -173,7 +149,7 @@ func TestModelsListsCropModelsAndCascades(t *testing.T) {
 var errOpen = errors.New("test: open refused")
 
 func TestModelsJSONListsEveryCard(t *testing.T) {
-	reg, err := model.OpenRegistry(modelsRegistry(t, "tiny-det", "tiny-crop"))
+	reg, err := model.OpenRegistry(testenv.TestRegistry(t, "tiny-det", "tiny-crop"))
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -194,7 +170,7 @@ func TestModelsJSONListsEveryCard(t *testing.T) {
 // open and run the tiny detector and crop model, and refuse a model whose
 // graph does not match its card.
 func TestModelsVerifyOpensWithORT(t *testing.T) {
-	dir := modelsRegistry(t, "tiny-det", "tiny-crop")
+	dir := testenv.TestRegistry(t, "tiny-det", "tiny-crop")
 	reg, err := model.OpenRegistry(dir)
 	if err != nil {
 		t.Fatal(err)

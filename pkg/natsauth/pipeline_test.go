@@ -55,23 +55,7 @@ func (v *violations) list() []string {
 // tiny-det, crop model tiny-crop) into a registry folder.
 func tinyRegistry(t *testing.T) *model.Registry {
 	t.Helper()
-	root := t.TempDir()
-	for _, name := range []string{"tiny", "tiny-det", "tiny-crop"} {
-		src := filepath.Join(testenv.RepoRoot(t), "segment", "testdata", name)
-		dir := filepath.Join(root, name)
-		if err := os.MkdirAll(dir, 0o755); err != nil {
-			t.Fatal(err)
-		}
-		for _, f := range []string{model.ModelFile, model.CardFile} {
-			b, err := os.ReadFile(filepath.Join(src, f))
-			if err != nil {
-				t.Fatal(err)
-			}
-			if err := os.WriteFile(filepath.Join(dir, f), b, 0o644); err != nil {
-				t.Fatal(err)
-			}
-		}
-	}
+	root := testenv.TestRegistry(t, "tiny", "tiny-det", "tiny-crop")
 	reg, err := model.OpenRegistry(root)
 	if err != nil {
 		t.Fatal(err)

@@ -5,8 +5,6 @@ import (
 	"crypto/sha256"
 	"encoding/hex"
 	"math"
-	"os"
-	"path/filepath"
 	"slices"
 	"sync"
 	"testing"
@@ -41,23 +39,7 @@ const (
 // registry.
 func cascadeRegistry(t *testing.T) *model.Registry {
 	t.Helper()
-	reg := t.TempDir()
-	for _, name := range []string{"tiny-det", "tiny-crop"} {
-		src := filepath.Join(testenv.RepoRoot(t), "segment", "testdata", name)
-		dst := filepath.Join(reg, name)
-		if err := os.MkdirAll(dst, 0o755); err != nil {
-			t.Fatal(err)
-		}
-		for _, f := range []string{model.ModelFile, model.CardFile} {
-			b, err := os.ReadFile(filepath.Join(src, f))
-			if err != nil {
-				t.Fatal(err)
-			}
-			if err := os.WriteFile(filepath.Join(dst, f), b, 0o644); err != nil {
-				t.Fatal(err)
-			}
-		}
-	}
+	reg := testenv.TestRegistry(t, "tiny-det", "tiny-crop")
 	r, err := model.OpenRegistry(reg)
 	if err != nil {
 		t.Fatal(err)

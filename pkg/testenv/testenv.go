@@ -86,18 +86,29 @@ func TinyModelDir(t testing.TB) string {
 // returns the folder.
 func TinyRegistry(t testing.TB) string {
 	t.Helper()
+	return TestRegistry(t, "tiny")
+}
+
+// TestRegistry copies the named test models of segment/testdata (model.onnx
+// and card.json of each, for example "tiny", "tiny-det", "tiny-crop") into a
+// fresh registry folder and returns the folder.
+func TestRegistry(t testing.TB, names ...string) string {
+	t.Helper()
 	reg := t.TempDir()
-	dir := filepath.Join(reg, "tiny")
-	if err := os.MkdirAll(dir, 0o755); err != nil {
-		t.Fatal(err)
-	}
-	for _, f := range []string{"model.onnx", "card.json"} {
-		b, err := os.ReadFile(filepath.Join(TinyModelDir(t), f))
-		if err != nil {
+	for _, name := range names {
+		src := filepath.Join(RepoRoot(t), "segment", "testdata", name)
+		dst := filepath.Join(reg, name)
+		if err := os.MkdirAll(dst, 0o755); err != nil {
 			t.Fatal(err)
 		}
-		if err := os.WriteFile(filepath.Join(dir, f), b, 0o644); err != nil {
-			t.Fatal(err)
+		for _, f := range []string{"model.onnx", "card.json"} {
+			b, err := os.ReadFile(filepath.Join(src, f))
+			if err != nil {
+				t.Fatal(err)
+			}
+			if err := os.WriteFile(filepath.Join(dst, f), b, 0o644); err != nil {
+				t.Fatal(err)
+			}
 		}
 	}
 	return reg
