@@ -374,6 +374,13 @@ def training_batch(bank: Bank, r: Rand, b: int, p_real: float = 0.3, p_paste_rea
         hu, mask, _ = paste(bank, r, hu, mask, lung, r.i(bank.n_crops, (b,)), gm, True, on)
         on2 = (r.u((b,)) < p_second).float()
         hu, mask, _ = paste(bank, r, hu, mask, lung, r.i(bank.n_crops, (b,)), gm, True, on2)
+    return finish_batch(r, hu, mask, aug)
+
+
+def finish_batch(r: Rand, hu: torch.Tensor, mask: torch.Tensor, aug: bool) -> Tuple[torch.Tensor, torch.Tensor]:
+    """Augmentation (if aug), CT noise of a random level, the HU window and a
+    random contrast/brightness (if aug): model inputs [B,1,S,S] and masks."""
+    b = hu.shape[0]
     if aug:
         hu, mask = augment(r, hu, mask)
     hu = hu + r.n((b, 1, 1, 1)).abs().clamp(max=2.5) * 8.0 * r.n(hu.shape)
@@ -530,15 +537,7 @@ def crop_training_batch(bank: Bank, r: Rand, b: int, win: int = CROP_WIN, p_real
                                 centre=centre)
         on2 = (r.u((b,)) < p_second).float()
         hu_w, mask_w, _ = paste(bank, r, hu_w, mask_w, lung_w, r.i(bank.n_crops, (b,)), gm, True, on2)
-    if aug:
-        hu_w, mask_w = augment(r, hu_w, mask_w)
-    hu_w = hu_w + r.n((b, 1, 1, 1)).abs().clamp(max=2.5) * 8.0 * r.n(hu_w.shape)
-    x = D.window(hu_w)
-    if aug:
-        c = r.u((b, 1, 1, 1), 0.9, 1.1)
-        o = r.u((b, 1, 1, 1), -0.04, 0.04)
-        x = ((x - 0.5) * c + 0.5 + o).clamp(0.0, 1.0)
-    return x, mask_w
+    return finish_batch(r, hu_w, mask_w, aug)
 
 
 def crop_eval_set(bank: Bank, seed: int, win: int = CROP_WIN, limit: Optional[int] = None,
