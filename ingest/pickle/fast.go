@@ -134,12 +134,18 @@ func huFromF4(dst []int16, b []byte) bool {
 	return true
 }
 
+// halfDown is the double just below 0.5.
+const halfDown = 0.49999999999999994
+
 // roundInt16 is imgx.HUFromFloat's conversion of one finite value:
-// math.Round, then clamping to int16. Clamping first gives the same result
-// (both are monotone and the bounds are integers); in that range the
-// truncation t is exact and so is x-t, its fraction, which decides the
-// half-away-from-zero step. No call and no data-dependent branch but the
-// clamps (rarely taken), where math.Round branches on the exponent.
+// math.Round (half away from zero), then clamping to int16. Clamping first
+// gives the same result (both are monotone and the bounds are integers).
+// In that range, truncating x+±halfDown rounds half away from zero: a tie
+// n+0.5 gives n+1-2⁻⁵⁴, which rounds up to n+1 since the spacing of the
+// doubles there is at least 2⁻⁵², and anything below a tie stays below
+// n+1 (adding 0.5 instead would turn 0.49999999999999994 into 1).
+// TestRoundInt16 checks it against imgx. Four float instructions and two
+// rarely taken branches, where math.Round branches on the exponent.
 func roundInt16(x float64) int16 {
 	if x < math.MinInt16 {
 		x = math.MinInt16
@@ -147,15 +153,7 @@ func roundInt16(x float64) int16 {
 	if x > math.MaxInt16 {
 		x = math.MaxInt16
 	}
-	t := int32(x)
-	fr := x - float64(t)
-	if fr >= 0.5 {
-		t++
-	}
-	if fr <= -0.5 {
-		t--
-	}
-	return int16(t)
+	return int16(int32(x + math.Copysign(halfDown, x)))
 }
 
 // maskBits turns each nonzero byte into 1, in place.
