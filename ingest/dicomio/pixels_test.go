@@ -273,6 +273,9 @@ func TestAddS16(t *testing.T) {
 		{[]int16{1, 2, 3, 32767}, 1, true},                             // lane 3, upwards
 		{[]int16{1, 2, 3, 4, -32768}, -1, true},                        // the tail
 		{[]int16{-32768, -32768, 32767, 32767}, 0, false},
+		{[]int16{0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 32000, 0, 0, 0}, 800, true},        // second word of a step
+		{[]int16{0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 31967, 0, 0, 0}, 800, false},       // just fits
+		{[]int16{9, 8, 7, 6, 5, 4, 3, 2, 1, 0, -1, -2, -3, -4, -5, -6, -7}, -32761, false}, // to the bottom
 	} {
 		raw := make([]byte, 2*len(tc.x))
 		for i, v := range tc.x {
