@@ -156,8 +156,21 @@ func roundInt16(x float64) int16 {
 	return int16(int32(x + math.Copysign(halfDown, x)))
 }
 
-// maskBits turns each nonzero byte into 1, in place.
+// maskBits turns each nonzero byte into 1, in place, eight bytes at a
+// time: or-ing each byte's bits down into its bit 0 (bits shifted in from
+// the next byte land above bit 0) and keeping bit 0. Words of zeros, most
+// of a nodule mask, are only read.
 func maskBits(p []uint8) {
+	const ones = 0x0101010101010101
+	for len(p) >= 8 {
+		if w := binary.LittleEndian.Uint64(p); w != 0 {
+			w |= w >> 4
+			w |= w >> 2
+			w |= w >> 1
+			binary.LittleEndian.PutUint64(p, w&ones)
+		}
+		p = p[8:]
+	}
 	for k, v := range p {
 		if v != 0 {
 			p[k] = 1

@@ -174,3 +174,29 @@ func BenchmarkHUFromF8(b *testing.B) {
 		}
 	}
 }
+
+// TestMaskBits checks maskBits against a byte-by-byte != 0 on every byte
+// value in every position of a word and on lengths that leave a tail.
+func TestMaskBits(t *testing.T) {
+	for n := range 20 {
+		for pos := range n {
+			for v := range 256 {
+				p := make([]uint8, n)
+				for k := range p {
+					p[k] = uint8(k * 37 % 3) // some zeros, ones and twos around
+				}
+				p[pos] = uint8(v)
+				want := make([]uint8, n)
+				for k, x := range p {
+					if x != 0 {
+						want[k] = 1
+					}
+				}
+				maskBits(p)
+				if string(p) != string(want) {
+					t.Fatalf("n %d, %d at %d: got %v, want %v", n, v, pos, p, want)
+				}
+			}
+		}
+	}
+}
