@@ -29,7 +29,14 @@
 //     pandas' DataFrame, BlockManager, blocks and Index classes.
 //  2. Row (and Read, which emits ingest.Items) reads one row's cells with
 //     ReadAt from their spans, checks shape and length before allocating,
-//     and converts them.
+//     and converts them. Read's items take a direct path (fast.go) for the
+//     dataset's own layout (raw bytes payloads, C order, little-endian
+//     float64 or float32 HU, 1-byte masks): the HU bytes are read in
+//     128 KiB chunks into one reused buffer and converted straight to
+//     int16 while the chunk is in cache, the mask bytes are read straight
+//     into the mask and turned into 0/1 eight at a time. Any other layout
+//     or any problem in a row (a bad size, NaN) goes the general way, which
+//     gives the typed errors.
 //
 // Memory is one row's arrays plus the frame's structure, about a hundred
 // bytes per cell; it does not grow with the array sizes or the file size.
