@@ -137,7 +137,7 @@ func TestRoundInt16(t *testing.T) {
 func TestHUFromFloatsDeclineNonFinite(t *testing.T) {
 	bad64 := []float64{math.NaN(), math.Inf(1), math.Inf(-1), math.Float64frombits(0xfff0000000000001)}
 	bad32 := []float32{float32(math.NaN()), float32(math.Inf(1)), float32(math.Inf(-1)), math.Float32frombits(0x7f800001)}
-	for _, pos := range []int{0, 5, 9} {
+	for _, pos := range []int{0, 1, 2, 3, 5, 6, 7, 8, 9} {
 		for k := range bad64 {
 			b8, b4 := make([]byte, 80), make([]byte, 40)
 			for j := range 10 {
