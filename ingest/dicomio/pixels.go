@@ -14,8 +14,10 @@ import (
 //
 // The common CT layouts (16-bit little-endian samples, slope 1, integer
 // intercept) take integer loops with no per-pixel branch; 16 signed bits
-// stored, the usual case, go four pixels at a time. Every other layout
-// takes decodeGeneric, the plain per-pixel definition.
+// stored, the usual case, is a saturating add of the intercept, eight
+// pixels per SSE2 instruction on amd64 (pixels_amd64.s), four per 64-bit
+// word elsewhere. Every other layout takes decodeGeneric, the plain
+// per-pixel definition.
 func decodeFrame(raw []byte, pf pixelFormat, slope, intercept float64) *imgx.HU {
 	n := pf.rows * pf.cols
 	hu := &imgx.HU{Rows: pf.rows, Cols: pf.cols, Pix: make([]int16, n)}
@@ -26,11 +28,8 @@ func decodeFrame(raw []byte, pf pixelFormat, slope, intercept float64) *imgx.HU 
 	}
 	ic := int32(intercept)
 	if pf.signed && pf.bitsStored == 16 && ic >= math.MinInt16 && ic <= math.MaxInt16 {
-		if !addS16(hu.Pix, raw, int16(ic)) {
-			return hu
-		}
-		// Some pixel left the int16 range and wrapped: redo the frame
-		// with clamping.
+		addSatS16(hu.Pix, raw, int16(ic))
+		return hu
 	}
 	decodeLE16(hu.Pix, raw, pf.highBit, pf.bitsStored, pf.signed, ic)
 	return hu

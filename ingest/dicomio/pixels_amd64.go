@@ -1,0 +1,26 @@
+//go:build !purego
+
+package dicomio
+
+import (
+	"encoding/binary"
+	"math"
+)
+
+// addSatS16SSE2 is in pixels_amd64.s.
+//
+//go:noescape
+func addSatS16SSE2(dst []int16, src []byte, ic int16)
+
+// addSatS16 sets dst[i] to the little-endian int16 at raw[2i] plus ic,
+// clamped to the int16 range: eight pixels per SSE2 saturating add, then
+// the last few one by one. raw must hold 2*len(dst) bytes.
+func addSatS16(dst []int16, raw []byte, ic int16) {
+	raw = raw[:2*len(dst)]
+	n := len(dst) &^ 7
+	addSatS16SSE2(dst[:n], raw[:2*n], ic)
+	for i := n; i < len(dst); i++ {
+		v := int32(int16(binary.LittleEndian.Uint16(raw[2*i:]))) + int32(ic)
+		dst[i] = int16(min(max(v, math.MinInt16), math.MaxInt16))
+	}
+}

@@ -1,0 +1,13 @@
+//go:build !amd64 || purego
+
+package dicomio
+
+// addSatS16 sets dst[i] to the little-endian int16 at raw[2i] plus ic,
+// clamped to the int16 range: four lanes per 64-bit word (addS16), and
+// again with clamping in the rare frame where a sum left the range. raw
+// must hold 2*len(dst) bytes.
+func addSatS16(dst []int16, raw []byte, ic int16) {
+	if addS16(dst, raw, ic) {
+		decodeLE16(dst, raw, 15, 16, true, int32(ic))
+	}
+}
