@@ -80,6 +80,12 @@ func TestRunWithoutPython(t *testing.T) {
 	if d.PickleLarge.Items != 6 || d.PickleLarge.Bytes <= d.Pickle.Bytes || d.PickleGrowth <= 0 {
 		t.Fatalf("pickle %+v / %+v", d.Pickle, d.PickleLarge)
 	}
+	// the reader streams: doubling the rows must not keep anything near the added rows
+	// (a reader that held every row would show about 1)
+	if d.PickleRetained < 0 || d.PickleRetained > 0.5 {
+		t.Fatalf("pickle reader kept %.2f of the added input (peaks %.1f / %.1f MB)", d.PickleRetained,
+			d.Pickle.Go.PeakMB, d.PickleLarge.Go.PeakMB)
+	}
 	if !strings.Contains(strings.Join(rep.Skipped, "\n"), "python") {
 		t.Fatalf("skipped %q does not mention python", rep.Skipped)
 	}
