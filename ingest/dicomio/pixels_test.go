@@ -329,3 +329,59 @@ func TestAddSatS16(t *testing.T) {
 		}
 	}
 }
+
+// TestReadFileBufferReuse checks that ReadFile's pooled file buffers
+// leak into no Image: images read earlier keep their HU while other
+// files are read, concurrently, into the same buffers.
+func TestReadFileBufferReuse(t *testing.T) {
+	dir := t.TempDir()
+	const files = 4
+	want := make([][]int16, files)
+	paths := make([]string, files)
+	for k := range files {
+		hu := imgx.NewHU(64, 48)
+		for i := range hu.Pix {
+			hu.Pix[i] = int16((i*(k+3))%3000 - 1500)
+		}
+		want[k], paths[k] = hu.Pix, filepath.Join(dir, fmt.Sprintf("r%d.dcm", k))
+		s := Series{StudyUID: NewUID("r", "study"), SeriesUID: NewUID("r", "series"), Intercept: -1024}
+		if err := WriteFile(paths[k], s, Instance{HU: hu, SpacingRowMm: 1, SpacingColMm: 1, InstanceNumber: k + 1}); err != nil {
+			t.Fatal(err)
+		}
+	}
+	kept := make([]*Image, files)
+	for k, p := range paths {
+		img, err := ReadFile(p)
+		if err != nil {
+			t.Fatal(err)
+		}
+		kept[k] = img
+	}
+	errs := make(chan error, files)
+	for w := range files {
+		go func() {
+			for r := range 25 {
+				k := (w + r) % files
+				img, err := ReadFile(paths[k])
+				if err == nil && !slices.Equal(img.Frames[0].HU.Pix, want[k]) {
+					err = fmt.Errorf("%s: HU differ when read concurrently", paths[k])
+				}
+				if err != nil {
+					errs <- err
+					return
+				}
+			}
+			errs <- nil
+		}()
+	}
+	for range files {
+		if err := <-errs; err != nil {
+			t.Error(err)
+		}
+	}
+	for k, img := range kept {
+		if !slices.Equal(img.Frames[0].HU.Pix, want[k]) {
+			t.Errorf("%s: HU of an image read earlier changed", paths[k])
+		}
+	}
+}
