@@ -259,7 +259,7 @@ func shapeOf(v any) ([]int, error) {
 		if !ok || n < 0 {
 			return nil, fmt.Errorf("%w: shape %v", ErrCell, []any(*t))
 		}
-		if n > 1<<40 || total*int64(n) > 1<<40 {
+		if int64(n) > 1<<40 || total*int64(n) > 1<<40 {
 			return nil, fmt.Errorf("%w: shape %v has more than 2^40 elements", ErrTooLarge, []any(*t))
 		}
 		total *= int64(n)
