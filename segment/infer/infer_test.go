@@ -478,3 +478,25 @@ func BenchmarkRun(b *testing.B) {
 		}
 	}
 }
+
+func TestSpinningIsOffUnlessAsked(t *testing.T) {
+	for _, spin := range []bool{false, true} {
+		so, err := sessionOptions(Options{IntraOpThreads: 2, Spin: spin})
+		if err != nil {
+			t.Fatal(err)
+		}
+		has, err := so.HasSessionConfigEntry(spinKey)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if has == spin {
+			t.Errorf("Spin %v: %s set = %v", spin, spinKey, has)
+		}
+		if has {
+			if v, err := so.GetSessionConfigEntry(spinKey); err != nil || v != "0" {
+				t.Errorf("Spin %v: %s = %q (%v), want 0", spin, spinKey, v, err)
+			}
+		}
+		so.Destroy()
+	}
+}
