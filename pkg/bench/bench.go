@@ -247,6 +247,12 @@ func Run(ctx context.Context, o Options) (*Report, error) {
 	}
 	var cards []*model.Card
 	for _, n := range names {
+		if model.IsCascade(n) {
+			// its detector is measured on its own; the cascade's crop
+			// windows are not part of these comparisons
+			rep.Skipped = append(rep.Skipped, fmt.Sprintf("%s: cascades are not benchmarked (its detector is)", n))
+			continue
+		}
 		base, tta := model.SplitVariant(n)
 		if tta {
 			continue

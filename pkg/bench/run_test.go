@@ -223,3 +223,21 @@ func TestMedianAndRatio(t *testing.T) {
 		t.Error("ratio")
 	}
 }
+
+// TestRunSkipsCascades: "all" over a registry with a detector and its crop
+// model measures the detector once and notes the cascade as not benchmarked.
+func TestRunSkipsCascades(t *testing.T) {
+	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
+	defer cancel()
+	rep, err := Run(ctx, Options{ModelsDir: testenv.TestRegistry(t, "tiny-det", "tiny-crop"), N: 2, Rounds: 1,
+		Threads: []int{1}, Batches: []int{1}, Python: "none", Sections: []string{"inference"}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(rep.Inference) != 1 || rep.Inference[0].Model != "tiny-det" {
+		t.Fatalf("inference results %+v, want tiny-det once", rep.Inference)
+	}
+	if !strings.Contains(strings.Join(rep.Skipped, "\n"), "tiny-det+crop") {
+		t.Fatalf("skipped %q does not mention the cascade", rep.Skipped)
+	}
+}
