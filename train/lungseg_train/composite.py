@@ -356,18 +356,7 @@ def training_batch(bank: Bank, r: Rand, b: int, p_real: float = 0.3, p_paste_rea
                    grid_mm=(1.2, 1.6), aug: bool = True) -> Tuple[torch.Tensor, torch.Tensor]:
     """One batch of windowed inputs [B,1,S,S] in [0,1] and masks [B,1,S,S]."""
     size = bank.size
-    use_real = (r.u((b,)) < p_real) if bank.n_real > 0 else torch.zeros(b, dtype=torch.bool, device=r.device)
-    hu, lung = chest_backgrounds(r, b, size)
-    mask = torch.zeros_like(hu)
-    if bank.n_real > 0:
-        ri = r.i(bank.n_real, (b,))
-        ur = use_real.view(-1, 1, 1, 1)
-        body = torch.where(use_real.view(-1, 1), bank.real_body[ri], _default_body(b, size, r.device))
-        hu2, _ = chest_backgrounds(r, b, size, body=body, lungs=False)
-        rl = bank.real_lung[ri]
-        hu = torch.where(ur, torch.where(rl > 0, bank.real_hu[ri], hu2), hu)
-        lung = torch.where(ur, rl, lung)
-        mask = torch.where(ur, bank.real_mask[ri], mask)
+    hu, lung, mask, use_real = backgrounds(bank, r, b, p_real)
     on = torch.where(use_real, r.u((b,)) < p_paste_real, r.u((b,)) < p_paste_synth).float()
     gm = r.u((b,), grid_mm[0], grid_mm[1]) * (256.0 / size)  # anatomy keeps its size on smaller grids
     if bank.n_crops > 0:
@@ -390,6 +379,27 @@ def finish_batch(r: Rand, hu: torch.Tensor, mask: torch.Tensor, aug: bool) -> Tu
         o = r.u((b, 1, 1, 1), -0.04, 0.04)
         x = ((x - 0.5) * c + 0.5 + o).clamp(0.0, 1.0)
     return x, mask
+
+
+def backgrounds(bank: Bank, r: Rand, b: int, p_real: float):
+    """Chest backgrounds at the bank's size: HU, lung mask, nodule mask [B,1,S,S]
+    and which images are real. A fraction p_real are the bank's real slices
+    (approximate HU in their lungs, a synthetic body around them, their own
+    nodule masks); the rest synthetic chests without nodules."""
+    size = bank.size
+    use_real = (r.u((b,)) < p_real) if bank.n_real > 0 else torch.zeros(b, dtype=torch.bool, device=r.device)
+    hu, lung = chest_backgrounds(r, b, size)
+    mask = torch.zeros_like(hu)
+    if bank.n_real > 0:
+        ri = r.i(bank.n_real, (b,))
+        ur = use_real.view(-1, 1, 1, 1)
+        body = torch.where(use_real.view(-1, 1), bank.real_body[ri], _default_body(b, size, r.device))
+        hu2, _ = chest_backgrounds(r, b, size, body=body, lungs=False)
+        rl = bank.real_lung[ri]
+        hu = torch.where(ur, torch.where(rl > 0, bank.real_hu[ri], hu2), hu)
+        lung = torch.where(ur, rl, lung)
+        mask = torch.where(ur, bank.real_mask[ri], mask)
+    return hu, lung, mask, use_real
 
 
 def _default_body(b: int, size: int, device) -> torch.Tensor:
@@ -496,29 +506,11 @@ def cut_windows(t: torch.Tensor, cy: torch.Tensor, cx: torch.Tensor, win: int, f
     return torch.where(ok, out, torch.full_like(out, fill)).unsqueeze(1)
 
 
-def _crop_backgrounds(bank: Bank, r: Rand, b: int, p_real: float):
-    """512 backgrounds: HU, lung, nodule mask [B,1,C,C] and which are real."""
-    size = bank.size
-    hu, lung = chest_backgrounds(r, b, size)
-    mask = torch.zeros_like(hu)
-    use_real = (r.u((b,)) < p_real) if bank.n_real > 0 else torch.zeros(b, dtype=torch.bool, device=r.device)
-    if bank.n_real > 0:
-        ri = r.i(bank.n_real, (b,))
-        ur = use_real.view(-1, 1, 1, 1)
-        body = torch.where(use_real.view(-1, 1), bank.real_body[ri], _default_body(b, size, r.device))
-        hu2, _ = chest_backgrounds(r, b, size, body=body, lungs=False)
-        rl = bank.real_lung[ri]
-        hu = torch.where(ur, torch.where(rl > 0, bank.real_hu[ri], hu2), hu)
-        lung = torch.where(ur, rl, lung)
-        mask = torch.where(ur, bank.real_mask[ri], mask)
-    return hu, lung, mask, use_real
-
-
 def crop_training_batch(bank: Bank, r: Rand, b: int, win: int = CROP_WIN, p_real: float = 0.3,
                         p_paste: float = 0.85, p_second: float = 0.1, offset: int = CROP_OFFSET,
                         grid_mm=CROP_GRID_MM, aug: bool = True) -> Tuple[torch.Tensor, torch.Tensor]:
     """One batch of crop-model inputs [B,1,win,win] in [0,1] and masks."""
-    hu, lung, mask, use_real = _crop_backgrounds(bank, r, b, p_real)
+    hu, lung, mask, use_real = backgrounds(bank, r, b, p_real)
     er = -F.max_pool2d(-lung, 9, 1, 4)
     has = mask.flatten(1).amax(1) > 0
     w = torch.where(has.view(-1, 1, 1, 1), mask, er + 1e-3 * lung)
