@@ -25,7 +25,6 @@ import (
 	"github.com/lungseg/lungseg/pkg/webhook"
 	"github.com/lungseg/lungseg/score/findings"
 	"github.com/lungseg/lungseg/score/seg"
-	"github.com/nats-io/nats-server/v2/server"
 	"github.com/nats-io/nats.go"
 	"github.com/nats-io/nats.go/jetstream"
 	"github.com/rs/zerolog"
@@ -90,35 +89,18 @@ func TestPipelinePermissions(t *testing.T) {
 		t.Fatal(err)
 	}
 
-	pw := map[string]string{}
-	for _, r := range natsauth.Roles {
-		pw[r] = "secret-" + r
-	}
-	users, err := natsauth.Users(pw)
-	if err != nil {
-		t.Fatal(err)
-	}
-	s, err := server.NewServer(&server.Options{Host: "127.0.0.1", Port: server.RANDOM_PORT, JetStream: true,
-		StoreDir: t.TempDir(), NoSigs: true, NoLog: true, Users: users, MaxPayload: bus.MaxPayload})
-	if err != nil {
-		t.Fatal(err)
-	}
-	go s.Start()
-	if !s.ReadyForConnections(10 * time.Second) {
-		t.Fatal("server not ready")
-	}
-	t.Cleanup(func() { s.Shutdown(); s.WaitForShutdown() })
+	url := startUsers(t)
 
 	viol := map[string]*violations{}
 	connect := func(role string) jetstream.JetStream {
 		t.Helper()
 		v := &violations{}
 		viol[role] = v
-		opts, err := natsauth.Options{User: role, Password: pw[role]}.NATSOptions()
+		opts, err := natsauth.Options{User: role, Password: "secret-" + role}.NATSOptions()
 		if err != nil {
 			t.Fatal(err)
 		}
-		nc, err := nats.Connect(s.ClientURL(), append(opts, nats.ErrorHandler(v.handler))...)
+		nc, err := nats.Connect(url, append(opts, nats.ErrorHandler(v.handler))...)
 		if err != nil {
 			t.Fatalf("connecting as %s: %v", role, err)
 		}
