@@ -1,7 +1,6 @@
 package main
 
 import (
-	"context"
 	"os"
 	"path/filepath"
 	"testing"
@@ -34,16 +33,7 @@ func TestReplayCascade(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	cfg := defaultConfig()
-	cfg.ModelsDir = reg
-	cfg.LogLevel = "warn"
-	reportPath := filepath.Join(dir, "r.json")
-	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
-	defer cancel()
-	if err := doReplay(ctx, &cfg, replayArgs{inputs: []string{in}, models: []string{"tiny-det+crop,tiny-det"}, report: reportPath}); err != nil {
-		t.Fatal(err)
-	}
-	rep := readReport(t, reportPath)
+	rep := runReplay(t, reg, 2*time.Minute, replayArgs{inputs: []string{in}, models: []string{"tiny-det+crop,tiny-det"}, report: filepath.Join(dir, "r.json")})
 	if len(rep.Errors) != 0 {
 		t.Fatalf("errors %+v", rep.Errors)
 	}

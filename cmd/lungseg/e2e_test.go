@@ -59,6 +59,21 @@ func testRegistry(t *testing.T) string {
 }
 
 // readReport reads a replay's JSON report.
+// runReplay replays args in a fresh in-process pipeline over the registry reg,
+// within timeout, and returns the JSON report written to args.report.
+func runReplay(t *testing.T, reg string, timeout time.Duration, args replayArgs) *replay.Report {
+	t.Helper()
+	cfg := defaultConfig()
+	cfg.ModelsDir = reg
+	cfg.LogLevel = "warn"
+	ctx, cancel := context.WithTimeout(context.Background(), timeout)
+	defer cancel()
+	if err := doReplay(ctx, &cfg, args); err != nil {
+		t.Fatal(err)
+	}
+	return readReport(t, args.report)
+}
+
 func readReport(t *testing.T, path string) *replay.Report {
 	t.Helper()
 	b, err := os.ReadFile(path)
@@ -146,19 +161,9 @@ func TestReplayEndToEnd(t *testing.T) {
 	badFiles["(png)"] = "wrongmask"
 	inputs = append(inputs, bad)
 
-	cfg := defaultConfig()
-	cfg.ModelsDir = reg
-	cfg.LogLevel = "warn"
-	reportPath := filepath.Join(dir, "report.json")
 	masksOut := filepath.Join(dir, "masks-out")
-	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Minute)
-	defer cancel()
-	if err := doReplay(ctx, &cfg, replayArgs{inputs: inputs, models: []string{"all"},
-		masks: filepath.Join(dir, "dicom", phantom.MasksDir), report: reportPath, masksOut: masksOut}); err != nil {
-		t.Fatal(err)
-	}
-
-	rep := readReport(t, reportPath)
+	rep := runReplay(t, reg, 5*time.Minute, replayArgs{inputs: inputs, models: []string{"all"},
+		masks: filepath.Join(dir, "dicom", phantom.MasksDir), report: filepath.Join(dir, "report.json"), masksOut: masksOut})
 	if len(rep.Slices) != int(rep.Ingested)*2 {
 		t.Fatalf("%d slice results for %d slices × 2 models", len(rep.Slices), rep.Ingested)
 	}
@@ -182,7 +187,7 @@ func TestReplayEndToEnd(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if err := ortlib.Init(ctx, zerolog.Nop()); err != nil {
+	if err := ortlib.Init(context.Background(), zerolog.Nop()); err != nil {
 		t.Fatal(err)
 	}
 	seen := map[string]int{}
@@ -264,16 +269,7 @@ func TestReplayComparesTTA(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	cfg := defaultConfig()
-	cfg.ModelsDir = reg
-	cfg.LogLevel = "warn"
-	reportPath := filepath.Join(dir, "r.json")
-	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
-	defer cancel()
-	if err := doReplay(ctx, &cfg, replayArgs{inputs: []string{in}, models: withTTA([]string{"tiny"}), report: reportPath}); err != nil {
-		t.Fatal(err)
-	}
-	rep := readReport(t, reportPath)
+	rep := runReplay(t, reg, 2*time.Minute, replayArgs{inputs: []string{in}, models: withTTA([]string{"tiny"}), report: filepath.Join(dir, "r.json")})
 	plain, tta := rep.Models["tiny"], rep.Models["tiny+tta"]
 	if plain.Slices != 3 || tta.Slices != 3 {
 		t.Fatalf("slices: plain %d, tta %d; models %v", plain.Slices, tta.Slices, rep.Models)
@@ -294,17 +290,8 @@ func TestReplayLargeSlice(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	cfg := defaultConfig()
-	cfg.ModelsDir = reg
-	cfg.LogLevel = "warn"
-	reportPath := filepath.Join(dir, "r.json")
 	masksOut := filepath.Join(dir, "m")
-	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
-	defer cancel()
-	if err := doReplay(ctx, &cfg, replayArgs{inputs: []string{in}, models: []string{"tiny"}, report: reportPath, masksOut: masksOut}); err != nil {
-		t.Fatal(err)
-	}
-	rep := readReport(t, reportPath)
+	rep := runReplay(t, reg, 2*time.Minute, replayArgs{inputs: []string{in}, models: []string{"tiny"}, report: filepath.Join(dir, "r.json"), masksOut: masksOut})
 	if len(rep.Slices) != 1 || len(rep.Errors) != 0 {
 		t.Fatalf("slices %+v errors %+v", rep.Slices, rep.Errors)
 	}

@@ -1,7 +1,6 @@
 package main
 
 import (
-	"context"
 	"math"
 	"path/filepath"
 	"testing"
@@ -29,17 +28,8 @@ func TestReplayPooledDice(t *testing.T) {
 	for _, s := range phantom.Generate(77, n, opts) {
 		truth[s.Name()] = s
 	}
-	cfg := defaultConfig()
-	cfg.ModelsDir = reg
-	cfg.LogLevel = "warn"
-	reportPath := filepath.Join(dir, "report.json")
 	masksOut := filepath.Join(dir, "masks-out")
-	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
-	defer cancel()
-	if err := doReplay(ctx, &cfg, replayArgs{inputs: []string{in}, models: []string{"all"}, report: reportPath, masksOut: masksOut}); err != nil {
-		t.Fatal(err)
-	}
-	rep := readReport(t, reportPath)
+	rep := runReplay(t, reg, 2*time.Minute, replayArgs{inputs: []string{in}, models: []string{"all"}, report: filepath.Join(dir, "report.json"), masksOut: masksOut})
 	type sums struct{ tp, truth, pred int64 }
 	got := map[string]*sums{}
 	for _, sr := range rep.Slices {
