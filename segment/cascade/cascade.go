@@ -5,7 +5,8 @@
 // model or bus, so that both stages share one definition and tests can
 // check it on hand-made maps.
 //
-// The algorithm, which the evaluation in Python repeats exactly:
+// The algorithm (its held-out evaluation runs it through the Go pipeline:
+// task eval-lidc, which replays pickles written by train's eval_pkl):
 //
 //  1. The detector's probability map is resized to the slice's rows×cols
 //     with imgx.ResizeBilinear (the native map).
