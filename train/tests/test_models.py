@@ -78,3 +78,14 @@ def test_encoder_weights_load_from_local_file(tmp_path):
     assert rep["missing"] == [] and rep["unexpected"] == []
     assert torch.allclose(m.encoder.conv1.weight, ref.conv1.weight.sum(1, keepdim=True))
     assert torch.equal(m.encoder.layer3[2].conv2.weight, ref.layer3[2].conv2.weight)
+
+
+def test_instance_norm_is_torchs_with_two_step_reductions():
+    a = M.InstanceNorm2d(8, affine=True)
+    torch.nn.init.normal_(a.weight)
+    torch.nn.init.normal_(a.bias)
+    b = torch.nn.InstanceNorm2d(8, affine=True)
+    b.load_state_dict(a.state_dict())
+    x = torch.randn(2, 8, 64, 48) * 3 + 5
+    assert float((a(x) - b(x)).abs().max()) < 1e-5
+    assert set(a.state_dict()) == {"weight", "bias"}
