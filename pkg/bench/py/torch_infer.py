@@ -26,16 +26,7 @@ import time
 
 import numpy as np
 
-
-def peak_mb() -> float:
-    """High-water RSS of this process (VmHWM). Not ru_maxrss, which Linux
-    carries over exec from the parent: a helper started by a Go process
-    holding models would report the Go process's peak."""
-    with open("/proc/self/status") as f:
-        for line in f:
-            if line.startswith("VmHWM:"):
-                return int(line.split()[1]) / 1024
-    return 0.0
+from procmem import peak_mb
 
 
 def parity(model, model_dir: str) -> float | None:
