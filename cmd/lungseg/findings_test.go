@@ -4,7 +4,6 @@ import (
 	"bytes"
 	"context"
 	"strings"
-	"sync"
 	"testing"
 	"time"
 
@@ -13,6 +12,7 @@ import (
 	"github.com/lungseg/lungseg/pkg/imgx"
 	"github.com/lungseg/lungseg/pkg/phantom"
 	"github.com/lungseg/lungseg/pkg/stage"
+	"github.com/lungseg/lungseg/pkg/testenv"
 	lungsegv1 "github.com/lungseg/lungseg/proto/lungseg/v1"
 	"github.com/lungseg/lungseg/score/findings"
 	"google.golang.org/protobuf/proto"
@@ -116,23 +116,6 @@ func TestFormatMessage(t *testing.T) {
 	}
 }
 
-type syncBuffer struct {
-	mu sync.Mutex
-	b  bytes.Buffer
-}
-
-func (s *syncBuffer) Write(p []byte) (int, error) {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.b.Write(p)
-}
-
-func (s *syncBuffer) String() string {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.b.String()
-}
-
 // TestTail subscribes on a real JetStream server and prints findings that
 // were stored before (--all) and that arrive later; per-slice components
 // are left out unless asked for.
@@ -155,7 +138,7 @@ func TestTail(t *testing.T) {
 	pub(findings.SliceSubject("unet", "r"), &lungsegv1.SliceFindings{Meta: &lungsegv1.SliceMeta{Id: "s/1"}, Model: "unet"}, "s1")
 	pub(findings.FindingSubject(f.Category, "unet", "r"), f, "f1")
 
-	var out syncBuffer
+	var out testenv.SyncBuffer
 	done := make(chan error, 1)
 	go func() { done <- tail(ctx, env.JS, "lung.findings.>", true, false, &out) }()
 	bustest.Eventually(t, 5*time.Second, "stored finding printed", func() bool { return strings.Contains(out.String(), "FINDING f-1") })

@@ -96,14 +96,7 @@ func TestKillStages(t *testing.T) {
 		go func() { defer wg.Done(); expedite(t, js, true, stream) }()
 	}
 	wg.Wait()
-	out := <-res
-	if out.Err != nil {
-		t.Errorf("replay: %v", out.Err)
-	}
-	if out.ReplayID == "" {
-		t.Fatal("no replay id")
-	}
-	check(t, "kill -9 of each stage", count(t, js, out.ReplayID))
+	checkReplay(t, res, js, "kill -9 of each stage")
 }
 
 // TestServerRestart kills the NATS server with SIGKILL at a random point
@@ -129,14 +122,7 @@ func TestServerRestart(t *testing.T) {
 	time.Sleep(500 * time.Millisecond)
 	srv.start()
 	expedite(t, js, false, bus.StreamIngest, bus.StreamRaw, bus.StreamReady, bus.StreamMasks)
-	out := <-res
-	if out.Err != nil {
-		t.Errorf("replay: %v", out.Err)
-	}
-	if out.ReplayID == "" {
-		t.Fatal("no replay id")
-	}
-	check(t, "nats-server kill -9 and restart", count(t, js, out.ReplayID))
+	checkReplay(t, res, js, "nats-server kill -9 and restart")
 }
 
 // TestClusterNodeKilled runs a 3-node JetStream cluster (nats-server
@@ -173,14 +159,7 @@ func TestClusterNodeKilled(t *testing.T) {
 	}
 	nodes[victim].kill9()
 	expedite(t, js, false, bus.StreamIngest, bus.StreamRaw, bus.StreamReady, bus.StreamMasks)
-	out := <-res
-	if out.Err != nil {
-		t.Errorf("replay: %v", out.Err)
-	}
-	if out.ReplayID == "" {
-		t.Fatal("no replay id")
-	}
-	check(t, "3-node cluster, one node kill -9", count(t, js, out.ReplayID))
+	checkReplay(t, res, js, "3-node cluster, one node kill -9")
 	for _, s := range []string{bus.StreamScores, bus.StreamReady} {
 		if n := replicasOf(js, s); n != 3 {
 			t.Errorf("stream %s has %d replicas, want 3", s, n)

@@ -519,6 +519,19 @@ func rng(t *testing.T) *rand.Rand {
 }
 
 // check fails the test unless every slice has exactly one score per model.
+// checkReplay waits for the replay res, then counts and checks its scores.
+func checkReplay(t *testing.T, res <-chan replayResult, js jetstream.JetStream, fault string) {
+	t.Helper()
+	out := <-res
+	if out.Err != nil {
+		t.Errorf("replay: %v", out.Err)
+	}
+	if out.ReplayID == "" {
+		t.Fatal("no replay id")
+	}
+	check(t, fault, count(t, js, out.ReplayID))
+}
+
 func check(t *testing.T, fault string, tl tally) {
 	t.Helper()
 	t.Logf("%s: %s", fault, tl)

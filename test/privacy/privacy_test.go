@@ -9,7 +9,6 @@ import (
 	"os"
 	"path/filepath"
 	"strings"
-	"sync"
 	"testing"
 	"time"
 
@@ -23,24 +22,6 @@ import (
 	"github.com/nats-io/nats.go/jetstream"
 	"github.com/rs/zerolog"
 )
-
-// syncBuffer is a bytes.Buffer safe for concurrent writers.
-type syncBuffer struct {
-	mu sync.Mutex
-	b  bytes.Buffer
-}
-
-func (s *syncBuffer) Write(p []byte) (int, error) {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.b.Write(p)
-}
-
-func (s *syncBuffer) String() string {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.b.String()
-}
 
 // TestNoPatientDataInLogs replays phantom DICOMs (PatientName
 // PHANTOM^SYNTHETIC, PatientID PHANTOM-<seed>) and broken copies of them
@@ -84,7 +65,7 @@ func TestNoPatientDataInLogs(t *testing.T) {
 		}
 	}
 
-	var logs syncBuffer
+	var logs testenv.SyncBuffer
 	log := zerolog.New(&logs).Level(zerolog.DebugLevel).With().Timestamp().Logger()
 	env := bustest.Start(t)
 	reg := registry(t)
