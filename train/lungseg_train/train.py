@@ -167,6 +167,31 @@ def parity_inputs(test_real: C.EvalSet, test_comp: C.EvalSet, n: int = 2) -> np.
     return torch.cat(picks[:n]).numpy()
 
 
+def load_init(model, path: str, size: int) -> Dict[str, object]:
+    """Start from trained weights: a model.onnx of this architecture (read
+    back with onnx_weights) or a checkpoint written by --save-checkpoint.
+
+    A model.onnx holds BatchNorm folded into the convolutions, which training
+    mode would undo (batch statistics instead of the folded identity), so an
+    .onnx init is refused for networks with BatchNorm; use a checkpoint.
+    """
+    import hashlib
+    with open(path, "rb") as f:
+        sha = hashlib.sha256(f.read()).hexdigest()
+    if path.endswith(".onnx"):
+        if any(isinstance(m, torch.nn.modules.batchnorm._BatchNorm) for m in model.modules()):
+            raise SystemExit(f"--init {path}: BatchNorm is folded in an ONNX file; give a --save-checkpoint .pt")
+        from .onnx_weights import load_onnx_weights
+        load_onnx_weights(model, path, size)
+        kind = "onnx"
+    else:
+        ck = torch.load(path, map_location="cpu")
+        model.load_state_dict(ck.get("state_dict", ck))
+        kind = "checkpoint"
+    return {"path": os.path.basename(os.path.dirname(os.path.abspath(path))) + "/" + os.path.basename(path),
+            "kind": kind, "sha256": sha}
+
+
 def run(args) -> Dict[str, object]:
     t_start = time.time()
     device = pick_device(args.device)
@@ -215,6 +240,10 @@ def run(args) -> Dict[str, object]:
             raise SystemExit("--encoder-weights applies to resnet50-unet only")
         rep = model.load_encoder_weights(args.encoder_weights)
         log(f"encoder weights {args.encoder_weights}: missing {len(rep['missing'])}, unexpected {len(rep['unexpected'])}")
+    init = None
+    if getattr(args, "init", ""):
+        init = load_init(model, args.init, size)
+        log(f"initialised from {args.init} ({init['kind']}, sha256 {init['sha256'][:12]})")
     cl = device.type == "cuda" and family == "resnet50-unet"
     if cl:
         model = model.to(memory_format=torch.channels_last)
@@ -373,7 +402,7 @@ def run(args) -> Dict[str, object]:
     if crop:
         how = (f" Crop model: segments a {size}x{size} window at the slice's native pixel grid around a "
                f"candidate of the whole-slice detector {args.detector} (the cascade '{args.detector}+crop'). "
-               f"Trained from scratch with the {args.recipe} recipe on LIDC-IDRI nodule crops pasted at their "
+               f"Trained {'further from ' + init['path'] if init else 'from scratch'} with the {args.recipe} recipe on LIDC-IDRI nodule crops pasted at their "
                f"physical size into windows of {canvas}x{canvas} chest backgrounds.")
         compositing = (f"{size}x{size} windows of synthetic or real-lung {canvas} chest backgrounds at "
                        f"{C.CROP_GRID_MM[0]}-{C.CROP_GRID_MM[1]} mm/px, cut around a lung pixel or a real nodule; "
@@ -381,7 +410,7 @@ def run(args) -> Dict[str, object]:
                        "there; a second one anywhere, p 0.1); flips, any rotation of the crop, then rotation +-30 deg, "
                        "scale 0.9-1.1, elastic 1.5 px, CT noise, contrast 0.9-1.1, brightness +-0.04")
     else:
-        how = (f" Trained from scratch with the {args.recipe} recipe on LIDC-IDRI "
+        how = (f" Trained {'further from ' + init['path'] if init else 'from scratch'} with the {args.recipe} recipe on LIDC-IDRI "
                f"nodule crops composited into whole {size}x{size} chest slices.")
         compositing = ("crops pasted into synthetic or real-lung chest backgrounds at spacing/t, "
                        "t ~ U(1.2,1.6) mm/px; flips, rotation +-30 deg, scale 0.9-1.1, elastic 1.5 px, "
@@ -411,6 +440,7 @@ def run(args) -> Dict[str, object]:
             "epoch_samples": epoch_samples, "minutes": round(train_s / 60.0, 2), "budget_minutes": args.minutes,
             "stop": stop, "device": dev_name, "torch": torch.__version__, "seed": args.seed,
             "flops_per_image": _flops(model, size),
+            **({"init": init} if init else {}),
         },
         "validation": validation,
     }
@@ -483,6 +513,9 @@ def parser() -> argparse.ArgumentParser:
     ap.add_argument("--eval-limit", type=int, default=0, help="use at most this many val/test crops")
     ap.add_argument("--eval-batch", type=int, default=0)
     ap.add_argument("--threads", type=int, default=0)
+    ap.add_argument("--init", default="",
+                    help="continue from trained weights: a model.onnx of the same architecture and size "
+                         "(no BatchNorm) or a --save-checkpoint .pt")
     ap.add_argument("--encoder-weights", default="", help="local torchvision resnet50 state_dict (full model only)")
     return ap
 
