@@ -189,7 +189,27 @@ def load_init(model, path: str, size: int) -> Dict[str, object]:
         model.load_state_dict(ck.get("state_dict", ck))
         kind = "checkpoint"
     return {"path": os.path.basename(os.path.dirname(os.path.abspath(path))) + "/" + os.path.basename(path),
-            "kind": kind, "sha256": sha}
+            "kind": kind, "sha256": sha, **init_history(path)}
+
+
+def init_history(path: str) -> Dict[str, object]:
+    """What trained the weights an --init starts from, read from the
+    card.json beside them (if any), so a card of a model trained further
+    tells its whole training: earlier device, minutes, epochs, recipe."""
+    card_path = os.path.join(os.path.dirname(os.path.abspath(path)), "card.json")
+    if not os.path.exists(card_path):
+        return {}
+    with open(card_path) as f:
+        c = json.load(f)
+    t = c.get("training") or {}
+    keep = ("device", "torch", "minutes", "epochs", "steps", "batch", "seed", "init")
+    prev = {k: t[k] for k in keep if k in t}
+    if "recipe" in t:
+        prev["recipe"] = {k: t["recipe"].get(k) for k in ("name", "lr", "batch", "loss", "optimizer")}
+    val = c.get("validation") or {}
+    if "dice" in val:
+        prev["val_dice"] = val["dice"]
+    return {"from_card": {"name": c.get("name"), "sha256": c.get("sha256"), "training": prev}}
 
 
 def run(args) -> Dict[str, object]:

@@ -69,3 +69,17 @@ def test_tta_of_an_equivariant_model_is_the_model():
             return x[..., :1].expand_as(x)
 
     assert not torch.allclose(TT.TTA(Edge(), "flip2")(x), Edge()(x), atol=1e-3)
+
+
+def test_init_records_the_earlier_training(tmp_path):
+    import json
+    _, path = _export(tmp_path, "swin-unet-small")
+    card = {"name": "m", "sha256": E.sha256_file(path), "validation": {"dice": 0.4},
+            "training": {"device": "H100", "minutes": 5.2, "epochs": 29, "recipe": {"name": "dicebce", "lr": 5e-4}}}
+    with open(os.path.join(os.path.dirname(path), "card.json"), "w") as f:
+        json.dump(card, f)
+    rep = T.load_init(M.build("swin-unet-small", 64), path, 64)
+    prev = rep["from_card"]
+    assert prev["name"] == "m" and prev["sha256"] == rep["sha256"]
+    assert prev["training"]["device"] == "H100" and prev["training"]["minutes"] == 5.2
+    assert prev["training"]["recipe"]["lr"] == 5e-4 and prev["training"]["val_dice"] == 0.4
