@@ -18,6 +18,9 @@ Job sets (--sets, comma-separated):
                the native pixel grid, for the "<name>+crop" cascade); dicebce
                -> OUT/models/<name>-crop   (shipped)
 
+--init-from DIR continues training the models already in DIR (a registry
+folder such as models/; not the ResNets, whose BatchNorm is folded in ONNX).
+
 --pack-to DIR then writes at most 8 files there, none over 15 MiB:
 models.tar.gz.partNN (OUT/models, the shipped folders), summary.json (every
 job's card, export check, per-epoch history) and logs.tar.gz.
@@ -66,6 +69,18 @@ def jobs_for(sets):
         else:
             raise SystemExit(f"unknown set {s!r}")
     return jobs
+
+
+def init_args(name, model, init_from):
+    """--init for a job whose trained model already lies in init_from/<name>
+    (continue training it), except networks with BatchNorm (ResNet), whose
+    ONNX export has it folded and cannot be trained further from there."""
+    if not init_from:
+        return []
+    path = os.path.join(init_from, name, "model.onnx")
+    if not os.path.isfile(path) or model.startswith("resnet50"):
+        return []
+    return ["--init", os.path.abspath(path)]
 
 
 def _num(v):
@@ -123,6 +138,8 @@ def main(argv=None):
     ap.add_argument("--threads", type=int, default=0, help="CPU threads per job (default: cores / jobs)")
     ap.add_argument("--extra", default="", help="extra arguments for every train job (quoted)")
     ap.add_argument("--seed", type=int, default=1234)
+    ap.add_argument("--init-from", default="",
+                    help="registry folder (e.g. models): a job whose model is there (not ResNet) continues from it")
     a = ap.parse_args(argv)
 
     jobs = jobs_for([s for s in a.sets.split(",") if s])
@@ -146,7 +163,8 @@ def main(argv=None):
         cmd = [sys.executable, "-m", "lungseg_train.train", "--model", model, "--recipe", recipe,
                "--name", name, "--minutes", str(a.total_minutes), "--train-until", f"{train_until:.1f}",
                "--data", data, "--out", os.path.join(a.out, sub), "--work", os.path.join(a.out, "work"),
-               "--threads", str(threads), "--seed", str(a.seed)] + job_args + shlex.split(a.extra)
+               "--threads", str(threads), "--seed", str(a.seed)] + job_args + init_args(name, model, a.init_from) \
+            + shlex.split(a.extra)
         lf = open(os.path.join(a.out, "logs", f"{name}.log"), "w")
         procs[name] = (subprocess.Popen(cmd, cwd=HERE, env=env, stdout=lf, stderr=subprocess.STDOUT), lf, sub)
     last_status = 0.0

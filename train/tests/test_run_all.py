@@ -15,3 +15,14 @@ def test_unknown_set_is_refused():
 
     with pytest.raises(SystemExit):
         run_all.jobs_for(["nope"])
+
+
+def test_init_from_continues_the_models_that_are_there(tmp_path):
+    for name in ("swin-unet-small-crop", "resnet50-unet-small-crop"):
+        (tmp_path / name).mkdir()
+        (tmp_path / name / "model.onnx").write_bytes(b"x")
+    assert run_all.init_args("swin-unet-small-crop", "swin-unet-small", str(tmp_path)) == [
+        "--init", str(tmp_path / "swin-unet-small-crop" / "model.onnx")]
+    assert run_all.init_args("unetr-small-crop", "unetr-small", str(tmp_path)) == []  # not there
+    assert run_all.init_args("resnet50-unet-small-crop", "resnet50-unet-small", str(tmp_path)) == []  # BatchNorm
+    assert run_all.init_args("swin-unet-small-crop", "swin-unet-small", "") == []
