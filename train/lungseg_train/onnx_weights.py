@@ -149,3 +149,23 @@ def load_onnx_weights(model, onnx_path: str, size: int = 256) -> dict:
         raise ValueError(f"{len(left)} tensors not found in the onnx model: {left[:5]}")
     model.load_state_dict(new)
     return {"by_name": sum(1 for k in sd if k in inits), "total": len(sd)}
+
+
+def load_model_folder(folder: str):
+    """The models.py network of a registry folder (card.json + model.onnx),
+    with its trained weights read back: (model in eval mode, card, size)."""
+    import json
+    import os
+
+    from . import models as M
+
+    with open(os.path.join(folder, "card.json")) as f:
+        card = json.load(f)
+    arch, variant = card["architecture"], card.get("variant", "compact")
+    spec = [n for n, s in M.SPECS.items() if s["family"] == arch and s["variant"] == variant]
+    if len(spec) != 1:
+        raise SystemExit(f"{folder}: no single model spec for {arch}/{variant}")
+    size = int(card["input"]["height"])
+    model = M.build(spec[0], size).eval()
+    load_onnx_weights(model, os.path.join(folder, "model.onnx"), size)
+    return model, card, size

@@ -27,8 +27,7 @@ import numpy as np
 import torch
 
 from . import export as E
-from . import models as M
-from .onnx_weights import load_onnx_weights
+from .onnx_weights import load_model_folder
 
 SAME_WEIGHTS_TOL = 1e-4  # stored vs recomputed PyTorch outputs (another torch version, same weights)
 
@@ -40,16 +39,8 @@ def main(argv=None) -> int:
                                       "so ONNX Runtime's float32 sums match PyTorch's")
     a = ap.parse_args(argv)
     card_path = os.path.join(a.folder, "card.json")
-    with open(card_path) as f:
-        card = json.load(f)
-    arch, variant = card["architecture"], card.get("variant", "compact")
-    spec = [n for n, s in M.SPECS.items() if s["family"] == arch and s["variant"] == variant]
-    if len(spec) != 1:
-        raise SystemExit(f"no single model spec for {arch}/{variant}")
-    size = int(card["input"]["height"])
-    model = M.build(spec[0], size).eval()
     onnx_path = os.path.join(a.folder, "model.onnx")
-    load_onnx_weights(model, onnx_path, size)
+    model, card, size = load_model_folder(a.folder)
     x = np.fromfile(os.path.join(a.folder, "parity_input.bin"), "<f4").reshape(-1, 1, size, size)
     y_old = np.fromfile(os.path.join(a.folder, "parity_output.bin"), "<f4").reshape(x.shape[0], 1, size, size)
     with torch.no_grad():

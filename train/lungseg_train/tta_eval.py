@@ -22,7 +22,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import sys
 import time
 from typing import Callable, List, Tuple
@@ -31,8 +30,7 @@ import torch
 
 from . import composite as C
 from . import data as D
-from . import models as M
-from .onnx_weights import load_onnx_weights
+from .onnx_weights import load_model_folder
 from .train import predict_scores
 
 Pair = Tuple[Callable[[torch.Tensor], torch.Tensor], Callable[[torch.Tensor], torch.Tensor]]
@@ -78,19 +76,6 @@ class TTA(torch.nn.Module):
         return torch.log(p) - torch.log1p(-p)
 
 
-def load_model(folder: str) -> Tuple[torch.nn.Module, dict]:
-    with open(os.path.join(folder, "card.json")) as f:
-        card = json.load(f)
-    arch, variant = card["architecture"], card.get("variant", "compact")
-    spec = [n for n, s in M.SPECS.items() if s["family"] == arch and s["variant"] == variant]
-    if len(spec) != 1:
-        raise SystemExit(f"{folder}: no single model spec for {arch}/{variant}")
-    size = int(card["input"]["height"])
-    model = M.build(spec[0], size).eval()
-    load_onnx_weights(model, os.path.join(folder, "model.onnx"), size)
-    return model, card
-
-
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(prog="python3 -m lungseg_train.tta_eval", description=__doc__,
                                  formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -111,7 +96,7 @@ def main(argv=None) -> int:
     out = []
     sets = {}
     for folder in a.folders:
-        model, card = load_model(folder)
+        model, card, _ = load_model_folder(folder)
         crop = card.get("task") == "crop"
         if crop not in sets:
             canvas = C.CROP_CANVAS if crop else 256
