@@ -337,12 +337,17 @@ def run(args) -> Dict[str, object]:
             nonfinite += 1
         sl, _ = predict_scores(model, val_comp, device, cfg["amp"], eval_batch, channels_last=cl)
         v = sl.summary(0.5)
+        # the epoch is chosen by val Dice at its best threshold, as the card's threshold is chosen
+        # afterwards: at a fixed 0.5 a model whose probabilities drift lower looks worse than it is
+        vt = sl.best_threshold()
+        vb = sl.summary(vt)
         rl, _ = predict_scores(model, val_real, device, cfg["amp"], eval_batch, channels_last=cl)
         vr = rl.summary(0.5)
-        dice = v["dice"] if math.isfinite(v["dice"]) else 0.0
+        dice = vb["dice"] if math.isfinite(vb["dice"]) else 0.0
         elapsed = time.time() - t0
         rec = {"epoch": epoch, "steps": step, "loss": mean_loss, "val_dice": v["dice"], "val_iou": v["iou"],
-               "val_real_dice": vr.get("dice"), "lr": opt.param_groups[0]["lr"], "elapsed_s": round(elapsed, 1),
+               "val_real_dice": vr.get("dice"),
+               "val_dice_best": vb["dice"], "val_best_threshold": vt, "lr": opt.param_groups[0]["lr"], "elapsed_s": round(elapsed, 1),
                "img_per_s": round(n_loss * batch / max(1e-6, time.time() - te0), 1)}
         history.append(rec)
         improved = dice > best["dice"]
@@ -353,7 +358,7 @@ def run(args) -> Dict[str, object]:
         else:
             since_best += 1
         log(f"{args.model}/{args.recipe} ep {epoch} step {step} loss {mean_loss:.4f} val dice {v['dice']:.4f} "
-            f"iou {v['iou']:.4f} real {vr.get('dice', float('nan')):.4f} lr {rec['lr']:.2e} "
+            f"iou {v['iou']:.4f} best {vb['dice']:.4f}@{vt:.2f} real {vr.get('dice', float('nan')):.4f} lr {rec['lr']:.2e} "
             f"{rec['img_per_s']} img/s {elapsed:.0f}s{' *' if improved else ''}")
         if plateau is not None:
             plateau.step(dice)
