@@ -71,6 +71,18 @@ def jobs_for(sets):
     return jobs
 
 
+def select_jobs(jobs, only):
+    """The jobs named in only (comma-separated; empty: all); a name that
+    matches no job of the sets is an error, not an empty run."""
+    names = [n for n in only.split(",") if n]
+    if not names:
+        return jobs
+    unknown = sorted(set(names) - {j[0] for j in jobs})
+    if unknown:
+        raise SystemExit(f"--only: no such job in these sets: {', '.join(unknown)}")
+    return [j for j in jobs if j[0] in names]
+
+
 def init_args(name, model, init_from):
     """--init for a job whose trained model already lies in init_from/<name>
     (continue training it), except networks with BatchNorm (ResNet), whose
@@ -140,9 +152,10 @@ def main(argv=None):
     ap.add_argument("--seed", type=int, default=1234)
     ap.add_argument("--init-from", default="",
                     help="registry folder (e.g. models): a job whose model is there (not ResNet) continues from it")
+    ap.add_argument("--only", default="", help="comma-separated job names (e.g. swin-unet-small-crop): run just those")
     a = ap.parse_args(argv)
 
-    jobs = jobs_for([s for s in a.sets.split(",") if s])
+    jobs = select_jobs(jobs_for([s for s in a.sets.split(",") if s]), a.only)
     hard_end = t_start + a.total_minutes * 60.0
     train_until = hard_end - a.tail_seconds
     threads = a.threads or max(2, (os.cpu_count() or 2) // len(jobs))

@@ -26,3 +26,14 @@ def test_init_from_continues_the_models_that_are_there(tmp_path):
     assert run_all.init_args("unetr-small-crop", "unetr-small", str(tmp_path)) == []  # not there
     assert run_all.init_args("resnet50-unet-small-crop", "resnet50-unet-small", str(tmp_path)) == []  # BatchNorm
     assert run_all.init_args("swin-unet-small-crop", "swin-unet-small", "") == []
+
+
+def test_only_keeps_the_named_jobs_and_refuses_unknown_ones():
+    import pytest
+
+    jobs = run_all.jobs_for(["crop", "compact"])
+    got = run_all.select_jobs(jobs, "swin-unet-small-crop,unetr-small")
+    assert [j[0] for j in got] == ["swin-unet-small-crop", "unetr-small"]  # in the sets' order
+    assert run_all.select_jobs(jobs, "") == jobs
+    with pytest.raises(SystemExit, match="swin-unet-crop"):
+        run_all.select_jobs(jobs, "swin-unet-crop")
