@@ -62,13 +62,8 @@ func CompareMask(prob []float32, pred, truth *imgx.Mask) Metrics {
 			se += float64(v) * float64(v)
 		}
 	}
-	m := Metrics{Truth: t, Predicted: p, RMSE: math.Sqrt(se / float64(len(prob)))}
-	if p+t == 0 {
-		m.Dice, m.IoU, m.BothEmpty = 1, 1, true
-	} else {
-		m.Dice = 2 * float64(inter) / float64(p+t)
-		m.IoU = float64(inter) / float64(p+t-inter)
-	}
+	m := Metrics{Truth: t, Predicted: p, RMSE: math.Sqrt(se / float64(len(prob))), BothEmpty: p+t == 0}
+	m.Dice, m.IoU = DiceIoU(int64(inter), int64(t), int64(p))
 	return m
 }
 

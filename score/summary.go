@@ -89,14 +89,15 @@ func (g *groupAcc) add(m Metrics) {
 }
 
 func (g *groupAcc) group() Group {
-	dice, iou := Pooled(g.tp, g.truth, g.pred)
+	dice, iou := DiceIoU(g.tp, g.truth, g.pred)
 	return Group{Slices: g.n, BothEmpty: g.empty, Dice: g.dice.stat(), IoU: g.iou.stat(), RMSE: g.rmse.stat(), DiceWithTruth: g.diceT.stat(),
 		DicePooled: dice, IoUPooled: iou, TP: g.tp, TruthPixels: g.truth, PredictedPixels: g.pred}
 }
 
-// Pooled returns the Dice and IoU of tp true-positive pixels among truth
-// truth pixels and pred predicted pixels: 1 and 1 when both are 0.
-func Pooled(tp, truth, pred int64) (dice, iou float64) {
+// DiceIoU returns the Dice and IoU of tp true-positive pixels among truth
+// truth pixels and pred predicted pixels (of one slice, or pooled over
+// many): 1 and 1 when both are 0.
+func DiceIoU(tp, truth, pred int64) (dice, iou float64) {
 	if truth+pred == 0 {
 		return 1, 1
 	}

@@ -23,6 +23,16 @@ import (
 	"github.com/rs/zerolog"
 )
 
+// phantomsByName regenerates the phantoms writePhantoms wrote (same seed,
+// count and options), keyed by slice name, for their truth masks.
+func phantomsByName(seed int64, n int, o phantom.Options) map[string]phantom.Slice {
+	m := map[string]phantom.Slice{}
+	for _, s := range phantom.Generate(seed, n, o) {
+		m[s.Name()] = s
+	}
+	return m
+}
+
 // testRegistry makes a registry with the tiny test model under two names
 // and thresholds, so that two models run on one stream.
 func testRegistry(t *testing.T) string {

@@ -24,10 +24,7 @@ func TestReplayPooledDice(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	truth := map[string]phantom.Slice{}
-	for _, s := range phantom.Generate(77, n, opts) {
-		truth[s.Name()] = s
-	}
+	truth := phantomsByName(77, n, opts)
 	masksOut := filepath.Join(dir, "masks-out")
 	rep := runReplay(t, reg, 2*time.Minute, replayArgs{inputs: []string{in}, models: []string{"all"}, report: filepath.Join(dir, "report.json"), masksOut: masksOut})
 	type sums struct{ tp, truth, pred int64 }
@@ -77,7 +74,7 @@ func TestReplayPooledDice(t *testing.T) {
 		if math.Abs(ms.DicePooled-dice) > 1e-12 || math.Abs(ms.IoUPooled-iou) > 1e-12 {
 			t.Errorf("%s: pooled Dice %v IoU %v, counted %v %v", name, ms.DicePooled, ms.IoUPooled, dice, iou)
 		}
-		if d, i := score.Pooled(ms.TP, ms.TruthPixels, ms.PredictedPixels); d != ms.DicePooled || i != ms.IoUPooled {
+		if d, i := score.DiceIoU(ms.TP, ms.TruthPixels, ms.PredictedPixels); d != ms.DicePooled || i != ms.IoUPooled {
 			t.Errorf("%s: pooled figures %v %v do not follow from the report's sums (%v %v)", name, ms.DicePooled, ms.IoUPooled, d, i)
 		}
 		t.Logf("%s: mean Dice %.4f, pooled %.4f over %d slices", name, ms.Dice.Mean, ms.DicePooled, ms.Slices)

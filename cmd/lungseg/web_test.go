@@ -100,10 +100,7 @@ func viewerReplay(t *testing.T, chromium string) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	truth := map[string]phantom.Slice{}
-	for _, s := range phantom.Generate(11, n, popts) {
-		truth[s.Name()] = s
-	}
+	truth := phantomsByName(11, n, popts)
 
 	ctx, cancel := context.WithTimeout(context.Background(), 4*time.Minute)
 	defer cancel()

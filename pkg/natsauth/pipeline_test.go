@@ -96,20 +96,7 @@ func TestPipelinePermissions(t *testing.T) {
 		t.Helper()
 		v := &violations{}
 		viol[role] = v
-		opts, err := natsauth.Options{User: role, Password: "secret-" + role}.NATSOptions()
-		if err != nil {
-			t.Fatal(err)
-		}
-		nc, err := nats.Connect(url, append(opts, nats.ErrorHandler(v.handler))...)
-		if err != nil {
-			t.Fatalf("connecting as %s: %v", role, err)
-		}
-		t.Cleanup(nc.Close)
-		js, err := jetstream.New(nc)
-		if err != nil {
-			t.Fatal(err)
-		}
-		return js
+		return roleJS(t, url, role, v.handler)
 	}
 
 	admin := connect(natsauth.RoleAdmin)

@@ -38,14 +38,18 @@ func startUsers(t *testing.T) string {
 	return s.ClientURL()
 }
 
-// roleJS connects as one role.
-func roleJS(t *testing.T, url, role string) jetstream.JetStream {
+// roleJS connects as one role of startUsers' server; asynchronous errors
+// (permission violations) go to onErr, or are dropped when it is nil.
+func roleJS(t *testing.T, url, role string, onErr nats.ErrHandler) jetstream.JetStream {
 	t.Helper()
 	opts, err := natsauth.Options{User: role, Password: "secret-" + role}.NATSOptions()
 	if err != nil {
 		t.Fatal(err)
 	}
-	nc, err := nats.Connect(url, append(opts, nats.ErrorHandler(func(*nats.Conn, *nats.Subscription, error) {}))...)
+	if onErr == nil {
+		onErr = func(*nats.Conn, *nats.Subscription, error) {}
+	}
+	nc, err := nats.Connect(url, append(opts, nats.ErrorHandler(onErr))...)
 	if err != nil {
 		t.Fatalf("connecting as %s: %v", role, err)
 	}
@@ -66,7 +70,7 @@ func TestPixelStoreRights(t *testing.T) {
 	url := startUsers(t)
 	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
 	t.Cleanup(cancel) // the subtests run in parallel, after this function returns
-	admin := roleJS(t, url, natsauth.RoleAdmin)
+	admin := roleJS(t, url, natsauth.RoleAdmin, nil)
 	obj, err := bus.PixelStore(ctx, admin, bus.StreamOptions{})
 	if err != nil {
 		t.Fatal(err)
@@ -90,7 +94,7 @@ func TestPixelStoreRights(t *testing.T) {
 	} {
 		t.Run(tc.role, func(t *testing.T) {
 			t.Parallel()
-			js := roleJS(t, url, tc.role)
+			js := roleJS(t, url, tc.role, nil)
 			octx, ocancel := context.WithTimeout(ctx, 2*time.Second)
 			store, err := js.ObjectStore(octx, bus.PixelsBucket)
 			ocancel()
