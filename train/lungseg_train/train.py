@@ -175,9 +175,7 @@ def load_init(model, path: str, size: int) -> Dict[str, object]:
     mode would undo (batch statistics instead of the folded identity), so an
     .onnx init is refused for networks with BatchNorm; use a checkpoint.
     """
-    import hashlib
-    with open(path, "rb") as f:
-        sha = hashlib.sha256(f.read()).hexdigest()
+    sha = E.sha256_file(path)
     if path.endswith(".onnx"):
         if any(isinstance(m, torch.nn.modules.batchnorm._BatchNorm) for m in model.modules()):
             raise SystemExit(f"--init {path}: BatchNorm is folded in an ONNX file; give a --save-checkpoint .pt")

@@ -31,7 +31,7 @@ import torch
 from . import composite as C
 from . import data as D
 from .onnx_weights import load_model_folder
-from .train import predict_scores
+from .train import _subset_crops, _subset_slices, predict_scores
 
 Pair = Tuple[Callable[[torch.Tensor], torch.Tensor], Callable[[torch.Tensor], torch.Tensor]]
 
@@ -89,7 +89,6 @@ def main(argv=None) -> int:
     a = ap.parse_args(argv)
     if a.threads:
         torch.set_num_threads(a.threads)
-    from .train import _subset_crops, _subset_slices
     data = D.load(a.data)
     parts = D.split_data(data)
     lim = a.eval_limit or None
