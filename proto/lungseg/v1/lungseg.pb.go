@@ -567,8 +567,20 @@ type ModelInput struct {
 	// For a cascade ("<detector>+crop"): the slice's native HU, which the
 	// crop model reads, as in Slice.hu (rows*cols little-endian int16,
 	// row-major), or native_hu_ref when the pixels are in the Object Store.
-	NativeHu      []byte     `protobuf:"bytes,11,opt,name=native_hu,json=nativeHu,proto3" json:"native_hu,omitempty"`
-	NativeHuRef   *ObjectRef `protobuf:"bytes,12,opt,name=native_hu_ref,json=nativeHuRef,proto3" json:"native_hu_ref,omitempty"`
+	NativeHu    []byte     `protobuf:"bytes,11,opt,name=native_hu,json=nativeHu,proto3" json:"native_hu,omitempty"`
+	NativeHuRef *ObjectRef `protobuf:"bytes,12,opt,name=native_hu_ref,json=nativeHuRef,proto3" json:"native_hu_ref,omitempty"`
+	// The slice's lung field at the original resolution (bits, as in
+	// Slice.mask_bits): the lungs found from HU with a margin that keeps
+	// juxtapleural nodules. Predictions outside it are removed before
+	// scoring and findings, and cascade candidates come only from inside.
+	// has_field is false when no field could be computed (a nodule crop, a
+	// slice that is not HU): then nothing is removed.
+	FieldBits []byte `protobuf:"bytes,13,opt,name=field_bits,json=fieldBits,proto3" json:"field_bits,omitempty"`
+	HasField  bool   `protobuf:"varint,14,opt,name=has_field,json=hasField,proto3" json:"has_field,omitempty"`
+	// Where the slice lies on the model's input grid when it is not resized
+	// to the whole grid: a crop model run on a bare crop gets the crop at
+	// its native pixel grid, padded to the window. Absent: the whole grid.
+	Placement     *Region `protobuf:"bytes,15,opt,name=placement,proto3" json:"placement,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -687,6 +699,96 @@ func (x *ModelInput) GetNativeHuRef() *ObjectRef {
 	return nil
 }
 
+func (x *ModelInput) GetFieldBits() []byte {
+	if x != nil {
+		return x.FieldBits
+	}
+	return nil
+}
+
+func (x *ModelInput) GetHasField() bool {
+	if x != nil {
+		return x.HasField
+	}
+	return false
+}
+
+func (x *ModelInput) GetPlacement() *Region {
+	if x != nil {
+		return x.Placement
+	}
+	return nil
+}
+
+// Region is a rectangle on a pixel grid: top-left (row, column) and size.
+type Region struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	Y0            int32                  `protobuf:"varint,1,opt,name=y0,proto3" json:"y0,omitempty"`
+	X0            int32                  `protobuf:"varint,2,opt,name=x0,proto3" json:"x0,omitempty"`
+	Height        int32                  `protobuf:"varint,3,opt,name=height,proto3" json:"height,omitempty"`
+	Width         int32                  `protobuf:"varint,4,opt,name=width,proto3" json:"width,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *Region) Reset() {
+	*x = Region{}
+	mi := &file_proto_lungseg_v1_lungseg_proto_msgTypes[6]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *Region) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*Region) ProtoMessage() {}
+
+func (x *Region) ProtoReflect() protoreflect.Message {
+	mi := &file_proto_lungseg_v1_lungseg_proto_msgTypes[6]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use Region.ProtoReflect.Descriptor instead.
+func (*Region) Descriptor() ([]byte, []int) {
+	return file_proto_lungseg_v1_lungseg_proto_rawDescGZIP(), []int{6}
+}
+
+func (x *Region) GetY0() int32 {
+	if x != nil {
+		return x.Y0
+	}
+	return 0
+}
+
+func (x *Region) GetX0() int32 {
+	if x != nil {
+		return x.X0
+	}
+	return 0
+}
+
+func (x *Region) GetHeight() int32 {
+	if x != nil {
+		return x.Height
+	}
+	return 0
+}
+
+func (x *Region) GetWidth() int32 {
+	if x != nil {
+		return x.Width
+	}
+	return 0
+}
+
 // TrainingExample is an augmented copy of a slice prepared for one model,
 // published by preprocess on lung.train.<model> when training copies are
 // asked for, so that a training set can be streamed.
@@ -711,7 +813,7 @@ type TrainingExample struct {
 
 func (x *TrainingExample) Reset() {
 	*x = TrainingExample{}
-	mi := &file_proto_lungseg_v1_lungseg_proto_msgTypes[6]
+	mi := &file_proto_lungseg_v1_lungseg_proto_msgTypes[7]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -723,7 +825,7 @@ func (x *TrainingExample) String() string {
 func (*TrainingExample) ProtoMessage() {}
 
 func (x *TrainingExample) ProtoReflect() protoreflect.Message {
-	mi := &file_proto_lungseg_v1_lungseg_proto_msgTypes[6]
+	mi := &file_proto_lungseg_v1_lungseg_proto_msgTypes[7]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -736,7 +838,7 @@ func (x *TrainingExample) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use TrainingExample.ProtoReflect.Descriptor instead.
 func (*TrainingExample) Descriptor() ([]byte, []int) {
-	return file_proto_lungseg_v1_lungseg_proto_rawDescGZIP(), []int{6}
+	return file_proto_lungseg_v1_lungseg_proto_rawDescGZIP(), []int{7}
 }
 
 func (x *TrainingExample) GetMeta() *SliceMeta {
@@ -832,13 +934,17 @@ type ModelOutput struct {
 	// The crop model and its version (cascades only).
 	CropModel        string `protobuf:"bytes,14,opt,name=crop_model,json=cropModel,proto3" json:"crop_model,omitempty"`
 	CropModelVersion string `protobuf:"bytes,15,opt,name=crop_model_version,json=cropModelVersion,proto3" json:"crop_model_version,omitempty"`
-	unknownFields    protoimpl.UnknownFields
-	sizeCache        protoimpl.SizeCache
+	// The lung field and the placement, passed on from ModelInput.
+	FieldBits     []byte  `protobuf:"bytes,16,opt,name=field_bits,json=fieldBits,proto3" json:"field_bits,omitempty"`
+	HasField      bool    `protobuf:"varint,17,opt,name=has_field,json=hasField,proto3" json:"has_field,omitempty"`
+	Placement     *Region `protobuf:"bytes,18,opt,name=placement,proto3" json:"placement,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
 }
 
 func (x *ModelOutput) Reset() {
 	*x = ModelOutput{}
-	mi := &file_proto_lungseg_v1_lungseg_proto_msgTypes[7]
+	mi := &file_proto_lungseg_v1_lungseg_proto_msgTypes[8]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -850,7 +956,7 @@ func (x *ModelOutput) String() string {
 func (*ModelOutput) ProtoMessage() {}
 
 func (x *ModelOutput) ProtoReflect() protoreflect.Message {
-	mi := &file_proto_lungseg_v1_lungseg_proto_msgTypes[7]
+	mi := &file_proto_lungseg_v1_lungseg_proto_msgTypes[8]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -863,7 +969,7 @@ func (x *ModelOutput) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ModelOutput.ProtoReflect.Descriptor instead.
 func (*ModelOutput) Descriptor() ([]byte, []int) {
-	return file_proto_lungseg_v1_lungseg_proto_rawDescGZIP(), []int{7}
+	return file_proto_lungseg_v1_lungseg_proto_rawDescGZIP(), []int{8}
 }
 
 func (x *ModelOutput) GetMeta() *SliceMeta {
@@ -971,6 +1077,27 @@ func (x *ModelOutput) GetCropModelVersion() string {
 	return ""
 }
 
+func (x *ModelOutput) GetFieldBits() []byte {
+	if x != nil {
+		return x.FieldBits
+	}
+	return nil
+}
+
+func (x *ModelOutput) GetHasField() bool {
+	if x != nil {
+		return x.HasField
+	}
+	return false
+}
+
+func (x *ModelOutput) GetPlacement() *Region {
+	if x != nil {
+		return x.Placement
+	}
+	return nil
+}
+
 // CropWindow is one window of a crop model's probabilities, placed on the
 // slice's native pixel grid; it may reach past the image's edges.
 type CropWindow struct {
@@ -988,7 +1115,7 @@ type CropWindow struct {
 
 func (x *CropWindow) Reset() {
 	*x = CropWindow{}
-	mi := &file_proto_lungseg_v1_lungseg_proto_msgTypes[8]
+	mi := &file_proto_lungseg_v1_lungseg_proto_msgTypes[9]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1000,7 +1127,7 @@ func (x *CropWindow) String() string {
 func (*CropWindow) ProtoMessage() {}
 
 func (x *CropWindow) ProtoReflect() protoreflect.Message {
-	mi := &file_proto_lungseg_v1_lungseg_proto_msgTypes[8]
+	mi := &file_proto_lungseg_v1_lungseg_proto_msgTypes[9]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1013,7 +1140,7 @@ func (x *CropWindow) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use CropWindow.ProtoReflect.Descriptor instead.
 func (*CropWindow) Descriptor() ([]byte, []int) {
-	return file_proto_lungseg_v1_lungseg_proto_rawDescGZIP(), []int{8}
+	return file_proto_lungseg_v1_lungseg_proto_rawDescGZIP(), []int{9}
 }
 
 func (x *CropWindow) GetY0() int32 {
@@ -1071,14 +1198,20 @@ type Score struct {
 	InferenceUs int64  `protobuf:"varint,12,opt,name=inference_us,json=inferenceUs,proto3" json:"inference_us,omitempty"`
 	// Probability of each set pixel of pred_bits, in row-major order,
 	// little-endian float32 (for findings' mean probability).
-	PredProb      []byte `protobuf:"bytes,13,opt,name=pred_prob,json=predProb,proto3" json:"pred_prob,omitempty"`
-	unknownFields protoimpl.UnknownFields
-	sizeCache     protoimpl.SizeCache
+	PredProb []byte `protobuf:"bytes,13,opt,name=pred_prob,json=predProb,proto3" json:"pred_prob,omitempty"`
+	// Longest diameter in mm of the ground truth's largest connected
+	// component (0 without truth pixels), for Dice by nodule size.
+	TruthDiameterMm float64 `protobuf:"fixed64,14,opt,name=truth_diameter_mm,json=truthDiameterMm,proto3" json:"truth_diameter_mm,omitempty"`
+	// A lung field was applied, and how many predicted pixels it removed.
+	HasField           bool  `protobuf:"varint,15,opt,name=has_field,json=hasField,proto3" json:"has_field,omitempty"`
+	OutsideFieldPixels int64 `protobuf:"varint,16,opt,name=outside_field_pixels,json=outsideFieldPixels,proto3" json:"outside_field_pixels,omitempty"`
+	unknownFields      protoimpl.UnknownFields
+	sizeCache          protoimpl.SizeCache
 }
 
 func (x *Score) Reset() {
 	*x = Score{}
-	mi := &file_proto_lungseg_v1_lungseg_proto_msgTypes[9]
+	mi := &file_proto_lungseg_v1_lungseg_proto_msgTypes[10]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1090,7 +1223,7 @@ func (x *Score) String() string {
 func (*Score) ProtoMessage() {}
 
 func (x *Score) ProtoReflect() protoreflect.Message {
-	mi := &file_proto_lungseg_v1_lungseg_proto_msgTypes[9]
+	mi := &file_proto_lungseg_v1_lungseg_proto_msgTypes[10]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1103,7 +1236,7 @@ func (x *Score) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Score.ProtoReflect.Descriptor instead.
 func (*Score) Descriptor() ([]byte, []int) {
-	return file_proto_lungseg_v1_lungseg_proto_rawDescGZIP(), []int{9}
+	return file_proto_lungseg_v1_lungseg_proto_rawDescGZIP(), []int{10}
 }
 
 func (x *Score) GetMeta() *SliceMeta {
@@ -1197,6 +1330,27 @@ func (x *Score) GetPredProb() []byte {
 	return nil
 }
 
+func (x *Score) GetTruthDiameterMm() float64 {
+	if x != nil {
+		return x.TruthDiameterMm
+	}
+	return 0
+}
+
+func (x *Score) GetHasField() bool {
+	if x != nil {
+		return x.HasField
+	}
+	return false
+}
+
+func (x *Score) GetOutsideFieldPixels() int64 {
+	if x != nil {
+		return x.OutsideFieldPixels
+	}
+	return 0
+}
+
 // ErrorEvent reports a message or input that a stage gave up on. Published
 // on lung.errors.<stage>.<replay>.
 type ErrorEvent struct {
@@ -1219,7 +1373,7 @@ type ErrorEvent struct {
 
 func (x *ErrorEvent) Reset() {
 	*x = ErrorEvent{}
-	mi := &file_proto_lungseg_v1_lungseg_proto_msgTypes[10]
+	mi := &file_proto_lungseg_v1_lungseg_proto_msgTypes[11]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1231,7 +1385,7 @@ func (x *ErrorEvent) String() string {
 func (*ErrorEvent) ProtoMessage() {}
 
 func (x *ErrorEvent) ProtoReflect() protoreflect.Message {
-	mi := &file_proto_lungseg_v1_lungseg_proto_msgTypes[10]
+	mi := &file_proto_lungseg_v1_lungseg_proto_msgTypes[11]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1244,7 +1398,7 @@ func (x *ErrorEvent) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ErrorEvent.ProtoReflect.Descriptor instead.
 func (*ErrorEvent) Descriptor() ([]byte, []int) {
-	return file_proto_lungseg_v1_lungseg_proto_rawDescGZIP(), []int{10}
+	return file_proto_lungseg_v1_lungseg_proto_rawDescGZIP(), []int{11}
 }
 
 func (x *ErrorEvent) GetStage() string {
@@ -1354,7 +1508,7 @@ const file_proto_lungseg_v1_lungseg_proto_rawDesc = "" +
 	"\x02hu\x18\x02 \x01(\fR\x02hu\x12\x1b\n" +
 	"\tmask_bits\x18\x03 \x01(\fR\bmaskBits\x12\x19\n" +
 	"\bhas_mask\x18\x04 \x01(\bR\ahasMask\x12,\n" +
-	"\x06hu_ref\x18\x05 \x01(\v2\x15.lungseg.v1.ObjectRefR\x05huRef\"\xf6\x02\n" +
+	"\x06hu_ref\x18\x05 \x01(\v2\x15.lungseg.v1.ObjectRefR\x05huRef\"\xe4\x03\n" +
 	"\n" +
 	"ModelInput\x12)\n" +
 	"\x04meta\x18\x01 \x01(\v2\x15.lungseg.v1.SliceMetaR\x04meta\x12\x14\n" +
@@ -1369,7 +1523,16 @@ const file_proto_lungseg_v1_lungseg_proto_rawDesc = "" +
 	"\x03tta\x18\n" +
 	" \x01(\bR\x03tta\x12\x1b\n" +
 	"\tnative_hu\x18\v \x01(\fR\bnativeHu\x129\n" +
-	"\rnative_hu_ref\x18\f \x01(\v2\x15.lungseg.v1.ObjectRefR\vnativeHuRef\"\x85\x02\n" +
+	"\rnative_hu_ref\x18\f \x01(\v2\x15.lungseg.v1.ObjectRefR\vnativeHuRef\x12\x1d\n" +
+	"\n" +
+	"field_bits\x18\r \x01(\fR\tfieldBits\x12\x1b\n" +
+	"\thas_field\x18\x0e \x01(\bR\bhasField\x120\n" +
+	"\tplacement\x18\x0f \x01(\v2\x12.lungseg.v1.RegionR\tplacement\"V\n" +
+	"\x06Region\x12\x0e\n" +
+	"\x02y0\x18\x01 \x01(\x05R\x02y0\x12\x0e\n" +
+	"\x02x0\x18\x02 \x01(\x05R\x02x0\x12\x16\n" +
+	"\x06height\x18\x03 \x01(\x05R\x06height\x12\x14\n" +
+	"\x05width\x18\x04 \x01(\x05R\x05width\"\x85\x02\n" +
 	"\x0fTrainingExample\x12)\n" +
 	"\x04meta\x18\x01 \x01(\v2\x15.lungseg.v1.SliceMetaR\x04meta\x12\x14\n" +
 	"\x05model\x18\x02 \x01(\tR\x05model\x12\x12\n" +
@@ -1380,7 +1543,7 @@ const file_proto_lungseg_v1_lungseg_proto_rawDesc = "" +
 	"\tmask_bits\x18\a \x01(\fR\bmaskBits\x12\x19\n" +
 	"\bhas_mask\x18\b \x01(\bR\ahasMask\x12\x1f\n" +
 	"\vparams_json\x18\t \x01(\tR\n" +
-	"paramsJson\"\xe3\x03\n" +
+	"paramsJson\"\xd1\x04\n" +
 	"\vModelOutput\x12)\n" +
 	"\x04meta\x18\x01 \x01(\v2\x15.lungseg.v1.SliceMetaR\x04meta\x12\x14\n" +
 	"\x05model\x18\x02 \x01(\tR\x05model\x12#\n" +
@@ -1398,14 +1561,18 @@ const file_proto_lungseg_v1_lungseg_proto_rawDesc = "" +
 	"\awindows\x18\r \x03(\v2\x16.lungseg.v1.CropWindowR\awindows\x12\x1d\n" +
 	"\n" +
 	"crop_model\x18\x0e \x01(\tR\tcropModel\x12,\n" +
-	"\x12crop_model_version\x18\x0f \x01(\tR\x10cropModelVersion\"n\n" +
+	"\x12crop_model_version\x18\x0f \x01(\tR\x10cropModelVersion\x12\x1d\n" +
+	"\n" +
+	"field_bits\x18\x10 \x01(\fR\tfieldBits\x12\x1b\n" +
+	"\thas_field\x18\x11 \x01(\bR\bhasField\x120\n" +
+	"\tplacement\x18\x12 \x01(\v2\x12.lungseg.v1.RegionR\tplacement\"n\n" +
 	"\n" +
 	"CropWindow\x12\x0e\n" +
 	"\x02y0\x18\x01 \x01(\x05R\x02y0\x12\x0e\n" +
 	"\x02x0\x18\x02 \x01(\x05R\x02x0\x12\x16\n" +
 	"\x06height\x18\x03 \x01(\x05R\x06height\x12\x14\n" +
 	"\x05width\x18\x04 \x01(\x05R\x05width\x12\x12\n" +
-	"\x04prob\x18\x05 \x01(\fR\x04prob\"\x8e\x03\n" +
+	"\x04prob\x18\x05 \x01(\fR\x04prob\"\x89\x04\n" +
 	"\x05Score\x12)\n" +
 	"\x04meta\x18\x01 \x01(\v2\x15.lungseg.v1.SliceMetaR\x04meta\x12\x14\n" +
 	"\x05model\x18\x02 \x01(\tR\x05model\x12#\n" +
@@ -1421,7 +1588,10 @@ const file_proto_lungseg_v1_lungseg_proto_rawDesc = "" +
 	" \x01(\x03R\x0fpredictedPixels\x12\x1b\n" +
 	"\tpred_bits\x18\v \x01(\fR\bpredBits\x12!\n" +
 	"\finference_us\x18\f \x01(\x03R\vinferenceUs\x12\x1b\n" +
-	"\tpred_prob\x18\r \x01(\fR\bpredProb\"\xd0\x01\n" +
+	"\tpred_prob\x18\r \x01(\fR\bpredProb\x12*\n" +
+	"\x11truth_diameter_mm\x18\x0e \x01(\x01R\x0ftruthDiameterMm\x12\x1b\n" +
+	"\thas_field\x18\x0f \x01(\bR\bhasField\x120\n" +
+	"\x14outside_field_pixels\x18\x10 \x01(\x03R\x12outsideFieldPixels\"\xd0\x01\n" +
 	"\n" +
 	"ErrorEvent\x12\x14\n" +
 	"\x05stage\x18\x01 \x01(\tR\x05stage\x12\x1b\n" +
@@ -1445,7 +1615,7 @@ func file_proto_lungseg_v1_lungseg_proto_rawDescGZIP() []byte {
 	return file_proto_lungseg_v1_lungseg_proto_rawDescData
 }
 
-var file_proto_lungseg_v1_lungseg_proto_msgTypes = make([]protoimpl.MessageInfo, 11)
+var file_proto_lungseg_v1_lungseg_proto_msgTypes = make([]protoimpl.MessageInfo, 12)
 var file_proto_lungseg_v1_lungseg_proto_goTypes = []any{
 	(*IngestJob)(nil),       // 0: lungseg.v1.IngestJob
 	(*IngestDone)(nil),      // 1: lungseg.v1.IngestDone
@@ -1453,26 +1623,29 @@ var file_proto_lungseg_v1_lungseg_proto_goTypes = []any{
 	(*ObjectRef)(nil),       // 3: lungseg.v1.ObjectRef
 	(*Slice)(nil),           // 4: lungseg.v1.Slice
 	(*ModelInput)(nil),      // 5: lungseg.v1.ModelInput
-	(*TrainingExample)(nil), // 6: lungseg.v1.TrainingExample
-	(*ModelOutput)(nil),     // 7: lungseg.v1.ModelOutput
-	(*CropWindow)(nil),      // 8: lungseg.v1.CropWindow
-	(*Score)(nil),           // 9: lungseg.v1.Score
-	(*ErrorEvent)(nil),      // 10: lungseg.v1.ErrorEvent
+	(*Region)(nil),          // 6: lungseg.v1.Region
+	(*TrainingExample)(nil), // 7: lungseg.v1.TrainingExample
+	(*ModelOutput)(nil),     // 8: lungseg.v1.ModelOutput
+	(*CropWindow)(nil),      // 9: lungseg.v1.CropWindow
+	(*Score)(nil),           // 10: lungseg.v1.Score
+	(*ErrorEvent)(nil),      // 11: lungseg.v1.ErrorEvent
 }
 var file_proto_lungseg_v1_lungseg_proto_depIdxs = []int32{
-	2, // 0: lungseg.v1.Slice.meta:type_name -> lungseg.v1.SliceMeta
-	3, // 1: lungseg.v1.Slice.hu_ref:type_name -> lungseg.v1.ObjectRef
-	2, // 2: lungseg.v1.ModelInput.meta:type_name -> lungseg.v1.SliceMeta
-	3, // 3: lungseg.v1.ModelInput.native_hu_ref:type_name -> lungseg.v1.ObjectRef
-	2, // 4: lungseg.v1.TrainingExample.meta:type_name -> lungseg.v1.SliceMeta
-	2, // 5: lungseg.v1.ModelOutput.meta:type_name -> lungseg.v1.SliceMeta
-	8, // 6: lungseg.v1.ModelOutput.windows:type_name -> lungseg.v1.CropWindow
-	2, // 7: lungseg.v1.Score.meta:type_name -> lungseg.v1.SliceMeta
-	8, // [8:8] is the sub-list for method output_type
-	8, // [8:8] is the sub-list for method input_type
-	8, // [8:8] is the sub-list for extension type_name
-	8, // [8:8] is the sub-list for extension extendee
-	0, // [0:8] is the sub-list for field type_name
+	2,  // 0: lungseg.v1.Slice.meta:type_name -> lungseg.v1.SliceMeta
+	3,  // 1: lungseg.v1.Slice.hu_ref:type_name -> lungseg.v1.ObjectRef
+	2,  // 2: lungseg.v1.ModelInput.meta:type_name -> lungseg.v1.SliceMeta
+	3,  // 3: lungseg.v1.ModelInput.native_hu_ref:type_name -> lungseg.v1.ObjectRef
+	6,  // 4: lungseg.v1.ModelInput.placement:type_name -> lungseg.v1.Region
+	2,  // 5: lungseg.v1.TrainingExample.meta:type_name -> lungseg.v1.SliceMeta
+	2,  // 6: lungseg.v1.ModelOutput.meta:type_name -> lungseg.v1.SliceMeta
+	9,  // 7: lungseg.v1.ModelOutput.windows:type_name -> lungseg.v1.CropWindow
+	6,  // 8: lungseg.v1.ModelOutput.placement:type_name -> lungseg.v1.Region
+	2,  // 9: lungseg.v1.Score.meta:type_name -> lungseg.v1.SliceMeta
+	10, // [10:10] is the sub-list for method output_type
+	10, // [10:10] is the sub-list for method input_type
+	10, // [10:10] is the sub-list for extension type_name
+	10, // [10:10] is the sub-list for extension extendee
+	0,  // [0:10] is the sub-list for field type_name
 }
 
 func init() { file_proto_lungseg_v1_lungseg_proto_init() }
@@ -1486,7 +1659,7 @@ func file_proto_lungseg_v1_lungseg_proto_init() {
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_proto_lungseg_v1_lungseg_proto_rawDesc), len(file_proto_lungseg_v1_lungseg_proto_rawDesc)),
 			NumEnums:      0,
-			NumMessages:   11,
+			NumMessages:   12,
 			NumExtensions: 0,
 			NumServices:   0,
 		},
