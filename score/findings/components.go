@@ -12,7 +12,6 @@ import (
 	"errors"
 	"fmt"
 	"math"
-	"sort"
 	"time"
 
 	"github.com/lungseg/lungseg/pkg/imgx"
@@ -92,58 +91,6 @@ func (c Config) Validate() error {
 	return nil
 }
 
-// Labels numbers the 8-connected components of m that have at least
-// minSize pixels, 1..n in raster order of their first pixel; other pixels
-// are 0. It returns the label image and n.
-func Labels(m *imgx.Mask, minSize int) ([]int32, int) {
-	rows, cols := m.Rows, m.Cols
-	lab := make([]int32, rows*cols)
-	var stack, comp []int
-	n := int32(0)
-	for start, v := range m.Pix {
-		if v == 0 || lab[start] != 0 {
-			continue
-		}
-		// Flood fill with a provisional label of -1, then keep or clear.
-		comp = comp[:0]
-		stack = append(stack[:0], start)
-		lab[start] = -1
-		for len(stack) > 0 {
-			p := stack[len(stack)-1]
-			stack = stack[:len(stack)-1]
-			comp = append(comp, p)
-			r, c := p/cols, p%cols
-			for dr := -1; dr <= 1; dr++ {
-				for dc := -1; dc <= 1; dc++ {
-					rr, cc := r+dr, c+dc
-					if rr < 0 || rr >= rows || cc < 0 || cc >= cols {
-						continue
-					}
-					q := rr*cols + cc
-					if m.Pix[q] != 0 && lab[q] == 0 {
-						lab[q] = -1
-						stack = append(stack, q)
-					}
-				}
-			}
-		}
-		id := int32(-2) // too small: marked so it is not visited again
-		if len(comp) >= minSize {
-			n++
-			id = n
-		}
-		for _, p := range comp {
-			lab[p] = id
-		}
-	}
-	for i, v := range lab {
-		if v < 0 {
-			lab[i] = 0
-		}
-	}
-	return lab, int(n)
-}
-
 // SliceInput is one predicted mask with what is known about its slice.
 type SliceInput struct {
 	Meta                *lungsegv1.SliceMeta
@@ -184,7 +131,7 @@ func (c Config) Analyze(in SliceInput) (*lungsegv1.SliceFindings, error) {
 	if hu != nil && (hu.Rows != rows || hu.Cols != cols || len(hu.Pix) != rows*cols) {
 		return nil, fmt.Errorf("%w: slice %s: HU image %d×%d for a %d×%d mask", ErrShape, in.Meta.Id, hu.Rows, hu.Cols, rows, cols)
 	}
-	lab, n := Labels(in.Pred, c.MinSizePx)
+	lab, n := imgx.Labels(in.Pred, c.MinSizePx)
 	comps := c.measure(in.Meta, lab, rows, cols, n, in.Prob, hu)
 	sf := &lungsegv1.SliceFindings{Meta: in.Meta, Model: in.Model, ModelVersion: in.ModelVersion,
 		Components: comps, CategoryBasis: CategoryBasis}
@@ -243,7 +190,7 @@ func (c Config) measure(meta *lungsegv1.SliceMeta, lab []int32, rows, cols, n in
 	out := make([]*lungsegv1.Component, 0, n)
 	for l := 1; l <= n; l++ {
 		a := &as[l]
-		d := Feret(a.edge) + 0.5*math.Sqrt(sr*sc)
+		d := imgx.Feret(a.edge) + 0.5*math.Sqrt(sr*sc)
 		d = math.Max(d, math.Sqrt(sr*sc))
 		k := &lungsegv1.Component{
 			SliceId: meta.Id, InstanceUid: meta.InstanceUid, SlicePosition: meta.SlicePosition,
@@ -261,50 +208,4 @@ func (c Config) measure(meta *lungsegv1.SliceMeta, lab []int32, rows, cols, n in
 		out = append(out, k)
 	}
 	return out
-}
-
-// Feret returns the largest distance between two of the points (the
-// diameter of their convex hull); 0 for fewer than two points.
-func Feret(pts [][2]float64) float64 {
-	h := hull(pts)
-	best := 0.0
-	for i := range h {
-		for j := i + 1; j < len(h); j++ {
-			best = math.Max(best, math.Hypot(h[i][0]-h[j][0], h[i][1]-h[j][1]))
-		}
-	}
-	return best
-}
-
-// hull returns the convex hull of pts (Andrew's monotone chain).
-func hull(pts [][2]float64) [][2]float64 {
-	if len(pts) < 3 {
-		return pts
-	}
-	p := append([][2]float64(nil), pts...)
-	sort.Slice(p, func(i, j int) bool {
-		if p[i][0] != p[j][0] {
-			return p[i][0] < p[j][0]
-		}
-		return p[i][1] < p[j][1]
-	})
-	cross := func(o, a, b [2]float64) float64 {
-		return (a[0]-o[0])*(b[1]-o[1]) - (a[1]-o[1])*(b[0]-o[0])
-	}
-	h := make([][2]float64, 0, 2*len(p))
-	for _, q := range p {
-		for len(h) >= 2 && cross(h[len(h)-2], h[len(h)-1], q) <= 0 {
-			h = h[:len(h)-1]
-		}
-		h = append(h, q)
-	}
-	lower := len(h) + 1
-	for i := len(p) - 2; i >= 0; i-- {
-		q := p[i]
-		for len(h) >= lower && cross(h[len(h)-2], h[len(h)-1], q) <= 0 {
-			h = h[:len(h)-1]
-		}
-		h = append(h, q)
-	}
-	return h[:len(h)-1]
 }

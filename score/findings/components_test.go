@@ -24,76 +24,6 @@ func maskOf(rows ...string) *imgx.Mask {
 	return m
 }
 
-func TestLabels(t *testing.T) {
-	tests := []struct {
-		name    string
-		mask    []string
-		minSize int
-		want    []string // label digits, '.' for 0
-	}{
-		{"diagonal joins (8-connectivity)", []string{
-			"#...",
-			".#..",
-			"..#.",
-			"...."}, 1, []string{
-			"1...",
-			".1..",
-			"..1.",
-			"...."}},
-		{"raster order of first pixel", []string{
-			"..##",
-			"#...",
-			"#..#"}, 1, []string{
-			"..11",
-			"2...",
-			"2..3"}},
-		{"small components dropped and the rest renumbered", []string{
-			"#..##",
-			"...##",
-			"#....",
-			"##..."}, 3, []string{
-			"...11",
-			"...11",
-			"2....",
-			"22..."}},
-		{"empty", []string{"...", "..."}, 1, []string{"...", "..."}},
-		{"u shape is one component", []string{
-			"#.#",
-			"#.#",
-			"###"}, 1, []string{
-			"1.1",
-			"1.1",
-			"111"}},
-	}
-	for _, tc := range tests {
-		t.Run(tc.name, func(t *testing.T) {
-			m := maskOf(tc.mask...)
-			lab, n := Labels(m, tc.minSize)
-			var got []string
-			maxL := 0
-			for r := 0; r < m.Rows; r++ {
-				var b strings.Builder
-				for c := 0; c < m.Cols; c++ {
-					l := lab[r*m.Cols+c]
-					if l == 0 {
-						b.WriteByte('.')
-					} else {
-						b.WriteByte(byte('0' + l))
-						maxL = max(maxL, int(l))
-					}
-				}
-				got = append(got, b.String())
-			}
-			if strings.Join(got, "\n") != strings.Join(tc.want, "\n") {
-				t.Errorf("labels\n%s\nwant\n%s", strings.Join(got, "\n"), strings.Join(tc.want, "\n"))
-			}
-			if n != maxL {
-				t.Errorf("n = %d, highest label %d", n, maxL)
-			}
-		})
-	}
-}
-
 func TestCategory(t *testing.T) {
 	tests := []struct {
 		d    float64
@@ -226,24 +156,6 @@ func TestAnalyzeStatistics(t *testing.T) {
 	}
 	if _, err := c.Analyze(SliceInput{Pred: m}); err == nil {
 		t.Error("slice without metadata accepted")
-	}
-}
-
-func TestFeret(t *testing.T) {
-	tests := []struct {
-		pts  [][2]float64
-		want float64
-	}{
-		{nil, 0},
-		{[][2]float64{{1, 1}}, 0},
-		{[][2]float64{{0, 0}, {3, 4}}, 5},
-		{[][2]float64{{0, 0}, {1, 1}, {2, 2}, {3, 3}}, 3 * math.Sqrt2},
-		{[][2]float64{{0, 0}, {0, 2}, {2, 0}, {2, 2}, {1, 1}}, 2 * math.Sqrt2},
-	}
-	for _, tc := range tests {
-		if got := Feret(tc.pts); math.Abs(got-tc.want) > 1e-12 {
-			t.Errorf("Feret(%v) = %v, want %v", tc.pts, got, tc.want)
-		}
 	}
 }
 

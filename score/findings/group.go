@@ -58,7 +58,7 @@ func (c Config) Group(slices []*lungsegv1.SeriesSlice, completedBy string) ([]*l
 		if err != nil {
 			return nil, fmt.Errorf("unpacking slice %s: %w", s.Meta.Id, err)
 		}
-		lab, n := Labels(m, c.MinSizePx)
+		lab, n := imgx.Labels(m, c.MinSizePx)
 		if n != len(s.Components) {
 			return nil, fmt.Errorf("%w: slice %s has %d components but its mask %d (different minimum size?)", ErrShape, s.Meta.Id, len(s.Components), n)
 		}
