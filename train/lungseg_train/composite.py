@@ -588,3 +588,74 @@ def crop_real_eval_set(bank: Bank, seed: int, win: int = CROP_WIN) -> EvalSet:
     x = D.window(cut_windows(hu, cy, cx, win, -1024.0))
     y = cut_windows(bank.real_mask[ix], cy, cx, win, 0.0)
     return EvalSet(x, y, None, None)
+
+
+# ---------------------------------------------------------------------------
+# Bare crops: the held-out crops as they are, mirror-padded (data.pad_bare_crop)
+
+
+@dataclass
+class BareSet:
+    """Bare crops padded into crop-model windows."""
+
+    x: torch.Tensor  # [N,1,W,W] windowed input
+    y: torch.Tensor  # [N,1,W,W] mask, mirror-padded like the input
+    valid: torch.Tensor  # [N,1,W,W] 0/1: the crop's own pixels
+    diam: torch.Tensor  # [N] truth longest diameter (mm), 0 if empty
+
+
+def bare_eval_set(crops: D.CropSet, win: int = CROP_WIN, device="cpu",
+                  diam: Optional[np.ndarray] = None) -> BareSet:
+    """Each crop once, as it is (no noise, no compositing), padded by
+    data.pad_bare_crop; only its own pixels are scored."""
+    from . import metrics as MX
+
+    n = len(crops)
+    x = np.zeros((n, 1, win, win), np.float32)
+    y = np.zeros((n, 1, win, win), np.float32)
+    v = np.zeros((n, 1, win, win), np.float32)
+    dm = np.zeros(n, np.float32)
+    for i in range(n):
+        hu, m = crops.bare(i)
+        h, w = hu.shape
+        x[i, 0] = D.window(D.pad_bare_crop(hu.astype(np.float32), win))
+        y[i, 0] = D.pad_bare_crop(m.astype(np.float32), win)
+        y0, x0 = D.bare_offset(h, w, win)
+        v[i, 0, y0:y0 + h, x0:x0 + w] = 1.0
+        dm[i] = diam[i] if diam is not None else MX.longest_diameter_mm(m, float(crops.spacing[i]))
+    dev = torch.device(device)
+    return BareSet(torch.from_numpy(x).to(dev), torch.from_numpy(y).to(dev), torch.from_numpy(v).to(dev),
+                   torch.from_numpy(dm).to(dev))
+
+
+def bare_training_batch(crops: D.CropSet, r: Rand, b: int, win: int = CROP_WIN,
+                        aug: bool = True) -> Tuple[torch.Tensor, torch.Tensor]:
+    """b bare training crops: each turned by one of the eight symmetries of the
+    square (flips, quarter turns) as a bare crop, then padded by
+    data.pad_bare_crop (mask too), then CT noise of a random level, the HU
+    window and a random contrast/brightness (finish_batch without the
+    geometric warp, which would bend the mirror padding the Go side makes)."""
+    idx = r.i(len(crops), (b,)).cpu().numpy()
+    sym = r.i(8, (b,)).cpu().numpy()
+    hu = np.zeros((b, 1, win, win), np.float32)
+    mk = np.zeros((b, 1, win, win), np.float32)
+    for k, (i, s) in enumerate(zip(idx, sym)):
+        a, m = crops.bare(int(i))
+        if aug:
+            a, m = np.rot90(a, s % 4), np.rot90(m, s % 4)
+            if s >= 4:
+                a, m = a[:, ::-1], m[:, ::-1]
+        hu[k, 0] = D.pad_bare_crop(np.ascontiguousarray(a).astype(np.float32), win)
+        mk[k, 0] = D.pad_bare_crop(np.ascontiguousarray(m).astype(np.float32), win)
+    hu_t = torch.from_numpy(hu).to(r.device)
+    mk_t = torch.from_numpy(mk).to(r.device)
+    return finish_batch(r, hu_t, mk_t, False) if not aug else _finish_intensity(r, hu_t, mk_t)
+
+
+def _finish_intensity(r: Rand, hu: torch.Tensor, mask: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor]:
+    b = hu.shape[0]
+    hu = hu + r.n((b, 1, 1, 1)).abs().clamp(max=2.5) * 8.0 * r.n(hu.shape)
+    x = D.window(hu)
+    c = r.u((b, 1, 1, 1), 0.9, 1.1)
+    o = r.u((b, 1, 1, 1), -0.04, 0.04)
+    return ((x - 0.5) * c + 0.5 + o).clamp(0.0, 1.0), mask

@@ -61,6 +61,40 @@ def window(hu, center: float = WINDOW_CENTER, width: float = WINDOW_WIDTH):
     return v.clip(0.0, 1.0)
 
 
+def bare_offset(h: int, w: int, win: int):
+    """Top-left (y0, x0) of a bare h x w crop inside a win x win window."""
+    if h > win or w > win:
+        raise ValueError(f"bare crop {h}x{w} larger than the window {win}")
+    return (win - h) // 2, (win - w) // 2
+
+
+def pad_bare_crop(crop: np.ndarray, win: int) -> np.ndarray:
+    """The crop-model input for a bare crop (the Go side does exactly this).
+
+    An h x w crop (h, w <= win; HU or any per-pixel value) is placed at
+    y0 = (win-h)//2, x0 = (win-w)//2 and the win x win window is filled by
+    mirror padding, numpy.pad(crop, ((y0, win-h-y0), (x0, win-w-x0)),
+    mode="reflect") (mode "edge" when h == 1 or w == 1, where reflect has no
+    second row or column). Pads wider than the crop reflect again (numpy's
+    rule). The HU window of the card is applied afterwards like for any input;
+    the prediction is cut back with unpad_bare and thresholded at the card's
+    threshold. The same function pads the mask for training.
+    """
+    a = np.asarray(crop)
+    h, w = a.shape
+    y0, x0 = bare_offset(h, w, win)
+    mode = "edge" if (h == 1 or w == 1) else "reflect"
+    return np.pad(a, ((y0, win - h - y0), (x0, win - w - x0)), mode=mode)
+
+
+def unpad_bare(window_pred, h: int, w: int):
+    """The [..., h, w] part of a window prediction [..., win, win] that
+    covers the bare crop padded by pad_bare_crop."""
+    win = window_pred.shape[-1]
+    y0, x0 = bare_offset(h, w, win)
+    return window_pred[..., y0:y0 + h, x0:x0 + w]
+
+
 @dataclass
 class CropSet:
     """Nodule crops in HU, each padded (centred) into CROP_PAD x CROP_PAD."""
@@ -79,6 +113,13 @@ class CropSet:
         idx = np.asarray(idx, dtype=np.int64)
         return CropSet(self.hu[idx], self.mask[idx], self.hw[idx], self.spacing[idx],
                        self.patient[idx], self.slice_id[idx])
+
+    def bare(self, i: int):
+        """Crop i as it is: (HU int16 [h,w], mask uint8 [h,w])."""
+        h, w = (int(v) for v in self.hw[i])
+        p = self.hu.shape[1]
+        y0, x0 = (p - h) // 2, (p - w) // 2
+        return self.hu[i, y0:y0 + h, x0:x0 + w], self.mask[i, y0:y0 + h, x0:x0 + w]
 
     def valid(self) -> np.ndarray:
         """uint8 [N, P, P]: 1 inside the true crop, 0 on the padding."""

@@ -112,8 +112,9 @@ def autocast(device: torch.device, amp: str):
 
 @torch.no_grad()
 def predict_scores(model, ev: C.EvalSet, device, amp: str, batch: int, bank: Optional[C.Bank] = None,
-                   channels_last: bool = False):
-    """Scores on whole slices, and (with a bank and thetas) on native-resolution crops."""
+                   channels_last: bool = False, diam: Optional[torch.Tensor] = None):
+    """Scores on whole slices, and (with a bank and thetas) on native-resolution crops.
+    diam [n_crops]: each crop's truth longest diameter (mm), for the size bins."""
     model.eval()
     sl, cr = MX.Scores(), MX.Scores()
     n = ev.x.shape[0]
@@ -124,11 +125,14 @@ def predict_scores(model, ev: C.EvalSet, device, amp: str, batch: int, bank: Opt
         with autocast(device, amp):
             logits = model(x)
         prob = torch.sigmoid(logits.float())
-        sl.add(prob, ev.y[s:s + batch])
+        d = None
+        if diam is not None and ev.crop_index is not None:
+            d = diam[ev.crop_index[s:s + batch].cpu()]
+        sl.add(prob, ev.y[s:s + batch], diam=d)
         if bank is not None and ev.theta is not None:
             idx = ev.crop_index[s:s + batch]
             back = C.crops_back(bank, prob, ev.theta[s:s + batch], idx)
-            cr.add(back, bank.crop_mask[idx], bank.crop_valid[idx])
+            cr.add(back, bank.crop_mask[idx], bank.crop_valid[idx], d)
     return sl, cr
 
 
@@ -171,23 +175,64 @@ def load_init(model, path: str, size: int) -> Dict[str, object]:
     """Start from trained weights: a model.onnx of this architecture (read
     back with onnx_weights) or a checkpoint written by --save-checkpoint.
 
-    A model.onnx holds BatchNorm folded into the convolutions, which training
-    mode would undo (batch statistics instead of the folded identity), so an
-    .onnx init is refused for networks with BatchNorm; use a checkpoint.
+    A model.onnx holds BatchNorm folded into the convolutions: each folded
+    weight W' goes into its Conv and the BatchNorm after it becomes the
+    identity plus the folded bias b' (running mean 0, running variance 1-eps,
+    weight 1, bias b'), so the network in eval mode is the ONNX one. Training
+    mode would replace those statistics by batch ones, so such a model is
+    fine-tuned with frozen BatchNorm (statistics fixed, eval mode; affine
+    weight and bias trained): the result has "frozen_bn": True and the
+    training loop keeps every BatchNorm in eval mode (set_train).
     """
     sha = E.sha256_file(path)
+    frozen = False
     if path.endswith(".onnx"):
-        if any(isinstance(m, torch.nn.modules.batchnorm._BatchNorm) for m in model.modules()):
-            raise SystemExit(f"--init {path}: BatchNorm is folded in an ONNX file; give a --save-checkpoint .pt")
         from .onnx_weights import load_onnx_weights
         load_onnx_weights(model, path, size)
         kind = "onnx"
+        frozen = has_batchnorm(model)
     else:
         ck = torch.load(path, map_location="cpu")
         model.load_state_dict(ck.get("state_dict", ck))
         kind = "checkpoint"
     return {"path": os.path.basename(os.path.dirname(os.path.abspath(path))) + "/" + os.path.basename(path),
-            "kind": kind, "sha256": sha, **init_history(path)}
+            "kind": kind, "sha256": sha, "frozen_bn": frozen, **init_history(path)}
+
+
+def has_batchnorm(model) -> bool:
+    return any(isinstance(m, torch.nn.modules.batchnorm._BatchNorm) for m in model.modules())
+
+
+def set_train(model, frozen_bn: bool = False):
+    """model.train(), but with frozen_bn every BatchNorm stays in eval mode
+    (its running statistics are used and not updated)."""
+    model.train()
+    if frozen_bn:
+        for m in model.modules():
+            if isinstance(m, torch.nn.modules.batchnorm._BatchNorm):
+                m.eval()
+    return model
+
+
+def _rng_state(gen: torch.Generator) -> Dict[str, object]:
+    return {"torch": torch.get_rng_state(), "numpy": np.random.get_state(), "gen": gen.get_state()}
+
+
+def _set_rng_state(st: Dict[str, object], gen: torch.Generator) -> None:
+    torch.set_rng_state(st["torch"])
+    np.random.set_state(st["numpy"])
+    gen.set_state(st["gen"])
+
+
+def resume_path(work: str, name: str) -> str:
+    return os.path.join(work, f"{name}.resume.pt")
+
+
+def save_resume(path: str, state: Dict[str, object]) -> None:
+    """Writes the resume state atomically (a kill while writing keeps the old one)."""
+    tmp = path + ".tmp"
+    torch.save(state, tmp)
+    os.replace(tmp, path)
 
 
 def init_history(path: str) -> Dict[str, object]:
@@ -240,6 +285,15 @@ def run(args) -> Dict[str, object]:
                           _subset_slices(va["slices"], args.eval_limit), device, canvas, smooth)
     bank_te = C.make_bank(_subset_crops(te["crops"], args.eval_limit),
                           _subset_slices(te["slices"], args.eval_limit), device, canvas, smooth)
+    va_crops = _subset_crops(va["crops"], args.eval_limit)
+    te_crops = _subset_crops(te["crops"], args.eval_limit)
+    diam_va = torch.from_numpy(MX.diameters_mm(va_crops.mask, va_crops.spacing))
+    diam_te = torch.from_numpy(MX.diameters_mm(te_crops.mask, te_crops.spacing))
+    val_bare = C.bare_eval_set(va_crops, size, device, diam_va.numpy()) if crop else None
+    select_on = args.select_on if args.select_on != "auto" else ("bare" if crop else "windows")
+    if select_on == "bare" and not crop:
+        raise SystemExit("--select-on bare needs --task crop")
+    bare_frac = args.bare_frac if crop else 0.0
     if crop:
         val_comp = C.crop_eval_set(bank_va, seed=1001, win=size)
         val_real = C.crop_real_eval_set(bank_va, seed=1002, win=size)
@@ -261,7 +315,9 @@ def run(args) -> Dict[str, object]:
     init = None
     if getattr(args, "init", ""):
         init = load_init(model, args.init, size)
-        log(f"initialised from {args.init} ({init['kind']}, sha256 {init['sha256'][:12]})")
+        log(f"initialised from {args.init} ({init['kind']}, sha256 {init['sha256'][:12]}"
+            f"{', frozen BatchNorm' if init['frozen_bn'] else ''})")
+    frozen_bn = bool(init and init["frozen_bn"]) or bool(getattr(args, "frozen_bn", False))
     cl = device.type == "cuda" and family == "resnet50-unet"
     if cl:
         model = model.to(memory_format=torch.channels_last)
@@ -289,13 +345,53 @@ def run(args) -> Dict[str, object]:
     t0 = time.time()
     stop = ""
     base_lrs = [g["lr"] for g in opt.param_groups]
+    ck_path = resume_path(args.work, args.name or args.model) if args.work else ""
+    ck_every = args.checkpoint_every_minutes * 60.0
+    in_epoch, loss_acc, n_acc = 0, 0.0, 0  # where a resumed run picks up inside its epoch
+    if args.resume:
+        if not ck_path or not os.path.exists(ck_path):
+            raise SystemExit(f"--resume: no {ck_path or '--work'}")
+        ck = torch.load(ck_path, map_location="cpu")
+        model.load_state_dict(ck["model"])
+        opt.load_state_dict(ck["optimizer"])
+        if plateau is not None and ck.get("plateau"):
+            plateau.load_state_dict(ck["plateau"])
+        base_lrs = ck["base_lrs"]
+        best, history = ck["best"], ck["history"]
+        epoch, step, since_best, nonfinite = ck["epoch"], ck["step"], ck["since_best"], ck["nonfinite"]
+        in_epoch, loss_acc, n_acc = ck["in_epoch"], ck["loss_sum"], ck["n_loss"]
+        t0 = time.time() - ck["elapsed_s"]
+        init, frozen_bn = ck.get("init", init), ck.get("frozen_bn", frozen_bn)
+        _set_rng_state(ck["rng"], gen)
+        log(f"resumed from {ck_path}: epoch {epoch} (step {in_epoch} of it), {step} steps, "
+            f"{ck['elapsed_s']:.0f}s of {budget:.0f}s; best {best['dice']:.4f} at epoch {best['epoch']}")
+    last_ck = time.time()
+
+    def checkpoint(why: str) -> None:
+        nonlocal last_ck
+        if not ck_path:
+            return
+        save_resume(ck_path, {
+            "model": {k: v.detach().cpu() for k, v in model.state_dict().items()},
+            "optimizer": opt.state_dict(), "plateau": plateau.state_dict() if plateau is not None else None,
+            "base_lrs": base_lrs, "best": best, "history": history, "epoch": epoch, "step": step,
+            "since_best": since_best, "nonfinite": nonfinite, "in_epoch": in_epoch, "loss_sum": loss_acc,
+            "n_loss": n_acc, "elapsed_s": time.time() - t0, "rng": _rng_state(gen), "init": init,
+            "frozen_bn": frozen_bn, "args": {k: v for k, v in vars(args).items() if k != "loaded_data"}})
+        last_ck = time.time()
+        log(f"checkpoint ({why}): {ck_path}")
+
+    if frozen_bn:
+        log("BatchNorm frozen (eval mode, affine trained)")
+    nb = int(round(batch * bare_frac))
     while not stop:
-        epoch += 1
-        model.train()
-        loss_sum = torch.zeros((), device=device)
-        n_loss = 0
+        if in_epoch == 0:
+            epoch += 1
+            loss_acc, n_acc = 0.0, 0
+        set_train(model, frozen_bn)
         te0 = time.time()
-        for _ in range(steps_per_epoch):
+        n_here = 0
+        while in_epoch < steps_per_epoch:
             frac = (time.time() - t0) / budget
             if frac >= 1.0:
                 stop = "time budget"
@@ -311,7 +407,10 @@ def run(args) -> Dict[str, object]:
                     g["lr"] = b0 * f
             with torch.no_grad():
                 if crop:
-                    x, y = C.crop_training_batch(bank_tr, rnd, batch, win=size)
+                    x, y = C.crop_training_batch(bank_tr, rnd, batch - nb, win=size)
+                    if nb:
+                        xb, yb = C.bare_training_batch(tr_crops, rnd, nb, win=size)
+                        x, y = torch.cat([x, xb]), torch.cat([y, yb])
                 else:
                     x, y = C.training_batch(bank_tr, rnd, batch)
             if cl:
@@ -324,29 +423,47 @@ def run(args) -> Dict[str, object]:
             if cfg["clip"]:
                 torch.nn.utils.clip_grad_norm_(model.parameters(), cfg["clip"])
             opt.step()
-            loss_sum += loss.detach()
-            n_loss += 1
+            loss_acc += float(loss.detach())
+            n_acc += 1
+            n_here += 1
             step += 1
-        if n_loss == 0:
+            in_epoch += 1
+            if ck_every > 0 and time.time() - last_ck >= ck_every and in_epoch < steps_per_epoch:
+                checkpoint("every %g min" % args.checkpoint_every_minutes)
+        if n_acc == 0:
             epoch -= 1
             break
-        mean_loss = float(loss_sum) / n_loss
+        in_epoch = 0
+        mean_loss = loss_acc / n_acc
         if not math.isfinite(mean_loss):
             nonfinite += 1
-        sl, _ = predict_scores(model, val_comp, device, cfg["amp"], eval_batch, channels_last=cl)
+        sl, _ = predict_scores(model, val_comp, device, cfg["amp"], eval_batch, channels_last=cl, diam=diam_va)
         v = sl.summary(0.5)
-        # the epoch is chosen by val Dice at its best threshold, as the card's threshold is chosen
-        # afterwards: at a fixed 0.5 a model whose probabilities drift lower looks worse than it is
+        # the epoch is chosen by the mean Dice over val images with truth, at its own best
+        # threshold (as the card's threshold is chosen afterwards), on the bare crops for a crop model
         vt = sl.best_threshold()
         vb = sl.summary(vt)
         rl, _ = predict_scores(model, val_real, device, cfg["amp"], eval_batch, channels_last=cl)
         vr = rl.summary(0.5)
-        dice = vb["dice"] if math.isfinite(vb["dice"]) else 0.0
+        rec = {"epoch": epoch, "steps": step, "loss": mean_loss, "val_mean_dice": vb["mean_dice"],
+               "val_dice_pooled": vb["dice"], "val_best_threshold": vt, "val_dice": v["dice"], "val_iou": v["iou"],
+               "val_real_dice": vr.get("dice"), "val_dice_best": vb["dice"]}
+        sel = vb
+        if val_bare is not None:
+            from .bare_eval import bare_scores
+            bs = bare_scores(model, val_bare, eval_batch,
+                             forward=(lambda x: model(x.contiguous(memory_format=torch.channels_last))) if cl else None)
+            bt = bs.best_threshold()
+            bsum = bs.summary(bt)
+            rec.update({"val_bare_mean_dice": bsum["mean_dice"], "val_bare_dice_pooled": bsum["dice"],
+                        "val_bare_threshold": bt, "val_bare_fp_empty": bsum["n_fp_empty"]})
+            if select_on == "bare":
+                sel = bsum
+        dice = sel["mean_dice"] if math.isfinite(sel["mean_dice"]) else 0.0
         elapsed = time.time() - t0
-        rec = {"epoch": epoch, "steps": step, "loss": mean_loss, "val_dice": v["dice"], "val_iou": v["iou"],
-               "val_real_dice": vr.get("dice"),
-               "val_dice_best": vb["dice"], "val_best_threshold": vt, "lr": opt.param_groups[0]["lr"], "elapsed_s": round(elapsed, 1),
-               "img_per_s": round(n_loss * batch / max(1e-6, time.time() - te0), 1)}
+        rec.update({"select_on": select_on, "selected_mean_dice": dice, "lr": opt.param_groups[0]["lr"],
+                    "elapsed_s": round(elapsed, 1),
+                    "img_per_s": round(n_here * batch / max(1e-6, time.time() - te0), 1)})
         history.append(rec)
         improved = dice > best["dice"]
         if improved:
@@ -355,8 +472,11 @@ def run(args) -> Dict[str, object]:
             since_best = 0
         else:
             since_best += 1
-        log(f"{args.model}/{args.recipe} ep {epoch} step {step} loss {mean_loss:.4f} val dice {v['dice']:.4f} "
-            f"iou {v['iou']:.4f} best {vb['dice']:.4f}@{vt:.2f} real {vr.get('dice', float('nan')):.4f} lr {rec['lr']:.2e} "
+        bare_txt = (f"bare mean {rec['val_bare_mean_dice']:.4f} pooled {rec['val_bare_dice_pooled']:.4f}"
+                    f"@{rec['val_bare_threshold']:.2f} fp-empty {rec['val_bare_fp_empty']}; ") if val_bare is not None else ""
+        log(f"{args.model}/{args.recipe} ep {epoch} step {step} loss {mean_loss:.4f} val {bare_txt}"
+            f"windows mean {vb['mean_dice']:.4f} pooled {vb['dice']:.4f}@{vt:.2f} (pooled@0.5 {v['dice']:.4f}) "
+            f"real {vr.get('dice', float('nan')):.4f} lr {rec['lr']:.2e} "
             f"{rec['img_per_s']} img/s {elapsed:.0f}s{' *' if improved else ''}")
         if plateau is not None:
             plateau.step(dice)
@@ -366,15 +486,22 @@ def run(args) -> Dict[str, object]:
             stop = "max epochs"
         if time.time() - t0 >= budget:
             stop = stop or "time budget"
+        if ck_every > 0:
+            checkpoint(f"end of epoch {epoch}")
     train_s = time.time() - t0
     log(f"{args.model}/{args.recipe}: stopped ({stop or 'no step'}) after {epoch} epochs, {step} steps, "
-        f"{train_s:.0f}s; best val dice {best['dice']:.4f} at epoch {best['epoch']}")
+        f"{train_s:.0f}s; best val mean dice ({select_on}) {best['dice']:.4f} at epoch {best['epoch']}")
     if best["state"] is not None:
         model.load_state_dict(best["state"])
 
-    # threshold on validation composites, then final scores
-    sl_v, cr_v = predict_scores(model, val_comp, device, cfg["amp"], eval_batch, bank_va, cl)
-    thr = sl_v.best_threshold()
+    # threshold on validation (mean Dice over images with truth; bare crops for a crop model), then final scores
+    sl_v, cr_v = predict_scores(model, val_comp, device, cfg["amp"], eval_batch, bank_va, cl, diam=diam_va)
+    fwd = (lambda x: model(x.contiguous(memory_format=torch.channels_last))) if cl else None
+    bare_v = bare_t = None
+    if crop:
+        from .bare_eval import bare_scores
+        bare_v = bare_scores(model, val_bare, eval_batch, forward=fwd)
+    thr = (bare_v if select_on == "bare" else sl_v).best_threshold()
     rv, _ = predict_scores(model, val_real, device, cfg["amp"], eval_batch, channels_last=cl)
     if crop:
         test_comp = C.crop_eval_set(bank_te, seed=2001, win=size)
@@ -382,9 +509,11 @@ def run(args) -> Dict[str, object]:
     else:
         test_comp = C.composite_eval_set(bank_te, seed=2001)
         test_real = C.real_eval_set(bank_te, seed=2002)
-    sl_t, cr_t = predict_scores(model, test_comp, device, cfg["amp"], eval_batch, bank_te, cl)
+    sl_t, cr_t = predict_scores(model, test_comp, device, cfg["amp"], eval_batch, bank_te, cl, diam=diam_te)
     rt, _ = predict_scores(model, test_real, device, cfg["amp"], eval_batch, channels_last=cl)
     vs, ts, tc, trl = sl_v.summary(thr), sl_t.summary(thr), cr_t.summary(thr), rt.summary(thr)
+    if crop:
+        bare_t = bare_scores(model, C.bare_eval_set(te_crops, size, device, diam_te.numpy()), eval_batch, forward=fwd)
     definitions = {
         "slices": "256x256 composites: each held-out crop once in a seeded synthetic chest at 1.4 mm/px; "
                   "pooled over all pixels of all images",
@@ -392,10 +521,19 @@ def run(args) -> Dict[str, object]:
                  "the crop's own pixels counted; pooled",
         "real_slices": "the held-out normalised LIDC slices, approximate HU (v*775-835) inside the lung, "
                        "seeded synthetic body outside, 512->256 area-averaged",
-        "dice": "pooled 2TP/(2TP+FP+FN) at the card threshold; dice_mean: per image, empty+empty = 1",
+        "mean_dice": "the headline: per-image 2TP/(2TP+FP+FN) at the card threshold, averaged over the images "
+                     "whose truth is non-empty; images with empty truth are counted apart (n_both_empty: nothing "
+                     "predicted; n_fp_empty: something predicted); by_size: the same mean by the truth's longest "
+                     "diameter (largest 8-connected component, max distance between pixel centres x the crop's "
+                     "pixel spacing), <6, 6-10, 10-20, >20 mm",
+        "dice": "pooled 2TP/(2TP+FP+FN) at the card threshold (second figure); dice_mean: per image over all "
+                "images, empty+empty = 1",
         "rmse": "root mean square of (sigmoid(logit) - mask) over pixels; rmse_binary: of the binary mask",
     }
     if crop:
+        definitions["bare"] = (f"each held-out crop as it is (no compositing, no noise), mirror-padded into the "
+                               f"{size}x{size} window by data.pad_bare_crop (numpy reflect, centred); only the "
+                               "crop's own pixels scored")
         definitions.update({
             "slices": f"{size}x{size} windows at native resolution: each held-out crop once, unscaled and "
                       "unrotated, at the centre of a window cut around a lung pixel of a seeded synthetic "
@@ -407,8 +545,12 @@ def run(args) -> Dict[str, object]:
                            "of each slice's nodule pixels",
         })
     validation = {
-        "threshold_selected_on": ("val crop windows" if crop else "val composites")
-                                 + ", pooled Dice over thresholds 0.05..0.95",
+        "threshold_selected_on": {"bare": "val bare crops", "windows": ("val crop windows" if crop else "val composites")}[select_on]
+                                 + ", mean Dice over images with truth, thresholds 0.05..0.95",
+        "epoch_selected_on": f"val {select_on}, mean Dice over images with truth at each epoch's own best threshold",
+        **({"val_bare": bare_v.summary(thr), "test_bare": bare_t.summary(thr),
+            "test_bare_mean_dice": bare_t.summary(thr)["mean_dice"]} if crop else {}),
+        "mean_dice": vs["mean_dice"], "test_slices_mean_dice": ts["mean_dice"], "test_crops_mean_dice": tc["mean_dice"],
         "dice": vs["dice"], "iou": vs["iou"], "rmse": vs["rmse"],
         "val_slices": vs, "val_crops": cr_v.summary(thr), "val_real_slices": rv.summary(thr),
         "test_slices_dice": ts["dice"], "test_slices_iou": ts["iou"], "test_slices_rmse": ts["rmse"],
@@ -417,6 +559,10 @@ def run(args) -> Dict[str, object]:
         "test_slices": ts, "test_crops": tc, "test_real_slices": trl,
         "definitions": definitions,
     }
+    if crop:
+        log(f"{args.model}/{args.recipe}: threshold {thr}; val bare {MX.fmt(bare_v.summary(thr))}")
+        log(f"{args.model}/{args.recipe}: test bare {MX.fmt(bare_t.summary(thr))}")
+    log(f"{args.model}/{args.recipe}: val windows {MX.fmt(vs)}; test windows {MX.fmt(ts)}; test crops {MX.fmt(tc)}")
     log(f"{args.model}/{args.recipe}: threshold {thr}; val dice {vs['dice']:.4f}; test slices dice "
         f"{ts['dice']:.4f} iou {ts['iou']:.4f} rmse {ts['rmse']:.4f}; test crops dice {tc['dice']:.4f}; "
         f"test real dice {trl.get('dice', float('nan')):.4f}; val real dice {rv.summary(thr).get('dice', float('nan')):.4f}")
@@ -463,6 +609,7 @@ def run(args) -> Dict[str, object]:
             "epoch_samples": epoch_samples, "minutes": round(train_s / 60.0, 2), "budget_minutes": args.minutes,
             "stop": stop, "device": dev_name, "torch": torch.__version__, "seed": args.seed,
             "flops_per_image": _flops(model, size),
+            "bare_frac": bare_frac, "frozen_bn": frozen_bn, "select_on": select_on,
             **({"init": init} if init else {}),
         },
         "validation": validation,
@@ -539,6 +686,18 @@ def parser() -> argparse.ArgumentParser:
     ap.add_argument("--init", default="",
                     help="continue from trained weights: a model.onnx of the same architecture and size "
                          "(no BatchNorm) or a --save-checkpoint .pt")
+    ap.add_argument("--frozen-bn", action="store_true",
+                    help="keep BatchNorm in eval mode while training (implied by an --init model.onnx with BatchNorm)")
+    ap.add_argument("--bare-frac", type=float, default=0.4,
+                    help="crop task: fraction of each batch that is bare training crops (data.pad_bare_crop)")
+    ap.add_argument("--select-on", default="auto", choices=["auto", "bare", "windows"],
+                    help="epoch and threshold selection set (auto: bare crops for the crop task, else windows); "
+                         "always by the mean Dice over images with truth")
+    ap.add_argument("--checkpoint-every-minutes", type=float, default=0.0,
+                    help="write WORK/<name>.resume.pt (model, optimizer, scheduler, RNG, epoch, best) this often "
+                         "and at each epoch's end")
+    ap.add_argument("--resume", action="store_true",
+                    help="continue from WORK/<name>.resume.pt (same arguments; --minutes is the whole budget)")
     ap.add_argument("--encoder-weights", default="", help="local torchvision resnet50 state_dict (full model only)")
     return ap
 

@@ -28,10 +28,64 @@ def test_init_from_onnx_continues_from_the_same_weights(tmp_path):
         assert torch.equal(v, m2.state_dict()[k]), k
 
 
-def test_init_refuses_onnx_with_folded_batchnorm(tmp_path):
-    _, path = _export(tmp_path, "resnet50-unet-small")
-    with pytest.raises(SystemExit, match="BatchNorm"):
-        T.load_init(M.build("resnet50-unet-small", 64), path, 64)
+def _bn_stats(m, seed=3):
+    # non-trivial running statistics and affine parameters, so the folding matters
+    g = torch.Generator().manual_seed(seed)
+    for mod in m.modules():
+        if isinstance(mod, torch.nn.BatchNorm2d):
+            c = mod.num_features
+            mod.running_mean.copy_(0.1 * torch.randn(c, generator=g))
+            mod.running_var.copy_(0.5 + torch.rand(c, generator=g))
+            mod.weight.data.copy_(1 + 0.2 * torch.randn(c, generator=g))
+            mod.bias.data.copy_(0.1 * torch.randn(c, generator=g))
+
+
+def test_init_from_onnx_with_folded_batchnorm_is_the_onnx_network_with_frozen_bn(tmp_path):
+    torch.manual_seed(5)
+    m = M.build("resnet50-unet-small", 64)
+    _bn_stats(m)
+    m.eval()
+    x = np.random.default_rng(5).random((2, 1, 64, 64), dtype=np.float32)
+    E.export_model(m, "m", str(tmp_path), {"architecture": "resnet50-unet", "variant": "compact"}, x, 64)
+    path = os.path.join(tmp_path, "m", "model.onnx")
+    torch.manual_seed(99)
+    m2 = M.build("resnet50-unet-small", 64)
+    rep = T.load_init(m2, path, 64)
+    assert rep["kind"] == "onnx" and rep["frozen_bn"] is True
+    want = np.fromfile(os.path.join(tmp_path, "m", "parity_output.bin"), "<f4").reshape(2, 1, 64, 64)
+    with torch.no_grad():
+        got = m2.eval()(torch.from_numpy(x)).numpy()
+    assert np.abs(got - want).max() < 1e-4
+    # frozen BN: training mode keeps every BatchNorm in eval, so a step changes no running statistic
+    # and the forward pass in training mode is the eval one
+    T.set_train(m2, frozen_bn=True)
+    bns = [mod for mod in m2.modules() if isinstance(mod, torch.nn.BatchNorm2d)]
+    assert bns and all(not b.training for b in bns) and m2.training
+    before = [b.running_mean.clone() for b in bns]
+    out = m2(torch.from_numpy(x))
+    assert np.abs(out.detach().numpy() - want).max() < 1e-4
+    out.mean().backward()
+    assert all(torch.equal(a, b.running_mean) for a, b in zip(before, bns))
+    assert bns[0].weight.grad is not None  # affine parameters still learn
+
+
+SHIPPED = os.path.join(os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))),
+                       "models", "resnet50-unet-small-crop")
+
+
+@pytest.mark.skipif(not os.path.exists(os.path.join(SHIPPED, "parity_output.bin")), reason="no shipped model")
+def test_init_from_the_shipped_resnet_crop_model_reproduces_its_parity_outputs():
+    import json
+    with open(os.path.join(SHIPPED, "parity.json")) as f:
+        par = json.load(f)
+    x = np.fromfile(os.path.join(SHIPPED, "parity_input.bin"), "<f4").reshape(par["input_shape"])
+    want = np.fromfile(os.path.join(SHIPPED, "parity_output.bin"), "<f4").reshape(par["output_shape"])
+    size = x.shape[-1]
+    m = M.build("resnet50-unet-small", size)
+    assert T.load_init(m, os.path.join(SHIPPED, "model.onnx"), size)["frozen_bn"]
+    with torch.no_grad():
+        got = m.eval()(torch.from_numpy(x)).numpy()
+    assert np.abs(got - want).max() < 1e-4
 
 
 def test_init_from_checkpoint(tmp_path):

@@ -1,0 +1,64 @@
+import json
+import math
+import os
+
+import numpy as np
+import pytest
+import torch
+
+from lungseg_train import composite as C
+from lungseg_train import data as D
+from lungseg_train import metrics as MX
+
+
+def test_pad_bare_crop_matches_numpy_reflect_and_centres():
+    a = np.arange(3 * 5, dtype=np.float32).reshape(3, 5)
+    w = D.pad_bare_crop(a, 8)
+    y0, x0 = (8 - 3) // 2, (8 - 5) // 2
+    assert (y0, x0) == D.bare_offset(3, 5, 8) == (2, 1)
+    assert w.shape == (8, 8)
+    np.testing.assert_array_equal(w, np.pad(a, ((2, 3), (1, 2)), mode="reflect"))
+    np.testing.assert_array_equal(w[y0:y0 + 3, x0:x0 + 5], a)
+    np.testing.assert_array_equal(D.unpad_bare(w, 3, 5), a)
+    # mirror, not edge: the row above the crop is its second row
+    np.testing.assert_array_equal(w[y0 - 1, x0:x0 + 5], a[1])
+    # pads wider than the crop reflect again (numpy's rule), still exact
+    b = np.arange(4, dtype=np.float32).reshape(2, 2)
+    np.testing.assert_array_equal(D.pad_bare_crop(b, 9), np.pad(b, ((3, 4), (3, 4)), mode="reflect"))
+
+
+def test_pad_bare_crop_single_row_uses_edge_and_refuses_too_large():
+    a = np.array([[1.0, 2.0, 3.0]])
+    np.testing.assert_array_equal(D.pad_bare_crop(a, 5), np.pad(a, ((2, 2), (1, 1)), mode="edge"))
+    with pytest.raises(ValueError):
+        D.pad_bare_crop(np.zeros((10, 3)), 8)
+
+
+def test_bare_eval_set_scores_only_crop_pixels():
+    d = D.synthetic_phantoms(n_patients=2, crops_per_patient=3, slices_per_patient=1)
+    bs = C.bare_eval_set(d.crops, 128)
+    assert bs.x.shape == (len(d.crops), 1, 128, 128)
+    for i in range(len(d.crops)):
+        h, w = d.crops.hw[i]
+        assert int(bs.valid[i].sum()) == h * w
+        hu, m = d.crops.bare(i)
+        np.testing.assert_allclose(D.unpad_bare(bs.x[i, 0].numpy(), h, w), D.window(hu.astype(np.float32)), atol=1e-6)
+        np.testing.assert_array_equal(D.unpad_bare(bs.y[i, 0].numpy(), h, w), m)
+    # a perfect prediction scores 1 on every image with truth, even with garbage outside the crop
+    prob = bs.y.clone()
+    prob[bs.valid < 0.5] = 1.0
+    sc = MX.Scores([0.5])
+    sc.add(prob, bs.y, bs.valid, bs.diam)
+    s = sc.summary(0.5)
+    assert s["mean_dice"] == 1.0 and s["n_fp_empty"] == 0
+    assert s["n_both_empty"] == len(d.crops) - s["n_nonempty"]
+
+
+def test_bare_training_batch_shapes_and_mirrored_masks():
+    d = D.synthetic_phantoms(n_patients=2, crops_per_patient=3, slices_per_patient=1)
+    g = torch.Generator()
+    g.manual_seed(0)
+    x, y = C.bare_training_batch(d.crops, C.Rand(g, "cpu"), 6, 128)
+    assert x.shape == y.shape == (6, 1, 128, 128)
+    assert float(x.min()) >= 0 and float(x.max()) <= 1
+    assert set(torch.unique(y).tolist()) <= {0.0, 1.0}
