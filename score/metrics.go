@@ -18,6 +18,10 @@ type Metrics struct {
 	BothEmpty bool
 	Truth     int
 	Predicted int
+	// TruthDiameterMm is the longest diameter in mm of the truth's
+	// largest 8-connected component (imgx.LargestDiameter; 0 without
+	// truth pixels), by which Group bins the Dice by nodule size.
+	TruthDiameterMm float64
 }
 
 // TruePositives returns the slice's predicted pixels that are truth

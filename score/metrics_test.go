@@ -45,16 +45,26 @@ func TestCompare(t *testing.T) {
 func TestAggregator(t *testing.T) {
 	a := NewAggregator()
 	a.Add("m", "LR2", Metrics{Dice: 1, IoU: 1, BothEmpty: true})
-	a.Add("m", "LR3", Metrics{Dice: 0.5, IoU: 0.25, RMSE: 0.2, Truth: 10})
-	a.Add("m", "LR3", Metrics{Dice: 0.7, IoU: 0.45, RMSE: 0.4, Truth: 4})
+	a.Add("m", "LR2", Metrics{Dice: 0, IoU: 0, RMSE: 0.3, Predicted: 5})
+	a.Add("m", "LR3", Metrics{Dice: 0.5, IoU: 0.25, RMSE: 0.2, Truth: 10, Predicted: 10})
+	a.Add("m", "LR3", Metrics{Dice: 0.7, IoU: 0.45, RMSE: 0.4, Truth: 4, Predicted: 6})
 	s := a.Summary()["m"]
-	if s.Slices != 3 || s.BothEmpty != 1 {
+	if s.Slices != 4 || s.WithTruth != 2 || s.EmptyClean != 1 || s.EmptyFP != 1 {
 		t.Fatalf("counts %+v", s.Group)
 	}
-	if math.Abs(s.Dice.Mean-(2.2/3)) > 1e-9 || math.Abs(s.DiceWithTruth.Mean-0.6) > 1e-9 || math.Abs(s.DiceWithTruth.SD-0.1) > 1e-9 {
-		t.Fatalf("dice %+v nonempty %+v", s.Dice, s.DiceWithTruth)
+	if math.Abs(s.DiceMean.Mean-0.6) > 1e-9 || math.Abs(s.DiceMean.SD-0.1) > 1e-9 || s.DiceMean.N != 2 {
+		t.Fatalf("dice %+v", s.DiceMean)
+	}
+	if math.Abs(s.IoUMean.Mean-0.35) > 1e-9 || s.IoUMean.N != 2 {
+		t.Fatalf("iou %+v", s.IoUMean)
+	}
+	if math.Abs(s.RMSE.Mean-0.9/4) > 1e-9 || s.RMSE.N != 4 {
+		t.Fatalf("rmse %+v", s.RMSE)
 	}
 	if l := s.ByLabel["LR3"]; l.Slices != 2 || math.Abs(l.RMSE.Mean-0.3) > 1e-9 {
 		t.Fatalf("LR3 %+v", l)
+	}
+	if l := s.ByLabel["LR2"]; l.Slices != 2 || l.WithTruth != 0 || l.DiceMean.N != 0 || l.EmptyClean != 1 || l.EmptyFP != 1 {
+		t.Fatalf("LR2 %+v", l)
 	}
 }

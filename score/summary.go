@@ -6,6 +6,7 @@ import (
 	"math"
 	"sort"
 	"strings"
+	"unicode/utf8"
 )
 
 // Stat is a mean with its standard deviation over n values.
@@ -33,23 +34,66 @@ func (a acc) stat() Stat {
 	return Stat{Mean: m, SD: math.Sqrt(v), N: int(a.n)}
 }
 
-// Group summarises a set of scored slices.
+// SizeBin is the Dice of the slices whose truth's longest diameter falls
+// in [MinMm, MaxMm) (MaxMm 0: no upper bound).
+type SizeBin struct {
+	Label string  `json:"label"`
+	MinMm float64 `json:"min_mm"`
+	MaxMm float64 `json:"max_mm,omitempty"`
+	Dice  Stat    `json:"dice"`
+}
+
+// SizeBins are the nodule sizes Group.BySize splits the slices with truth
+// into, by Metrics.TruthDiameterMm: each bin holds its lower bound, so a
+// nodule of exactly 6 mm is in "6-10" and one of 20 mm in ">20".
+var SizeBins = []SizeBin{
+	{Label: "<6", MinMm: 0, MaxMm: 6},
+	{Label: "6-10", MinMm: 6, MaxMm: 10},
+	{Label: "10-20", MinMm: 10, MaxMm: 20},
+	{Label: ">20", MinMm: 20},
+}
+
+// sizeBin returns the index in SizeBins of a diameter in mm.
+func sizeBin(d float64) int {
+	for i := len(SizeBins) - 1; i > 0; i-- {
+		if d >= SizeBins[i].MinMm {
+			return i
+		}
+	}
+	return 0
+}
+
+// Group summarises a set of scored slices, all with ground truth. The
+// headline is DiceMean: the mean per-slice Dice over the slices whose
+// truth is not empty. Slices with empty truth have no Dice worth
+// averaging (1 or 0 by convention) and are counted apart: EmptyClean
+// where nothing was predicted, EmptyFP where something was.
 type Group struct {
+	// Slices counts every slice: WithTruth + EmptyClean + EmptyFP.
 	Slices int `json:"slices"`
-	// BothEmpty counts slices where truth and prediction were empty
-	// (scored 1 by convention).
-	BothEmpty int  `json:"both_empty"`
-	Dice      Stat `json:"dice"`
-	IoU       Stat `json:"iou"`
-	RMSE      Stat `json:"rmse"`
-	// DiceWithTruth is the Dice over slices whose truth is not empty.
-	DiceWithTruth Stat `json:"dice_nonempty_truth"`
+	// WithTruth counts the slices whose truth has at least one pixel.
+	WithTruth int `json:"with_truth"`
+	// DiceMean and IoUMean are the mean ± sd of the per-slice Dice and
+	// IoU over the WithTruth slices (N = WithTruth; zero when none).
+	DiceMean Stat `json:"dice_mean"`
+	IoUMean  Stat `json:"iou_mean"`
+	// BySize is DiceMean split by the truth's longest diameter, one entry
+	// per SizeBins in that order (Dice.N = 0 for an empty bin).
+	BySize []SizeBin `json:"by_size"`
+	// EmptyClean counts the slices where truth and prediction are both
+	// empty (correct negatives); EmptyFP those with empty truth and a
+	// prediction (false-positive slices).
+	EmptyClean int `json:"empty_clean"`
+	EmptyFP    int `json:"empty_fp"`
+	// RMSE of the probability map against the 0/1 truth, over all slices.
+	RMSE Stat `json:"rmse"`
 	// DicePooled and IoUPooled are the Dice and IoU of all the group's
 	// pixels taken together, as the model cards measure them:
 	// 2·ΣTP/(Σtruth+Σpredicted) and ΣTP/(Σtruth+Σpredicted−ΣTP). A slice
 	// weighs by its pixels, so a few large nodules outweigh many small
-	// ones, unlike the mean Dice. With no truth and no predicted pixel at
-	// all both are 1, as for a single empty slice.
+	// ones, unlike DiceMean; a false-positive slice lowers it. With no
+	// truth and no predicted pixel at all both are 1, as for a single
+	// empty slice.
 	DicePooled float64 `json:"dice_pooled"`
 	IoUPooled  float64 `json:"iou_pooled"`
 	// TP, TruthPixels and PredictedPixels are the sums the pooled figures
@@ -66,22 +110,27 @@ type ModelSummary struct {
 }
 
 type groupAcc struct {
-	n, empty        int
+	n, clean, fp    int
 	dice, iou, rmse acc
-	diceT           acc
+	bins            []acc
 	tp, truth, pred int64
 }
 
 func (g *groupAcc) add(m Metrics) {
 	g.n++
-	if m.BothEmpty {
-		g.empty++
-	}
-	g.dice.add(m.Dice)
-	g.iou.add(m.IoU)
 	g.rmse.add(m.RMSE)
-	if m.Truth > 0 {
-		g.diceT.add(m.Dice)
+	switch {
+	case m.Truth > 0:
+		g.dice.add(m.Dice)
+		g.iou.add(m.IoU)
+		if g.bins == nil {
+			g.bins = make([]acc, len(SizeBins))
+		}
+		g.bins[sizeBin(m.TruthDiameterMm)].add(m.Dice)
+	case m.Predicted > 0:
+		g.fp++
+	default:
+		g.clean++
 	}
 	g.tp += int64(m.TruePositives())
 	g.truth += int64(m.Truth)
@@ -90,8 +139,14 @@ func (g *groupAcc) add(m Metrics) {
 
 func (g *groupAcc) group() Group {
 	dice, iou := DiceIoU(g.tp, g.truth, g.pred)
-	return Group{Slices: g.n, BothEmpty: g.empty, Dice: g.dice.stat(), IoU: g.iou.stat(), RMSE: g.rmse.stat(), DiceWithTruth: g.diceT.stat(),
+	out := Group{Slices: g.n, WithTruth: int(g.dice.n), DiceMean: g.dice.stat(), IoUMean: g.iou.stat(),
+		BySize: make([]SizeBin, len(SizeBins)), EmptyClean: g.clean, EmptyFP: g.fp, RMSE: g.rmse.stat(),
 		DicePooled: dice, IoUPooled: iou, TP: g.tp, TruthPixels: g.truth, PredictedPixels: g.pred}
+	copy(out.BySize, SizeBins)
+	for i := range g.bins {
+		out.BySize[i].Dice = g.bins[i].stat()
+	}
+	return out
 }
 
 // DiceIoU returns the Dice and IoU of tp true-positive pixels among truth
@@ -149,27 +204,37 @@ func (a *Aggregator) Summary() map[string]ModelSummary {
 	return out
 }
 
-// WriteTable prints the aggregates as a plain-text table.
+// TableHeader names WriteTable's columns, in order.
+var TableHeader = []string{"model", "label", "slices", "with truth", "Dice mean (truth>0)",
+	"Dice <6mm", "Dice 6-10mm", "Dice 10-20mm", "Dice >20mm", "empty clean/FP", "Dice pooled", "IoU pooled"}
+
+// MeanN formats the mean with its count, "0.412 (20)", or "-" when N is 0.
+func (s Stat) MeanN() string {
+	if s.N == 0 {
+		return "-"
+	}
+	return fmt.Sprintf("%.3f (%d)", s.Mean, s.N)
+}
+
+// WriteTable prints the aggregates as a plain-text table, one row per
+// model and one per label under it: the slices, those with truth, the
+// headline Dice mean ± sd over them, the same mean by nodule size (with
+// its count), the empty-truth slices without and with a prediction, and
+// the pooled Dice and IoU. The columns widen to fit long names.
 func WriteTable(w io.Writer, sum map[string]ModelSummary) {
 	names := make([]string, 0, len(sum))
 	for n := range sum {
 		names = append(names, n)
 	}
 	sort.Strings(names)
-	fmt.Fprintf(w, "%-22s %-10s %7s %6s  %-15s %-15s %-15s %-15s %11s %10s\n", "model", "label", "slices", "empty", "Dice", "IoU", "RMSE", "Dice(truth>0)", "Dice pooled", "IoU pooled")
-	line := strings.Repeat("-", 141)
-	fmt.Fprintln(w, line)
-	row := func(name, label string, g Group) {
-		dt := "-"
-		if g.DiceWithTruth.N > 0 {
-			dt = g.DiceWithTruth.String()
-		}
-		fmt.Fprintf(w, "%-22s %-10s %7d %6d  %-15s %-15s %-15s %-15s %11.3f %10.3f\n", name, label, g.Slices, g.BothEmpty, g.Dice, g.IoU, g.RMSE, dt,
-			g.DicePooled, g.IoUPooled)
+	type row struct {
+		name, label string
+		g           Group
 	}
+	var rows []row
 	for _, n := range names {
 		s := sum[n]
-		row(n, "all", s.Group)
+		rows = append(rows, row{n, "all", s.Group})
 		labels := make([]string, 0, len(s.ByLabel))
 		for l := range s.ByLabel {
 			labels = append(labels, l)
@@ -177,8 +242,54 @@ func WriteTable(w io.Writer, sum map[string]ModelSummary) {
 		sort.Strings(labels)
 		if len(labels) > 1 || (len(labels) == 1 && labels[0] != "unlabelled") {
 			for _, l := range labels {
-				row("", l, s.ByLabel[l])
+				rows = append(rows, row{"", l, s.ByLabel[l]})
 			}
+		}
+	}
+	cells := [][]string{TableHeader}
+	for _, r := range rows {
+		g := r.g
+		c := []string{r.name, r.label, fmt.Sprint(g.Slices), fmt.Sprint(g.WithTruth), "-"}
+		if g.DiceMean.N > 0 {
+			c[4] = g.DiceMean.String()
+		}
+		for i := range SizeBins {
+			st := Stat{}
+			if i < len(g.BySize) {
+				st = g.BySize[i].Dice
+			}
+			c = append(c, st.MeanN())
+		}
+		c = append(c, fmt.Sprintf("%d/%d", g.EmptyClean, g.EmptyFP), fmt.Sprintf("%.3f", g.DicePooled), fmt.Sprintf("%.3f", g.IoUPooled))
+		cells = append(cells, c)
+	}
+	width := make([]int, len(TableHeader))
+	for _, c := range cells {
+		for i, v := range c {
+			width[i] = max(width[i], utf8.RuneCountInString(v))
+		}
+	}
+	total := 0
+	for _, n := range width {
+		total += n + 2
+	}
+	line := strings.Repeat("-", total-2)
+	for k, c := range cells {
+		var b strings.Builder
+		for i, v := range c {
+			if i > 0 {
+				b.WriteString("  ")
+			}
+			pad := strings.Repeat(" ", width[i]-utf8.RuneCountInString(v))
+			if i < 2 { // names left, numbers right
+				b.WriteString(v + pad)
+			} else {
+				b.WriteString(pad + v)
+			}
+		}
+		fmt.Fprintln(w, b.String())
+		if k == 0 {
+			fmt.Fprintln(w, line)
 		}
 	}
 	fmt.Fprintln(w, line)

@@ -77,6 +77,6 @@ func TestReplayPooledDice(t *testing.T) {
 		if d, i := score.DiceIoU(ms.TP, ms.TruthPixels, ms.PredictedPixels); d != ms.DicePooled || i != ms.IoUPooled {
 			t.Errorf("%s: pooled figures %v %v do not follow from the report's sums (%v %v)", name, ms.DicePooled, ms.IoUPooled, d, i)
 		}
-		t.Logf("%s: mean Dice %.4f, pooled %.4f over %d slices", name, ms.Dice.Mean, ms.DicePooled, ms.Slices)
+		t.Logf("%s: mean Dice %.4f over %d slices with truth, pooled %.4f over %d slices", name, ms.DiceMean.Mean, ms.WithTruth, ms.DicePooled, ms.Slices)
 	}
 }

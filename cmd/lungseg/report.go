@@ -18,8 +18,10 @@ func printReport(rep *replay.Report) {
 		rep.ReplayID, rep.Ingested, rep.Rejected, len(rep.Errors), rep.Seconds)
 	if len(rep.Models) > 0 {
 		score.WriteTable(os.Stdout, rep.Models)
-		fmt.Println("Dice, IoU, RMSE: mean ± sd over slices with ground truth; 'empty' counts slices where truth and prediction are both empty (Dice = IoU = 1).")
-		fmt.Println("Dice/IoU pooled: over all pixels of those slices, 2·ΣTP/(Σtruth+Σpredicted) and ΣTP/(Σtruth+Σpredicted−ΣTP), as the model cards measure Dice.")
+		fmt.Println("Dice mean: per-slice Dice ± sd over the slices whose ground truth has pixels ('with truth'); by size, the same mean by the")
+		fmt.Println("longest diameter of the truth's largest 8-connected component in mm, with the number of slices in brackets ('-': none).")
+		fmt.Println("'empty clean/FP': slices whose truth is empty, without and with a predicted pixel (false-positive slices).")
+		fmt.Println("Dice/IoU pooled: over all pixels of all slices, 2·ΣTP/(Σtruth+Σpredicted) and ΣTP/(Σtruth+Σpredicted−ΣTP), as the model cards measure Dice.")
 	}
 	if rep.Unscored > 0 {
 		fmt.Printf("%d slice×model results had no ground truth and are not in the table.\n", rep.Unscored)

@@ -55,17 +55,21 @@ type Progress interface {
 
 // SliceResult is one slice's score by one model.
 type SliceResult struct {
-	ID          string  `json:"id"`
-	Model       string  `json:"model"`
-	Label       string  `json:"label,omitempty"`
-	HasTruth    bool    `json:"has_truth"`
-	Dice        float64 `json:"dice"`
-	IoU         float64 `json:"iou"`
-	RMSE        float64 `json:"rmse"`
-	BothEmpty   bool    `json:"both_empty,omitempty"`
-	Truth       int64   `json:"truth_pixels"`
-	Predicted   int64   `json:"predicted_pixels"`
-	InferenceUs int64   `json:"inference_us"`
+	ID        string  `json:"id"`
+	Model     string  `json:"model"`
+	Label     string  `json:"label,omitempty"`
+	HasTruth  bool    `json:"has_truth"`
+	Dice      float64 `json:"dice"`
+	IoU       float64 `json:"iou"`
+	RMSE      float64 `json:"rmse"`
+	BothEmpty bool    `json:"both_empty,omitempty"`
+	Truth     int64   `json:"truth_pixels"`
+	Predicted int64   `json:"predicted_pixels"`
+	// TruthDiameterMm is the longest diameter of the truth's largest
+	// connected component (0 without truth pixels), which puts the slice
+	// in its score.SizeBins.
+	TruthDiameterMm float64 `json:"truth_diameter_mm,omitempty"`
+	InferenceUs     int64   `json:"inference_us"`
 }
 
 // ErrorResult is one failure reported during the replay.
@@ -76,7 +80,9 @@ type ErrorResult struct {
 	Error string `json:"error"`
 }
 
-// Report is the outcome of a replay.
+// Report is the outcome of a replay. Models holds each model's
+// score.ModelSummary: the headline dice_mean over slices with truth
+// pixels, by_size, empty_clean and empty_fp, and the pooled figures.
 type Report struct {
 	ReplayID string                        `json:"replay_id"`
 	Inputs   []string                      `json:"inputs"`
@@ -259,7 +265,7 @@ func Run(ctx context.Context, js jetstream.JetStream, o Options, log zerolog.Log
 				settled[k] = true
 				r := SliceResult{ID: s.Meta.Id, Model: s.Model, Label: s.Meta.Label, HasTruth: s.HasTruth,
 					Dice: s.Dice, IoU: s.Iou, RMSE: s.Rmse, BothEmpty: s.BothEmpty, Truth: s.TruthPixels,
-					Predicted: s.PredictedPixels, InferenceUs: s.InferenceUs}
+					Predicted: s.PredictedPixels, TruthDiameterMm: s.TruthDiameterMm, InferenceUs: s.InferenceUs}
 				rep.Slices = append(rep.Slices, r)
 				if s.HasTruth {
 					agg.Add(s.Model, s.Meta.Label, score.FromScore(s))

@@ -24,6 +24,7 @@ import (
 	"github.com/lungseg/lungseg/pkg/imgx"
 	"github.com/lungseg/lungseg/pkg/overlay"
 	"github.com/lungseg/lungseg/pkg/replay"
+	"github.com/lungseg/lungseg/score"
 	"golang.org/x/image/font"
 	"golang.org/x/image/font/basicfont"
 	"golang.org/x/image/math/fixed"
@@ -181,7 +182,7 @@ func Write(dir string, rep *replay.Report, px Pixels, o Options) (*Written, erro
 	for _, m := range models {
 		var dice []float64
 		for _, s := range rep.Slices {
-			if s.Model == m && s.HasTruth {
+			if s.Model == m && s.HasTruth && s.Truth > 0 {
 				dice = append(dice, s.Dice)
 			}
 		}
@@ -347,7 +348,7 @@ func drawHistogram(model string, counts []int, c color.RGBA) *image.RGBA {
 		total += n
 		top = max(top, n)
 	}
-	text(img, marginL, 17, fmt.Sprintf("%s: Dice of %d slices with ground truth", model, total), fg)
+	text(img, marginL, 17, fmt.Sprintf("%s: Dice of %d slices with truth pixels", model, total), fg)
 	plotW, plotH := histW-marginL-12, histH-marginT-marginB
 	x0, y0 := marginL, histH-marginB // origin, bottom-left
 	for i, n := range counts {
@@ -376,14 +377,18 @@ func drawHistogram(model string, counts []int, c color.RGBA) *image.RGBA {
 }
 
 type pageModel struct {
-	Name, Color, Sheet, Histogram string
-	Slices, Empty                 int
-	Dice, IoU, RMSE, DiceTruth    string
-	Picks                         []Choice
+	Name, Color, Sheet, Histogram   string
+	Slices, WithTruth               int
+	EmptyClean, EmptyFP             int
+	DiceMean, DicePooled, IoUPooled string
+	RMSE                            string
+	BySize                          []string // mean (n) per score.SizeBins
+	Picks                           []Choice
 }
 
 type page struct {
 	Title   string
+	Sizes   []score.SizeBin
 	Report  *replay.Report
 	Truth   string
 	Models  []pageModel
@@ -407,10 +412,14 @@ th:first-child,td:first-child{text-align:left}thead th{color:#8b95a3;font-weight
 <p class="muted">{{.Report.Ingested}} slices ingested, {{.Report.Rejected}} inputs rejected, {{len .Report.Errors}} errors, {{printf "%.1f" .Report.Seconds}} s; started {{.Report.Started.Format "2006-01-02 15:04:05 MST"}}.<br>
 Inputs: {{range $i, $in := .Report.Inputs}}{{if $i}}, {{end}}<code>{{$in}}</code>{{end}}</p>
 <h2>Scores</h2>
-<table id="scores"><thead><tr><th>model</th><th>slices</th><th>both empty</th><th>Dice</th><th>Dice (truth not empty)</th><th>IoU</th><th>RMSE</th></tr></thead><tbody>
-{{range .Models}}<tr data-model="{{.Name}}"><td><span class="sw" style="background:{{.Color}}"></span>{{.Name}}</td><td>{{.Slices}}</td><td>{{.Empty}}</td><td>{{.Dice}}</td><td>{{.DiceTruth}}</td><td>{{.IoU}}</td><td>{{.RMSE}}</td></tr>
+<table id="scores"><thead><tr><th>model</th><th>slices</th><th>with truth</th><th>Dice mean (truth&gt;0)</th>{{range .Sizes}}<th>Dice {{.Label}} mm</th>{{end}}<th>empty truth: clean</th><th>empty truth: FP</th><th>Dice pooled</th><th>IoU pooled</th><th>RMSE</th></tr></thead><tbody>
+{{range .Models}}<tr data-model="{{.Name}}"><td><span class="sw" style="background:{{.Color}}"></span>{{.Name}}</td><td>{{.Slices}}</td><td>{{.WithTruth}}</td><td class="headline">{{.DiceMean}}</td>{{range .BySize}}<td>{{.}}</td>{{end}}<td>{{.EmptyClean}}</td><td>{{.EmptyFP}}</td><td>{{.DicePooled}}</td><td>{{.IoUPooled}}</td><td>{{.RMSE}}</td></tr>
 {{end}}</tbody></table>
-<p class="muted">Mean ± sd over slices with ground truth. <span class="sw" style="background:{{.Truth}}"></span>ground truth outline; each model's prediction in its colour.</p>
+<p class="muted">Dice mean: per-slice Dice ± sd over the slices whose ground truth is not empty ("with truth"); by size, the same mean
+by the longest diameter of the truth's largest connected component, with the number of slices in brackets. Slices whose truth is empty
+are counted apart: clean when nothing was predicted, FP when something was. Dice and IoU pooled: over all pixels of all slices,
+2·ΣTP/(Σtruth+Σpredicted) and ΣTP/(Σtruth+Σpredicted−ΣTP). RMSE of the probability map, over all slices.
+<span class="sw" style="background:{{.Truth}}"></span>ground truth outline; each model's prediction in its colour.</p>
 <h2>Dice histograms</h2>
 <div class="hists">{{range .Models}}<img src="{{.Histogram}}" alt="Dice histogram of {{.Name}}" width="480" height="260">{{end}}</div>
 {{range .Models}}{{if .Sheet}}<h2>Best, median and worst slices of {{.Name}}</h2>
@@ -425,12 +434,24 @@ Inputs: {{range $i, $in := .Report.Inputs}}{{if $i}}, {{end}}<code>{{$in}}</code
 `))
 
 func writePage(path, title string, rep *replay.Report, models []string, colors map[string]color.RGBA, picks map[string][]Choice, w *Written) error {
-	p := page{Title: title, Report: rep, Truth: overlay.Hex(overlay.TruthColor), Missing: w.Missing}
+	p := page{Title: title, Sizes: score.SizeBins, Report: rep, Truth: overlay.Hex(overlay.TruthColor), Missing: w.Missing}
 	for _, m := range models {
 		sum := rep.Models[m]
-		p.Models = append(p.Models, pageModel{Name: m, Color: overlay.Hex(colors[m]), Sheet: w.Sheets[m], Histogram: w.Histograms[m],
-			Slices: sum.Slices, Empty: sum.BothEmpty, Dice: sum.Dice.String(), IoU: sum.IoU.String(), RMSE: sum.RMSE.String(),
-			DiceTruth: sum.DiceWithTruth.String(), Picks: picks[m]})
+		pm := pageModel{Name: m, Color: overlay.Hex(colors[m]), Sheet: w.Sheets[m], Histogram: w.Histograms[m],
+			Slices: sum.Slices, WithTruth: sum.WithTruth, EmptyClean: sum.EmptyClean, EmptyFP: sum.EmptyFP, DiceMean: "-",
+			DicePooled: fmt.Sprintf("%.3f", sum.DicePooled), IoUPooled: fmt.Sprintf("%.3f", sum.IoUPooled), RMSE: sum.RMSE.String(),
+			Picks: picks[m]}
+		if sum.DiceMean.N > 0 {
+			pm.DiceMean = sum.DiceMean.String()
+		}
+		for i := range score.SizeBins {
+			st := score.Stat{}
+			if i < len(sum.BySize) {
+				st = sum.BySize[i].Dice
+			}
+			pm.BySize = append(pm.BySize, st.MeanN())
+		}
+		p.Models = append(p.Models, pm)
 	}
 	p.Errors = rep.Errors
 	if len(p.Errors) > 200 {
