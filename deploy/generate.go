@@ -10,8 +10,10 @@ import (
 )
 
 // ShippedModels are the registry models the manifests deploy a segment
-// consumer for (the folders of models/).
-var ShippedModels = []string{"resnet50-unet-small", "swin-unet-small", "unetr-small"}
+// consumer for (the folders of models/, crop models included: `--models
+// all` runs them alone too).
+var ShippedModels = []string{"resnet50-unet-small", "resnet50-unet-small-crop", "swin-unet-small", "swin-unet-small-crop",
+	"unetr-small", "unetr-small-crop"}
 
 // Files returns the generated files, keyed by path relative to deploy/.
 func Files() (map[string][]byte, error) {

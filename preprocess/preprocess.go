@@ -151,14 +151,16 @@ func (p *Stage) Process(ctx context.Context, m *stage.Msg, e stage.Emitter) erro
 			Channels:     1,
 			Height:       int32(card.Input.Height),
 			Width:        int32(card.Input.Width),
-			Tensor:       imgx.EncodeFloat32(Input(hu, card)),
 			MaskBits:     s.MaskBits,
 			HasMask:      s.HasMask,
 			Tta:          tta || p.TTA || card.TTA,
 		}
 		cascade := model.IsCascade(name)
-		if cascade {
-			if err := p.attachNative(ctx, in, s); err != nil {
+		if !card.IsCrop() {
+			in.Tensor = imgx.EncodeFloat32(Input(hu, card))
+		}
+		if card.IsCrop() || cascade {
+			if err := p.attach(ctx, in, s, hu, card); err != nil {
 				if stage.IsPermanent(err) {
 					if ferr := e.Fail(ctx, stage.Failure{SliceID: s.Meta.Id, ReplayID: s.Meta.ReplayId, Model: name, Err: err}); ferr != nil {
 						return ferr
@@ -176,7 +178,7 @@ func (p *Stage) Process(ctx context.Context, m *stage.Msg, e stage.Emitter) erro
 			SliceID: s.Meta.Id, ReplayID: s.Meta.ReplayId, Model: name}); err != nil {
 			return err
 		}
-		if p.TrainCopies > 0 && mask != nil && !tta && !cascade {
+		if p.TrainCopies > 0 && mask != nil && !tta && !cascade && !card.IsCrop() {
 			if err := p.emitTraining(ctx, e, s.Meta, card, hu, mask); err != nil {
 				return err
 			}
@@ -189,11 +191,12 @@ func (p *Stage) Process(ctx context.Context, m *stage.Msg, e stage.Emitter) erro
 // for headers under the payload limit.
 const MaxInput = bus.MaxPayload - 16<<10
 
-// attachNative gives a cascade's input the slice's native HU, which the
-// crop model reads: a reference when the slice's pixels are in the object
-// store, else the pixels themselves; when those would push the input over
-// MaxInput they are stored in the object store (key "native/<replay>/<id>")
-// and referenced, or, without an object store, the input fails with a
+// attachNative gives a cascade's input, or a crop model's on a slice
+// larger than its window, the slice's native HU, which the crop model
+// reads: a reference when the slice's pixels are in the object store, else
+// the pixels themselves; when those would push the input over MaxInput
+// they are stored in the object store (key "native/<replay>/<id>") and
+// referenced, or, without an object store, the input fails with a
 // permanent error.
 func (p *Stage) attachNative(ctx context.Context, in *lungsegv1.ModelInput, s *lungsegv1.Slice) error {
 	if s.HuRef != nil {
@@ -205,7 +208,7 @@ func (p *Stage) attachNative(ctx context.Context, in *lungsegv1.ModelInput, s *l
 		return nil
 	} else if p.Objects == nil {
 		in.NativeHu = nil
-		return stage.Permanentf("preprocess: slice %s: cascade input for %s with native HU is %d bytes, over the %d-byte message limit, and no object store is configured",
+		return stage.Permanentf("preprocess: slice %s: input for %s with native HU is %d bytes, over the %d-byte message limit, and no object store is configured",
 			s.Meta.Id, in.Model, n, MaxInput)
 	}
 	key := "native/" + s.Meta.ReplayId + "/" + s.Meta.Id

@@ -22,7 +22,8 @@ import (
 type Stage struct{}
 
 // Prediction maps a model output to the slice's grid: the probability map
-// resized to rows×cols (refined with the crop windows for a cascade) and
+// resized to rows×cols (refined with the crop windows for a cascade; cut
+// out at its placement, unresized, for a crop model's padded window) and
 // the predicted mask cut from it at the output's threshold.
 func Prediction(o *lungsegv1.ModelOutput) (prob []float32, pred *imgx.Mask, err error) {
 	if o.Meta == nil {
@@ -39,6 +40,9 @@ func Prediction(o *lungsegv1.ModelOutput) (prob []float32, pred *imgx.Mask, err 
 	rows, cols := int(o.Meta.Rows), int(o.Meta.Cols)
 	if err := imgx.CheckSize(rows, cols); err != nil {
 		return nil, nil, fmt.Errorf("score: slice %s: %w", o.Meta.Id, err)
+	}
+	if o.Placement != nil {
+		return placed(o, small)
 	}
 	full := imgx.ResizeBilinear(small, h, w, rows, cols)
 	if !o.Cascade {

@@ -8,6 +8,11 @@
 // crop model paired with m: it runs m, places crop windows on the slice's
 // native grid (segment/cascade), runs the crop model in them and publishes
 // m's map with the windows; score merges them.
+//
+// A crop model selected on its own gets a slice that fits in its window
+// padded to it, with the placement, which score cuts out again; a larger
+// slice arrives as native HU and the crop model runs over it in
+// overlapping windows (Tile).
 package segment
 
 import (
@@ -121,6 +126,10 @@ func (s *Stage) Process(ctx context.Context, m *stage.Msg, e stage.Emitter) erro
 	if base, _ := model.SplitVariant(in.Model); base != c.Name {
 		return stage.Permanentf("segment: input for model %q reached worker of %q", in.Model, c.Name)
 	}
+	if c.IsCrop() && in.Placement == nil {
+		// A crop model on a slice larger than its window (processTiled).
+		return s.processTiled(ctx, &in, e)
+	}
 	h, w := c.Input.Height, c.Input.Width
 	if int(in.Height) != h || int(in.Width) != w || int(in.Channels) != c.Input.Channels {
 		return stage.Permanentf("segment: slice %s: input %d×%d×%d, model %s wants %d×%d×%d",
@@ -152,6 +161,7 @@ func (s *Stage) Process(ctx context.Context, m *stage.Msg, e stage.Emitter) erro
 		Threshold: float32(c.Threshold), MaskBits: in.MaskBits, HasMask: in.HasMask,
 		Provider: s.Model.Provider(),
 	}
+	out.Placement = in.Placement
 	if isCascade {
 		if err := s.refine(out, prob, hu); err != nil {
 			return err
@@ -169,7 +179,8 @@ func (s *Stage) Process(ctx context.Context, m *stage.Msg, e stage.Emitter) erro
 		SliceID: in.Meta.Id, ReplayID: in.Meta.ReplayId, Model: in.Model})
 }
 
-// nativeHU decodes a cascade input's native HU, fetching it from the
+// nativeHU decodes the native HU of a cascade input or of a crop model's
+// input larger than its window, fetching it from the
 // object store when the input holds a reference. Bad pixels are permanent
 // errors; a failed fetch is retried.
 func (s *Stage) nativeHU(ctx context.Context, in *lungsegv1.ModelInput) (*imgx.HU, error) {
@@ -195,7 +206,7 @@ func (s *Stage) nativeHU(ctx context.Context, in *lungsegv1.ModelInput) (*imgx.H
 		px = b
 	}
 	if len(px) == 0 {
-		return nil, stage.Permanentf("segment: slice %s: cascade input %s without native HU", in.Meta.Id, in.Model)
+		return nil, stage.Permanentf("segment: slice %s: input %s without native HU", in.Meta.Id, in.Model)
 	}
 	hu, err := imgx.DecodeHU(rows, cols, px)
 	if err != nil {

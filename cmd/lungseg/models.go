@@ -142,7 +142,7 @@ func printModels(w io.Writer, reg *model.Registry, verify bool, open modelOpener
 		c, _ := reg.Get(name)
 		if c.IsCrop() {
 			if k, ok := reg.Crop(c.Detector); !ok || k.Name != c.Name {
-				fmt.Fprintf(w, "crop model %s is not runnable: detector %s is not a whole-slice model of this registry\n", c.Name, c.Detector)
+				fmt.Fprintf(w, "crop model %s has no cascade: detector %s is not a whole-slice model of this registry (it runs alone)\n", c.Name, c.Detector)
 			}
 		}
 	}

@@ -76,7 +76,7 @@ func TestModelsListsCropModelsAndCascades(t *testing.T) {
 			verify:   true,
 			rows:     map[string][]string{"tiny-crop": {"crop", "tiny-det", "sha256", "ok,", "ort", "ok"}},
 			cascades: "cascades: none",
-			notes:    []string{"crop model tiny-crop is not runnable: detector tiny-det"},
+			notes:    []string{"crop model tiny-crop has no cascade: detector tiny-det"},
 		},
 	}
 	for _, tc := range tests {

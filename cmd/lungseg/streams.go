@@ -32,7 +32,7 @@ func cmdStreams(ctx context.Context, args []string) error {
 	so := cfg.streamOptions()
 	var models []string
 	if reg, err := model.OpenRegistry(cfg.ModelsDir); err == nil {
-		models = reg.Names()
+		models = reg.AllNames()
 	} else if sub == "apply" && *consumers {
 		return err
 	}

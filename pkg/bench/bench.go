@@ -261,6 +261,10 @@ func Run(ctx context.Context, o Options) (*Report, error) {
 		if err != nil {
 			return nil, err
 		}
+		if c.IsCrop() {
+			rep.Skipped = append(rep.Skipped, fmt.Sprintf("%s: crop models are not benchmarked", n))
+			continue
+		}
 		cards = append(cards, c)
 	}
 	if len(cards) == 0 {

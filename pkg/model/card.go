@@ -23,9 +23,6 @@ var (
 	ErrUnknownModel = errors.New("model: unknown model")
 	ErrBadCard      = errors.New("model: bad card")
 	ErrChecksum     = errors.New("model: sha256 mismatch")
-	// ErrNotRunnable reports a selection of a crop model on its own: crop
-	// models segment windows a cascade cuts, not whole slices.
-	ErrNotRunnable = errors.New("model: not runnable on whole slices")
 )
 
 // CardFile and ModelFile are the names inside each model folder.
@@ -106,7 +103,9 @@ type Card struct {
 	TTA bool `json:"tta,omitempty"`
 	// Task is "" or "slice" for a whole-slice model, "crop" for a crop
 	// model, which segments a Cascade.Window² window at the slice's native
-	// pixel grid inside a cascade behind its Detector.
+	// pixel grid: inside a cascade behind its Detector, or selected alone,
+	// on a slice padded to the window (imgx.PadCentre) or, when the slice
+	// is larger, in overlapping windows (segment).
 	Task string `json:"task,omitempty"`
 	// Detector is the whole-slice model a crop model pairs with (crop
 	// models only); "<detector>+crop" selects the cascade.
@@ -285,9 +284,8 @@ func OpenRegistry(dir string) (*Registry, error) {
 	return r, nil
 }
 
-// Names returns the names of the whole-slice models, sorted: the models a
-// slice can be sent to on its own. Crop models are left out (AllNames
-// lists them too).
+// Names returns the names of the whole-slice models, sorted. Crop models
+// are left out (AllNames lists them too).
 func (r *Registry) Names() []string {
 	var n []string
 	for k, c := range r.cards {
@@ -299,7 +297,8 @@ func (r *Registry) Names() []string {
 	return n
 }
 
-// AllNames returns the names of every card, crop models included, sorted.
+// AllNames returns the names of every card, crop models included, sorted:
+// every model a slice can be sent to on its own.
 func (r *Registry) AllNames() []string {
 	n := make([]string, 0, len(r.cards))
 	for k := range r.cards {
@@ -363,11 +362,11 @@ func SplitVariant(name string) (base string, tta bool) {
 // IsCascade reports whether a selection name is a cascade ("m+crop").
 func IsCascade(name string) bool { return strings.HasSuffix(name, CropSuffix) }
 
-// Resolve expands a model selection: "all" means every whole-slice model
-// then every runnable cascade (Cascades), "all+tta" every whole-slice
-// model's TTA variant, "all+crop" every cascade; names are checked (a crop
-// model alone is ErrNotRunnable, "m+crop" needs a crop model paired with
-// m); duplicates are dropped; the order is kept.
+// Resolve expands a model selection: "all" means every model, whole-slice
+// and crop (AllNames), then every runnable cascade (Cascades), "all+tta"
+// every model's TTA variant, "all+crop" every cascade; names are checked
+// ("m+crop" needs a whole-slice m with a crop model paired with it);
+// duplicates are dropped; the order is kept.
 func (r *Registry) Resolve(names []string) ([]string, error) {
 	var out []string
 	seen := map[string]bool{}
@@ -383,14 +382,14 @@ func (r *Registry) Resolve(names []string) ([]string, error) {
 			switch part {
 			case "":
 			case "all":
-				for _, m := range r.Names() {
+				for _, m := range r.AllNames() {
 					add(m)
 				}
 				for _, m := range r.Cascades() {
 					add(m)
 				}
 			case "all" + TTASuffix:
-				for _, m := range r.Names() {
+				for _, m := range r.AllNames() {
 					add(m + TTASuffix)
 				}
 			case "all" + CropSuffix:
@@ -419,8 +418,8 @@ func (r *Registry) check(sel string) error {
 	if err != nil {
 		return err
 	}
-	if c.IsCrop() {
-		return fmt.Errorf("%w: %s is a crop model; select its cascade %s%s", ErrNotRunnable, c.Name, c.Detector, CropSuffix)
+	if crop && c.IsCrop() {
+		return fmt.Errorf("%w %q: %s is a crop model; its cascade is %s%s", ErrUnknownModel, sel, c.Name, c.Detector, CropSuffix)
 	}
 	if crop {
 		if _, ok := r.Crop(base); !ok {

@@ -137,7 +137,7 @@ func TestRegistryCascades(t *testing.T) {
 	writeModel(t, dir, "b", nil)
 	writeModel(t, dir, "a", nil)
 	writeModel(t, dir, "a-crop", cropCard("a"))
-	writeModel(t, dir, "orphan-crop", cropCard("gone")) // detector absent: not runnable
+	writeModel(t, dir, "orphan-crop", cropCard("gone")) // detector absent: runs alone, no cascade
 	r, err := model.OpenRegistry(dir)
 	if err != nil {
 		t.Fatal(err)
@@ -162,16 +162,17 @@ func TestRegistryCascades(t *testing.T) {
 		want []string
 		err  error
 	}{
-		{[]string{"all"}, []string{"a", "b", "a+crop"}, nil},
-		{[]string{"all+tta"}, []string{"a+tta", "b+tta"}, nil},
+		{[]string{"all"}, []string{"a", "a-crop", "b", "orphan-crop", "a+crop"}, nil},
+		{[]string{"all+tta"}, []string{"a+tta", "a-crop+tta", "b+tta", "orphan-crop+tta"}, nil},
 		{[]string{"all+crop", "a"}, []string{"a+crop", "a"}, nil},
 		{[]string{"a+crop,a+tta"}, []string{"a+crop", "a+tta"}, nil},
 		{[]string{"b+crop"}, nil, model.ErrUnknownModel},
 		{[]string{"a+crop+tta"}, nil, model.ErrUnknownModel},
 		{[]string{"a+tta+crop"}, nil, model.ErrUnknownModel},
-		{[]string{"a-crop"}, nil, model.ErrNotRunnable},
-		{[]string{"a-crop+tta"}, nil, model.ErrNotRunnable},
-		{[]string{"orphan-crop"}, nil, model.ErrNotRunnable},
+		// A crop model runs alone (padded or tiled), with or without TTA,
+		// also when its detector is absent; it has no cascade of its own.
+		{[]string{"a-crop", "orphan-crop,a-crop+tta"}, []string{"a-crop", "orphan-crop", "a-crop+tta"}, nil},
+		{[]string{"a-crop+crop"}, nil, model.ErrUnknownModel},
 		{[]string{"gone+crop"}, nil, model.ErrUnknownModel},
 	}
 	for _, tc := range tests {

@@ -1,0 +1,136 @@
+package segment
+
+import (
+	"context"
+	"fmt"
+	"time"
+
+	"github.com/lungseg/lungseg/pkg/bus"
+	"github.com/lungseg/lungseg/pkg/imgx"
+	"github.com/lungseg/lungseg/pkg/model"
+	"github.com/lungseg/lungseg/pkg/stage"
+	lungsegv1 "github.com/lungseg/lungseg/proto/lungseg/v1"
+	"github.com/lungseg/lungseg/segment/cascade"
+	"google.golang.org/protobuf/proto"
+)
+
+// TileStride is the step between the overlapping windows in which a crop
+// model covers a slice larger than its window (a quarter of a 128-pixel
+// window overlaps its neighbour).
+const TileStride = 96
+
+// MaxTiledSide caps each side of the probability map published for a
+// tiled slice: a larger native map is resized down to at most
+// MaxTiledSide×MaxTiledSide (256² float32 is 256 KiB, well under the
+// message limit), and score resizes it back to the slice's grid.
+const MaxTiledSide = 256
+
+// tileChunk is the most windows in one model call while tiling.
+const tileChunk = 16
+
+// TileOrigins returns where windows of size w start along an axis of n ≥ w
+// pixels: 0, stride, 2·stride, … while the window fits, and n−w last, so
+// the windows cover the axis.
+func TileOrigins(n, w, stride int) []int {
+	var o []int
+	for p := 0; p+w < n; p += stride {
+		o = append(o, p)
+	}
+	return append(o, n-w)
+}
+
+// Tile runs a crop model on a slice at its native pixel grid in
+// overlapping windows and returns its probability map (rows×cols): the
+// slice is first mirror-padded (imgx.PadCentre) to the window along any
+// axis shorter than it, then covered by Input.Height×Input.Width windows
+// at TileOrigins(…, stride) on each axis, each normalised as the card says
+// and run (with flip TTA when tta is set, per window); where windows
+// overlap their probabilities are averaged; the padding is cut off again.
+// A slice that fits in the window is one window, padded as preprocess pads
+// it (CropInput), so both paths give the same map.
+func Tile(m Model, card *model.Card, hu *imgx.HU, stride int, tta bool) ([]float32, error) {
+	H, W := card.Input.Height, card.Input.Width
+	if stride < 1 {
+		return nil, fmt.Errorf("segment: tile stride %d", stride)
+	}
+	ph, pw := max(hu.Rows, H), max(hu.Cols, W)
+	pad, r, err := imgx.PadCentre(hu.Pix, hu.Rows, hu.Cols, ph, pw)
+	if err != nil {
+		return nil, err
+	}
+	padded := &imgx.HU{Rows: ph, Cols: pw, Pix: pad}
+	var wins []cascade.Window
+	for _, y := range TileOrigins(ph, H, stride) {
+		for _, x := range TileOrigins(pw, W, stride) {
+			wins = append(wins, cascade.Window{Y0: y, X0: x, H: H, W: W})
+		}
+	}
+	sum := make([]float32, ph*pw)
+	count := make([]float32, ph*pw)
+	for k := 0; k < len(wins); k += tileChunk {
+		chunk := wins[k:min(k+tileChunk, len(wins))]
+		var probs [][]float32
+		if tta {
+			for _, w := range chunk {
+				p, err := Predict(m, cascade.Crop(padded, w, card.Normalisation), H, W, true)
+				if err != nil {
+					return nil, err
+				}
+				probs = append(probs, p)
+			}
+		} else if probs, err = RunWindows(m, card, padded, chunk); err != nil {
+			return nil, err
+		}
+		for j, w := range chunk {
+			if len(probs[j]) != H*W {
+				return nil, fmt.Errorf("%w: model returned %d values for a %d×%d window", cascade.ErrWindow, len(probs[j]), H, W)
+			}
+			for y := 0; y < H; y++ {
+				row := (w.Y0+y)*pw + w.X0
+				for x, v := range probs[j][y*W : (y+1)*W] {
+					sum[row+x] += v
+					count[row+x]++
+				}
+			}
+		}
+	}
+	for i := range sum {
+		sum[i] /= count[i]
+	}
+	return imgx.Cut(sum, ph, pw, r)
+}
+
+// processTiled serves a crop model's input without a placement: the slice
+// did not fit in the window, so preprocess sent its native HU and the model
+// runs over it in overlapping windows (Tile). The map is published at the
+// native grid, or resized down to at most MaxTiledSide per side.
+func (s *Stage) processTiled(ctx context.Context, in *lungsegv1.ModelInput, e stage.Emitter) error {
+	c := s.Card
+	hu, err := s.nativeHU(ctx, in)
+	if err != nil {
+		return err
+	}
+	start := time.Now()
+	prob, err := Tile(s.Model, c, hu, TileStride, in.Tta)
+	if err != nil {
+		return fmt.Errorf("segment: running %s in windows over %s (%d×%d): %w", c.Name, in.Meta.Id, hu.Rows, hu.Cols, err)
+	}
+	h, w := min(hu.Rows, MaxTiledSide), min(hu.Cols, MaxTiledSide)
+	prob = imgx.ResizeBilinear(prob, hu.Rows, hu.Cols, h, w)
+	out := &lungsegv1.ModelOutput{
+		Meta: in.Meta, Model: in.Model, ModelVersion: c.Version,
+		Height: int32(h), Width: int32(w), Prob: imgx.EncodeFloat32(prob),
+		Threshold: float32(c.Threshold), MaskBits: in.MaskBits, HasMask: in.HasMask,
+		FieldBits: in.FieldBits, HasField: in.HasField,
+		Provider: s.Model.Provider(), InferenceUs: time.Since(start).Microseconds(),
+	}
+	b, err := proto.Marshal(out)
+	if err != nil {
+		return err
+	}
+	if len(b) > maxOutput {
+		return stage.Permanentf("segment: slice %s: output of %s is %d bytes, over the %d-byte message limit", in.Meta.Id, in.Model, len(b), maxOutput)
+	}
+	return e.Emit(ctx, stage.Out{Subject: bus.MasksSubject(c.Name), Data: b,
+		SliceID: in.Meta.Id, ReplayID: in.Meta.ReplayId, Model: in.Model})
+}

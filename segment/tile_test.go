@@ -1,0 +1,160 @@
+package segment
+
+import (
+	"context"
+	"math"
+	"reflect"
+	"strings"
+	"testing"
+
+	"github.com/lungseg/lungseg/pkg/imgx"
+	"github.com/lungseg/lungseg/pkg/stage"
+	lungsegv1 "github.com/lungseg/lungseg/proto/lungseg/v1"
+	"google.golang.org/protobuf/proto"
+)
+
+// rowModel ignores its input: every window's probability is the row
+// within the window divided by its height, so where windows overlap the
+// averaged map shows which windows covered a pixel.
+type rowModel struct{ h, w int }
+
+func (m rowModel) Provider() string { return "test" }
+func (m rowModel) Run(in []float32, n int) ([]float32, error) {
+	out := make([]float32, len(in))
+	for i := range out {
+		out[i] = float32(i%(m.h*m.w)/m.w) / float32(m.h)
+	}
+	return out, nil
+}
+
+func TestTileOrigins(t *testing.T) {
+	for _, tc := range []struct {
+		n    int
+		want []int
+	}{{128, []int{0}}, {129, []int{0, 1}}, {200, []int{0, 72}}, {225, []int{0, 96, 97}}, {512, []int{0, 96, 192, 288, 384}}} {
+		if got := TileOrigins(tc.n, 128, 96); !reflect.DeepEqual(got, tc.want) {
+			t.Errorf("TileOrigins(%d, 128, 96) = %v, want %v", tc.n, got, tc.want)
+		}
+	}
+}
+
+// TestTileAveragesOverlaps tiles a 40×10 slice with 16×16 windows at
+// stride 12: rows are covered by windows starting at 0, 12 and 24 (40−16),
+// columns by one window over the slice mirror-padded to 16 (3 columns
+// left). Each native pixel must be the mean of the window rows it fell on.
+func TestTileAveragesOverlaps(t *testing.T) {
+	hu := imgx.NewHU(40, 10)
+	got, err := Tile(rowModel{16, 16}, testCrop(16), hu, 12, false)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(got) != 40*10 {
+		t.Fatalf("%d values for 40×10", len(got))
+	}
+	for y := 0; y < 40; y++ {
+		var sum float64
+		n := 0
+		for _, y0 := range []int{0, 12, 24} {
+			if y >= y0 && y < y0+16 {
+				sum += float64(y-y0) / 16
+				n++
+			}
+		}
+		want := sum / float64(n)
+		for x := 0; x < 10; x++ {
+			if v := float64(got[y*10+x]); math.Abs(v-want) > 1e-6 {
+				t.Fatalf("(%d,%d) = %v, want %v (mean over %d windows)", y, x, v, want, n)
+			}
+		}
+	}
+}
+
+// TestTileIsNativeGrid checks with an echo model (probability = input)
+// that every pixel of a tiled slice, with and without flip TTA, comes back
+// as its own normalised HU: windows and padding line up with the slice.
+func TestTileIsNativeGrid(t *testing.T) {
+	c := testCrop(16)
+	for _, sz := range [][2]int{{40, 10}, {16, 16}, {7, 33}, {50, 61}} {
+		hu := imgx.NewHU(sz[0], sz[1])
+		for i := range hu.Pix {
+			hu.Pix[i] = int16((i*37)%3000 - 1500)
+		}
+		for _, tta := range []bool{false, true} {
+			got, err := Tile(&echoModel{}, c, hu, 12, tta)
+			if err != nil {
+				t.Fatal(err)
+			}
+			for i, v := range hu.Pix {
+				if w := c.Normalisation.Apply(float64(v)); math.Abs(float64(got[i]-w)) > 1e-6 {
+					t.Fatalf("%v tta %v: pixel %d = %v, want %v", sz, tta, i, got[i], w)
+				}
+			}
+		}
+	}
+}
+
+// TestProcessCropModel runs the segment stage of a crop model: an input
+// with a placement runs as a window and passes the placement on; one
+// without runs tiled over its native HU and is published at the native
+// grid, or at 256 per side at most; one with neither fails permanently.
+func TestProcessCropModel(t *testing.T) {
+	c := testCrop(128)
+	st := &Stage{Card: c, Model: &echoModel{}}
+	ctx := context.Background()
+	place := &lungsegv1.Region{Y0: 40, X0: 30, Height: 50, Width: 70}
+	in := &lungsegv1.ModelInput{Meta: &lungsegv1.SliceMeta{Id: "s", ReplayId: "r", Rows: 50, Cols: 70}, Model: "c",
+		Channels: 1, Height: 128, Width: 128, Tensor: imgx.EncodeFloat32(make([]float32, 128*128)), Placement: place}
+	out := runStage(t, st, in)
+	if out.Height != 128 || out.Width != 128 || !proto.Equal(out.Placement, place) {
+		t.Fatalf("placed input: output %d×%d placement %v", out.Height, out.Width, out.Placement)
+	}
+	for _, tc := range []struct{ rows, cols, h, w int }{{200, 150, 200, 150}, {300, 100, 256, 100}, {512, 512, 256, 256}} {
+		hu := imgx.NewHU(tc.rows, tc.cols)
+		for i := range hu.Pix {
+			hu.Pix[i] = int16(i%1000 - 500)
+		}
+		in := &lungsegv1.ModelInput{Meta: &lungsegv1.SliceMeta{Id: "big", ReplayId: "r", Rows: int32(tc.rows), Cols: int32(tc.cols)},
+			Model: "c", Channels: 1, Height: 128, Width: 128, NativeHu: hu.EncodeInt16()}
+		out := runStage(t, st, in)
+		if int(out.Height) != tc.h || int(out.Width) != tc.w || out.Placement != nil || out.Threshold != 0.5 {
+			t.Fatalf("%d×%d: output %d×%d placement %v threshold %v, want %d×%d", tc.rows, tc.cols, out.Height, out.Width, out.Placement, out.Threshold, tc.h, tc.w)
+		}
+		if tc.h == tc.rows && tc.w == tc.cols {
+			prob, err := imgx.DecodeFloat32(tc.h*tc.w, out.Prob)
+			if err != nil {
+				t.Fatal(err)
+			}
+			for i, v := range hu.Pix {
+				if w := c.Normalisation.Apply(float64(v)); math.Abs(float64(prob[i]-w)) > 1e-6 {
+					t.Fatalf("%d×%d: pixel %d = %v, want %v", tc.rows, tc.cols, i, prob[i], w)
+				}
+			}
+		}
+	}
+	b, _ := proto.Marshal(&lungsegv1.ModelInput{Meta: &lungsegv1.SliceMeta{Id: "none", ReplayId: "r", Rows: 300, Cols: 300},
+		Model: "c", Channels: 1, Height: 128, Width: 128})
+	err := st.Process(ctx, &stage.Msg{Data: b}, &emitted{})
+	if !stage.IsPermanent(err) || !strings.Contains(err.Error(), "without native HU") {
+		t.Fatalf("input without placement or native HU: %v", err)
+	}
+}
+
+func runStage(t *testing.T, st *Stage, in *lungsegv1.ModelInput) *lungsegv1.ModelOutput {
+	t.Helper()
+	b, err := proto.Marshal(in)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var e emitted
+	if err := st.Process(context.Background(), &stage.Msg{Data: b}, &e); err != nil {
+		t.Fatal(err)
+	}
+	if len(e.outs) != 1 {
+		t.Fatalf("%d outputs", len(e.outs))
+	}
+	var out lungsegv1.ModelOutput
+	if err := proto.Unmarshal(e.outs[0].Data, &out); err != nil {
+		t.Fatal(err)
+	}
+	return &out
+}
