@@ -230,6 +230,7 @@ def resume_path(work: str, name: str) -> str:
 
 def save_resume(path: str, state: Dict[str, object]) -> None:
     """Writes the resume state atomically (a kill while writing keeps the old one)."""
+    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
     tmp = path + ".tmp"
     torch.save(state, tmp)
     os.replace(tmp, path)
