@@ -1,6 +1,7 @@
 package main
 
 import (
+	"bytes"
 	"context"
 	"encoding/json"
 	"errors"
@@ -406,9 +407,14 @@ func doReplay(ctx context.Context, cfg *Config, a replayArgs) error {
 	return err
 }
 
+// writeJSON writes v as indented JSON, with "<" and ">" as they are (the
+// size bins "<6" and ">20" stay readable).
 func writeJSON(path string, v any) error {
-	b, err := json.MarshalIndent(v, "", "  ")
-	if err != nil {
+	var b bytes.Buffer
+	enc := json.NewEncoder(&b)
+	enc.SetEscapeHTML(false)
+	enc.SetIndent("", "  ")
+	if err := enc.Encode(v); err != nil {
 		return err
 	}
 	if dir := filepath.Dir(path); dir != "" {
@@ -416,5 +422,5 @@ func writeJSON(path string, v any) error {
 			return err
 		}
 	}
-	return os.WriteFile(path, append(b, '\n'), 0o644)
+	return os.WriteFile(path, b.Bytes(), 0o644)
 }
