@@ -70,6 +70,7 @@ func ScoreOutput(o *lungsegv1.ModelOutput) (*lungsegv1.Score, error) {
 		m := CompareMask(full, pred, truth)
 		s.Dice, s.Iou, s.Rmse, s.BothEmpty = m.Dice, m.IoU, m.RMSE, m.BothEmpty
 		s.TruthPixels, s.PredictedPixels = int64(m.Truth), int64(m.Predicted)
+		s.TruthDiameterMm = imgx.LargestDiameter(truth, o.Meta.SpacingRowMm, o.Meta.SpacingColMm)
 	} else {
 		s.PredictedPixels = int64(pred.Count())
 	}
@@ -85,11 +86,11 @@ func ScoreOutput(o *lungsegv1.ModelOutput) (*lungsegv1.Score, error) {
 }
 
 // FromScore returns the metrics a Score message carries (its Dice, IoU,
-// RMSE and pixel counts), from which Metrics.TruePositives recovers the
-// slice's true positives exactly.
+// RMSE, pixel counts and the truth's diameter), from which
+// Metrics.TruePositives recovers the slice's true positives exactly.
 func FromScore(s *lungsegv1.Score) Metrics {
 	return Metrics{Dice: s.Dice, IoU: s.Iou, RMSE: s.Rmse, BothEmpty: s.BothEmpty,
-		Truth: int(s.TruthPixels), Predicted: int(s.PredictedPixels)}
+		Truth: int(s.TruthPixels), Predicted: int(s.PredictedPixels), TruthDiameterMm: s.TruthDiameterMm}
 }
 
 // Refine builds the refined map of a cascade output from its detector map
