@@ -6,7 +6,9 @@ import (
 	"testing"
 	"time"
 
+	"github.com/lungseg/lungseg/ingest"
 	"github.com/lungseg/lungseg/ingest/pngpair"
+	"github.com/lungseg/lungseg/pkg/imgx"
 	"github.com/lungseg/lungseg/pkg/phantom"
 	"github.com/lungseg/lungseg/score"
 )
@@ -14,7 +16,10 @@ import (
 // TestReplayPooledDice replays phantom PNG slices and checks the JSON
 // report's pooled Dice and IoU of each model against the sums of true
 // positive, truth and predicted pixels counted here from the written
-// masks and the phantoms' truth masks.
+// masks and the phantoms' truth masks; and its headline (mean Dice over
+// slices with truth pixels, by size, empty-truth counts) and each slice's
+// truth diameter against the same masks (PNG inputs carry no spacing, so
+// ingest's default applies).
 func TestReplayPooledDice(t *testing.T) {
 	reg := testRegistry(t)
 	dir := t.TempDir()
@@ -27,7 +32,12 @@ func TestReplayPooledDice(t *testing.T) {
 	truth := phantomsByName(77, n, opts)
 	masksOut := filepath.Join(dir, "masks-out")
 	rep := runReplay(t, reg, 2*time.Minute, replayArgs{inputs: []string{in}, models: []string{"all"}, report: filepath.Join(dir, "report.json"), masksOut: masksOut})
-	type sums struct{ tp, truth, pred int64 }
+	type sums struct {
+		tp, truth, pred int64
+		dice            []float64 // slices with truth pixels
+		bins            [4][]float64
+		clean, fp       int
+	}
 	got := map[string]*sums{}
 	for _, sr := range rep.Slices {
 		s, ok := truth[sr.ID]
@@ -43,17 +53,49 @@ func TestReplayPooledDice(t *testing.T) {
 			g = &sums{}
 			got[sr.Model] = g
 		}
+		var tp, tr, pr int64
 		for i, v := range m.Pix {
 			if v != 0 {
-				g.pred++
+				pr++
 				if s.Mask.Pix[i] != 0 {
-					g.tp++
+					tp++
 				}
 			}
 			if s.Mask.Pix[i] != 0 {
-				g.truth++
+				tr++
 			}
 		}
+		g.tp, g.truth, g.pred = g.tp+tp, g.truth+tr, g.pred+pr
+		d := imgx.LargestDiameter(s.Mask, ingest.DefaultSpacingMm, ingest.DefaultSpacingMm)
+		if sr.TruthDiameterMm != d {
+			t.Errorf("%s/%s: truth diameter %v mm, measured %v", sr.Model, sr.ID, sr.TruthDiameterMm, d)
+		}
+		switch {
+		case tr > 0:
+			dice := 2 * float64(tp) / float64(tr+pr)
+			g.dice = append(g.dice, dice)
+			b := 3
+			switch {
+			case d < 6:
+				b = 0
+			case d < 10:
+				b = 1
+			case d < 20:
+				b = 2
+			}
+			g.bins[b] = append(g.bins[b], dice)
+		case pr > 0:
+			g.fp++
+		default:
+			g.clean++
+		}
+	}
+	mean := func(v []float64) float64 {
+		sum := 0.0
+		for _, x := range v {
+			sum += x
+		}
+		return sum / float64(len(v))
 	}
 	if len(got) != 2 {
 		t.Fatalf("models %v, want tiny and tiny-low", got)
@@ -76,6 +118,18 @@ func TestReplayPooledDice(t *testing.T) {
 		}
 		if d, i := score.DiceIoU(ms.TP, ms.TruthPixels, ms.PredictedPixels); d != ms.DicePooled || i != ms.IoUPooled {
 			t.Errorf("%s: pooled figures %v %v do not follow from the report's sums (%v %v)", name, ms.DicePooled, ms.IoUPooled, d, i)
+		}
+		if len(g.dice) == 0 || ms.WithTruth != len(g.dice) || ms.DiceMean.N != len(g.dice) || math.Abs(ms.DiceMean.Mean-mean(g.dice)) > 1e-9 {
+			t.Errorf("%s: Dice mean %+v over %d slices with truth, counted %v over %d", name, ms.DiceMean, ms.WithTruth, mean(g.dice), len(g.dice))
+		}
+		if ms.EmptyClean != g.clean || ms.EmptyFP != g.fp {
+			t.Errorf("%s: empty truth clean %d fp %d, counted %d %d", name, ms.EmptyClean, ms.EmptyFP, g.clean, g.fp)
+		}
+		for i, b := range g.bins {
+			got := ms.BySize[i].Dice
+			if got.N != len(b) || (len(b) > 0 && math.Abs(got.Mean-mean(b)) > 1e-9) {
+				t.Errorf("%s: Dice %s mm %+v, counted %v over %d", name, ms.BySize[i].Label, got, mean(b), len(b))
+			}
 		}
 		t.Logf("%s: mean Dice %.4f over %d slices with truth, pooled %.4f over %d slices", name, ms.DiceMean.Mean, ms.WithTruth, ms.DicePooled, ms.Slices)
 	}
