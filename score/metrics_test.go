@@ -52,11 +52,11 @@ func TestAggregator(t *testing.T) {
 	if s.Slices != 4 || s.WithTruth != 2 || s.EmptyClean != 1 || s.EmptyFP != 1 {
 		t.Fatalf("counts %+v", s.Group)
 	}
-	if math.Abs(s.DiceMean.Mean-0.6) > 1e-9 || math.Abs(s.DiceMean.SD-0.1) > 1e-9 || s.DiceMean.N != 2 {
-		t.Fatalf("dice %+v", s.DiceMean)
+	if math.Abs(s.MeanDice.Mean-0.6) > 1e-9 || math.Abs(s.MeanDice.SD-0.1) > 1e-9 || s.MeanDice.N != 2 {
+		t.Fatalf("dice %+v", s.MeanDice)
 	}
-	if math.Abs(s.IoUMean.Mean-0.35) > 1e-9 || s.IoUMean.N != 2 {
-		t.Fatalf("iou %+v", s.IoUMean)
+	if math.Abs(s.MeanIoU.Mean-0.35) > 1e-9 || s.MeanIoU.N != 2 {
+		t.Fatalf("iou %+v", s.MeanIoU)
 	}
 	if math.Abs(s.RMSE.Mean-0.9/4) > 1e-9 || s.RMSE.N != 4 {
 		t.Fatalf("rmse %+v", s.RMSE)
@@ -64,7 +64,7 @@ func TestAggregator(t *testing.T) {
 	if l := s.ByLabel["LR3"]; l.Slices != 2 || math.Abs(l.RMSE.Mean-0.3) > 1e-9 {
 		t.Fatalf("LR3 %+v", l)
 	}
-	if l := s.ByLabel["LR2"]; l.Slices != 2 || l.WithTruth != 0 || l.DiceMean.N != 0 || l.EmptyClean != 1 || l.EmptyFP != 1 {
+	if l := s.ByLabel["LR2"]; l.Slices != 2 || l.WithTruth != 0 || l.MeanDice.N != 0 || l.EmptyClean != 1 || l.EmptyFP != 1 {
 		t.Fatalf("LR2 %+v", l)
 	}
 }

@@ -64,7 +64,7 @@ func sizeBin(d float64) int {
 }
 
 // Group summarises a set of scored slices, all with ground truth. The
-// headline is DiceMean: the mean per-slice Dice over the slices whose
+// headline is MeanDice: the mean per-slice Dice over the slices whose
 // truth is not empty. Slices with empty truth have no Dice worth
 // averaging (1 or 0 by convention) and are counted apart: EmptyClean
 // where nothing was predicted, EmptyFP where something was.
@@ -73,11 +73,13 @@ type Group struct {
 	Slices int `json:"slices"`
 	// WithTruth counts the slices whose truth has at least one pixel.
 	WithTruth int `json:"with_truth"`
-	// DiceMean and IoUMean are the mean ± sd of the per-slice Dice and
+	// MeanDice and MeanIoU are the mean ± sd of the per-slice Dice and
 	// IoU over the WithTruth slices (N = WithTruth; zero when none).
-	DiceMean Stat `json:"dice_mean"`
-	IoUMean  Stat `json:"iou_mean"`
-	// BySize is DiceMean split by the truth's longest diameter, one entry
+	// mean_dice is the training cards' headline too; their dice_mean,
+	// over all images with empty+empty = 1, has no counterpart here.
+	MeanDice Stat `json:"mean_dice"`
+	MeanIoU  Stat `json:"mean_iou"`
+	// BySize is MeanDice split by the truth's longest diameter, one entry
 	// per SizeBins in that order (Dice.N = 0 for an empty bin).
 	BySize []SizeBin `json:"by_size"`
 	// EmptyClean counts the slices where truth and prediction are both
@@ -91,7 +93,7 @@ type Group struct {
 	// pixels taken together, as the model cards measure them:
 	// 2·ΣTP/(Σtruth+Σpredicted) and ΣTP/(Σtruth+Σpredicted−ΣTP). A slice
 	// weighs by its pixels, so a few large nodules outweigh many small
-	// ones, unlike DiceMean; a false-positive slice lowers it. With no
+	// ones, unlike MeanDice; a false-positive slice lowers it. With no
 	// truth and no predicted pixel at all both are 1, as for a single
 	// empty slice.
 	DicePooled float64 `json:"dice_pooled"`
@@ -139,7 +141,7 @@ func (g *groupAcc) add(m Metrics) {
 
 func (g *groupAcc) group() Group {
 	dice, iou := DiceIoU(g.tp, g.truth, g.pred)
-	out := Group{Slices: g.n, WithTruth: int(g.dice.n), DiceMean: g.dice.stat(), IoUMean: g.iou.stat(),
+	out := Group{Slices: g.n, WithTruth: int(g.dice.n), MeanDice: g.dice.stat(), MeanIoU: g.iou.stat(),
 		BySize: make([]SizeBin, len(SizeBins)), EmptyClean: g.clean, EmptyFP: g.fp, RMSE: g.rmse.stat(),
 		DicePooled: dice, IoUPooled: iou, TP: g.tp, TruthPixels: g.truth, PredictedPixels: g.pred}
 	copy(out.BySize, SizeBins)
@@ -250,8 +252,8 @@ func WriteTable(w io.Writer, sum map[string]ModelSummary) {
 	for _, r := range rows {
 		g := r.g
 		c := []string{r.name, r.label, fmt.Sprint(g.Slices), fmt.Sprint(g.WithTruth), "-"}
-		if g.DiceMean.N > 0 {
-			c[4] = g.DiceMean.String()
+		if g.MeanDice.N > 0 {
+			c[4] = g.MeanDice.String()
 		}
 		for i := range SizeBins {
 			st := Stat{}

@@ -94,8 +94,8 @@ func TestPooledDice(t *testing.T) {
 				a.Add(s.Model, s.Meta.Label, FromScore(&s))
 			}
 			g := a.Summary()["m"]
-			if !near(g.DiceMean.Mean, tc.mean) || g.DiceMean.N != tc.withTruth || g.WithTruth != tc.withTruth {
-				t.Errorf("mean Dice %+v over %d, want %v over %d", g.DiceMean, g.WithTruth, tc.mean, tc.withTruth)
+			if !near(g.MeanDice.Mean, tc.mean) || g.MeanDice.N != tc.withTruth || g.WithTruth != tc.withTruth {
+				t.Errorf("mean Dice %+v over %d, want %v over %d", g.MeanDice, g.WithTruth, tc.mean, tc.withTruth)
 			}
 			if g.EmptyClean != tc.clean || g.EmptyFP != tc.fp || g.Slices != len(tc.slices) {
 				t.Errorf("slices %d, empty clean %d fp %d; want %d, %d, %d", g.Slices, g.EmptyClean, g.EmptyFP, len(tc.slices), tc.clean, tc.fp)
@@ -235,8 +235,8 @@ func TestDiceBySize(t *testing.T) {
 	near := func(x, y float64) bool { return math.Abs(x-y) < 1e-12 }
 	check := func(name string, g Group, headline bin, want []bin, clean, fp int) {
 		t.Helper()
-		if !near(g.DiceMean.Mean, headline.mean) || !near(g.DiceMean.SD, headline.sd) || g.DiceMean.N != headline.n || g.WithTruth != headline.n {
-			t.Errorf("%s: headline %+v with truth %d, want %+v", name, g.DiceMean, g.WithTruth, headline)
+		if !near(g.MeanDice.Mean, headline.mean) || !near(g.MeanDice.SD, headline.sd) || g.MeanDice.N != headline.n || g.WithTruth != headline.n {
+			t.Errorf("%s: headline %+v with truth %d, want %+v", name, g.MeanDice, g.WithTruth, headline)
 		}
 		if g.EmptyClean != clean || g.EmptyFP != fp {
 			t.Errorf("%s: empty clean %d fp %d, want %d %d", name, g.EmptyClean, g.EmptyFP, clean, fp)
@@ -286,12 +286,13 @@ func TestSummaryJSON(t *testing.T) {
 	if err := json.Unmarshal(b, &raw); err != nil {
 		t.Fatal(err)
 	}
-	for _, k := range []string{"slices", "with_truth", "dice_mean", "iou_mean", "by_size", "empty_clean", "empty_fp", "rmse", "dice_pooled", "iou_pooled", "by_label"} {
+	for _, k := range []string{"slices", "with_truth", "mean_dice", "mean_iou", "by_size", "empty_clean", "empty_fp", "rmse", "dice_pooled", "iou_pooled", "by_label"} {
 		if _, ok := raw["m"][k]; !ok {
 			t.Errorf("key %q missing from %s", k, b)
 		}
 	}
-	for _, k := range []string{"dice", "iou", "both_empty", "dice_nonempty_truth"} {
+	// dice_mean is the training cards' mean over all images (empty+empty = 1).
+	for _, k := range []string{"dice", "iou", "both_empty", "dice_nonempty_truth", "dice_mean"} {
 		if _, ok := raw["m"][k]; ok {
 			t.Errorf("old key %q still written: %s", k, b)
 		}

@@ -119,8 +119,8 @@ func TestReplayPooledDice(t *testing.T) {
 		if d, i := score.DiceIoU(ms.TP, ms.TruthPixels, ms.PredictedPixels); d != ms.DicePooled || i != ms.IoUPooled {
 			t.Errorf("%s: pooled figures %v %v do not follow from the report's sums (%v %v)", name, ms.DicePooled, ms.IoUPooled, d, i)
 		}
-		if len(g.dice) == 0 || ms.WithTruth != len(g.dice) || ms.DiceMean.N != len(g.dice) || math.Abs(ms.DiceMean.Mean-mean(g.dice)) > 1e-9 {
-			t.Errorf("%s: Dice mean %+v over %d slices with truth, counted %v over %d", name, ms.DiceMean, ms.WithTruth, mean(g.dice), len(g.dice))
+		if len(g.dice) == 0 || ms.WithTruth != len(g.dice) || ms.MeanDice.N != len(g.dice) || math.Abs(ms.MeanDice.Mean-mean(g.dice)) > 1e-9 {
+			t.Errorf("%s: Dice mean %+v over %d slices with truth, counted %v over %d", name, ms.MeanDice, ms.WithTruth, mean(g.dice), len(g.dice))
 		}
 		if ms.EmptyClean != g.clean || ms.EmptyFP != g.fp {
 			t.Errorf("%s: empty truth clean %d fp %d, counted %d %d", name, ms.EmptyClean, ms.EmptyFP, g.clean, g.fp)
@@ -131,6 +131,6 @@ func TestReplayPooledDice(t *testing.T) {
 				t.Errorf("%s: Dice %s mm %+v, counted %v over %d", name, ms.BySize[i].Label, got, mean(b), len(b))
 			}
 		}
-		t.Logf("%s: mean Dice %.4f over %d slices with truth, pooled %.4f over %d slices", name, ms.DiceMean.Mean, ms.WithTruth, ms.DicePooled, ms.Slices)
+		t.Logf("%s: mean Dice %.4f over %d slices with truth, pooled %.4f over %d slices", name, ms.MeanDice.Mean, ms.WithTruth, ms.DicePooled, ms.Slices)
 	}
 }

@@ -81,7 +81,7 @@ type ErrorResult struct {
 }
 
 // Report is the outcome of a replay. Models holds each model's
-// score.ModelSummary: the headline dice_mean over slices with truth
+// score.ModelSummary: the headline mean_dice over slices with truth
 // pixels, by_size, empty_clean and empty_fp, and the pooled figures.
 type Report struct {
 	ReplayID string                        `json:"replay_id"`

@@ -46,7 +46,7 @@ func TestReportJSON(t *testing.T) {
 	}
 	// Pooled: TP 5 of 10 truth and 14 predicted pixels.
 	want := map[string]string{"slices": "3", "with_truth": "1", "empty_clean": "1", "empty_fp": "1",
-		"dice_mean": `{"mean":0.5,"sd":0,"n":1}`, "dice_pooled": "0.4166666666666667"}
+		"mean_dice": `{"mean":0.5,"sd":0,"n":1}`, "dice_pooled": "0.4166666666666667"}
 	for k, v := range want {
 		if got := string(raw.Models["m"][k]); got != v {
 			t.Errorf("models.m.%s = %s, want %s", k, got, v)

@@ -380,7 +380,7 @@ type pageModel struct {
 	Name, Color, Sheet, Histogram   string
 	Slices, WithTruth               int
 	EmptyClean, EmptyFP             int
-	DiceMean, DicePooled, IoUPooled string
+	MeanDice, DicePooled, IoUPooled string
 	RMSE                            string
 	BySize                          []string // mean (n) per score.SizeBins
 	Picks                           []Choice
@@ -413,7 +413,7 @@ th:first-child,td:first-child{text-align:left}thead th{color:#8b95a3;font-weight
 Inputs: {{range $i, $in := .Report.Inputs}}{{if $i}}, {{end}}<code>{{$in}}</code>{{end}}</p>
 <h2>Scores</h2>
 <table id="scores"><thead><tr><th>model</th><th>slices</th><th>with truth</th><th>Dice mean (truth&gt;0)</th>{{range .Sizes}}<th>Dice {{.Label}} mm</th>{{end}}<th>empty truth: clean</th><th>empty truth: FP</th><th>Dice pooled</th><th>IoU pooled</th><th>RMSE</th></tr></thead><tbody>
-{{range .Models}}<tr data-model="{{.Name}}"><td><span class="sw" style="background:{{.Color}}"></span>{{.Name}}</td><td>{{.Slices}}</td><td>{{.WithTruth}}</td><td class="headline">{{.DiceMean}}</td>{{range .BySize}}<td>{{.}}</td>{{end}}<td>{{.EmptyClean}}</td><td>{{.EmptyFP}}</td><td>{{.DicePooled}}</td><td>{{.IoUPooled}}</td><td>{{.RMSE}}</td></tr>
+{{range .Models}}<tr data-model="{{.Name}}"><td><span class="sw" style="background:{{.Color}}"></span>{{.Name}}</td><td>{{.Slices}}</td><td>{{.WithTruth}}</td><td class="headline">{{.MeanDice}}</td>{{range .BySize}}<td>{{.}}</td>{{end}}<td>{{.EmptyClean}}</td><td>{{.EmptyFP}}</td><td>{{.DicePooled}}</td><td>{{.IoUPooled}}</td><td>{{.RMSE}}</td></tr>
 {{end}}</tbody></table>
 <p class="muted">Dice mean: per-slice Dice ± sd over the slices whose ground truth is not empty ("with truth"); by size, the same mean
 by the longest diameter of the truth's largest connected component, with the number of slices in brackets. Slices whose truth is empty
@@ -438,11 +438,11 @@ func writePage(path, title string, rep *replay.Report, models []string, colors m
 	for _, m := range models {
 		sum := rep.Models[m]
 		pm := pageModel{Name: m, Color: overlay.Hex(colors[m]), Sheet: w.Sheets[m], Histogram: w.Histograms[m],
-			Slices: sum.Slices, WithTruth: sum.WithTruth, EmptyClean: sum.EmptyClean, EmptyFP: sum.EmptyFP, DiceMean: "-",
+			Slices: sum.Slices, WithTruth: sum.WithTruth, EmptyClean: sum.EmptyClean, EmptyFP: sum.EmptyFP, MeanDice: "-",
 			DicePooled: fmt.Sprintf("%.3f", sum.DicePooled), IoUPooled: fmt.Sprintf("%.3f", sum.IoUPooled), RMSE: sum.RMSE.String(),
 			Picks: picks[m]}
-		if sum.DiceMean.N > 0 {
-			pm.DiceMean = sum.DiceMean.String()
+		if sum.MeanDice.N > 0 {
+			pm.MeanDice = sum.MeanDice.String()
 		}
 		for i := range score.SizeBins {
 			st := score.Stat{}
