@@ -57,12 +57,12 @@ func Labels(m *Mask, minSize int) ([]int32, int) {
 	return lab, int(n)
 }
 
-// Edge returns the centres, in mm, of the pixels of component l of a
+// edge returns the centres, in mm, of the pixels of component l of a
 // rows×cols label image that touch a pixel outside it (4-neighbours or the
 // image border): point (r·sr, c·sc) for the pixel at row r, column c. They
-// span the component's convex hull, so Feret(Edge(...)) is its longest
+// span the component's convex hull, so Feret(edge(...)) is its longest
 // diameter between pixel centres.
-func Edge(lab []int32, rows, cols int, l int32, sr, sc float64) [][2]float64 {
+func edge(lab []int32, rows, cols int, l int32, sr, sc float64) [][2]float64 {
 	in := func(r, c int) bool { return r >= 0 && r < rows && c >= 0 && c < cols && lab[r*cols+c] == l }
 	var pts [][2]float64
 	for p, v := range lab {
@@ -98,7 +98,7 @@ func LargestDiameter(m *Mask, sr, sc float64) float64 {
 			best = int32(l)
 		}
 	}
-	return Feret(Edge(lab, m.Rows, m.Cols, best, sr, sc))
+	return Feret(edge(lab, m.Rows, m.Cols, best, sr, sc))
 }
 
 // Feret returns the largest distance between two of the points (the
