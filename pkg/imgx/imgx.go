@@ -1,7 +1,9 @@
 // Package imgx holds the pixel types shared by the stages: CT slices in
 // Hounsfield units, binary masks and float maps, with their compact wire
-// encodings. The types follow Go's image package: a flat Pix slice in
-// row-major order plus the dimensions.
+// encodings, and the geometry of a mask's 8-connected components
+// (labelling, longest diameter) that findings and score both measure. The
+// types follow Go's image package: a flat Pix slice in row-major order
+// plus the dimensions.
 package imgx
 
 import (
