@@ -282,14 +282,17 @@ def run(args) -> Dict[str, object]:
     tr_crops = _subset_crops(tr["crops"], args.crop_limit)
     smooth = not crop  # crop models see the crops at their own resolution
     bank_tr = C.make_bank(tr_crops, tr["slices"], device, canvas, smooth)
-    bank_va = C.make_bank(_subset_crops(va["crops"], args.eval_limit),
-                          _subset_slices(va["slices"], args.eval_limit), device, canvas, smooth)
-    bank_te = C.make_bank(_subset_crops(te["crops"], args.eval_limit),
-                          _subset_slices(te["slices"], args.eval_limit), device, canvas, smooth)
-    va_crops = _subset_crops(va["crops"], args.eval_limit)
+    va_crops = _subset_crops(va["crops"], args.eval_limit)  # bare crops: all of them unless --eval-limit
     te_crops = _subset_crops(te["crops"], args.eval_limit)
+    # windows / composites: at most --window-eval-limit crops (their synthetic chests are slow on a CPU)
+    va_w = _subset_crops(va_crops, args.window_eval_limit)
+    te_w = _subset_crops(te_crops, args.window_eval_limit)
+    bank_va = C.make_bank(va_w, _subset_slices(va["slices"], args.eval_limit), device, canvas, smooth)
+    bank_te = C.make_bank(te_w, _subset_slices(te["slices"], args.eval_limit), device, canvas, smooth)
     diam_va = torch.from_numpy(MX.diameters_mm(va_crops.mask, va_crops.spacing))
     diam_te = torch.from_numpy(MX.diameters_mm(te_crops.mask, te_crops.spacing))
+    diam_va_w = torch.from_numpy(MX.diameters_mm(va_w.mask, va_w.spacing))
+    diam_te_w = torch.from_numpy(MX.diameters_mm(te_w.mask, te_w.spacing))
     val_bare = C.bare_eval_set(va_crops, size, device, diam_va.numpy()) if crop else None
     select_on = args.select_on if args.select_on != "auto" else ("bare" if crop else "windows")
     if select_on == "bare" and not crop:
@@ -438,7 +441,7 @@ def run(args) -> Dict[str, object]:
         mean_loss = loss_acc / n_acc
         if not math.isfinite(mean_loss):
             nonfinite += 1
-        sl, _ = predict_scores(model, val_comp, device, cfg["amp"], eval_batch, channels_last=cl, diam=diam_va)
+        sl, _ = predict_scores(model, val_comp, device, cfg["amp"], eval_batch, channels_last=cl, diam=diam_va_w)
         v = sl.summary(0.5)
         # the epoch is chosen by the mean Dice over val images with truth, at its own best
         # threshold (as the card's threshold is chosen afterwards), on the bare crops for a crop model
@@ -496,7 +499,7 @@ def run(args) -> Dict[str, object]:
         model.load_state_dict(best["state"])
 
     # threshold on validation (mean Dice over images with truth; bare crops for a crop model), then final scores
-    sl_v, cr_v = predict_scores(model, val_comp, device, cfg["amp"], eval_batch, bank_va, cl, diam=diam_va)
+    sl_v, cr_v = predict_scores(model, val_comp, device, cfg["amp"], eval_batch, bank_va, cl, diam=diam_va_w)
     fwd = (lambda x: model(x.contiguous(memory_format=torch.channels_last))) if cl else None
     bare_v = bare_t = None
     if crop:
@@ -510,7 +513,7 @@ def run(args) -> Dict[str, object]:
     else:
         test_comp = C.composite_eval_set(bank_te, seed=2001)
         test_real = C.real_eval_set(bank_te, seed=2002)
-    sl_t, cr_t = predict_scores(model, test_comp, device, cfg["amp"], eval_batch, bank_te, cl, diam=diam_te)
+    sl_t, cr_t = predict_scores(model, test_comp, device, cfg["amp"], eval_batch, bank_te, cl, diam=diam_te_w)
     rt, _ = predict_scores(model, test_real, device, cfg["amp"], eval_batch, channels_last=cl)
     vs, ts, tc, trl = sl_v.summary(thr), sl_t.summary(thr), cr_t.summary(thr), rt.summary(thr)
     if crop:
@@ -602,7 +605,8 @@ def run(args) -> Dict[str, object]:
                               "0007 test); the others ordered by sha256('lungseg-split-v1:'+id), cut 80/10/10",
                       "train_patients": len(tr["patients"]), "val_patients": len(va["patients"]),
                       "test_patients": len(te["patients"]),
-                      "train_crops": bank_tr.n_crops, "val_crops": bank_va.n_crops, "test_crops": bank_te.n_crops,
+                      "train_crops": bank_tr.n_crops, "val_crops": len(va_crops), "test_crops": len(te_crops),
+                      "val_window_crops": bank_va.n_crops, "test_window_crops": bank_te.n_crops,
                       "train_slices": bank_tr.n_real, "val_slices": bank_va.n_real, "test_slices": bank_te.n_real,
                       "val": va["patients"], "test": te["patients"], "train": tr["patients"]},
             "recipe": {k: v for k, v in cfg.items()},
@@ -682,6 +686,8 @@ def parser() -> argparse.ArgumentParser:
     ap.add_argument("--max-steps", type=int, default=0)
     ap.add_argument("--crop-limit", type=int, default=0, help="use at most this many training crops")
     ap.add_argument("--eval-limit", type=int, default=0, help="use at most this many val/test crops")
+    ap.add_argument("--window-eval-limit", type=int, default=0,
+                    help="use at most this many val/test crops for the window/composite sets (bare crops: all)")
     ap.add_argument("--eval-batch", type=int, default=0)
     ap.add_argument("--threads", type=int, default=0)
     ap.add_argument("--init", default="",
