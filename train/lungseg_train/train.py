@@ -365,6 +365,8 @@ def run(args) -> Dict[str, object]:
         epoch, step, since_best, nonfinite = ck["epoch"], ck["step"], ck["since_best"], ck["nonfinite"]
         in_epoch, loss_acc, n_acc = ck["in_epoch"], ck["loss_sum"], ck["n_loss"]
         t0 = time.time() - ck["elapsed_s"]
+        if args.train_until:  # the budget is the whole run's: what was spent plus what is left until then
+            budget = max(1.0, min(args.minutes * 60.0, ck["elapsed_s"] + args.train_until - time.time()))
         init, frozen_bn = ck.get("init", init), ck.get("frozen_bn", frozen_bn)
         _set_rng_state(ck["rng"], gen)
         log(f"resumed from {ck_path}: epoch {epoch} (step {in_epoch} of it), {step} steps, "
