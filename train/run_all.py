@@ -19,7 +19,7 @@ Job sets (--sets, comma-separated):
                -> OUT/models/<name>-crop   (shipped)
 
 --init-from DIR continues training the models already in DIR (a registry
-folder such as models/; not the ResNets, whose BatchNorm is folded in ONNX).
+folder such as models/; the ResNets with frozen BatchNorm).
 
 --pack-to DIR then writes at most 8 files there, none over 15 MiB:
 models.tar.gz.partNN (OUT/models, the shipped folders), summary.json (every
@@ -85,12 +85,12 @@ def select_jobs(jobs, only):
 
 def init_args(name, model, init_from):
     """--init for a job whose trained model already lies in init_from/<name>
-    (continue training it), except networks with BatchNorm (ResNet), whose
-    ONNX export has it folded and cannot be trained further from there."""
+    (continue training it). A ResNet's ONNX export has its BatchNorm folded;
+    train.load_init then fine-tunes it with frozen BatchNorm."""
     if not init_from:
         return []
     path = os.path.join(init_from, name, "model.onnx")
-    if not os.path.isfile(path) or model.startswith("resnet50"):
+    if not os.path.isfile(path):
         return []
     return ["--init", os.path.abspath(path)]
 
