@@ -17,6 +17,7 @@ import (
 
 	"github.com/lungseg/lungseg/pkg/bus"
 	"github.com/lungseg/lungseg/pkg/imgx"
+	"github.com/lungseg/lungseg/pkg/lungfield"
 	"github.com/lungseg/lungseg/pkg/model"
 	"github.com/lungseg/lungseg/pkg/stage"
 	"github.com/lungseg/lungseg/preprocess/augment"
@@ -49,6 +50,9 @@ type Stage struct {
 	TrainSeed   uint64
 	// Objects holds pixels of slices too large for one message.
 	Objects jetstream.ObjectStore
+	// NoLungField leaves the lung field (pkg/lungfield) off the inputs, so
+	// that nothing downstream is removed; for measuring what it changes.
+	NoLungField bool
 
 	pipelines sync.Map // model name → *augment.Pipeline
 }
@@ -135,6 +139,7 @@ func (p *Stage) Process(ctx context.Context, m *stage.Msg, e stage.Emitter) erro
 	if len(models) == 0 {
 		return stage.Permanent(ErrNoModels)
 	}
+	fieldBits, hasField := p.field(s.Meta, hu)
 	for _, name := range models {
 		base, tta := model.SplitVariant(name)
 		card, err := p.Cards.Get(base)
@@ -154,6 +159,8 @@ func (p *Stage) Process(ctx context.Context, m *stage.Msg, e stage.Emitter) erro
 			MaskBits:     s.MaskBits,
 			HasMask:      s.HasMask,
 			Tta:          tta || p.TTA || card.TTA,
+			FieldBits:    fieldBits,
+			HasField:     hasField,
 		}
 		cascade := model.IsCascade(name)
 		if !card.IsCrop() {
@@ -185,6 +192,21 @@ func (p *Stage) Process(ctx context.Context, m *stage.Msg, e stage.Emitter) erro
 		}
 	}
 	return nil
+}
+
+// field computes a slice's lung field once for all its inputs: the packed
+// bits and true, or false when NoLungField is set or no field can be
+// computed (a nodule crop, an image that is not HU), in which case
+// nothing is removed downstream.
+func (p *Stage) field(meta *lungsegv1.SliceMeta, hu *imgx.HU) ([]byte, bool) {
+	if p.NoLungField {
+		return nil, false
+	}
+	f, err := lungfield.Compute(hu, meta.SpacingRowMm, meta.SpacingColMm, lungfield.Options{})
+	if err != nil {
+		return nil, false
+	}
+	return f.PackBits(), true
 }
 
 // MaxInput is the largest ModelInput preprocess publishes, leaving room

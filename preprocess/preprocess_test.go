@@ -11,7 +11,9 @@ import (
 	"github.com/lungseg/lungseg/pkg/bus"
 	"github.com/lungseg/lungseg/pkg/bustest"
 	"github.com/lungseg/lungseg/pkg/imgx"
+	"github.com/lungseg/lungseg/pkg/lungfield"
 	"github.com/lungseg/lungseg/pkg/model"
+	"github.com/lungseg/lungseg/pkg/phantom"
 	"github.com/lungseg/lungseg/pkg/stage"
 	"github.com/lungseg/lungseg/preprocess"
 	lungsegv1 "github.com/lungseg/lungseg/proto/lungseg/v1"
@@ -255,5 +257,68 @@ func TestCascadeInputsCarryNativeHU(t *testing.T) {
 	}
 	if len(in.NativeHu) != 0 || !proto.Equal(in.NativeHuRef, ref) {
 		t.Fatalf("native HU %d bytes, ref %v, want %v", len(in.NativeHu), in.NativeHuRef, ref)
+	}
+}
+
+// TestLungField: every input of a slice carries the slice's lung field
+// (computed once from its HU and spacing); a slice too small for one, or
+// a stage with NoLungField, sends none. A 512² cascade input with native
+// HU, tensor, truth and field stays under MaxInput.
+func TestLungField(t *testing.T) {
+	ctx := context.Background()
+	cs := cards{"a": card("a", 256)}
+	ph := phantom.Generate(11, 1, phantom.Options{})[0]
+	want, err := lungfield.Compute(ph.HU, ph.SpacingMm, ph.SpacingMm, lungfield.Options{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if n := want.Count(); n == 0 || n == len(want.Pix) {
+		t.Fatalf("phantom field of %d px", n)
+	}
+	b, err := proto.Marshal(&lungsegv1.Slice{Meta: &lungsegv1.SliceMeta{Id: "ph", ReplayId: "r", Rows: 512, Cols: 512,
+		SpacingRowMm: ph.SpacingMm, SpacingColMm: ph.SpacingMm, Models: []string{"a", "a+crop", "a+tta"}},
+		Hu: ph.HU.EncodeInt16(), MaskBits: ph.Mask.PackBits(), HasMask: true})
+	if err != nil {
+		t.Fatal(err)
+	}
+	small, _ := slice(t, 64, 64, "a")
+	for _, c := range []struct {
+		name     string
+		st       *preprocess.Stage
+		data     []byte
+		inputs   int
+		hasField bool
+	}{
+		{"chest", &preprocess.Stage{Cards: cs}, b, 3, true},
+		{"chest, no field", &preprocess.Stage{Cards: cs, NoLungField: true}, b, 3, false},
+		{"64×64", &preprocess.Stage{Cards: cs}, small, 1, false},
+	} {
+		t.Run(c.name, func(t *testing.T) {
+			var r recorder
+			if err := c.st.Process(ctx, &stage.Msg{Data: c.data}, &r); err != nil {
+				t.Fatal(err)
+			}
+			if len(r.outs) != c.inputs || len(r.fails) != 0 {
+				t.Fatalf("outs %d fails %+v", len(r.outs), r.fails)
+			}
+			for _, o := range r.outs {
+				var in lungsegv1.ModelInput
+				if err := proto.Unmarshal(o.Data, &in); err != nil {
+					t.Fatal(err)
+				}
+				if len(o.Data) > preprocess.MaxInput {
+					t.Errorf("%s: %d bytes, over %d", in.Model, len(o.Data), preprocess.MaxInput)
+				}
+				if in.HasField != c.hasField || (len(in.FieldBits) > 0) != c.hasField {
+					t.Fatalf("%s: has_field %v with %d bytes, want %v", in.Model, in.HasField, len(in.FieldBits), c.hasField)
+				}
+				if c.hasField && string(in.FieldBits) != string(want.PackBits()) {
+					t.Errorf("%s: field bits differ from lungfield.Compute's", in.Model)
+				}
+				if in.Model == "a+crop" && c.hasField && len(in.NativeHu) != 2*512*512 {
+					t.Errorf("cascade input carries %d bytes of native HU inline", len(in.NativeHu))
+				}
+			}
+		})
 	}
 }
