@@ -155,3 +155,73 @@ func TestProcessCascade(t *testing.T) {
 		}
 	}
 }
+
+// TestProcessCascadeField: cascade candidates come only from inside the
+// input's lung field, and every output carries the field on.
+func TestProcessCascadeField(t *testing.T) {
+	const rows, cols, size = 32, 32, 16
+	det := &model.Card{Name: "d", Version: "1", Threshold: 0.5, Input: model.Shape{Channels: 1, Height: size, Width: size}}
+	crop := testCrop(20)
+	hu := imgx.NewHU(rows, cols)
+	tensor := make([]float32, size*size)
+	for _, c := range [][2]int{{4, 8}, {11, 3}} { // native rows 8..11, cols 16..19; rows 22..25, cols 6..9
+		for y := c[0]; y < c[0]+2; y++ {
+			for x := c[1]; x < c[1]+2; x++ {
+				tensor[y*size+x] = 0.9
+			}
+		}
+	}
+	field := imgx.NewMask(rows, cols) // the lower half: only the second square
+	for i := rows / 2 * cols; i < rows*cols; i++ {
+		field.Pix[i] = 1
+	}
+	input := func(sel string, bits []byte, has bool) []byte {
+		b, err := proto.Marshal(&lungsegv1.ModelInput{Meta: &lungsegv1.SliceMeta{Id: "s", Rows: rows, Cols: cols}, Model: sel,
+			Channels: 1, Height: size, Width: size, Tensor: imgx.EncodeFloat32(tensor), NativeHu: hu.EncodeInt16(),
+			FieldBits: bits, HasField: has})
+		if err != nil {
+			t.Fatal(err)
+		}
+		return b
+	}
+	st := &Stage{Card: det, Model: &echoModel{}, Crop: crop, CropModel: &echoModel{}}
+	for _, tc := range []struct {
+		name  string
+		sel   string
+		has   bool
+		wins  int
+		first int // the first window's centre row
+	}{
+		{"cascade, field", "d+crop", true, 1, 23},
+		{"cascade, no field", "d+crop", false, 2, 9},
+		{"plain, field", "d", true, 0, 0},
+	} {
+		var bits []byte
+		if tc.has {
+			bits = field.PackBits()
+		}
+		var e emitted
+		if err := st.Process(context.Background(), &stage.Msg{Data: input(tc.sel, bits, tc.has)}, &e); err != nil {
+			t.Fatalf("%s: %v", tc.name, err)
+		}
+		var o lungsegv1.ModelOutput
+		if err := proto.Unmarshal(e.outs[0].Data, &o); err != nil {
+			t.Fatal(err)
+		}
+		if o.HasField != tc.has || string(o.FieldBits) != string(bits) {
+			t.Errorf("%s: output has_field %v with %d bytes", tc.name, o.HasField, len(o.FieldBits))
+		}
+		if len(o.Windows) != tc.wins {
+			t.Fatalf("%s: %d windows, want %d", tc.name, len(o.Windows), tc.wins)
+		}
+		if tc.wins > 0 {
+			if w := o.Windows[0]; int(w.Y0)+10 != tc.first {
+				t.Errorf("%s: first window centred on row %d, want %d", tc.name, w.Y0+10, tc.first)
+			}
+		}
+	}
+	err := st.Process(context.Background(), &stage.Msg{Data: input("d+crop", []byte{1, 2, 3}, true)}, &emitted{})
+	if !stage.IsPermanent(err) || !strings.Contains(err.Error(), "lung field") {
+		t.Fatalf("bad field bits: %v", err)
+	}
+}

@@ -24,6 +24,7 @@ import (
 
 	"github.com/lungseg/lungseg/pkg/bus"
 	"github.com/lungseg/lungseg/pkg/imgx"
+	"github.com/lungseg/lungseg/pkg/lungfield"
 	"github.com/lungseg/lungseg/pkg/model"
 	"github.com/lungseg/lungseg/pkg/stage"
 	lungsegv1 "github.com/lungseg/lungseg/proto/lungseg/v1"
@@ -159,6 +160,7 @@ func (s *Stage) Process(ctx context.Context, m *stage.Msg, e stage.Emitter) erro
 		Meta: in.Meta, Model: in.Model, ModelVersion: c.Version,
 		Height: int32(h), Width: int32(w), Prob: imgx.EncodeFloat32(prob),
 		Threshold: float32(c.Threshold), MaskBits: in.MaskBits, HasMask: in.HasMask,
+		FieldBits: in.FieldBits, HasField: in.HasField,
 		Provider: s.Model.Provider(),
 	}
 	out.Placement = in.Placement
@@ -222,8 +224,12 @@ func (s *Stage) refine(out *lungsegv1.ModelOutput, prob []float32, hu *imgx.HU) 
 	if err != nil {
 		return stage.Permanent(err)
 	}
+	field, err := lungfield.FromBits(hu.Rows, hu.Cols, out.FieldBits, out.HasField)
+	if err != nil {
+		return stage.Permanentf("segment: slice %s: lung field: %w", out.Meta.Id, err)
+	}
 	native := imgx.ResizeBilinear(prob, int(out.Height), int(out.Width), hu.Rows, hu.Cols)
-	wins := cascade.Plan(native, hu.Rows, hu.Cols, p)
+	wins := cascade.PlanIn(native, hu.Rows, hu.Cols, p, field)
 	probs, err := RunWindows(s.CropModel, s.Crop, hu, wins)
 	if err != nil {
 		return fmt.Errorf("segment: running %s on %s: %w", s.Crop.Name, out.Meta.Id, err)

@@ -11,7 +11,9 @@
 //  1. The detector's probability map is resized to the slice's rows×cols
 //     with imgx.ResizeBilinear (the native map).
 //  2. Candidates are the 8-connected components of native pixels with
-//     probability > DetectThreshold (float32 comparison), each with its
+//     probability > DetectThreshold (float32 comparison) inside the
+//     slice's lung field (pkg/lungfield; PlanIn: everywhere when the slice
+//     has none), each with its
 //     inclusive bounding box and peak probability. They are sorted by peak
 //     descending, ties by bounding-box top row, then left column, then
 //     raster order of the component's first pixel; the first
@@ -185,6 +187,21 @@ func WindowOf(c Component, size int) Window {
 // (steps 2 and 3).
 func Plan(native []float32, rows, cols int, p Params) []Window {
 	return Select(Components(native, rows, cols, p.DetectThreshold), p)
+}
+
+// PlanIn is Plan with candidates taken only from inside field (rows×cols;
+// nil: everywhere): pixels outside it count as 0. native is not changed.
+func PlanIn(native []float32, rows, cols int, p Params, field *imgx.Mask) []Window {
+	if field == nil {
+		return Plan(native, rows, cols, p)
+	}
+	in := make([]float32, len(native))
+	for i, v := range native {
+		if field.Pix[i] != 0 {
+			in[i] = v
+		}
+	}
+	return Plan(in, rows, cols, p)
 }
 
 // Crop returns the crop model's input of one window: the HU of the window

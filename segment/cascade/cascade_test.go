@@ -217,3 +217,33 @@ func TestParamsOf(t *testing.T) {
 		t.Fatal("whole-slice card accepted")
 	}
 }
+
+func TestPlanIn(t *testing.T) {
+	native, rows, cols := grid(
+		"......",
+		".88...",
+		"......",
+		"....6.",
+	)
+	p := Params{Window: 18, DetectThreshold: 0.25, MaxCandidates: 8}
+	if got, want := PlanIn(native, rows, cols, p, nil), Plan(native, rows, cols, p); !reflect.DeepEqual(got, want) || len(got) != 2 {
+		t.Fatalf("PlanIn without field = %+v, want Plan's %+v (2 windows)", got, want)
+	}
+	// The field holds only the lower right candidate (and its row).
+	field := imgx.NewMask(rows, cols)
+	for x := 0; x < cols; x++ {
+		field.Pix[3*cols+x] = 1
+	}
+	before := append([]float32(nil), native...)
+	got := PlanIn(native, rows, cols, p, field)
+	want := []Window{{Y0: 3 - 9, X0: 4 - 9, H: 18, W: 18}}
+	if !reflect.DeepEqual(got, want) {
+		t.Fatalf("PlanIn = %+v, want %+v", got, want)
+	}
+	if !reflect.DeepEqual(native, before) {
+		t.Fatal("PlanIn changed the native map")
+	}
+	if got := PlanIn(native, rows, cols, p, imgx.NewMask(rows, cols)); len(got) != 0 {
+		t.Fatalf("empty field: windows %+v", got)
+	}
+}
