@@ -48,7 +48,8 @@ type Config struct {
 	// m also loads m's crop model when the selection holds "m+crop".
 	Models []string
 	// Defaults are the models for slices and jobs that name none; empty
-	// means "all" (every whole-slice model and runnable cascade).
+	// means "all" (every model, crop models alone included, and every
+	// runnable cascade).
 	Defaults []string
 	// Workers per stage (per model for segment); default 1.
 	Workers map[string]int
@@ -96,7 +97,8 @@ func Run(ctx context.Context, js jetstream.JetStream, cfg Config, log zerolog.Lo
 	}
 	defaults := cfg.Defaults
 	if len(defaults) == 0 {
-		// Every whole-slice model and every runnable cascade.
+		// Every model (crop models alone included) and every runnable
+		// cascade.
 		var err error
 		if defaults, err = cfg.Registry.Resolve([]string{"all"}); err != nil {
 			return err
