@@ -7,6 +7,7 @@ import (
 
 	"github.com/lungseg/lungseg/pkg/bus"
 	"github.com/lungseg/lungseg/pkg/imgx"
+	"github.com/lungseg/lungseg/pkg/lungfield"
 	"github.com/lungseg/lungseg/pkg/stage"
 	lungsegv1 "github.com/lungseg/lungseg/proto/lungseg/v1"
 	"github.com/lungseg/lungseg/segment/cascade"
@@ -24,8 +25,39 @@ type Stage struct{}
 // Prediction maps a model output to the slice's grid: the probability map
 // resized to rows×cols (refined with the crop windows for a cascade; cut
 // out at its placement, unresized, for a crop model's padded window) and
-// the predicted mask cut from it at the output's threshold.
+// the predicted mask cut from it at the output's threshold. When the
+// output carries a lung field (pkg/lungfield), pixels outside it are
+// removed from the mask and their probability set to 0, so that the score
+// and the findings see only predictions inside the field.
 func Prediction(o *lungsegv1.ModelOutput) (prob []float32, pred *imgx.Mask, err error) {
+	prob, pred, _, err = prediction(o)
+	return prob, pred, err
+}
+
+// prediction is Prediction, also returning how many predicted pixels the
+// lung field removed.
+func prediction(o *lungsegv1.ModelOutput) (prob []float32, pred *imgx.Mask, removed int, err error) {
+	if prob, pred, err = rawPrediction(o); err != nil {
+		return nil, nil, 0, err
+	}
+	field, err := lungfield.FromBits(pred.Rows, pred.Cols, o.FieldBits, o.HasField)
+	if err != nil {
+		return nil, nil, 0, fmt.Errorf("score: slice %s: %w", o.Meta.Id, err)
+	}
+	if field == nil {
+		return prob, pred, 0, nil
+	}
+	removed = lungfield.Remove(pred, field)
+	for i, v := range field.Pix {
+		if v == 0 {
+			prob[i] = 0
+		}
+	}
+	return prob, pred, removed, nil
+}
+
+// rawPrediction is Prediction without the lung field.
+func rawPrediction(o *lungsegv1.ModelOutput) (prob []float32, pred *imgx.Mask, err error) {
 	if o.Meta == nil {
 		return nil, nil, errors.New("score: output without slice metadata")
 	}
@@ -56,12 +88,13 @@ func Prediction(o *lungsegv1.ModelOutput) (prob []float32, pred *imgx.Mask, err 
 
 // ScoreOutput computes the Score of one model output.
 func ScoreOutput(o *lungsegv1.ModelOutput) (*lungsegv1.Score, error) {
-	full, pred, err := Prediction(o)
+	full, pred, removed, err := prediction(o)
 	if err != nil {
 		return nil, err
 	}
 	rows, cols := int(o.Meta.Rows), int(o.Meta.Cols)
-	s := &lungsegv1.Score{Meta: o.Meta, Model: o.Model, ModelVersion: o.ModelVersion, HasTruth: o.HasMask, InferenceUs: o.InferenceUs}
+	s := &lungsegv1.Score{Meta: o.Meta, Model: o.Model, ModelVersion: o.ModelVersion, HasTruth: o.HasMask, InferenceUs: o.InferenceUs,
+		HasField: o.HasField, OutsideFieldPixels: int64(removed)}
 	if o.HasMask {
 		truth, err := imgx.UnpackMask(rows, cols, o.MaskBits)
 		if err != nil {

@@ -114,3 +114,69 @@ func TestScoreCascadeRejectsBadWindows(t *testing.T) {
 		}
 	}
 }
+
+// TestScoreLungField: predicted pixels outside the output's lung field are
+// removed (and counted) before the metrics, pred_bits and pred_prob; the
+// probability there is 0; without a field nothing changes.
+func TestScoreLungField(t *testing.T) {
+	const rows, cols = 4, 6
+	prob := []float32{ // the model's map at the slice's size: no resizing
+		0.9, 0.9, 0.1, 0.1, 0.8, 0.7,
+		0.9, 0.9, 0.1, 0.1, 0.6, 0.1,
+		0.1, 0.1, 0.1, 0.1, 0.1, 0.1,
+		0.1, 0.1, 0.1, 0.1, 0.1, 0.95,
+	}
+	field := imgx.NewMask(rows, cols) // the left half
+	for y := 0; y < rows; y++ {
+		for x := 0; x < cols/2; x++ {
+			field.Pix[y*cols+x] = 1
+		}
+	}
+	truth := imgx.NewMask(rows, cols)
+	truth.Pix[0], truth.Pix[1], truth.Pix[6], truth.Pix[7] = 1, 1, 1, 1
+	out := func(has bool) *lungsegv1.ModelOutput {
+		o := &lungsegv1.ModelOutput{Meta: &lungsegv1.SliceMeta{Id: "s", Rows: rows, Cols: cols}, Model: "m",
+			Height: rows, Width: cols, Prob: imgx.EncodeFloat32(prob), Threshold: 0.5, HasMask: true, MaskBits: truth.PackBits()}
+		if has {
+			o.FieldBits, o.HasField = field.PackBits(), true
+		}
+		return o
+	}
+	for _, tc := range []struct {
+		name               string
+		has                bool
+		predicted, outside int64
+		dice               float64
+	}{
+		{"field", true, 4, 4, 1},
+		{"no field", false, 8, 0, 2 * 4 / float64(4+8)},
+	} {
+		s, err := ScoreOutput(out(tc.has))
+		if err != nil {
+			t.Fatal(err)
+		}
+		if s.HasField != tc.has || s.PredictedPixels != tc.predicted || s.OutsideFieldPixels != tc.outside || math.Abs(s.Dice-tc.dice) > 1e-12 {
+			t.Errorf("%s: has_field %v, predicted %d, outside %d, Dice %g; want %v, %d, %d, %g",
+				tc.name, s.HasField, s.PredictedPixels, s.OutsideFieldPixels, s.Dice, tc.has, tc.predicted, tc.outside, tc.dice)
+		}
+		pred, err := imgx.UnpackMask(rows, cols, s.PredBits)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if int64(pred.Count()) != tc.predicted || len(s.PredProb) != 4*int(tc.predicted) {
+			t.Errorf("%s: pred_bits %d pixels, pred_prob %d bytes", tc.name, pred.Count(), len(s.PredProb))
+		}
+		full, _, err := Prediction(out(tc.has))
+		if err != nil {
+			t.Fatal(err)
+		}
+		if tc.has && (full[4] != 0 || full[0] != 0.9) {
+			t.Errorf("%s: probability outside the field %g, inside %g", tc.name, full[4], full[0])
+		}
+	}
+	o := out(true)
+	o.FieldBits = o.FieldBits[:1]
+	if _, err := ScoreOutput(o); err == nil {
+		t.Error("short field bits accepted")
+	}
+}
