@@ -145,6 +145,7 @@ func pipelineConfig(cfg *Config, stages []string) (pipeline.Config, error) {
 		Workers:         cfg.Workers,
 		Infer:           cfg.inferOptions(),
 		TTA:             cfg.TTA,
+		NoLungField:     cfg.NoLungField,
 		Formats:         formats.All(),
 		Streams:         cfg.streamOptions(),
 		SkipStreamSetup: !cfg.ensureStreams(),

@@ -45,6 +45,9 @@ type Config struct {
 	Workers map[string]int `json:"workers"`
 	// TTA turns on flip test-time augmentation.
 	TTA bool `json:"tta"`
+	// NoLungField turns the lung field off: preprocess sends none, so no
+	// prediction outside the lungs is removed (for measuring the field).
+	NoLungField bool `json:"no_lung_field"`
 	// TrainCopies > 0 streams augmented training copies on lung.train.<model>.
 	TrainCopies int    `json:"train_copies"`
 	TrainSeed   uint64 `json:"train_seed"`
@@ -191,6 +194,7 @@ func commonFlags(fs *flag.FlagSet) func() (*Config, error) {
 	provider := fs.String("provider", d.Provider, "ONNX Runtime execution provider: cpu, cuda, tensorrt")
 	threads := fs.Int("threads", d.Threads, "ONNX Runtime intra-op threads per model session")
 	tta := fs.Bool("tta", false, "flip test-time augmentation for every model")
+	noField := fs.Bool("no-lung-field", false, "preprocess: send no lung field, so that no prediction outside the lungs is removed (to measure what the field changes)")
 	trainCopies := fs.Int("train-copies", 0, "preprocess: also publish this many augmented copies per slice on lung.train.<model>")
 	logLevel := fs.String("log-level", d.LogLevel, "log level: debug, info, warn, error")
 	check := fs.Bool("check-config", false, "validate the configuration and exit")
@@ -228,6 +232,8 @@ func commonFlags(fs *flag.FlagSet) func() (*Config, error) {
 				c.Threads = *threads
 			case "tta":
 				c.TTA = *tta
+			case "no-lung-field":
+				c.NoLungField = *noField
 			case "train-copies":
 				c.TrainCopies = *trainCopies
 			case "log-level":

@@ -57,6 +57,9 @@ type Config struct {
 	Infer infer.Options
 	// TTA turns on flip test-time augmentation for every model.
 	TTA bool
+	// NoLungField makes preprocess send no lung field (nothing outside
+	// the lungs is removed).
+	NoLungField bool
 	// TrainCopies > 0 makes preprocess stream augmented training copies
 	// on lung.train.<model>.
 	TrainCopies int
@@ -157,7 +160,7 @@ func Run(ctx context.Context, js jetstream.JetStream, cfg Config, log zerolog.Lo
 		case Preprocess:
 			err = add(stage.Config{Name: Preprocess, Stream: bus.StreamRaw},
 				&preprocess.Stage{Cards: cfg.Registry, Defaults: defaults, TTA: cfg.TTA,
-					TrainCopies: cfg.TrainCopies, TrainSeed: cfg.TrainSeed, Objects: objects})
+					TrainCopies: cfg.TrainCopies, TrainSeed: cfg.TrainSeed, Objects: objects, NoLungField: cfg.NoLungField})
 		case Segment:
 			selected := cfg.Models
 			if len(selected) == 0 {
