@@ -13,6 +13,7 @@ import (
 	"github.com/lungseg/lungseg/pkg/bus"
 	"github.com/lungseg/lungseg/pkg/bustest"
 	"github.com/lungseg/lungseg/pkg/imgx"
+	"github.com/lungseg/lungseg/pkg/lungfield"
 	"github.com/lungseg/lungseg/pkg/model"
 	"github.com/lungseg/lungseg/pkg/phantom"
 	"github.com/lungseg/lungseg/pkg/pipeline"
@@ -185,8 +186,17 @@ func TestCascadeEndToEnd(t *testing.T) {
 				t.Fatalf("%s: detector pixel %d = %v, want %v", s.Name(), i, prob[i], want)
 			}
 		}
+		// Preprocess sent the slice's lung field; candidates come only
+		// from inside it.
+		field, err := lungfield.Compute(s.HU, s.SpacingMm, s.SpacingMm, lungfield.Options{})
+		if err != nil {
+			t.Fatal(err)
+		}
+		if !o.HasField || string(o.FieldBits) != string(field.PackBits()) {
+			t.Fatalf("%s: output has_field %v with %d bytes, not the slice's lung field", s.Name(), o.HasField, len(o.FieldBits))
+		}
 		native := imgx.ResizeBilinear(prob, 256, 256, 512, 512)
-		wins := cascade.Plan(native, 512, 512, p)
+		wins := cascade.PlanIn(native, 512, 512, p, field)
 		if len(wins) == 0 || len(wins) != len(o.Windows) {
 			t.Fatalf("%s: %d windows planned, %d published", s.Name(), len(wins), len(o.Windows))
 		}
@@ -217,7 +227,7 @@ func TestCascadeEndToEnd(t *testing.T) {
 		want := imgx.NewMask(512, 512)
 		var inside []float64
 		for i, h := range s.HU.Pix {
-			if covered[i] && float64(h) > cropHU {
+			if covered[i] && float64(h) > cropHU && field.Pix[i] != 0 {
 				want.Pix[i] = 1
 				x := cropCard.Normalisation.Apply(float64(h))
 				inside = append(inside, sigmoid(cropA*float64(x)+cropB))
@@ -249,10 +259,12 @@ func TestCascadeEndToEnd(t *testing.T) {
 			t.Errorf("%s: predicted %d truth %d", s.Name(), sc.PredictedPixels, sc.TruthPixels)
 		}
 		t.Logf("%s: %d windows, %d cascade mask pixels, dice %.3f", s.Name(), len(wins), sc.PredictedPixels, sc.Dice)
-		// The plain detector is scored apart and keeps the body.
+		// The plain detector is scored apart: its map covers the body,
+		// whose part outside the lung field score removes.
 		plain := scores["tiny-det/"+s.Name()]
-		if plain == nil || plain.PredictedPixels <= sc.PredictedPixels {
-			t.Errorf("%s: plain detector predicted %d pixels, cascade %d", s.Name(), plain.GetPredictedPixels(), sc.PredictedPixels)
+		if plain == nil || plain.PredictedPixels <= sc.PredictedPixels || !plain.HasField || plain.OutsideFieldPixels == 0 {
+			t.Errorf("%s: plain detector predicted %d pixels (%d removed outside the field), cascade %d",
+				s.Name(), plain.GetPredictedPixels(), plain.GetOutsideFieldPixels(), sc.PredictedPixels)
 		}
 	}
 }
