@@ -508,9 +508,23 @@ def cut_windows(t: torch.Tensor, cy: torch.Tensor, cx: torch.Tensor, win: int, f
 
 def crop_training_batch(bank: Bank, r: Rand, b: int, win: int = CROP_WIN, p_real: float = 0.3,
                         p_paste: float = 0.85, p_second: float = 0.1, offset: int = CROP_OFFSET,
-                        grid_mm=CROP_GRID_MM, aug: bool = True) -> Tuple[torch.Tensor, torch.Tensor]:
-    """One batch of crop-model inputs [B,1,win,win] in [0,1] and masks."""
+                        grid_mm=CROP_GRID_MM, aug: bool = True, ct=None,
+                        p_ct: float = 0.0) -> Tuple[torch.Tensor, torch.Tensor]:
+    """One batch of crop-model inputs [B,1,win,win] in [0,1] and masks.
+
+    ct (a ctbg.CTBank of the same size as the bank): a fraction p_ct of the
+    backgrounds are real CT slices, whole (their own chest wall, mediastinum,
+    table), at their own pixel spacing; their windows are cut around a lung
+    pixel and get a crop like the others (p_paste), or stay real negatives."""
     hu, lung, mask, use_real = backgrounds(bank, r, b, p_real)
+    use_ct = None
+    if ct is not None and ct.n > 0 and p_ct > 0:
+        use_ct = r.u((b,)) < p_ct
+        ci = r.i(ct.n, (b,))
+        uc = use_ct.view(-1, 1, 1, 1)
+        hu = torch.where(uc, ct.hu[ci], hu)
+        lung = torch.where(uc, ct.lung[ci], lung)
+        mask = torch.where(uc, torch.zeros_like(mask), mask)
     er = -F.max_pool2d(-lung, 9, 1, 4)
     has = mask.flatten(1).amax(1) > 0
     w = torch.where(has.view(-1, 1, 1, 1), mask, er + 1e-3 * lung)
@@ -524,6 +538,8 @@ def crop_training_batch(bank: Bank, r: Rand, b: int, win: int = CROP_WIN, p_real
     on = ((r.u((b,)) < p_paste) & ~has).float()
     if bank.n_crops > 0:
         gm = r.u((b,), grid_mm[0], grid_mm[1])
+        if use_ct is not None:
+            gm = torch.where(use_ct, ct.spacing[ci], gm)
         centre = r.u((b, 2), -offset, offset)
         hu_w, mask_w, _ = paste(bank, r, hu_w, mask_w, lung_w, r.i(bank.n_crops, (b,)), gm, True, on,
                                 centre=centre)

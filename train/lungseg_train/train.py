@@ -298,6 +298,11 @@ def run(args) -> Dict[str, object]:
     if select_on == "bare" and not crop:
         raise SystemExit("--select-on bare needs --task crop")
     bare_frac = args.bare_frac if crop else 0.0
+    ct_bank = None
+    if crop and args.ct_backgrounds and args.p_ct > 0:
+        from . import ctbg
+        ct_bank = ctbg.load_ct_bank(args.ct_backgrounds, args.ct_series.split(","), device, canvas)
+        log(f"CT backgrounds: {ct_bank.n} slices of {args.ct_series} (p {args.p_ct})")
     if crop:
         val_comp = C.crop_eval_set(bank_va, seed=1001, win=size)
         val_real = C.crop_real_eval_set(bank_va, seed=1002, win=size)
@@ -413,7 +418,7 @@ def run(args) -> Dict[str, object]:
                     g["lr"] = b0 * f
             with torch.no_grad():
                 if crop:
-                    x, y = C.crop_training_batch(bank_tr, rnd, batch - nb, win=size)
+                    x, y = C.crop_training_batch(bank_tr, rnd, batch - nb, win=size, ct=ct_bank, p_ct=args.p_ct)
                     if nb:
                         xb, yb = C.bare_training_batch(tr_crops, rnd, nb, win=size)
                         x, y = torch.cat([x, xb]), torch.cat([y, yb])
@@ -617,6 +622,7 @@ def run(args) -> Dict[str, object]:
             "stop": stop, "device": dev_name, "torch": torch.__version__, "seed": args.seed,
             "flops_per_image": _flops(model, size),
             "bare_frac": bare_frac, "frozen_bn": frozen_bn, "select_on": select_on,
+            **({"ct_backgrounds": {"series": args.ct_series, "slices": ct_bank.n, "p": args.p_ct}} if ct_bank else {}),
             **({"init": init} if init else {}),
         },
         "validation": validation,
@@ -702,6 +708,10 @@ def parser() -> argparse.ArgumentParser:
     ap.add_argument("--select-on", default="auto", choices=["auto", "bare", "windows"],
                     help="epoch and threshold selection set (auto: bare crops for the crop task, else windows); "
                          "always by the mean Dice over images with truth")
+    ap.add_argument("--ct-backgrounds", default="",
+                    help="crop task: ct_series folder (../shared/data/ct_series): real CT slices as backgrounds")
+    ap.add_argument("--ct-series", default="popi_00_141", help="comma-separated series of --ct-backgrounds")
+    ap.add_argument("--p-ct", type=float, default=0.25, help="fraction of window backgrounds that are real CT")
     ap.add_argument("--checkpoint-every-minutes", type=float, default=0.0,
                     help="write WORK/<name>.resume.pt (model, optimizer, scheduler, RNG, epoch, best) this often "
                          "and at each epoch's end")
