@@ -60,8 +60,21 @@ def _blur(x: torch.Tensor, sigma: float, peak: bool = True) -> torch.Tensor:
     if not peak:
         k = k / k.sum()
     r = (k.numel() - 1) // 2
-    x = F.conv2d(F.pad(x, (r, r, 0, 0), mode="replicate" if not peak else "constant"), k.view(1, 1, 1, -1))
-    return F.conv2d(F.pad(x, (0, 0, r, r), mode="replicate" if not peak else "constant"), k.view(1, 1, -1, 1))
+    x = _correlate(F.pad(x, (r, r, 0, 0), mode="replicate" if not peak else "constant"), k, -1)
+    return _correlate(F.pad(x, (0, 0, r, r), mode="replicate" if not peak else "constant"), k, -2)
+
+
+def _correlate(x: torch.Tensor, k: torch.Tensor, dim: int) -> torch.Tensor:
+    """1-D cross-correlation of x along dim with k, valid part (what conv2d with a
+    1xK or Kx1 kernel gives), as a sum of shifted copies: the Debian CPU torch
+    runs such thin single-channel convolutions through a generic BLAS, ~4 s
+    for 8 images of 512x512, this in a few tens of ms."""
+    n = k.numel()
+    length = x.shape[dim] - n + 1
+    out = x.narrow(dim, 0, length) * k[0]
+    for j in range(1, n):
+        out = out + x.narrow(dim, j, length) * k[j]
+    return out
 
 
 def smooth_noise(r: Rand, b: int, size: int, cells: int) -> torch.Tensor:
@@ -506,17 +519,56 @@ def cut_windows(t: torch.Tensor, cy: torch.Tensor, cx: torch.Tensor, win: int, f
     return torch.where(ok, out, torch.full_like(out, fill)).unsqueeze(1)
 
 
+@dataclass
+class BgPool:
+    """Chest backgrounds made once and reused (backgrounds() output for P images)."""
+
+    hu: torch.Tensor
+    lung: torch.Tensor
+    mask: torch.Tensor
+    use_real: torch.Tensor
+
+    @property
+    def n(self) -> int:
+        return int(self.hu.shape[0])
+
+
+def make_bg_pool(bank: Bank, r: Rand, n: int, p_real: float = 0.3, chunk: int = 8) -> BgPool:
+    """n backgrounds of backgrounds(bank, ...), made in chunks: on a CPU a 512
+    synthetic chest costs about a second, more than a crop model's training
+    step, so a CPU run draws its window backgrounds from such a pool
+    (pool_backgrounds flips them) instead of making new ones every batch."""
+    parts = [backgrounds(bank, r, min(chunk, n - s), p_real) for s in range(0, n, chunk)]
+    return BgPool(*(torch.cat([p[k] for p in parts]) for k in range(4)))
+
+
+def pool_backgrounds(pool: BgPool, r: Rand, b: int):
+    """b backgrounds drawn from the pool, each flipped left-right and/or up-down at random."""
+    i = r.i(pool.n, (b,))
+    fx = (r.u((b,)) < 0.5).view(-1, 1, 1, 1)
+    fy = (r.u((b,)) < 0.5).view(-1, 1, 1, 1)
+
+    def f(t):
+        t = torch.where(fx, t.flip(-1), t)
+        return torch.where(fy, t.flip(-2), t)
+
+    return f(pool.hu[i]), f(pool.lung[i]), f(pool.mask[i]), pool.use_real[i]
+
+
 def crop_training_batch(bank: Bank, r: Rand, b: int, win: int = CROP_WIN, p_real: float = 0.3,
                         p_paste: float = 0.85, p_second: float = 0.1, offset: int = CROP_OFFSET,
                         grid_mm=CROP_GRID_MM, aug: bool = True, ct=None,
-                        p_ct: float = 0.0) -> Tuple[torch.Tensor, torch.Tensor]:
+                        p_ct: float = 0.0, pool: Optional[BgPool] = None) -> Tuple[torch.Tensor, torch.Tensor]:
     """One batch of crop-model inputs [B,1,win,win] in [0,1] and masks.
 
     ct (a ctbg.CTBank of the same size as the bank): a fraction p_ct of the
     backgrounds are real CT slices, whole (their own chest wall, mediastinum,
     table), at their own pixel spacing; their windows are cut around a lung
     pixel and get a crop like the others (p_paste), or stay real negatives."""
-    hu, lung, mask, use_real = backgrounds(bank, r, b, p_real)
+    if pool is not None and pool.n > 0:
+        hu, lung, mask, use_real = pool_backgrounds(pool, r, b)
+    else:
+        hu, lung, mask, use_real = backgrounds(bank, r, b, p_real)
     use_ct = None
     if ct is not None and ct.n > 0 and p_ct > 0:
         use_ct = r.u((b,)) < p_ct

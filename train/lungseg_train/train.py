@@ -298,6 +298,13 @@ def run(args) -> Dict[str, object]:
     if select_on == "bare" and not crop:
         raise SystemExit("--select-on bare needs --task crop")
     bare_frac = args.bare_frac if crop else 0.0
+    bg_pool = None
+    if crop and args.bg_pool:
+        tp = time.time()
+        gp = torch.Generator(device=device if device.type == "cuda" else torch.device("cpu"))
+        gp.manual_seed(args.seed + 11)
+        bg_pool = C.make_bg_pool(bank_tr, C.Rand(gp, device), args.bg_pool)
+        log(f"background pool: {bg_pool.n} chests in {time.time() - tp:.0f}s")
     ct_bank = None
     if crop and args.ct_backgrounds and args.p_ct > 0:
         from . import ctbg
@@ -418,7 +425,8 @@ def run(args) -> Dict[str, object]:
                     g["lr"] = b0 * f
             with torch.no_grad():
                 if crop:
-                    x, y = C.crop_training_batch(bank_tr, rnd, batch - nb, win=size, ct=ct_bank, p_ct=args.p_ct)
+                    x, y = C.crop_training_batch(bank_tr, rnd, batch - nb, win=size, ct=ct_bank, p_ct=args.p_ct,
+                                                 pool=bg_pool)
                     if nb:
                         xb, yb = C.bare_training_batch(tr_crops, rnd, nb, win=size)
                         x, y = torch.cat([x, xb]), torch.cat([y, yb])
@@ -621,7 +629,7 @@ def run(args) -> Dict[str, object]:
             "epoch_samples": epoch_samples, "minutes": round(train_s / 60.0, 2), "budget_minutes": args.minutes,
             "stop": stop, "device": dev_name, "torch": torch.__version__, "seed": args.seed,
             "flops_per_image": _flops(model, size),
-            "bare_frac": bare_frac, "frozen_bn": frozen_bn, "select_on": select_on,
+            "bare_frac": bare_frac, "frozen_bn": frozen_bn, "select_on": select_on, "bg_pool": args.bg_pool,
             **({"ct_backgrounds": {"series": args.ct_series, "slices": ct_bank.n, "p": args.p_ct}} if ct_bank else {}),
             **({"init": init} if init else {}),
         },
@@ -708,6 +716,8 @@ def parser() -> argparse.ArgumentParser:
     ap.add_argument("--select-on", default="auto", choices=["auto", "bare", "windows"],
                     help="epoch and threshold selection set (auto: bare crops for the crop task, else windows); "
                          "always by the mean Dice over images with truth")
+    ap.add_argument("--bg-pool", type=int, default=0,
+                    help="crop task: draw window backgrounds from a pool of this many chests made once (CPU runs)")
     ap.add_argument("--ct-backgrounds", default="",
                     help="crop task: ct_series folder (../shared/data/ct_series): real CT slices as backgrounds")
     ap.add_argument("--ct-series", default="popi_00_141", help="comma-separated series of --ct-backgrounds")
