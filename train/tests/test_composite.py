@@ -106,3 +106,39 @@ def test_crop_eval_set_keeps_the_crops_unscaled():
         assert torch.equal(m, b), i
     again = C.crop_eval_set(bank, seed=4, win=128)
     assert torch.equal(ev.x, again.x)
+
+
+def test_blur_as_shifted_sums_equals_the_convolution():
+    import torch.nn.functional as F
+
+    from lungseg_train import composite as C
+
+    x = torch.randn(2, 1, 40, 33)
+    for peak in (True, False):
+        for sig in (0.6, 1.6, 3.2):
+            k = C._gauss_kernel(sig, "cpu")
+            k = k if peak else k / k.sum()
+            r = (k.numel() - 1) // 2
+            mode = "constant" if peak else "replicate"
+            ref = F.conv2d(F.pad(x, (r, r, 0, 0), mode=mode), k.view(1, 1, 1, -1))
+            ref = F.conv2d(F.pad(ref, (0, 0, r, r), mode=mode), k.view(1, 1, -1, 1))
+            assert torch.allclose(C._blur(x, sig, peak), ref, atol=1e-5)
+
+
+def test_background_pool_draws_flipped_copies():
+    from lungseg_train import composite as C
+    from lungseg_train import data as D
+
+    d = D.synthetic_phantoms(n_patients=2, crops_per_patient=2, slices_per_patient=1)
+    bank = C.make_bank(d.crops, d.slices, "cpu", 128, False)
+    g = torch.Generator()
+    g.manual_seed(0)
+    r = C.Rand(g, "cpu")
+    pool = C.make_bg_pool(bank, r, 3, chunk=2)
+    assert pool.n == 3 and pool.hu.shape == (3, 1, 128, 128)
+    hu, lung, mask, real = C.pool_backgrounds(pool, r, 6)
+    for i in range(6):
+        assert any(torch.equal(hu[i], t) for p in pool.hu
+                   for t in (p, p.flip(-1), p.flip(-2), p.flip(-1).flip(-2)))
+    x, y = C.crop_training_batch(bank, r, 4, pool=pool)
+    assert x.shape == (4, 1, 128, 128)
