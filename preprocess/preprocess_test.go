@@ -309,6 +309,7 @@ func TestLungField(t *testing.T) {
 				if len(o.Data) > preprocess.MaxInput {
 					t.Errorf("%s: %d bytes, over %d", in.Model, len(o.Data), preprocess.MaxInput)
 				}
+				t.Logf("%s: %d bytes (limit %d)", in.Model, len(o.Data), preprocess.MaxInput)
 				if in.HasField != c.hasField || (len(in.FieldBits) > 0) != c.hasField {
 					t.Fatalf("%s: has_field %v with %d bytes, want %v", in.Model, in.HasField, len(in.FieldBits), c.hasField)
 				}
