@@ -5,7 +5,7 @@
 
 Each folder's weights are read back from its model.onnx (onnx_weights) and run
 by PyTorch on the validation and test patients' crops as they are, each
-mirror-padded into the model window by data.pad_bare_crop, only the crop's own
+padded with air (HU -1024) into the model window by data.pad_bare_crop, only the crop's own
 pixels scored. The threshold is the one with the best mean Dice over
 validation crops with truth (metrics.Scores.best_threshold); test is read at
 it. Also given: the test figures at the card's own threshold.

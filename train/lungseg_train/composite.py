@@ -659,7 +659,7 @@ def crop_real_eval_set(bank: Bank, seed: int, win: int = CROP_WIN) -> EvalSet:
 
 
 # ---------------------------------------------------------------------------
-# Bare crops: the held-out crops as they are, mirror-padded (data.pad_bare_crop)
+# Bare crops: the held-out crops as they are, padded with air (data.pad_bare_crop)
 
 
 @dataclass
@@ -667,7 +667,7 @@ class BareSet:
     """Bare crops padded into crop-model windows."""
 
     x: torch.Tensor  # [N,1,W,W] windowed input
-    y: torch.Tensor  # [N,1,W,W] mask, mirror-padded like the input
+    y: torch.Tensor  # [N,1,W,W] mask, padded with 0
     valid: torch.Tensor  # [N,1,W,W] 0/1: the crop's own pixels
     diam: torch.Tensor  # [N] truth longest diameter (mm), 0 if empty
 
@@ -686,8 +686,8 @@ def bare_eval_set(crops: D.CropSet, win: int = CROP_WIN, device="cpu",
     for i in range(n):
         hu, m = crops.bare(i)
         h, w = hu.shape
-        x[i, 0] = D.window(D.pad_bare_crop(hu.astype(np.float32), win))
-        y[i, 0] = D.pad_bare_crop(m.astype(np.float32), win)
+        x[i, 0] = D.window(D.pad_bare_crop(hu.astype(np.float32), win, D.OUTSIDE_HU))
+        y[i, 0] = D.pad_bare_crop(m.astype(np.float32), win, 0.0)
         y0, x0 = D.bare_offset(h, w, win)
         v[i, 0, y0:y0 + h, x0:x0 + w] = 1.0
         dm[i] = diam[i] if diam is not None else MX.longest_diameter_mm(m, float(crops.spacing[i]))
@@ -702,7 +702,7 @@ def bare_training_batch(crops: D.CropSet, r: Rand, b: int, win: int = CROP_WIN,
     square (flips, quarter turns) as a bare crop, then padded by
     data.pad_bare_crop (mask too), then CT noise of a random level, the HU
     window and a random contrast/brightness (finish_batch without the
-    geometric warp, which would bend the mirror padding the Go side makes)."""
+    geometric warp: the bare crop is not resampled)."""
     idx = r.i(len(crops), (b,)).cpu().numpy()
     sym = r.i(8, (b,)).cpu().numpy()
     hu = np.zeros((b, 1, win, win), np.float32)
@@ -713,8 +713,8 @@ def bare_training_batch(crops: D.CropSet, r: Rand, b: int, win: int = CROP_WIN,
             a, m = np.rot90(a, s % 4), np.rot90(m, s % 4)
             if s >= 4:
                 a, m = a[:, ::-1], m[:, ::-1]
-        hu[k, 0] = D.pad_bare_crop(np.ascontiguousarray(a).astype(np.float32), win)
-        mk[k, 0] = D.pad_bare_crop(np.ascontiguousarray(m).astype(np.float32), win)
+        hu[k, 0] = D.pad_bare_crop(np.ascontiguousarray(a).astype(np.float32), win, D.OUTSIDE_HU)
+        mk[k, 0] = D.pad_bare_crop(np.ascontiguousarray(m).astype(np.float32), win, 0.0)
     hu_t = torch.from_numpy(hu).to(r.device)
     mk_t = torch.from_numpy(mk).to(r.device)
     return finish_batch(r, hu_t, mk_t, False) if not aug else _finish_intensity(r, hu_t, mk_t)

@@ -68,23 +68,25 @@ def bare_offset(h: int, w: int, win: int):
     return (win - h) // 2, (win - w) // 2
 
 
-def pad_bare_crop(crop: np.ndarray, win: int) -> np.ndarray:
+OUTSIDE_HU = -1024.0  # what a crop window reads outside its image (Go: cascade.OutsideHU)
+
+
+def pad_bare_crop(crop: np.ndarray, win: int, fill: float) -> np.ndarray:
     """The crop-model input for a bare crop (the Go side does exactly this).
 
     An h x w crop (h, w <= win; HU or any per-pixel value) is placed at
-    y0 = (win-h)//2, x0 = (win-w)//2 and the win x win window is filled by
-    mirror padding, numpy.pad(crop, ((y0, win-h-y0), (x0, win-w-x0)),
-    mode="reflect") (mode "edge" when h == 1 or w == 1, where reflect has no
-    second row or column). Pads wider than the crop reflect again (numpy's
-    rule). The HU window of the card is applied afterwards like for any input;
-    the prediction is cut back with unpad_bare and thresholded at the card's
-    threshold. The same function pads the mask for training.
+    y0 = (win-h)//2, x0 = (win-w)//2 and the rest of the win x win window is
+    fill: numpy.pad(crop, ((y0, win-h-y0), (x0, win-w-x0)), mode="constant",
+    constant_values=fill). HU crops are padded with OUTSIDE_HU (air), as the
+    cascade's windows read beyond an image's edge, so a crop model sees a bare
+    crop alone as its cascade would; masks with 0. The HU window of the card
+    is applied afterwards like for any input; the prediction is cut back with
+    unpad_bare and thresholded at the card's threshold.
     """
     a = np.asarray(crop)
     h, w = a.shape
     y0, x0 = bare_offset(h, w, win)
-    mode = "edge" if (h == 1 or w == 1) else "reflect"
-    return np.pad(a, ((y0, win - h - y0), (x0, win - w - x0)), mode=mode)
+    return np.pad(a, ((y0, win - h - y0), (x0, win - w - x0)), mode="constant", constant_values=fill)
 
 
 def unpad_bare(window_pred, h: int, w: int):

@@ -550,8 +550,8 @@ def run(args) -> Dict[str, object]:
         "rmse": "root mean square of (sigmoid(logit) - mask) over pixels; rmse_binary: of the binary mask",
     }
     if crop:
-        definitions["bare"] = (f"each held-out crop as it is (no compositing, no noise), mirror-padded into the "
-                               f"{size}x{size} window by data.pad_bare_crop (numpy reflect, centred); only the "
+        definitions["bare"] = (f"each held-out crop as it is (no compositing, no noise), padded with air (HU -1024) into the "
+                               f"{size}x{size} window by data.pad_bare_crop (centred); only the "
                                "crop's own pixels scored")
         definitions.update({
             "slices": f"{size}x{size} windows at native resolution: each held-out crop once, unscaled and "

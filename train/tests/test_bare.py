@@ -11,27 +11,25 @@ from lungseg_train import data as D
 from lungseg_train import metrics as MX
 
 
-def test_pad_bare_crop_matches_numpy_reflect_and_centres():
+def test_pad_bare_crop_centres_with_air_like_numpy_constant():
     a = np.arange(3 * 5, dtype=np.float32).reshape(3, 5)
-    w = D.pad_bare_crop(a, 8)
+    w = D.pad_bare_crop(a, 8, D.OUTSIDE_HU)
     y0, x0 = (8 - 3) // 2, (8 - 5) // 2
     assert (y0, x0) == D.bare_offset(3, 5, 8) == (2, 1)
     assert w.shape == (8, 8)
-    np.testing.assert_array_equal(w, np.pad(a, ((2, 3), (1, 2)), mode="reflect"))
+    np.testing.assert_array_equal(w, np.pad(a, ((2, 3), (1, 2)), mode="constant", constant_values=-1024))
     np.testing.assert_array_equal(w[y0:y0 + 3, x0:x0 + 5], a)
     np.testing.assert_array_equal(D.unpad_bare(w, 3, 5), a)
-    # mirror, not edge: the row above the crop is its second row
-    np.testing.assert_array_equal(w[y0 - 1, x0:x0 + 5], a[1])
-    # pads wider than the crop reflect again (numpy's rule), still exact
-    b = np.arange(4, dtype=np.float32).reshape(2, 2)
-    np.testing.assert_array_equal(D.pad_bare_crop(b, 9), np.pad(b, ((3, 4), (3, 4)), mode="reflect"))
+    # air around it, not the crop's own rows
+    assert (w[y0 - 1] == D.OUTSIDE_HU).all() and (w[:, x0 + 5] == D.OUTSIDE_HU).all()
+    # masks pad with 0
+    m = np.ones((1, 3), np.float32)
+    np.testing.assert_array_equal(D.pad_bare_crop(m, 5, 0.0), np.pad(m, ((2, 2), (1, 1))))
 
 
-def test_pad_bare_crop_single_row_uses_edge_and_refuses_too_large():
-    a = np.array([[1.0, 2.0, 3.0]])
-    np.testing.assert_array_equal(D.pad_bare_crop(a, 5), np.pad(a, ((2, 2), (1, 1)), mode="edge"))
+def test_pad_bare_crop_refuses_too_large():
     with pytest.raises(ValueError):
-        D.pad_bare_crop(np.zeros((10, 3)), 8)
+        D.pad_bare_crop(np.zeros((10, 3)), 8, 0.0)
 
 
 def test_bare_eval_set_scores_only_crop_pixels():
