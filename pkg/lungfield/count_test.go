@@ -20,21 +20,31 @@ var (
 // TestCountMasks is a measuring tool, not a check: with -count-masks and
 // -series it logs, per model, the predicted pixels of the written masks,
 // how many lie outside the lung field and outside the body, and on how
-// many slices any lies outside the body. Example:
+// many slices any lies outside the body, and how many lie in the box of
+// the series' visible mass on its slices (TestRealSeries). Example:
 //
 //	go test ./pkg/lungfield -run CountMasks -v -args -count-masks /tmp/masks -series popi_00_141
 func TestCountMasks(t *testing.T) {
 	if *countMasks == "" {
 		t.Skip("-count-masks not given")
 	}
-	type field struct{ field, body *imgx.Mask }
+	type field struct {
+		field, body *imgx.Mask
+		mass        bool // a slice of the series' visible mass
+	}
+	var mass seriesCase
+	for _, c := range realCases {
+		if c.folder == *countSeries {
+			mass = c
+		}
+	}
 	fields := map[string]field{}
-	for _, s := range readSeries(t, *countSeries) {
+	for k, s := range readSeries(t, *countSeries) {
 		r, err := lungfield.ComputeDetail(s.hu, s.rowMm, s.colMm, lungfield.Options{})
 		if err != nil {
 			t.Fatalf("%s: %v", s.name, err)
 		}
-		fields[s.name] = field{r.Field, r.Body}
+		fields[s.name] = field{r.Field, r.Body, k >= mass.mass[0] && k <= mass.mass[1]}
 	}
 	models, err := os.ReadDir(*countMasks)
 	if err != nil {
@@ -47,9 +57,9 @@ func TestCountMasks(t *testing.T) {
 		}
 	}
 	sort.Strings(names)
-	t.Logf("%-28s %6s %9s %14s %13s %17s", "model", "slices", "predicted", "outside field", "outside body", "slices out body")
+	t.Logf("%-28s %6s %9s %14s %13s %17s %9s", "model", "slices", "predicted", "outside field", "outside body", "slices out body", "mass box")
 	for _, name := range names {
-		var slices, pred, outField, outBody, slicesOutBody int
+		var slices, pred, outField, outBody, slicesOutBody, inMass int
 		for id, f := range fields {
 			file, err := os.Open(filepath.Join(*countMasks, name, id+".png"))
 			if err != nil {
@@ -79,6 +89,9 @@ func TestCountMasks(t *testing.T) {
 					if f.body.Pix[i] == 0 {
 						body++
 					}
+					if b := mass.massBox; f.mass && y >= b.y0 && y <= b.y1 && x >= b.x0 && x <= b.x1 {
+						inMass++
+					}
 				}
 			}
 			outBody += body
@@ -86,6 +99,6 @@ func TestCountMasks(t *testing.T) {
 				slicesOutBody++
 			}
 		}
-		t.Logf("%-28s %6d %9d %14d %13d %17d", name, slices, pred, outField, outBody, slicesOutBody)
+		t.Logf("%-28s %6d %9d %14d %13d %17d %9d", name, slices, pred, outField, outBody, slicesOutBody, inMass)
 	}
 }

@@ -113,20 +113,21 @@ type seriesCase struct {
 	massBox box
 }
 
+var realCases = []seriesCase{
+	// Mass: slices 00-slice057..067, round, about 25 px across,
+	// centred near row 252, column 168 on slice 062.
+	{folder: "popi_00_141", tableFrom: 395, bothLungs: [2]int{40, 110}, minHalf: 10000,
+		mass: [2]int{57, 67}, massBox: box{240, 265, 155, 182}},
+	// Mass: slices 1-14..1-19, irregular, from the right hilum
+	// backwards, rows about 255-330, columns 120-235 on 1-16; the box
+	// is the part of it that every one of those slices shows.
+	{folder: "lungdx_a0002_30", tableFrom: 445, bothLungs: [2]int{7, 23}, minHalf: 10000,
+		mass: [2]int{13, 18}, massBox: box{258, 312, 140, 205}},
+	{folder: "lungmask_1", bothLungs: [2]int{0, 0}, minHalf: 10000, mass: [2]int{-1, -1}},
+}
+
 func TestRealSeries(t *testing.T) {
-	cases := []seriesCase{
-		// Mass: slices 00-slice057..067, round, about 25 px across,
-		// centred near row 252, column 168 on slice 062.
-		{folder: "popi_00_141", tableFrom: 395, bothLungs: [2]int{40, 110}, minHalf: 10000,
-			mass: [2]int{57, 67}, massBox: box{240, 265, 155, 182}},
-		// Mass: slices 1-14..1-19, irregular, from the right hilum
-		// backwards, rows about 255-330, columns 120-235 on 1-16; the box
-		// is the part of it that every one of those slices shows.
-		{folder: "lungdx_a0002_30", tableFrom: 445, bothLungs: [2]int{7, 23}, minHalf: 10000,
-			mass: [2]int{13, 18}, massBox: box{258, 312, 140, 205}},
-		{folder: "lungmask_1", bothLungs: [2]int{0, 0}, minHalf: 10000, mass: [2]int{-1, -1}},
-	}
-	for _, c := range cases {
+	for _, c := range realCases {
 		t.Run(c.folder, func(t *testing.T) {
 			for k, s := range readSeries(t, c.folder) {
 				r, err := lungfield.ComputeDetail(s.hu, s.rowMm, s.colMm, lungfield.Options{})
