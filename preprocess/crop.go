@@ -11,15 +11,20 @@ import (
 
 // CropInput returns a crop model's input for a slice that fits in its
 // window (rows ≤ Input.Height, cols ≤ Input.Width): the slice at its
-// native pixel grid, normalised as the card says, centred on the window and
-// mirror-padded to it (imgx.PadCentre, numpy's "reflect" mode, as the crop
-// models' training pads), and where the slice lies on the window.
+// native pixel grid, centred on the window with air (imgx.AirHU) around it,
+// as a cascade's window reads beyond an image and as the crop models'
+// training pads bare crops, normalised as the card says; and where the
+// slice lies on the window.
 func CropInput(hu *imgx.HU, card *model.Card) ([]float32, imgx.Region, error) {
-	f := make([]float32, len(hu.Pix))
-	for i, v := range hu.Pix {
+	pad, r, err := imgx.PadCentre(hu.Pix, hu.Rows, hu.Cols, card.Input.Height, card.Input.Width, imgx.AirHU)
+	if err != nil {
+		return nil, r, err
+	}
+	f := make([]float32, len(pad))
+	for i, v := range pad {
 		f[i] = card.Normalisation.Apply(float64(v))
 	}
-	return imgx.PadCentre(f, hu.Rows, hu.Cols, card.Input.Height, card.Input.Width)
+	return f, r, nil
 }
 
 // FitsWindow reports whether a slice goes to a crop model whole, padded to

@@ -41,7 +41,7 @@ func TileOrigins(n, w, stride int) []int {
 
 // Tile runs a crop model on a slice at its native pixel grid in
 // overlapping windows and returns its probability map (rows×cols): the
-// slice is first mirror-padded (imgx.PadCentre) to the window along any
+// slice is first padded with air (imgx.PadCentre) to the window along any
 // axis shorter than it, then covered by Input.Height×Input.Width windows
 // at TileOrigins(…, stride) on each axis, each normalised as the card says
 // and run (with flip TTA when tta is set, per window); where windows
@@ -54,7 +54,7 @@ func Tile(m Model, card *model.Card, hu *imgx.HU, stride int, tta bool) ([]float
 		return nil, fmt.Errorf("segment: tile stride %d", stride)
 	}
 	ph, pw := max(hu.Rows, H), max(hu.Cols, W)
-	pad, r, err := imgx.PadCentre(hu.Pix, hu.Rows, hu.Cols, ph, pw)
+	pad, r, err := imgx.PadCentre(hu.Pix, hu.Rows, hu.Cols, ph, pw, imgx.AirHU)
 	if err != nil {
 		return nil, err
 	}

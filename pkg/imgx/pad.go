@@ -18,30 +18,15 @@ func Centre(h, w, height, width int) (Region, error) {
 	return Region{Y0: (height - h) / 2, X0: (width - w) / 2, H: h, W: w}, nil
 }
 
-// ReflectIndex maps a position i on an axis of n pixels, possibly outside
-// [0, n), to the source pixel numpy's np.pad(..., mode="reflect") copies
-// there: the axis mirrored at its first and last pixel without repeating
-// them, as often as needed (period 2(n−1)); an axis of one pixel repeats
-// it (numpy's edge behaviour for that case).
-func ReflectIndex(i, n int) int {
-	if n <= 1 {
-		return 0
-	}
-	p := 2 * (n - 1)
-	m := i % p
-	if m < 0 {
-		m += p
-	}
-	if m >= n {
-		m = p - m
-	}
-	return m
-}
+// AirHU is what an image reads outside its edges: air. A crop model's
+// window reaching past a slice (a cascade's window, a bare crop padded to
+// the window) is filled with it.
+const AirHU = -1024
 
-// PadReflect returns src (h×w, row-major) padded to (top+h+bottom)×
-// (left+w+right) by mirroring, exactly as numpy's
-// np.pad(src, ((top, bottom), (left, right)), mode="reflect").
-func PadReflect[T any](src []T, h, w, top, bottom, left, right int) ([]T, error) {
+// Pad returns src (h×w, row-major) padded to (top+h+bottom)×
+// (left+w+right) with fill, exactly as numpy's np.pad(src, ((top,
+// bottom), (left, right)), mode="constant", constant_values=fill).
+func Pad[T any](src []T, h, w, top, bottom, left, right int, fill T) ([]T, error) {
 	if h < 1 || w < 1 || len(src) != h*w || top < 0 || bottom < 0 || left < 0 || right < 0 {
 		return nil, fmt.Errorf("imgx: padding %d values as %d×%d by %d,%d,%d,%d", len(src), h, w, top, bottom, left, right)
 	}
@@ -49,29 +34,26 @@ func PadReflect[T any](src []T, h, w, top, bottom, left, right int) ([]T, error)
 	if err := CheckSize(oh, ow); err != nil {
 		return nil, err
 	}
-	cols := make([]int, ow)
-	for x := range cols {
-		cols[x] = ReflectIndex(x-left, w)
-	}
 	out := make([]T, oh*ow)
-	for y := 0; y < oh; y++ {
-		row := src[ReflectIndex(y-top, h)*w:]
-		dst := out[y*ow : (y+1)*ow]
-		for x, sx := range cols {
-			dst[x] = row[sx]
-		}
+	for i := range out {
+		out[i] = fill
+	}
+	for y := 0; y < h; y++ {
+		copy(out[(top+y)*ow+left:], src[y*w:(y+1)*w])
 	}
 	return out, nil
 }
 
-// PadCentre pads an h×w image to height×width with PadReflect, placing it
-// at Centre(h, w, height, width), which it returns.
-func PadCentre[T any](src []T, h, w, height, width int) ([]T, Region, error) {
+// PadCentre pads an h×w image to height×width with fill (Pad), placing it
+// at Centre(h, w, height, width), which it returns. The crop models'
+// training pads bare crops the same way (train/'s data.pad_bare_crop, with
+// AirHU).
+func PadCentre[T any](src []T, h, w, height, width int, fill T) ([]T, Region, error) {
 	r, err := Centre(h, w, height, width)
 	if err != nil {
 		return nil, Region{}, err
 	}
-	out, err := PadReflect(src, h, w, r.Y0, height-h-r.Y0, r.X0, width-w-r.X0)
+	out, err := Pad(src, h, w, r.Y0, height-h-r.Y0, r.X0, width-w-r.X0, fill)
 	return out, r, err
 }
 

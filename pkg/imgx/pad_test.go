@@ -13,7 +13,7 @@ import (
 // numpyPad is the Python side of TestPadCentreMatchesNumpy: for each
 // [h, w, H, W] it centres an h×w image of its own pixel indices on H×W
 // the way the crop models' training does and pads it with np.pad's
-// "reflect" mode, printing the offsets and the padded indices.
+// "constant" mode (value -1), printing the offsets and the padded indices.
 const numpyPad = `
 import json, sys
 import numpy as np
@@ -21,15 +21,15 @@ out = []
 for h, w, H, W in json.loads(sys.argv[1]):
     y0, x0 = (H - h) // 2, (W - w) // 2
     a = np.arange(h * w).reshape(h, w)
-    p = np.pad(a, ((y0, H - h - y0), (x0, W - w - x0)), mode="reflect")
+    p = np.pad(a, ((y0, H - h - y0), (x0, W - w - x0)), mode="constant", constant_values=-1)
     out.append({"y0": y0, "x0": x0, "pix": p.flatten().tolist()})
 print(json.dumps(out))
 `
 
-// TestPadCentreMatchesNumpy checks PadCentre's placement and mirror
-// indices against numpy's np.pad(mode="reflect") for sizes from a single
-// pixel (edge) and pads several times the image (repeated mirroring) to
-// LIDC crop sizes and the whole window.
+// TestPadCentreMatchesNumpy checks PadCentre's placement and padding
+// against numpy's np.pad(mode="constant") for sizes from a single pixel
+// and pads several times the image to LIDC crop sizes and the whole
+// window.
 func TestPadCentreMatchesNumpy(t *testing.T) {
 	py := testenv.RequirePython(t, "numpy")
 	cases := [][4]int{{1, 1, 128, 128}, {1, 5, 8, 9}, {2, 3, 17, 20}, {3, 2, 9, 9}, {43, 44, 128, 128},
@@ -55,7 +55,7 @@ func TestPadCentreMatchesNumpy(t *testing.T) {
 		for i := range src {
 			src[i] = i
 		}
-		got, r, err := imgx.PadCentre(src, h, w, H, W)
+		got, r, err := imgx.PadCentre(src, h, w, H, W, -1)
 		if err != nil {
 			t.Fatalf("%v: %v", c, err)
 		}
@@ -74,27 +74,14 @@ func TestPadCentreMatchesNumpy(t *testing.T) {
 
 func head(v []int) []int { return v[:min(len(v), 40)] }
 
-func TestReflectIndex(t *testing.T) {
-	// [1 2 3] reflected: ... 2 1 2 3 2 1 2 ... (numpy: np.pad([1,2,3], 5, "reflect")).
-	want := []int{1, 0, 1, 2, 1, 0, 1, 2, 1, 0, 1, 2, 1}
-	for i := -5; i <= 7; i++ {
-		if got := imgx.ReflectIndex(i, 3); got != want[i+5] {
-			t.Errorf("ReflectIndex(%d, 3) = %d, want %d", i, got, want[i+5])
-		}
-	}
-	if got := imgx.ReflectIndex(-4, 1); got != 0 {
-		t.Errorf("ReflectIndex(-4, 1) = %d", got)
-	}
-}
-
 func TestPadAndCutRejectBadSizes(t *testing.T) {
-	if _, _, err := imgx.PadCentre(make([]int, 6), 2, 3, 2, 2); err == nil {
+	if _, _, err := imgx.PadCentre(make([]int, 6), 2, 3, 2, 2, 0); err == nil {
 		t.Error("2×3 centred in 2×2: no error")
 	}
-	if _, err := imgx.PadReflect(make([]int, 5), 2, 3, 1, 1, 1, 1); err == nil {
+	if _, err := imgx.Pad(make([]int, 5), 2, 3, 1, 1, 1, 1, 0); err == nil {
 		t.Error("5 values as 2×3: no error")
 	}
-	if _, err := imgx.PadReflect(make([]int, 6), 2, 3, -1, 1, 1, 1); err == nil {
+	if _, err := imgx.Pad(make([]int, 6), 2, 3, -1, 1, 1, 1, 0); err == nil {
 		t.Error("negative pad: no error")
 	}
 	if _, err := imgx.Cut(make([]int, 16), 4, 4, imgx.Region{Y0: 2, X0: 1, H: 3, W: 2}); err == nil {

@@ -47,7 +47,7 @@ import (
 )
 
 // OutsideHU is the value a window reads outside the image (air).
-const OutsideHU = -1024
+const OutsideHU = imgx.AirHU
 
 // Margin is how much smaller than the window a candidate's bounding box
 // must be, in each direction, to get a window.

@@ -52,7 +52,7 @@ def test_bare_eval_set_scores_only_crop_pixels():
     assert s["n_both_empty"] == len(d.crops) - s["n_nonempty"]
 
 
-def test_bare_training_batch_shapes_and_mirrored_masks():
+def test_bare_training_batch_shapes_and_masks():
     d = D.synthetic_phantoms(n_patients=2, crops_per_patient=3, slices_per_patient=1)
     g = torch.Generator()
     g.manual_seed(0)
