@@ -1,6 +1,7 @@
 package main
 
 import (
+	"context"
 	"fmt"
 	"math"
 	"path/filepath"
@@ -42,7 +43,7 @@ func cropPhantom(rows, cols int) (*imgx.HU, *imgx.Mask) {
 // `--model all` over the tiny test models: every model, the crop model
 // alone included, reports every slice. The crop model's written masks are
 // compared pixel by pixel with its probabilities computed here from HU:
-// crops that fit its 128² window are padded and cut back at their
+// crops that fit its 128² window are padded with air and cut back at their
 // placement, larger slices are tiled at the native grid (and, over 256 per
 // side, published at 256 and resized back by score, reproduced here with
 // the same two resizes).
@@ -61,8 +62,18 @@ func TestReplayCropModelAlone(t *testing.T) {
 		truth[id] = hu
 	}
 	masksOut := filepath.Join(dir, "masks-out")
-	rep := runReplay(t, reg, 3*time.Minute, replayArgs{inputs: []string{in}, models: []string{"all"},
-		report: filepath.Join(dir, "r.json"), masksOut: masksOut})
+	// Without the lung field, which would clear the synthetic slices of
+	// 200 pixels or more (no lungs in them): this test is about where the
+	// crop model's probabilities land.
+	cfg := defaultConfig()
+	cfg.ModelsDir, cfg.LogLevel, cfg.NoLungField = reg, "warn", true
+	ctx, cancel := context.WithTimeout(context.Background(), 3*time.Minute)
+	defer cancel()
+	args := replayArgs{inputs: []string{in}, models: []string{"all"}, report: filepath.Join(dir, "r.json"), masksOut: masksOut}
+	if err := doReplay(ctx, &cfg, args); err != nil {
+		t.Fatal(err)
+	}
+	rep := readReport(t, args.report)
 	if len(rep.Errors) != 0 {
 		t.Fatalf("errors %+v", rep.Errors)
 	}
