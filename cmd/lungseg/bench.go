@@ -24,6 +24,7 @@ func cmdBench(ctx context.Context, args []string) error {
 	threads := fs.String("threads", "1,2", "intra-op thread counts, the same for ONNX Runtime and PyTorch")
 	batches := fs.String("batches", "1,2,4,8", "batch sizes of the inference comparison")
 	sections := fs.String("sections", strings.Join(bench.AllSections, ","), "sections to run")
+	cascadeSeries := fs.String("cascade-series", "", "cascade section: folder of DICOM slices (default ../shared/data/ct_series/popi_00_141 when present, else phantoms; none: phantoms)")
 	python := fs.String("python", "", "Python interpreter for the reference side (default /usr/bin/python3, else python3; none to skip)")
 	trainDir := fs.String("train-dir", "", "folder holding lungseg_train (default: train beside --models-dir, or ./train)")
 	batchMax := fs.Int("batch-max", 4, "batching section: segment.Batcher max batch (and segment workers)")
@@ -78,7 +79,7 @@ func cmdBench(ctx context.Context, args []string) error {
 	o := bench.Options{
 		ModelsDir: *modelsDir, Models: strings.Split(*modelSel, ","), N: *n, Rounds: *rounds,
 		Threads: th, Batches: bs, Sections: strings.Split(*sections, ","), Python: *python,
-		TrainDir: *trainDir, Provider: *provider, FP16: *fp16, PeakTFLOPs: *peak, BatchMax: *batchMax, BatchWait: *batchWait, BatchWorkers: *batchWorkers, Progress: os.Stderr, Log: &log,
+		CascadeSeries: *cascadeSeries, TrainDir: *trainDir, Provider: *provider, FP16: *fp16, PeakTFLOPs: *peak, BatchMax: *batchMax, BatchWait: *batchWait, BatchWorkers: *batchWorkers, Progress: os.Stderr, Log: &log,
 	}
 	rep, err := bench.Run(ctx, o)
 	if rep != nil {

@@ -13,7 +13,9 @@
 //   - batching: the pipeline with segment.Batcher in front of the model
 //     against the pipeline's default one-image runs;
 //   - decode: dicomio.ReadFile against pydicom, the pickle reader against
-//     pandas.read_pickle, with the peak memory of each.
+//     pandas.read_pickle, with the peak memory of each;
+//   - cascade: each "<detector>+crop" cascade against its detector alone
+//     per slice on a real CT series, without and with the lung field.
 //
 // Run returns a Report; Report.WriteTable prints it and JSON marshals it.
 // The Python side is skipped, with a note, when no interpreter with the
@@ -47,10 +49,11 @@ const (
 	SectionPipeline  = "pipeline"
 	SectionBatching  = "batching"
 	SectionDecode    = "decode"
+	SectionCascade   = "cascade"
 )
 
 // AllSections lists the sections in the order they run.
-var AllSections = []string{SectionInference, SectionPipeline, SectionBatching, SectionDecode}
+var AllSections = []string{SectionInference, SectionPipeline, SectionBatching, SectionDecode, SectionCascade}
 
 // ErrOptions reports unusable options.
 var ErrOptions = errors.New("bench: bad options")
@@ -101,6 +104,10 @@ type Options struct {
 	// PeakTFLOPs is the accelerator's peak (dense, at the precision used)
 	// to compare achieved FLOP/s with; 0 leaves the fraction out.
 	PeakTFLOPs float64
+	// CascadeSeries is a folder of DICOM slices for the cascade section
+	// (default: ../shared/data/ct_series/popi_00_141 beside the repository
+	// when present, else the phantom series; "none": the phantoms).
+	CascadeSeries string
 	// Progress receives a line per measurement; nil for none.
 	Progress io.Writer
 	// Log receives the pipeline's logs (default: none).
@@ -209,6 +216,7 @@ type Report struct {
 	Pipeline  []Pipeline  `json:"pipeline,omitempty"`
 	Batching  []Batching  `json:"batching,omitempty"`
 	Decode    *Decode     `json:"decode,omitempty"`
+	Cascade   []Cascade   `json:"cascade,omitempty"`
 	Targets   []Target    `json:"targets"`
 	// Skipped lists what was not measured, and why.
 	Skipped []string `json:"skipped,omitempty"`
@@ -248,9 +256,7 @@ func Run(ctx context.Context, o Options) (*Report, error) {
 	var cards []*model.Card
 	for _, n := range names {
 		if model.IsCascade(n) {
-			// its detector is measured on its own; the cascade's crop
-			// windows are not part of these comparisons
-			rep.Skipped = append(rep.Skipped, fmt.Sprintf("%s: cascades are not benchmarked (its detector is)", n))
+			// measured in the cascade section against its detector
 			continue
 		}
 		base, tta := model.SplitVariant(n)
@@ -267,7 +273,7 @@ func Run(ctx context.Context, o Options) (*Report, error) {
 		}
 		cards = append(cards, c)
 	}
-	if len(cards) == 0 {
+	if len(cards) == 0 && !(o.has(SectionCascade) && slices.ContainsFunc(names, model.IsCascade)) {
 		return nil, fmt.Errorf("%w: no models selected", ErrOptions)
 	}
 	tmp, err := os.MkdirTemp("", "lungseg-bench-")
@@ -306,6 +312,11 @@ func Run(ctx context.Context, o Options) (*Report, error) {
 	}
 	if o.has(SectionDecode) {
 		if err := r.decode(ctx); err != nil {
+			return rep, err
+		}
+	}
+	if o.has(SectionCascade) {
+		if err := r.cascades(ctx, reg, names); err != nil {
 			return rep, err
 		}
 	}

@@ -224,20 +224,38 @@ func TestMedianAndRatio(t *testing.T) {
 	}
 }
 
-// TestRunSkipsCascades: "all" over a registry with a detector and its crop
-// model measures the detector once and notes the cascade as not benchmarked.
-func TestRunSkipsCascades(t *testing.T) {
+// TestRunCascadeSection: "all" over a registry with a detector and its crop
+// model measures the detector once in the inference section and the
+// cascade against it in the cascade section, on the phantoms: the tiny
+// detector proposes candidates, so the cascade runs crop windows and costs
+// more than its detector, and the lung field (the phantoms have bodies and
+// lungs) keeps at most as many windows.
+func TestRunCascadeSection(t *testing.T) {
 	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
 	defer cancel()
-	rep, err := Run(ctx, Options{ModelsDir: testenv.TestRegistry(t, "tiny-det", "tiny-crop"), N: 2, Rounds: 1,
-		Threads: []int{1}, Batches: []int{1}, Python: "none", Sections: []string{"inference"}})
+	rep, err := Run(ctx, Options{ModelsDir: testenv.TestRegistry(t, "tiny-det", "tiny-crop"), N: 3, Rounds: 1,
+		Threads: []int{1}, Batches: []int{1}, Python: "none", Sections: []string{"inference", "cascade"}, CascadeSeries: "none"})
 	if err != nil {
 		t.Fatal(err)
 	}
 	if len(rep.Inference) != 1 || rep.Inference[0].Model != "tiny-det" {
 		t.Fatalf("inference results %+v, want tiny-det once", rep.Inference)
 	}
-	if !strings.Contains(strings.Join(rep.Skipped, "\n"), "tiny-det+crop") {
-		t.Fatalf("skipped %q does not mention the cascade", rep.Skipped)
+	if len(rep.Cascade) != 1 {
+		t.Fatalf("cascade results %+v, want one", rep.Cascade)
+	}
+	c := rep.Cascade[0]
+	if c.Model != "tiny-det+crop" || c.Slices != 3 || c.Source != "phantoms" {
+		t.Fatalf("cascade row %+v", c)
+	}
+	if c.NoFieldWindows <= 0 || c.FieldWindows > c.NoFieldWindows {
+		t.Errorf("windows per slice %.2f without the field, %.2f with it", c.NoFieldWindows, c.FieldWindows)
+	}
+	if c.DetectorMs <= 0 || c.NoFieldMs <= 0 || c.FieldMs <= 0 || c.RatioNoField != c.NoFieldMs/c.DetectorMs {
+		t.Errorf("timings %+v", c)
+	}
+	var b strings.Builder
+	if err := rep.WriteTable(&b); err != nil || !strings.Contains(b.String(), "tiny-det+crop") {
+		t.Errorf("table without the cascade row (%v):\n%s", err, b.String())
 	}
 }

@@ -71,6 +71,14 @@ func (rep *Report) WriteTable(w io.Writer) error {
 		row("pickle vs pandas", d.Pickle)
 		row("pickle 2N (memory)", d.PickleLarge)
 	}
+	if len(rep.Cascade) > 0 {
+		p("")
+		p("CASCADE\tTHREADS\tSLICES\tDETECTOR ms/slice\tCASCADE ms/slice (windows)\tRATIO\tWITH LUNG FIELD ms/slice (windows)\tRATIO\tFIELD ms/slice\tSLICES FROM")
+		for _, c := range rep.Cascade {
+			p("%s\t%d\t%d\t%.1f\t%.1f (%.2f)\t%.2f\t%.1f (%.2f)\t%.2f\t%.1f\t%s", c.Model, c.Threads, c.Slices, c.DetectorMs,
+				c.NoFieldMs, c.NoFieldWindows, c.RatioNoField, c.FieldMs, c.FieldWindows, c.RatioField, c.LungFieldMs, c.Source)
+		}
+	}
 	if len(rep.Targets) > 0 {
 		p("")
 		p("TARGET\tGOAL\tVALUE\tMET\tNOTE")
