@@ -318,8 +318,9 @@ def run(args) -> Dict[str, object]:
         val_real = C.real_eval_set(bank_va, seed=1002)
     log(f"{args.model}/{args.recipe}: data {data.source}; train {len(tr['patients'])} patients "
         f"{bank_tr.n_crops} crops {bank_tr.n_real} slices; val {len(va['patients'])} patients "
-        f"{bank_va.n_crops} crops {bank_va.n_real} slices; test {len(te['patients'])} patients "
-        f"{bank_te.n_crops} crops {bank_te.n_real} slices; device {device}; setup {time.time() - t_start:.1f}s")
+        f"{len(va_crops)} crops ({bank_va.n_crops} in windows) {bank_va.n_real} slices; test {len(te['patients'])} "
+        f"patients {len(te_crops)} crops ({bank_te.n_crops} in windows) {bank_te.n_real} slices; device {device}; "
+        f"setup {time.time() - t_start:.1f}s")
 
     torch.manual_seed(args.seed)
     model = M.build(args.model, size).to(device)
