@@ -12,7 +12,9 @@
 //     holes filled (the lungs, the airways). The CT table, blankets and
 //     sensors that do not touch the patient are other components.
 //  2. Lungs: 8-connected components of HU < LungHU inside the body, each
-//     of at least MinLungMm2 (bowel gas, small airways and noise fall out).
+//     of at least MinLungMm2 (bowel gas, small airways and noise fall out)
+//     and none within MinWallMm of the outside of the body (air inside a
+//     sensor or a fold of a blanket that touches the skin).
 //  3. Closing with a disk of CloseMm (Euclidean, in mm, using the pixel
 //     spacing), then hole filling: vessels, nodules and masses inside the
 //     lung and the hilar notches join the field.
@@ -53,6 +55,10 @@ type Options struct {
 	LungHU int16
 	// MinLungMm2 drops lung components smaller than this (default 150 mm²).
 	MinLungMm2 float64
+	// MinWallMm drops lung components that come closer than this to the
+	// outside of the body (default 1 mm, measured as a box of whole pixels;
+	// negative: none). The phantoms' lungs come within 2 mm of it.
+	MinWallMm float64
 	// CloseMm is the radius of the closing disk (default 10 mm).
 	CloseMm float64
 	// MarginMm is the final dilation (default 5 mm).
@@ -73,7 +79,7 @@ type Options struct {
 }
 
 // Default are the settings Compute uses for zero Options.
-var Default = Options{BodyHU: -500, LungHU: -400, MinLungMm2: 150, CloseMm: 10, MarginMm: 5, HullMm: 25,
+var Default = Options{BodyHU: -500, LungHU: -400, MinLungMm2: 150, MinWallMm: 1, CloseMm: 10, MarginMm: 5, HullMm: 25,
 	MinSide: 200, MinBodyFraction: 0.05, MaxConstantFraction: 0.25}
 
 func (o Options) withDefaults() Options {
@@ -86,6 +92,9 @@ func (o Options) withDefaults() Options {
 	}
 	if o.MinLungMm2 == 0 {
 		o.MinLungMm2 = d.MinLungMm2
+	}
+	if o.MinWallMm == 0 {
+		o.MinWallMm = d.MinWallMm
 	}
 	if o.CloseMm == 0 {
 		o.CloseMm = d.CloseMm
@@ -171,6 +180,20 @@ func ComputeDetail(hu *imgx.HU, rowMm, colMm float64, o Options) (*Result, error
 	}
 	minPx := int(o.MinLungMm2/(rowMm*colMm) + 0.5)
 	lab, sizes := g.components(cand, 1, true)
+	if o.MinWallMm > 0 {
+		// Air within MinWallMm of the outside is not lung: the inside of
+		// a sensor or a blanket fold that joined the body.
+		outside := make([]uint8, n)
+		for i, v := range body {
+			outside[i] = 1 - v
+		}
+		near := g.boxDilate(outside, int(math.Ceil(o.MinWallMm/rowMm)), int(math.Ceil(o.MinWallMm/colMm)))
+		for i, l := range lab {
+			if l != 0 && near[i] != 0 {
+				sizes[l-1] = 0
+			}
+		}
+	}
 	lungs := make([]uint8, n)
 	for i, l := range lab {
 		if l != 0 && sizes[l-1] >= minPx {

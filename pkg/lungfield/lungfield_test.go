@@ -111,13 +111,20 @@ type seriesCase struct {
 	// be in the field: the visible mass and the lung around it.
 	mass    [2]int
 	massBox box
+	// sensorRows: no field pixel lies above this row on any slice, and on
+	// slice sensorSlice the body reaches above it (a sensor on the skin
+	// with air inside, which must not count as lung).
+	sensorRows, sensorSlice int
 }
 
 var realCases = []seriesCase{
 	// Mass: slices 00-slice057..067, round, about 25 px across,
 	// centred near row 252, column 168 on slice 062.
 	{folder: "popi_00_141", tableFrom: 395, bothLungs: [2]int{40, 110}, minHalf: 10000,
-		mass: [2]int{57, 67}, massBox: box{240, 265, 155, 182}},
+		mass: [2]int{57, 67}, massBox: box{240, 265, 155, 182},
+		// The respiratory sensor on the anterior abdomen, rows 15-45 on
+		// 00-slice138.
+		sensorRows: 60, sensorSlice: 138},
 	// Mass: slices 1-14..1-19, irregular, from the right hilum
 	// backwards, rows about 255-330, columns 120-235 on 1-16; the box
 	// is the part of it that every one of those slices shows.
@@ -135,7 +142,7 @@ func TestRealSeries(t *testing.T) {
 					t.Fatalf("%s: %v", s.name, err)
 				}
 				rows, cols := s.hu.Rows, s.hu.Cols
-				var left, right, tableHU, tableBody, outside int
+				var left, right, tableHU, tableBody, outside, aboveField, aboveBody int
 				for i, f := range r.Field.Pix {
 					y, x := i/cols, i%cols
 					if f != 0 && r.Body.Pix[i] == 0 {
@@ -146,12 +153,19 @@ func TestRealSeries(t *testing.T) {
 					} else if f != 0 {
 						right++
 					}
+					if y < c.sensorRows {
+						aboveField += int(f)
+						aboveBody += int(r.Body.Pix[i])
+					}
 					if c.tableFrom > 0 && y >= c.tableFrom {
 						if s.hu.Pix[i] > -500 {
 							tableHU++
 						}
 						tableBody += int(r.Body.Pix[i])
 					}
+				}
+				if aboveField != 0 || (c.sensorRows > 0 && k == c.sensorSlice && aboveBody == 0) {
+					t.Errorf("%s: above row %d: %d field pixels, %d body pixels", s.name, c.sensorRows, aboveField, aboveBody)
 				}
 				if outside != 0 {
 					t.Errorf("%s: %d field pixels outside the body", s.name, outside)

@@ -148,6 +148,58 @@ func (g grid) fillHoles(m []uint8) {
 	}
 }
 
+// boxDilate returns the pixels within ky rows and kx columns of a set
+// pixel of m (a (2ky+1)×(2kx+1) box), from running counts along the rows
+// and then the columns.
+func (g grid) boxDilate(m []uint8, ky, kx int) []uint8 {
+	rows, cols := g.rows, g.cols
+	h := make([]uint8, len(m))
+	for y := 0; y < rows; y++ {
+		row, out := m[y*cols:(y+1)*cols], h[y*cols:(y+1)*cols]
+		n := 0
+		for x := 0; x < min(kx, cols); x++ {
+			n += int(row[x])
+		}
+		for x := 0; x < cols; x++ {
+			if x+kx < cols {
+				n += int(row[x+kx])
+			}
+			if x-kx-1 >= 0 {
+				n -= int(row[x-kx-1])
+			}
+			if n > 0 {
+				out[x] = 1
+			}
+		}
+	}
+	out := make([]uint8, len(m))
+	count := make([]int32, cols)
+	for y := 0; y < min(ky, rows); y++ {
+		for x, v := range h[y*cols : (y+1)*cols] {
+			count[x] += int32(v)
+		}
+	}
+	for y := 0; y < rows; y++ {
+		if y+ky < rows {
+			for x, v := range h[(y+ky)*cols : (y+ky+1)*cols] {
+				count[x] += int32(v)
+			}
+		}
+		if y-ky-1 >= 0 {
+			for x, v := range h[(y-ky-1)*cols : (y-ky)*cols] {
+				count[x] -= int32(v)
+			}
+		}
+		o := out[y*cols : (y+1)*cols]
+		for x, c := range count {
+			if c > 0 {
+				o[x] = 1
+			}
+		}
+	}
+	return out
+}
+
 // dilate sets, in place, every pixel within rMm (Euclidean, with the
 // pixel spacing) of a set pixel.
 func (g grid) dilate(m []uint8, rowMm, colMm, rMm float64) {

@@ -103,3 +103,31 @@ func TestComponents(t *testing.T) {
 		}
 	}
 }
+
+// TestBoxDilate checks the running-count box dilation against brute force.
+func TestBoxDilate(t *testing.T) {
+	r := rand.New(rand.NewPCG(5, 6))
+	for k := 0; k < 40; k++ {
+		g := grid{rows: 1 + r.IntN(15), cols: 1 + r.IntN(15)}
+		m := make([]uint8, g.rows*g.cols)
+		for i := range m {
+			if r.Float64() < 0.08 {
+				m[i] = 1
+			}
+		}
+		ky, kx := r.IntN(4), r.IntN(4)
+		got := g.boxDilate(m, ky, kx)
+		for i := range m {
+			want := uint8(0)
+			for j, v := range m {
+				dy, dx := i/g.cols-j/g.cols, i%g.cols-j%g.cols
+				if v != 0 && dy >= -ky && dy <= ky && dx >= -kx && dx <= kx {
+					want = 1
+				}
+			}
+			if got[i] != want {
+				t.Fatalf("case %d (%d×%d, k %d,%d) pixel %d: %d, want %d", k, g.rows, g.cols, ky, kx, i, got[i], want)
+			}
+		}
+	}
+}
