@@ -101,6 +101,11 @@ func Walk(ctx context.Context, formats []Format, path, masksDir string, fn EmitF
 		}
 		return readOne(ctx, f, path, "", Options{Root: filepath.Dir(path), MasksDir: masksDir}, fn)
 	}
+	// A folder given as a symbolic link is read at its target (WalkDir
+	// does not follow a linked root, which would list no file at all).
+	if real, err := filepath.EvalSymlinks(path); err == nil {
+		path = real
+	}
 	var files []string
 	err = filepath.WalkDir(path, func(p string, d os.DirEntry, err error) error {
 		if err != nil {

@@ -79,3 +79,34 @@ func TestJobGivesEverySliceItsOwnID(t *testing.T) {
 		t.Fatalf("done %+v", done)
 	}
 }
+
+// TestJobReadsLinkedFolder gives a job a symbolic link to a folder of PNG
+// pairs (as a folder of links to patient folders gives): its slices are
+// read, with ids relative to the folder.
+func TestJobReadsLinkedFolder(t *testing.T) {
+	dir := t.TempDir()
+	data := filepath.Join(dir, "data")
+	for _, id := range []string{"a", "b"} {
+		if err := pngpair.Write(data, id, imgx.NewHU(16, 16), imgx.NewMask(16, 16)); err != nil {
+			t.Fatal(err)
+		}
+	}
+	link := filepath.Join(dir, "link")
+	if err := os.Symlink(data, link); err != nil {
+		t.Skipf("no symbolic links here: %v", err)
+	}
+	job, _ := proto.Marshal(&lungsegv1.IngestJob{ReplayId: "r", Path: link, Models: []string{"m"}})
+	var r recorder
+	if err := (&ingest.Stage{Formats: formats.All(), Models: resolver{}}).Process(context.Background(), &stage.Msg{Data: job}, &r); err != nil {
+		t.Fatal(err)
+	}
+	ids := map[string]bool{}
+	for _, o := range r.outs {
+		if o.Subject == bus.SubjRaw {
+			ids[o.SliceID] = true
+		}
+	}
+	if len(ids) != 2 || !ids["a"] || !ids["b"] || len(r.fails) != 0 {
+		t.Fatalf("slices %v, failures %+v", ids, r.fails)
+	}
+}
