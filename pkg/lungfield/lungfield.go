@@ -8,13 +8,19 @@
 //
 // The algorithm (Compute), all in pure Go on the slice's own grid:
 //
-//  1. Body: the largest 4-connected component of HU > BodyHU, with its
-//     holes filled (the lungs, the airways). The CT table, blankets and
-//     sensors that do not touch the patient are other components.
+//  1. Body: the largest 4-connected component of HU > BodyHU, filled
+//     within its convex hull: the holes (lungs, airways) and, of the
+//     regions that reach the hull's edge, those of at least MinLungMm2
+//     whose mean HU is at least AirHU and that touch the edge with at most
+//     1 pixel per 100 of theirs (a lung opened to the outside through a
+//     narrow gap, as where a pasted crop or the edge of the field of view
+//     cuts the chest wall); the air between the arms and the chest, or
+//     under the back, stays out. The CT table, blankets and sensors that do not touch the
+//     patient are other components.
 //  2. Lungs: 8-connected components of HU < LungHU inside the body, each
-//     of at least MinLungMm2 (bowel gas, small airways and noise fall out)
-//     and none within MinWallMm of the outside of the body (air inside a
-//     sensor or a fold of a blanket that touches the skin).
+//     of at least MinLungMm2 and with a mean HU of at least AirHU: pure
+//     air (the trachea, bowel gas, the inside of a sensor on the skin) and
+//     small airways and noise fall out.
 //  3. Closing with a disk of CloseMm (Euclidean, in mm, using the pixel
 //     spacing), then hole filling: vessels, nodules and masses inside the
 //     lung and the hilar notches join the field.
@@ -55,10 +61,15 @@ type Options struct {
 	LungHU int16
 	// MinLungMm2 drops lung components smaller than this (default 150 mm²).
 	MinLungMm2 float64
-	// MinWallMm drops lung components that come closer than this to the
-	// outside of the body (default 1 mm, measured as a box of whole pixels;
-	// negative: none). The phantoms' lungs come within 2 mm of it.
-	MinWallMm float64
+	// OpenMm: the body threshold is opened with a square of 2·OpenMm
+	// (whole pixels) before its largest component is taken, so that
+	// things that touch the skin through a thin link stay out (default
+	// 2 mm; negative: no opening).
+	OpenMm float64
+	// AirHU: a lung component whose mean HU is below AirHU is air, not
+	// lung (default -950); an opening of the body whose mean HU is at
+	// least AirHU is lung (step 1).
+	AirHU int16
 	// CloseMm is the radius of the closing disk (default 10 mm).
 	CloseMm float64
 	// MarginMm is the final dilation (default 5 mm).
@@ -79,7 +90,7 @@ type Options struct {
 }
 
 // Default are the settings Compute uses for zero Options.
-var Default = Options{BodyHU: -500, LungHU: -400, MinLungMm2: 150, MinWallMm: 1, CloseMm: 10, MarginMm: 5, HullMm: 25,
+var Default = Options{BodyHU: -500, LungHU: -400, MinLungMm2: 150, OpenMm: 2, AirHU: -950, CloseMm: 10, MarginMm: 5, HullMm: 25,
 	MinSide: 200, MinBodyFraction: 0.05, MaxConstantFraction: 0.25}
 
 func (o Options) withDefaults() Options {
@@ -93,8 +104,11 @@ func (o Options) withDefaults() Options {
 	if o.MinLungMm2 == 0 {
 		o.MinLungMm2 = d.MinLungMm2
 	}
-	if o.MinWallMm == 0 {
-		o.MinWallMm = d.MinWallMm
+	if o.OpenMm == 0 {
+		o.OpenMm = d.OpenMm
+	}
+	if o.AirHU == 0 {
+		o.AirHU = d.AirHU
 	}
 	if o.CloseMm == 0 {
 		o.CloseMm = d.CloseMm
@@ -161,6 +175,18 @@ func ComputeDetail(hu *imgx.HU, rowMm, colMm float64, o Options) (*Result, error
 			fg[i] = 1
 		}
 	}
+	if o.OpenMm > 0 {
+		// Break thin links to the body: a sensor, a cable, a blanket.
+		ky, kx := int(math.Ceil(o.OpenMm/rowMm)), int(math.Ceil(o.OpenMm/colMm))
+		for i, v := range fg {
+			fg[i] = 1 - v
+		}
+		fg = g.boxDilate(fg, ky, kx) // the complement's dilation: fg eroded
+		for i, v := range fg {
+			fg[i] = 1 - v
+		}
+		fg = g.boxDilate(fg, ky, kx)
+	}
 	body := g.largest(fg)
 	area := 0
 	for _, v := range body {
@@ -169,7 +195,8 @@ func ComputeDetail(hu *imgx.HU, rowMm, colMm float64, o Options) (*Result, error
 	if float64(area) < o.MinBodyFraction*float64(n) {
 		return nil, fmt.Errorf("%w: largest component of HU > %d is %d px", ErrNoBody, o.BodyHU, area)
 	}
-	g.fillHoles(body)
+	minPx := int(o.MinLungMm2/(rowMm*colMm) + 0.5)
+	g.fillBody(body, hu.Pix, minPx, float64(o.AirHU))
 
 	// 2. Lungs.
 	cand := make([]uint8, n)
@@ -178,20 +205,18 @@ func ComputeDetail(hu *imgx.HU, rowMm, colMm float64, o Options) (*Result, error
 			cand[i] = 1
 		}
 	}
-	minPx := int(o.MinLungMm2/(rowMm*colMm) + 0.5)
 	lab, sizes := g.components(cand, 1, true)
-	if o.MinWallMm > 0 {
-		// Air within MinWallMm of the outside is not lung: the inside of
-		// a sensor or a blanket fold that joined the body.
-		outside := make([]uint8, n)
-		for i, v := range body {
-			outside[i] = 1 - v
+	// Components of pure air are not lung: the trachea, gas in the bowel,
+	// the inside of a sensor on the skin.
+	sums := make([]float64, len(sizes))
+	for i, l := range lab {
+		if l != 0 {
+			sums[l-1] += float64(hu.Pix[i])
 		}
-		near := g.boxDilate(outside, int(math.Ceil(o.MinWallMm/rowMm)), int(math.Ceil(o.MinWallMm/colMm)))
-		for i, l := range lab {
-			if l != 0 && near[i] != 0 {
-				sizes[l-1] = 0
-			}
+	}
+	for k, s := range sizes {
+		if s > 0 && sums[k]/float64(s) < float64(o.AirHU) {
+			sizes[k] = 0
 		}
 	}
 	lungs := make([]uint8, n)

@@ -437,3 +437,26 @@ func TestRemove(t *testing.T) {
 		t.Fatal("FromBits accepted 2 bytes for 6 pixels")
 	}
 }
+
+// TestOpenedLung: a lung opened to the outside air through a gap in the
+// chest wall (as a pasted nodule crop or a cut field of view leaves it)
+// is still in the field.
+func TestOpenedLung(t *testing.T) {
+	s := phantom.Generate(9, 1, phantom.Options{})[0]
+	hu := &imgx.HU{Rows: s.HU.Rows, Cols: s.HU.Cols, Pix: append([]int16(nil), s.HU.Pix...)}
+	y, outer, _ := lungExtremes(s.Lung, true)
+	// A channel 12 px high of lung-like HU from the left lung to the
+	// image's left edge.
+	for yy := y - 6; yy < y+6; yy++ {
+		for x := 0; x <= outer; x++ {
+			hu.Pix[yy*hu.Cols+x] = -850
+		}
+	}
+	f, err := lungfield.Compute(hu, s.SpacingMm, s.SpacingMm, lungfield.Options{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if n := missing(s.Lung, f); n != 0 {
+		t.Fatalf("%d lung pixels of %d outside the field", n, s.Lung.Count())
+	}
+}

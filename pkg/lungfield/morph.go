@@ -107,6 +107,53 @@ func (g grid) largest(m []uint8) []uint8 {
 	return out
 }
 
+// fillBody fills, in place, the body (one component) within its convex
+// hull: the 4-connected components of the hull's other pixels that do not
+// reach its edge (or the image's), and those that do through a narrow
+// opening (at most one pixel on the edge per 100 of the component) and
+// have at least minPx pixels with a mean HU of at least airHU. On the
+// three ct_series the air between the body and its hull touches the hull's
+// edge with at least 5 pixels per 100; a lung opened by a pasted crop, with
+// 18 pixels of 24,225 (0.07 per 100).
+func (g grid) fillBody(body []uint8, hu []int16, minPx int, airHU float64) {
+	rows, cols := g.rows, g.cols
+	bl := make([]int32, len(body))
+	for i, v := range body {
+		bl[i] = int32(v)
+	}
+	hull := make([]uint8, len(body))
+	if h := g.hullOf(bl, 1); len(h) > 0 {
+		g.fillPolygon(h, hull)
+	}
+	in := make([]uint8, len(body))
+	for i, v := range hull {
+		in[i] = v &^ body[i]
+	}
+	lab, sizes := g.components(in, 1, false)
+	edge := make([]int, len(sizes)) // pixels next to the hull's edge
+	sums := make([]float64, len(sizes))
+	for i, l := range lab {
+		if l == 0 {
+			continue
+		}
+		sums[l-1] += float64(hu[i])
+		y, x := i/cols, i%cols
+		if y == 0 || x == 0 || y == rows-1 || x == cols-1 ||
+			hull[i-1] == 0 || hull[i+1] == 0 || hull[i-cols] == 0 || hull[i+cols] == 0 {
+			edge[l-1]++
+		}
+	}
+	for i, l := range lab {
+		if l == 0 {
+			continue
+		}
+		k := l - 1
+		if edge[k] == 0 || (sizes[k] >= minPx && 100*edge[k] <= sizes[k] && sums[k]/float64(sizes[k]) >= airHU) {
+			body[i] = 1
+		}
+	}
+}
+
 // addHulls ORs into field the pixels of the convex hull of every
 // component of lab with at least minPx pixels that lie within rMm of
 // field.
