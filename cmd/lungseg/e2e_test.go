@@ -13,6 +13,7 @@ import (
 
 	"github.com/lungseg/lungseg/ingest/pngpair"
 	"github.com/lungseg/lungseg/pkg/imgx"
+	"github.com/lungseg/lungseg/pkg/lungfield"
 	"github.com/lungseg/lungseg/pkg/model"
 	"github.com/lungseg/lungseg/pkg/ortlib"
 	"github.com/lungseg/lungseg/pkg/phantom"
@@ -221,6 +222,17 @@ func TestReplayEndToEnd(t *testing.T) {
 			t.Fatal(err)
 		}
 		full := imgx.ResizeBilinear(prob, card.Input.Height, card.Input.Width, s.HU.Rows, s.HU.Cols)
+		// Score removes what lies outside the slice's lung field (every
+		// input gets the phantoms' 0.7 mm spacing: written or assumed).
+		field, err := lungfield.Compute(s.HU, s.SpacingMm, s.SpacingMm, lungfield.Options{})
+		if err != nil {
+			t.Fatal(err)
+		}
+		for i, v := range field.Pix {
+			if v == 0 {
+				full[i] = 0
+			}
+		}
 		written, err := pngpair.ReadMask(filepath.Join(masksOut, sr.Model, sr.ID+".png"))
 		if err != nil {
 			t.Fatal(err)
