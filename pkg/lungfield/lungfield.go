@@ -8,24 +8,33 @@
 //
 // The algorithm (Compute), all in pure Go on the slice's own grid:
 //
-//  1. Body: the largest 4-connected component of HU > BodyHU, filled
-//     within its convex hull: the holes (lungs, airways) and, of the
-//     regions that reach the hull's edge, those of at least MinLungMm2
-//     whose mean HU is at least AirHU and that touch the edge with at most
-//     1 pixel per 100 of theirs (a lung opened to the outside through a
-//     narrow gap, as where a pasted crop or the edge of the field of view
-//     cuts the chest wall); the air between the arms and the chest, or
-//     under the back, stays out. The CT table, blankets and sensors that do not touch the
-//     patient are other components.
+//  1. Body: the largest 4-connected component of HU > BodyHU after an
+//     opening by OpenMm (the CT table, blankets and a sensor that touches
+//     the skin through a thin link are other components), filled within
+//     its convex hull: the holes (lungs, airways) and, of the regions that
+//     reach the hull's edge, those of at least MinLungMm2 whose mean HU is
+//     at least AirHU and that touch the edge with at most 1 pixel per 100
+//     of theirs (a lung opened to the outside through a narrow gap, as
+//     where a pasted crop or the edge of the field of view cuts the chest
+//     wall); the air between the arms and the chest, or under the back,
+//     stays out.
 //  2. Lungs: 8-connected components of HU < LungHU inside the body, each
 //     of at least MinLungMm2 and with a mean HU of at least AirHU: pure
 //     air (the trachea, bowel gas, the inside of a sensor on the skin) and
 //     small airways and noise fall out.
 //  3. Closing with a disk of CloseMm (Euclidean, in mm, using the pixel
 //     spacing), then hole filling: vessels, nodules and masses inside the
-//     lung and the hilar notches join the field.
-//  4. Dilation by MarginMm, so that juxtapleural nodules, which sit on
+//     lung join the field.
+//  4. The part of each lung component's convex hull within HullMm of the
+//     field joins it: the hilum, and a mass that reaches the mediastinum
+//     (a closing alone leaves it out when it is wider than the disk).
+//  5. Dilation by MarginMm, so that juxtapleural nodules, which sit on
 //     the chest wall, stay in; then the intersection with the body.
+//
+// The field is generous towards the mediastinum (step 4 takes in part of
+// the heart and great vessels beside each hilum); what it removes is the
+// table, the air, the chest wall beyond the margin, the spine and the
+// abdomen below the lungs.
 //
 // A slice with a body and no lung (an abdomen slice) has an empty field.
 // No field is computed (an error, and callers remove nothing) for images
@@ -226,9 +235,10 @@ func ComputeDetail(hu *imgx.HU, rowMm, colMm float64, o Options) (*Result, error
 		}
 	}
 
-	// 3. Closing and hole filling; 4. margin, within the body. These run
-	// on the lungs' bounding box, padded so that nothing they do reaches
-	// its edge: the closing stays inside the box, the margin adds MarginMm.
+	// 3. Closing and hole filling; 4. hulls; 5. margin, within the body.
+	// These run on the lungs' bounding box, padded so that nothing they do
+	// reaches its edge: the closing and the hulls stay inside the box, the
+	// margin adds MarginMm.
 	field := make([]uint8, n)
 	y0, y1, x0, x1 := bounds(lungs, rows, cols)
 	if y1 >= y0 {
