@@ -244,7 +244,7 @@ func ComputeDetail(hu *imgx.HU, rowMm, colMm float64, o Options) (*Result, error
 	if y1 >= y0 {
 		pad := int(math.Ceil(max(o.CloseMm, o.MarginMm, 0)/min(rowMm, colMm))) + 2
 		y0, y1, x0, x1 = max(0, y0-pad), min(rows-1, y1+pad), max(0, x0-pad), min(cols-1, x1+pad)
-		c := grid{rows: y1 - y0 + 1, cols: x1 - x0 + 1}
+		c := grid{rows: y1 - y0 + 1, cols: x1 - x0 + 1, buf: &buffers{}}
 		sub := make([]uint8, c.rows*c.cols)
 		subLab := make([]int32, c.rows*c.cols)
 		for y := 0; y < c.rows; y++ {

@@ -6,8 +6,17 @@ import (
 )
 
 // grid holds the shape of the masks (0/1 bytes, row-major) the helpers
-// below work on.
-type grid struct{ rows, cols int }
+// below work on, and, when buf is set, buffers that distSq reuses.
+type grid struct {
+	rows, cols int
+	buf        *buffers
+}
+
+// buffers are distSq's work arrays, kept between calls on one grid.
+type buffers struct {
+	d   []float64
+	col []int32
+}
 
 // components labels the components of the pixels of m equal to want
 // (8-connected when eight, else 4-connected), returning a label per pixel
@@ -277,7 +286,8 @@ func (g grid) erode(m []uint8, rowMm, colMm, rMm float64) {
 const far = 1e30
 
 // distSq returns, for every pixel, the squared distance in mm² to the
-// nearest pixel whose value is want (far when there is none): the exact
+// nearest pixel whose value is want (far when there is none), in g.buf's
+// array when g has one (valid until the next call): the exact
 // Euclidean distance transform of Meijster et al., with the parabola
 // envelope of Felzenszwalb and Huttenlocher along the rows. The first
 // phase (distance along each column) sweeps whole rows, so that both
@@ -285,7 +295,14 @@ const far = 1e30
 func (g grid) distSq(m []uint8, want uint8, rowMm, colMm float64) []float64 {
 	rows, cols := g.rows, g.cols
 	const none = math.MaxInt32 / 2
-	col := make([]int32, len(m))
+	b := g.buf
+	if b == nil {
+		b = &buffers{}
+	}
+	if len(b.d) != len(m) {
+		b.d, b.col = make([]float64, len(m)), make([]int32, len(m))
+	}
+	col := b.col
 	// Down: rows since the last target pixel of each column.
 	for x := 0; x < cols; x++ {
 		if m[x] == want {
@@ -312,7 +329,7 @@ func (g grid) distSq(m []uint8, want uint8, rowMm, colMm float64) []float64 {
 			cur[x] = min(cur[x], next[x]+1)
 		}
 	}
-	d := make([]float64, len(m))
+	d := b.d
 	f := make([]float64, cols)
 	v := make([]int, cols)
 	z := make([]float64, cols+1)
