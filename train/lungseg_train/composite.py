@@ -685,6 +685,7 @@ def bare_eval_set(crops: D.CropSet, win: int = CROP_WIN, device="cpu",
     dm = np.zeros(n, np.float32)
     for i in range(n):
         hu, m = crops.bare(i)
+        hu, m = D.fit_bare(hu, win), D.fit_bare(m, win)
         h, w = hu.shape
         x[i, 0] = D.window(D.pad_bare_crop(hu.astype(np.float32), win, D.OUTSIDE_HU))
         y[i, 0] = D.pad_bare_crop(m.astype(np.float32), win, 0.0)
@@ -709,6 +710,7 @@ def bare_training_batch(crops: D.CropSet, r: Rand, b: int, win: int = CROP_WIN,
     mk = np.zeros((b, 1, win, win), np.float32)
     for k, (i, s) in enumerate(zip(idx, sym)):
         a, m = crops.bare(int(i))
+        a, m = D.fit_bare(a, win), D.fit_bare(m, win)
         if aug:
             a, m = np.rot90(a, s % 4), np.rot90(m, s % 4)
             if s >= 4:

@@ -89,6 +89,16 @@ def pad_bare_crop(crop: np.ndarray, win: int, fill: float) -> np.ndarray:
     return np.pad(a, ((y0, win - h - y0), (x0, win - w - x0)), mode="constant", constant_values=fill)
 
 
+def fit_bare(a: np.ndarray, win: int) -> np.ndarray:
+    """a itself when it fits in a win x win window, else its centred win x win
+    part (rows (h-win)//2 on). LIDC crops (43-109 px) fit the 128 window; only
+    smaller windows (the smoke run's 64) cut them. The Go side tiles a slice
+    larger than the window instead."""
+    h, w = a.shape
+    y0, x0 = max(0, (h - win) // 2), max(0, (w - win) // 2)
+    return a[y0:y0 + min(h, win), x0:x0 + min(w, win)]
+
+
 def unpad_bare(window_pred, h: int, w: int):
     """The [..., h, w] part of a window prediction [..., win, win] that
     covers the bare crop padded by pad_bare_crop."""

@@ -27,6 +27,15 @@ def test_pad_bare_crop_centres_with_air_like_numpy_constant():
     np.testing.assert_array_equal(D.pad_bare_crop(m, 5, 0.0), np.pad(m, ((2, 2), (1, 1))))
 
 
+def test_fit_bare_cuts_only_what_does_not_fit():
+    a = np.arange(65 * 61).reshape(65, 61)
+    np.testing.assert_array_equal(D.fit_bare(a, 128), a)
+    c = D.fit_bare(a, 64)
+    assert c.shape == (64, 61)
+    np.testing.assert_array_equal(c, a[0:64])
+    np.testing.assert_array_equal(D.fit_bare(np.zeros((70, 90)), 64).shape, (64, 64))
+
+
 def test_pad_bare_crop_refuses_too_large():
     with pytest.raises(ValueError):
         D.pad_bare_crop(np.zeros((10, 3)), 8, 0.0)
