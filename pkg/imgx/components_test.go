@@ -7,20 +7,8 @@ import (
 	"testing"
 
 	"github.com/lungseg/lungseg/pkg/imgx"
+	"github.com/lungseg/lungseg/pkg/testenv"
 )
-
-// maskOf parses rows of '#' (set) and '.' (clear).
-func maskOf(rows ...string) *imgx.Mask {
-	m := imgx.NewMask(len(rows), len(rows[0]))
-	for r, s := range rows {
-		for c, ch := range s {
-			if ch == '#' {
-				m.Pix[r*m.Cols+c] = 1
-			}
-		}
-	}
-	return m
-}
 
 func TestLabels(t *testing.T) {
 	tests := []struct {
@@ -65,7 +53,7 @@ func TestLabels(t *testing.T) {
 	}
 	for _, tc := range tests {
 		t.Run(tc.name, func(t *testing.T) {
-			m := maskOf(tc.mask...)
+			m := testenv.MaskOf(tc.mask...)
 			lab, n := imgx.Labels(m, tc.minSize)
 			var got []string
 			maxL := 0
@@ -173,7 +161,7 @@ func TestLargestDiameter(t *testing.T) {
 	}
 	for _, tc := range tests {
 		t.Run(tc.name, func(t *testing.T) {
-			if got := imgx.LargestDiameter(maskOf(tc.mask...), tc.sr, tc.sc); math.Abs(got-tc.want) > 1e-12 {
+			if got := imgx.LargestDiameter(testenv.MaskOf(tc.mask...), tc.sr, tc.sc); math.Abs(got-tc.want) > 1e-12 {
 				t.Errorf("got %v, want %v", got, tc.want)
 			}
 		})

@@ -8,21 +8,9 @@ import (
 
 	"github.com/lungseg/lungseg/pkg/imgx"
 	"github.com/lungseg/lungseg/pkg/phantom"
+	"github.com/lungseg/lungseg/pkg/testenv"
 	lungsegv1 "github.com/lungseg/lungseg/proto/lungseg/v1"
 )
-
-// maskOf parses rows of '#' (set) and '.' (clear).
-func maskOf(rows ...string) *imgx.Mask {
-	m := imgx.NewMask(len(rows), len(rows[0]))
-	for r, s := range rows {
-		for c, ch := range s {
-			if ch == '#' {
-				m.Pix[r*m.Cols+c] = 1
-			}
-		}
-	}
-	return m
-}
 
 func TestCategory(t *testing.T) {
 	tests := []struct {
@@ -101,7 +89,7 @@ func TestDiameterOfDiscs(t *testing.T) {
 }
 
 func TestAnalyzeStatistics(t *testing.T) {
-	m := maskOf(
+	m := testenv.MaskOf(
 		"##....",
 		"##....",
 		"....#.",

@@ -6,6 +6,7 @@ import (
 	"testing"
 
 	"github.com/lungseg/lungseg/pkg/phantom"
+	"github.com/lungseg/lungseg/pkg/testenv"
 	lungsegv1 "github.com/lungseg/lungseg/proto/lungseg/v1"
 )
 
@@ -157,7 +158,7 @@ func TestPhantomSeriesNodules(t *testing.T) {
 func TestGroupSplitsAndJoins(t *testing.T) {
 	c := Config{MinSizePx: 1}
 	mk := func(pos float64, rows ...string) *lungsegv1.SeriesSlice {
-		m := maskOf(rows...)
+		m := testenv.MaskOf(rows...)
 		meta := &lungsegv1.SliceMeta{Id: "s" + string(rune('a'+int(pos))), SeriesUid: "1.2", Rows: int32(m.Rows), Cols: int32(m.Cols),
 			SpacingRowMm: 1, SpacingColMm: 1, SlicePosition: pos, InstanceUid: "i"}
 		sf, err := c.Analyze(SliceInput{Meta: meta, Pred: m})
@@ -213,7 +214,7 @@ func TestGroupSplitsAndJoins(t *testing.T) {
 		seen[fs[i].Id] = true
 	}
 	// A slice without series: thickness and spacing assumed.
-	sm := maskOf("##", "##")
+	sm := testenv.MaskOf("##", "##")
 	smeta := &lungsegv1.SliceMeta{Id: "p/1", Rows: 2, Cols: 2, Label: "LR3"}
 	ssf, err := c.Analyze(SliceInput{Meta: smeta, Pred: sm})
 	if err != nil {
