@@ -156,13 +156,7 @@ func (s *Stage) Process(ctx context.Context, m *stage.Msg, e stage.Emitter) erro
 	if err != nil {
 		return fmt.Errorf("segment: running %s on %s: %w", c.Name, in.Meta.Id, err)
 	}
-	out := &lungsegv1.ModelOutput{
-		Meta: in.Meta, Model: in.Model, ModelVersion: c.Version,
-		Height: int32(h), Width: int32(w), Prob: imgx.EncodeFloat32(prob),
-		Threshold: float32(c.Threshold), MaskBits: in.MaskBits, HasMask: in.HasMask,
-		FieldBits: in.FieldBits, HasField: in.HasField,
-		Provider: s.Model.Provider(),
-	}
+	out := s.output(&in, prob, h, w)
 	out.Placement = in.Placement
 	if isCascade {
 		if err := s.refine(out, prob, hu); err != nil {
@@ -170,15 +164,35 @@ func (s *Stage) Process(ctx context.Context, m *stage.Msg, e stage.Emitter) erro
 		}
 	}
 	out.InferenceUs = time.Since(start).Microseconds()
+	return s.emit(ctx, e, out)
+}
+
+// output is the model output of an input with its probability map (h×w):
+// the input's slice, ground truth and lung field passed on, the card's
+// threshold.
+func (s *Stage) output(in *lungsegv1.ModelInput, prob []float32, h, w int) *lungsegv1.ModelOutput {
+	c := s.Card
+	return &lungsegv1.ModelOutput{
+		Meta: in.Meta, Model: in.Model, ModelVersion: c.Version,
+		Height: int32(h), Width: int32(w), Prob: imgx.EncodeFloat32(prob),
+		Threshold: float32(c.Threshold), MaskBits: in.MaskBits, HasMask: in.HasMask,
+		FieldBits: in.FieldBits, HasField: in.HasField,
+		Provider: s.Model.Provider(),
+	}
+}
+
+// emit publishes an output on lung.masks.<model>, refusing one over the
+// message limit.
+func (s *Stage) emit(ctx context.Context, e stage.Emitter, out *lungsegv1.ModelOutput) error {
 	b, err := proto.Marshal(out)
 	if err != nil {
 		return err
 	}
 	if len(b) > maxOutput {
-		return stage.Permanentf("segment: slice %s: output of %s is %d bytes, over the %d-byte message limit", in.Meta.Id, in.Model, len(b), maxOutput)
+		return stage.Permanentf("segment: slice %s: output of %s is %d bytes, over the %d-byte message limit", out.Meta.Id, out.Model, len(b), maxOutput)
 	}
-	return e.Emit(ctx, stage.Out{Subject: bus.MasksSubject(c.Name), Data: b,
-		SliceID: in.Meta.Id, ReplayID: in.Meta.ReplayId, Model: in.Model})
+	return e.Emit(ctx, stage.Out{Subject: bus.MasksSubject(s.Card.Name), Data: b,
+		SliceID: out.Meta.Id, ReplayID: out.Meta.ReplayId, Model: out.Model})
 }
 
 // nativeHU decodes the native HU of a cascade input or of a crop model's

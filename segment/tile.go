@@ -5,13 +5,11 @@ import (
 	"fmt"
 	"time"
 
-	"github.com/lungseg/lungseg/pkg/bus"
 	"github.com/lungseg/lungseg/pkg/imgx"
 	"github.com/lungseg/lungseg/pkg/model"
 	"github.com/lungseg/lungseg/pkg/stage"
 	lungsegv1 "github.com/lungseg/lungseg/proto/lungseg/v1"
 	"github.com/lungseg/lungseg/segment/cascade"
-	"google.golang.org/protobuf/proto"
 )
 
 // TileStride is the step between the overlapping windows in which a crop
@@ -117,20 +115,7 @@ func (s *Stage) processTiled(ctx context.Context, in *lungsegv1.ModelInput, e st
 	}
 	h, w := min(hu.Rows, MaxTiledSide), min(hu.Cols, MaxTiledSide)
 	prob = imgx.ResizeBilinear(prob, hu.Rows, hu.Cols, h, w)
-	out := &lungsegv1.ModelOutput{
-		Meta: in.Meta, Model: in.Model, ModelVersion: c.Version,
-		Height: int32(h), Width: int32(w), Prob: imgx.EncodeFloat32(prob),
-		Threshold: float32(c.Threshold), MaskBits: in.MaskBits, HasMask: in.HasMask,
-		FieldBits: in.FieldBits, HasField: in.HasField,
-		Provider: s.Model.Provider(), InferenceUs: time.Since(start).Microseconds(),
-	}
-	b, err := proto.Marshal(out)
-	if err != nil {
-		return err
-	}
-	if len(b) > maxOutput {
-		return stage.Permanentf("segment: slice %s: output of %s is %d bytes, over the %d-byte message limit", in.Meta.Id, in.Model, len(b), maxOutput)
-	}
-	return e.Emit(ctx, stage.Out{Subject: bus.MasksSubject(c.Name), Data: b,
-		SliceID: in.Meta.Id, ReplayID: in.Meta.ReplayId, Model: in.Model})
+	out := s.output(in, prob, h, w)
+	out.InferenceUs = time.Since(start).Microseconds()
+	return s.emit(ctx, e, out)
 }
