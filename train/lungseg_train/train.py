@@ -70,6 +70,10 @@ def recipe_config(recipe: str, family: str, device: torch.device, args) -> Dict[
                    schedule="cosine", warmup=0.05, final_lr_frac=0.02, early_stop=0, clip=1.0)
     else:
         raise ValueError(f"unknown recipe {recipe!r} (report, dicebce)")
+    if getattr(args, "dice_per_image", False):
+        if cfg["loss"] != "dicebce":
+            raise ValueError(f"--dice-per-image needs the dicebce recipe, not {recipe!r}")
+        cfg["loss"] = "dicebce-image"
     if args.batch:
         cfg["batch"] = args.batch
     if args.lr:
@@ -99,6 +103,14 @@ def loss_fn(logits: torch.Tensor, y: torch.Tensor, kind: str) -> torch.Tensor:
     if kind == "bce":
         return bce
     p = torch.sigmoid(logits)
+    if kind == "dicebce-image":
+        # soft Dice per image, averaged over the batch: the headline metric is
+        # the mean over images, and a pooled Dice lets one large nodule
+        # outweigh the small ones beside it in the batch
+        dims = tuple(range(1, p.dim()))
+        inter = (p * y).sum(dims)
+        dice = 1 - (2 * inter + 1.0) / (p.sum(dims) + y.sum(dims) + 1.0)
+        return bce + dice.mean()
     inter = (p * y).sum()
     dice = 1 - (2 * inter + 1.0) / (p.sum() + y.sum() + 1.0)
     return bce + dice
@@ -690,6 +702,9 @@ def parser() -> argparse.ArgumentParser:
     ap.add_argument("--device", default="auto")
     ap.add_argument("--seed", type=int, default=1234)
     ap.add_argument("--batch", type=int, default=0)
+    ap.add_argument("--dice-per-image", action="store_true",
+                    help="dicebce recipe: soft Dice per image averaged over the batch (the headline metric) "
+                         "instead of one Dice pooled over the batch")
     ap.add_argument("--lr", type=float, default=0.0)
     ap.add_argument("--no-amp", action="store_true")
     ap.add_argument("--size", type=int, default=0, help="model input side (default 256; crop task 128)")
