@@ -248,8 +248,12 @@ type SliceMeta struct {
 	Models []string `protobuf:"bytes,15,rep,name=models,proto3" json:"models,omitempty"`
 	// Unix nanoseconds when ingest published the slice.
 	IngestedUnixNano int64 `protobuf:"varint,16,opt,name=ingested_unix_nano,json=ingestedUnixNano,proto3" json:"ingested_unix_nano,omitempty"`
-	unknownFields    protoimpl.UnknownFields
-	sizeCache        protoimpl.SizeCache
+	// What the reader accepted but changed or could not use (a label1 that
+	// is not a str, HU values clamped to int16), one sentence each; the
+	// replay report shows them in the slice's entry.
+	Warnings      []string `protobuf:"bytes,17,rep,name=warnings,proto3" json:"warnings,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
 }
 
 func (x *SliceMeta) Reset() {
@@ -392,6 +396,13 @@ func (x *SliceMeta) GetIngestedUnixNano() int64 {
 		return x.IngestedUnixNano
 	}
 	return 0
+}
+
+func (x *SliceMeta) GetWarnings() []string {
+	if x != nil {
+		return x.Warnings
+	}
+	return nil
 }
 
 // Reference to pixels kept in the JetStream Object Store when a message
@@ -1478,7 +1489,7 @@ const file_proto_lungseg_v1_lungseg_proto_rawDesc = "" +
 	"\tjob_index\x18\x03 \x01(\x05R\bjobIndex\x12\x16\n" +
 	"\x06slices\x18\x04 \x01(\x03R\x06slices\x12\x1a\n" +
 	"\brejected\x18\x05 \x01(\x03R\brejected\x12\x16\n" +
-	"\x06models\x18\x06 \x03(\tR\x06models\"\xe5\x03\n" +
+	"\x06models\x18\x06 \x03(\tR\x06models\"\x81\x04\n" +
 	"\tSliceMeta\x12\x0e\n" +
 	"\x02id\x18\x01 \x01(\tR\x02id\x12\x1b\n" +
 	"\treplay_id\x18\x02 \x01(\tR\breplayId\x12\x16\n" +
@@ -1497,7 +1508,8 @@ const file_proto_lungseg_v1_lungseg_proto_rawDesc = "" +
 	"\x0fspacing_assumed\x18\r \x01(\bR\x0espacingAssumed\x12%\n" +
 	"\x0eslice_position\x18\x0e \x01(\x01R\rslicePosition\x12\x16\n" +
 	"\x06models\x18\x0f \x03(\tR\x06models\x12,\n" +
-	"\x12ingested_unix_nano\x18\x10 \x01(\x03R\x10ingestedUnixNano\"a\n" +
+	"\x12ingested_unix_nano\x18\x10 \x01(\x03R\x10ingestedUnixNano\x12\x1a\n" +
+	"\bwarnings\x18\x11 \x03(\tR\bwarnings\"a\n" +
 	"\tObjectRef\x12\x16\n" +
 	"\x06bucket\x18\x01 \x01(\tR\x06bucket\x12\x10\n" +
 	"\x03key\x18\x02 \x01(\tR\x03key\x12\x16\n" +
