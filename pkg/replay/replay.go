@@ -70,6 +70,9 @@ type SliceResult struct {
 	// in its score.SizeBins.
 	TruthDiameterMm float64 `json:"truth_diameter_mm,omitempty"`
 	InferenceUs     int64   `json:"inference_us"`
+	// Warnings are the slice's SliceMeta.warnings: what ingest accepted
+	// but changed (a label1 that was not a str, HU clamped to int16).
+	Warnings []string `json:"warnings,omitempty"`
 }
 
 // ErrorResult is one failure reported during the replay.
@@ -265,7 +268,8 @@ func Run(ctx context.Context, js jetstream.JetStream, o Options, log zerolog.Log
 				settled[k] = true
 				r := SliceResult{ID: s.Meta.Id, Model: s.Model, Label: s.Meta.Label, HasTruth: s.HasTruth,
 					Dice: s.Dice, IoU: s.Iou, RMSE: s.Rmse, BothEmpty: s.BothEmpty, Truth: s.TruthPixels,
-					Predicted: s.PredictedPixels, TruthDiameterMm: s.TruthDiameterMm, InferenceUs: s.InferenceUs}
+					Predicted: s.PredictedPixels, TruthDiameterMm: s.TruthDiameterMm, InferenceUs: s.InferenceUs,
+					Warnings: s.Meta.GetWarnings()}
 				rep.Slices = append(rep.Slices, r)
 				if s.HasTruth {
 					agg.Add(s.Model, s.Meta.Label, score.FromScore(s))
