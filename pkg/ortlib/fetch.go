@@ -91,7 +91,7 @@ func fetchInto(ctx context.Context, log zerolog.Logger, dir string, a artifact, 
 		log.Info().Str("method", f.name).Str("package", NPMPackage+"@"+Version).Str("dest", dst).Msg("fetching onnx runtime")
 		err := f.run(ctx, a, dst)
 		if err == nil {
-			log.Info().Str("method", f.name).Int64("bytes", a.size).Dur("took", time.Since(start)).Msg("fetched onnx runtime")
+			log.Info().Str("method", f.name).Int64("bytes", a.size).Dur("took_ms", time.Since(start)).Msg("fetched onnx runtime")
 			return dst, nil
 		}
 		log.Warn().Err(err).Str("method", f.name).Msg("fetching onnx runtime failed")

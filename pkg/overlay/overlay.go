@@ -7,10 +7,12 @@ package overlay
 
 import (
 	"fmt"
+	"hash/fnv"
 	"image"
 	"image/color"
 	"math"
 	"sort"
+	"strings"
 
 	"github.com/lungseg/lungseg/pkg/imgx"
 )
@@ -32,24 +34,87 @@ func (w Window) Grey(hu int16) uint8 {
 var TruthColor = color.RGBA{0, 255, 0, 255}
 
 // palette holds the model outline colours: saturated, distinct from the
-// truth's green and from grey.
+// truth's green and from grey. The first nine are the shipped families'
+// (see ColorOf), three per family: detector, cascade, crop model alone.
 var palette = []color.RGBA{
-	{255, 40, 40, 255},   // red
-	{40, 140, 255, 255},  // blue
-	{255, 210, 0, 255},   // yellow
-	{255, 60, 255, 255},  // magenta
-	{0, 230, 230, 255},   // cyan
-	{255, 130, 0, 255},   // orange
-	{170, 90, 255, 255},  // violet
-	{255, 150, 190, 255}, // pink
+	{255, 40, 40, 255},   // red: resnet50-unet
+	{255, 130, 0, 255},   // orange: resnet50-unet+crop
+	{255, 150, 190, 255}, // pink: resnet50-unet-crop
+	{40, 140, 255, 255},  // blue: unetr
+	{0, 230, 230, 255},   // cyan: unetr+crop
+	{140, 200, 255, 255}, // sky: unetr-crop
+	{255, 210, 0, 255},   // yellow: swin-unet
+	{255, 60, 255, 255},  // magenta: swin-unet+crop
+	{170, 90, 255, 255},  // violet: swin-unet-crop
+	{200, 120, 80, 255},  // brown
+	{210, 160, 255, 255}, // lilac
+	{255, 225, 150, 255}, // sand
 }
 
-// ModelColor returns the outline colour of the i-th model (cycling).
+// ModelColor returns the i-th palette colour (cycling).
 func ModelColor(i int) color.RGBA {
 	if i < 0 {
 		i = -i
 	}
 	return palette[i%len(palette)]
+}
+
+// families are the shipped architectures, in palette order.
+var families = []string{"resnet50-unet", "unetr", "swin-unet"}
+
+// ColorOf returns a model's outline colour from its name alone, so one model
+// keeps one colour in the viewer, the report and from run to run, whatever
+// order results arrive in. The shipped families have fixed colours (the
+// detector, its "+crop" cascade and its "-crop" crop model in three shades);
+// any other name gets a hue from a hash of the name, away from the truth's
+// green.
+func ColorOf(model string) color.RGBA {
+	for f, fam := range families {
+		if !strings.HasPrefix(model, fam) {
+			continue
+		}
+		rest := model[len(fam):]
+		switch {
+		case strings.HasSuffix(rest, "+crop"):
+			return palette[3*f+1]
+		case strings.HasSuffix(rest, "-crop"):
+			return palette[3*f+2]
+		case rest == "" || rest == "-small" || rest == "-full":
+			return palette[3*f]
+		}
+	}
+	// any other name: a hue from its hash, outside the truth's greens
+	h := fnv.New32a()
+	h.Write([]byte(model))
+	hue := float64(h.Sum32() % 280)
+	if hue >= 75 {
+		hue += 95 // skip 75°–170°
+	}
+	return hsv(hue, 0.75, 1)
+}
+
+// hsv converts a hue in degrees, a saturation and a value in [0,1] to RGB.
+func hsv(h, s, v float64) color.RGBA {
+	c := v * s
+	x := c * (1 - math.Abs(math.Mod(h/60, 2)-1))
+	var r, g, b float64
+	switch {
+	case h < 60:
+		r, g = c, x
+	case h < 120:
+		r, g = x, c
+	case h < 180:
+		g, b = c, x
+	case h < 240:
+		g, b = x, c
+	case h < 300:
+		r, b = x, c
+	default:
+		r, b = c, x
+	}
+	m := v - c
+	u := func(f float64) uint8 { return uint8(math.Round((f + m) * 255)) }
+	return color.RGBA{u(r), u(g), u(b), 255}
 }
 
 // Hex writes a colour as #rrggbb.

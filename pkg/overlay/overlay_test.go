@@ -1,6 +1,7 @@
 package overlay
 
 import (
+	"fmt"
 	"image/color"
 	"math"
 	"strings"
@@ -223,5 +224,43 @@ func TestCoincidingOutlinesAlternate(t *testing.T) {
 	}
 	if got.String() != "aaabbbaaabbb" {
 		t.Errorf("top edge %s, want aaabbbaaabbb", got.String())
+	}
+}
+
+func TestColorOfIsByName(t *testing.T) {
+	shipped := []string{
+		"resnet50-unet-small", "resnet50-unet-small+crop", "resnet50-unet-small-crop",
+		"unetr-small", "unetr-small+crop", "unetr-small-crop",
+		"swin-unet-small", "swin-unet-small+crop", "swin-unet-small-crop",
+	}
+	seen := map[color.RGBA]string{TruthColor: "truth"}
+	for _, m := range shipped {
+		c := ColorOf(m)
+		if o, ok := seen[c]; ok {
+			t.Errorf("%s and %s share %s", m, o, Hex(c))
+		}
+		seen[c] = m
+	}
+	if ColorOf("resnet50-unet") != ColorOf("resnet50-unet-small") || ColorOf("unetr+crop") != ColorOf("unetr-small+crop") {
+		t.Error("full and compact models of one family differ")
+	}
+	// the same name, the same colour, whatever was asked before
+	a := ColorOf("my-model-v2")
+	for _, m := range []string{"x", "y", "z", "unetr-small"} {
+		ColorOf(m)
+	}
+	if ColorOf("my-model-v2") != a {
+		t.Error("colour of an unknown name changed")
+	}
+	for _, pair := range [][2]string{{"a", "b+tta"}, {"alpha", "beta"}} {
+		if ColorOf(pair[0]) == ColorOf(pair[1]) {
+			t.Errorf("the tests' models %s and %s share a colour", pair[0], pair[1])
+		}
+	}
+	for i := 0; i < 500; i++ {
+		c := ColorOf(fmt.Sprintf("model-%d", i))
+		if c.G > 200 && c.R < 120 && c.B < 120 {
+			t.Errorf("model-%d gets a truth-like green %s", i, Hex(c))
+		}
 	}
 }

@@ -85,9 +85,7 @@ func New(w io.Writer, o Options) *Reporter {
 	}
 	bar := o.Mode == Bar
 	if o.Mode == Auto {
-		if f, ok := w.(*os.File); ok {
-			bar = isatty.IsTerminal(f.Fd()) || isatty.IsCygwinTerminal(f.Fd())
-		}
+		bar = IsTerminal(w)
 	}
 	return &Reporter{w: w, o: o, bar: bar, start: o.Now()}
 }
@@ -158,6 +156,11 @@ func (r *Reporter) write(s Status, now time.Time, final bool) {
 		fmt.Fprintf(&b, ", %d errors", s.Errors)
 	}
 	if r.bar {
+		if t, ok := r.w.(*Term); ok {
+			// log lines written through t go above the bar
+			t.setLine(b.String(), final)
+			return
+		}
 		// Carriage return and erase-to-end-of-line redraw in place.
 		fmt.Fprintf(r.w, "\r%s\x1b[K", b.String())
 		if final {
@@ -208,4 +211,62 @@ func FormatDuration(d time.Duration) string {
 		return fmt.Sprintf("%d:%02d:%02d", h, m, s)
 	}
 	return fmt.Sprintf("%d:%02d", m, s)
+}
+
+// IsTerminal reports whether w is a terminal (an *os.File on a tty, or a
+// Term over one).
+func IsTerminal(w io.Writer) bool {
+	switch f := w.(type) {
+	case *Term:
+		return IsTerminal(f.w)
+	case *os.File:
+		return isatty.IsTerminal(f.Fd()) || isatty.IsCygwinTerminal(f.Fd())
+	}
+	return false
+}
+
+// Term is a writer shared by a progress bar and log lines, so that they do
+// not collide on one terminal line: a write erases the bar, writes the
+// text, and draws the bar again under it. A Reporter writing to a Term
+// draws its bar through it. Safe for concurrent use.
+type Term struct {
+	mu   sync.Mutex
+	w    io.Writer
+	line string // the bar on screen, "" when none
+}
+
+// NewTerm returns a Term writing to w.
+func NewTerm(w io.Writer) *Term { return &Term{w: w} }
+
+// Write writes p (log lines, ending in a newline) above the bar.
+func (t *Term) Write(p []byte) (int, error) {
+	t.mu.Lock()
+	defer t.mu.Unlock()
+	if t.line == "" {
+		return t.w.Write(p)
+	}
+	if _, err := io.WriteString(t.w, "\r\x1b[K"); err != nil {
+		return 0, err
+	}
+	n, err := t.w.Write(p)
+	if err != nil {
+		return n, err
+	}
+	if len(p) > 0 && p[len(p)-1] != '\n' {
+		// a partial line: end it, or the bar would be drawn after it
+		_, _ = io.WriteString(t.w, "\n")
+	}
+	_, err = io.WriteString(t.w, t.line+"\x1b[K")
+	return n, err
+}
+
+func (t *Term) setLine(s string, final bool) {
+	t.mu.Lock()
+	defer t.mu.Unlock()
+	fmt.Fprintf(t.w, "\r%s\x1b[K", s)
+	t.line = s
+	if final {
+		fmt.Fprintln(t.w)
+		t.line = ""
+	}
 }

@@ -2,6 +2,7 @@ package progress
 
 import (
 	"bytes"
+	"fmt"
 	"os"
 	"strings"
 	"testing"
@@ -120,5 +121,45 @@ func TestDrawBarAndFormat(t *testing.T) {
 	}
 	if _, ok := ETA(Status{Done: 1, Total: 5}, 0); ok {
 		t.Error("ETA at zero rate")
+	}
+}
+
+// TestTermKeepsLogsOffTheBar: a log line written while the bar is drawn
+// erases the bar, stands on its own line, and the bar comes back under it
+// (before, "replay [???…] 0/? results, 0.0/s15:21:30 INF fetching…").
+func TestTermKeepsLogsOffTheBar(t *testing.T) {
+	var buf bytes.Buffer
+	term := NewTerm(&buf)
+	now := time.Unix(0, 0)
+	r := New(term, Options{Label: "replay", Unit: "results", Mode: Bar, Width: 4, Now: func() time.Time { return now }})
+	r.Update(Status{Done: 0, Total: -1})
+	fmt.Fprintf(term, "15:21:30 INF fetching onnx runtime\n")
+	now = now.Add(time.Second)
+	r.Finish(Status{Done: 2, Total: -1})
+	fmt.Fprintf(term, "after\n")
+	// what a terminal shows: apply \r (back to column 0) and ESC[K (erase
+	// to the end of the line)
+	var lines []string
+	cur := ""
+	out := buf.String()
+	for i := 0; i < len(out); i++ {
+		switch {
+		case out[i] == '\r':
+			cur = ""
+		case strings.HasPrefix(out[i:], "\x1b[K"):
+			i += 2
+		case out[i] == '\n':
+			lines = append(lines, cur)
+			cur = ""
+		default:
+			cur += string(out[i])
+		}
+	}
+	want := []string{"15:21:30 INF fetching onnx runtime", "replay [????] 2/? results, 2.0/s, 0:01 elapsed", "after"}
+	if strings.Join(lines, "|") != strings.Join(want, "|") || cur != "" {
+		t.Errorf("screen lines %q (then %q), want %q", lines, cur, want)
+	}
+	if !strings.Contains(out, "\r\x1b[K15:21:30 INF") {
+		t.Errorf("the log line does not erase the bar first: %q", out)
 	}
 }

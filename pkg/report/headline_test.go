@@ -87,7 +87,7 @@ func TestPageHeadline(t *testing.T) {
 	// Histogram: the bins of Dice 0 (s4) and 1 (s3) stay empty.
 	h := readPNG(t, filepath.Join(dir, w.Histograms["a"]))
 	plotW := histW - marginL - 12
-	ca := overlay.ModelColor(0)
+	ca := overlay.ColorOf("a")
 	bar := func(bin int) int {
 		x, n := marginL+bin*plotW/20+2, 0
 		for y := 0; y < histH; y++ {

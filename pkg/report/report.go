@@ -175,8 +175,8 @@ func Write(dir string, rep *replay.Report, px Pixels, o Options) (*Written, erro
 	}
 	w := &Written{Page: "index.html", Sheets: map[string]string{}, Histograms: map[string]string{}}
 	colors := map[string]color.RGBA{}
-	for i, m := range models {
-		colors[m] = overlay.ModelColor(i)
+	for _, m := range models {
+		colors[m] = overlay.ColorOf(m)
 	}
 	picks := Pick(rep)
 	for _, m := range models {
@@ -254,15 +254,18 @@ func text(img draw.Image, x, y int, s string, c color.Color) {
 	d.DrawString(s)
 }
 
-// truncate shortens s to fit n characters of the 7-pixel font.
+// truncate shortens s to fit n characters of the 7-pixel font, keeping its
+// end (model names differ at their ends: "+crop", "-crop"). The font is
+// ASCII only (basicfont draws anything else as a box), so the cut is
+// marked with "..".
 func truncate(s string, n int) string {
 	if len(s) <= n {
 		return s
 	}
-	if n <= 1 {
-		return s[:n]
+	if n <= 2 {
+		return s[len(s)-n:]
 	}
-	return "…" + s[len(s)-n+1:]
+	return ".." + s[len(s)-n+2:]
 }
 
 // drawSheet draws one model's chosen slices (rows) under every model

@@ -2,6 +2,7 @@ package report
 
 import (
 	"context"
+	"golang.org/x/image/font/basicfont"
 	"image"
 	"image/color"
 	"image/png"
@@ -145,7 +146,7 @@ func TestWrite(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	for _, s := range []string{"r-test", "sheet-a.png", "sheet-b_tta.png", "dice-a.png", "dice-b_tta.png", `data-model="b&#43;tta"`, "background:#ff2828"} {
+	for _, s := range []string{"r-test", "sheet-a.png", "sheet-b_tta.png", "dice-a.png", "dice-b_tta.png", `data-model="b&#43;tta"`, "background:" + overlay.Hex(overlay.ColorOf("a"))} {
 		if !strings.Contains(string(html), s) {
 			t.Errorf("page lacks %q", s)
 		}
@@ -174,7 +175,7 @@ func TestWrite(t *testing.T) {
 			}
 		}
 	}
-	ca, cb := overlay.ModelColor(0), overlay.ModelColor(1)
+	ca, cb := overlay.ColorOf("a"), overlay.ColorOf("b+tta")
 	if count[overlay.TruthColor] == 0 || count[ca] == 0 || count[cb] == 0 {
 		t.Errorf("first row: %d green, %d of a's colour, %d of b's", count[overlay.TruthColor], count[ca], count[cb])
 	}
@@ -229,4 +230,29 @@ func readPNG(t *testing.T, path string) image.Image {
 		t.Fatal(err)
 	}
 	return img
+}
+
+// TestTruncateDrawsInTheFont: a shortened name keeps its end and uses only
+// characters the sheets' 7-pixel font has (a "…" was drawn as a box).
+func TestTruncateDrawsInTheFont(t *testing.T) {
+	for _, c := range []struct {
+		in   string
+		n    int
+		want string
+	}{
+		{"unetr-small", 20, "unetr-small"},
+		{"resnet50-unet-small+crop", 12, "..small+crop"},
+		{"resnet50-unet-small-crop", 12, "..small-crop"},
+		{"abcdef", 2, "ef"},
+	} {
+		got := truncate(c.in, c.n)
+		if got != c.want || len(got) > c.n {
+			t.Errorf("truncate(%q, %d) = %q, want %q", c.in, c.n, got, c.want)
+		}
+		for _, r := range got {
+			if _, ok := basicfont.Face7x13.GlyphAdvance(r); !ok || r > 126 {
+				t.Errorf("truncate(%q, %d) = %q: %q is not in the font", c.in, c.n, got, r)
+			}
+		}
+	}
 }

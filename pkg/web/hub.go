@@ -77,15 +77,25 @@ type SliceView struct {
 	Scores   []ModelScore `json:"scores"`
 }
 
-// ModelStats are a model's running means over the slices with truth of
-// one replay.
+// ModelStats are a model's running scores on one replay, as the CLI table
+// gives them: Dice and IoU averaged over the slices whose truth has nodule
+// pixels first, pooled Dice second, and the slices with an empty truth
+// counted apart (clean when the prediction is empty too, FP otherwise).
 type ModelStats struct {
-	Model       string  `json:"model"`
-	Color       string  `json:"color"`
-	Slices      int     `json:"slices"`
-	Scored      int     `json:"scored"`
-	Dice        float64 `json:"dice"`
-	IoU         float64 `json:"iou"`
+	Model  string `json:"model"`
+	Color  string `json:"color"`
+	Slices int    `json:"slices"`
+	// Scored slices have a ground truth (empty or not).
+	Scored int `json:"scored"`
+	// WithTruth slices have truth pixels; MeanDice and MeanIoU average
+	// over them.
+	WithTruth  int     `json:"with_truth"`
+	MeanDice   float64 `json:"mean_dice"`
+	MeanIoU    float64 `json:"mean_iou"`
+	PooledDice float64 `json:"pooled_dice"`
+	EmptyClean int     `json:"empty_clean"`
+	EmptyFP    int     `json:"empty_fp"`
+	// RMSE averages over every scored slice.
 	RMSE        float64 `json:"rmse"`
 	InferenceMs float64 `json:"inference_ms"`
 }
@@ -109,8 +119,10 @@ type Alert struct {
 }
 
 type acc struct {
-	slices, scored     int
-	dice, iou, rmse, t float64
+	slices, scored, withTruth, emptyClean, emptyFP int
+	dice, iou, rmse, t                             float64
+	// pooled Dice: 2·Σ intersection / Σ (predicted + truth)
+	inter, sizes float64
 }
 
 type replayStats struct {
@@ -161,12 +173,13 @@ func Key(replay, id string) string {
 	return replay + "|" + id
 }
 
-// colorLocked returns (assigning on first sight) a model's colour.
+// colorLocked returns a model's colour (overlay.ColorOf: by name, the same
+// in every run and in the report) and records the model's first sight.
 func (h *hub) colorLocked(model string) string {
 	if c, ok := h.colors[model]; ok {
 		return c
 	}
-	c := overlay.Hex(overlay.ModelColor(len(h.order)))
+	c := overlay.Hex(overlay.ColorOf(model))
 	h.colors[model] = c
 	h.order = append(h.order, model)
 	return c
@@ -287,9 +300,20 @@ func (h *hub) addScore(s *lungsegv1.Score) error {
 	a.t += ms.InferenceMs
 	if s.HasTruth {
 		a.scored++
-		a.dice += s.Dice
-		a.iou += s.Iou
 		a.rmse += s.Rmse
+		size := float64(s.PredictedPixels + s.TruthPixels)
+		a.sizes += size
+		a.inter += s.Dice * size / 2 // Dice = 2·|P∩T| / (|P|+|T|)
+		switch {
+		case s.TruthPixels > 0:
+			a.withTruth++
+			a.dice += s.Dice
+			a.iou += s.Iou
+		case s.PredictedPixels == 0:
+			a.emptyClean++
+		default:
+			a.emptyFP++
+		}
 		switch {
 		case s.TruthPixels > 0 && s.PredictedPixels == 0:
 			h.alertLocked(Alert{Level: "warn", Kind: "missed", Replay: m.ReplayId, ID: m.Id, Model: s.Model,
@@ -416,10 +440,17 @@ func (h *hub) statsViewLocked(replay string) Stats {
 		if a == nil {
 			continue
 		}
-		ms := ModelStats{Model: name, Color: h.colors[name], Slices: a.slices, Scored: a.scored, InferenceMs: a.t / float64(a.slices)}
+		ms := ModelStats{Model: name, Color: h.colors[name], Slices: a.slices, Scored: a.scored, WithTruth: a.withTruth,
+			EmptyClean: a.emptyClean, EmptyFP: a.emptyFP, InferenceMs: a.t / float64(a.slices)}
+		if a.withTruth > 0 {
+			n := float64(a.withTruth)
+			ms.MeanDice, ms.MeanIoU = a.dice/n, a.iou/n
+		}
 		if a.scored > 0 {
-			n := float64(a.scored)
-			ms.Dice, ms.IoU, ms.RMSE = a.dice/n, a.iou/n, a.rmse/n
+			ms.RMSE = a.rmse / float64(a.scored)
+		}
+		if a.sizes > 0 {
+			ms.PooledDice = 2 * a.inter / a.sizes
 		}
 		st.Models = append(st.Models, ms)
 	}

@@ -10,6 +10,7 @@ import (
 	"image/color"
 	"image/png"
 	"io"
+	"math"
 	"net/http"
 	"net/http/httptest"
 	"net/url"
@@ -244,7 +245,7 @@ func TestViewerStreamsAndRenders(t *testing.T) {
 		t.Fatal(err)
 	}
 	// beta's square overlaps the truth on 10×10: Dice = 200/800.
-	if st.Replay != "r1" || st.Models[0].Dice != 1 || st.Models[1].Dice != 0.25 || st.Models[0].InferenceMs != 2.5 {
+	if st.Replay != "r1" || st.Models[0].MeanDice != 1 || st.Models[1].MeanDice != 0.25 || st.Models[0].InferenceMs != 2.5 {
 		t.Errorf("stats %+v", st)
 	}
 	if st.Models[0].Color == st.Models[1].Color {
@@ -566,5 +567,52 @@ func TestViewerShowsNoduleFindingsAndAlerts(t *testing.T) {
 		if k != "nodule" && k != "alert" {
 			t.Errorf("unexpected entry %+v", got[k])
 		}
+	}
+}
+
+// TestHubStatsAsTheCLI: the running scores lead with the mean over slices
+// with truth pixels, pool second, and count empty-truth slices apart, so a
+// model that misses every nodule of a series reads 0, not the share of
+// empty slices it got right.
+func TestHubStatsAsTheCLI(t *testing.T) {
+	h := newHub(16, 16)
+	meta := func(id string) *lungsegv1.SliceMeta {
+		return &lungsegv1.SliceMeta{Id: id, ReplayId: "r", Rows: 8, Cols: 8}
+	}
+	score := func(id string, dice float64, truth, pred int64) {
+		t.Helper()
+		m := imgx.NewMask(8, 8)
+		for i := 0; i < int(pred); i++ {
+			m.Pix[i] = 1
+		}
+		if err := h.addScore(&lungsegv1.Score{Meta: meta(id), Model: "m", HasTruth: true, Dice: dice, Iou: dice / (2 - dice),
+			TruthPixels: truth, PredictedPixels: pred, BothEmpty: truth == 0 && pred == 0, PredBits: m.PackBits()}); err != nil {
+			t.Fatal(err)
+		}
+	}
+	// a missed nodule, three clean empty slices: the old running mean
+	// over every scored slice read 0.75
+	score("s1", 0, 10, 0)
+	score("s2", 0, 0, 0)
+	score("s3", 0, 0, 0)
+	score("s4", 0, 0, 0)
+	h.mu.Lock()
+	st := h.statsViewLocked("r").Models[0]
+	h.mu.Unlock()
+	if st.WithTruth != 1 || st.MeanDice != 0 || st.EmptyClean != 3 || st.EmptyFP != 0 || st.PooledDice != 0 {
+		t.Fatalf("after a miss: %+v", st)
+	}
+	// Dice 0.5 on 20 truth + 20 predicted (10 shared), and a false positive
+	score("s5", 0.5, 20, 20)
+	score("s6", 0, 0, 5)
+	h.mu.Lock()
+	st = h.statsViewLocked("r").Models[0]
+	h.mu.Unlock()
+	// mean over the two slices with truth: (0 + 0.5)/2; pooled 2·10/(10+40+5)
+	if st.WithTruth != 2 || st.MeanDice != 0.25 || st.EmptyClean != 3 || st.EmptyFP != 1 || st.Scored != 6 {
+		t.Errorf("stats %+v", st)
+	}
+	if want := 20.0 / 55; math.Abs(st.PooledDice-want) > 1e-12 {
+		t.Errorf("pooled %v, want %v", st.PooledDice, want)
 	}
 }

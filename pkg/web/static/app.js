@@ -55,9 +55,22 @@ function upsertSlice(v) {
     card.addEventListener('keydown', (e) => { if (e.key === 'Enter') openSlice(v.key); });
     state.cards.set(v.key, card);
   }
+  // The thumbnail survives updates: a new version is fetched off-screen and
+  // swapped in once decoded, so a card never goes blank while a replay
+  // streams (every score of every model updates the card).
+  let thumb = card.querySelector('img.thumb');
   card.replaceChildren();
   if (v.has_ct) {
-    card.append(el('img', { src: sliceURL(v.key, THUMB, v.version), width: THUMB, height: THUMB, alt: v.id, class: 'thumb' }));
+    const url = sliceURL(v.key, THUMB, v.version);
+    if (!thumb) {
+      thumb = el('img', { src: url, width: THUMB, height: THUMB, alt: v.id, class: 'thumb' });
+    } else if (thumb.dataset.want !== url && thumb.getAttribute('src') !== url) {
+      thumb.dataset.want = url;
+      const next = new Image();
+      next.onload = () => { if (thumb.dataset.want === url) thumb.src = url; };
+      next.src = url;
+    }
+    card.append(thumb);
   } else {
     card.append(el('div', { class: 'noimg' }, 'no CT yet'));
   }
@@ -88,9 +101,15 @@ function setStats(st) {
   tb.replaceChildren();
   for (const m of st.models || []) {
     const name = el('td', {}, el('span', { class: 'swatch', style: 'background:' + m.color }), m.model);
+    // as the CLI table: the mean over slices with truth first, pooled second,
+    // empty-truth slices apart (clean / with a false positive)
     tb.append(el('tr', { 'data-model': m.model }, name,
-      el('td', {}, `${m.scored}/${m.slices}`), el('td', { class: 'dice' }, fmt(m.dice)), el('td', {}, fmt(m.iou)),
-      el('td', {}, fmt(m.rmse)), el('td', {}, fmt(m.inference_ms, 1))));
+      el('td', { class: 'n' }, `${m.with_truth}/${m.slices}`),
+      el('td', { class: 'dice' }, m.with_truth ? fmt(m.mean_dice) : '–'),
+      el('td', { class: 'pooled' }, m.scored ? fmt(m.pooled_dice) : '–'),
+      el('td', { class: 'empty' }, m.empty_clean + m.empty_fp ? `${m.empty_clean}/${m.empty_fp}` : '–'),
+      el('td', {}, m.with_truth ? fmt(m.mean_iou) : '–'),
+      el('td', {}, fmt(m.inference_ms, 1))));
   }
   $('#replay').textContent = st.replay;
   $('#errors').textContent = st.errors ? `${st.errors} errors in this replay` : '';
