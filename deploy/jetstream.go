@@ -24,7 +24,7 @@ const Replicas = 3
 // (pkg/stage Config.setDefaults); TestConsumersMatchRunner checks them
 // against the consumer a real runner creates.
 const (
-	AckWait       = 5 * time.Minute
+	AckWait       = 30 * time.Second
 	MaxDeliver    = 5
 	MaxAckPending = 256
 )

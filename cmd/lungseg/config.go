@@ -70,7 +70,8 @@ type Config struct {
 	// true); stage users without stream rights set it false.
 	EnsureStreams *bool `json:"ensure_streams"`
 	// AckWait is the redelivery timeout of the stage consumers (default
-	// 5m; workers send in-progress heartbeats while they work).
+	// 30s: after a crash, what the dead process held comes back within it;
+	// workers send in-progress heartbeats while they hold a message).
 	AckWait Duration `json:"ack_wait"`
 	// Findings tunes the findings stage.
 	Findings FindingsConfig `json:"findings"`

@@ -31,8 +31,13 @@ type Config struct {
 	Workers int
 	// MaxDeliver bounds deliveries of one message (default 5).
 	MaxDeliver int
-	// AckWait is the redelivery timeout; the runner sends in-progress
-	// heartbeats while a message is being processed (default 5m).
+	// AckWait is how long JetStream waits for a delivered message to be
+	// settled before it redelivers it (default DefaultAckWait). The runner
+	// sends an in-progress heartbeat every AckWait/HeartbeatsPerAckWait for
+	// every message this process holds, from the moment it is fetched, so a
+	// slow message (a long ingest job, an ONNX inference on a busy machine)
+	// is never redelivered while its process lives, and the messages of a
+	// process that died are redelivered after AckWait.
 	AckWait time.Duration
 	// Backoff are the delays before retrying a failed message, indexed
 	// by delivery count (default 1s, 5s, 15s, 30s).
@@ -40,10 +45,21 @@ type Config struct {
 	// MaxAckPending bounds unacknowledged messages across all workers of
 	// the durable (default 256).
 	MaxAckPending int
-	// PullMaxBytes bounds the bytes buffered by the pull (default 16 MiB);
-	// without it large messages stall a slow consumer.
-	PullMaxBytes int
 }
+
+// DefaultAckWait is the consumers' redelivery timeout: after a crash, the
+// messages the dead process held come back this long after its last
+// heartbeat.
+const DefaultAckWait = 30 * time.Second
+
+// HeartbeatsPerAckWait is how many in-progress heartbeats the runner sends
+// per AckWait for each message it holds: a message survives
+// HeartbeatsPerAckWait-1 lost or late heartbeats in a row (a stalled
+// connection, a stop-the-world pause, a machine saturated by other work).
+const HeartbeatsPerAckWait = 6
+
+// fetchWait bounds one idle pull; shutdown cancels it at once.
+const fetchWait = 5 * time.Second
 
 func (c *Config) setDefaults() {
 	if c.Durable == "" {
@@ -56,16 +72,13 @@ func (c *Config) setDefaults() {
 		c.MaxDeliver = 5
 	}
 	if c.AckWait <= 0 {
-		c.AckWait = 5 * time.Minute
+		c.AckWait = DefaultAckWait
 	}
 	if len(c.Backoff) == 0 {
 		c.Backoff = []time.Duration{time.Second, 5 * time.Second, 15 * time.Second, 30 * time.Second}
 	}
 	if c.MaxAckPending <= 0 {
 		c.MaxAckPending = 256
-	}
-	if c.PullMaxBytes <= 0 {
-		c.PullMaxBytes = 16 << 20
 	}
 }
 
@@ -128,9 +141,12 @@ func (r *Runner) Consumer(ctx context.Context) (jetstream.Consumer, error) {
 	return c, nil
 }
 
-// Run consumes until ctx is cancelled, then stops pulling, lets the
-// workers finish the messages in hand, and returns. Messages pulled but
-// not started are naked so another worker gets them at once.
+// Run consumes until ctx is cancelled, then lets the workers finish the
+// messages in hand and returns. Each worker fetches one message at a time,
+// only when it is free: the process holds no message it is not working on
+// (no client-side read-ahead to buffer, to heartbeat or to lose in a crash),
+// so its memory is bounded by its workers, and the rest of the backlog waits
+// in the stream where another worker of the durable can take it.
 func (r *Runner) Run(ctx context.Context) error {
 	cons, err := r.Consumer(ctx)
 	if err != nil {
@@ -139,42 +155,54 @@ func (r *Runner) Run(ctx context.Context) error {
 		}
 		return err
 	}
-	work := make(chan jetstream.Msg)
-	cc, err := cons.Consume(func(m jetstream.Msg) {
-		select {
-		case work <- m:
-		case <-ctx.Done():
-			_ = m.Nak()
-		}
-	}, jetstream.PullMaxBytes(r.cfg.PullMaxBytes), jetstream.ConsumeErrHandler(func(_ jetstream.ConsumeContext, err error) {
-		if !errors.Is(err, jetstream.ErrNoHeartbeat) || ctx.Err() == nil {
-			r.log.Debug().Err(err).Msg("consume")
-		}
-	}))
-	if err != nil {
-		return fmt.Errorf("stage %s: consume: %w", r.cfg.Name, err)
-	}
-	r.log.Info().Str("consumer", r.cfg.Durable).Int("workers", r.cfg.Workers).Msg("stage running")
+	r.log.Info().Str("consumer", r.cfg.Durable).Int("workers", r.cfg.Workers).Dur("ack_wait", r.cfg.AckWait).Msg("stage running")
 	var wg sync.WaitGroup
 	for i := 0; i < r.cfg.Workers; i++ {
 		wg.Add(1)
 		go func() {
 			defer wg.Done()
-			for {
-				select {
-				case m := <-work:
-					r.handle(ctx, m)
-				case <-ctx.Done():
-					return
-				}
-			}
+			r.work(ctx, cons)
 		}()
 	}
-	<-ctx.Done()
-	cc.Stop()
 	wg.Wait()
 	r.log.Info().Msg("stage stopped")
 	return nil
+}
+
+// work is one worker: fetch one message, handle it, repeat until ctx ends.
+func (r *Runner) work(ctx context.Context, cons jetstream.Consumer) {
+	for ctx.Err() == nil {
+		fctx, cancel := context.WithTimeout(ctx, fetchWait)
+		b, err := cons.Fetch(1, jetstream.FetchContext(fctx))
+		if err != nil {
+			cancel()
+			if ctx.Err() == nil {
+				r.log.Debug().Err(err).Msg("fetch")
+				sleep(ctx, 200*time.Millisecond) // server away: do not spin
+			}
+			continue
+		}
+		n := 0
+		for m := range b.Messages() {
+			n++
+			r.handle(ctx, m)
+		}
+		cancel()
+		if err := b.Error(); n == 0 && err != nil && ctx.Err() == nil &&
+			!errors.Is(err, context.DeadlineExceeded) && !errors.Is(err, nats.ErrTimeout) {
+			r.log.Debug().Err(err).Msg("fetch")
+			sleep(ctx, 200*time.Millisecond)
+		}
+	}
+}
+
+func sleep(ctx context.Context, d time.Duration) {
+	t := time.NewTimer(d)
+	defer t.Stop()
+	select {
+	case <-t.C:
+	case <-ctx.Done():
+	}
 }
 
 // handle runs the processor on one message and settles it.
@@ -197,10 +225,11 @@ func (r *Runner) handle(ctx context.Context, jm jetstream.Msg) {
 		r.Hooks.Received(r.cfg.Name)
 	}
 
-	// Heartbeats keep a long message (a big pickle) from being redelivered.
+	// Heartbeats keep a long message (a big pickle, a slow inference)
+	// from being redelivered while this process lives.
 	done := make(chan struct{})
 	go func() {
-		t := time.NewTicker(r.cfg.AckWait / 3)
+		t := time.NewTicker(r.cfg.AckWait / HeartbeatsPerAckWait)
 		defer t.Stop()
 		for {
 			select {
@@ -212,7 +241,10 @@ func (r *Runner) handle(ctx context.Context, jm jetstream.Msg) {
 		}
 	}()
 	em := &emitter{r: r}
-	err := r.safeProcess(ctx, m, em)
+	err := r.resolve(ctx, m)
+	if err == nil {
+		err = r.safeProcess(ctx, m, em)
+	}
 	close(done)
 
 	switch {
@@ -308,6 +340,9 @@ func Publish(ctx context.Context, js jetstream.JetStream, stageName string, o Ou
 	id := o.MsgID
 	if id == "" {
 		id = bus.MsgID(o.ReplayID, o.SliceID, stageName, o.Model)
+	}
+	if err := offload(ctx, js, id, msg); err != nil {
+		return fmt.Errorf("publishing to %s: %w", o.Subject, err)
 	}
 	if _, err := js.PublishMsg(ctx, msg, jetstream.WithMsgID(id)); err != nil {
 		return fmt.Errorf("publishing to %s: %w", o.Subject, err)

@@ -12,6 +12,7 @@ import (
 	"github.com/lungseg/lungseg/pkg/bustest"
 	"github.com/lungseg/lungseg/pkg/stage"
 	lungsegv1 "github.com/lungseg/lungseg/proto/lungseg/v1"
+	"github.com/nats-io/nats.go"
 	"github.com/nats-io/nats.go/jetstream"
 	"github.com/rs/zerolog"
 	"google.golang.org/protobuf/proto"
@@ -150,5 +151,126 @@ func TestRunnerGivesUpAfterMaxDeliver(t *testing.T) {
 	_ = proto.Unmarshal(errs()[0].Data(), &ev)
 	if ev.Permanent || ev.Id != "s1" || ev.Error != "always down" {
 		t.Fatalf("event %+v", &ev)
+	}
+}
+
+// TestRunnerRedeliversAfterCrash: a process that dies holding a message
+// (its connection gone, no ack, no nak) loses it to another worker of the
+// durable within the default AckWait, seconds rather than minutes.
+func TestRunnerRedeliversAfterCrash(t *testing.T) {
+	env := bustest.Start(t)
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	if stage.DefaultAckWait > time.Minute {
+		t.Fatalf("DefaultAckWait %v: a crash stalls the pipeline for minutes", stage.DefaultAckWait)
+	}
+	// The doomed process: its own connection, a processor that never returns.
+	nc2, err := nats.Connect(env.Server.ClientURL())
+	if err != nil {
+		t.Fatal(err)
+	}
+	js2, _ := jetstream.New(nc2)
+	held := make(chan struct{}, 1)
+	release := make(chan struct{})
+	defer close(release)
+	stuck := stage.ProcessorFunc(func(ctx context.Context, m *stage.Msg, e stage.Emitter) error {
+		held <- struct{}{}
+		<-release
+		return errors.New("never acked")
+	})
+	dead, err := stage.New(js2, stage.Config{Name: "preprocess", Stream: bus.StreamRaw}, stuck, zerolog.Nop())
+	if err != nil {
+		t.Fatal(err)
+	}
+	dctx, dcancel := context.WithCancel(ctx)
+	defer dcancel()
+	go dead.Run(dctx)
+	if err := stage.Publish(ctx, env.JS, "test", stage.Out{Subject: bus.SubjRaw, Data: []byte("x"), SliceID: "s1", ReplayID: "r"}, nil); err != nil {
+		t.Fatal(err)
+	}
+	select {
+	case <-held:
+	case <-time.After(20 * time.Second):
+		t.Fatal("the first process never got the message")
+	}
+	nc2.Close() // kill -9: no ack, no nak, no more heartbeats
+	crashed := time.Now()
+
+	var got atomic.Int32
+	var delivered atomic.Uint64
+	ok := stage.ProcessorFunc(func(ctx context.Context, m *stage.Msg, e stage.Emitter) error {
+		got.Add(1)
+		delivered.Store(m.Delivered)
+		return nil
+	})
+	alive, err := stage.New(env.JS, stage.Config{Name: "preprocess", Stream: bus.StreamRaw}, ok, zerolog.New(zerolog.NewTestWriter(t)))
+	if err != nil {
+		t.Fatal(err)
+	}
+	go alive.Run(ctx)
+	bustest.Eventually(t, stage.DefaultAckWait+15*time.Second, "redelivery to the live worker", func() bool { return got.Load() == 1 })
+	t.Logf("redelivered %v after the crash (AckWait %v), delivery %d", time.Since(crashed).Round(100*time.Millisecond), stage.DefaultAckWait, delivered.Load())
+	if delivered.Load() != 2 {
+		t.Errorf("delivery %d, want 2", delivered.Load())
+	}
+}
+
+// TestRunnerSlowStageKeepsItsMessages: a stage slower than AckWait (each
+// message takes 1.5 AckWaits, and five wait their turn behind one worker)
+// gets every message exactly once: heartbeats cover the message in hand,
+// and the runner holds no others.
+func TestRunnerSlowStageKeepsItsMessages(t *testing.T) {
+	env := bustest.Start(t)
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	const ackWait = time.Second
+	var mu sync.Mutex
+	deliveries := map[string][]uint64{}
+	slow := stage.ProcessorFunc(func(ctx context.Context, m *stage.Msg, e stage.Emitter) error {
+		mu.Lock()
+		deliveries[m.SliceID] = append(deliveries[m.SliceID], m.Delivered)
+		mu.Unlock()
+		select {
+		case <-time.After(ackWait * 3 / 2):
+		case <-ctx.Done():
+			return ctx.Err()
+		}
+		return e.Emit(ctx, stage.Out{Subject: bus.PrefixReady + "m1", Data: m.Data, SliceID: m.SliceID, ReplayID: m.ReplayID, Model: "m1"})
+	})
+	r, err := stage.New(env.JS, stage.Config{Name: "preprocess", Stream: bus.StreamRaw, AckWait: ackWait}, slow, zerolog.New(zerolog.NewTestWriter(t)))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := r.Consumer(ctx); err != nil {
+		t.Fatal(err)
+	}
+	ids := []string{"a", "b", "c", "d", "e"}
+	for _, id := range ids {
+		if err := stage.Publish(ctx, env.JS, "test", stage.Out{Subject: bus.SubjRaw, Data: []byte(id), SliceID: id, ReplayID: "r"}, nil); err != nil {
+			t.Fatal(err)
+		}
+	}
+	done := make(chan error, 1)
+	go func() { done <- r.Run(ctx) }()
+	cons, err := env.JS.Consumer(ctx, bus.StreamRaw, "preprocess")
+	if err != nil {
+		t.Fatal(err)
+	}
+	bustest.Eventually(t, 30*time.Second, "all five settled", func() bool {
+		info, err := cons.Info(ctx)
+		return err == nil && info.NumPending == 0 && info.NumAckPending == 0 && info.AckFloor.Consumer >= uint64(len(ids))
+	})
+	cancel()
+	<-done
+	mu.Lock()
+	defer mu.Unlock()
+	for _, id := range ids {
+		if d := deliveries[id]; len(d) != 1 || d[0] != 1 {
+			t.Errorf("slice %s: deliveries %v, want exactly [1]", id, d)
+		}
+	}
+	info, _ := cons.Info(context.Background())
+	if info != nil && info.NumRedelivered != 0 {
+		t.Errorf("%d redelivered", info.NumRedelivered)
 	}
 }
