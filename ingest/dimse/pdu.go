@@ -51,6 +51,12 @@ func protoErr(format string, args ...any) error {
 // readPDU reads one PDU, refusing lengths over the cap of its type before
 // allocating.
 func readPDU(r io.Reader, maxPData uint32) (typ byte, body []byte, err error) {
+	return readPDUFunc(r, maxPData, nil)
+}
+
+// readPDUFunc is readPDU calling onLength, when set, with the body's
+// length once the header is read and checked (to set a read deadline).
+func readPDUFunc(r io.Reader, maxPData uint32, onLength func(n uint32)) (typ byte, body []byte, err error) {
 	var h [6]byte
 	if _, err := io.ReadFull(r, h[:]); err != nil {
 		return 0, nil, err
@@ -72,6 +78,9 @@ func readPDU(r io.Reader, maxPData uint32) (typ byte, body []byte, err error) {
 	}
 	if n > limit {
 		return typ, nil, protoErr("PDU type 0x%02x declares %d bytes, over the %d-byte limit", typ, n, limit)
+	}
+	if onLength != nil {
+		onLength(n)
 	}
 	body = make([]byte, n)
 	if _, err := io.ReadFull(r, body); err != nil {

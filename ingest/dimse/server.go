@@ -108,12 +108,30 @@ type Config struct {
 	// MaxDataSetBytes bounds one received data set (default 256 MiB);
 	// a longer one aborts the association.
 	MaxDataSetBytes int
-	// Timeout bounds the wait for each PDU (default 60 s) and for the
-	// handler of one instance (default 2 min).
+	// Timeout bounds the wait for each PDU of an association, that is how
+	// long an association may stay idle (default 30 s), and
+	// HandlerTimeout the handler of one instance (default 2 min).
 	Timeout, HandlerTimeout time.Duration
-	// MaxAssociations bounds concurrent associations (default 16);
-	// beyond it new ones are rejected as congested.
-	MaxAssociations int
+	// AssociateTimeout bounds the time from the TCP connection to a
+	// complete A-ASSOCIATE-RQ (default 5 s, at most Timeout); a peer that
+	// has not associated by then is disconnected.
+	AssociateTimeout time.Duration
+	// MinBytesPerSecond is the slowest a PDU may arrive once its header
+	// is read (default 4 KiB/s): its body must be in within Timeout plus
+	// its length at this rate, or the association is aborted.
+	MinBytesPerSecond int
+	// MaxAssociations bounds concurrent associations (default 16) and
+	// MaxAssociationsPerAddress those of one remote IP address (default
+	// 8); beyond them new ones are rejected as congested (transient).
+	// Only connections that sent an A-ASSOCIATE-RQ count.
+	MaxAssociations, MaxAssociationsPerAddress int
+	// MaxPending bounds the connections that have not yet sent any byte
+	// of their A-ASSOCIATE-RQ (default 256) and MaxPendingPerAddress
+	// those of one remote IP address (default 16). Over either, the
+	// oldest such idle connection (of that address, or of all) is closed
+	// to make room; when none is idle (all are sending their request) the
+	// new connection is closed.
+	MaxPending, MaxPendingPerAddress int
 }
 
 func (c *Config) defaults() {
@@ -133,7 +151,22 @@ func (c *Config) defaults() {
 		c.MaxDataSetBytes = 256 << 20
 	}
 	if c.Timeout <= 0 {
-		c.Timeout = time.Minute
+		c.Timeout = 30 * time.Second
+	}
+	if c.AssociateTimeout <= 0 {
+		c.AssociateTimeout = min(5*time.Second, c.Timeout)
+	}
+	if c.MinBytesPerSecond <= 0 {
+		c.MinBytesPerSecond = 4 << 10
+	}
+	if c.MaxAssociationsPerAddress <= 0 {
+		c.MaxAssociationsPerAddress = 8
+	}
+	if c.MaxPending <= 0 {
+		c.MaxPending = 256
+	}
+	if c.MaxPendingPerAddress <= 0 {
+		c.MaxPendingPerAddress = 16
 	}
 	if c.HandlerTimeout <= 0 {
 		c.HandlerTimeout = 2 * time.Minute
@@ -143,7 +176,11 @@ func (c *Config) defaults() {
 	}
 }
 
-// Server is a Storage SCP.
+// Server is a Storage SCP. A connection is first pending (no
+// A-ASSOCIATE-RQ yet; it counts against MaxPending and is dropped after
+// AssociateTimeout), then an association (it counts against
+// MaxAssociations) until it is released or aborted, so idle connections
+// can never take the association slots.
 type Server struct {
 	cfg     Config
 	handler StoreHandler
@@ -151,12 +188,28 @@ type Server struct {
 
 	mu     sync.Mutex
 	ln     net.Listener
-	conns  map[net.Conn]struct{}
+	conns  map[net.Conn]*connState
+	byHost map[string]*hostCount
+	nPend  int // pending connections
+	nAssoc int // associations
 	closed bool
 	wg     sync.WaitGroup
 	ctx    context.Context
 	cancel context.CancelFunc
 }
+
+// connState is one connection's place in the limits (guarded by
+// Server.mu).
+type connState struct {
+	c       net.Conn
+	host    string
+	since   time.Time
+	pending bool // counted in nPend: no A-ASSOCIATE-RQ yet
+	started bool // a first byte of the request arrived
+	assoc   bool // counted in nAssoc
+}
+
+type hostCount struct{ pending, assoc int }
 
 // New returns a Server.
 func New(cfg Config, h StoreHandler, log zerolog.Logger) (*Server, error) {
@@ -168,7 +221,8 @@ func New(cfg Config, h StoreHandler, log zerolog.Logger) (*Server, error) {
 		return nil, errors.New("dimse: no store handler")
 	}
 	ctx, cancel := context.WithCancel(context.Background())
-	return &Server{cfg: cfg, handler: h, log: log, conns: map[net.Conn]struct{}{}, ctx: ctx, cancel: cancel}, nil
+	return &Server{cfg: cfg, handler: h, log: log, conns: map[net.Conn]*connState{}, byHost: map[string]*hostCount{},
+		ctx: ctx, cancel: cancel}, nil
 }
 
 // Serve accepts associations on ln until Close.
@@ -196,24 +250,140 @@ func (s *Server) Serve(ln net.Listener) error {
 			}
 			return err
 		}
-		s.mu.Lock()
-		busy := len(s.conns) >= s.cfg.MaxAssociations
-		if !busy {
-			s.conns[c] = struct{}{}
+		st := s.admit(c)
+		if st == nil {
+			c.Close()
+			continue
 		}
-		s.mu.Unlock()
 		s.wg.Add(1)
 		go func() {
 			defer s.wg.Done()
 			defer c.Close()
-			if busy {
-				s.rejectBusy(c)
-				return
-			}
-			defer func() { s.mu.Lock(); delete(s.conns, c); s.mu.Unlock() }()
-			s.serveConn(c)
+			defer s.forget(st)
+			s.serveConn(st)
 		}()
 	}
+}
+
+// hostOf returns the IP address of a connection's peer.
+func hostOf(c net.Conn) string {
+	a := c.RemoteAddr().String()
+	if h, _, err := net.SplitHostPort(a); err == nil {
+		return h
+	}
+	return a
+}
+
+// admit registers a new connection as pending, closing the oldest idle
+// pending connection of its address (or of all) when a limit is reached;
+// nil when there is no room.
+func (s *Server) admit(c net.Conn) *connState {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if s.closed {
+		return nil
+	}
+	st := &connState{c: c, host: hostOf(c), since: time.Now()}
+	hc := s.byHost[st.host]
+	if hc == nil {
+		hc = &hostCount{}
+		s.byHost[st.host] = hc
+	}
+	for _, limit := range []struct {
+		over func() bool
+		host string
+	}{
+		{func() bool { return hc.pending >= s.cfg.MaxPendingPerAddress }, st.host},
+		{func() bool { return s.nPend >= s.cfg.MaxPending }, ""},
+	} {
+		if !limit.over() {
+			continue
+		}
+		old := s.oldestIdle(limit.host)
+		if old == nil {
+			s.log.Warn().Str("peer", c.RemoteAddr().String()).Int("pending", s.nPend).
+				Msg("connection refused: too many connections without an association request")
+			if hc.pending == 0 && hc.assoc == 0 {
+				delete(s.byHost, st.host)
+			}
+			return nil
+		}
+		s.log.Info().Str("peer", old.c.RemoteAddr().String()).Dur("idle", time.Since(old.since)).
+			Msg("idle connection closed to make room for a new one")
+		s.unpend(old)
+		old.c.Close()
+	}
+	st.pending = true
+	hc.pending++
+	s.nPend++
+	s.conns[c] = st
+	return st
+}
+
+// oldestIdle returns the oldest pending connection that has sent nothing
+// yet, of host ("" for any).
+func (s *Server) oldestIdle(host string) *connState {
+	var old *connState
+	for _, st := range s.conns {
+		if st.pending && !st.started && (host == "" || st.host == host) && (old == nil || st.since.Before(old.since)) {
+			old = st
+		}
+	}
+	return old
+}
+
+// unpend takes st out of the pending count (mu held).
+func (s *Server) unpend(st *connState) {
+	if st.pending {
+		st.pending = false
+		s.nPend--
+		s.byHost[st.host].pending--
+	}
+}
+
+// started marks that the first byte of st's request arrived: it can no
+// longer be closed to make room.
+func (s *Server) markStarted(st *connState) {
+	s.mu.Lock()
+	st.started = true
+	s.mu.Unlock()
+}
+
+// promote turns a pending connection into an association; false when
+// the association limits are reached (or the connection was closed to
+// make room meanwhile).
+func (s *Server) promote(st *connState) bool {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if !st.pending {
+		return false
+	}
+	s.unpend(st)
+	hc := s.byHost[st.host]
+	if s.nAssoc >= s.cfg.MaxAssociations || hc.assoc >= s.cfg.MaxAssociationsPerAddress {
+		return false
+	}
+	st.assoc = true
+	s.nAssoc++
+	hc.assoc++
+	return true
+}
+
+// forget removes a finished connection from the counts.
+func (s *Server) forget(st *connState) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	s.unpend(st)
+	hc := s.byHost[st.host]
+	if st.assoc {
+		st.assoc = false
+		s.nAssoc--
+		hc.assoc--
+	}
+	if hc.pending == 0 && hc.assoc == 0 {
+		delete(s.byHost, st.host)
+	}
+	delete(s.conns, st.c)
 }
 
 // Close stops accepting, closes open associations and waits for them.
@@ -233,13 +403,6 @@ func (s *Server) Close() error {
 	return err
 }
 
-func (s *Server) rejectBusy(c net.Conn) {
-	c.SetDeadline(time.Now().Add(5 * time.Second))
-	if typ, _, err := readPDU(c, 0); err == nil && typ == pduAssociateRQ {
-		writePDU(c, pduAssociateRJ, encodeReject(2, rjSourcePresentation, rjLocalLimit))
-	}
-}
-
 // assoc is one association's state.
 type assoc struct {
 	c        net.Conn
@@ -251,10 +414,11 @@ type assoc struct {
 	log      zerolog.Logger
 }
 
-func (s *Server) serveConn(c net.Conn) {
+func (s *Server) serveConn(st *connState) {
+	c := st.c
 	log := s.log.With().Str("peer", c.RemoteAddr().String()).Logger()
 	a := &assoc{c: c, r: bufio.NewReaderSize(c, 64<<10), log: log}
-	if err := s.associate(a); err != nil {
+	if err := s.associate(a, st); err != nil {
 		log.Warn().Err(err).Msg("association refused")
 		return
 	}
@@ -273,8 +437,23 @@ func (s *Server) serveConn(c net.Conn) {
 
 func (s *Server) deadline(a *assoc) { a.c.SetDeadline(time.Now().Add(s.cfg.Timeout)) }
 
-func (s *Server) associate(a *assoc) error {
-	s.deadline(a)
+// bodyDeadline gives a PDU body of n bytes Timeout plus its length at
+// MinBytesPerSecond to arrive.
+func (s *Server) bodyDeadline(a *assoc) func(n uint32) {
+	return func(n uint32) {
+		d := s.cfg.Timeout + time.Duration(float64(n)/float64(s.cfg.MinBytesPerSecond)*float64(time.Second))
+		a.c.SetReadDeadline(time.Now().Add(d))
+	}
+}
+
+func (s *Server) associate(a *assoc, st *connState) error {
+	// The whole request must be in within AssociateTimeout of the
+	// connection, however it trickles in.
+	a.c.SetDeadline(st.since.Add(s.cfg.AssociateTimeout))
+	if _, err := a.r.Peek(1); err != nil {
+		return fmt.Errorf("dimse: no A-ASSOCIATE-RQ within %v: %w", s.cfg.AssociateTimeout, err)
+	}
+	s.markStarted(st)
 	typ, body, err := readPDU(a.r, 0)
 	if err != nil {
 		if errors.Is(err, ErrProtocol) {
@@ -282,6 +461,7 @@ func (s *Server) associate(a *assoc) error {
 		}
 		return err
 	}
+	s.deadline(a)
 	if typ != pduAssociateRQ {
 		writePDU(a.c, pduAbort, encodeAbort(2, 2))
 		return protoErr("first PDU is of type 0x%02x, not A-ASSOCIATE-RQ", typ)
@@ -308,6 +488,11 @@ func (s *Server) associate(a *assoc) error {
 	}
 	if len(s.cfg.AllowedCallingAEs) > 0 && !slices.Contains(s.cfg.AllowedCallingAEs, rq.callingAE) {
 		return reject(rjCallingAE, "calling AE title %q is not allowed", rq.callingAE)
+	}
+	if !s.promote(st) {
+		writePDU(a.c, pduAssociateRJ, encodeReject(2, rjSourcePresentation, rjLocalLimit))
+		return fmt.Errorf("dimse: association limit reached (%d in all, %d per address)",
+			s.cfg.MaxAssociations, s.cfg.MaxAssociationsPerAddress)
 	}
 	a.accepted, a.abstract = map[byte]contextResult{}, map[byte]string{}
 	var results []contextResult
@@ -351,7 +536,7 @@ func (s *Server) loop(a *assoc) error {
 	var cmdBuf, dataBuf []byte
 	for {
 		s.deadline(a)
-		typ, body, err := readPDU(a.r, s.cfg.MaxPDULength)
+		typ, body, err := readPDUFunc(a.r, s.cfg.MaxPDULength, s.bodyDeadline(a))
 		if err != nil {
 			if errors.Is(err, io.EOF) && cur == nil {
 				return errors.New("dimse: peer closed the connection without releasing")

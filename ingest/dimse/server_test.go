@@ -457,3 +457,176 @@ func TestMaxAssociations(t *testing.T) {
 		t.Fatalf("second association: %x %v %v, want a transient rejection", typ, body, err)
 	}
 }
+
+// holdIdle keeps n TCP connections to addr open without sending a byte,
+// and opens a new one whenever the server closes one, until the test
+// ends: the probe's idle-connection exhaustion, reconnecting included.
+func holdIdle(t *testing.T, addr string, n int) (reconnects func() int) {
+	t.Helper()
+	stop := make(chan struct{})
+	var wg sync.WaitGroup
+	var mu sync.Mutex
+	count := 0
+	for i := 0; i < n; i++ {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			for {
+				c, err := net.DialTimeout("tcp", addr, time.Second)
+				if err == nil {
+					closed := make(chan struct{})
+					go func() { c.Read(make([]byte, 1)); close(closed) }()
+					select {
+					case <-stop:
+						c.Close()
+						return
+					case <-closed:
+						c.Close()
+						mu.Lock()
+						count++
+						mu.Unlock()
+					}
+				}
+				select {
+				case <-stop:
+					return
+				case <-time.After(20 * time.Millisecond):
+				}
+			}
+		}()
+	}
+	t.Cleanup(func() { close(stop); wg.Wait() })
+	return func() int { mu.Lock(); defer mu.Unlock(); return count }
+}
+
+// TestIdleConnectionsDoNotBlock holds 40 idle connections that reconnect
+// when dropped (more than MaxAssociations and the per-address pending
+// limit) and checks that a normal association, and a dcmtk storescu
+// where installed, still gets through within seconds.
+func TestIdleConnectionsDoNotBlock(t *testing.T) {
+	addr, got := startSCP(t, Config{}, nil)
+	reconnects := holdIdle(t, addr, 40)
+	time.Sleep(300 * time.Millisecond) // let them all connect
+	start := time.Now()
+	r := dial(t, addr)
+	r.c.SetDeadline(time.Now().Add(5 * time.Second))
+	r.send(associateRQ("LUNGSEG", "NORMAL", 0, []string{VerificationSOPClass, ImplicitVRLittleEndian}))
+	if typ, body, err := r.reply(); err != nil || typ != pduAssociateAC {
+		t.Fatalf("association beside 40 idle connections: PDU 0x%02x %v %v, want A-ASSOCIATE-AC", typ, body, err)
+	}
+	t.Logf("associated in %v beside 40 idle connections (%d dropped and reopened so far)", time.Since(start), reconnects())
+	storescu, err := exec.LookPath("storescu")
+	if err != nil {
+		t.Log("no storescu: dcmtk part skipped")
+		return
+	}
+	_, paths := writeSeries(t, 5, 2)
+	h, p := hostPort(t, addr)
+	start = time.Now()
+	ctx, cancel := context.WithTimeout(context.Background(), 15*time.Second)
+	defer cancel()
+	out, err := exec.CommandContext(ctx, storescu, append([]string{"-aec", "LUNGSEG", "-to", "10", h, p}, paths...)...).CombinedOutput()
+	if err != nil {
+		t.Fatalf("storescu beside 40 idle connections: %v\n%s", err, out)
+	}
+	if took := time.Since(start); took > 10*time.Second {
+		t.Errorf("storescu took %v", took)
+	}
+	if n := len(got()); n != 2 {
+		t.Errorf("handler got %d instances, want 2", n)
+	}
+	t.Logf("storescu stored 2 instances in %v", time.Since(start))
+}
+
+// TestAssociateTimeout checks that a connection that sends no
+// A-ASSOCIATE-RQ is closed after AssociateTimeout, and one whose request
+// trickles in too slowly too.
+func TestAssociateTimeout(t *testing.T) {
+	addr, _ := startSCP(t, Config{AssociateTimeout: 300 * time.Millisecond}, nil)
+	for _, name := range []string{"idle", "trickle"} {
+		t.Run(name, func(t *testing.T) {
+			r := dial(t, addr)
+			start := time.Now()
+			if name == "trickle" {
+				go func() {
+					rq := associateRQ("LUNGSEG", "SLOW", 0, []string{VerificationSOPClass, ImplicitVRLittleEndian})
+					for _, b := range rq {
+						if _, err := r.c.Write([]byte{b}); err != nil {
+							return
+						}
+						time.Sleep(50 * time.Millisecond)
+					}
+				}()
+			}
+			typ, _, err := r.reply()
+			if err == nil {
+				t.Fatalf("got PDU 0x%02x, want the connection closed", typ)
+			}
+			if took := time.Since(start); took > 3*time.Second {
+				t.Errorf("closed after %v, want about 300ms", took)
+			}
+		})
+	}
+}
+
+// TestAssociationsPerAddress checks that one remote address cannot take
+// every association: with one allowed per address, a second from
+// 127.0.0.1 is rejected as transient while one from 127.0.0.2 is
+// accepted.
+func TestAssociationsPerAddress(t *testing.T) {
+	addr, _ := startSCP(t, Config{MaxAssociationsPerAddress: 1}, nil)
+	rq := associateRQ("LUNGSEG", "A", 0, []string{VerificationSOPClass, ImplicitVRLittleEndian})
+	first := dial(t, addr)
+	first.send(rq)
+	if typ, _, err := first.reply(); err != nil || typ != pduAssociateAC {
+		t.Fatalf("first: %x %v", typ, err)
+	}
+	second := dial(t, addr)
+	second.send(rq)
+	if typ, body, err := second.reply(); err != nil || typ != pduAssociateRJ || body[1] != 2 {
+		t.Fatalf("second from the same address: %x %v %v, want a transient rejection", typ, body, err)
+	}
+	d := net.Dialer{LocalAddr: &net.TCPAddr{IP: net.ParseIP("127.0.0.2")}, Timeout: 5 * time.Second}
+	c, err := d.Dial("tcp", addr)
+	if err != nil {
+		t.Skipf("cannot dial from 127.0.0.2: %v", err)
+	}
+	defer c.Close()
+	c.SetDeadline(time.Now().Add(5 * time.Second))
+	c.Write(rq)
+	if typ, _, err := readPDU(c, 1<<20); err != nil || typ != pduAssociateAC {
+		t.Fatalf("from another address: %x %v, want accepted", typ, err)
+	}
+}
+
+// TestIdleAssociationTimesOut checks that an association that goes
+// quiet, or that announces a PDU and sends nothing of it, is dropped
+// after Timeout.
+func TestIdleAssociationTimesOut(t *testing.T) {
+	addr, _ := startSCP(t, Config{Timeout: 400 * time.Millisecond, MinBytesPerSecond: 1 << 20}, nil)
+	for _, name := range []string{"quiet", "announced pdu"} {
+		t.Run(name, func(t *testing.T) {
+			r := dial(t, addr)
+			r.send(associateRQ("LUNGSEG", "A", 0, []string{VerificationSOPClass, ImplicitVRLittleEndian}))
+			if typ, _, err := r.reply(); err != nil || typ != pduAssociateAC {
+				t.Fatalf("%x %v", typ, err)
+			}
+			start := time.Now()
+			if name == "announced pdu" {
+				r.send([]byte{pduPData, 0, 0, 0, 0x10, 0})
+			}
+			for {
+				typ, _, err := r.reply()
+				if err != nil {
+					break
+				}
+				if typ != pduAbort {
+					t.Fatalf("got PDU 0x%02x", typ)
+				}
+			}
+			if took := time.Since(start); took > 3*time.Second {
+				t.Errorf("dropped after %v, want about 400ms", took)
+			}
+		})
+	}
+}
