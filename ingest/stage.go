@@ -131,22 +131,22 @@ func (s *Stage) Process(ctx context.Context, m *stage.Msg, e stage.Emitter) erro
 		if err != nil {
 			return err
 		}
-		if len(b) > maxSlicePayload {
-			if s.Objects == nil {
-				return fail(fmt.Errorf("ingest: slice %s is %d bytes, over the %d-byte message limit, and no object store is configured", it.Meta.Id, len(b), maxSlicePayload))
-			}
+		// Pixels over the limit go to the object store by themselves
+		// (preprocess hands the reference on to cascades); whatever is
+		// still over it (a 4096² mask) is stored whole by stage.Publish.
+		if len(b) > maxSlicePayload && s.Objects != nil {
 			if b, err = s.offload(ctx, sl); err != nil {
-				return err
+				return s.failPublish(ctx, fail, job.Path, it.Meta.Id, err)
 			}
 		}
 		if err := e.Emit(ctx, stage.Out{Subject: bus.SubjRaw, Data: b, SliceID: it.Meta.Id, ReplayID: job.ReplayId}); err != nil {
-			return err
+			return s.failPublish(ctx, fail, job.Path, it.Meta.Id, err)
 		}
 		done.Slices++
 		return nil
 	})
 	if err != nil {
-		return err
+		return fmt.Errorf("ingest: reading %s: %w", job.Path, err)
 	}
 	b, err := proto.Marshal(done)
 	if err != nil {
@@ -155,4 +155,15 @@ func (s *Stage) Process(ctx context.Context, m *stage.Msg, e stage.Emitter) erro
 	m.Log.Info().Str("path", job.Path).Int64("slices", done.Slices).Int64("rejected", done.Rejected).Msg("ingest job done")
 	return e.Emit(ctx, stage.Out{Subject: bus.IngestedSubject(job.ReplayId), Data: b, ReplayID: job.ReplayId,
 		MsgID: bus.MsgID(job.ReplayId, fmt.Sprintf("job-%d", job.JobIndex), "ingest-done", "")})
+}
+
+// failPublish reports a slice that could not be published (stored or
+// sent) as a failure of that slice, naming the input, so that the rest of
+// the job goes on and the replay counts it; only when even the report
+// cannot be published (the bus is down) does the job fail, to be retried.
+func (s *Stage) failPublish(ctx context.Context, fail func(error) error, path, id string, err error) error {
+	if ctx.Err() != nil {
+		return err
+	}
+	return fail(fmt.Errorf("ingest: publishing slice %s of %s: %w", id, path, err))
 }

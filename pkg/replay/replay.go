@@ -16,6 +16,7 @@ import (
 	"time"
 
 	"github.com/lungseg/lungseg/pkg/bus"
+	"github.com/lungseg/lungseg/pkg/objref"
 	"github.com/lungseg/lungseg/pkg/progress"
 	"github.com/lungseg/lungseg/pkg/stage"
 	lungsegv1 "github.com/lungseg/lungseg/proto/lungseg/v1"
@@ -147,8 +148,12 @@ func Run(ctx context.Context, js jetstream.JetStream, o Options, log zerolog.Log
 			var perr error
 			switch {
 			case strings.HasPrefix(m.Subject(), bus.PrefixScores):
+				// A score of a large slice comes by object reference.
 				ev.score = &lungsegv1.Score{}
-				perr = proto.Unmarshal(m.Data(), ev.score)
+				var data []byte
+				if data, perr = objref.Resolve(ctx, js, m.Data()); perr == nil {
+					perr = proto.Unmarshal(data, ev.score)
+				}
 			case strings.HasPrefix(m.Subject(), bus.PrefixErrors):
 				ev.err = &lungsegv1.ErrorEvent{}
 				perr = proto.Unmarshal(m.Data(), ev.err)
@@ -158,7 +163,14 @@ func Run(ctx context.Context, js jetstream.JetStream, o Options, log zerolog.Log
 			}
 			if perr != nil {
 				log.Error().Err(perr).Str("subject", m.Subject()).Msg("undecodable result")
-				return
+				h := m.Headers()
+				if ev.score == nil || h.Get(bus.HdrSlice) == "" || h.Get(bus.HdrModel) == "" {
+					return
+				}
+				// A score that cannot be read (its object gone) still
+				// settles its slice, as failed, so the replay ends.
+				ev = event{err: &lungsegv1.ErrorEvent{Stage: "replay", ReplayId: rid, Id: h.Get(bus.HdrSlice),
+					Model: h.Get(bus.HdrModel), Error: "reading score: " + perr.Error(), Subject: m.Subject()}}
 			}
 			select {
 			case events <- ev:
@@ -250,6 +262,18 @@ func Run(ctx context.Context, js jetstream.JetStream, o Options, log zerolog.Log
 				e := ev.err
 				rep.Errors = append(rep.Errors, ErrorResult{ID: e.Id, Stage: e.Stage, Model: e.Model, Error: e.Error})
 				switch {
+				case e.Stage == "ingest" && e.Subject == bus.SubjIngestJobs:
+					// The whole job failed (its input could not be read
+					// or the bus failed every retry): no IngestDone will
+					// come, so the job counts as read, with the slices it
+					// had published unknown and not awaited.
+					var idx int32
+					if _, err := fmt.Sscanf(e.Id, "job-%d", &idx); err == nil && idx >= 0 && int(idx) < len(o.Inputs) {
+						if _, dup := jobs[idx]; !dup {
+							jobs[idx] = &lungsegv1.IngestDone{ReplayId: rid, Path: o.Inputs[idx], JobIndex: idx, Rejected: 1}
+							rep.Rejected++
+						}
+					}
 				case e.Stage == "ingest":
 					// Rejected before becoming a slice: counted by IngestDone.
 				case e.Model != "":
