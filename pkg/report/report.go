@@ -390,14 +390,17 @@ type pageModel struct {
 }
 
 type page struct {
-	Title   string
-	Sizes   []score.SizeBin
-	Report  *replay.Report
-	Truth   string
-	Models  []pageModel
-	Errors  []replay.ErrorResult
-	More    int
-	Missing []string
+	Title  string
+	Sizes  []score.SizeBin
+	Report *replay.Report
+	Truth  string
+	// AnyTruth: some slice came with a ground truth (else no Dice, no
+	// green outline, and the page says so).
+	AnyTruth bool
+	Models   []pageModel
+	Errors   []replay.ErrorResult
+	More     int
+	Missing  []string
 }
 
 var pageTmpl = template.Must(template.New("page").Parse(`<!doctype html>
@@ -422,7 +425,9 @@ Inputs: {{range $i, $in := .Report.Inputs}}{{if $i}}, {{end}}<code>{{$in}}</code
 by the longest diameter of the truth's largest connected component, with the number of slices in brackets. Slices whose truth is empty
 are counted apart: clean when nothing was predicted, FP when something was. Dice and IoU pooled: over all pixels of all slices,
 2·ΣTP/(Σtruth+Σpredicted) and ΣTP/(Σtruth+Σpredicted−ΣTP). RMSE of the probability map, over all slices.
-<span class="sw" style="background:{{.Truth}}"></span>ground truth outline; each model's prediction in its colour.</p>
+{{if .AnyTruth}}<span class="sw" style="background:{{.Truth}}"></span>ground truth outline; each model's prediction in its colour.{{else}}</p>
+<p id="no-truth"><strong>No slice of this replay came with a ground truth</strong> (for DICOM inputs give <code>--masks DIR</code>, or keep a
+<code>masks/</code> folder beside them): there is no Dice, and no green outline; each model's prediction is drawn in its colour.{{end}}</p>
 <h2>Dice histograms</h2>
 <div class="hists">{{range .Models}}<img src="{{.Histogram}}" alt="Dice histogram of {{.Name}}" width="480" height="260">{{end}}</div>
 {{range .Models}}{{if .Sheet}}<h2>Best, median and worst slices of {{.Name}}</h2>
@@ -438,6 +443,12 @@ are counted apart: clean when nothing was predicted, FP when something was. Dice
 
 func writePage(path, title string, rep *replay.Report, models []string, colors map[string]color.RGBA, picks map[string][]Choice, w *Written) error {
 	p := page{Title: title, Sizes: score.SizeBins, Report: rep, Truth: overlay.Hex(overlay.TruthColor), Missing: w.Missing}
+	for _, s := range rep.Slices {
+		if s.HasTruth {
+			p.AnyTruth = true
+			break
+		}
+	}
 	for _, m := range models {
 		sum := rep.Models[m]
 		pm := pageModel{Name: m, Color: overlay.Hex(colors[m]), Sheet: w.Sheets[m], Histogram: w.Histograms[m],

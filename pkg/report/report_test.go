@@ -256,3 +256,26 @@ func TestTruncateDrawsInTheFont(t *testing.T) {
 		}
 	}
 }
+
+// TestWriteWithoutTruth: a replay without ground truth (DICOM without
+// masks) gets a page that says so, and no "ground truth outline" legend.
+func TestWriteWithoutTruth(t *testing.T) {
+	rep := &replay.Report{ReplayID: "r-none", Ingested: 2, Models: map[string]score.ModelSummary{}}
+	agg := score.NewAggregator()
+	for _, id := range []string{"s1", "s2"} {
+		rep.Slices = append(rep.Slices, replay.SliceResult{ID: id, Model: "a", Predicted: 5})
+	}
+	rep.Models = agg.Summary()
+	rep.Models["a"] = score.ModelSummary{}
+	out := t.TempDir()
+	if _, err := Write(out, rep, Pixels{}, Options{Tile: 64}); err != nil {
+		t.Fatal(err)
+	}
+	html, err := os.ReadFile(filepath.Join(out, "index.html"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if strings.Contains(string(html), "ground truth outline") || !strings.Contains(string(html), `id="no-truth"`) {
+		t.Errorf("page without truth:\n%s", html)
+	}
+}
