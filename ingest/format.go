@@ -5,10 +5,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
-	"io"
-	"os"
 	"path/filepath"
-	"sort"
 	"strings"
 )
 
@@ -52,98 +49,6 @@ func HasExt(name string, exts ...string) bool {
 // IsDICOM reports whether head holds the DICOM preamble's "DICM" marker.
 func IsDICOM(head []byte) bool {
 	return len(head) >= 132 && bytes.Equal(head[128:132], []byte("DICM"))
-}
-
-func readHead(path string) ([]byte, error) {
-	f, err := os.Open(path)
-	if err != nil {
-		return nil, err
-	}
-	defer f.Close()
-	b := make([]byte, HeadSize)
-	n, err := io.ReadFull(f, b)
-	if err != nil && !errors.Is(err, io.ErrUnexpectedEOF) && !errors.Is(err, io.EOF) {
-		return nil, err
-	}
-	return b[:n], nil
-}
-
-func match(formats []Format, path string) (*Format, error) {
-	head, err := readHead(path)
-	if err != nil {
-		return nil, err
-	}
-	name := filepath.Base(path)
-	for i := range formats {
-		if formats[i].Match(name, head) {
-			return &formats[i], nil
-		}
-	}
-	return nil, nil
-}
-
-// Walk reads one input: a file, or a folder whose files are read in
-// lexical order (files no format recognises, such as mask PNGs, are
-// skipped). Problems with one file are emitted as an Item with Err set and
-// the walk goes on; Walk returns an error only when ctx ends or fn fails.
-func Walk(ctx context.Context, formats []Format, path, masksDir string, fn EmitFunc) error {
-	st, err := os.Stat(path)
-	if err != nil {
-		return fn(Item{Meta: metaID(filepath.Base(path)), Err: fmt.Errorf("ingest: %w", err)})
-	}
-	if !st.IsDir() {
-		f, err := match(formats, path)
-		if err != nil || f == nil {
-			if err == nil {
-				err = fmt.Errorf("%w: %s", ErrUnknownFormat, filepath.Base(path))
-			}
-			return fn(Item{Meta: metaID(filepath.Base(path)), Err: err})
-		}
-		return readOne(ctx, f, path, "", Options{Root: filepath.Dir(path), MasksDir: masksDir}, fn)
-	}
-	// A folder given as a symbolic link is read at its target (WalkDir
-	// does not follow a linked root, which would list no file at all).
-	if real, err := filepath.EvalSymlinks(path); err == nil {
-		path = real
-	}
-	var files []string
-	err = filepath.WalkDir(path, func(p string, d os.DirEntry, err error) error {
-		if err != nil {
-			return err
-		}
-		if d.Type().IsRegular() {
-			files = append(files, p)
-		}
-		return nil
-	})
-	if err != nil {
-		return fn(Item{Meta: metaID(filepath.Base(path)), Err: fmt.Errorf("ingest: listing %s: %w", path, err)})
-	}
-	sort.Strings(files)
-	for _, p := range files {
-		if err := ctx.Err(); err != nil {
-			return err
-		}
-		f, err := match(formats, p)
-		rel, _ := filepath.Rel(path, p)
-		if err != nil {
-			if ferr := fn(Item{Meta: metaID(rel), Err: fmt.Errorf("ingest: %w", err)}); ferr != nil {
-				return ferr
-			}
-			continue
-		}
-		if f == nil {
-			continue
-		}
-		prefix := ""
-		if f.LocalIDs {
-			prefix = filepath.ToSlash(strings.TrimSuffix(rel, filepath.Ext(rel))) + "/"
-		}
-		if err := readOne(ctx, f, p, prefix, Options{Root: path, MasksDir: masksDir}, fn); err != nil {
-			return err
-		}
-	}
-	return nil
 }
 
 // errStop marks an error returned by fn, which must stop the walk.

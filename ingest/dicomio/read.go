@@ -27,7 +27,6 @@ import (
 	"fmt"
 	"io/fs"
 	"math"
-	"os"
 	"path/filepath"
 	"strconv"
 	"strings"
@@ -188,7 +187,7 @@ func readMask(path string, rows, cols int) (*imgx.Mask, error) {
 
 // ReadFile reads and decodes one DICOM file.
 func ReadFile(path string) (*Image, error) {
-	f, err := os.Open(path)
+	f, err := ingest.OpenFile(path) // never blocks on a named pipe
 	if err != nil {
 		return nil, fmt.Errorf("dicomio: %w", err)
 	}

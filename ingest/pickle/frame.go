@@ -7,7 +7,6 @@ import (
 	"fmt"
 	"io"
 	"math"
-	"os"
 	"strconv"
 	"strings"
 	"unicode/utf8"
@@ -15,6 +14,7 @@ import (
 	gopickle "github.com/nlpodyssey/gopickle/pickle"
 	"github.com/nlpodyssey/gopickle/types"
 
+	"github.com/lungseg/lungseg/ingest"
 	"github.com/lungseg/lungseg/pkg/imgx"
 )
 
@@ -56,7 +56,7 @@ type File struct {
 func Open(path string) (*File, error) { return open(context.Background(), path) }
 
 func open(ctx context.Context, path string) (*File, error) {
-	fh, err := os.Open(path)
+	fh, err := ingest.OpenFile(path) // never blocks on a named pipe
 	if err != nil {
 		return nil, err
 	}

@@ -136,7 +136,7 @@ func Read(ctx context.Context, path, root string, fn ingest.EmitFunc) error {
 
 // readCapped reads a whole file of at most max bytes.
 func readCapped(path string, max int64) ([]byte, error) {
-	f, err := os.Open(path)
+	f, err := ingest.OpenFile(path) // never blocks on a named pipe
 	if err != nil {
 		return nil, err
 	}
