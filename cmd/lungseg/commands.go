@@ -379,7 +379,16 @@ func doReplay(ctx context.Context, cfg *Config, a replayArgs) error {
 		pctx, stop := context.WithCancel(ctx)
 		perr := make(chan error, 1)
 		go func() { perr <- pipeline.Run(pctx, n.js, pc, log) }()
-		defer func() { stop(); <-perr }()
+		defer func() {
+			stop()
+			// A stage stuck in a system call must not keep the replay
+			// from ending once its report is written.
+			select {
+			case <-perr:
+			case <-time.After(shutdownGrace):
+				log.Warn().Dur("waited", shutdownGrace).Msg("the pipeline did not stop; exiting without waiting for it")
+			}
+		}()
 	}
 	writeMask := func(*lungsegv1.Score) error { return nil }
 	if a.masksOut != "" {
