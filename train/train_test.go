@@ -7,6 +7,7 @@ package train
 import (
 	"os"
 	"os/exec"
+	"path/filepath"
 	"strings"
 	"testing"
 
@@ -15,7 +16,7 @@ import (
 
 func runPython(t *testing.T, args ...string) string {
 	t.Helper()
-	py := testenv.RequirePython(t, "torch", "numpy", "onnx", "PIL")
+	py := testenv.RequireTrain(t)
 	cmd := exec.Command(py, args...)
 	cmd.Env = append(os.Environ(), "PYTHONUNBUFFERED=1", "PYTHONDONTWRITEBYTECODE=1")
 	out, err := cmd.CombinedOutput()
@@ -26,7 +27,7 @@ func runPython(t *testing.T, args ...string) string {
 }
 
 func TestPythonUnitTests(t *testing.T) {
-	testenv.RequirePython(t, "pytest")
+	testenv.RequirePython(t, testenv.TrainTestModules...)
 	out := runPython(t, "-m", "pytest", "-q", "-p", "no:cacheprovider", "tests")
 	t.Log(lastLines(out, 3))
 }
@@ -48,4 +49,53 @@ func lastLines(s string, n int) string {
 		l = l[len(l)-n:]
 	}
 	return strings.Join(l, "\n")
+}
+
+// TestTrainNeedsAreListed: every module that train/ imports (outside the
+// standard library and its own package) is in testenv.TrainTestModules, so
+// a machine without one skips (or, in CI, fails) the tests above with its
+// name instead of failing them with a ModuleNotFoundError. onnxruntime is
+// optional (export.py uses it when present).
+func TestTrainNeedsAreListed(t *testing.T) {
+	py := testenv.RequirePython(t)
+	files, err := filepath.Glob("lungseg_train/*.py")
+	if err != nil || len(files) == 0 {
+		t.Fatalf("no train sources: %v", err)
+	}
+	more, _ := filepath.Glob("tests/*.py")
+	tools, _ := filepath.Glob("*.py")
+	files = append(append(files, more...), tools...)
+	code := `import ast, sys
+std = set(sys.stdlib_module_names)
+found = set()
+for f in sys.argv[1:]:
+    for n in ast.walk(ast.parse(open(f).read())):
+        if isinstance(n, ast.Import):
+            names = [a.name for a in n.names]
+        elif isinstance(n, ast.ImportFrom) and n.level == 0 and n.module:
+            names = [n.module]
+        else:
+            continue
+        for m in names:
+            root = m.split(".")[0]
+            if root not in std:
+                found.add(root)
+print(" ".join(sorted(found)))`
+	out, err := exec.Command(py, append([]string{"-c", code}, files...)...).CombinedOutput()
+	if err != nil {
+		t.Fatalf("listing imports: %v\n%s", err, out)
+	}
+	listed := map[string]bool{"lungseg_train": true, "run_all": true, "conftest": true, "pack_data": true, "onnxruntime": true}
+	for _, m := range testenv.TrainTestModules {
+		listed[m] = true
+	}
+	imports := strings.Fields(string(out))
+	if len(imports) < 3 {
+		t.Fatalf("found only %q: the scan is broken", imports)
+	}
+	for _, m := range imports {
+		if !listed[m] {
+			t.Errorf("train/ imports %s, which testenv.TrainTestModules does not list", m)
+		}
+	}
 }

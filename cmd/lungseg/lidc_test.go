@@ -23,7 +23,7 @@ func TestShippedCascadeOnHeldOutLIDC(t *testing.T) {
 		t.Skip("replays 60 real slices through two models")
 	}
 	data := testenv.SharedData(t)
-	py := testenv.RequirePython(t, "torch", "numpy", "pandas", "PIL")
+	py := testenv.RequireTrain(t)
 	root := testenv.RepoRoot(t)
 	dir := t.TempDir()
 	pkl := filepath.Join(dir, "heldout.pkl")

@@ -146,7 +146,7 @@ func TestRunPythonDecode(t *testing.T) {
 // every tensor of each shipped model from its ONNX file and reproduces
 // the model's parity output.
 func TestTorchHelperLoadsShippedWeights(t *testing.T) {
-	py := testenv.RequirePython(t, "torch", "onnx", "numpy")
+	py := testenv.RequireTrain(t)
 	root := testenv.RepoRoot(t)
 	reg, err := model.OpenRegistry(filepath.Join(root, "models"))
 	if err != nil {

@@ -30,6 +30,28 @@ func missing(t testing.TB, what string) {
 	t.Skipf("%s not available", what)
 }
 
+// The Python modules each kind of test runs, in one place, so that a test
+// checks every module the code it runs imports (train_test.go checks
+// TrainModules against train/'s imports). Debian package names in
+// brackets.
+var (
+	// TrainModules: what train/lungseg_train imports (python3-torch,
+	// -torchvision, -numpy, -onnx, -pil, -scipy, -pandas, -pydicom).
+	TrainModules = []string{"torch", "torchvision", "numpy", "onnx", "PIL", "scipy", "pandas", "pydicom"}
+	// TrainTestModules: train's unit tests (python3-pytest too).
+	TrainTestModules = append(append([]string(nil), TrainModules...), "pytest")
+	// FixtureModules: the fixture scripts beside the Go tests
+	// (python3-numpy, -pandas, -pydicom, -scipy, -pil).
+	FixtureModules = []string{"numpy", "pandas", "pydicom", "scipy", "PIL"}
+)
+
+// RequireTrain returns the interpreter after checking every module that
+// train/lungseg_train imports (a test that runs any part of it).
+func RequireTrain(t testing.TB) string {
+	t.Helper()
+	return RequirePython(t, TrainModules...)
+}
+
 // RequirePython returns the interpreter after checking it imports every
 // module named.
 func RequirePython(t testing.TB, modules ...string) string {
@@ -38,9 +60,11 @@ func RequirePython(t testing.TB, modules ...string) string {
 		missing(t, Python)
 	}
 	if len(modules) > 0 {
-		code := "import " + strings.Join(modules, ", ")
-		if out, err := exec.Command(Python, "-c", code).CombinedOutput(); err != nil {
-			missing(t, "python modules "+strings.Join(modules, ", ")+" ("+strings.TrimSpace(string(out))+")")
+		// report every missing module at once, not the first
+		code := "import importlib.util, sys\nmiss = [m for m in sys.argv[1:] if importlib.util.find_spec(m) is None]\n" +
+			"print(' '.join(miss)); sys.exit(1 if miss else 0)"
+		if out, err := exec.Command(Python, append([]string{"-c", code}, modules...)...).CombinedOutput(); err != nil {
+			missing(t, "python modules "+strings.TrimSpace(string(out))+" (of "+strings.Join(modules, ", ")+")")
 		}
 	}
 	return Python
