@@ -1,6 +1,7 @@
 package dicomweb
 
 import (
+	"bufio"
 	"context"
 	"encoding/json"
 	"errors"
@@ -9,8 +10,10 @@ import (
 	"mime"
 	"mime/multipart"
 	"net/http"
+	"os"
 	"strings"
 	"sync"
+	"time"
 
 	"github.com/lungseg/lungseg/ingest/dicomio"
 )
@@ -24,8 +27,21 @@ const (
 	// DefaultMaxParts bounds the parts of one request.
 	DefaultMaxParts = 5000
 	// DefaultMaxConcurrent bounds the requests decoded at once (each
-	// holds at most one instance in memory).
+	// holds at most one instance in memory). A request takes a slot only
+	// once the first bytes of its body have arrived.
 	DefaultMaxConcurrent = 4
+	// DefaultIdleTimeout is the longest wait for the next bytes of a
+	// request body.
+	DefaultIdleTimeout = 30 * time.Second
+	// DefaultMinBytesPerSecond is the slowest average rate a body may
+	// arrive at once DefaultRateGrace has passed.
+	DefaultMinBytesPerSecond = 16 << 10
+	// DefaultRateGrace is how long a body may take before the minimum
+	// rate applies.
+	DefaultRateGrace = 10 * time.Second
+	// DefaultSlotWait is the longest a request waits for a slot before
+	// it is answered 503 with Retry-After.
+	DefaultSlotWait = 30 * time.Second
 	// maxWarnings bounds the Warning headers of one response.
 	maxWarnings = 20
 )
@@ -54,6 +70,15 @@ type Server struct {
 	MaxRequestBytes  int64
 	MaxParts         int
 	MaxConcurrent    int
+	// Slow clients: IdleTimeout bounds the wait for the next body bytes,
+	// MinBytesPerSecond the average rate after RateGrace (a body of n
+	// bytes must be in within RateGrace + n/MinBytesPerSecond), SlotWait
+	// the wait for a slot. A request that breaks them is answered 408
+	// (or 503) and its slot freed; zero takes the defaults above.
+	IdleTimeout       time.Duration
+	MinBytesPerSecond int64
+	RateGrace         time.Duration
+	SlotWait          time.Duration
 
 	once sync.Once
 	sem  chan struct{}
@@ -124,15 +149,99 @@ func (s *Server) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 		httpError(w, http.StatusBadRequest, "multipart/related without a boundary")
 		return
 	}
+	// The body is read under an idle timeout and a minimum rate, and a
+	// slot is taken only once its first bytes are in: a client that
+	// announces a body and sends nothing, or sends it a byte at a time,
+	// cannot keep the others waiting.
+	sr := s.slowReader(w, r.Body)
+	br := bufio.NewReaderSize(sr, 32<<10)
+	if _, err := br.Peek(1); err != nil && !errors.Is(err, io.EOF) {
+		slowError(w, err)
+		return
+	}
 	if err := s.acquire(r.Context()); err != nil {
-		httpError(w, http.StatusServiceUnavailable, "shutting down")
+		w.Header().Set("Retry-After", "5")
+		httpError(w, http.StatusServiceUnavailable, err.Error())
 		return
 	}
 	defer s.release()
 	inst, req, maxParts := s.limits()
-	body := http.MaxBytesReader(w, r.Body, req)
+	body := http.MaxBytesReader(w, io.NopCloser(br), req)
 	resp, err := s.store(r.Context(), multipart.NewReader(body, params["boundary"]), study, inst, maxParts)
+	if errors.Is(err, ErrSlowClient) {
+		slowError(w, err)
+		return
+	}
 	writeResponse(w, resp, err)
+}
+
+// ErrSlowClient reports a request body that stalled longer than the idle
+// timeout or arrived under the minimum rate.
+var ErrSlowClient = errors.New("dicomweb: request body too slow")
+
+func slowError(w http.ResponseWriter, err error) {
+	w.Header().Set("Connection", "close")
+	httpError(w, http.StatusRequestTimeout, err.Error())
+}
+
+func (s *Server) slowLimits() (idle time.Duration, rate int64, grace time.Duration) {
+	idle, rate, grace = s.IdleTimeout, s.MinBytesPerSecond, s.RateGrace
+	if idle <= 0 {
+		idle = DefaultIdleTimeout
+	}
+	if rate <= 0 {
+		rate = DefaultMinBytesPerSecond
+	}
+	if grace <= 0 {
+		grace = DefaultRateGrace
+	}
+	return
+}
+
+// slowReader wraps a request body: before each read it sets the
+// connection's read deadline to the earlier of the idle timeout and the
+// moment the body would fall under the minimum rate.
+func (s *Server) slowReader(w http.ResponseWriter, body io.Reader) *slowReader {
+	idle, rate, grace := s.slowLimits()
+	return &slowReader{r: body, rc: http.NewResponseController(w), idle: idle, rate: rate, grace: grace, start: time.Now()}
+}
+
+type slowReader struct {
+	r           io.Reader
+	rc          *http.ResponseController
+	idle, grace time.Duration
+	rate        int64
+	start       time.Time
+	n           int64
+}
+
+func (sr *slowReader) due() time.Time {
+	return sr.start.Add(sr.grace + time.Duration(float64(sr.n)/float64(sr.rate)*float64(time.Second)))
+}
+
+func (sr *slowReader) Read(p []byte) (int, error) {
+	now := time.Now()
+	due := sr.due()
+	if !now.Before(due) {
+		return 0, fmt.Errorf("%w: %d bytes in %v, under %d bytes/s", ErrSlowClient, sr.n, now.Sub(sr.start).Round(time.Millisecond), sr.rate)
+	}
+	dl := now.Add(sr.idle)
+	if due.Before(dl) {
+		dl = due
+	}
+	// Servers that cannot set deadlines (ErrNotSupported) still get the
+	// rate check between reads.
+	_ = sr.rc.SetReadDeadline(dl)
+	n, err := sr.r.Read(p)
+	sr.n += int64(n)
+	if err != nil && errors.Is(err, os.ErrDeadlineExceeded) {
+		if dl.Equal(due) {
+			err = fmt.Errorf("%w: %d bytes in %v, under %d bytes/s", ErrSlowClient, sr.n, time.Since(sr.start).Round(time.Millisecond), sr.rate)
+		} else {
+			err = fmt.Errorf("%w: nothing received for %v", ErrSlowClient, sr.idle)
+		}
+	}
+	return n, err
 }
 
 func (s *Server) acquire(ctx context.Context) error {
@@ -144,11 +253,19 @@ func (s *Server) acquire(ctx context.Context) error {
 		}
 		s.sem = make(chan struct{}, n)
 	})
+	wait := s.SlotWait
+	if wait <= 0 {
+		wait = DefaultSlotWait
+	}
+	t := time.NewTimer(wait)
+	defer t.Stop()
 	select {
 	case s.sem <- struct{}{}:
 		return nil
 	case <-ctx.Done():
-		return ctx.Err()
+		return fmt.Errorf("dicomweb: %w", ctx.Err())
+	case <-t.C:
+		return fmt.Errorf("dicomweb: all %d request slots busy for %v", cap(s.sem), wait)
 	}
 }
 

@@ -1,11 +1,13 @@
 package dicomweb
 
 import (
+	"bufio"
 	"bytes"
 	"context"
 	"errors"
 	"fmt"
 	"io"
+	"net"
 	"net/http"
 	"net/http/httptest"
 	"os"
@@ -369,5 +371,116 @@ func TestReadFileMeta(t *testing.T) {
 	}
 	if _, err := ReadFileMeta([]byte("hello")); err == nil {
 		t.Error("no preamble accepted")
+	}
+}
+
+// slowClient opens a raw connection to the server, sends STOW-RS headers
+// announcing a 2 GB body, and then, with trickle, one byte of it every
+// 100 ms (nothing otherwise). The returned channel gets the status line
+// the server answers with ("" when it only closed the connection).
+func slowClient(t *testing.T, srv *httptest.Server, trickle bool) <-chan string {
+	t.Helper()
+	c, err := net.DialTimeout("tcp", srv.Listener.Addr().String(), 5*time.Second)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { c.Close() })
+	fmt.Fprintf(c, "POST /dicomweb/studies HTTP/1.1\r\nHost: x\r\nContent-Type: multipart/related; type=\"application/dicom\"; boundary=b\r\nContent-Length: 2000000000\r\n\r\n")
+	done := make(chan struct{})
+	status := make(chan string, 1)
+	go func() {
+		defer close(done)
+		line, _ := bufio.NewReader(c).ReadString('\n')
+		status <- strings.TrimSpace(line)
+	}()
+	if trickle {
+		go func() {
+			body := "--b\r\nContent-Type: application/dicom\r\n\r\n" + strings.Repeat("x", 1000)
+			for i := 0; i < len(body); i++ {
+				select {
+				case <-done:
+					return
+				case <-time.After(100 * time.Millisecond):
+				}
+				if _, err := c.Write([]byte{body[i]}); err != nil {
+					return
+				}
+			}
+		}()
+	}
+	return status
+}
+
+// storeWithin stores a phantom instance and fails unless it is answered
+// 200 within limit.
+func storeWithin(t *testing.T, e *env, limit time.Duration) {
+	t.Helper()
+	ph, files := phantomFiles(t, 21, 1)
+	ctx, cancel := context.WithTimeout(context.Background(), limit)
+	defer cancel()
+	start := time.Now()
+	resp, err := e.cl.Store(ctx, ph[0].StudyUID, files...)
+	if err != nil {
+		t.Fatalf("a normal STOW beside slow clients: %v after %v", err, time.Since(start))
+	}
+	if resp.Status != http.StatusOK || len(resp.Stored) != 1 {
+		t.Fatalf("a normal STOW beside slow clients: status %d, %d stored", resp.Status, len(resp.Stored))
+	}
+	t.Logf("normal STOW answered in %v", time.Since(start))
+}
+
+// TestStowSlowClientsDoNotBlock holds eight connections that announce a
+// 2 GB body and send none (twice the request slots), with the default
+// limits, and checks that a normal STOW is answered within seconds.
+func TestStowSlowClientsDoNotBlock(t *testing.T) {
+	e := start(t, nil)
+	for i := 0; i < 8; i++ {
+		slowClient(t, e.srv, false)
+	}
+	time.Sleep(300 * time.Millisecond) // let their headers be read
+	storeWithin(t, e, 5*time.Second)
+}
+
+// TestStowSlowClientsAreDropped fills every slot with clients that
+// trickle their body a byte at a time, beside clients that send none,
+// and checks that they are answered 408 once under the minimum rate or
+// idle too long, and that a normal STOW gets through within seconds.
+func TestStowSlowClientsAreDropped(t *testing.T) {
+	e := start(t, func(s *Server) {
+		s.MaxConcurrent = 4
+		s.IdleTimeout = time.Second
+		s.MinBytesPerSecond = 1000
+		s.RateGrace = 500 * time.Millisecond
+	})
+	var slow []<-chan string
+	for i := 0; i < 4; i++ {
+		slow = append(slow, slowClient(t, e.srv, true), slowClient(t, e.srv, false))
+	}
+	time.Sleep(300 * time.Millisecond) // the tricklers hold every slot
+	storeWithin(t, e, 5*time.Second)
+	for i, ch := range slow {
+		select {
+		case st := <-ch:
+			if !strings.Contains(st, " 408 ") {
+				t.Errorf("slow client %d got %q, want 408", i, st)
+			}
+		case <-time.After(5 * time.Second):
+			t.Errorf("slow client %d still connected after 5 s", i)
+		}
+	}
+}
+
+// TestSlowReaderRate checks the rate arithmetic without a network.
+func TestSlowReaderRate(t *testing.T) {
+	s := &Server{MinBytesPerSecond: 100, RateGrace: time.Second, IdleTimeout: time.Hour}
+	sr := s.slowReader(httptest.NewRecorder(), strings.NewReader(strings.Repeat("x", 1000)))
+	sr.start = time.Now().Add(-3 * time.Second) // 3 s in: 200 bytes due
+	sr.n = 150
+	if _, err := sr.Read(make([]byte, 10)); !errors.Is(err, ErrSlowClient) {
+		t.Fatalf("150 bytes after 3 s at 100 B/s with 1 s grace: %v, want ErrSlowClient", err)
+	}
+	sr.n = 250
+	if _, err := sr.Read(make([]byte, 10)); err != nil {
+		t.Fatalf("250 bytes after 3 s: %v", err)
 	}
 }
