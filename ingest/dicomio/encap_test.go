@@ -481,9 +481,8 @@ func fileExists(p string) bool {
 // original, without any external tool.
 func TestMRSmallRLE(t *testing.T) {
 	rle, orig := filepath.Join(pydicomTF, "MR_small_RLE.dcm"), filepath.Join(pydicomTF, "MR_small.dcm")
-	if !fileExists(rle) || !fileExists(orig) {
-		t.Skip("pydicom test files not present")
-	}
+	testenv.RequireFile(t, rle, "pydicom's test files (Debian python3-pydicom)")
+	testenv.RequireFile(t, orig, "pydicom's test files (Debian python3-pydicom)")
 	frames, l := compressedFramesOf(t, rle)
 	got, err := DecodeRLE(frames[0], l.rows, l.cols, 1, l.bits)
 	if err != nil {
@@ -509,9 +508,7 @@ func TestUnsupportedJPEG(t *testing.T) {
 		{"SC_rgb_jpeg_dcmtk.dcm", ErrCompressed, "JPEG Baseline"},
 	} {
 		p := filepath.Join(pydicomTF, tc.file)
-		if !fileExists(p) {
-			t.Skip("pydicom test files not present")
-		}
+		testenv.RequireFile(t, p, "pydicom's test files (Debian python3-pydicom)")
 		_, err := ReadFile(p)
 		if !errors.Is(err, tc.want) || !strings.Contains(err.Error(), tc.msg) {
 			t.Errorf("%s: %v, want %v mentioning %q", tc.file, err, tc.want, tc.msg)

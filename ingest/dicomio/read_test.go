@@ -14,11 +14,12 @@ import (
 	"runtime"
 	"slices"
 	"strings"
-	"sync"
 	"testing"
 
 	"github.com/lungseg/lungseg/ingest"
 	"github.com/lungseg/lungseg/pkg/imgx"
+
+	"github.com/lungseg/lungseg/pkg/testenv"
 )
 
 const (
@@ -213,17 +214,11 @@ func TestForgedLengthsDoNotAllocate(t *testing.T) {
 	}
 }
 
-var havePydicom = sync.OnceValue(func() error {
-	return exec.Command(python, "-c", "import pydicom, numpy").Run()
-})
-
 // pydicomHU decodes files with pydicom; it skips the test when pydicom is
 // missing.
 func pydicomHU(t *testing.T, paths ...string) map[string]expectedFile {
 	t.Helper()
-	if err := havePydicom(); err != nil {
-		t.Skip("pydicom not available:", err)
-	}
+	testenv.RequirePython(t, "pydicom", "numpy")
 	cmd := exec.Command(python, append([]string{filepath.Join(fixtures, "pydicom_hu.py")}, paths...)...)
 	var stderr bytes.Buffer
 	cmd.Stderr = &stderr
@@ -267,9 +262,7 @@ func TestFixturesAgreeWithPydicom(t *testing.T) {
 // TestPydicomTestFiles reads the real test files that Debian's pydicom
 // ships (skipped when absent).
 func TestPydicomTestFiles(t *testing.T) {
-	if _, err := os.Stat(filepath.Join(pydicomTF, "CT_small.dcm")); err != nil {
-		t.Skip("pydicom test files not present")
-	}
+	testenv.RequireFile(t, filepath.Join(pydicomTF, "CT_small.dcm"), "pydicom's test files (Debian python3-pydicom)")
 	for _, tc := range []struct {
 		file string
 		want error

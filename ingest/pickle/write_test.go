@@ -14,6 +14,8 @@ import (
 
 	"github.com/lungseg/lungseg/ingest/pickle"
 	"github.com/lungseg/lungseg/pkg/imgx"
+
+	"github.com/lungseg/lungseg/pkg/testenv"
 )
 
 // phantomRow makes a deterministic row of the given size: a noisy body in
@@ -119,13 +121,7 @@ func TestWriteRoundTrip(t *testing.T) {
 // TestWriteReadByPandas has pandas read a Go-written pickle and compares
 // its arrays, dtypes, columns and index with the rows written.
 func TestWriteReadByPandas(t *testing.T) {
-	const py = "/usr/bin/python3"
-	if _, err := os.Stat(py); err != nil {
-		t.Skip("no /usr/bin/python3")
-	}
-	if err := exec.Command(py, "-c", "import pandas, numpy").Run(); err != nil {
-		t.Skip("no pandas for /usr/bin/python3")
-	}
+	py := testenv.RequirePython(t, "pandas", "numpy")
 	rows := testRows()
 	path := writeRows(t, rows)
 	out, err := exec.Command(py, "testdata/pandas_digest.py", path).Output()

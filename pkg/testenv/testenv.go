@@ -80,6 +80,25 @@ func RequireCommand(t testing.TB, name string) string {
 	return p
 }
 
+// RequireFile returns path after checking it exists; what says what it is
+// and where it comes from (for example "pydicom's test files (Debian
+// python3-pydicom)").
+func RequireFile(t testing.TB, path, what string) string {
+	t.Helper()
+	if _, err := os.Stat(path); err != nil {
+		missing(t, what+" ("+path+")")
+	}
+	return path
+}
+
+// Unavailable is for a test that needs something of the system itself (a
+// named pipe, a second loopback address): it skips outside CI and fails in
+// CI, where the Linux runner has it.
+func Unavailable(t testing.TB, what string) {
+	t.Helper()
+	missing(t, what)
+}
+
 // RepoRoot returns the repository root (the folder holding go.mod).
 func RepoRoot(t testing.TB) string {
 	t.Helper()

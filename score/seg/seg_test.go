@@ -285,10 +285,7 @@ func TestReadBackPydicom(t *testing.T) {
 // installed (apt-get install dicom3tools): no line may start with
 // "Error".
 func TestDciodvfy(t *testing.T) {
-	bin, err := exec.LookPath("dciodvfy")
-	if err != nil {
-		t.Skip("dciodvfy (Debian dicom3tools) not installed")
-	}
+	bin := testenv.RequireCommand(t, "dciodvfy") // Debian dicom3tools
 	_, _, b := makeSEG(t, 48, 40, 4)
 	path := filepath.Join(t.TempDir(), "seg.dcm")
 	if err := os.WriteFile(path, b, 0o644); err != nil {
