@@ -18,6 +18,8 @@ import (
 
 	"github.com/lungseg/lungseg/ingest"
 	"github.com/lungseg/lungseg/pkg/imgx"
+
+	"github.com/lungseg/lungseg/pkg/testenv"
 )
 
 // testHU returns a rows×cols slice with a ramp that covers negative,
@@ -301,10 +303,10 @@ func TestContextAndEmitError(t *testing.T) {
 // folder (skipped when absent) and checks that the HU values are those of
 // lung CT and the masks are binary.
 func TestRealLIDC(t *testing.T) {
-	root := filepath.Join("..", "..", "..", "shared", "data", "lidc", "ctslicing_vois_hu")
+	root := filepath.Join(testenv.SharedData(t), "lidc", "ctslicing_vois_hu")
 	images, _ := filepath.Glob(filepath.Join(root, "LIDC-IDRI-0001", "*_image.png"))
 	if len(images) == 0 {
-		t.Skip("shared LIDC data not present")
+		t.Fatalf("no LIDC-IDRI-0001 images under %s", root)
 	}
 	if len(images) > 6 {
 		images = images[:6]
