@@ -3,6 +3,7 @@ package bus
 import (
 	"context"
 	"fmt"
+	"slices"
 	"time"
 
 	"github.com/nats-io/nats.go/jetstream"
@@ -12,12 +13,13 @@ import (
 type StreamOptions struct {
 	// Replicas of each stream (1 for a single server, 3 on a cluster).
 	Replicas int
-	// MaxAge bounds how long messages are kept (limits retention) so that
-	// a replay can be inspected afterwards.
+	// MaxAge bounds how long messages are kept, so that the results of a
+	// replay (scores, findings, errors) can be inspected afterwards.
 	MaxAge time.Duration
 	// Duplicates is the publish dedupe window for Nats-Msg-Id.
 	Duplicates time.Duration
-	// MaxBytes bounds each stream's size; -1 is unlimited.
+	// MaxBytes, when not zero, is every stream's byte limit in place of
+	// its default in DefaultMaxBytes (-1: unlimited, not for production).
 	MaxBytes int64
 }
 
@@ -26,7 +28,47 @@ var DefaultStreamOptions = StreamOptions{
 	Replicas:   1,
 	MaxAge:     24 * time.Hour,
 	Duplicates: 10 * time.Minute,
-	MaxBytes:   -1,
+}
+
+// DefaultMaxBytes is each stream's byte limit. RAW, READY and MASKS carry
+// the pixels (about 0.5 MB a slice, 0.25 MB a model input or map) but only
+// while a consumer still has to acknowledge them (interest retention), so
+// they hold the backlog, which ingest keeps near its bound
+// (pipeline.DefaultMaxBacklog); their limit is a ceiling far above it,
+// reached only when consumers stop, and a full stream refuses new messages
+// (the publisher retries) rather than dropping pending ones. The other
+// streams keep what was delivered, for inspection, until MaxAge or their
+// limit, dropping the oldest first.
+var DefaultMaxBytes = map[string]int64{
+	StreamIngest:   64 << 20,
+	StreamRaw:      2 << 30,
+	StreamReady:    2 << 30,
+	StreamMasks:    2 << 30,
+	StreamScores:   1 << 30,
+	StreamErrors:   256 << 20,
+	StreamEvents:   64 << 20,
+	StreamTrain:    1 << 30,
+	StreamFindings: 256 << 20,
+	StreamAlerts:   256 << 20,
+	// Pixels of slices too large for one message, kept for the streams'
+	// MaxAge (a full bucket refuses new slices).
+	"OBJ_" + PixelsBucket: 4 << 30,
+	"KV_" + StudiesBucket: 64 << 20,
+}
+
+// defaultOtherBytes limits a stream missing from DefaultMaxBytes (the
+// dead-letter streams, the pixel bucket).
+const defaultOtherBytes = 1 << 30
+
+// StreamBytes returns the byte limit of stream name under o.
+func StreamBytes(o StreamOptions, name string) int64 {
+	if o.MaxBytes != 0 {
+		return o.MaxBytes
+	}
+	if b, ok := DefaultMaxBytes[name]; ok {
+		return b
+	}
+	return defaultOtherBytes
 }
 
 // Stream names.
@@ -43,8 +85,22 @@ const (
 	StreamAlerts   = "ALERTS"
 )
 
+// WorkStreams are the streams that carry the pixels from stage to stage.
+// They use interest retention: a message is removed once every consumer of
+// the stream has acknowledged it (or when it is past MaxAge), so their disk
+// use follows the backlog, not the day's traffic. A message published while
+// no consumer is there is dropped at once: the stage consumers must exist
+// before slices are sent (`lungseg run` and every stage process create
+// theirs before consuming, `lungseg streams apply` creates them for a
+// cluster, and ingest waits for them before it publishes).
+var WorkStreams = []string{StreamRaw, StreamReady, StreamMasks}
+
 // Streams returns the pipeline's stream configurations: one per stage
-// boundary, file storage, limits retention.
+// boundary, file storage, a byte limit on each. RAW, READY and MASKS use
+// interest retention and refuse new messages when full (DiscardNew), so
+// nothing a consumer still has to process is dropped; the others use
+// limits retention with MaxAge and drop their oldest messages when full
+// (DiscardOld), so a replay's results stay inspectable.
 func Streams(o StreamOptions) []jetstream.StreamConfig {
 	d := DefaultStreamOptions
 	if o.Replicas == 0 {
@@ -56,15 +112,12 @@ func Streams(o StreamOptions) []jetstream.StreamConfig {
 	if o.Duplicates == 0 {
 		o.Duplicates = d.Duplicates
 	}
-	if o.MaxBytes == 0 {
-		o.MaxBytes = d.MaxBytes
-	}
 	mk := func(name, desc string, subjects ...string) jetstream.StreamConfig {
 		age := o.MaxAge
 		if name == StreamAlerts {
 			age = max(age, AlertsMinAge)
 		}
-		return jetstream.StreamConfig{
+		c := jetstream.StreamConfig{
 			Name:        name,
 			Description: desc,
 			Subjects:    subjects,
@@ -72,11 +125,15 @@ func Streams(o StreamOptions) []jetstream.StreamConfig {
 			Retention:   jetstream.LimitsPolicy,
 			Replicas:    o.Replicas,
 			MaxAge:      age,
-			MaxBytes:    o.MaxBytes,
+			MaxBytes:    StreamBytes(o, name),
 			Duplicates:  o.Duplicates,
 			MaxMsgSize:  MaxPayload,
 			Discard:     jetstream.DiscardOld,
 		}
+		if slices.Contains(WorkStreams, name) {
+			c.Retention, c.Discard = jetstream.InterestPolicy, jetstream.DiscardNew
+		}
+		return c
 	}
 	return []jetstream.StreamConfig{
 		mk(StreamIngest, "ingest jobs: files and folders to read", SubjIngestJobs),
@@ -124,6 +181,7 @@ func PixelStore(ctx context.Context, js jetstream.JetStream, o StreamOptions) (j
 		Bucket:      PixelsBucket,
 		Description: "pixels of slices too large for one message",
 		TTL:         o.MaxAge,
+		MaxBytes:    StreamBytes(o, "OBJ_"+PixelsBucket),
 		Storage:     jetstream.FileStorage,
 		Replicas:    o.Replicas,
 	})
@@ -149,7 +207,7 @@ func StudyStore(ctx context.Context, js jetstream.JetStream, o StreamOptions) (j
 	}
 	kv, err := js.CreateOrUpdateKeyValue(ctx, jetstream.KeyValueConfig{
 		Bucket: StudiesBucket, Description: "patient and study attributes of received studies",
-		TTL: 2 * o.MaxAge, Storage: jetstream.FileStorage, Replicas: o.Replicas,
+		TTL: 2 * o.MaxAge, MaxBytes: StreamBytes(o, "KV_"+StudiesBucket), Storage: jetstream.FileStorage, Replicas: o.Replicas,
 	})
 	if err != nil {
 		return nil, fmt.Errorf("bus: creating key-value bucket %s: %w", StudiesBucket, err)

@@ -43,7 +43,28 @@ func Start(t testing.TB) *Env {
 	if err := bus.EnsureStreams(ctx, js, bus.StreamOptions{}); err != nil {
 		t.Fatal(err)
 	}
+	if err := Keep(ctx, js); err != nil {
+		t.Fatal(err)
+	}
 	return &Env{Server: s, NC: nc, JS: js}
+}
+
+// KeepDurable is the consumer Keep creates.
+const KeepDurable = "bustest-keep"
+
+// Keep gives each interest-retention stream (bus.WorkStreams) a durable
+// consumer that never acknowledges, so that tests may publish before their
+// stage's consumer exists and read what was published afterwards (as
+// Fetch does), as if the streams kept everything.
+func Keep(ctx context.Context, js jetstream.JetStream) error {
+	for _, st := range bus.WorkStreams {
+		if _, err := js.CreateOrUpdateConsumer(ctx, st, jetstream.ConsumerConfig{
+			Durable: KeepDurable, AckPolicy: jetstream.AckExplicitPolicy,
+		}); err != nil {
+			return err
+		}
+	}
+	return nil
 }
 
 // Eventually polls cond every 20 ms until it holds or the timeout passes.

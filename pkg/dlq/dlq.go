@@ -93,6 +93,7 @@ func Streams(o bus.StreamOptions) []jetstream.StreamConfig {
 			Retention:   jetstream.WorkQueuePolicy,
 			Replicas:    o.Replicas,
 			MaxAge:      age,
+			MaxBytes:    bus.StreamBytes(o, StreamAdvisories),
 			Discard:     jetstream.DiscardOld,
 		},
 		{
@@ -103,6 +104,7 @@ func Streams(o bus.StreamOptions) []jetstream.StreamConfig {
 			Retention:   jetstream.LimitsPolicy,
 			Replicas:    o.Replicas,
 			MaxAge:      age,
+			MaxBytes:    bus.StreamBytes(o, StreamDLQ),
 			Duplicates:  10 * time.Minute,
 			MaxMsgSize:  bus.MaxPayload,
 			Discard:     jetstream.DiscardOld,
