@@ -24,6 +24,9 @@ type EmbeddedOptions struct {
 	// (sync_interval: always): no acknowledged message is lost on power
 	// failure, at some cost in throughput.
 	SyncAlways bool
+	// Users, when set, are the only clients the server accepts (in-process
+	// ones included), each with its permissions (pkg/natsauth).
+	Users []*server.User
 }
 
 // StartEmbedded runs a nats-server with JetStream on a file store and waits
@@ -43,6 +46,7 @@ func StartEmbedded(o EmbeddedOptions) (*server.Server, error) {
 	if o.SyncAlways {
 		opts.SyncAlways = true
 	}
+	opts.Users = o.Users
 	if o.Listen == "" {
 		opts.DontListen = true
 	} else {
@@ -75,9 +79,10 @@ func StartEmbedded(o EmbeddedOptions) (*server.Server, error) {
 // count toward it).
 const MaxPayload = 1 << 20
 
-// ConnectEmbedded connects to an embedded server in-process.
-func ConnectEmbedded(s *server.Server, name string) (*nats.Conn, error) {
-	return nats.Connect("", nats.InProcessServer(s), nats.Name(name), nats.MaxReconnects(-1))
+// ConnectEmbedded connects to an embedded server in-process; extra
+// options add credentials.
+func ConnectEmbedded(s *server.Server, name string, extra ...nats.Option) (*nats.Conn, error) {
+	return nats.Connect("", append([]nats.Option{nats.InProcessServer(s), nats.Name(name), nats.MaxReconnects(-1)}, extra...)...)
 }
 
 // Connect connects to an external NATS server or cluster (comma-separated
