@@ -49,6 +49,7 @@ func TestBrokenFiles(t *testing.T) {
 		{"not a DataFrame", fixture("broken_not_frame.pkl"), pickle.ErrLayout, "holds a Dict"},
 		{"a bare int", "\x80\x04K\x07.", pickle.ErrLayout, "holds a int"},
 		{"no hu_array_old", fixture("broken_missing_column.pkl"), pickle.ErrLayout, "no hu_array_old column"},
+		{"two mask columns", fixture("broken_duplicate_mask.pkl"), pickle.ErrLayout, "column mask appears 2 times (positions 1, 4)"},
 		{"BINBYTES8 of 2^60", "\x80\x04\x8e" + u64(1<<60) + "xx.", pickle.ErrTooLarge, "payload of 1152921504606846976 bytes"},
 		{"BYTEARRAY8 of 2^63", "\x80\x05\x96" + u64(1<<63) + ".", pickle.ErrTooLarge, ""},
 		{"BINUNICODE8 of 2^50", "\x80\x04\x8d" + u64(1<<50) + ".", pickle.ErrTooLarge, ""},

@@ -19,41 +19,51 @@ var chunkBytes = 128 << 10
 // the dataset and the Go writer use (raw bytes payloads; C order; HU as
 // little-endian float64 or float32; mask of a 1-byte integer or bool
 // dtype) and declines (ok false) everything else, and any row with a
-// problem: a wrong size, a read error, a non-finite HU. Item then decodes
+// problem: a wrong size, a read error, a non-finite HU, a mask byte other
+// than 0 and 1. Item then decodes
 // the row the general way, which gives the typed errors, so the fast path
 // never has to reproduce them.
 func (f *File) fastItem(i int) (label string, hu *imgx.HU, mask *imgx.Mask, ok bool) {
+	label, hu, mask, _, ok = f.fastItemClamped(i)
+	return label, hu, mask, ok
+}
+
+// fastItemClamped is fastItem that also counts the HU values outside the
+// int16 range (clamped).
+func (f *File) fastItemClamped(i int) (label string, hu *imgx.HU, mask *imgx.Mask, cl clamped, ok bool) {
 	if f.label != nil {
 		s, err := f.text(f.label[i])
 		if err != nil {
-			return "", nil, nil, false
+			return "", nil, nil, cl, false
 		}
 		label = s
 	}
 	ha, rows, cols, ok := fastCell(f.hu[i])
 	if !ok || ha.dtype.kind != 'f' || (ha.dtype.size != 8 && ha.dtype.size != 4) || ha.dtype.order != binary.LittleEndian {
-		return "", nil, nil, false
+		return "", nil, nil, cl, false
 	}
 	hs := ha.data.(*span)
 	n := rows * cols
 	if hs.n != int64(n*ha.dtype.size) {
-		return "", nil, nil, false
+		return "", nil, nil, cl, false
 	}
 	if f.mask != nil {
 		ma, mr, mc, ok := fastCell(f.mask[i])
 		if !ok || ma.dtype.size != 1 || (ma.dtype.kind != 'i' && ma.dtype.kind != 'u' && ma.dtype.kind != 'b') ||
 			mr != rows || mc != cols {
-			return "", nil, nil, false
+			return "", nil, nil, cl, false
 		}
 		ms := ma.data.(*span)
 		if ms.n != int64(n) {
-			return "", nil, nil, false
+			return "", nil, nil, cl, false
 		}
 		mask = &imgx.Mask{Rows: rows, Cols: cols, Pix: make([]uint8, n)}
 		if _, err := f.r.ReadAt(mask.Pix, ms.off); err != nil {
-			return "", nil, nil, false
+			return "", nil, nil, cl, false
 		}
-		maskBits(mask.Pix)
+		if !maskIs01(mask.Pix) {
+			return "", nil, nil, cl, false // the general path names the value
+		}
 	}
 	hu = &imgx.HU{Rows: rows, Cols: cols, Pix: make([]int16, n)}
 	sz := ha.dtype.size
@@ -65,18 +75,18 @@ func (f *File) fastItem(i int) (label string, hu *imgx.HU, mask *imgx.Mask, ok b
 		m := min(per, n-k)
 		b := f.buf[:m*sz]
 		if _, err := f.r.ReadAt(b, hs.off+int64(k*sz)); err != nil {
-			return "", nil, nil, false
+			return "", nil, nil, cl, false
 		}
 		if sz == 8 {
-			ok = huFromF8(hu.Pix[k:k+m], b)
+			ok = huFromF8(hu.Pix[k:k+m], b, &cl, k)
 		} else {
-			ok = huFromF4(hu.Pix[k:k+m], b)
+			ok = huFromF4(hu.Pix[k:k+m], b, &cl, k)
 		}
 		if !ok {
-			return "", nil, nil, false
+			return "", nil, nil, cl, false
 		}
 	}
-	return label, hu, mask, true
+	return label, hu, mask, cl, true
 }
 
 // fastCell returns the array of a cell the fast path may read: a usable
@@ -108,7 +118,7 @@ const (
 // first non-finite value. Four values a step through array pointers, so
 // that there is one bounds check a step and one branch for the four
 // finiteness checks; the tail goes one by one.
-func huFromF8(dst []int16, b []byte) bool {
+func huFromF8(dst []int16, b []byte, cl *clamped, at int) bool {
 	b = b[:8*len(dst)]
 	k := 0
 	for ; k+4 <= len(dst); k += 4 {
@@ -120,24 +130,33 @@ func huFromF8(dst []int16, b []byte) bool {
 		if u0&expBits64 == expBits64 || u1&expBits64 == expBits64 || u2&expBits64 == expBits64 || u3&expBits64 == expBits64 {
 			return false
 		}
+		x0, x1, x2, x3 := math.Float64frombits(u0), math.Float64frombits(u1), math.Float64frombits(u2), math.Float64frombits(u3)
+		if outside(x0) || outside(x1) || outside(x2) || outside(x3) {
+			cl.add(x0, at+k)
+			cl.add(x1, at+k+1)
+			cl.add(x2, at+k+2)
+			cl.add(x3, at+k+3)
+		}
 		d := (*[4]int16)(dst[k:])
-		d[0] = roundInt16(math.Float64frombits(u0))
-		d[1] = roundInt16(math.Float64frombits(u1))
-		d[2] = roundInt16(math.Float64frombits(u2))
-		d[3] = roundInt16(math.Float64frombits(u3))
+		d[0] = roundInt16(x0)
+		d[1] = roundInt16(x1)
+		d[2] = roundInt16(x2)
+		d[3] = roundInt16(x3)
 	}
 	for ; k < len(dst); k++ {
 		u := binary.LittleEndian.Uint64(b[8*k:])
 		if u&expBits64 == expBits64 {
 			return false
 		}
-		dst[k] = roundInt16(math.Float64frombits(u))
+		x := math.Float64frombits(u)
+		cl.add(x, at+k)
+		dst[k] = roundInt16(x)
 	}
 	return true
 }
 
 // huFromF4 is huFromF8 for little-endian float32s.
-func huFromF4(dst []int16, b []byte) bool {
+func huFromF4(dst []int16, b []byte, cl *clamped, at int) bool {
 	b = b[:4*len(dst)]
 	for k := range dst {
 		u := binary.LittleEndian.Uint32(b)
@@ -145,9 +164,54 @@ func huFromF4(dst []int16, b []byte) bool {
 		if u&expBits32 == expBits32 {
 			return false
 		}
-		dst[k] = roundInt16(float64(math.Float32frombits(u)))
+		x := float64(math.Float32frombits(u))
+		cl.add(x, at+k)
+		dst[k] = roundInt16(x)
 	}
 	return true
+}
+
+// Values that round (half away from zero) outside the int16 range.
+const (
+	minHU = math.MinInt16 - 0.5 // -32768.5 rounds to -32769
+	maxHU = math.MaxInt16 + 0.5 // 32767.5 rounds to 32768
+)
+
+// outside reports whether x rounds to a value outside the int16 range.
+func outside(x float64) bool { return x <= minHU || x >= maxHU }
+
+// clamped counts the HU values outside the int16 range that the
+// conversion clamps, and keeps the first of them.
+type clamped struct {
+	n     int
+	first int
+	val   float64
+}
+
+// add counts x, at pixel k, when it is outside the range.
+func (c *clamped) add(x float64, k int) {
+	if !outside(x) {
+		return
+	}
+	if c.n == 0 {
+		c.first, c.val = k, x
+	}
+	c.n++
+}
+
+// maskIs01 reports whether every byte of a 1-byte mask is 0 or 1, eight
+// bytes at a time.
+func maskIs01(p []uint8) bool {
+	const high = 0xfefefefefefefefe
+	var acc uint64
+	for len(p) >= 8 {
+		acc |= binary.LittleEndian.Uint64(p)
+		p = p[8:]
+	}
+	for _, v := range p {
+		acc |= uint64(v)
+	}
+	return acc&high == 0
 }
 
 // halfDown is the double just below 0.5.
@@ -170,26 +234,4 @@ func roundInt16(x float64) int16 {
 		x = math.MaxInt16
 	}
 	return int16(int32(x + math.Copysign(halfDown, x)))
-}
-
-// maskBits turns each nonzero byte into 1, in place, eight bytes at a
-// time: or-ing each byte's bits down into its bit 0 (bits shifted in from
-// the next byte land above bit 0) and keeping bit 0. Words of zeros, most
-// of a nodule mask, are only read.
-func maskBits(p []uint8) {
-	const ones = 0x0101010101010101
-	for len(p) >= 8 {
-		if w := binary.LittleEndian.Uint64(p); w != 0 {
-			w |= w >> 4
-			w |= w >> 2
-			w |= w >> 1
-			binary.LittleEndian.PutUint64(p, w&ones)
-		}
-		p = p[8:]
-	}
-	for k, v := range p {
-		if v != 0 {
-			p[k] = 1
-		}
-	}
 }

@@ -146,7 +146,7 @@ func TestHUFromFloatsDeclineNonFinite(t *testing.T) {
 			}
 			binary.LittleEndian.PutUint64(b8[8*pos:], math.Float64bits(bad64[k]))
 			binary.LittleEndian.PutUint32(b4[4*pos:], math.Float32bits(bad32[k]))
-			if huFromF8(make([]int16, 10), b8) || huFromF4(make([]int16, 10), b4) {
+			if huFromF8(make([]int16, 10), b8, &clamped{}, 0) || huFromF4(make([]int16, 10), b4, &clamped{}, 0) {
 				t.Errorf("value %d at %d accepted", k, pos)
 			}
 		}
@@ -154,8 +154,12 @@ func TestHUFromFloatsDeclineNonFinite(t *testing.T) {
 	b8 := make([]byte, 80)
 	binary.LittleEndian.PutUint64(b8[8*9:], math.Float64bits(-1e300))
 	dst := make([]int16, 10)
-	if !huFromF8(dst, b8) || dst[9] != math.MinInt16 {
+	var cl clamped
+	if !huFromF8(dst, b8, &cl, 100) || dst[9] != math.MinInt16 {
 		t.Errorf("finite values refused or converted to %v", dst)
+	}
+	if cl != (clamped{n: 1, first: 109, val: -1e300}) {
+		t.Errorf("clamped %+v, want one at pixel 109", cl)
 	}
 }
 
@@ -169,32 +173,25 @@ func BenchmarkHUFromF8(b *testing.B) {
 	dst := make([]int16, n)
 	b.SetBytes(int64(len(raw)))
 	for b.Loop() {
-		if !huFromF8(dst, raw) {
+		if !huFromF8(dst, raw, &clamped{}, 0) {
 			b.Fatal("refused")
 		}
 	}
 }
 
-// TestMaskBits checks maskBits against a byte-by-byte != 0 on every byte
+// TestMaskIs01 checks maskIs01 against a byte-by-byte check on every byte
 // value in every position of a word and on lengths that leave a tail.
-func TestMaskBits(t *testing.T) {
+func TestMaskIs01(t *testing.T) {
 	for n := range 20 {
 		for pos := range n {
 			for v := range 256 {
 				p := make([]uint8, n)
 				for k := range p {
-					p[k] = uint8(k * 37 % 3) // some zeros, ones and twos around
+					p[k] = uint8(k * 37 % 2) // zeros and ones around
 				}
 				p[pos] = uint8(v)
-				want := make([]uint8, n)
-				for k, x := range p {
-					if x != 0 {
-						want[k] = 1
-					}
-				}
-				maskBits(p)
-				if string(p) != string(want) {
-					t.Fatalf("n %d, %d at %d: got %v, want %v", n, v, pos, p, want)
+				if got := maskIs01(p); got != (v <= 1) {
+					t.Fatalf("n %d, %d at %d: maskIs01 %v", n, v, pos, got)
 				}
 			}
 		}

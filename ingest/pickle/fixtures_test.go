@@ -88,6 +88,10 @@ var rowErrs = map[string]map[int]string{
 	"broken_ndim3.pkl":      {3: "shape [1 16 16] is not 2-D"},
 	"broken_cell_none.pkl":  {1: "mask: pickle: bad array cell: cell is a None"},
 	"broken_huge_shape.pkl": {0: "100000×100000 exceeds"},
+	// Masks must be 0/1 (issue 15).
+	"p2_dtypes.pkl":          {1: "mask value 3 at pixel 132 (row 8, col 4) is not 0 or 1 (20 of 256 pixels are neither)"},
+	"p5_dtypes.pkl":          {1: "mask value 3 at pixel 132 (row 8, col 4) is not 0 or 1"},
+	"broken_mask_values.pkl": {1: "mask value 0.5 at pixel 35 (row 2, col 3)", 2: "mask value 2 at pixel 68 (row 4, col 4)", 3: "mask value -1 at pixel 1 (row 0, col 1)", 4: "mask value -1 at pixel 86 (row 5, col 6)"},
 }
 
 // openErrs lists the fixtures Open must refuse.
@@ -169,7 +173,10 @@ func TestFixturesMatchPandas(t *testing.T) {
 // positions, HU rounded to int16, masks, and per-row errors that do not
 // stop the reader.
 func TestReadItems(t *testing.T) {
-	itemErrs := map[string]map[int]string{"broken_nan.pkl": {2: "non-finite HU value NaN at pixel 53 (row 3, col 5)"}}
+	itemErrs := map[string]map[int]string{
+		"broken_nan.pkl":      {2: "non-finite HU value NaN at pixel 53 (row 3, col 5)"},
+		"broken_hu_range.pkl": {2: "every HU value is outside the int16 range [-32768, 32767] (the first is -1e+12 at pixel 0 (row 0, col 0))"},
+	}
 	for name, errs := range rowErrs {
 		itemErrs[name] = errs
 	}

@@ -225,6 +225,19 @@ func (f *File) interpret(v any) error {
 		}
 		return 0, false
 	}
+	// A used column twice: which one is the truth (or the image) cannot
+	// be told, so the file is refused.
+	for _, name := range []string{ColLabel, ColMask, ColHU, ColHULung} {
+		var at []string
+		for i, c := range f.columns {
+			if c == name {
+				at = append(at, strconv.Itoa(i))
+			}
+		}
+		if len(at) > 1 {
+			return fmt.Errorf("%w: column %s appears %d times (positions %s); which one to use is ambiguous", ErrLayout, name, len(at), strings.Join(at, ", "))
+		}
+	}
 	arrays := func(name string, required bool) ([]any, error) {
 		p, ok := find(name)
 		switch {
@@ -525,13 +538,26 @@ func (f *File) raw(data any, want int) ([]byte, error) {
 			return nil, fmt.Errorf("%w: %d data bytes, the shape needs %d", ErrCell, len(d), want)
 		}
 		return d, nil
-	case *span:
-		ok := d.n == int64(want)
-		if d.enc == encLatin1 { // 1 or 2 UTF-8 bytes per data byte
-			ok = d.n >= int64(want) && d.n <= 2*int64(want)
+	case string: // a short str, kept in the frame's structure
+		b := []byte(d)
+		n, err := decodeLatin1(b)
+		if err != nil {
+			return nil, err
 		}
-		if !ok || d.enc == encUTF8 {
+		if n != want {
+			return nil, fmt.Errorf("%w: array data is a str of %d characters, the shape needs %d bytes", ErrCell, n, want)
+		}
+		return b[:n], nil
+	case *span:
+		// A str (protocol 2's _codecs.encode, or a plain str at any
+		// protocol) gives numpy its code points as bytes (latin1): one or
+		// two UTF-8 bytes a data byte.
+		text := d.enc != encRaw
+		if !text && d.n != int64(want) {
 			return nil, fmt.Errorf("%w: %d data bytes, the shape needs %d", ErrCell, d.n, want)
+		}
+		if text && (d.n < int64(want) || d.n > 2*int64(want)) {
+			return nil, fmt.Errorf("%w: array data is a str of %d UTF-8 bytes, which cannot be the %d bytes the shape needs", ErrCell, d.n, want)
 		}
 		if cap(f.buf) < int(d.n) {
 			f.buf = make([]byte, d.n)
@@ -540,13 +566,13 @@ func (f *File) raw(data any, want int) ([]byte, error) {
 		if _, err := f.r.ReadAt(b, d.off); err != nil {
 			return nil, fmt.Errorf("reading %d bytes at offset %d: %w", d.n, d.off, err)
 		}
-		if d.enc == encLatin1 {
+		if text {
 			n, err := decodeLatin1(b)
 			if err != nil {
 				return nil, err
 			}
 			if n != want {
-				return nil, fmt.Errorf("%w: %d data bytes, the shape needs %d", ErrCell, n, want)
+				return nil, fmt.Errorf("%w: array data is a str of %d characters, the shape needs %d bytes", ErrCell, n, want)
 			}
 			b = b[:n]
 		}
@@ -568,7 +594,7 @@ func decodeLatin1(b []byte) (int, error) {
 			c = (c&0x1f)<<6 | b[i+1]&0x3f
 			i += 2
 		default:
-			return 0, fmt.Errorf("%w: array text is not latin1", ErrCell)
+			return 0, fmt.Errorf("%w: array data is a str with a character above U+00FF (numpy takes a str's characters as bytes)", ErrCell)
 		}
 		b[n] = c
 		n++
@@ -641,8 +667,9 @@ type Row struct {
 	Label string
 	// Rows and Cols are the slice size.
 	Rows, Cols int
-	// Mask is the mask column, nonzero values as 1; nil when the frame has
-	// no mask column. Write needs it.
+	// Mask is the mask column; nil when the frame has no mask column.
+	// Row refuses a mask with a value other than 0 and 1 (bool, any
+	// integer dtype, or floats exactly 0.0 and 1.0). Write needs it.
 	Mask *imgx.Mask
 	// HU is hu_array_old in row-major order, as floats exactly as stored
 	// (NaN included).
@@ -655,8 +682,8 @@ type Row struct {
 // Row reads row i: its label and arrays, converted to float64 row-major
 // (Fortran-ordered cells are transposed). It fails when a cell is not a
 // numeric 2-D array within imgx.MaxSide, when the data does not match the
-// declared shape, or when mask and hu_array_old differ in shape; NaN is
-// returned as is (Read rejects it).
+// declared shape, when mask and hu_array_old differ in shape, or when a
+// mask value is not 0 or 1; NaN HU is returned as is (Read rejects it).
 func (f *File) Row(i int) (*Row, error) {
 	r, err := f.row(i, true, false)
 	if err != nil {
@@ -678,7 +705,9 @@ func (f *File) row(i int, lung, reuse bool) (*Row, error) {
 		if err != nil {
 			return r, fmt.Errorf("%s: %w", ColLabel, err)
 		}
-		r.Label = s
+		if _, missing := labelWarning(f.label[i]); !missing { // None, NaN: no label
+			r.Label = s
+		}
 	}
 	var err error
 	defer func() {
@@ -705,10 +734,21 @@ func (f *File) row(i int, lung, reuse bool) (*Row, error) {
 			return r, fmt.Errorf("%w: %s is %d×%d but %s is %d×%d", ErrCell, ColMask, rows, cols, ColHU, r.Rows, r.Cols)
 		}
 		r.Mask = imgx.NewMask(rows, cols)
+		bad, first := 0, -1
 		for k, x := range v {
-			if x != 0 { // NaN counts as set, as numpy's != 0 does
+			switch x {
+			case 0:
+			case 1:
 				r.Mask.Pix[k] = 1
+			default: // 0.5, 2, -1, NaN: not a mask value
+				if bad++; first < 0 {
+					first = k
+				}
 			}
+		}
+		if bad > 0 {
+			return r, fmt.Errorf("%w: %s value %v at pixel %d (row %d, col %d) is not 0 or 1 (%d of %d pixels are neither)",
+				ErrCell, ColMask, v[first], first, first/cols, first%cols, bad, len(v))
 		}
 	}
 	if lung && f.hulung != nil {

@@ -3,6 +3,8 @@ package pickle
 import (
 	"context"
 	"fmt"
+	"math"
+	"strings"
 
 	"github.com/lungseg/lungseg/ingest"
 	"github.com/lungseg/lungseg/pkg/imgx"
@@ -42,6 +44,12 @@ func (f *File) Emit(ctx context.Context, fn ingest.EmitFunc) error {
 }
 
 // Item decodes row i into an ingest.Item (Err set when the row is bad).
+//
+// What it accepts but changes goes into Meta.Warnings: a label1 that is
+// not a str (an int or float is used as text, None or NaN leaves the
+// slice without a label), and HU values outside the int16 range, which
+// are clamped (a row whose every value is outside is an error). A mask
+// value other than 0 and 1, like a non-finite HU, is an error.
 func (f *File) Item(i int) ingest.Item {
 	meta := &lungsegv1.SliceMeta{
 		Id:             f.id(i),
@@ -50,24 +58,76 @@ func (f *File) Item(i int) ingest.Item {
 		SlicePosition:  float64(i),
 	}
 	it := ingest.Item{Meta: meta}
-	if label, hu, mask, ok := f.fastItem(i); ok {
-		meta.Label = label
-		meta.Rows, meta.Cols = int32(hu.Rows), int32(hu.Cols)
-		it.HU, it.Mask = hu, mask
-		return it
+	var missingLabel bool
+	if f.label != nil {
+		var w string
+		if w, missingLabel = labelWarning(f.label[i]); w != "" {
+			meta.Warnings = append(meta.Warnings, w)
+		}
 	}
-	r, err := f.row(i, false, true)
-	if r != nil {
-		meta.Label = r.Label
-	}
-	if err == nil {
-		it.HU, err = imgx.HUFromFloat(r.Rows, r.Cols, r.HU)
-	}
-	if err != nil {
+	fail := func(err error) ingest.Item {
+		it.HU, it.Mask = nil, nil
 		it.Err = &RowError{Row: i, ID: meta.Id, Err: err}
 		return it
 	}
-	meta.Rows, meta.Cols = int32(r.Rows), int32(r.Cols)
-	it.Mask = r.Mask
+	var cl clamped
+	if label, hu, mask, c, ok := f.fastItemClamped(i); ok {
+		meta.Label = label
+		meta.Rows, meta.Cols = int32(hu.Rows), int32(hu.Cols)
+		it.HU, it.Mask, cl = hu, mask, c
+	} else {
+		r, err := f.row(i, false, true)
+		if r != nil {
+			meta.Label = r.Label
+		}
+		if err == nil {
+			for k, x := range r.HU {
+				cl.add(x, k)
+			}
+			it.HU, err = imgx.HUFromFloat(r.Rows, r.Cols, r.HU)
+		}
+		if err != nil {
+			return fail(err)
+		}
+		meta.Rows, meta.Cols = int32(r.Rows), int32(r.Cols)
+		it.Mask = r.Mask
+	}
+	if missingLabel {
+		meta.Label = ""
+	}
+	if cl.n > 0 {
+		n, cols := len(it.HU.Pix), it.HU.Cols
+		where := fmt.Sprintf("%g at pixel %d (row %d, col %d)", cl.val, cl.first, cl.first/cols, cl.first%cols)
+		if cl.n == n {
+			return fail(fmt.Errorf("%w: %s: every HU value is outside the int16 range [-32768, 32767] (the first is %s)", ErrCell, ColHU, where))
+		}
+		meta.Warnings = append(meta.Warnings, fmt.Sprintf("%s: %d of %d HU values outside the int16 range clamped to it (the first is %s)", ColHU, cl.n, n, where))
+	}
 	return it
+}
+
+// labelWarning says what is odd about a label1 cell, if anything, and
+// whether it stands for no label at all (None, NaN).
+func labelWarning(v any) (warning string, missing bool) {
+	switch x := v.(type) {
+	case string:
+		return "", false
+	case *span:
+		if x.enc != encRaw {
+			return "", false
+		}
+		return ColLabel + " is bytes, not a str; used as text", false
+	case nil:
+		return ColLabel + " is None: the slice has no label", true
+	case float64:
+		if math.IsNaN(x) {
+			return ColLabel + " is NaN (a missing value): the slice has no label", true
+		}
+		return fmt.Sprintf("%s is a float (%s), not a str; used as text", ColLabel, pyFloat(x)), false
+	}
+	article := "a"
+	if tn := typeName(v); tn != "" && strings.ContainsRune("aeiou", rune(tn[0])) {
+		article = "an"
+	}
+	return fmt.Sprintf("%s is %s %s (%v), not a str; used as text", ColLabel, article, typeName(v), v), false
 }

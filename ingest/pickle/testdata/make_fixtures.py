@@ -75,6 +75,21 @@ class LyingArray:
         )
 
 
+class StrArray:
+    """Pickles as numpy does, with the data as a str rather than bytes
+    (numpy's __setstate__ accepts it, taking each character as a byte)."""
+
+    def __init__(self, shape, dtype, text):
+        self.shape, self.dtype, self.text = shape, dtype, text
+
+    def __reduce__(self):
+        return (
+            np.core.multiarray._reconstruct,
+            (np.ndarray, (0,), b"b"),
+            (1, self.shape, self.dtype, False, self.text),
+        )
+
+
 class LegacyFrame:
     """Pickles a frame as pandas before 1.4 did: NEWOBJ on DataFrame and
     BlockManager, the manager's state being the "0.14.1" tuple (which
@@ -209,7 +224,7 @@ def main():
         hu = hu.astype(hdt)
         mask = blob(rng, (16, 16)).astype(mdt)
         if i == 1:
-            mask = mask * 3  # nonzero values other than 1
+            mask = mask * 3  # values other than 0 and 1: the reader refuses the row
         rows.append({"label1": LABELS[i % 4], "mask": mask, "hu_array_old": hu, "hu_array": hu})
     good("p2_dtypes.pkl", pd.DataFrame(rows), 2)
     good("p5_dtypes.pkl", pd.DataFrame(rows), 5)
@@ -253,6 +268,52 @@ def main():
         f.write(b[: len(b) // 2])
 
     save("broken_not_frame.pkl", {"label1": "LR2", "rows": [1, 2, 3]}, 4)
+
+    # What an outside probe found accepted without a word (issue 15).
+    rng = np.random.default_rng(15)
+    # Masks must be 0/1: bool, integers, or floats exactly 0.0 and 1.0.
+    rows = make_rows(rng, 6)
+    rows[0]["mask"] = rows[0]["mask"].astype(np.float64)  # 0.0/1.0: fine
+    rows[1]["mask"] = rows[1]["mask"].astype(np.float64)
+    rows[1]["mask"][2, 3] = 0.5
+    rows[2]["mask"][4, 4] = 2
+    rows[3]["mask"][0, 1] = -1
+    rows[4]["mask"] = rows[4]["mask"].astype(np.float32)
+    rows[4]["mask"][5, 6] = -1.0
+    rows[5]["mask"] = rows[5]["mask"].astype(np.bool_)  # fine
+    good("broken_mask_values.pkl", pd.DataFrame(rows), 4)
+
+    # HU beyond int16: clamped with a warning; a row with nothing else is
+    # an error.
+    rows = make_rows(rng, 3)
+    rows[1]["hu_array_old"][3, 4] = 1e12
+    rows[1]["hu_array_old"][5, 6] = -1e12
+    rows[2]["hu_array_old"][:, :] = -1e12
+    good("broken_hu_range.pkl", pd.DataFrame(rows), 4)
+
+    # label1 that is not a str: an int, None, NaN, a float.
+    rows = make_rows(rng, 5)
+    for r, v in zip(rows, ["LR2", 3, None, float("nan"), 2.5]):
+        r["label1"] = v
+    good("broken_labels.pkl", pd.DataFrame(rows), 4)
+
+    # Array data as a str (numpy takes its characters as latin1 bytes), at
+    # protocol 4: the mask of row 1.
+    rows = make_rows(rng, 3)
+    m = rows[1]["mask"]
+    rows[1]["mask"] = StrArray(m.shape, m.dtype, m.tobytes().decode("latin1"))
+    good("p4_str_data.pkl", pd.DataFrame(rows), 4)
+    # ... and one with a character numpy cannot turn into a byte.
+    rows = make_rows(rng, 3)
+    rows[1]["mask"] = StrArray((16, 16), np.dtype("i1"), "\u0100" + "\x00" * 255)
+    save("broken_str_data.pkl", pd.DataFrame(rows), 4)
+
+    # Two mask columns: which one is the truth cannot be told.
+    rows = make_rows(rng, 3)
+    df = pd.DataFrame(rows)
+    df.insert(4, "dup", [r["mask"] for r in rows])
+    df.columns = ["label1", "mask", "hu_array_old", "hu_array", "mask"]
+    save("broken_duplicate_mask.pkl", df, 4)
 
     for name, proto in readable:
         d = digest_file(os.path.join(HERE, name))

@@ -15,8 +15,10 @@ halves, the largest double below 0.5, the int16 limits, huge values, -0.0,
 subnormals. hu_int16.json holds, for each row, the SHA-256 of the HU that
 numpy computes independently of the Go code (rounded half away from zero,
 clipped to int16, little-endian int16 bytes) and of the mask as 0/1 uint8,
-plus whether the row is in the fast layout. One row holds +inf, which the
-reader must refuse with the general path's message.
+plus whether the row is in the fast layout. One row holds +inf and two
+have mask values other than 0 and 1, which the reader must refuse with the
+general path's message. HU values outside int16 are clamped (the reader
+adds a warning to the slice).
 """
 import hashlib
 import json
@@ -70,11 +72,11 @@ def main():
         flat[: len(edges)] = edges
         return hu.astype(dtype)
 
-    def mask_values(dtype):
+    def mask_values(dtype, bad=False):
         m = (rng.random(SHAPE) > 0.8).astype(np.int16)
-        if dtype == np.int8:
+        if bad and dtype == np.int8:
             m[0, :4] = [1, -1, 2, -128]
-        if dtype == np.uint8:
+        if bad and dtype == np.uint8:
             m[0, :3] = [1, 255, 7]
         return m.astype(dtype)
 
@@ -87,6 +89,12 @@ def main():
     bad = hu_values("<f8")
     bad[2, 7] = np.inf
     add("LR4A", bad, mask_values(np.int8), True, error="non-finite HU value +Inf at pixel 47 (row 2, col 7)")
+    # Masks of values other than 0 and 1: the fast path declines them and
+    # the general path names the first.
+    add("LR4B", hu_values("<f8"), mask_values(np.int8, bad=True), True,
+        error="mask value -1 at pixel 1 (row 0, col 1) is not 0 or 1 (3 of 480 pixels are neither)")
+    add("LR2", hu_values("<f4"), mask_values(np.uint8, bad=True), True,
+        error="mask value 255 at pixel 1 (row 0, col 1) is not 0 or 1 (2 of 480 pixels are neither)")
 
     df = pd.DataFrame(rows)
     with open(os.path.join(HERE, "hu_int16.pkl"), "wb") as f:

@@ -47,7 +47,9 @@ def digest_frame(df, protocol=None):
         r = df.iloc[i]
         row = {"id": _label(df.index[i])}
         if "label1" in df.columns:
-            row["label"] = str(r["label1"])
+            v = r["label1"]
+            # None and NaN (a missing value) are no label for the Go reader.
+            row["label"] = "" if v is None or (isinstance(v, float) and v != v) else str(v)
         for col, key in (("mask", "mask"), ("hu_array_old", "hu"), ("hu_array", "hulung")):
             if col not in df.columns:
                 continue
@@ -57,7 +59,7 @@ def digest_frame(df, protocol=None):
                 continue
             row[key + "_dtype"] = v.dtype.str
             if key == "mask":
-                # The Go reader maps any nonzero value to 1.
+                # The Go reader refuses values other than 0 and 1.
                 row[key + "_sha256"] = _sha(np.ascontiguousarray(v != 0, dtype=np.uint8))
             else:
                 row[key + "_sha256"] = _sha(np.ascontiguousarray(v, dtype="<f8"))
