@@ -4,13 +4,16 @@ import (
 	"context"
 	"crypto/sha256"
 	"encoding/hex"
+	"errors"
 	"fmt"
 	"time"
 
 	"github.com/lungseg/lungseg/pkg/bus"
 	"github.com/lungseg/lungseg/pkg/imgx"
+	"github.com/lungseg/lungseg/pkg/objref"
 	"github.com/lungseg/lungseg/pkg/stage"
 	lungsegv1 "github.com/lungseg/lungseg/proto/lungseg/v1"
+	"github.com/nats-io/nats.go"
 	"github.com/nats-io/nats.go/jetstream"
 	"google.golang.org/protobuf/proto"
 )
@@ -157,13 +160,22 @@ func (s *Stage) Process(ctx context.Context, m *stage.Msg, e stage.Emitter) erro
 		MsgID: bus.MsgID(job.ReplayId, fmt.Sprintf("job-%d", job.JobIndex), "ingest-done", "")})
 }
 
-// failPublish reports a slice that could not be published (stored or
-// sent) as a failure of that slice, naming the input, so that the rest of
-// the job goes on and the replay counts it; only when even the report
-// cannot be published (the bus is down) does the job fail, to be retried.
+// failPublish handles a slice that could not be published (stored or
+// sent). A failure that is the slice's own (over the payload or object
+// limit) is reported as a failure of that slice, naming the input, and the
+// rest of the job goes on; the replay counts it. A failure of the bus (a
+// timeout, a full stream) fails the job with the input named, to be
+// retried from the start, the slices already published being deduped.
 func (s *Stage) failPublish(ctx context.Context, fail func(error) error, path, id string, err error) error {
-	if ctx.Err() != nil {
+	err = fmt.Errorf("ingest: publishing slice %s of %s: %w", id, path, err)
+	if ctx.Err() != nil || !sliceFault(err) {
 		return err
 	}
-	return fail(fmt.Errorf("ingest: publishing slice %s of %s: %w", id, path, err))
+	return fail(err)
+}
+
+// sliceFault reports whether a publish error is about the slice itself,
+// so that retrying cannot help.
+func sliceFault(err error) bool {
+	return errors.Is(err, nats.ErrMaxPayload) || errors.Is(err, objref.ErrTooLarge) || stage.IsPermanent(err)
 }

@@ -23,6 +23,7 @@ import (
 	"time"
 
 	"github.com/lungseg/lungseg/pkg/bus"
+	"github.com/lungseg/lungseg/pkg/objref"
 	"github.com/lungseg/lungseg/pkg/imgx"
 	"github.com/lungseg/lungseg/pkg/lungfield"
 	"github.com/lungseg/lungseg/pkg/model"
@@ -66,9 +67,10 @@ type Stage struct {
 	Objects PixelSource
 }
 
-// maxOutput is the largest ModelOutput published, leaving room for
-// headers under the payload limit.
-const maxOutput = bus.MaxPayload - 16<<10
+// maxOutput is the largest ModelOutput published; one over the message
+// limit (the 2 MiB mask and lung field of a 4096² slice) goes by object
+// reference (stage.Publish, package objref).
+const maxOutput = objref.MaxObject
 
 // Predict runs the model on one input, averaging over horizontal and
 // vertical flips when tta is set.
@@ -181,15 +183,15 @@ func (s *Stage) output(in *lungsegv1.ModelInput, prob []float32, h, w int) *lung
 	}
 }
 
-// emit publishes an output on lung.masks.<model>, refusing one over the
-// message limit.
+// emit publishes an output on lung.masks.<model>, refusing one over
+// maxOutput.
 func (s *Stage) emit(ctx context.Context, e stage.Emitter, out *lungsegv1.ModelOutput) error {
 	b, err := proto.Marshal(out)
 	if err != nil {
 		return err
 	}
 	if len(b) > maxOutput {
-		return stage.Permanentf("segment: slice %s: output of %s is %d bytes, over the %d-byte message limit", out.Meta.Id, out.Model, len(b), maxOutput)
+		return stage.Permanentf("segment: slice %s: output of %s is %d bytes, over the %d-byte object limit", out.Meta.Id, out.Model, len(b), maxOutput)
 	}
 	return e.Emit(ctx, stage.Out{Subject: bus.MasksSubject(s.Card.Name), Data: b,
 		SliceID: out.Meta.Id, ReplayID: out.Meta.ReplayId, Model: out.Model})

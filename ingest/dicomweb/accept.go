@@ -49,7 +49,6 @@ const (
 )
 
 const (
-	maxSlicePayload       = bus.MaxPayload - 16<<10
 	defaultPublishTimeout = 30 * time.Second
 )
 
@@ -220,13 +219,12 @@ func (a *Acceptor) Accept(ctx context.Context, name string, b []byte, wantStudy 
 		if err != nil {
 			return nil, &Rejection{Reason: ReasonProcessingFailure, Err: err}
 		}
-		if len(data) > maxSlicePayload {
-			rej := reject(ReasonOutOfResources, fmt.Errorf("dicomweb: %s frame %d is %d bytes as a message, over the %d-byte limit", name, i+1, len(data), maxSlicePayload))
+		// A frame over the message limit (over about 700×700) goes by
+		// object reference: stage.Publish stores it in the pixel bucket.
+		if err := a.publish(ctx, stage.Out{Subject: bus.SubjRaw, Data: data, SliceID: id, ReplayID: a.ReplayID}); err != nil {
+			rej := &Rejection{Reason: ReasonOutOfResources, Err: fmt.Errorf("dicomweb: storing %s: %w", name, err)}
 			a.report(ctx, id, name, rej)
 			return nil, rej
-		}
-		if err := a.publish(ctx, stage.Out{Subject: bus.SubjRaw, Data: data, SliceID: id, ReplayID: a.ReplayID}); err != nil {
-			return nil, &Rejection{Reason: ReasonOutOfResources, Err: fmt.Errorf("dicomweb: storing %s: %w", name, err)}
 		}
 		inst.SliceIDs = append(inst.SliceIDs, id)
 	}

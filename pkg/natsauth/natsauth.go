@@ -233,12 +233,6 @@ func objectStore(bucket string, write bool) []string {
 	return out
 }
 
-// openStore returns the subject a client needs to open a bucket it does
-// not use (a stage process opens the pixel bucket whatever its stages).
-func openStore(bucket string) []string {
-	return []string{"$JS.API.STREAM.INFO.OBJ_" + bucket}
-}
-
 // keyValue returns the subjects a client needs to open a key-value
 // bucket, get, put and purge keys, and list or watch them.
 func keyValue(bucket string) []string {
@@ -306,12 +300,15 @@ func Permissions(role string) (*server.Permissions, error) {
 	case RoleSegment:
 		// One durable per model (segment-<model>): any consumer of READY.
 		// Reads the native HU a cascade input references in the pixel
-		// bucket; never writes it.
+		// bucket, and every message over the payload limit (pkg/objref);
+		// writes its own outputs over the limit there.
 		pub = append(consume(bus.StreamReady, "*"), bus.PrefixMasks+">", errs("segment"))
-		pub = append(pub, objectStore(bus.PixelsBucket, false)...)
+		pub = append(pub, objectStore(bus.PixelsBucket, true)...)
 	case RoleScore:
+		// Outputs and scores over the payload limit go by the pixel
+		// bucket (pkg/objref).
 		pub = append(consume(bus.StreamMasks, "score"), bus.PrefixScores+">", errs("score"))
-		pub = append(pub, openStore(bus.PixelsBucket)...)
+		pub = append(pub, objectStore(bus.PixelsBucket, true)...)
 	case RoleFindings:
 		// Scores (durable findings), the HU of raw slices (findings-hu),
 		// the series state bucket; publishes findings and alerts. A
@@ -319,7 +316,9 @@ func Permissions(role string) (*server.Permissions, error) {
 		pub = append(consume(bus.StreamScores, "findings"), consume(bus.StreamRaw, "findings-hu")...)
 		pub = append(pub, keyValue(FindingsBucket)...)
 		pub = append(pub, bus.PrefixFindings+">", bus.PrefixAlerts+">", errs("findings"), errs("findings-hu"))
-		pub = append(pub, openStore(bus.PixelsBucket)...)
+		// Large scores and slices, and series slices over the KV value
+		// limit, are in the pixel bucket (pkg/objref).
+		pub = append(pub, objectStore(bus.PixelsBucket, true)...)
 		pub = append(pub, webhookPub()...)
 	case RoleWebhook:
 		// webhook.Run in a process of its own (pipeline.Run opens the
@@ -336,12 +335,17 @@ func Permissions(role string) (*server.Permissions, error) {
 		pub = append(pub, createStream("KV_"+bus.StudiesBucket)...)
 		pub = append(pub, objectStore(segBucket, true)...)
 		pub = append(pub, createStream("OBJ_"+segBucket)...)
+		// Frames over the payload limit and large scores go by the pixel
+		// bucket (pkg/objref).
+		pub = append(pub, objectStore(bus.PixelsBucket, true)...)
 		pub = append(pub, AccountInfo)
 	case RoleReplay:
 		pub = []string{bus.SubjIngestJobs}
 		for _, s := range []string{bus.StreamScores, bus.StreamErrors, bus.StreamEvents} {
 			pub = append(pub, ordered(s)...)
 		}
+		// Scores of large slices come by reference (pkg/objref).
+		pub = append(pub, objectStore(bus.PixelsBucket, false)...)
 	case RoleDLQ:
 		// Captures advisories, reads the dead message from its stream,
 		// writes the dead-letter stream and re-drives messages to the

@@ -62,10 +62,10 @@ func roleJS(t *testing.T, url, role string, onErr nats.ErrHandler) jetstream.Jet
 }
 
 // TestPixelStoreRights checks what each role may do with the pixel
-// bucket's objects: ingest stores slices' pixels, preprocess reads them
-// and stores a cascade input's native HU (native/<replay>/<id>), segment
-// reads that HU but cannot write, and the later stages only open the
-// bucket.
+// bucket's objects: every stage and the DICOM receivers read and write
+// it (pixels, a cascade input's native HU, any message over the payload
+// limit: pkg/objref), replay only reads it (large scores), and a webhook
+// cannot open it.
 func TestPixelStoreRights(t *testing.T) {
 	url := startUsers(t)
 	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
@@ -86,10 +86,11 @@ func TestPixelStoreRights(t *testing.T) {
 	}{
 		{natsauth.RoleIngest, true, true, true},
 		{natsauth.RolePreprocess, true, true, true},
-		{natsauth.RoleSegment, true, true, false},
-		{natsauth.RoleScore, true, false, false},
-		{natsauth.RoleFindings, true, false, false},
-		{natsauth.RoleReplay, false, false, false},
+		{natsauth.RoleSegment, true, true, true},
+		{natsauth.RoleScore, true, true, true},
+		{natsauth.RoleFindings, true, true, true},
+		{natsauth.RoleReceive, true, true, true},
+		{natsauth.RoleReplay, true, true, false},
 		{natsauth.RoleWebhook, false, false, false},
 	} {
 		t.Run(tc.role, func(t *testing.T) {

@@ -59,6 +59,8 @@ var (
 	ErrMissing = errors.New("objref: referenced object is gone")
 	ErrDigest  = errors.New("objref: object fails its sha256")
 	ErrNoStore = errors.New("objref: no object store")
+	// ErrTooLarge is a body over MaxObject.
+	ErrTooLarge = errors.New("objref: body over the object limit")
 )
 
 // IsRef reports whether body is a reference.
@@ -98,7 +100,7 @@ func Offload(ctx context.Context, js jetstream.JetStream, name string, body []by
 		return body, nil, nil
 	}
 	if len(body) > MaxObject {
-		return nil, nil, fmt.Errorf("objref: body of %d bytes is over the %d-byte object limit", len(body), MaxObject)
+		return nil, nil, fmt.Errorf("%w: %d bytes, limit %d", ErrTooLarge, len(body), MaxObject)
 	}
 	st, err := Store(ctx, js)
 	if err != nil {

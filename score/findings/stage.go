@@ -11,6 +11,7 @@ import (
 	"time"
 
 	"github.com/lungseg/lungseg/pkg/bus"
+	"github.com/lungseg/lungseg/pkg/objref"
 	"github.com/lungseg/lungseg/pkg/imgx"
 	"github.com/lungseg/lungseg/pkg/stage"
 	lungsegv1 "github.com/lungseg/lungseg/proto/lungseg/v1"
@@ -179,7 +180,13 @@ func (s *Stage) Process(ctx context.Context, m *stage.Msg, e stage.Emitter) erro
 	if err != nil {
 		return err
 	}
-	if _, err := s.kv.Put(ctx, "s."+key+"."+hash(meta.Id), v); err != nil {
+	// A 4096² slice's predicted mask is 2 MiB: over the limit it waits
+	// in the pixel bucket, and the key holds a reference.
+	kvKey := "s." + key + "." + hash(meta.Id)
+	if v, _, err = objref.Offload(ctx, s.js, StageName+"|"+kvKey, v); err != nil {
+		return fmt.Errorf("findings: storing slice %s: %w", meta.Id, err)
+	}
+	if _, err := s.kv.Put(ctx, kvKey, v); err != nil {
 		return fmt.Errorf("findings: storing slice %s: %w", meta.Id, err)
 	}
 	s.touch(key, s.cfg.QuietPeriod)
@@ -415,7 +422,14 @@ func (s *Stage) completeCount(ctx context.Context, key string, force bool) (int,
 			last = e.Created()
 		}
 		var ss lungsegv1.SeriesSlice
-		if err := proto.Unmarshal(e.Value(), &ss); err != nil {
+		v, err := objref.Resolve(ctx, s.js, e.Value())
+		if err != nil && !objref.IsPermanent(err) {
+			return 0, 0, fmt.Errorf("findings: reading %s: %w", e.Key(), err)
+		}
+		if err == nil {
+			err = proto.Unmarshal(v, &ss)
+		}
+		if err != nil {
 			s.log.Error().Err(err).Str("key", e.Key()).Msg("dropping undecodable series slice")
 			continue
 		}

@@ -1,0 +1,200 @@
+package objref_test
+
+import (
+	"bytes"
+	"context"
+	"errors"
+	"math/rand/v2"
+	"testing"
+	"time"
+
+	"github.com/lungseg/lungseg/pkg/bus"
+	"github.com/lungseg/lungseg/pkg/bustest"
+	"github.com/lungseg/lungseg/pkg/objref"
+	"github.com/lungseg/lungseg/pkg/stage"
+	lungsegv1 "github.com/lungseg/lungseg/proto/lungseg/v1"
+	"github.com/nats-io/nats.go/jetstream"
+	"github.com/rs/zerolog"
+	"google.golang.org/protobuf/proto"
+)
+
+func start(t *testing.T) (*bustest.Env, jetstream.ObjectStore) {
+	t.Helper()
+	env := bustest.Start(t)
+	st, err := bus.PixelStore(context.Background(), env.JS, bus.StreamOptions{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	return env, st
+}
+
+func body(n int, seed uint64) []byte {
+	r := rand.New(rand.NewPCG(seed, 1))
+	b := make([]byte, n)
+	for i := range b {
+		b[i] = byte(r.Uint32())
+	}
+	return b
+}
+
+// TestOffloadRoundTrip: a body at the limit stays inline, one over it is
+// stored and comes back byte for byte.
+func TestOffloadRoundTrip(t *testing.T) {
+	env, _ := start(t)
+	ctx := context.Background()
+	small := body(objref.Limit, 1)
+	got, ref, err := objref.Offload(ctx, env.JS, "a", small)
+	if err != nil || ref != nil || !bytes.Equal(got, small) {
+		t.Fatalf("body at the limit: ref %v, err %v, same %v", ref, err, bytes.Equal(got, small))
+	}
+	large := body(3<<20, 2)
+	rb, ref, err := objref.Offload(ctx, env.JS, "b", large)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if ref == nil || !objref.IsRef(rb) || len(rb) > 512 || ref.Size != int64(len(large)) {
+		t.Fatalf("reference %v, %d bytes", ref, len(rb))
+	}
+	back, err := objref.Resolve(ctx, env.JS, rb)
+	if err != nil || !bytes.Equal(back, large) {
+		t.Fatalf("resolved %d bytes, err %v", len(back), err)
+	}
+	// Not a reference: returned as is.
+	if b, err := objref.Resolve(ctx, env.JS, small); err != nil || !bytes.Equal(b, small) {
+		t.Fatalf("plain body changed: %v", err)
+	}
+	// The same name with other bytes (a redelivered stage that computed
+	// a new inference time) is a new object: the first stays intact.
+	other := body(3<<20, 3)
+	rb2, ref2, err := objref.Offload(ctx, env.JS, "b", other)
+	if err != nil || ref2.Key == ref.Key {
+		t.Fatalf("second body: key %v (first %v), err %v", ref2.GetKey(), ref.Key, err)
+	}
+	for _, c := range []struct {
+		ref  []byte
+		want []byte
+	}{{rb, large}, {rb2, other}} {
+		if b, err := objref.Resolve(ctx, env.JS, c.ref); err != nil || !bytes.Equal(b, c.want) {
+			t.Fatalf("resolved %d bytes, err %v", len(b), err)
+		}
+	}
+}
+
+// TestResolveErrors: a malformed, a gone and a tampered reference are
+// permanent errors naming what is wrong.
+func TestResolveErrors(t *testing.T) {
+	env, st := start(t)
+	ctx := context.Background()
+	large := body(2<<20, 4)
+	rb, ref, err := objref.Offload(ctx, env.JS, "x", large)
+	if err != nil {
+		t.Fatal(err)
+	}
+	bad, _ := proto.Marshal(&lungsegv1.ObjectRef{Bucket: "elsewhere", Key: ref.Key, Sha256: ref.Sha256, Size: ref.Size})
+	if _, err := objref.Resolve(ctx, env.JS, append(append([]byte{}, objref.Magic...), bad...)); !errors.Is(err, objref.ErrBadRef) || !objref.IsPermanent(err) {
+		t.Errorf("other bucket: %v", err)
+	}
+	huge, _ := proto.Marshal(&lungsegv1.ObjectRef{Bucket: bus.PixelsBucket, Key: ref.Key, Sha256: ref.Sha256, Size: objref.MaxObject + 1})
+	if _, err := objref.Resolve(ctx, env.JS, append(append([]byte{}, objref.Magic...), huge...)); !errors.Is(err, objref.ErrBadRef) {
+		t.Errorf("over the object limit: %v", err)
+	}
+	if _, err := st.PutBytes(ctx, ref.Key, body(2<<20, 5)); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := objref.Resolve(ctx, env.JS, rb); !errors.Is(err, objref.ErrDigest) || !objref.IsPermanent(err) {
+		t.Errorf("tampered: %v", err)
+	}
+	if err := st.Delete(ctx, ref.Key); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := objref.Resolve(ctx, env.JS, rb); !errors.Is(err, objref.ErrMissing) || !objref.IsPermanent(err) {
+		t.Errorf("deleted: %v", err)
+	}
+	if _, _, err := objref.Offload(ctx, nil, "y", large); !errors.Is(err, objref.ErrNoStore) {
+		t.Errorf("offload without a store: %v", err)
+	}
+}
+
+// TestRunnerCarriesLargeBodies publishes a 5 MiB body with stage.Publish
+// (it failed with "maximum payload exceeded" before), runs a stage that
+// sees it whole and re-emits it, and reads the output stream: a small
+// reference with the Lung-Object header, resolving to the same bytes. A
+// message whose object is gone is terminated and reported, not retried.
+func TestRunnerCarriesLargeBodies(t *testing.T) {
+	env, st := start(t)
+	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
+	defer cancel()
+	large := body(5<<20, 6)
+	seen := make(chan int, 4)
+	proc := stage.ProcessorFunc(func(ctx context.Context, m *stage.Msg, e stage.Emitter) error {
+		seen <- len(m.Data)
+		if !bytes.Equal(m.Data, large) {
+			return stage.Permanentf("body of %d bytes differs", len(m.Data))
+		}
+		return e.Emit(ctx, stage.Out{Subject: bus.MasksSubject("m"), Data: m.Data, SliceID: m.SliceID, ReplayID: m.ReplayID, Model: "m"})
+	})
+	r, err := stage.New(env.JS, stage.Config{Name: "echo", Stream: bus.StreamReady, FilterSubjects: []string{bus.ReadySubject("m")}}, proc, zerolog.New(zerolog.NewTestWriter(t)))
+	if err != nil {
+		t.Fatal(err)
+	}
+	// Consumers first: READY and MASKS may keep messages only while a
+	// consumer is interested.
+	if _, err := r.Consumer(ctx); err != nil {
+		t.Fatal(err)
+	}
+	outs, err := env.JS.CreateOrUpdateConsumer(ctx, bus.StreamMasks, jetstream.ConsumerConfig{Durable: "check", AckPolicy: jetstream.AckNonePolicy})
+	if err != nil {
+		t.Fatal(err)
+	}
+	rctx, stop := context.WithCancel(ctx)
+	done := make(chan error, 1)
+	go func() { done <- r.Run(rctx) }()
+	defer func() { stop(); <-done }()
+
+	if err := stage.Publish(ctx, env.JS, "test", stage.Out{Subject: bus.ReadySubject("m"), Data: large, SliceID: "s1", ReplayID: "r", Model: "m"}, nil); err != nil {
+		t.Fatalf("publishing 5 MiB: %v", err)
+	}
+	select {
+	case n := <-seen:
+		if n != len(large) {
+			t.Fatalf("stage saw %d bytes, want %d", n, len(large))
+		}
+	case <-ctx.Done():
+		t.Fatal("stage never saw the message")
+	}
+	out, err := outs.Next(jetstream.FetchMaxWait(30 * time.Second))
+	if err != nil {
+		t.Fatalf("no output: %v", err)
+	}
+	if !objref.IsRef(out.Data()) || out.Headers().Get(objref.Header) == "" {
+		t.Fatalf("output of %d bytes, header %q: not a reference", len(out.Data()), out.Headers().Get(objref.Header))
+	}
+	if b, err := objref.Resolve(ctx, env.JS, out.Data()); err != nil || !bytes.Equal(b, large) {
+		t.Fatalf("output resolves to %d bytes, err %v", len(b), err)
+	}
+
+	// A reference to an object that is gone: one error event, permanent.
+	rb, ref, err := objref.Offload(ctx, env.JS, "gone", body(2<<20, 7))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := st.Delete(ctx, ref.Key); err != nil {
+		t.Fatal(err)
+	}
+	if err := stage.Publish(ctx, env.JS, "test", stage.Out{Subject: bus.ReadySubject("m"), Data: rb, SliceID: "s2", ReplayID: "r", Model: "m"}, nil); err != nil {
+		t.Fatal(err)
+	}
+	bustest.Eventually(t, 30*time.Second, "the error event", func() bool {
+		return len(bustest.Fetch(t, env.JS, bus.StreamErrors, bus.ErrorsSubject("echo", "r"))) == 1
+	})
+	var ev lungsegv1.ErrorEvent
+	if err := proto.Unmarshal(bustest.Fetch(t, env.JS, bus.StreamErrors, bus.ErrorsSubject("echo", "r"))[0].Data(), &ev); err != nil {
+		t.Fatal(err)
+	}
+	if ev.Id != "s2" || !ev.Permanent || !bytes.Contains([]byte(ev.Error), []byte("gone")) {
+		t.Fatalf("error event %+v", &ev)
+	}
+	if len(seen) != 0 {
+		t.Fatalf("the processor saw the message with the missing object")
+	}
+}
