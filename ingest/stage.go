@@ -34,6 +34,10 @@ type Stage struct {
 	// Objects holds the pixels of slices too large for one message; nil
 	// rejects such slices.
 	Objects jetstream.ObjectStore
+	// Roots, when set, are the only folders jobs may read under; a job
+	// naming another path is reported as a failure on the errors subject
+	// (ErrOutsideRoots) and read no further.
+	Roots *Roots
 }
 
 // DefaultSpacingMm is the pixel spacing assumed for inputs that carry none
@@ -105,7 +109,7 @@ func (s *Stage) Process(ctx context.Context, m *stage.Msg, e stage.Emitter) erro
 	// (a.dcm and a_image.png): later ones get "~2", "~3"... so that no
 	// slice is deduped away as a repeat of another.
 	seen := map[string]int{}
-	err = Walk(ctx, s.Formats, job.Path, job.MasksDir, func(it Item) error {
+	err = s.walker(job.Path, job.MasksDir)(ctx, s.Formats, job.Path, job.MasksDir, func(it Item) error {
 		if it.Meta == nil {
 			it.Meta = metaID("?")
 		}

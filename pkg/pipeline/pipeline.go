@@ -86,6 +86,9 @@ type Config struct {
 	// Streams are the stream options (for the pixel bucket's TTL and
 	// replicas).
 	Streams bus.StreamOptions
+	// InputRoots, when set, are the only folders ingest jobs may read
+	// under (nil: any path; see ingest.Roots).
+	InputRoots *ingest.Roots
 }
 
 // Run starts the configured stages and blocks until ctx ends or a stage
@@ -156,7 +159,7 @@ func Run(ctx context.Context, js jetstream.JetStream, cfg Config, log zerolog.Lo
 		switch st {
 		case Ingest:
 			err = add(stage.Config{Name: Ingest, Stream: bus.StreamIngest, Durable: Ingest},
-				&ingest.Stage{Formats: cfg.Formats, Models: cfg.Registry, Defaults: defaults, Objects: objects})
+				&ingest.Stage{Formats: cfg.Formats, Models: cfg.Registry, Defaults: defaults, Objects: objects, Roots: cfg.InputRoots})
 		case Preprocess:
 			err = add(stage.Config{Name: Preprocess, Stream: bus.StreamRaw},
 				&preprocess.Stage{Cards: cfg.Registry, Defaults: defaults, TTA: cfg.TTA,
