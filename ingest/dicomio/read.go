@@ -51,6 +51,9 @@ const (
 	MaxFileBytes = 512 << 20
 	// MaxFrames bounds NumberOfFrames.
 	MaxFrames = 10000
+	// MinSpacingMm and MaxSpacingMm bound PixelSpacing: a value outside
+	// is an error (CT pixels are about 0.2 to 2 mm).
+	MinSpacingMm, MaxSpacingMm = 0.01, 50.0
 )
 
 // Frame is one decoded frame of a file.
@@ -63,6 +66,9 @@ type Frame struct {
 	// DefaultSpacingMm with SpacingAssumed set.
 	SpacingRowMm, SpacingColMm float64
 	SpacingAssumed             bool
+	// Warnings say what was accepted but changed (HU clamped to int16);
+	// Read puts them in SliceMeta.Warnings.
+	Warnings []string
 }
 
 // Image is the decoded content of one DICOM file.
@@ -128,6 +134,7 @@ func Read(ctx context.Context, path, root, masksDir string, fn ingest.EmitFunc) 
 			SpacingColMm:   fr.SpacingColMm,
 			SpacingAssumed: fr.SpacingAssumed,
 			SlicePosition:  fr.Position,
+			Warnings:       fr.Warnings,
 		}
 		if img.MultiFrame {
 			meta.Id = fmt.Sprintf("%s-f%03d", id, i+1)
@@ -524,6 +531,9 @@ func fromDataset(ds dicom.Dataset, sr scanResult, b []byte) (*Image, error) {
 		if err != nil {
 			return nil, err
 		}
+		if err := checkRescale(pf, slope, intercept); err != nil {
+			return nil, err
+		}
 		src := buf
 		if compressed == nil {
 			src = raw[i*frameBytes : (i+1)*frameBytes]
@@ -531,6 +541,13 @@ func fromDataset(ds dicom.Dataset, sr scanResult, b []byte) (*Image, error) {
 			return nil, err
 		}
 		fr.HU = decodeFrame(src, pf, slope, intercept)
+		if lo, hi := huRange(pf, slope, intercept); lo < math.MinInt16 || hi > math.MaxInt16 {
+			if n, first, v := countOutside(src, pf, slope, intercept); n > 0 {
+				fr.Warnings = append(fr.Warnings, fmt.Sprintf(
+					"%d of %d pixels outside the int16 HU range clamped to it (the first, at pixel %d (row %d, col %d), is %g HU: RescaleSlope %g and RescaleIntercept %g map the stored values to %g..%g HU)",
+					n, len(fr.HU.Pix), first, first/pf.cols, first%pf.cols, v, slope, intercept, lo, hi))
+			}
+		}
 		if fr.SpacingRowMm, fr.SpacingColMm, fr.SpacingAssumed, err = spacing(scope, i); err != nil {
 			return nil, err
 		}
@@ -637,6 +654,59 @@ func rescale(scope frameScope, i int) (slope, intercept float64, err error) {
 	return slope, intercept, nil
 }
 
+// checkRescale refuses a rescale that puts every stored value outside
+// the int16 HU range: nothing of the image would be left after clamping.
+func checkRescale(pf pixelFormat, slope, intercept float64) error {
+	lo, hi := huRange(pf, slope, intercept)
+	if hi < math.MinInt16-0.5 || lo >= math.MaxInt16+0.5 {
+		return formatErr("", ErrPixelFormat, "RescaleSlope %g and RescaleIntercept %g map every stored value to %g..%g HU, outside the int16 range [-32768, 32767]",
+			slope, intercept, lo, hi)
+	}
+	return nil
+}
+
+// huRange is the HU range the stored values of pf can map to.
+func huRange(pf pixelFormat, slope, intercept float64) (lo, hi float64) {
+	smin, smax := 0.0, math.Ldexp(1, pf.bitsStored)-1
+	if pf.signed {
+		smin, smax = -math.Ldexp(1, pf.bitsStored-1), math.Ldexp(1, pf.bitsStored-1)-1
+	}
+	lo, hi = smin*slope+intercept, smax*slope+intercept
+	if lo > hi {
+		lo, hi = hi, lo
+	}
+	return lo, hi
+}
+
+// countOutside counts the pixels of a frame whose HU (rounded) fall
+// outside int16, the first of them and its HU. It is called only when the
+// rescale allows such values, so most files never pay for it.
+func countOutside(raw []byte, pf pixelFormat, slope, intercept float64) (n, first int, firstHU float64) {
+	shift := uint(pf.highBit + 1 - pf.bitsStored)
+	mask := uint32(1)<<uint(pf.bitsStored) - 1
+	sign := uint32(1) << uint(pf.bitsStored-1)
+	for i := range pf.rows * pf.cols {
+		var u uint32
+		if pf.bitsAllocated == 16 {
+			u = uint32(pf.bo.Uint16(raw[2*i:]))
+		} else {
+			u = uint32(raw[i])
+		}
+		u = (u >> shift) & mask
+		v := float64(u)
+		if pf.signed && u&sign != 0 {
+			v -= float64(mask) + 1
+		}
+		if h := math.Round(v*slope + intercept); h < math.MinInt16 || h > math.MaxInt16 {
+			if n == 0 {
+				first, firstHU = i, h
+			}
+			n++
+		}
+	}
+	return n, first, firstHU
+}
+
 func spacing(scope frameScope, i int) (row, col float64, assumed bool, err error) {
 	v, err := scope.lookup(i, tag.PixelSpacing).floats(tag.PixelSpacing)
 	if err != nil {
@@ -647,6 +717,10 @@ func spacing(scope frameScope, i int) (row, col float64, assumed bool, err error
 		return DefaultSpacingMm, DefaultSpacingMm, true, nil
 	case len(v) != 2 || v[0] <= 0 || v[1] <= 0:
 		return 0, 0, false, formatErr("", ErrPixelFormat, "PixelSpacing %v is not two positive numbers", v)
+	case v[0] < MinSpacingMm || v[0] > MaxSpacingMm || v[1] < MinSpacingMm || v[1] > MaxSpacingMm:
+		// Sizes in mm (nodule diameters, the Lung-RADS category) would
+		// be wrong by orders of magnitude: refuse rather than guess.
+		return 0, 0, false, formatErr("", ErrPixelFormat, "PixelSpacing %g\\%g mm is outside %g..%g mm, not a CT pixel size", v[0], v[1], MinSpacingMm, MaxSpacingMm)
 	}
 	return v[0], v[1], false, nil
 }

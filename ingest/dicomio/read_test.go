@@ -38,6 +38,8 @@ type expectedFile struct {
 	PydicomDiffers bool   `json:"pydicom_differs"`
 	MaskPixels     int    `json:"mask_pixels"`
 	MaskPixelsF002 int    `json:"mask_pixels_f002"`
+	Clamped        int    // pixels clamped to int16 HU, each frame
+
 	Modality       string // from pydicom_hu.py
 }
 
@@ -108,6 +110,12 @@ func TestReadFixtures(t *testing.T) {
 				if m.SpacingRowMm != want.Spacing[0] || m.SpacingColMm != want.Spacing[1] || m.SpacingAssumed != want.Assumed {
 					t.Errorf("spacing %v×%v assumed %v, want %v assumed %v", m.SpacingRowMm, m.SpacingColMm, m.SpacingAssumed, want.Spacing, want.Assumed)
 				}
+				// HU clamped to int16 are read with a warning (issue 15).
+				warned := strings.Join(m.Warnings, "; ")
+				if want.Clamped > 0 && !strings.Contains(warned, fmt.Sprintf("%d of %d pixels outside the int16 HU range clamped to it", want.Clamped, want.Rows*want.Cols)) ||
+					want.Clamped == 0 && warned != "" {
+					t.Errorf("frame %d: warnings %q, want %d pixels clamped", i+1, warned, want.Clamped)
+				}
 				if m.SlicePosition != want.Positions[i] {
 					t.Errorf("frame %d: position %v, want %v", i+1, m.SlicePosition, want.Positions[i])
 				}
@@ -156,6 +164,10 @@ func TestReadRejects(t *testing.T) {
 		{"rgb.dcm", ErrPixelFormat, "3 samples"},
 		{"short_pixels.dcm", ErrPixelFormat, "want 384"},
 		{"ct_badmask.dcm", ErrMaskShape, "13×16"},
+		// Issue 15: a rescale that leaves nothing in the int16 HU range, a
+		// pixel size no CT has.
+		{"hu_intercept_huge.dcm", ErrPixelFormat, "RescaleSlope 1 and RescaleIntercept 1e+09 map every stored value to 9.99967232e+08..1.000032767e+09 HU, outside the int16 range"},
+		{"spacing_huge.dcm", ErrPixelFormat, `PixelSpacing 1e+308\1e+308 mm is outside 0.01..50 mm`},
 		{"missing.dcm", fs.ErrNotExist, ""},
 	} {
 		t.Run(tc.file, func(t *testing.T) {

@@ -250,6 +250,29 @@ def main():
     set_pixels(ds, (0 * r)[:-1])
     save(ds, "short_pixels.dcm")
 
+    # --- What an outside probe found accepted without a word (issue 15) ---
+    # 21. RescaleIntercept 1e9: every stored value maps beyond int16 HU.
+    ds = base("hu_intercept_huge")
+    set_pixels(ds, 0 * r)
+    ds.RescaleSlope, ds.RescaleIntercept = "1", "1e9"
+    save(ds, "hu_intercept_huge.dcm")
+
+    # 22. Unsigned 16 bits, intercept -1024, three pixels at 65535: read,
+    # those three clamped to 32767 HU with a warning.
+    stored = (24 * (r * COLS + c)) % 4000
+    stored[0, :3] = 65535
+    ds = base("hu_unsigned_max")
+    set_pixels(ds, stored, signed=False)
+    ds.RescaleSlope, ds.RescaleIntercept = "1", "-1024"
+    save(ds, "hu_unsigned_max.dcm", np.clip(stored - 1024, -32768, 32767), spacing=[0.7, 0.7], assumed=True,
+         positions=[0.0], pydicom_differs=True, clamped=3)
+
+    # 23. PixelSpacing of 1e308 mm.
+    ds = base("spacing_huge")
+    set_pixels(ds, 0 * r)
+    ds.PixelSpacing = ["1e308", "1e308"]
+    save(ds, "spacing_huge.dcm")
+
     with open(os.path.join(HERE, "expected.json"), "w") as f:
         json.dump(expected, f, sort_keys=True)
         f.write("\n")
