@@ -129,6 +129,9 @@ func (s *Stage) Process(ctx context.Context, m *stage.Msg, e stage.Emitter) erro
 			return fail(it.Err)
 		}
 		it.Meta.Models = models
+		for _, w := range it.Meta.Warnings { // also in the replay report's slice entry
+			m.Log.Warn().Str("slice", it.Meta.Id).Str("path", job.Path).Msg(w)
+		}
 		it.Meta.IngestedUnixNano = time.Now().UnixNano()
 		sl, err := SliceMessage(it)
 		if err != nil {
