@@ -17,6 +17,7 @@ import (
 	"time"
 
 	"github.com/lungseg/lungseg/pkg/bus"
+	"github.com/lungseg/lungseg/pkg/objref"
 	"github.com/lungseg/lungseg/pkg/stage"
 	lungsegv1 "github.com/lungseg/lungseg/proto/lungseg/v1"
 	"github.com/nats-io/nats.go"
@@ -133,7 +134,18 @@ func (m *Metrics) ObserveScore(s *lungsegv1.Score) {
 // ctx ends. Every JetStream publish is also a core NATS message, so this
 // sees the outputs of segment workers in any process.
 func (m *Metrics) Watch(ctx context.Context, nc *nats.Conn, log zerolog.Logger) error {
+	js, err := jetstream.New(nc)
+	if err != nil {
+		return err
+	}
 	handle := func(msg *nats.Msg) {
+		// Outputs and scores of large slices come by object reference.
+		data, err := objref.Resolve(ctx, js, msg.Data)
+		if err != nil {
+			log.Debug().Err(err).Str("subject", msg.Subject).Msg("metrics: unresolvable message")
+			return
+		}
+		msg.Data = data
 		switch {
 		case strings.HasPrefix(msg.Subject, bus.PrefixMasks):
 			var o lungsegv1.ModelOutput

@@ -39,6 +39,7 @@ import (
 	"time"
 
 	"github.com/lungseg/lungseg/pkg/bus"
+	"github.com/lungseg/lungseg/pkg/objref"
 	"github.com/lungseg/lungseg/pkg/httpsec"
 	"github.com/lungseg/lungseg/pkg/overlay"
 	lungsegv1 "github.com/lungseg/lungseg/proto/lungseg/v1"
@@ -203,7 +204,12 @@ func (s *Server) Start(ctx context.Context) error {
 		}
 		handle := sub.handle
 		cc, err := c.Consume(func(m jetstream.Msg) {
-			if err := handle(m.Data()); err != nil {
+			// Messages of large slices come by object reference.
+			data, err := objref.Resolve(ctx, s.js, m.Data())
+			if err == nil {
+				err = handle(data)
+			}
+			if err != nil {
 				s.log.Warn().Err(err).Str("subject", m.Subject()).Msg("skipping message")
 			}
 		}, jetstream.PullMaxBytes(8<<20))
