@@ -31,6 +31,14 @@ type Stage struct {
 	Formats  []Format
 	Models   Resolver
 	Defaults []string
+	// Backlog, when set, is waited on before each slice is read, so that
+	// ingest reads no further ahead than the pipeline's bound.
+	Backlog Backlog
+	// Progress, when set, records after every slice how far each job has
+	// been read (bus.IngestProgressBucket), so that a job redelivered
+	// after a crash resumes where it was instead of publishing again what
+	// may have left the dedupe window.
+	Progress jetstream.KeyValue
 	// Objects holds the pixels of slices too large for one message; nil
 	// rejects such slices.
 	Objects jetstream.ObjectStore
@@ -109,6 +117,10 @@ func (s *Stage) Process(ctx context.Context, m *stage.Msg, e stage.Emitter) erro
 	// (a.dcm and a_image.png): later ones get "~2", "~3"... so that no
 	// slice is deduped away as a repeat of another.
 	seen := map[string]int{}
+	fl, err := s.startJob(ctx, &job, done)
+	if err != nil {
+		return err
+	}
 	err = s.walker(job.Path, job.MasksDir)(ctx, s.Formats, job.Path, job.MasksDir, func(it Item) error {
 		if it.Meta == nil {
 			it.Meta = metaID("?")
@@ -121,6 +133,9 @@ func (s *Stage) Process(ctx context.Context, m *stage.Msg, e stage.Emitter) erro
 			seen[it.Meta.Id] = 1
 		}
 		it.Meta.ReplayId = job.ReplayId
+		if skip, err := fl.next(ctx, done); skip || err != nil {
+			return err // published before a crash, or stopped waiting
+		}
 		fail := func(err error) error {
 			done.Rejected++
 			return e.Fail(ctx, stage.Failure{SliceID: it.Meta.Id, ReplayID: job.ReplayId, Err: err})
@@ -157,6 +172,9 @@ func (s *Stage) Process(ctx context.Context, m *stage.Msg, e stage.Emitter) erro
 	})
 	if err != nil {
 		return fmt.Errorf("ingest: reading %s: %w", job.Path, err)
+	}
+	if err := fl.finish(ctx, done); err != nil {
+		return err
 	}
 	b, err := proto.Marshal(done)
 	if err != nil {

@@ -34,7 +34,7 @@ var DefaultStreamOptions = StreamOptions{
 // the pixels (about 0.5 MB a slice, 0.25 MB a model input or map) but only
 // while a consumer still has to acknowledge them (interest retention), so
 // they hold the backlog, which ingest keeps near its bound
-// (pipeline.DefaultMaxBacklog); their limit is a ceiling far above it,
+// (DefaultMaxBacklog); their limit is a ceiling far above it,
 // reached only when consumers stop, and a full stream refuses new messages
 // (the publisher retries) rather than dropping pending ones. The other
 // streams keep what was delivered, for inspection, until MaxAge or their
@@ -52,8 +52,9 @@ var DefaultMaxBytes = map[string]int64{
 	StreamAlerts:   256 << 20,
 	// Pixels of slices too large for one message, kept for the streams'
 	// MaxAge (a full bucket refuses new slices).
-	"OBJ_" + PixelsBucket: 4 << 30,
-	"KV_" + StudiesBucket: 64 << 20,
+	"OBJ_" + PixelsBucket:        4 << 30,
+	"KV_" + StudiesBucket:        64 << 20,
+	"KV_" + IngestProgressBucket: 64 << 20,
 }
 
 // defaultOtherBytes limits a stream missing from DefaultMaxBytes (the

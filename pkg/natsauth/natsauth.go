@@ -292,6 +292,12 @@ func Permissions(role string) (*server.Permissions, error) {
 	case RoleIngest:
 		pub = append(consume(bus.StreamIngest, "ingest"), bus.SubjRaw, bus.PrefixIngested+">", errs("ingest"))
 		pub = append(pub, objectStore(bus.PixelsBucket, true)...)
+		// The backlog bound reads the work streams' state (bus.Backlog);
+		// job progress is kept in its bucket.
+		for _, st := range bus.WorkStreams {
+			pub = append(pub, "$JS.API.STREAM.INFO."+st)
+		}
+		pub = append(pub, keyValue(bus.IngestProgressBucket)...)
 	case RolePreprocess:
 		// Reads the pixels ingest stored; writes a cascade input's native
 		// HU there when it does not fit the message (native/<replay>/<id>).

@@ -86,6 +86,10 @@ type Config struct {
 	// Streams are the stream options (for the pixel bucket's TTL and
 	// replicas).
 	Streams bus.StreamOptions
+	// MaxBacklog bounds the bytes of slices waiting in RAW, READY and
+	// MASKS: ingest reads no further while they hold more (0:
+	// bus.DefaultMaxBacklog; -1: no bound).
+	MaxBacklog int64
 	// InputRoots, when set, are the only folders ingest jobs may read
 	// under (nil: any path; see ingest.Roots).
 	InputRoots *ingest.Roots
@@ -158,8 +162,22 @@ func Run(ctx context.Context, js jetstream.JetStream, cfg Config, log zerolog.Lo
 		var err error
 		switch st {
 		case Ingest:
-			err = add(stage.Config{Name: Ingest, Stream: bus.StreamIngest, Durable: Ingest},
-				&ingest.Stage{Formats: cfg.Formats, Models: cfg.Registry, Defaults: defaults, Objects: objects, Roots: cfg.InputRoots})
+			var progress jetstream.KeyValue
+			if !cfg.SkipStreamSetup {
+				progress, err = bus.ProgressStore(ctx, js, cfg.Streams)
+			} else if progress, err = js.KeyValue(ctx, bus.IngestProgressBucket); errors.Is(err, jetstream.ErrBucketNotFound) {
+				log.Warn().Str("bucket", bus.IngestProgressBucket).Msg("no ingest progress bucket: a job redelivered after a crash is read again from its start, deduped only within the streams' Duplicates window")
+				progress, err = nil, nil
+			}
+			if err != nil {
+				return err
+			}
+			ist := &ingest.Stage{Formats: cfg.Formats, Models: cfg.Registry, Defaults: defaults, Objects: objects, Roots: cfg.InputRoots,
+				Progress: progress}
+			if cfg.MaxBacklog >= 0 {
+				ist.Backlog = &bus.Backlog{JS: js, MaxBytes: cfg.MaxBacklog}
+			}
+			err = add(stage.Config{Name: Ingest, Stream: bus.StreamIngest, Durable: Ingest}, ist)
 		case Preprocess:
 			err = add(stage.Config{Name: Preprocess, Stream: bus.StreamRaw},
 				&preprocess.Stage{Cards: cfg.Registry, Defaults: defaults, TTA: cfg.TTA,

@@ -1,0 +1,134 @@
+package bus
+
+import (
+	"context"
+	"fmt"
+	"sync"
+	"time"
+
+	"github.com/nats-io/nats.go/jetstream"
+)
+
+// DefaultMaxBacklog is the default bound on the bytes waiting in the work
+// streams (RAW, READY and MASKS) before ingest stops reading: about 500
+// slices of 512×512 on RAW, or 250 with their READY inputs for two
+// models.
+const DefaultMaxBacklog = 256 << 20
+
+// Backlog bounds how far ingest reads ahead of the stages downstream. With
+// interest retention (WorkStreams), the bytes a work stream holds are the
+// bytes some consumer has still to acknowledge: Wait returns while their
+// sum is under MaxBytes and every work stream has a consumer (a slice
+// published to a stream with none would be dropped), and otherwise polls
+// until it is so. Safe for concurrent use; the stream states are read at
+// most once per Poll.
+type Backlog struct {
+	JS jetstream.JetStream
+	// MaxBytes bounds the bytes pending in the work streams (default
+	// DefaultMaxBacklog).
+	MaxBytes int64
+	// Streams are the streams measured (default WorkStreams).
+	Streams []string
+	// Poll is the least time between two readings (default 100 ms).
+	Poll time.Duration
+	// Waited, when set, is called with the time one Wait was held back.
+	Waited func(d time.Duration)
+
+	mu      sync.Mutex
+	checked time.Time
+	ok      bool
+	last    int64
+}
+
+// Pending returns the bytes held in the measured streams and whether each
+// has a consumer.
+func (b *Backlog) Pending(ctx context.Context) (int64, bool, error) {
+	streams := b.Streams
+	if len(streams) == 0 {
+		streams = WorkStreams
+	}
+	var total int64
+	consumers := true
+	for _, name := range streams {
+		st, err := b.JS.Stream(ctx, name)
+		if err != nil {
+			return 0, false, fmt.Errorf("bus: backlog of %s: %w", name, err)
+		}
+		s := st.CachedInfo().State
+		total += int64(s.Bytes)
+		if s.Consumers == 0 {
+			consumers = false
+		}
+	}
+	return total, consumers, nil
+}
+
+// Wait returns when the pipeline has room for another slice, or with
+// ctx's error.
+func (b *Backlog) Wait(ctx context.Context) error {
+	limit := b.MaxBytes
+	if limit <= 0 {
+		limit = DefaultMaxBacklog
+	}
+	poll := b.Poll
+	if poll <= 0 {
+		poll = 100 * time.Millisecond
+	}
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	var start time.Time
+	for {
+		if b.ok && time.Since(b.checked) < poll {
+			break
+		}
+		pending, consumers, err := b.Pending(ctx)
+		if err != nil {
+			if ctx.Err() != nil {
+				return ctx.Err()
+			}
+			return err
+		}
+		b.checked, b.last, b.ok = time.Now(), pending, consumers && pending < limit
+		if b.ok {
+			break
+		}
+		if start.IsZero() {
+			start = time.Now()
+		}
+		t := time.NewTimer(poll)
+		select {
+		case <-ctx.Done():
+			t.Stop()
+			return ctx.Err()
+		case <-t.C:
+		}
+	}
+	if !start.IsZero() && b.Waited != nil {
+		b.Waited(time.Since(start))
+	}
+	return nil
+}
+
+// IngestProgressBucket is the key-value bucket where ingest records how
+// far each job has been read, so that a job redelivered after a crash
+// resumes there (ingest.Stage.Progress).
+const IngestProgressBucket = "lungseg-ingest"
+
+// ProgressStore creates or opens the ingest progress bucket (entries kept
+// the streams' max age).
+func ProgressStore(ctx context.Context, js jetstream.JetStream, o StreamOptions) (jetstream.KeyValue, error) {
+	if o.MaxAge == 0 {
+		o.MaxAge = DefaultStreamOptions.MaxAge
+	}
+	if o.Replicas == 0 {
+		o.Replicas = DefaultStreamOptions.Replicas
+	}
+	kv, err := js.CreateOrUpdateKeyValue(ctx, jetstream.KeyValueConfig{
+		Bucket: IngestProgressBucket, Description: "how far each ingest job has been read",
+		TTL: o.MaxAge, MaxBytes: StreamBytes(o, "KV_"+IngestProgressBucket), Storage: jetstream.FileStorage, Replicas: o.Replicas,
+	})
+	if err != nil {
+		return nil, fmt.Errorf("bus: creating key-value bucket %s: %w", IngestProgressBucket, err)
+	}
+	return kv, nil
+}

@@ -1,0 +1,62 @@
+package bus_test
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"testing"
+	"time"
+
+	"github.com/lungseg/lungseg/pkg/bus"
+	"github.com/nats-io/nats.go/jetstream"
+)
+
+// TestBacklogWaitsForConsumersAndRoom: Wait holds while a work stream has
+// no consumer (a slice sent there would be dropped) or the work streams
+// hold more than MaxBytes unacknowledged, and returns once the consumers
+// catch up.
+func TestBacklogWaitsForConsumersAndRoom(t *testing.T) {
+	js := startJS(t, bus.StreamOptions{})
+	ctx := context.Background()
+	b := &bus.Backlog{JS: js, MaxBytes: 250 << 10, Poll: 10 * time.Millisecond}
+	held := func(what string) {
+		t.Helper()
+		wctx, cancel := context.WithTimeout(ctx, 300*time.Millisecond)
+		defer cancel()
+		if err := b.Wait(wctx); !errors.Is(err, context.DeadlineExceeded) {
+			t.Fatalf("%s: Wait returned %v, want it held", what, err)
+		}
+	}
+	free := func(what string) {
+		t.Helper()
+		wctx, cancel := context.WithTimeout(ctx, 5*time.Second)
+		defer cancel()
+		if err := b.Wait(wctx); err != nil {
+			t.Fatalf("%s: %v", what, err)
+		}
+	}
+	held("no consumers")
+	var raw jetstream.Consumer
+	for _, s := range bus.WorkStreams {
+		c, err := js.CreateOrUpdateConsumer(ctx, s, jetstream.ConsumerConfig{Durable: "d", AckPolicy: jetstream.AckExplicitPolicy})
+		if err != nil {
+			t.Fatal(err)
+		}
+		if s == bus.StreamRaw {
+			raw = c
+		}
+	}
+	free("consumers, nothing pending")
+	for i := range 3 {
+		if _, err := js.Publish(ctx, bus.SubjRaw, make([]byte, 100<<10), jetstream.WithMsgID(fmt.Sprint(i))); err != nil {
+			t.Fatal(err)
+		}
+	}
+	time.Sleep(20 * time.Millisecond) // past Poll: read the streams again
+	held("300 KiB pending")
+	if pending, ok, err := b.Pending(ctx); err != nil || !ok || pending < 300<<10 {
+		t.Fatalf("pending %d, consumers %v, %v", pending, ok, err)
+	}
+	ackAll(t, raw, 3)
+	free("acknowledged")
+}
