@@ -135,7 +135,12 @@ func Walk(ctx context.Context, formats []Format, path, masksDir string, fn EmitF
 	}
 	if !st.IsDir() {
 		if !st.Mode().IsRegular() {
-			return fn(Item{Meta: metaID(filepath.Base(path)), Err: fmt.Errorf("%w: %s is a %s", ErrNotRegular, path, kind(st.Mode()))})
+			what := kind(st.Mode())
+			if lst, err := os.Lstat(path); err == nil && lst.Mode()&fs.ModeSymlink != 0 {
+				target, _ := os.Readlink(path)
+				what = fmt.Sprintf("symbolic link to %s, a %s", target, what)
+			}
+			return fn(Item{Meta: metaID(filepath.Base(path)), Err: fmt.Errorf("%w: %s is a %s", ErrNotRegular, path, what)})
 		}
 		f, err := match(formats, path)
 		if err != nil || f == nil {

@@ -20,6 +20,7 @@ import (
 	"sort"
 	"strings"
 	"sync"
+	"syscall"
 	"testing"
 	"time"
 
@@ -50,58 +51,74 @@ const (
 
 // fixture is one kind of bad input.
 type fixture struct {
-	path string // relative to the repository root
+	path string // relative to the repository root; for gen, the name to make
 	via  string
 	want string // a piece of the error message
+	// gen makes the input in dir under the name path (what cannot be
+	// committed: named pipes, links to devices, trees over PATH_MAX) and
+	// returns the path to give ingest.
+	gen func(t testing.TB, dir, name string) string
 }
 
 // corpus lists every kind of bad input.
 var corpus = []fixture{
 	// DICOM (ingest/dicomio/testdata/make_fixtures.py).
-	{"ingest/dicomio/testdata/truncated.dcm", viaIngest, "needs 384 bytes but the file has"},
-	{"ingest/dicomio/testdata/truncated_header.dcm", viaIngest, "file meta header needs"},
-	{"ingest/dicomio/testdata/huge_length.dcm", viaIngest, "needs 4294967280 bytes"},
-	{"ingest/dicomio/testdata/huge_rows.dcm", viaIngest, "exceeds the 4096-pixel limit"},
-	{"ingest/dicomio/testdata/short_pixels.dcm", viaIngest, "pixel data has 352 bytes, want 384"},
-	{"ingest/dicomio/testdata/no_preamble.dcm", viaIngest, "no 128-byte preamble"},
-	{"ingest/dicomio/testdata/non_ct.dcm", viaIngest, "modality is MR, not CT"},
-	{"ingest/dicomio/testdata/nonimage.dcm", viaIngest, "no pixel data element"},
-	{"ingest/dicomio/testdata/rgb.dcm", viaIngest, "3 samples per pixel"},
-	{"ingest/dicomio/testdata/deflate.dcm", viaIngest, "is not supported"},
-	{"ingest/dicomio/testdata/undefined_date.dcm", viaIngest, "has an undefined length"},
+	{"ingest/dicomio/testdata/truncated.dcm", viaIngest, "needs 384 bytes but the file has", nil},
+	{"ingest/dicomio/testdata/truncated_header.dcm", viaIngest, "file meta header needs", nil},
+	{"ingest/dicomio/testdata/huge_length.dcm", viaIngest, "needs 4294967280 bytes", nil},
+	{"ingest/dicomio/testdata/huge_rows.dcm", viaIngest, "exceeds the 4096-pixel limit", nil},
+	{"ingest/dicomio/testdata/short_pixels.dcm", viaIngest, "pixel data has 352 bytes, want 384", nil},
+	{"ingest/dicomio/testdata/no_preamble.dcm", viaIngest, "no 128-byte preamble", nil},
+	{"ingest/dicomio/testdata/non_ct.dcm", viaIngest, "modality is MR, not CT", nil},
+	{"ingest/dicomio/testdata/nonimage.dcm", viaIngest, "no pixel data element", nil},
+	{"ingest/dicomio/testdata/rgb.dcm", viaIngest, "3 samples per pixel", nil},
+	{"ingest/dicomio/testdata/deflate.dcm", viaIngest, "is not supported", nil},
+	{"ingest/dicomio/testdata/undefined_date.dcm", viaIngest, "has an undefined length", nil},
+	{"ingest/dicomio/testdata/hu_intercept_huge.dcm", viaIngest, "map every stored value to 9.99967232e+08..1.000032767e+09 HU, outside the int16 range", nil},
+	{"ingest/dicomio/testdata/spacing_huge.dcm", viaIngest, `PixelSpacing 1e+308\1e+308 mm is outside 0.01..50 mm`, nil},
 	// Pickles (ingest/pickle/testdata/make_fixtures.py).
-	{"ingest/pickle/testdata/broken_unknown_class.pkl", viaIngest, "not on the al"},
-	{"ingest/pickle/testdata/broken_truncated.pkl", viaIngest, "truncated"},
-	{"ingest/pickle/testdata/broken_not_frame.pkl", viaIngest, "not a DataFrame"},
-	{"ingest/pickle/testdata/broken_missing_column.pkl", viaIngest, "no hu_array_old column"},
-	{"ingest/pickle/testdata/broken_huge_shape.pkl", viaIngest, "exceeds the 4096-pixel limit"},
-	{"ingest/pickle/testdata/broken_mask_shape.pkl", viaIngest, "mask is 8×8 but hu_array_old is 16×16"},
-	{"ingest/pickle/testdata/broken_nan.pkl", viaIngest, "non-finite HU value NaN"},
-	{"ingest/pickle/testdata/broken_ndim3.pkl", viaIngest, "is not 2-D"},
-	{"ingest/pickle/testdata/broken_cell_none.pkl", viaIngest, "cell is a None"},
+	{"ingest/pickle/testdata/broken_unknown_class.pkl", viaIngest, "not on the al", nil},
+	{"ingest/pickle/testdata/broken_truncated.pkl", viaIngest, "truncated", nil},
+	{"ingest/pickle/testdata/broken_not_frame.pkl", viaIngest, "not a DataFrame", nil},
+	{"ingest/pickle/testdata/broken_missing_column.pkl", viaIngest, "no hu_array_old column", nil},
+	{"ingest/pickle/testdata/broken_huge_shape.pkl", viaIngest, "exceeds the 4096-pixel limit", nil},
+	{"ingest/pickle/testdata/broken_mask_shape.pkl", viaIngest, "mask is 8×8 but hu_array_old is 16×16", nil},
+	{"ingest/pickle/testdata/broken_nan.pkl", viaIngest, "non-finite HU value NaN", nil},
+	{"ingest/pickle/testdata/broken_ndim3.pkl", viaIngest, "is not 2-D", nil},
+	{"ingest/pickle/testdata/broken_cell_none.pkl", viaIngest, "cell is a None", nil},
+	{"ingest/pickle/testdata/broken_mask_values.pkl", viaIngest, "decoding row 1 (id 1): pickle: bad array cell: mask value 0.5 at pixel 35 (row 2, col 3) is not 0 or 1", nil},
+	{"ingest/pickle/testdata/broken_hu_range.pkl", viaIngest, "every HU value is outside the int16 range", nil},
+	{"ingest/pickle/testdata/broken_duplicate_mask.pkl", viaIngest, "column mask appears 2 times", nil},
+	{"ingest/pickle/testdata/broken_str_data.pkl", viaIngest, "array data is a str with a character above U+00FF", nil},
+	// Not regular files and unlistable folders (made by the test).
+	{"fifo_input.dcm", viaIngest, "is a named pipe (FIFO)", makeFIFO},
+	{"dangling_link.dcm", viaIngest, "dangling symbolic link to no-such-file.dcm", makeDangling},
+	{"devzero_link.dcm", viaIngest, "/dev/zero", makeDevZero},
+	{"loop_link.dcm", viaIngest, "loop of links", makeLinkLoop},
+	{"deep_folder", viaIngest, "file name too long", makeDeepFolder},
 	// PNG pairs (testdata/make_fixtures.go).
-	{"test/badinput/testdata/png/png_truncated_image.png", viaIngest, "unexpected EOF"},
-	{"test/badinput/testdata/png/png_huge_ihdr_image.png", viaIngest, "exceeds the 4096-pixel limit"},
-	{"test/badinput/testdata/png/png_notpng_image.png", viaIngest, "not a PNG file"},
-	{"test/badinput/testdata/png/png_rgb_image.png", viaIngest, "must be 16-bit grayscale"},
-	{"test/badinput/testdata/png/png_wrongmask_image.png", viaIngest, "mask is 8×8 but the image is 16×16"},
+	{"test/badinput/testdata/png/png_truncated_image.png", viaIngest, "unexpected EOF", nil},
+	{"test/badinput/testdata/png/png_huge_ihdr_image.png", viaIngest, "exceeds the 4096-pixel limit", nil},
+	{"test/badinput/testdata/png/png_notpng_image.png", viaIngest, "not a PNG file", nil},
+	{"test/badinput/testdata/png/png_rgb_image.png", viaIngest, "must be 16-bit grayscale", nil},
+	{"test/badinput/testdata/png/png_wrongmask_image.png", viaIngest, "mask is 8×8 but the image is 16×16", nil},
 	// Protobuf messages (testdata/make_fixtures.go).
-	{"test/badinput/testdata/proto/slice_truncated.bin", viaPreprocess, "decoding slice"},
-	{"test/badinput/testdata/proto/slice_no_meta.bin", viaPreprocess, "without metadata"},
-	{"test/badinput/testdata/proto/slice_short_pixels.bin", viaPreprocess, "100 bytes for 64×64"},
-	{"test/badinput/testdata/proto/slice_huge_dims.bin", viaPreprocess, "exceeds the 4096-pixel limit"},
-	{"test/badinput/testdata/proto/slice_negative_dims.bin", viaPreprocess, "slice_negative_dims"},
-	{"test/badinput/testdata/proto/slice_bad_mask.bin", viaPreprocess, "mask"},
-	{"test/badinput/testdata/proto/slice_unknown_model.bin", viaPreprocess, "unknown model"},
-	{"test/badinput/testdata/proto/slice_wrong_wiretype.bin", viaPreprocess, "without metadata"},
-	{"test/badinput/testdata/proto/slice_length_overflow.bin", viaPreprocess, "decoding slice"},
-	{"test/badinput/testdata/proto/slice_random_bytes.bin", viaPreprocess, "decoding slice"},
-	{"test/badinput/testdata/proto/output_no_meta.bin", viaScore, "without slice metadata"},
-	{"test/badinput/testdata/proto/output_prob_short.bin", viaScore, "probability map"},
-	{"test/badinput/testdata/proto/output_huge_dims.bin", viaScore, "exceeds the 4096-pixel limit"},
-	{"test/badinput/testdata/proto/output_huge_slice.bin", viaScore, "exceeds the 4096-pixel limit"},
-	{"test/badinput/testdata/proto/output_bad_truth.bin", viaScore, "truth"},
-	{"test/badinput/testdata/proto/output_truncated.bin", viaScore, "decoding model output"},
+	{"test/badinput/testdata/proto/slice_truncated.bin", viaPreprocess, "decoding slice", nil},
+	{"test/badinput/testdata/proto/slice_no_meta.bin", viaPreprocess, "without metadata", nil},
+	{"test/badinput/testdata/proto/slice_short_pixels.bin", viaPreprocess, "100 bytes for 64×64", nil},
+	{"test/badinput/testdata/proto/slice_huge_dims.bin", viaPreprocess, "exceeds the 4096-pixel limit", nil},
+	{"test/badinput/testdata/proto/slice_negative_dims.bin", viaPreprocess, "slice_negative_dims", nil},
+	{"test/badinput/testdata/proto/slice_bad_mask.bin", viaPreprocess, "mask", nil},
+	{"test/badinput/testdata/proto/slice_unknown_model.bin", viaPreprocess, "unknown model", nil},
+	{"test/badinput/testdata/proto/slice_wrong_wiretype.bin", viaPreprocess, "without metadata", nil},
+	{"test/badinput/testdata/proto/slice_length_overflow.bin", viaPreprocess, "decoding slice", nil},
+	{"test/badinput/testdata/proto/slice_random_bytes.bin", viaPreprocess, "decoding slice", nil},
+	{"test/badinput/testdata/proto/output_no_meta.bin", viaScore, "without slice metadata", nil},
+	{"test/badinput/testdata/proto/output_prob_short.bin", viaScore, "probability map", nil},
+	{"test/badinput/testdata/proto/output_huge_dims.bin", viaScore, "exceeds the 4096-pixel limit", nil},
+	{"test/badinput/testdata/proto/output_huge_slice.bin", viaScore, "exceeds the 4096-pixel limit", nil},
+	{"test/badinput/testdata/proto/output_bad_truth.bin", viaScore, "truth", nil},
+	{"test/badinput/testdata/proto/output_truncated.bin", viaScore, "decoding model output", nil},
 }
 
 // recorder is an Emitter that keeps what a processor emits.
@@ -159,6 +176,9 @@ func TestCorpusDecoders(t *testing.T) {
 	for _, fx := range corpus {
 		t.Run(filepath.Base(fx.path), func(t *testing.T) {
 			path := filepath.Join(root, fx.path)
+			if fx.gen != nil {
+				path = fx.gen(t, t.TempDir(), fx.path)
+			}
 			var msgs []string
 			switch fx.via {
 			case viaIngest:
@@ -264,6 +284,10 @@ func TestCorpusPipeline(t *testing.T) {
 		if fx.via != viaIngest {
 			continue
 		}
+		if fx.gen != nil {
+			fx.gen(t, in, fx.path)
+			continue
+		}
 		for _, src := range companions(filepath.Join(root, fx.path)) {
 			b, err := os.ReadFile(src)
 			if err != nil {
@@ -278,6 +302,28 @@ func TestCorpusPipeline(t *testing.T) {
 	if err := phantom.WritePNG(in, phantom.Generate(3, nGood, phantom.Options{Rows: 64, Cols: 64})); err != nil {
 		t.Fatal(err)
 	}
+	// A link to a good pair is read like the pair; inputs accepted with a
+	// warning carry it into the report's slice entry.
+	for _, part := range []string{"_image.png", "_mask.png"} {
+		if err := os.Symlink("slice0001"+part, filepath.Join(in, "linked"+part)); err != nil {
+			t.Fatal(err)
+		}
+	}
+	warned := map[string]string{
+		"broken_labels/1":   "label1 is an int (3), not a str; used as text",
+		"broken_labels/2":   "label1 is None: the slice has no label",
+		"broken_hu_range/1": "hu_array_old: 2 of 256 HU values outside the int16 range clamped to it",
+		"hu_unsigned_max":   "3 of 192 pixels outside the int16 HU range clamped to it",
+	}
+	for _, src := range []string{"ingest/pickle/testdata/broken_labels.pkl", "ingest/dicomio/testdata/hu_unsigned_max.dcm"} {
+		b, err := os.ReadFile(filepath.Join(root, src))
+		if err != nil {
+			t.Fatal(err)
+		}
+		if err := os.WriteFile(filepath.Join(in, filepath.Base(src)), b, 0o644); err != nil {
+			t.Fatal(err)
+		}
+	}
 	rep, err := replay.Run(ctx, env.JS, replay.Options{Inputs: []string{in}, Models: []string{"tiny"}}, zerolog.Nop())
 	if err != nil {
 		t.Fatal(err)
@@ -289,6 +335,20 @@ func TestCorpusPipeline(t *testing.T) {
 	for i := 1; i <= nGood; i++ {
 		if id := "slice000" + string(rune('0'+i)); !scored[id] {
 			t.Errorf("good slice %s not scored (scored: %v)", id, keys(scored))
+		}
+	}
+	if !scored["linked"] {
+		t.Errorf("the slice linked to a good pair was not scored (scored: %v)", keys(scored))
+	}
+	for id, w := range warned {
+		found := false
+		for _, s := range rep.Slices {
+			if s.ID == id && strings.Contains(strings.Join(s.Warnings, "; "), w) {
+				found = true
+			}
+		}
+		if !found {
+			t.Errorf("%s: no scored slice with the warning %q", id, w)
 		}
 	}
 	// The report does not wait for ingest's error events (IngestDone
@@ -443,4 +503,71 @@ func reportErrors(rep *replay.Report) []*lungsegv1.ErrorEvent {
 		out = append(out, &lungsegv1.ErrorEvent{Id: e.ID, Stage: e.Stage, Error: e.Error})
 	}
 	return out
+}
+
+// makeFIFO makes a named pipe: opening it for reading would block until
+// a writer came.
+func makeFIFO(t testing.TB, dir, name string) string {
+	t.Helper()
+	p := filepath.Join(dir, name)
+	if err := syscall.Mkfifo(p, 0o644); err != nil {
+		t.Fatal(err)
+	}
+	return p
+}
+
+func link(t testing.TB, target, p string) string {
+	t.Helper()
+	if err := os.Symlink(target, p); err != nil {
+		t.Fatal(err)
+	}
+	return p
+}
+
+func makeDangling(t testing.TB, dir, name string) string {
+	return link(t, "no-such-file.dcm", filepath.Join(dir, name))
+}
+
+func makeDevZero(t testing.TB, dir, name string) string {
+	return link(t, "/dev/zero", filepath.Join(dir, name))
+}
+
+// makeLinkLoop makes two links that point at each other.
+func makeLinkLoop(t testing.TB, dir, name string) string {
+	other := strings.TrimSuffix(name, filepath.Ext(name)) + "_b" + filepath.Ext(name)
+	link(t, name, filepath.Join(dir, other))
+	return link(t, other, filepath.Join(dir, name))
+}
+
+// makeDeepFolder makes dir/name/d…/d…/… deeper than PATH_MAX (4096
+// bytes) with a file at the bottom, through file descriptors (os.Root),
+// since no path can name it; it returns dir/name, whose walk must report
+// the part it cannot list.
+func makeDeepFolder(t testing.TB, dir, name string) string {
+	t.Helper()
+	top := filepath.Join(dir, name)
+	if err := os.Mkdir(top, 0o755); err != nil {
+		t.Fatal(err)
+	}
+	r, err := os.OpenRoot(top)
+	if err != nil {
+		t.Fatal(err)
+	}
+	d := strings.Repeat("d", 200)
+	for range 25 { // 25 × 201 bytes
+		if err := r.Mkdir(d, 0o755); err != nil {
+			t.Fatal(err)
+		}
+		next, err := r.OpenRoot(d)
+		r.Close()
+		if err != nil {
+			t.Fatal(err)
+		}
+		r = next
+	}
+	defer r.Close()
+	if err := r.WriteFile("deep.dcm", []byte("not even DICOM"), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	return top
 }
