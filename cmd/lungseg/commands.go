@@ -13,10 +13,12 @@ import (
 	"strings"
 	"time"
 
+	"github.com/lungseg/lungseg/ingest"
 	"github.com/lungseg/lungseg/ingest/formats"
 	"github.com/lungseg/lungseg/pkg/bus"
 	"github.com/lungseg/lungseg/pkg/dlq"
 	"github.com/lungseg/lungseg/pkg/model"
+	"github.com/lungseg/lungseg/pkg/natsauth"
 	"github.com/lungseg/lungseg/pkg/pipeline"
 	"github.com/lungseg/lungseg/pkg/progress"
 	"github.com/lungseg/lungseg/pkg/replay"
@@ -58,9 +60,20 @@ type node struct {
 	nc  *nats.Conn
 	js  jetstream.JetStream
 	tmp string
+	// creds are the users of the embedded server (nil: none, or not
+	// ours); credsFile is where they were written for other processes.
+	creds     *natsauth.Credentials
+	credsFile string
+	// limited: connected with a role's credentials (not admin), so the
+	// streams and buckets are left to the operator.
+	limited bool
+	extra   []*nats.Conn
 }
 
 func (n *node) Close() {
+	for _, c := range n.extra {
+		_ = c.Drain()
+	}
 	if n.nc != nil {
 		_ = n.nc.Drain()
 	}
@@ -68,20 +81,68 @@ func (n *node) Close() {
 		n.srv.Shutdown()
 		n.srv.WaitForShutdown()
 	}
+	if n.credsFile != "" {
+		_ = os.Remove(n.credsFile)
+	}
 	if n.tmp != "" {
 		_ = os.RemoveAll(n.tmp)
 	}
 }
 
-// connect joins cfg.NATS, or starts the embedded server. tempStore puts
-// the embedded store in a fresh temporary folder (removed on Close).
+// as opens another in-process connection to the embedded server as role
+// (closed with the node).
+func (n *node) as(role, name string) (jetstream.JetStream, error) {
+	o, err := n.creds.Options(role)
+	if err != nil {
+		return nil, err
+	}
+	nc, err := bus.ConnectEmbedded(n.srv, name, nats.UserInfo(o.User, o.Password))
+	if err != nil {
+		return nil, fmt.Errorf("connecting as %s: %w", role, err)
+	}
+	n.extra = append(n.extra, nc)
+	return bus.JetStream(nc)
+}
+
+// connect joins cfg.NATS as the administrator, or starts the embedded
+// server (see connectAs).
 func connect(ctx context.Context, cfg *Config, name string, tempStore bool, log zerolog.Logger) (*node, error) {
+	return connectAs(ctx, cfg, name, natsauth.RoleAdmin, tempStore, log)
+}
+
+// connectAs joins cfg.NATS, or starts the embedded server. tempStore
+// puts the embedded store in a fresh temporary folder (removed on Close).
+//
+// An embedded server in the data folder (run's) gets fresh users, one
+// per role, unless cfg.NoNATSAuth; their passwords are written to
+// cfg.credentialsPath() (0600) while it runs when it listens on TCP, and
+// this connection is the administrator. With tempStore (a replay's own
+// in-process server, no listener) there are no users.
+//
+// Joining cfg.NATS, the credentials are those of cfg.NATSAuth and the
+// LUNGSEG_NATS_* variables; when they name none and a credentials file
+// exists (or cfg.NATSCredentials is set), the connection uses role from
+// it, and a role other than admin does not create the streams.
+func connectAs(ctx context.Context, cfg *Config, name, role string, tempStore bool, log zerolog.Logger) (*node, error) {
 	n := &node{}
 	var err error
 	if cfg.NATS != "" {
-		opts, err := cfg.NATSAuth.WithEnv().NATSOptions()
+		auth := cfg.NATSAuth.WithEnv()
+		opts, err := auth.NATSOptions()
 		if err != nil {
 			return nil, fmt.Errorf("NATS credentials: %w", err)
+		}
+		if !auth.HasAuth() {
+			path := cfg.credentialsPath()
+			if _, serr := os.Stat(path); serr == nil || cfg.NATSCredentials != "" {
+				opt, err := natsauth.FileOption(path, role)
+				if err != nil {
+					return nil, fmt.Errorf("NATS credentials: %w", err)
+				}
+				opts = append(opts, opt)
+				n.limited = role != natsauth.RoleAdmin
+				log.Info().Str("file", path).Str("role", role).Msg("NATS credentials from file")
+			}
 		}
 		if n.nc, err = bus.Connect(cfg.NATS, name, opts...); err != nil {
 			return nil, err
@@ -90,6 +151,9 @@ func connect(ctx context.Context, cfg *Config, name string, tempStore bool, log 
 		defer cancel()
 		if err := bus.WaitConnected(wctx, n.nc); err != nil {
 			n.Close()
+			if lerr := n.nc.LastError(); lerr != nil {
+				return nil, fmt.Errorf("%w (%v)", err, lerr)
+			}
 			return nil, err
 		}
 		log.Info().Str("url", n.nc.ConnectedUrlRedacted()).Msg("connected to NATS")
@@ -104,26 +168,57 @@ func connect(ctx context.Context, cfg *Config, name string, tempStore bool, log 
 		if err := os.MkdirAll(dir, 0o755); err != nil {
 			return nil, err
 		}
-		n.srv, err = bus.StartEmbedded(bus.EmbeddedOptions{StoreDir: dir, Listen: cfg.Listen, SyncAlways: cfg.SyncAlways})
+		eo := bus.EmbeddedOptions{StoreDir: dir, Listen: cfg.Listen, SyncAlways: cfg.SyncAlways}
+		if !tempStore && !cfg.NoNATSAuth {
+			if n.creds, err = natsauth.GenerateCredentials(); err != nil {
+				return nil, err
+			}
+			if eo.Users, err = n.creds.ServerUsers(); err != nil {
+				return nil, err
+			}
+		}
+		n.srv, err = bus.StartEmbedded(eo)
 		if err != nil {
 			n.Close()
 			return nil, err
 		}
-		if n.nc, err = bus.ConnectEmbedded(n.srv, name); err != nil {
+		var extra []nats.Option
+		if n.creds != nil {
+			o, err := n.creds.Options(natsauth.RoleAdmin)
+			if err != nil {
+				n.Close()
+				return nil, err
+			}
+			extra = append(extra, nats.UserInfo(o.User, o.Password))
+		}
+		if n.nc, err = bus.ConnectEmbedded(n.srv, name, extra...); err != nil {
 			n.Close()
 			return nil, err
 		}
 		ev := log.Info().Str("store", dir)
 		if cfg.Listen != "" {
 			ev = ev.Str("url", n.srv.ClientURL())
+			if n.creds != nil {
+				n.creds.URL = n.srv.ClientURL()
+				path := cfg.credentialsPath()
+				if err := natsauth.WriteCredentials(path, n.creds); err != nil {
+					n.Close()
+					return nil, err
+				}
+				n.credsFile = path
+				ev = ev.Str("credentials", path)
+			} else {
+				warnExposed(log, "embedded NATS server", cfg.Listen, false,
+					"--no-nats-auth: any process that reaches it may submit jobs and delete streams")
+			}
 		}
-		ev.Msg("embedded NATS JetStream started")
+		ev.Bool("auth", n.creds != nil).Msg("embedded NATS JetStream started")
 	}
 	if n.js, err = bus.JetStream(n.nc); err != nil {
 		n.Close()
 		return nil, err
 	}
-	if cfg.ensureStreams() {
+	if cfg.ensureStreams() && !n.limited {
 		if err := bus.EnsureStreams(ctx, n.js, cfg.streamOptions()); err != nil {
 			n.Close()
 			return nil, err
@@ -134,6 +229,10 @@ func connect(ctx context.Context, cfg *Config, name string, tempStore bool, log 
 
 func pipelineConfig(cfg *Config, stages []string) (pipeline.Config, error) {
 	reg, err := model.OpenRegistry(cfg.ModelsDir)
+	if err != nil {
+		return pipeline.Config{}, err
+	}
+	roots, err := ingest.NewRoots(cfg.InputRoots...)
 	if err != nil {
 		return pipeline.Config{}, err
 	}
@@ -155,6 +254,7 @@ func pipelineConfig(cfg *Config, stages []string) (pipeline.Config, error) {
 		Webhooks:        cfg.webhookConfigs(),
 		TrainCopies:     cfg.TrainCopies,
 		TrainSeed:       cfg.TrainSeed,
+		InputRoots:      roots,
 	}, nil
 }
 
@@ -194,6 +294,9 @@ func cmdRun(ctx context.Context, args []string) error {
 	if err != nil {
 		return err
 	}
+	if *webAddr != "" {
+		warnExposed(log, "viewer and /metrics", *webAddr, *webToken != "", "set --web-token or LUNGSEG_WEB_TOKEN")
+	}
 	wctx, stopWeb := context.WithCancel(ctx)
 	wh, err := startWeb(wctx, n.js, webOptions{Addr: *webAddr, Token: *webToken, TLSCert: *webCert, TLSKey: *webKey, Models: served}, log)
 	if err != nil {
@@ -217,6 +320,10 @@ func cmdRun(ctx context.Context, args []string) error {
 	if *stages == "none" {
 		<-ctx.Done()
 		return nil
+	}
+	if n.creds != nil {
+		// Each stage as its own user, with its role's permissions.
+		return runAsRoles(ctx, n, pc, log)
 	}
 	return pipeline.Run(ctx, n.js, pc, log)
 }
@@ -248,12 +355,16 @@ func stageCmd(name string) func(ctx context.Context, args []string) error {
 		if err != nil {
 			return err
 		}
-		n, err := connect(ctx, cfg, "lungseg-"+name, false, log)
+		n, err := connectAs(ctx, cfg, "lungseg-"+name, name, false, log)
 		if err != nil {
 			return err
 		}
 		defer n.Close()
+		if n.limited {
+			pc.SkipStreamSetup = true
+		}
 		if *metricsAddr != "" {
+			warnExposed(log, "/metrics", *metricsAddr, *metricsToken != "", "set --metrics-token or LUNGSEG_WEB_TOKEN")
 			wh, err := startWeb(ctx, n.js, webOptions{}, log) // collectors only
 			if err != nil {
 				return err
@@ -361,7 +472,7 @@ func doReplay(ctx context.Context, cfg *Config, a replayArgs) error {
 		// every stage in this process.
 		cfg.Listen = ""
 	}
-	n, err := connect(ctx, cfg, "lungseg-replay", embedded, log)
+	n, err := connectAs(ctx, cfg, "lungseg-replay", natsauth.RoleReplay, embedded, log)
 	if err != nil {
 		return err
 	}
@@ -369,6 +480,15 @@ func doReplay(ctx context.Context, cfg *Config, a replayArgs) error {
 	if embedded {
 		pc, err := pipelineConfig(cfg, nil)
 		if err != nil {
+			return err
+		}
+		// Its own pipeline reads its own inputs (and the configured
+		// roots).
+		own := append(append([]string(nil), cfg.InputRoots...), inputs...)
+		if masks != "" {
+			own = append(own, masks)
+		}
+		if pc.InputRoots, err = ingest.NewRoots(own...); err != nil {
 			return err
 		}
 		if len(a.models) > 0 {

@@ -66,6 +66,18 @@ type Config struct {
 	// NATSAuth holds credentials and TLS for an external NATS
 	// (LUNGSEG_NATS_* environment variables fill what is unset).
 	NATSAuth natsauth.Options `json:"nats_auth"`
+	// NATSCredentials is the credentials file `run` writes (mode 0600)
+	// with the passwords of its embedded server's users, and the other
+	// commands read to connect with their role when nats_auth sets no
+	// credentials; default <data_dir>/nats-credentials.json.
+	NATSCredentials string `json:"nats_credentials"`
+	// NoNATSAuth starts the embedded server without users (anyone who
+	// reaches its port may do anything).
+	NoNATSAuth bool `json:"no_nats_auth"`
+	// InputRoots are the folders the ingest stage of `run` and `ingest`
+	// may read jobs' paths under; with none, every job naming a path is
+	// refused (a replay with its own embedded server allows its inputs).
+	InputRoots []string `json:"input_roots"`
 	// EnsureStreams creates or updates the streams at start-up (default
 	// true); stage users without stream rights set it false.
 	EnsureStreams *bool `json:"ensure_streams"`
@@ -175,6 +187,15 @@ func (c *Config) Validate() error {
 	return errors.Join(errs...)
 }
 
+// credentialsPath is where run writes its server's credentials and
+// clients look for them.
+func (c *Config) credentialsPath() string {
+	if c.NATSCredentials != "" {
+		return c.NATSCredentials
+	}
+	return filepath.Join(c.DataDir, natsauth.CredentialsFile)
+}
+
 func (c *Config) inferOptions() infer.Options {
 	return infer.Options{Provider: c.Provider, IntraOpThreads: c.Threads}
 }
@@ -204,6 +225,10 @@ func commonFlags(fs *flag.FlagSet) func() (*Config, error) {
 	hook := fs.String("webhook", "", "POST each alert as JSON to this URL (a webhook named \"default\")")
 	alertAt := fs.String("alert-at", "", "lowest Lung-RADS category that raises an alert (default LR4A)")
 	quiet := fs.Duration("quiet-period", 0, "a series is complete after this long without a new slice (default 60s)")
+	natsCreds := fs.String("nats-credentials", "", "credentials file of run's embedded server (written by run, read by clients; default DATA_DIR/"+natsauth.CredentialsFile+")")
+	noNATSAuth := fs.Bool("no-nats-auth", false, "run: start the embedded server without users (anyone reaching it may do anything)")
+	var inputRoots stringList
+	fs.Var(&inputRoots, "input-root", "folder ingest jobs may read under (repeatable; adds to input_roots)")
 	return func() (*Config, error) {
 		c := defaultConfig()
 		if *cfgPath != "" {
@@ -249,6 +274,12 @@ func commonFlags(fs *flag.FlagSet) func() (*Config, error) {
 				c.Findings.AlertAt = *alertAt
 			case "quiet-period":
 				c.Findings.QuietPeriod = Duration(*quiet)
+			case "nats-credentials":
+				c.NATSCredentials = *natsCreds
+			case "no-nats-auth":
+				c.NoNATSAuth = *noNATSAuth
+			case "input-root":
+				c.InputRoots = append(c.InputRoots, inputRoots...)
 			}
 		})
 		if err := c.Validate(); err != nil {

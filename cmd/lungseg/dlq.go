@@ -13,6 +13,7 @@ import (
 	"text/tabwriter"
 
 	"github.com/lungseg/lungseg/pkg/dlq"
+	"github.com/lungseg/lungseg/pkg/natsauth"
 )
 
 // cmdDLQ inspects and re-drives dead letters: lungseg dlq list|replay|watch.
@@ -45,13 +46,15 @@ func cmdDLQ(ctx context.Context, args []string) error {
 		return errors.New("dlq needs --nats URL")
 	}
 	log := newLogger(cfg.LogLevel, os.Stderr)
-	n, err := connect(ctx, cfg, "lungseg-dlq", false, log)
+	n, err := connectAs(ctx, cfg, "lungseg-dlq", natsauth.RoleDLQ, false, log)
 	if err != nil {
 		return err
 	}
 	defer n.Close()
-	if err := dlq.Ensure(ctx, n.js, cfg.streamOptions()); err != nil {
-		return err
+	if !n.limited { // the dlq role may not create streams: run made it
+		if err := dlq.Ensure(ctx, n.js, cfg.streamOptions()); err != nil {
+			return err
+		}
 	}
 	filter := dlq.Filter{Stream: *stream, Consumer: *consumer, Replay: *replayID}
 	switch sub {

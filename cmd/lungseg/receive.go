@@ -20,6 +20,7 @@ import (
 	"github.com/lungseg/lungseg/ingest/dimse"
 	"github.com/lungseg/lungseg/ingest/watch"
 	"github.com/lungseg/lungseg/pkg/model"
+	"github.com/lungseg/lungseg/pkg/natsauth"
 	"github.com/lungseg/lungseg/pkg/stage"
 	"github.com/lungseg/lungseg/score/seg"
 )
@@ -58,7 +59,7 @@ func cmdReceive(ctx context.Context, args []string) error {
 	if err != nil {
 		return err
 	}
-	n, err := connect(ctx, cfg, "lungseg-receive", false, log)
+	n, err := connectAs(ctx, cfg, "lungseg-receive", natsauth.RoleReceive, false, log)
 	if err != nil {
 		return err
 	}
@@ -120,7 +121,12 @@ func runReceivers(ctx context.Context, rc receiveConfig, log zerolog.Logger) err
 		httpAddr = ln.Addr()
 		mux := http.NewServeMux()
 		dicomweb.NewServer(withSource("dicomweb"), "/dicomweb").Register(mux)
-		srv := &http.Server{Handler: rc.httpSec.Require(mux), ReadHeaderTimeout: 30 * time.Second}
+		warnExposed(log, "STOW-RS", rc.http, rc.httpSec.Token != "", "set --stow-token or LUNGSEG_STOW_TOKEN")
+		// Bodies are read under dicomweb's idle timeout and minimum rate;
+		// headers must come within 10 s and idle keep-alive connections
+		// are closed after a minute.
+		srv := &http.Server{Handler: rc.httpSec.Require(mux), ReadHeaderTimeout: 10 * time.Second,
+			IdleTimeout: time.Minute, MaxHeaderBytes: 64 << 10}
 		wg.Add(1)
 		go func() {
 			defer wg.Done()
@@ -132,6 +138,11 @@ func runReceivers(ctx context.Context, rc receiveConfig, log zerolog.Logger) err
 		log.Info().Str("addr", ln.Addr().String()).Msg("STOW-RS listening on /dicomweb/studies")
 	}
 	if rc.dimse != "" {
+		hint := "DIMSE has no authentication here: keep the SCP on a trusted network or behind a TLS tunnel, and set --allow-ae"
+		if len(rc.allow) > 0 {
+			hint = "calling AE titles (--allow-ae) are not authentication: keep the SCP on a trusted network or behind a TLS tunnel"
+		}
+		warnExposed(log, "C-STORE SCP", rc.dimse, false, hint)
 		acc := withSource("dimse")
 		scp, err := dimse.New(dimse.Config{AETitle: rc.ae, AllowedCallingAEs: rc.allow}, func(ctx context.Context, r *dimse.StoreRequest) (uint16, error) {
 			_, err := acc.Accept(ctx, "C-STORE from "+r.CallingAE, r.Part10(), "")

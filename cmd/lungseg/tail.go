@@ -11,6 +11,7 @@ import (
 	"time"
 
 	"github.com/lungseg/lungseg/pkg/bus"
+	"github.com/lungseg/lungseg/pkg/natsauth"
 	lungsegv1 "github.com/lungseg/lungseg/proto/lungseg/v1"
 	"github.com/lungseg/lungseg/score/findings"
 	"github.com/nats-io/nats.go/jetstream"
@@ -24,6 +25,7 @@ func cmdTail(ctx context.Context, args []string) error {
 	url := fs.String("nats", "nats://127.0.0.1:4222", "NATS URL (the address 'lungseg run' listens on by default)")
 	all := fs.Bool("all", false, "print what the stream already holds, then new messages")
 	slices := fs.Bool("slices", false, "also print per-slice components (lung.findings.slice.>)")
+	creds := fs.String("nats-credentials", "", "credentials file of 'lungseg run' (default "+defaultCredentialsPath()+" when it exists)")
 	fs.Usage = func() {
 		fmt.Fprintln(fs.Output(), "usage: lungseg tail [flags] [SUBJECT]")
 		fmt.Fprintln(fs.Output(), "SUBJECT defaults to lung.findings.> ; e.g. lung.alerts.> or lung.findings.LR4B.>")
@@ -40,7 +42,11 @@ func cmdTail(ctx context.Context, args []string) error {
 	if fs.NArg() == 1 {
 		subject = fs.Arg(0)
 	}
-	nc, err := bus.Connect(*url, "lungseg-tail")
+	opts, err := toolCredentials(*creds, natsauth.RoleAdmin)
+	if err != nil {
+		return err
+	}
+	nc, err := bus.Connect(*url, "lungseg-tail", opts...)
 	if err != nil {
 		return err
 	}

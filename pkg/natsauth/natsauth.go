@@ -74,6 +74,13 @@ func (o Options) Validate() error {
 	return nil
 }
 
+// HasAuth reports whether the options name a way to authenticate (a
+// user, an nkey seed, a credentials file or a TLS client certificate).
+func (o Options) HasAuth() bool {
+	return o.User != "" || o.Password != "" || o.PasswordFile != "" || o.PasswordEnv != "" ||
+		o.NKeySeedFile != "" || o.CredsFile != "" || o.TLSCert != ""
+}
+
 // password resolves the password from the options, file or environment.
 func (o Options) password() (string, error) {
 	switch {
