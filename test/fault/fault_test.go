@@ -20,7 +20,9 @@ const replayTimeout = 4 * time.Minute
 func startServer(t *testing.T, reg string) (*proc, string) {
 	port := freePort(t)
 	url := fmt.Sprintf("nats://127.0.0.1:%d", port)
-	p := newProc(t, "nats", lungsegBin, "run", "--stages", "none", "--listen", fmt.Sprintf("127.0.0.1:%d", port),
+	// --no-nats-auth: these tests are about faults; the stages connect
+	// without the run's per-run credentials (tested in cmd/lungseg).
+	p := newProc(t, "nats", lungsegBin, "run", "--stages", "none", "--no-nats-auth", "--listen", fmt.Sprintf("127.0.0.1:%d", port),
 		"--data-dir", filepath.Join(t.TempDir(), "js"), "--models-dir", reg, "--config", configFile(t), "--log-level", "warn")
 	p.start()
 	t.Cleanup(func() {

@@ -237,7 +237,8 @@ func configFile(t *testing.T) string {
 		return v.(string)
 	}
 	f := filepath.Join(t.TempDir(), "config.json")
-	cfg := map[string]any{"replicas": replicas(t), "sync_always": true}
+	// The phantoms are written under the temporary folder.
+	cfg := map[string]any{"replicas": replicas(t), "sync_always": true, "input_roots": []string{os.TempDir()}}
 	b, _ := json.Marshal(cfg)
 	if err := os.WriteFile(f, b, 0o644); err != nil {
 		t.Fatal(err)
