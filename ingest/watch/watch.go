@@ -38,6 +38,10 @@ type Watcher struct {
 	Log          zerolog.Logger
 
 	seen map[string]stamp
+	// reported holds the entries already logged as unreadable (a named
+	// pipe, an unlistable sub-folder), so each is logged once, not at
+	// every poll.
+	reported map[string]bool
 }
 
 type stamp struct {
@@ -76,10 +80,28 @@ func (w *Watcher) Poll(ctx context.Context) (int, error) {
 	}
 	failed := filepath.Join(w.Dir, FailedDir)
 	now := map[string]stamp{}
+	reported := map[string]bool{}
+	// report logs, once while it lasts, an entry that is left alone.
+	report := func(p string, err error) {
+		rel, _ := filepath.Rel(w.Dir, p)
+		reported[p] = true
+		if !w.reported[p] {
+			w.Log.Error().Err(err).Str("file", rel).Msg("left alone in the watched folder")
+		}
+	}
 	accepted := 0
 	err := filepath.WalkDir(w.Dir, func(p string, d fs.DirEntry, err error) error {
 		if err != nil {
-			return err
+			if p == w.Dir {
+				return err
+			}
+			// One unlistable sub-folder (permissions, a path over
+			// PATH_MAX) must not stop the rest of the folder.
+			report(p, fmt.Errorf("watch: listing: %w", err))
+			if d != nil && d.IsDir() {
+				return filepath.SkipDir
+			}
+			return nil
 		}
 		if d.IsDir() {
 			if p == failed {
@@ -87,7 +109,13 @@ func (w *Watcher) Poll(ctx context.Context) (int, error) {
 			}
 			return nil
 		}
-		if !d.Type().IsRegular() || strings.HasPrefix(d.Name(), ".") {
+		if strings.HasPrefix(d.Name(), ".") {
+			return nil
+		}
+		if !d.Type().IsRegular() {
+			// Named pipes, devices, links: never opened (a pipe would
+			// block the poll).
+			report(p, fmt.Errorf("watch: not a regular file (%v)", d.Type()))
 			return nil
 		}
 		if err := ctx.Err(); err != nil {
@@ -129,6 +157,7 @@ func (w *Watcher) Poll(ctx context.Context) (int, error) {
 		return nil
 	})
 	w.seen = now
+	w.reported = reported
 	if errors.Is(err, context.Canceled) || errors.Is(err, context.DeadlineExceeded) {
 		return accepted, err
 	}

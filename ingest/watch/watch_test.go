@@ -6,6 +6,7 @@ import (
 	"os"
 	"path/filepath"
 	"strings"
+	"syscall"
 	"testing"
 	"time"
 
@@ -103,5 +104,64 @@ func TestWatchRetriesTransientFailures(t *testing.T) {
 	}
 	if _, err := os.Stat(filepath.Join(dir, FailedDir, "a.dcm.err")); err != nil {
 		t.Errorf("oversized file not moved to failed/: %v", err)
+	}
+}
+
+// TestWatchLeavesUnreadableEntries puts a named pipe and a sub-folder
+// deeper than PATH_MAX (so that it cannot be listed, even by root) in the
+// watched folder: each is logged once, and the files beside them are
+// still accepted.
+func TestWatchLeavesUnreadableEntries(t *testing.T) {
+	dir := t.TempDir()
+	var logged strings.Builder
+	var got []string
+	w := &Watcher{Dir: dir, Log: zerolog.New(&logged), Accept: func(_ context.Context, name string, _ []byte) (bool, error) {
+		got = append(got, name)
+		return false, nil
+	}}
+	for _, name := range []string{"a.dcm", "z/b.dcm"} {
+		if err := os.MkdirAll(filepath.Dir(filepath.Join(dir, name)), 0o755); err != nil {
+			t.Fatal(err)
+		}
+		if err := os.WriteFile(filepath.Join(dir, name), []byte("x"), 0o644); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if err := syscall.Mkfifo(filepath.Join(dir, "pipe.dcm"), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	r, err := os.OpenRoot(dir)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for range 25 { // 25 × 201 bytes: over PATH_MAX
+		d := strings.Repeat("d", 200)
+		if err := r.Mkdir(d, 0o755); err != nil {
+			t.Fatal(err)
+		}
+		next, err := r.OpenRoot(d)
+		r.Close()
+		if err != nil {
+			t.Fatal(err)
+		}
+		r = next
+	}
+	r.Close()
+	ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
+	defer cancel()
+	for range 3 {
+		if _, err := w.Poll(ctx); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if strings.Join(got, " ") != "a.dcm z/b.dcm" {
+		t.Errorf("accepted %v, want a.dcm and z/b.dcm", got)
+	}
+	out := logged.String()
+	if strings.Count(out, "pipe.dcm") != 1 || !strings.Contains(out, "not a regular file") {
+		t.Errorf("log %s: want the pipe once", out)
+	}
+	if strings.Count(out, "file name too long") != 1 {
+		t.Errorf("log %s: want the deep folder once", out)
 	}
 }
