@@ -198,16 +198,7 @@ func connectAs(ctx context.Context, cfg *Config, name, role string, tempStore bo
 		ev := log.Info().Str("store", dir)
 		if cfg.Listen != "" {
 			ev = ev.Str("url", n.srv.ClientURL())
-			if n.creds != nil {
-				n.creds.URL = n.srv.ClientURL()
-				path := cfg.credentialsPath()
-				if err := natsauth.WriteCredentials(path, n.creds); err != nil {
-					n.Close()
-					return nil, err
-				}
-				n.credsFile = path
-				ev = ev.Str("credentials", path)
-			} else {
+			if n.creds == nil {
 				warnExposed(log, "embedded NATS server", cfg.Listen, false,
 					"--no-nats-auth: any process that reaches it may submit jobs and delete streams")
 			}
@@ -223,6 +214,18 @@ func connectAs(ctx context.Context, cfg *Config, name, role string, tempStore bo
 			n.Close()
 			return nil, err
 		}
+	}
+	if n.creds != nil && cfg.Listen != "" {
+		// Written once the streams exist, so that a client that finds
+		// the file finds them too.
+		n.creds.URL = n.srv.ClientURL()
+		path := cfg.credentialsPath()
+		if err := natsauth.WriteCredentials(path, n.creds); err != nil {
+			n.Close()
+			return nil, err
+		}
+		n.credsFile = path
+		log.Info().Str("credentials", path).Msg("NATS credentials of this run written (mode 0600)")
 	}
 	return n, nil
 }

@@ -15,8 +15,11 @@ import (
 	"github.com/rs/zerolog"
 
 	"github.com/lungseg/lungseg/pkg/bus"
+	"github.com/lungseg/lungseg/pkg/bustest"
 	"github.com/lungseg/lungseg/pkg/natsauth"
 	"github.com/lungseg/lungseg/pkg/phantom"
+	lungsegv1 "github.com/lungseg/lungseg/proto/lungseg/v1"
+	"google.golang.org/protobuf/proto"
 )
 
 func TestWarnExposed(t *testing.T) {
@@ -171,6 +174,30 @@ func TestRunStagesAsRolesWithInputRoots(t *testing.T) {
 		t.Fatal(err)
 	}
 	dataDir, creds, _ := startRun(t, "--models-dir", reg, "--input-root", root)
+	// Wait for every stage's consumer (work streams may keep messages
+	// only for consumers that exist).
+	ajs := connectRole(t, creds.URL, creds, natsauth.RoleAdmin)
+	deadline := time.Now().Add(60 * time.Second)
+	for _, st := range []string{bus.StreamIngest, bus.StreamRaw, bus.StreamReady, bus.StreamMasks, bus.StreamScores} {
+		for {
+			ctx, cancel := context.WithTimeout(context.Background(), 2*time.Second)
+			n := 0
+			if s, err := ajs.Stream(ctx, st); err == nil {
+				names := s.ConsumerNames(ctx)
+				for range names.Name() {
+					n++
+				}
+			}
+			cancel()
+			if n > 0 {
+				break
+			}
+			if time.Now().After(deadline) {
+				t.Fatalf("no consumer on %s after 60 s", st)
+			}
+			time.Sleep(50 * time.Millisecond)
+		}
+	}
 
 	replayVia := func(input string) *struct {
 		slices int
@@ -200,7 +227,19 @@ func TestRunStagesAsRolesWithInputRoots(t *testing.T) {
 		t.Fatalf("inside the root: %d of %d slices scored, errors %v", in.slices, len(sl), in.errs)
 	}
 	out := replayVia(outside)
-	if out.slices != 0 || len(out.errs) != 1 || !strings.Contains(out.errs[0], "outside the input roots") || !strings.Contains(out.errs[0], outside) {
-		t.Fatalf("outside the root: %d slices scored, errors %v; want one error naming the path", out.slices, out.errs)
+	if out.slices != 0 {
+		t.Fatalf("outside the root: %d slices scored", out.slices)
+	}
+	// The refusal is on the errors subject, naming the path and why.
+	var found []string
+	for _, m := range bustest.Fetch(t, ajs, bus.StreamErrors, bus.PrefixErrors+"ingest.>") {
+		var ev lungsegv1.ErrorEvent
+		if err := proto.Unmarshal(m.Data(), &ev); err != nil {
+			t.Fatal(err)
+		}
+		found = append(found, ev.Error)
+	}
+	if len(found) != 1 || !strings.Contains(found[0], "outside the input roots") || !strings.Contains(found[0], outside) {
+		t.Fatalf("errors on lung.errors.ingest.>: %q (report: %v); want one naming %s outside the input roots", found, out.errs, outside)
 	}
 }

@@ -106,6 +106,7 @@ func viewerReplay(t *testing.T, chromium string) {
 	defer cancel()
 	cfg := defaultConfig()
 	cfg.ModelsDir, cfg.LogLevel, cfg.Listen = reg, "warn", ""
+	cfg.InputRoots = []string{dir} // ingest reads only under its input roots
 	log := newLogger(cfg.LogLevel, os.Stderr)
 	node, err := connect(ctx, &cfg, "lungseg-test", true, log)
 	if err != nil {
