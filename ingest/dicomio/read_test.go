@@ -39,7 +39,6 @@ type expectedFile struct {
 	MaskPixels     int    `json:"mask_pixels"`
 	MaskPixelsF002 int    `json:"mask_pixels_f002"`
 	Clamped        int    // pixels clamped to int16 HU, each frame
-
 	Modality       string // from pydicom_hu.py
 }
 
