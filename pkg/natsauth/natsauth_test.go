@@ -19,6 +19,7 @@ import (
 	"time"
 
 	"github.com/lungseg/lungseg/pkg/bus"
+	"github.com/lungseg/lungseg/pkg/bustest"
 	"github.com/lungseg/lungseg/pkg/stage"
 	"github.com/nats-io/nats-server/v2/server"
 	"github.com/nats-io/nats.go"
@@ -112,6 +113,11 @@ func startSecure(t *testing.T) (url, ca string, pw map[string]string) {
 	ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
 	defer cancel()
 	if err := bus.EnsureStreams(ctx, js, bus.StreamOptions{}); err != nil {
+		t.Fatal(err)
+	}
+	// RAW, READY and MASKS drop what no consumer is there to take: keep it
+	// for the tests, which publish before their stage consumes.
+	if err := bustest.Keep(ctx, js); err != nil {
 		t.Fatal(err)
 	}
 	return url, ca, pw
