@@ -109,6 +109,7 @@ var readDir = func(path string) ([]fs.DirEntry, error) {
 type entry struct {
 	path, rel string
 	err       error
+	dir       bool // a folder: its id keeps any dot in its name
 }
 
 // Walk reads one input: a file, or a folder whose files are read in
@@ -175,10 +176,13 @@ func Walk(ctx context.Context, formats []Format, path, masksDir string, fn EmitF
 		}
 		if e.err != nil {
 			id := filepath.ToSlash(e.rel)
-			if e.rel == "." {
+			switch {
+			case e.rel == ".":
 				id = filepath.Base(path)
+			case !e.dir:
+				id = strings.TrimSuffix(id, filepath.Ext(id))
 			}
-			if err := fn(Item{Meta: metaID(strings.TrimSuffix(id, filepath.Ext(id))), Err: e.err}); err != nil {
+			if err := fn(Item{Meta: metaID(id), Err: e.err}); err != nil {
 				return err
 			}
 			continue
@@ -224,7 +228,7 @@ func list(ctx context.Context, dir, rel string, ancestors []os.FileInfo, out []e
 		case t.IsDir():
 			info, err := d.Info()
 			if err != nil {
-				out = append(out, entry{rel: r, err: fmt.Errorf("ingest: listing folder %s: %w", filepath.ToSlash(r), err)})
+				out = append(out, entry{rel: r, dir: true, err: fmt.Errorf("ingest: listing folder %s: %w", filepath.ToSlash(r), err)})
 				continue
 			}
 			loop := false
@@ -232,7 +236,7 @@ func list(ctx context.Context, dir, rel string, ancestors []os.FileInfo, out []e
 				loop = loop || os.SameFile(a, info)
 			}
 			if loop {
-				out = append(out, entry{rel: r, err: fmt.Errorf("ingest: folder %s is one of its own ancestors (a loop); not read", filepath.ToSlash(r))})
+				out = append(out, entry{rel: r, dir: true, err: fmt.Errorf("ingest: folder %s is one of its own ancestors (a loop); not read", filepath.ToSlash(r))})
 				continue
 			}
 			n := len(out)
@@ -242,7 +246,7 @@ func list(ctx context.Context, dir, rel string, ancestors []os.FileInfo, out []e
 				if len(out) > n {
 					msg = "ingest: listing folder %s (the entries read before the failure are ingested): %w"
 				}
-				out = append(out, entry{rel: r, err: fmt.Errorf(msg, filepath.ToSlash(r), err)})
+				out = append(out, entry{rel: r, dir: true, err: fmt.Errorf(msg, filepath.ToSlash(r), err)})
 			}
 		case t&fs.ModeSymlink != 0:
 			out = append(out, symlinkEntry(p, r))

@@ -177,14 +177,14 @@ func TestWalkFolderEntries(t *testing.T) {
 func TestWalkUnlistableSubfolder(t *testing.T) {
 	dir := t.TempDir()
 	write(t, filepath.Join(dir, "a.txt"))
-	write(t, filepath.Join(dir, "locked", "secret.txt"))
+	write(t, filepath.Join(dir, "locked.v2", "secret.txt"))
 	write(t, filepath.Join(dir, "partial", "p1.txt"))
 	write(t, filepath.Join(dir, "partial", "p2.txt"))
 	write(t, filepath.Join(dir, "z", "c.txt"))
 	restore := ingest.SetReadDir(func(p string) ([]fs.DirEntry, error) {
 		ents, err := ingest.ReadDir(p)
 		switch filepath.Base(p) {
-		case "locked":
+		case "locked.v2":
 			return nil, &fs.PathError{Op: "open", Path: p, Err: syscall.EACCES}
 		case "partial":
 			return ents[:1], &fs.PathError{Op: "readdirent", Path: p, Err: syscall.EIO}
@@ -196,8 +196,8 @@ func TestWalkUnlistableSubfolder(t *testing.T) {
 	if want := "a partial/p1 z/c"; strings.Join(good, " ") != want {
 		t.Errorf("read %v, want %s", good, want)
 	}
-	if !strings.Contains(bad["locked"], "listing folder locked") || !strings.Contains(bad["locked"], "permission denied") {
-		t.Errorf("locked: error %q", bad["locked"])
+	if !strings.Contains(bad["locked.v2"], "listing folder locked.v2") || !strings.Contains(bad["locked.v2"], "permission denied") {
+		t.Errorf("locked.v2: error %q (errors %v)", bad["locked.v2"], bad)
 	}
 	if !strings.Contains(bad["partial"], "listing folder partial (the entries read before the failure are ingested)") {
 		t.Errorf("partial: error %q", bad["partial"])
