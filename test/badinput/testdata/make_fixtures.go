@@ -20,8 +20,11 @@ import (
 	"math/rand/v2"
 	"os"
 	"path/filepath"
+	"strings"
 
+	"github.com/lungseg/lungseg/pkg/bus"
 	"github.com/lungseg/lungseg/pkg/imgx"
+	"github.com/lungseg/lungseg/pkg/objref"
 	lungsegv1 "github.com/lungseg/lungseg/proto/lungseg/v1"
 	"google.golang.org/protobuf/encoding/protowire"
 	"google.golang.org/protobuf/proto"
@@ -96,6 +99,13 @@ func main() {
 	write("proto/output_huge_slice.bin", out(&lungsegv1.ModelOutput{Meta: meta("output_huge_slice", 1<<20, 1<<20), Height: 2, Width: 2, Prob: f32(0, 1, 0, 1)}))
 	write("proto/output_bad_truth.bin", out(&lungsegv1.ModelOutput{Meta: meta("output_bad_truth", 2, 2), Height: 2, Width: 2, Prob: f32(0, 1, 0, 1), HasMask: true, MaskBits: []byte{}}))
 	write("proto/output_truncated.bin", out(&lungsegv1.ModelOutput{Meta: meta("x", 2, 2), Height: 2, Width: 2, Prob: f32(0, 1, 0, 1)})[:9])
+	// Object references (pkg/objref: a body over the payload limit
+	// travels as objref.Magic and an ObjectRef) that cannot be resolved:
+	// the object is not there; the bucket is not the pixel bucket.
+	ref := func(r *lungsegv1.ObjectRef) []byte { return append(append([]byte{}, objref.Magic...), marshal(r)...) }
+	zero := strings.Repeat("0", 64)
+	write("proto/ref_missing.bin", ref(&lungsegv1.ObjectRef{Bucket: bus.PixelsBucket, Key: "msg/0000000000000000/ref_missing", Sha256: zero, Size: 2 << 20}))
+	write("proto/ref_bad_bucket.bin", ref(&lungsegv1.ObjectRef{Bucket: "elsewhere", Key: "msg/0000000000000000/ref_bad_bucket", Sha256: zero, Size: 2 << 20}))
 
 	// PNG pairs (<id>_image.png with <id>_mask.png). Names start with
 	// png_ so that their slice ids (the name without extension) differ
