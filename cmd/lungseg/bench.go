@@ -23,7 +23,10 @@ func cmdBench(ctx context.Context, args []string) error {
 	rounds := fs.Int("rounds", 3, "interleaved rounds per comparison (figures are medians)")
 	threads := fs.String("threads", "1,2", "intra-op thread counts, the same for ONNX Runtime and PyTorch")
 	batches := fs.String("batches", "1,2,4,8", "batch sizes of the inference comparison")
-	sections := fs.String("sections", strings.Join(bench.AllSections, ","), "sections to run")
+	sections := fs.String("sections", strings.Join(bench.DefaultSections, ","), "sections to run (of "+strings.Join(bench.AllSections, ", ")+")")
+	memoryRows := fs.String("memory-rows", "264,708,2124", "memory section: pickle rows per replay")
+	memoryUnbound := fs.Bool("memory-unbound", false, "memory section: also replay each pickle without the ingest backlog bound")
+	maxBacklogMB := fs.Int("max-backlog-mb", 0, "memory section: the ingest backlog bound in MB (0: the default)")
 	cascadeSeries := fs.String("cascade-series", "", "cascade section: folder of DICOM slices (default ../shared/data/ct_series/popi_00_141 when present, else phantoms; none: phantoms)")
 	python := fs.String("python", "", "Python interpreter for the reference side (default /usr/bin/python3, else python3; none to skip)")
 	trainDir := fs.String("train-dir", "", "folder holding lungseg_train (default: train beside --models-dir, or ./train)")
@@ -64,6 +67,10 @@ func cmdBench(ctx context.Context, args []string) error {
 	if err != nil {
 		return err
 	}
+	mrows, err := ints("memory-rows", *memoryRows)
+	if err != nil {
+		return err
+	}
 	if *cpuProfile != "" {
 		f, err := os.Create(*cpuProfile)
 		if err != nil {
@@ -80,6 +87,7 @@ func cmdBench(ctx context.Context, args []string) error {
 		ModelsDir: *modelsDir, Models: strings.Split(*modelSel, ","), N: *n, Rounds: *rounds,
 		Threads: th, Batches: bs, Sections: strings.Split(*sections, ","), Python: *python,
 		CascadeSeries: *cascadeSeries, TrainDir: *trainDir, Provider: *provider, FP16: *fp16, PeakTFLOPs: *peak, BatchMax: *batchMax, BatchWait: *batchWait, BatchWorkers: *batchWorkers, Progress: os.Stderr, Log: &log,
+		MemoryRows: mrows, MemoryUnbound: *memoryUnbound, MaxBacklog: int64(*maxBacklogMB) << 20,
 	}
 	rep, err := bench.Run(ctx, o)
 	if rep != nil {

@@ -252,6 +252,7 @@ func pipelineConfig(cfg *Config, stages []string) (pipeline.Config, error) {
 		Streams:         cfg.streamOptions(),
 		SkipStreamSetup: !cfg.ensureStreams(),
 		AckWait:         time.Duration(cfg.AckWait),
+		MaxBacklog:      max(cfg.MaxBacklogMB<<20, -1),
 		Findings:        cfg.findingsConfig(),
 		Batch:           segment.BatchOptions{MaxBatch: cfg.BatchMax, MaxWait: time.Duration(cfg.BatchWait)},
 		Webhooks:        cfg.webhookConfigs(),

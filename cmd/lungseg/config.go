@@ -85,6 +85,10 @@ type Config struct {
 	// 30s: after a crash, what the dead process held comes back within it;
 	// workers send in-progress heartbeats while they hold a message).
 	AckWait Duration `json:"ack_wait"`
+	// MaxBacklogMB bounds the megabytes of slices waiting in RAW, READY
+	// and MASKS: ingest reads no further while they hold more (0: the
+	// default, bus.DefaultMaxBacklog; -1: no bound).
+	MaxBacklogMB int64 `json:"max_backlog_mb"`
 	// Findings tunes the findings stage.
 	Findings FindingsConfig `json:"findings"`
 	// Webhooks receive alerts by HTTP POST.

@@ -50,10 +50,17 @@ const (
 	SectionBatching  = "batching"
 	SectionDecode    = "decode"
 	SectionCascade   = "cascade"
+	// SectionMemory replays pickles of MemoryRows rows and reports peak
+	// RSS, live heap, backlog and disk use (not in DefaultSections: it
+	// takes minutes).
+	SectionMemory = "memory"
 )
 
 // AllSections lists the sections in the order they run.
-var AllSections = []string{SectionInference, SectionPipeline, SectionBatching, SectionDecode, SectionCascade}
+var AllSections = []string{SectionInference, SectionPipeline, SectionBatching, SectionDecode, SectionCascade, SectionMemory}
+
+// DefaultSections are the sections run when none are named.
+var DefaultSections = []string{SectionInference, SectionPipeline, SectionBatching, SectionDecode, SectionCascade}
 
 // ErrOptions reports unusable options.
 var ErrOptions = errors.New("bench: bad options")
@@ -108,6 +115,13 @@ type Options struct {
 	// (default: ../shared/data/ct_series/popi_00_141 beside the repository
 	// when present, else the phantom series; "none": the phantoms).
 	CascadeSeries string
+	// MemoryRows are the pickle sizes of the memory section (default
+	// DefaultMemoryRows), MaxBacklog its ingest backlog bound in bytes (0:
+	// bus.DefaultMaxBacklog), and MemoryUnbound measures each size again
+	// without a bound, for comparison.
+	MemoryRows    []int
+	MaxBacklog    int64
+	MemoryUnbound bool
 	// Progress receives a line per measurement; nil for none.
 	Progress io.Writer
 	// Log receives the pipeline's logs (default: none).
@@ -134,7 +148,7 @@ func (o Options) withDefaults() (Options, error) {
 		o.Rounds = 3
 	}
 	if len(o.Sections) == 0 {
-		o.Sections = AllSections
+		o.Sections = DefaultSections
 	}
 	if o.BatchMax == 0 {
 		o.BatchMax = 4
@@ -217,6 +231,7 @@ type Report struct {
 	Batching  []Batching  `json:"batching,omitempty"`
 	Decode    *Decode     `json:"decode,omitempty"`
 	Cascade   []Cascade   `json:"cascade,omitempty"`
+	Memory    []Memory    `json:"memory,omitempty"`
 	Targets   []Target    `json:"targets"`
 	// Skipped lists what was not measured, and why.
 	Skipped []string `json:"skipped,omitempty"`
@@ -317,6 +332,11 @@ func Run(ctx context.Context, o Options) (*Report, error) {
 	}
 	if o.has(SectionCascade) {
 		if err := r.cascades(ctx, reg, names); err != nil {
+			return rep, err
+		}
+	}
+	if o.has(SectionMemory) {
+		if err := r.memory(ctx, reg, cards); err != nil {
 			return rep, err
 		}
 	}

@@ -79,6 +79,14 @@ func (rep *Report) WriteTable(w io.Writer) error {
 				c.NoFieldMs, c.NoFieldWindows, c.RatioNoField, c.FieldMs, c.FieldWindows, c.RatioField, c.LungFieldMs, c.Source)
 		}
 	}
+	if len(rep.Memory) > 0 {
+		p("")
+		p("MEMORY\tROWS\tBACKLOG BOUND\tPEAK RSS +MB (base)\tPEAK LIVE HEAP MB\tPEAK PENDING MB\tSTORE MB at 1/4,1/2,3/4,end (peak)\tslices/s")
+		for _, m := range rep.Memory {
+			p("%s\t%d\t%s\t%.0f (%.0f)\t%.0f\t%.0f\t%s (%.0f)\t%.1f", m.Model, m.Rows, backlogName(m.BacklogMB), m.PeakRSSMB, m.BaseRSSMB,
+				m.PeakHeapMB, m.PeakPendingMB, floats(m.StoreMB), m.PeakStoreMB, m.SlicesPerS)
+		}
+	}
 	if len(rep.Targets) > 0 {
 		p("")
 		p("TARGET\tGOAL\tVALUE\tMET\tNOTE")
