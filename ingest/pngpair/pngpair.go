@@ -111,10 +111,19 @@ func Read(ctx context.Context, path, root string, fn ingest.EmitFunc) error {
 		it.Err = &FormatError{Path: path, Err: ErrName, Msg: "name does not end in " + ImageSuffix}
 		return fn(it)
 	}
-	hu, err := ReadHU(path)
+	b, err := readCapped(path, MaxFileBytes)
+	var hu *imgx.HU
+	var cl clamped
+	if err == nil {
+		hu, cl, err = decodeHU(path, b)
+	}
 	if err != nil {
 		it.Err = err
 		return fn(it)
+	}
+	if cl.n > 0 {
+		meta.Warnings = append(meta.Warnings, fmt.Sprintf("%d of %d pixels above 32767 HU clamped to it (the first, at pixel %d (row %d, col %d), is %d HU)",
+			cl.n, len(hu.Pix), cl.first, cl.first/hu.Cols, cl.first%hu.Cols, cl.val))
 	}
 	meta.Rows, meta.Cols = int32(hu.Rows), int32(hu.Cols)
 	it.HU = hu
@@ -188,21 +197,33 @@ func ReadHU(path string) (*imgx.HU, error) {
 
 // DecodeHU decodes the bytes of an image PNG; path is used in errors.
 func DecodeHU(path string, b []byte) (*imgx.HU, error) {
+	hu, _, err := decodeHU(path, b)
+	return hu, err
+}
+
+// clamped counts the pixels above 32767 HU and keeps the first.
+type clamped struct {
+	n, first, val int
+}
+
+// decodeHU is DecodeHU that also counts the clamped pixels.
+func decodeHU(path string, b []byte) (*imgx.HU, clamped, error) {
+	var cl clamped
 	cfg, err := png.DecodeConfig(bytes.NewReader(b))
 	if err != nil {
-		return nil, &FormatError{Path: path, Msg: "decoding PNG header: " + err.Error(), Err: err}
+		return nil, cl, &FormatError{Path: path, Msg: "decoding PNG header: " + err.Error(), Err: err}
 	}
 	if cfg.ColorModel != color.Gray16Model {
-		return nil, &FormatError{Path: path, Err: ErrBitDepth,
+		return nil, cl, &FormatError{Path: path, Err: ErrBitDepth,
 			Msg: fmt.Sprintf("image must be 16-bit grayscale (value = HU+%d), got %s", HUOffset, modelName(cfg.ColorModel))}
 	}
 	img, _, err := decodeChecked(path, b)
 	if err != nil {
-		return nil, err
+		return nil, cl, err
 	}
 	g, ok := img.(*image.Gray16)
 	if !ok {
-		return nil, &FormatError{Path: path, Err: ErrBitDepth, Msg: fmt.Sprintf("decoded as %T, want *image.Gray16", img)}
+		return nil, cl, &FormatError{Path: path, Err: ErrBitDepth, Msg: fmt.Sprintf("decoded as %T, want *image.Gray16", img)}
 	}
 	rows, cols := g.Rect.Dy(), g.Rect.Dx()
 	hu := &imgx.HU{Rows: rows, Cols: cols, Pix: make([]int16, rows*cols)}
@@ -213,12 +234,16 @@ func DecodeHU(path string, b []byte) (*imgx.HU, error) {
 			v := int(row[2*c])<<8 | int(row[2*c+1])
 			v -= HUOffset
 			if v > 32767 {
+				if cl.n == 0 {
+					cl.first, cl.val = r*cols+c, v
+				}
+				cl.n++
 				v = 32767
 			}
 			out[c] = int16(v)
 		}
 	}
-	return hu, nil
+	return hu, cl, nil
 }
 
 // ReadMask reads a mask PNG: any pixel with a nonzero red, green or blue

@@ -14,6 +14,7 @@ import (
 	"path/filepath"
 	"runtime"
 	"slices"
+	"strings"
 	"testing"
 
 	"github.com/lungseg/lungseg/ingest"
@@ -279,6 +280,36 @@ func TestClamp(t *testing.T) {
 	}
 	if want := []int16{-1024, -1024, 0, 32767}; !slices.Equal(got.Pix, want) {
 		t.Errorf("got %v, want %v", got.Pix, want)
+	}
+}
+
+// TestClampWarns reads a PNG whose values go up to 65535 (64511 HU): the
+// pixels above 32767 HU are clamped and counted in Meta.Warnings (issue
+// 15).
+func TestClampWarns(t *testing.T) {
+	dir := t.TempDir()
+	g := image.NewGray16(image.Rect(0, 0, 4, 2))
+	for i, v := range []uint16{0, 1024, 33791, 33792, 65535, 2000, 65535, 5} {
+		g.SetGray16(i%4, i/4, color.Gray16{Y: v})
+	}
+	writePNG(t, filepath.Join(dir, "s_image.png"), g)
+	var items []ingest.Item
+	if err := Read(context.Background(), filepath.Join(dir, "s_image.png"), dir, func(it ingest.Item) error {
+		items = append(items, it)
+		return nil
+	}); err != nil {
+		t.Fatal(err)
+	}
+	it := items[0]
+	if it.Err != nil {
+		t.Fatal(it.Err)
+	}
+	want := "3 of 8 pixels above 32767 HU clamped to it (the first, at pixel 3 (row 0, col 3), is 32768 HU)"
+	if w := strings.Join(it.Meta.Warnings, "; "); w != want {
+		t.Errorf("warnings %q, want %q", w, want)
+	}
+	if it.HU.Pix[2] != 32767 || it.HU.Pix[4] != 32767 {
+		t.Errorf("HU %v", it.HU.Pix)
 	}
 }
 
