@@ -34,9 +34,11 @@
 //     float64 or float32 HU, 1-byte masks): the HU bytes are read in
 //     128 KiB chunks into one reused buffer and converted straight to
 //     int16 while the chunk is in cache, the mask bytes are read straight
-//     into the mask and turned into 0/1 eight at a time. Any other layout
-//     or any problem in a row (a bad size, NaN) goes the general way, which
-//     gives the typed errors.
+//     into the mask and checked to be 0/1 eight at a time. Any other
+//     layout or any problem in a row (a bad size, NaN, a mask value other
+//     than 0 and 1) goes the general way, which gives the typed errors.
+//     HU beyond int16 are clamped and counted in the item's
+//     Meta.Warnings, as are label1 values that are not a str.
 //
 // Memory is one row's arrays plus the frame's structure, about a hundred
 // bytes per cell; it does not grow with the array sizes or the file size.
