@@ -28,7 +28,8 @@ func cmdTail(ctx context.Context, args []string) error {
 	creds := fs.String("nats-credentials", "", "credentials file of 'lungseg run' (default "+defaultCredentialsPath()+" when it exists)")
 	fs.Usage = func() {
 		fmt.Fprintln(fs.Output(), "usage: lungseg tail [flags] [SUBJECT]")
-		fmt.Fprintln(fs.Output(), "SUBJECT defaults to lung.findings.> ; e.g. lung.alerts.> or lung.findings.LR4B.>")
+		fmt.Fprintln(fs.Output(), "SUBJECT defaults to 'lung.findings.>'; e.g. lungseg tail 'lung.alerts.>' or lungseg tail 'lung.findings.LR4B.>'")
+		fmt.Fprintln(fs.Output(), "(quote a subject with >: unquoted, the shell reads > as a redirection and creates a file)")
 		fs.PrintDefaults()
 	}
 	if err := fs.Parse(args); err != nil {

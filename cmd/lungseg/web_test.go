@@ -159,10 +159,24 @@ func viewerReplay(t *testing.T, chromium string) {
 	var bctx context.Context
 	if chromium != "" {
 		bctx = openBrowser(t, ctx, chromium, base)
+		watchThumbnails(t, bctx)
 	}
 
 	// A replay while the page watches.
-	rep, err := replay.Run(ctx, node.js, replay.Options{Inputs: []string{in}, Models: []string{"tiny", "tiny-low"}, Timeout: 2 * time.Minute}, log)
+	type result struct {
+		rep *replay.Report
+		err error
+	}
+	done := make(chan result, 1)
+	go func() {
+		r, err := replay.Run(ctx, node.js, replay.Options{Inputs: []string{in}, Models: []string{"tiny", "tiny-low"}, Timeout: 2 * time.Minute}, log)
+		done <- result{r, err}
+	}()
+	if chromium != "" {
+		midReplayShot(t, bctx, done)
+	}
+	res := <-done
+	rep, err := res.rep, res.err
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -272,10 +286,11 @@ func checkPage(t *testing.T, bctx context.Context, base string, rep *replay.Repo
 		t.Fatal(err)
 	}
 	for _, r := range rows {
+		// the mean over slices with truth pixels, as the CLI table
 		want := 0.0
 		k := 0
 		for _, s := range rep.Slices {
-			if s.Model == r.Model && s.HasTruth {
+			if s.Model == r.Model && s.HasTruth && s.Truth > 0 {
 				want += s.Dice
 				k++
 			}
@@ -283,6 +298,15 @@ func checkPage(t *testing.T, bctx context.Context, base string, rep *replay.Repo
 		if k == 0 || r.Dice != fmt.Sprintf("%.3f", want/float64(k)) {
 			t.Errorf("metrics panel: %s Dice %s, replay %.3f over %d slices", r.Model, r.Dice, want/float64(k), k)
 		}
+	}
+
+	// No thumbnail went blank while the replay streamed.
+	blank, err := chromedp.Run(bctx, chromedp.Evaluate[[]string](`window.__blankThumbs`))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(blank) > 0 {
+		t.Errorf("thumbnails went blank during the replay %d times (first: %s)", len(blank), blank[0])
 	}
 
 	shot, err := chromedp.Run(bctx, chromedp.FullScreenshot(100))
@@ -374,6 +398,64 @@ func checkPage(t *testing.T, bctx context.Context, base string, rep *replay.Repo
 		t.Fatal(err)
 	}
 
+}
+
+// watchThumbnails makes the page record, every few milliseconds, each card
+// whose thumbnail had been shown and is not drawn now (an img not yet
+// loaded replacing a loaded one), in window.__blankThumbs.
+func watchThumbnails(t *testing.T, bctx context.Context) {
+	t.Helper()
+	if _, err := chromedp.Run(bctx, chromedp.Evaluate[bool](`(() => {
+		window.__blankThumbs = [];
+		const shown = new Set();
+		setInterval(() => {
+			for (const c of document.querySelectorAll('.card')) {
+				const i = c.querySelector('img.thumb');
+				const drawn = i && i.naturalWidth > 0; // the current image, also while a new src is pending
+				if (drawn) shown.add(c.dataset.key);
+				else if (shown.has(c.dataset.key)) window.__blankThumbs.push(c.dataset.key + ' at ' + performance.now().toFixed(0) + ' ms' +
+					(i ? (i.__watched ? ' (same img, src ' + i.getAttribute('src') + ')' : ' (a new img)') : ' (no img)'));
+				if (i) i.__watched = true;
+			}
+		}, 5);
+		return true;
+	})()`)); err != nil {
+		t.Fatalf("browser: thumbnail watch: %v", err)
+	}
+}
+
+// midReplayShot keeps a screenshot of the page while the replay streams:
+// as soon as a card shows a scored slice, unless the replay has already
+// ended (then the later screenshot stands for it).
+func midReplayShot[T any](t *testing.T, bctx context.Context, done chan T) {
+	t.Helper()
+	deadline := time.Now().Add(90 * time.Second)
+	for time.Now().Before(deadline) {
+		select {
+		case r := <-done:
+			done <- r
+			t.Log("the replay ended before a card showed a score: no mid-replay screenshot")
+			return
+		default:
+		}
+		n, err := chromedp.Run(bctx, chromedp.Evaluate[int](`document.querySelectorAll('.card[data-models]:not([data-models="0"]) img.thumb').length`))
+		if err != nil {
+			t.Fatal(err)
+		}
+		if n > 0 {
+			shot, err := chromedp.Run(bctx, chromedp.FullScreenshot(90))
+			if err != nil {
+				t.Fatal(err)
+			}
+			p := filepath.Join(artifactsDir(t), "viewer-mid-replay.png")
+			if err := os.WriteFile(p, shot, 0o644); err != nil {
+				t.Fatal(err)
+			}
+			t.Logf("mid-replay screenshot: %s", p)
+			return
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
 }
 
 // screenRect is an element's box in page pixels.

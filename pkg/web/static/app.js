@@ -55,9 +55,10 @@ function upsertSlice(v) {
     card.addEventListener('keydown', (e) => { if (e.key === 'Enter') openSlice(v.key); });
     state.cards.set(v.key, card);
   }
-  // The thumbnail survives updates: a new version is fetched off-screen and
-  // swapped in once decoded, so a card never goes blank while a replay
-  // streams (every score of every model updates the card).
+  // The thumbnail survives updates: a new version loads in an img of its
+  // own, off the page, and replaces the shown one once it has loaded, so a
+  // card never goes blank while a replay streams (every score of every
+  // model updates the card; changing an img's src blanks it in Chromium).
   let thumb = card.querySelector('img.thumb');
   card.replaceChildren();
   if (v.has_ct) {
@@ -66,9 +67,9 @@ function upsertSlice(v) {
       thumb = el('img', { src: url, width: THUMB, height: THUMB, alt: v.id, class: 'thumb' });
     } else if (thumb.dataset.want !== url && thumb.getAttribute('src') !== url) {
       thumb.dataset.want = url;
-      const next = new Image();
-      next.onload = () => { if (thumb.dataset.want === url) thumb.src = url; };
-      next.src = url;
+      const cur = thumb;
+      const next = el('img', { src: url, width: THUMB, height: THUMB, alt: v.id, class: 'thumb' });
+      next.addEventListener('load', () => { if (cur.dataset.want === url && cur.isConnected) cur.replaceWith(next); });
     }
     card.append(thumb);
   } else {
