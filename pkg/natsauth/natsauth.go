@@ -194,6 +194,9 @@ func consume(stream, durable string) []string {
 		"$JS.API.CONSUMER.MSG.NEXT." + stream + "." + durable,
 		"$JS.ACK." + stream + "." + durable + ".>",
 		"$JS.API.STREAM.INFO." + stream,
+		// Whether a consumed message has left a work stream, so that
+		// its object in the pixel bucket can be released (pkg/stage).
+		"$JS.API.STREAM.MSG.GET." + stream,
 	}
 	if durable == "*" {
 		// A create subject ends in the consumer name or name.filter.
@@ -204,6 +207,7 @@ func consume(stream, durable string) []string {
 			"$JS.API.CONSUMER.MSG.NEXT." + stream + ".*",
 			"$JS.ACK." + stream + ".*.>",
 			"$JS.API.STREAM.INFO." + stream,
+			"$JS.API.STREAM.MSG.GET." + stream,
 		}
 	}
 	return out

@@ -12,22 +12,27 @@
 // reader tells the two apart by the first bytes alone, and a reader that
 // does not resolve references fails to decode rather than misread.
 //
-// Objects are named "msg/<hash of the name>/<sha256 of the body>": a
-// redelivered stage that computes the same body rewrites the same object,
-// one that computes a different body (a new inference time) writes a new
-// one, so an object that a stored message references is never replaced by
-// other bytes, and no two messages share one. Nothing deletes them: they
-// expire with the bucket's TTL, which outlasts the streams' max age, so no
-// message still in a stream loses its body.
+// Each put is an object of its own ("msg/<hash of the name>/<unique id>"),
+// never overwritten, so an object that a stored message references keeps
+// its bytes and no two messages share one. Objects are removed only when
+// nothing can still read them: the stage runner deletes the object of a
+// publish that the stream deduped (its message is the earlier one, with
+// its own object), and, on the work streams (interest retention), the
+// object of a message that has left the stream because every consumer
+// acknowledged it. The rest (scores and findings kept for inspection,
+// messages that failed and may be re-driven from the DLQ, a publish whose
+// outcome is unknown) expire with the bucket's TTL, the streams' max age.
 package objref
 
 import (
 	"bytes"
 	"context"
+	"crypto/rand"
 	"crypto/sha256"
 	"encoding/hex"
 	"errors"
 	"fmt"
+	"strings"
 
 	"github.com/lungseg/lungseg/pkg/bus"
 	lungsegv1 "github.com/lungseg/lungseg/proto/lungseg/v1"
@@ -84,13 +89,20 @@ func Store(ctx context.Context, js jetstream.JetStream) (jetstream.ObjectStore, 
 	return st, nil
 }
 
-// Key returns the object key of body when published under name (a
-// dedupe id, a KV key).
-func Key(name string, body []byte) string {
+// Key returns a new object key for a body published under name (a
+// dedupe id, a KV key): "msg/<hash of name>/<unique id>". Every put gets
+// its own object, so that no two messages share one and releasing one
+// message's object never takes another's.
+func Key(name string) string {
 	n := sha256.Sum256([]byte(name))
-	b := sha256.Sum256(body)
-	return "msg/" + hex.EncodeToString(n[:8]) + "/" + hex.EncodeToString(b[:])
+	u := make([]byte, 12)
+	_, _ = rand.Read(u)
+	return KeyPrefix + hex.EncodeToString(n[:8]) + "/" + hex.EncodeToString(u)
 }
+
+// KeyPrefix starts the keys of the objects Offload stores (the pixels
+// ingest and preprocess store themselves are named otherwise).
+const KeyPrefix = "msg/"
 
 // Offload returns body unchanged when it is at most Limit bytes, else
 // stores it in the pixel bucket under Key(name, body) and returns a
@@ -113,7 +125,7 @@ func Offload(ctx context.Context, js jetstream.JetStream, name string, body []by
 // size.
 func OffloadTo(ctx context.Context, st jetstream.ObjectStore, name string, body []byte) ([]byte, *lungsegv1.ObjectRef, error) {
 	sum := sha256.Sum256(body)
-	ref := &lungsegv1.ObjectRef{Bucket: bus.PixelsBucket, Key: Key(name, body), Sha256: hex.EncodeToString(sum[:]), Size: int64(len(body))}
+	ref := &lungsegv1.ObjectRef{Bucket: bus.PixelsBucket, Key: Key(name), Sha256: hex.EncodeToString(sum[:]), Size: int64(len(body))}
 	if _, err := st.PutBytes(ctx, ref.Key, body); err != nil {
 		return nil, nil, fmt.Errorf("objref: storing %d bytes as %s: %w", len(body), ref.Key, err)
 	}
@@ -180,4 +192,19 @@ func Fetch(ctx context.Context, st jetstream.ObjectStore, ref *lungsegv1.ObjectR
 		return nil, fmt.Errorf("%w: %s", ErrDigest, ref.Key)
 	}
 	return b, nil
+}
+
+// Delete removes the object ref names; one already gone is no error.
+func Delete(ctx context.Context, js jetstream.JetStream, ref *lungsegv1.ObjectRef) error {
+	if ref == nil || !strings.HasPrefix(ref.Key, KeyPrefix) {
+		return nil // only objects Offload stored
+	}
+	st, err := Store(ctx, js)
+	if err != nil {
+		return err
+	}
+	if err := st.Delete(ctx, ref.Key); err != nil && !errors.Is(err, jetstream.ErrObjectNotFound) {
+		return fmt.Errorf("objref: deleting %s: %w", ref.Key, err)
+	}
+	return nil
 }

@@ -5,6 +5,8 @@ import (
 	"context"
 	"errors"
 	"math/rand/v2"
+	"strings"
+	"sync"
 	"testing"
 	"time"
 
@@ -197,4 +199,119 @@ func TestRunnerCarriesLargeBodies(t *testing.T) {
 	if len(seen) != 0 {
 		t.Fatalf("the processor saw the message with the missing object")
 	}
+}
+
+// objects lists the keys Offload stored in the pixel bucket.
+func objects(t *testing.T, st jetstream.ObjectStore) map[string]bool {
+	t.Helper()
+	infos, err := st.List(context.Background())
+	if errors.Is(err, jetstream.ErrNoObjectsFound) {
+		return map[string]bool{}
+	}
+	if err != nil {
+		t.Fatal(err)
+	}
+	out := map[string]bool{}
+	for _, i := range infos {
+		if strings.HasPrefix(i.Name, objref.KeyPrefix) {
+			out[i.Name] = true
+		}
+	}
+	return out
+}
+
+// TestDuplicatePublishDropsItsObject: a stage redelivered publishes its
+// large output again under the same dedupe id; the stream keeps the first
+// message, and the object of the second is deleted rather than left to
+// fill the bucket.
+func TestDuplicatePublishDropsItsObject(t *testing.T) {
+	env, st := start(t)
+	ctx := context.Background()
+	for i := 0; i < 2; i++ {
+		if err := stage.Publish(ctx, env.JS, "test", stage.Out{Subject: bus.ScoresSubject("m", "r"), Data: body(2<<20, uint64(10+i)), SliceID: "s", ReplayID: "r", Model: "m"}, nil); err != nil {
+			t.Fatal(err)
+		}
+	}
+	msgs := bustest.Fetch(t, env.JS, bus.StreamScores, bus.ScoresSubject("m", "r"))
+	if len(msgs) != 1 {
+		t.Fatalf("%d messages, want 1 (deduped)", len(msgs))
+	}
+	objs := objects(t, st)
+	ref, err := objref.Parse(msgs[0].Data())
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(objs) != 1 || !objs[ref.Key] {
+		t.Fatalf("objects %v, want only the kept message's %s", objs, ref.Key)
+	}
+	if b, err := objref.Resolve(ctx, env.JS, msgs[0].Data()); err != nil || !bytes.Equal(b, body(2<<20, 10)) {
+		t.Fatalf("the kept message resolves to %d bytes (%v), want the first body", len(b), err)
+	}
+}
+
+// TestReleaseAfterEveryConsumer: on a work stream (interest retention) a
+// message by reference read by two stages keeps its object while either
+// still holds it, and loses it once both have acknowledged it.
+func TestReleaseAfterEveryConsumer(t *testing.T) {
+	env, st := start(t)
+	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
+	defer cancel()
+	// Only the two stages read RAW here (bustest keeps a durable that
+	// never acknowledges, so that other tests can read the stream back).
+	if err := env.JS.DeleteConsumer(ctx, bus.StreamRaw, bustest.KeepDurable); err != nil {
+		t.Fatal(err)
+	}
+	done := map[string]chan struct{}{"fast": make(chan struct{}, 1), "slow": make(chan struct{}, 1)}
+	gate := make(chan struct{})
+	var runners []*stage.Runner
+	for _, name := range []string{"fast", "slow"} {
+		proc := stage.ProcessorFunc(func(ctx context.Context, m *stage.Msg, e stage.Emitter) error {
+			if name == "slow" {
+				<-gate
+			}
+			defer func() { done[name] <- struct{}{} }()
+			if len(m.Data) != 3<<20 {
+				return stage.Permanentf("got %d bytes", len(m.Data))
+			}
+			return nil
+		})
+		r, err := stage.New(env.JS, stage.Config{Name: name, Stream: bus.StreamRaw}, proc, zerolog.New(zerolog.NewTestWriter(t)))
+		if err != nil {
+			t.Fatal(err)
+		}
+		if _, err := r.Consumer(ctx); err != nil {
+			t.Fatal(err)
+		}
+		runners = append(runners, r)
+	}
+	rctx, stop := context.WithCancel(ctx)
+	var wg sync.WaitGroup
+	for _, r := range runners {
+		wg.Add(1)
+		go func() { defer wg.Done(); _ = r.Run(rctx) }()
+	}
+	defer func() { stop(); close(gate); wg.Wait() }()
+	if err := stage.Publish(ctx, env.JS, "test", stage.Out{Subject: bus.SubjRaw, Data: body(3<<20, 20), SliceID: "s", ReplayID: "r"}, nil); err != nil {
+		t.Fatal(err)
+	}
+	objs := objects(t, st)
+	if len(objs) != 1 {
+		t.Fatalf("objects %v, want 1", objs)
+	}
+	<-done["fast"]
+	// fast has acknowledged (and tried to release); slow still holds it.
+	bustest.Eventually(t, 10*time.Second, "fast's ack", func() bool {
+		c, err := env.JS.Consumer(ctx, bus.StreamRaw, "fast")
+		if err != nil {
+			return false
+		}
+		i, err := c.Info(ctx)
+		return err == nil && i.AckFloor.Stream == 1
+	})
+	if got := objects(t, st); len(got) != 1 {
+		t.Fatalf("the object went while slow still held the message: %v", got)
+	}
+	gate <- struct{}{}
+	<-done["slow"]
+	bustest.Eventually(t, 10*time.Second, "the object released", func() bool { return len(objects(t, st)) == 0 })
 }

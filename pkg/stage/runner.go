@@ -257,6 +257,7 @@ func (r *Runner) handle(ctx context.Context, jm jetstream.Msg) {
 			m.Log.Warn().Err(aerr).Msg("ack failed; message will be redelivered and deduped")
 			return
 		}
+		r.release(ctx, jm)
 		if r.Hooks.Acked != nil {
 			r.Hooks.Acked(r.cfg.Name, time.Since(start))
 		}
@@ -341,10 +342,13 @@ func Publish(ctx context.Context, js jetstream.JetStream, stageName string, o Ou
 	if id == "" {
 		id = bus.MsgID(o.ReplayID, o.SliceID, stageName, o.Model)
 	}
-	if err := offload(ctx, js, id, msg); err != nil {
+	ref, err := offload(ctx, js, id, msg)
+	if err != nil {
 		return fmt.Errorf("publishing to %s: %w", o.Subject, err)
 	}
-	if _, err := js.PublishMsg(ctx, msg, jetstream.WithMsgID(id)); err != nil {
+	ack, err := js.PublishMsg(ctx, msg, jetstream.WithMsgID(id))
+	dropDuplicate(ctx, js, ref, ack)
+	if err != nil {
 		return fmt.Errorf("publishing to %s: %w", o.Subject, err)
 	}
 	if hook != nil {
