@@ -60,6 +60,14 @@ func StartEmbedded(o EmbeddedOptions) (*server.Server, error) {
 		}
 		if p == 0 {
 			p = server.RANDOM_PORT
+		} else {
+			// nats-server meets a busy port in its accept loop, after
+			// start-up, and is then never ready: say it at once
+			ln, err := net.Listen("tcp", o.Listen)
+			if err != nil {
+				return nil, fmt.Errorf("bus: embedded nats-server cannot listen on %s: %w", o.Listen, err)
+			}
+			_ = ln.Close()
 		}
 		opts.Host, opts.Port = host, p
 	}
