@@ -48,6 +48,9 @@ type Memory struct {
 	StoreMB []float64 `json:"store_mb"`
 	// PeakStoreMB is its peak, sampled every 500 ms.
 	PeakStoreMB float64 `json:"peak_store_mb"`
+	// StreamsMB are the bytes each stream holds at the end (RAW, READY and
+	// MASKS should hold nothing; SCORES keeps the results for inspection).
+	StreamsMB map[string]float64 `json:"streams_mb"`
 	SlicesPerS  float64 `json:"slices_per_s"`
 }
 
@@ -77,8 +80,8 @@ func (r *runner) memory(ctx context.Context, reg *model.Registry, cards []*model
 				return err
 			}
 			r.rep.Memory = append(r.rep.Memory, m)
-			r.progress("memory %s rows %d backlog %s: peak RSS +%.0f MB (base %.0f), live heap %.0f MB, pending %.0f MB, store %s MB (peak %.0f), %.1f slices/s",
-				m.Model, m.Rows, backlogName(m.BacklogMB), m.PeakRSSMB, m.BaseRSSMB, m.PeakHeapMB, m.PeakPendingMB, floats(m.StoreMB), m.PeakStoreMB, m.SlicesPerS)
+			r.progress("memory %s rows %d backlog %s: peak RSS +%.0f MB (base %.0f), live heap %.0f MB, pending %.0f MB, store %s MB (peak %.0f), %.1f slices/s; streams at the end (MB) %v",
+				m.Model, m.Rows, backlogName(m.BacklogMB), m.PeakRSSMB, m.BaseRSSMB, m.PeakHeapMB, m.PeakPendingMB, floats(m.StoreMB), m.PeakStoreMB, m.SlicesPerS, m.StreamsMB)
 		}
 	}
 	return nil
@@ -238,6 +241,12 @@ func (r *runner) memoryRun(ctx context.Context, reg *model.Registry, card *model
 	m.PeakRSSMB = procStatusMB("VmHWM") - m.BaseRSSMB
 	m.PeakHeapMB, m.PeakPendingMB, m.PeakStoreMB = peakHeap, peakPending, max(peakStore, dirMB(store))
 	m.StoreMB = append(quarters, dirMB(store))
+	m.StreamsMB = map[string]float64{}
+	for _, name := range []string{bus.StreamRaw, bus.StreamReady, bus.StreamMasks, bus.StreamScores, bus.StreamErrors, bus.StreamEvents} {
+		if st, err := js.Stream(ctx, name); err == nil {
+			m.StreamsMB[name] = float64(st.CachedInfo().State.Bytes) / 1e6
+		}
+	}
 	m.SlicesPerS = float64(n) / d.Seconds()
 	return m, nil
 }

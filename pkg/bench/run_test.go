@@ -259,3 +259,44 @@ func TestRunCascadeSection(t *testing.T) {
 		t.Errorf("table without the cascade row (%v):\n%s", err, b.String())
 	}
 }
+
+// TestRunMemorySection replays two small pickles with a 4 MiB backlog
+// bound: the pending bytes stay near the bound, the work streams are empty
+// at the end (interest retention), and the table shows the section.
+func TestRunMemorySection(t *testing.T) {
+	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Minute)
+	defer cancel()
+	const bound = 4 << 20
+	rep, err := Run(ctx, Options{ModelsDir: tinyRegistry(t), Threads: []int{1}, Python: "none",
+		Sections: []string{SectionMemory}, MemoryRows: []int{12, 40}, MaxBacklog: bound})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(rep.Memory) != 2 || rep.Memory[0].Rows != 12 || rep.Memory[1].Rows != 40 {
+		t.Fatalf("memory %+v", rep.Memory)
+	}
+	for _, m := range rep.Memory {
+		// Ingest looks at the streams every 100 ms: a few slices over.
+		if m.PeakPendingMB > 2*bound/1e6+2 {
+			t.Errorf("%d rows: %.1f MB pending under a %.1f MB bound", m.Rows, m.PeakPendingMB, bound/1e6)
+		}
+		if m.PeakRSSMB <= 0 || m.PeakHeapMB <= 0 || len(m.StoreMB) == 0 || m.SlicesPerS <= 0 {
+			t.Errorf("figures %+v", m)
+		}
+		for _, s := range []string{"RAW", "READY", "MASKS"} {
+			if b, ok := m.StreamsMB[s]; !ok || b > 0.01 {
+				t.Errorf("%d rows: %s holds %.2f MB at the end (%v)", m.Rows, s, b, ok)
+			}
+		}
+		if m.StreamsMB["SCORES"] <= 0 {
+			t.Errorf("%d rows: SCORES empty: the results are not kept for inspection", m.Rows)
+		}
+	}
+	var table bytes.Buffer
+	if err := rep.WriteTable(&table); err != nil {
+		t.Fatal(err)
+	}
+	if !strings.Contains(table.String(), "MEMORY") {
+		t.Errorf("table lacks the memory section:\n%s", table.String())
+	}
+}

@@ -10,10 +10,13 @@ import (
 )
 
 // DefaultMaxBacklog is the default bound on the bytes waiting in the work
-// streams (RAW, READY and MASKS) before ingest stops reading: about 500
-// slices of 512×512 on RAW, or 250 with their READY inputs for two
-// models.
-const DefaultMaxBacklog = 256 << 20
+// streams (RAW, READY and MASKS) before ingest stops reading: about 80
+// slices of 512×512 with their input for one model, several seconds of
+// segment's work, so segment never waits for ingest. An embedded server's
+// memory follows what its streams hold (the file store caches the blocks
+// being written and read): `lungseg bench --sections memory` measured the
+// peak RSS of `lungseg run` rising with the bound (pkg/bench/README.md).
+const DefaultMaxBacklog = 64 << 20
 
 // Backlog bounds how far ingest reads ahead of the stages downstream. With
 // interest retention (WorkStreams), the bytes a work stream holds are the

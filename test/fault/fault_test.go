@@ -12,8 +12,10 @@ import (
 )
 
 // replayTimeout bounds one replay; a lost slice shows as a timeout and
-// the count below names it.
-const replayTimeout = 4 * time.Minute
+// the count below names it. Each kill costs up to one AckWait
+// (stage.DefaultAckWait, 30 s) before what the killed process held is
+// redelivered.
+const replayTimeout = 8 * time.Minute
 
 // startServer runs the embedded JetStream server of lungseg on a loopback
 // port with sync_interval always, as its own process.
