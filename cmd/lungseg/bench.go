@@ -11,13 +11,14 @@ import (
 	"strings"
 
 	"github.com/lungseg/lungseg/pkg/bench"
+	"github.com/lungseg/lungseg/pkg/model"
 )
 
 // cmdBench measures inference, the pipeline, batching and decoding
 // against their alternatives in one run and prints ratios.
 func cmdBench(ctx context.Context, args []string) error {
 	fs := flag.NewFlagSet("bench", flag.ContinueOnError)
-	modelsDir := fs.String("models-dir", "models", "model registry folder")
+	modelsDir := fs.String("models-dir", "", "model registry folder (default: $LUNGSEG_MODELS, models/ in the working directory or a parent, or beside the executable)")
 	modelSel := fs.String("model", "all", "model to measure (a name, comma-separated names, or all)")
 	n := fs.Int("n", 16, "images or slices per measurement")
 	rounds := fs.Int("rounds", 3, "interleaved rounds per comparison (figures are medians)")
@@ -83,6 +84,9 @@ func cmdBench(ctx context.Context, args []string) error {
 		defer pprof.StopCPUProfile()
 	}
 	log := newLogger(*logLevel, os.Stderr)
+	if *modelsDir, err = model.FindRegistry(*modelsDir, model.Where{}); err != nil {
+		return err
+	}
 	o := bench.Options{
 		ModelsDir: *modelsDir, Models: strings.Split(*modelSel, ","), N: *n, Rounds: *rounds,
 		Threads: th, Batches: bs, Sections: strings.Split(*sections, ","), Python: *python,

@@ -19,6 +19,7 @@ import (
 	"github.com/lungseg/lungseg/pkg/dlq"
 	"github.com/lungseg/lungseg/pkg/model"
 	"github.com/lungseg/lungseg/pkg/natsauth"
+	"github.com/lungseg/lungseg/pkg/phantom"
 	"github.com/lungseg/lungseg/pkg/pipeline"
 	"github.com/lungseg/lungseg/pkg/progress"
 	"github.com/lungseg/lungseg/pkg/replay"
@@ -335,7 +336,7 @@ func cmdRun(ctx context.Context, args []string) error {
 func stageCmd(name string) func(ctx context.Context, args []string) error {
 	return func(ctx context.Context, args []string) error {
 		fs := flag.NewFlagSet(name, flag.ContinueOnError)
-		load := commonFlags(fs)
+		load := commonFlags(fs, flagsModels, flagsPipeline, flagsRoots)
 		workers := fs.Int("workers", 1, "concurrent workers in this process")
 		models := fs.String("models", "", "segment: models to serve (comma-separated or all)")
 		metricsAddr := fs.String("metrics", "", "serve /metrics and /healthz on this address (\"\": off)")
@@ -395,7 +396,7 @@ func (s *stringList) Set(v string) error { *s = append(*s, v); return nil }
 
 func cmdReplay(ctx context.Context, args []string) error {
 	fs := flag.NewFlagSet("replay", flag.ContinueOnError)
-	load := commonFlags(fs)
+	load := commonFlags(fs, flagsModels, flagsStore, flagsPipeline)
 	var models stringList
 	fs.Var(&models, "model", "model to run (repeatable, comma-separated, or all); default: the configured default models")
 	masks := fs.String("masks", "", "folder of ground-truth PNGs for DICOM inputs (same relative path, .png)")
@@ -454,7 +455,7 @@ type replayArgs struct {
 }
 
 func doReplay(ctx context.Context, cfg *Config, a replayArgs) error {
-	log := newLogger(cfg.LogLevel, os.Stderr)
+	log := newLogger(cfg.LogLevel, stderr)
 	var inputs []string
 	for _, in := range a.inputs {
 		abs, err := filepath.Abs(in)
@@ -469,6 +470,10 @@ func doReplay(ctx context.Context, cfg *Config, a replayArgs) error {
 		if masks, err = filepath.Abs(masks); err != nil {
 			return err
 		}
+	} else if masks = siblingMasks(inputs); masks != "" {
+		log.Info().Str("masks", masks).Msg("ground truth for DICOM inputs: the masks/ folder found with the inputs (--masks DIR to choose another)")
+	} else {
+		log.Info().Msg("no --masks and no masks/ folder with the inputs: DICOM slices will have no ground truth and no Dice (pickles and PNG pairs carry their own)")
 	}
 	embedded := cfg.NATS == ""
 	if embedded {
@@ -527,7 +532,7 @@ func doReplay(ctx context.Context, cfg *Config, a replayArgs) error {
 	}
 	rep, err := replay.Run(ctx, n.js, replay.Options{
 		Inputs: inputs, Models: a.models, MasksDir: masks, Timeout: a.timeout,
-		Progress: progress.New(os.Stderr, progress.Options{Label: "replay", Unit: "results"}), OnScore: onScore,
+		Progress: progress.New(stderr, progress.Options{Label: "replay", Unit: "results"}), OnScore: onScore,
 	}, log)
 	if rep != nil {
 		printReport(rep)
@@ -557,4 +562,23 @@ func writeJSON(path string, v any) error {
 		}
 	}
 	return os.WriteFile(path, b.Bytes(), 0o644)
+}
+
+// siblingMasks returns the ground-truth folder a replay picks up when
+// --masks is not given: masks/ inside an input folder (where
+// `lungseg phantom --format dicom` writes it), else masks/ beside an input;
+// the first found, or "".
+func siblingMasks(inputs []string) string {
+	isDir := func(p string) bool { st, err := os.Stat(p); return err == nil && st.IsDir() }
+	for _, in := range inputs {
+		if isDir(in) && isDir(filepath.Join(in, phantom.MasksDir)) {
+			return filepath.Join(in, phantom.MasksDir)
+		}
+	}
+	for _, in := range inputs {
+		if d := filepath.Join(filepath.Dir(in), phantom.MasksDir); d != in && isDir(d) {
+			return d
+		}
+	}
+	return ""
 }

@@ -12,11 +12,12 @@ import (
 	"time"
 
 	"github.com/lungseg/lungseg/pkg/bus"
+	"github.com/lungseg/lungseg/pkg/model"
 	"github.com/lungseg/lungseg/pkg/natsauth"
+	"github.com/lungseg/lungseg/pkg/progress"
 	"github.com/lungseg/lungseg/pkg/webhook"
 	"github.com/lungseg/lungseg/score/findings"
 	"github.com/lungseg/lungseg/segment/infer"
-	"github.com/mattn/go-isatty"
 	"github.com/rs/zerolog"
 )
 
@@ -148,7 +149,7 @@ func defaultConfig() Config {
 	return Config{
 		DataDir:   filepath.Join(".cache", "lungseg-data"),
 		Listen:    "127.0.0.1:4222",
-		ModelsDir: "models",
+		ModelsDir: "", // found by model.FindRegistry
 		Models:    []string{"all"},
 		Provider:  "cpu",
 		Threads:   1,
@@ -185,9 +186,6 @@ func (c *Config) Validate() error {
 	if err := c.NATSAuth.Validate(); err != nil {
 		errs = append(errs, fmt.Errorf("nats_auth: %w", err))
 	}
-	if c.ModelsDir == "" {
-		errs = append(errs, errors.New("models_dir is required"))
-	}
 	return errors.Join(errs...)
 }
 
@@ -208,31 +206,79 @@ func (c *Config) streamOptions() bus.StreamOptions {
 	return bus.StreamOptions{Replicas: c.Replicas, MaxAge: time.Duration(c.MaxAge)}
 }
 
-// commonFlags registers the flags every pipeline command shares and returns
-// a function that loads --config and applies the flags set on top of it.
-func commonFlags(fs *flag.FlagSet) func() (*Config, error) {
+// flagGroup selects which of the shared flags a command offers, so that its
+// help lists only flags that do something there.
+type flagGroup int
+
+const (
+	// flagsModels: --models-dir (the registry is then found by
+	// model.FindRegistry when not given).
+	flagsModels flagGroup = 1 << iota
+	// flagsStore: --data-dir, a JetStream store of the command's own.
+	flagsStore
+	// flagsServer: --listen, --no-nats-auth and --input-root, for a
+	// command that serves its embedded NATS server to other processes.
+	flagsServer
+	// flagsPipeline: the stages' settings (ONNX Runtime, preprocess,
+	// batching, findings, webhooks).
+	flagsPipeline
+	// flagsRoots: --input-root alone (a stage process's ingest).
+	flagsRoots
+
+	flagsAll = flagsModels | flagsStore | flagsServer | flagsPipeline | flagsRoots
+)
+
+// commonFlags registers the shared flags of the groups given (every group
+// when none is) beside the connection flags every command has (--config,
+// --nats, --nats-credentials, --log-level, --check-config), and returns a
+// function that loads --config and applies the flags set on top of it.
+func commonFlags(fs *flag.FlagSet, groups ...flagGroup) func() (*Config, error) {
+	g := flagsAll
+	if len(groups) > 0 {
+		g = 0
+		for _, x := range groups {
+			g |= x
+		}
+	}
+	has := func(x flagGroup) bool { return g&x != 0 }
 	cfgPath := fs.String("config", "", "JSON configuration file (flags override it)")
 	d := defaultConfig()
 	nats := fs.String("nats", "", "external NATS URL(s); empty runs an embedded server")
-	dataDir := fs.String("data-dir", d.DataDir, "embedded JetStream store folder")
-	listen := fs.String("listen", d.Listen, "embedded server client address (\"\" for in-process only)")
-	modelsDir := fs.String("models-dir", d.ModelsDir, "model registry folder")
-	provider := fs.String("provider", d.Provider, "ONNX Runtime execution provider: cpu, cuda, tensorrt")
-	threads := fs.Int("threads", d.Threads, "ONNX Runtime intra-op threads per model session")
-	tta := fs.Bool("tta", false, "flip test-time augmentation for every model")
-	noField := fs.Bool("no-lung-field", false, "preprocess: send no lung field, so that no prediction outside the lungs is removed (to measure what the field changes)")
-	trainCopies := fs.Int("train-copies", 0, "preprocess: also publish this many augmented copies per slice on lung.train.<model>")
 	logLevel := fs.String("log-level", d.LogLevel, "log level: debug, info, warn, error")
 	check := fs.Bool("check-config", false, "validate the configuration and exit")
-	batchMax := fs.Int("batch-max", 0, "segment: group up to this many concurrent slices into one model call (dynamic batching; 0 or 1: off)")
-	batchWait := fs.Duration("batch-wait", 10*time.Millisecond, "segment: how long a batch waits for more slices")
-	hook := fs.String("webhook", "", "POST each alert as JSON to this URL (a webhook named \"default\")")
-	alertAt := fs.String("alert-at", "", "lowest Lung-RADS category that raises an alert (default LR4A)")
-	quiet := fs.Duration("quiet-period", 0, "a series is complete after this long without a new slice (default 60s)")
 	natsCreds := fs.String("nats-credentials", "", "credentials file of run's embedded server (written by run, read by clients; default DATA_DIR/"+natsauth.CredentialsFile+")")
-	noNATSAuth := fs.Bool("no-nats-auth", false, "run: start the embedded server without users (anyone reaching it may do anything)")
-	var inputRoots stringList
-	fs.Var(&inputRoots, "input-root", "folder ingest jobs may read under (repeatable; adds to input_roots)")
+	var (
+		dataDir, listen, modelsDir, provider, hook, alertAt *string
+		threads, trainCopies, batchMax                      *int
+		tta, noField, noNATSAuth                            *bool
+		batchWait, quiet                                    *time.Duration
+		inputRoots                                          stringList
+	)
+	if has(flagsStore | flagsServer) {
+		dataDir = fs.String("data-dir", d.DataDir, "embedded JetStream store folder")
+	}
+	if has(flagsServer) {
+		listen = fs.String("listen", d.Listen, "embedded server client address (\"\" for in-process only)")
+		noNATSAuth = fs.Bool("no-nats-auth", false, "run: start the embedded server without users (anyone reaching it may do anything)")
+	}
+	if has(flagsServer | flagsRoots) {
+		fs.Var(&inputRoots, "input-root", "folder ingest jobs may read under (repeatable; adds to input_roots)")
+	}
+	if has(flagsModels) {
+		modelsDir = fs.String("models-dir", "", "model registry folder (default: $"+model.EnvRegistry+", models/ in the working directory or a parent, or beside the executable)")
+	}
+	if has(flagsPipeline) {
+		provider = fs.String("provider", d.Provider, "ONNX Runtime execution provider: cpu, cuda, tensorrt")
+		threads = fs.Int("threads", d.Threads, "ONNX Runtime intra-op threads per model session")
+		tta = fs.Bool("tta", false, "flip test-time augmentation for every model")
+		noField = fs.Bool("no-lung-field", false, "preprocess: send no lung field, so that no prediction outside the lungs is removed (to measure what the field changes)")
+		trainCopies = fs.Int("train-copies", 0, "preprocess: also publish this many augmented copies per slice on lung.train.<model>")
+		batchMax = fs.Int("batch-max", 0, "segment: group up to this many concurrent slices into one model call (dynamic batching; 0 or 1: off)")
+		batchWait = fs.Duration("batch-wait", 10*time.Millisecond, "segment: how long a batch waits for more slices")
+		hook = fs.String("webhook", "", "POST each alert as JSON to this URL (a webhook named \"default\")")
+		alertAt = fs.String("alert-at", "", "lowest Lung-RADS category that raises an alert (default LR4A)")
+		quiet = fs.Duration("quiet-period", 0, "a series is complete after this long without a new slice (default 60s)")
+	}
 	return func() (*Config, error) {
 		c := defaultConfig()
 		if *cfgPath != "" {
@@ -289,6 +335,15 @@ func commonFlags(fs *flag.FlagSet) func() (*Config, error) {
 		if err := c.Validate(); err != nil {
 			return nil, fmt.Errorf("invalid configuration: %w", err)
 		}
+		if has(flagsModels) {
+			// before any work: a missing registry is named with the
+			// places tried, not met halfway through a demo
+			dir, err := model.FindRegistry(c.ModelsDir, model.Where{})
+			if err != nil {
+				return nil, err
+			}
+			c.ModelsDir = dir
+		}
 		if *check {
 			fmt.Println("configuration ok")
 			os.Exit(0)
@@ -304,8 +359,12 @@ func newLogger(level string, w io.Writer) zerolog.Logger {
 	if err != nil {
 		lv = zerolog.InfoLevel
 	}
-	if f, ok := w.(*os.File); ok && isatty.IsTerminal(f.Fd()) {
+	if progress.IsTerminal(w) {
 		w = zerolog.ConsoleWriter{Out: w, TimeFormat: "15:04:05"}
 	}
 	return zerolog.New(w).Level(lv).With().Timestamp().Logger()
 }
+
+// stderr is the process's standard error shared by the replay's progress
+// bar and the log: a log line is written above the bar, never into it.
+var stderr = progress.NewTerm(os.Stderr)

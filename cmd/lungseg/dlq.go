@@ -18,12 +18,16 @@ import (
 
 // cmdDLQ inspects and re-drives dead letters: lungseg dlq list|replay|watch.
 func cmdDLQ(ctx context.Context, args []string) error {
-	if len(args) == 0 {
-		return errors.New("usage: lungseg dlq list|replay|watch [flags] (--nats URL is required)")
+	if len(args) == 0 || isHelp(args[0]) {
+		fmt.Fprintln(os.Stderr, "usage: lungseg dlq list|replay|watch [flags] (--nats URL is required)\n\nRun 'lungseg dlq SUBCOMMAND -h' for its flags.")
+		if len(args) > 0 {
+			return flag.ErrHelp
+		}
+		return errors.New("no subcommand")
 	}
 	sub := args[0]
 	fs := flag.NewFlagSet("dlq "+sub, flag.ContinueOnError)
-	load := commonFlags(fs)
+	load := commonFlags(fs, 0) // connection flags only
 	stream := fs.String("stream", "", "only dead letters of this stream (e.g. READY)")
 	consumer := fs.String("consumer", "", "only dead letters of this consumer (e.g. segment-unetr-small)")
 	replayID := fs.String("replay", "", "only dead letters of this replay id")

@@ -53,3 +53,6 @@ func main() {
 	usage()
 	os.Exit(2)
 }
+
+// isHelp reports whether a command line word asks for help.
+func isHelp(a string) bool { return a == "-h" || a == "-help" || a == "--help" || a == "help" }

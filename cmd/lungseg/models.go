@@ -21,7 +21,7 @@ import (
 // and the cascade selections it makes runnable.
 func cmdModels(ctx context.Context, args []string) error {
 	fs := flag.NewFlagSet("models", flag.ContinueOnError)
-	dir := fs.String("models-dir", "models", "model registry folder")
+	dir := fs.String("models-dir", "", "model registry folder (default: $"+model.EnvRegistry+", models/ in the working directory or a parent, or beside the executable)")
 	verify := fs.Bool("verify", false, "check each model file's sha256 against its card and that ONNX Runtime opens and runs it (cpu)")
 	asJSON := fs.Bool("json", false, "print the cards as JSON")
 	fetchORT := fs.Bool("fetch-ort", false, "fetch the ONNX Runtime library into the cache (if missing) and print its path")
@@ -35,7 +35,11 @@ func cmdModels(ctx context.Context, args []string) error {
 		}
 		fmt.Println(ortlib.Loaded())
 	}
-	reg, err := model.OpenRegistry(*dir)
+	regDir, err := model.FindRegistry(*dir, model.Where{})
+	if err != nil {
+		return err
+	}
+	reg, err := model.OpenRegistry(regDir)
 	if err != nil {
 		return err
 	}

@@ -58,7 +58,7 @@ func writePhantoms(out, format string, seed int64, n int, o phantom.Options) (st
 
 func cmdDemo(ctx context.Context, args []string) error {
 	fs := flag.NewFlagSet("demo", flag.ContinueOnError)
-	load := commonFlags(fs)
+	load := commonFlags(fs, flagsModels, flagsPipeline)
 	n := fs.Int("n", 12, "phantom slices per format")
 	out := fs.String("out", "", "keep the phantom data and outputs here (default: a temporary folder)")
 	reportPath := fs.String("report", "", "write the JSON report to this file")

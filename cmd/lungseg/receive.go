@@ -31,7 +31,7 @@ import (
 // SEG per model (optionally stored back with STOW-RS).
 func cmdReceive(ctx context.Context, args []string) error {
 	fs := flag.NewFlagSet("receive", flag.ContinueOnError)
-	load := commonFlags(fs)
+	load := commonFlags(fs, flagsModels, flagsStore, flagsServer)
 	httpAddr := fs.String("stow", "127.0.0.1:8042", "STOW-RS listen address (\"\" for none); POST /dicomweb/studies")
 	stowToken := fs.String("stow-token", os.Getenv("LUNGSEG_STOW_TOKEN"), "bearer token STOW-RS requires (default $LUNGSEG_STOW_TOKEN; empty: none)")
 	stowCert := fs.String("stow-tls-cert", "", "serve STOW-RS over HTTPS with this certificate (PEM)")

@@ -15,12 +15,16 @@ import (
 // cmdStreams prints or applies the JetStream definitions (streams and the
 // stages' durable consumers): lungseg streams print|apply.
 func cmdStreams(ctx context.Context, args []string) error {
-	if len(args) == 0 {
-		return errors.New("usage: lungseg streams print|apply [flags]")
+	if len(args) == 0 || isHelp(args[0]) {
+		fmt.Fprintln(os.Stderr, "usage: lungseg streams print|apply [flags]\n\nprint writes the stream and consumer definitions as JSON; apply creates them on --nats URL.\nRun 'lungseg streams SUBCOMMAND -h' for its flags.")
+		if len(args) > 0 {
+			return flag.ErrHelp
+		}
+		return errors.New("no subcommand")
 	}
 	sub := args[0]
 	fs := flag.NewFlagSet("streams "+sub, flag.ContinueOnError)
-	load := commonFlags(fs)
+	load := commonFlags(fs, flagsModels)
 	consumers := fs.Bool("consumers", true, "apply: also create the stages' durable consumers (one segment consumer per registry model)")
 	if err := fs.Parse(args[1:]); err != nil {
 		return err
