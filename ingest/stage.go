@@ -39,8 +39,10 @@ type Stage struct {
 	// after a crash resumes where it was instead of publishing again what
 	// may have left the dedupe window.
 	Progress jetstream.KeyValue
-	// Objects holds the pixels of slices too large for one message; nil
-	// rejects such slices.
+	// Objects holds the pixels of slices too large for one message, which
+	// preprocess hands on to cascades by the same reference; with nil,
+	// such a slice still travels, stored whole by stage.Publish
+	// (pkg/objref).
 	Objects jetstream.ObjectStore
 	// Roots, when set, are the only folders jobs may read under; a job
 	// naming another path is reported as a failure on the errors subject
