@@ -166,7 +166,9 @@ const AlertsMinAge = 7 * 24 * time.Hour
 
 // PixelsBucket is the JetStream Object Store bucket for slices whose
 // pixels do not fit in one message (over about 700×700 int16 pixels); the
-// Slice message then carries an ObjectRef instead of the pixels.
+// Slice message then carries an ObjectRef instead of the pixels. Any other
+// message body over the payload limit is stored there too, whole, and
+// sent as a reference (pkg/objref).
 const PixelsBucket = "lung-pixels"
 
 // PixelStore creates or opens the pixel bucket, with the streams' max age
