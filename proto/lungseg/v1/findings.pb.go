@@ -356,7 +356,9 @@ type Finding struct {
 	// Dataset label of the slices (pickle label1), when the input had one.
 	TruthLabel string `protobuf:"bytes,28,opt,name=truth_label,json=truthLabel,proto3" json:"truth_label,omitempty"`
 	// Why the finding was published: "series-quiet" (no new slice of its
-	// series for the quiet period) or "single-slice" (slice without series).
+	// series for the quiet period), "replay-flush" (its replay had all its
+	// scores and asked for its series) or "single-slice" (slice without
+	// series).
 	CompletedBy   string `protobuf:"bytes,29,opt,name=completed_by,json=completedBy,proto3" json:"completed_by,omitempty"`
 	UnixNano      int64  `protobuf:"varint,30,opt,name=unix_nano,json=unixNano,proto3" json:"unix_nano,omitempty"`
 	unknownFields protoimpl.UnknownFields
@@ -764,6 +766,81 @@ func (x *SeriesSlice) GetComponents() []*Component {
 	return nil
 }
 
+// FindingsFlushed is the findings stage's answer to a flush request of a
+// replay (published on lung.control.findings.flush.<replay>, outside any
+// stream): every open series of that replay has been completed and its
+// findings published before this message. Published on
+// lung.findings.flushed.<replay>, in the FINDINGS stream, so a reader of
+// that stream has seen every finding of the replay once it sees this.
+type FindingsFlushed struct {
+	state    protoimpl.MessageState `protogen:"open.v1"`
+	ReplayId string                 `protobuf:"bytes,1,opt,name=replay_id,json=replayId,proto3" json:"replay_id,omitempty"`
+	// Series completed by this flush and the findings they gave.
+	Series        int32 `protobuf:"varint,2,opt,name=series,proto3" json:"series,omitempty"`
+	Findings      int32 `protobuf:"varint,3,opt,name=findings,proto3" json:"findings,omitempty"`
+	UnixNano      int64 `protobuf:"varint,4,opt,name=unix_nano,json=unixNano,proto3" json:"unix_nano,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *FindingsFlushed) Reset() {
+	*x = FindingsFlushed{}
+	mi := &file_proto_lungseg_v1_findings_proto_msgTypes[5]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *FindingsFlushed) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*FindingsFlushed) ProtoMessage() {}
+
+func (x *FindingsFlushed) ProtoReflect() protoreflect.Message {
+	mi := &file_proto_lungseg_v1_findings_proto_msgTypes[5]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use FindingsFlushed.ProtoReflect.Descriptor instead.
+func (*FindingsFlushed) Descriptor() ([]byte, []int) {
+	return file_proto_lungseg_v1_findings_proto_rawDescGZIP(), []int{5}
+}
+
+func (x *FindingsFlushed) GetReplayId() string {
+	if x != nil {
+		return x.ReplayId
+	}
+	return ""
+}
+
+func (x *FindingsFlushed) GetSeries() int32 {
+	if x != nil {
+		return x.Series
+	}
+	return 0
+}
+
+func (x *FindingsFlushed) GetFindings() int32 {
+	if x != nil {
+		return x.Findings
+	}
+	return 0
+}
+
+func (x *FindingsFlushed) GetUnixNano() int64 {
+	if x != nil {
+		return x.UnixNano
+	}
+	return 0
+}
+
 var File_proto_lungseg_v1_findings_proto protoreflect.FileDescriptor
 
 const file_proto_lungseg_v1_findings_proto_rawDesc = "" +
@@ -853,7 +930,12 @@ const file_proto_lungseg_v1_findings_proto_rawDesc = "" +
 	"\tpred_bits\x18\x04 \x01(\fR\bpredBits\x125\n" +
 	"\n" +
 	"components\x18\x05 \x03(\v2\x15.lungseg.v1.ComponentR\n" +
-	"componentsB7Z5github.com/lungseg/lungseg/proto/lungseg/v1;lungsegv1b\x06proto3"
+	"components\"\x7f\n" +
+	"\x0fFindingsFlushed\x12\x1b\n" +
+	"\treplay_id\x18\x01 \x01(\tR\breplayId\x12\x16\n" +
+	"\x06series\x18\x02 \x01(\x05R\x06series\x12\x1a\n" +
+	"\bfindings\x18\x03 \x01(\x05R\bfindings\x12\x1b\n" +
+	"\tunix_nano\x18\x04 \x01(\x03R\bunixNanoB7Z5github.com/lungseg/lungseg/proto/lungseg/v1;lungsegv1b\x06proto3"
 
 var (
 	file_proto_lungseg_v1_findings_proto_rawDescOnce sync.Once
@@ -867,21 +949,22 @@ func file_proto_lungseg_v1_findings_proto_rawDescGZIP() []byte {
 	return file_proto_lungseg_v1_findings_proto_rawDescData
 }
 
-var file_proto_lungseg_v1_findings_proto_msgTypes = make([]protoimpl.MessageInfo, 5)
+var file_proto_lungseg_v1_findings_proto_msgTypes = make([]protoimpl.MessageInfo, 6)
 var file_proto_lungseg_v1_findings_proto_goTypes = []any{
-	(*Component)(nil),     // 0: lungseg.v1.Component
-	(*SliceFindings)(nil), // 1: lungseg.v1.SliceFindings
-	(*Finding)(nil),       // 2: lungseg.v1.Finding
-	(*Alert)(nil),         // 3: lungseg.v1.Alert
-	(*SeriesSlice)(nil),   // 4: lungseg.v1.SeriesSlice
-	(*SliceMeta)(nil),     // 5: lungseg.v1.SliceMeta
+	(*Component)(nil),       // 0: lungseg.v1.Component
+	(*SliceFindings)(nil),   // 1: lungseg.v1.SliceFindings
+	(*Finding)(nil),         // 2: lungseg.v1.Finding
+	(*Alert)(nil),           // 3: lungseg.v1.Alert
+	(*SeriesSlice)(nil),     // 4: lungseg.v1.SeriesSlice
+	(*FindingsFlushed)(nil), // 5: lungseg.v1.FindingsFlushed
+	(*SliceMeta)(nil),       // 6: lungseg.v1.SliceMeta
 }
 var file_proto_lungseg_v1_findings_proto_depIdxs = []int32{
-	5, // 0: lungseg.v1.SliceFindings.meta:type_name -> lungseg.v1.SliceMeta
+	6, // 0: lungseg.v1.SliceFindings.meta:type_name -> lungseg.v1.SliceMeta
 	0, // 1: lungseg.v1.SliceFindings.components:type_name -> lungseg.v1.Component
 	0, // 2: lungseg.v1.Finding.components:type_name -> lungseg.v1.Component
 	2, // 3: lungseg.v1.Alert.finding:type_name -> lungseg.v1.Finding
-	5, // 4: lungseg.v1.SeriesSlice.meta:type_name -> lungseg.v1.SliceMeta
+	6, // 4: lungseg.v1.SeriesSlice.meta:type_name -> lungseg.v1.SliceMeta
 	0, // 5: lungseg.v1.SeriesSlice.components:type_name -> lungseg.v1.Component
 	6, // [6:6] is the sub-list for method output_type
 	6, // [6:6] is the sub-list for method input_type
@@ -902,7 +985,7 @@ func file_proto_lungseg_v1_findings_proto_init() {
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_proto_lungseg_v1_findings_proto_rawDesc), len(file_proto_lungseg_v1_findings_proto_rawDesc)),
 			NumEnums:      0,
-			NumMessages:   5,
+			NumMessages:   6,
 			NumExtensions: 0,
 			NumServices:   0,
 		},

@@ -45,9 +45,15 @@ type IngestJob struct {
 	JobIndex int32 `protobuf:"varint,6,opt,name=job_index,json=jobIndex,proto3" json:"job_index,omitempty"`
 	// Prefix put before every slice id of this job ("" or "name/"), so that
 	// ids stay unique when a replay has several inputs.
-	IdPrefix      string `protobuf:"bytes,7,opt,name=id_prefix,json=idPrefix,proto3" json:"id_prefix,omitempty"`
-	unknownFields protoimpl.UnknownFields
-	sizeCache     protoimpl.SizeCache
+	IdPrefix string `protobuf:"bytes,7,opt,name=id_prefix,json=idPrefix,proto3" json:"id_prefix,omitempty"`
+	// Make every slice of this input that has no series UID of its own
+	// (pickle rows without a series column, PNG pairs) one series, with
+	// SliceMeta.series_uid "input:<job index>:<file name>", so that the
+	// findings stage groups nodules across its slices (lungseg replay
+	// --series-per-input).
+	SeriesPerInput bool `protobuf:"varint,8,opt,name=series_per_input,json=seriesPerInput,proto3" json:"series_per_input,omitempty"`
+	unknownFields  protoimpl.UnknownFields
+	sizeCache      protoimpl.SizeCache
 }
 
 func (x *IngestJob) Reset() {
@@ -127,6 +133,13 @@ func (x *IngestJob) GetIdPrefix() string {
 		return x.IdPrefix
 	}
 	return ""
+}
+
+func (x *IngestJob) GetSeriesPerInput() bool {
+	if x != nil {
+		return x.SeriesPerInput
+	}
+	return false
 }
 
 // IngestDone reports that a job finished. Published on
@@ -1473,7 +1486,7 @@ var File_proto_lungseg_v1_lungseg_proto protoreflect.FileDescriptor
 const file_proto_lungseg_v1_lungseg_proto_rawDesc = "" +
 	"\n" +
 	"\x1eproto/lungseg/v1/lungseg.proto\x12\n" +
-	"lungseg.v1\"\xbf\x01\n" +
+	"lungseg.v1\"\xe9\x01\n" +
 	"\tIngestJob\x12\x1b\n" +
 	"\treplay_id\x18\x01 \x01(\tR\breplayId\x12\x12\n" +
 	"\x04path\x18\x02 \x01(\tR\x04path\x12\x12\n" +
@@ -1481,7 +1494,8 @@ const file_proto_lungseg_v1_lungseg_proto_rawDesc = "" +
 	"\tmasks_dir\x18\x04 \x01(\tR\bmasksDir\x12\x16\n" +
 	"\x06models\x18\x05 \x03(\tR\x06models\x12\x1b\n" +
 	"\tjob_index\x18\x06 \x01(\x05R\bjobIndex\x12\x1b\n" +
-	"\tid_prefix\x18\a \x01(\tR\bidPrefix\"\xa6\x01\n" +
+	"\tid_prefix\x18\a \x01(\tR\bidPrefix\x12(\n" +
+	"\x10series_per_input\x18\b \x01(\bR\x0eseriesPerInput\"\xa6\x01\n" +
 	"\n" +
 	"IngestDone\x12\x1b\n" +
 	"\treplay_id\x18\x01 \x01(\tR\breplayId\x12\x12\n" +
