@@ -22,6 +22,11 @@ const (
 	PrefixIngested = "lung.events.ingest." // + <replay>: IngestDone
 	PrefixFindings = "lung.findings."      // + <category>.<model>.<replay>: Finding; + slice.<model>.<replay>: SliceFindings
 	PrefixAlerts   = "lung.alerts."        // + <category>.<model>.<replay>: Alert
+	// PrefixFindingsFlush + <replay>: a replay asks the findings stage to
+	// complete its open series now (core NATS, in no stream; empty body).
+	// The stage answers with FindingsFlushed on PrefixFindings +
+	// "flushed.<replay>", after the findings.
+	PrefixFindingsFlush = "lung.control.findings.flush."
 	LiveReplay     = "live"
 )
 
