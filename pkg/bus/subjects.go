@@ -27,7 +27,7 @@ const (
 	// The stage answers with FindingsFlushed on PrefixFindings +
 	// "flushed.<replay>", after the findings.
 	PrefixFindingsFlush = "lung.control.findings.flush."
-	LiveReplay     = "live"
+	LiveReplay          = "live"
 )
 
 // Headers every pipeline message carries, so that the runner can report a
