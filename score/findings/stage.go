@@ -16,6 +16,7 @@ import (
 	"github.com/lungseg/lungseg/pkg/stage"
 	lungsegv1 "github.com/lungseg/lungseg/proto/lungseg/v1"
 	"github.com/lungseg/lungseg/score"
+	"github.com/nats-io/nats.go"
 	"github.com/nats-io/nats.go/jetstream"
 	"github.com/rs/zerolog"
 	"google.golang.org/protobuf/proto"
@@ -37,7 +38,14 @@ type HUSource interface {
 //     restarts the series' quiet timer; when no slice of the series has
 //     arrived for the quiet period, groups the stored slices into nodules,
 //     publishes one Finding per nodule and an Alert for each at or above
-//     the alert category, and removes the series from the bucket.
+//     the alert category, and removes the series from the bucket;
+//   - on a flush request of a replay (FlushSubject, core NATS: the replay
+//     has every score it waits for), completes every open series of that
+//     replay at once and then publishes FindingsFlushed on FlushedSubject.
+//
+// A slice's SliceFindings is published only after the slice is stored
+// in its series (or its single-slice findings are published), so a reader
+// that has a slice's SliceFindings knows a flush will include it.
 //
 // The series state is durable: it is in a JetStream key-value bucket and
 // the last-seen time of a series is the newest store time of its slices,
@@ -57,6 +65,9 @@ type Stage struct {
 
 	mu     sync.Mutex
 	timers map[string]*seriesTimer
+	// completing serialises completions, so a flush and a timer do not
+	// complete one series at once.
+	completing sync.Mutex
 	runCtx context.Context
 	wg     sync.WaitGroup
 }
@@ -103,10 +114,19 @@ func (s *Stage) Start(ctx context.Context) error {
 	for _, k := range pending {
 		s.touch(k, 0)
 	}
+	var sub *nats.Subscription
+	if nc := s.js.Conn(); nc != nil {
+		if sub, err = nc.QueueSubscribe(FlushSubject("*"), StageName, s.onFlush); err != nil {
+			return fmt.Errorf("findings: subscribing to flush requests: %w", err)
+		}
+	}
 	s.wg.Add(1)
 	go func() {
 		defer s.wg.Done()
 		<-ctx.Done()
+		if sub != nil {
+			_ = sub.Unsubscribe()
+		}
 		s.mu.Lock()
 		for k, t := range s.timers {
 			t.t.Stop()
@@ -119,6 +139,73 @@ func (s *Stage) Start(ctx context.Context) error {
 
 // Wait blocks until Start's context has ended and no completion runs.
 func (s *Stage) Wait() { s.wg.Wait() }
+
+// onFlush handles a flush request (its subject names the replay) in a
+// goroutine of its own, so the connection's other messages are not held.
+func (s *Stage) onFlush(m *nats.Msg) {
+	replay := strings.TrimPrefix(m.Subject, bus.PrefixFindingsFlush)
+	s.mu.Lock()
+	ctx := s.runCtx
+	if ctx == nil || ctx.Err() != nil {
+		s.mu.Unlock()
+		return
+	}
+	s.wg.Add(1)
+	s.mu.Unlock()
+	go func() {
+		defer s.wg.Done()
+		series, n, err := s.FlushReplay(ctx, replay)
+		if err != nil {
+			s.log.Error().Err(err).Str("replay", replay).Msg("flushing the series of a replay")
+			return
+		}
+		s.log.Info().Str("replay", replay).Int("series", series).Int("findings", n).Msg("replay flushed")
+	}()
+}
+
+// FlushReplay completes every open series of one replay now, quiet or
+// not (completed_by "replay-flush"), then publishes FindingsFlushed on
+// FlushedSubject(replay). It returns the series completed and the
+// findings they gave. Safe to call again: a replay without open series
+// gets only the FindingsFlushed message.
+func (s *Stage) FlushReplay(ctx context.Context, replay string) (series, findings int, err error) {
+	keys, err := s.pendingSeries(ctx)
+	if err != nil {
+		return 0, 0, err
+	}
+	prefix := replayToken(replay)
+	for _, k := range keys {
+		if !strings.HasPrefix(k, prefix) {
+			continue
+		}
+		c, _, err := s.completeCount(ctx, k, true, CompletedFlush)
+		findings += c
+		if err != nil {
+			return series, findings, err
+		}
+		series++
+		s.mu.Lock()
+		if st, ok := s.timers[k]; ok {
+			st.t.Stop()
+			st.seq++ // a fire under way leaves the timer alone
+			delete(s.timers, k)
+		}
+		s.mu.Unlock()
+	}
+	done := &lungsegv1.FindingsFlushed{ReplayId: replay, Series: int32(series), Findings: int32(findings),
+		UnixNano: s.now().UnixNano()}
+	b, err := proto.Marshal(done)
+	if err != nil {
+		return series, findings, err
+	}
+	// Every flush gets its own message: a replay that asks again (its
+	// first request came before this stage listened) must see one.
+	if err := stage.Publish(ctx, s.js, StageName, stage.Out{Subject: FlushedSubject(replay), Data: b, ReplayID: replay,
+		MsgID: fmt.Sprintf("flushed|%s|%d", replay, done.UnixNano)}, nil); err != nil {
+		return series, findings, fmt.Errorf("findings: publishing the flush of %s: %w", replay, err)
+	}
+	return series, findings, nil
+}
 
 // pendingSeries lists the series keys in the bucket.
 func (s *Stage) pendingSeries(ctx context.Context) ([]string, error) {
@@ -160,9 +247,11 @@ func (s *Stage) Process(ctx context.Context, m *stage.Msg, e stage.Emitter) erro
 	if err != nil {
 		return err
 	}
-	if err := e.Emit(ctx, stage.Out{Subject: SliceSubject(in.Model, meta.ReplayId), Data: b,
-		SliceID: meta.Id, ReplayID: meta.ReplayId, Model: in.Model}); err != nil {
-		return err
+	// The slice's components go out last: once a replay has them, the
+	// slice is in its series (or its findings are out).
+	emitSlice := func() error {
+		return e.Emit(ctx, stage.Out{Subject: SliceSubject(in.Model, meta.ReplayId), Data: b,
+			SliceID: meta.Id, ReplayID: meta.ReplayId, Model: in.Model})
 	}
 	ss := &lungsegv1.SeriesSlice{Meta: meta, Model: in.Model, ModelVersion: in.ModelVersion, Components: sf.Components}
 	if len(sf.Components) > 0 {
@@ -173,7 +262,10 @@ func (s *Stage) Process(ctx context.Context, m *stage.Msg, e stage.Emitter) erro
 		if err != nil {
 			return stage.Permanent(err)
 		}
-		return s.publish(ctx, fs, e.Emit)
+		if err := s.publish(ctx, fs, e.Emit); err != nil {
+			return err
+		}
+		return emitSlice()
 	}
 	key := SeriesKey(meta.ReplayId, in.Model, meta.StudyUid, meta.SeriesUid)
 	v, err := proto.Marshal(ss)
@@ -190,7 +282,7 @@ func (s *Stage) Process(ctx context.Context, m *stage.Msg, e stage.Emitter) erro
 		return fmt.Errorf("findings: storing slice %s: %w", meta.Id, err)
 	}
 	s.touch(key, s.cfg.QuietPeriod)
-	return nil
+	return emitSlice()
 }
 
 // Decode reads a Score (subjects under lung.scores.) or a ModelOutput
@@ -308,10 +400,14 @@ func Summary(f *lungsegv1.Finding) string {
 }
 
 // SeriesKey is the bucket key token of one series of one model in one
-// replay.
+// replay: replayToken(replay) followed by a hash of the rest, so that a
+// flush finds the series of its replay by the key alone.
 func SeriesKey(replay, model, study, series string) string {
-	return hash(strings.Join([]string{orLive(replay), model, study, series}, "\x00"))
+	return replayToken(replay) + hash(strings.Join([]string{orLive(replay), model, study, series}, "\x00"))
 }
+
+// replayToken starts the series keys of one replay.
+func replayToken(replay string) string { return hash(orLive(replay))[:8] }
 
 func hash(s string) string {
 	h := sha256.Sum256([]byte(s))
@@ -355,7 +451,7 @@ func (s *Stage) fire(key string) {
 	s.wg.Add(1)
 	s.mu.Unlock()
 	defer s.wg.Done()
-	again, err := s.complete(ctx, key, false)
+	_, again, err := s.completeCount(ctx, key, false, CompletedQuiet)
 	if err != nil {
 		s.log.Error().Err(err).Str("series_key", key).Msg("completing series; will retry")
 		again = 5 * time.Second
@@ -382,7 +478,7 @@ func (s *Stage) FlushAll(ctx context.Context) (int, error) {
 	}
 	n := 0
 	for _, k := range keys {
-		c, _, err := s.completeCount(ctx, k, true)
+		c, _, err := s.completeCount(ctx, k, true, CompletedQuiet)
 		n += c
 		if err != nil {
 			return n, err
@@ -391,15 +487,13 @@ func (s *Stage) FlushAll(ctx context.Context) (int, error) {
 	return n, nil
 }
 
-func (s *Stage) complete(ctx context.Context, key string, force bool) (time.Duration, error) {
-	_, again, err := s.completeCount(ctx, key, force)
-	return again, err
-}
-
 // completeCount publishes the nodules of a series if it has been quiet
 // (or force), then removes it from the bucket. It returns the number of
-// findings and, when the series is not yet quiet, how long to wait.
-func (s *Stage) completeCount(ctx context.Context, key string, force bool) (int, time.Duration, error) {
+// findings and, when the series is not yet quiet, how long to wait. by is
+// the findings' completed_by.
+func (s *Stage) completeCount(ctx context.Context, key string, force bool, by string) (int, time.Duration, error) {
+	s.completing.Lock()
+	defer s.completing.Unlock()
 	w, err := s.kv.WatchFiltered(ctx, []string{"s." + key + ".>"}, jetstream.IgnoreDeletes())
 	if err != nil {
 		return 0, 0, fmt.Errorf("findings: reading series %s: %w", key, err)
@@ -440,7 +534,7 @@ func (s *Stage) completeCount(ctx context.Context, key string, force bool) (int,
 	}
 	n := 0
 	if len(slices) > 0 {
-		fs, err := s.cfg.Group(slices, CompletedQuiet)
+		fs, err := s.cfg.Group(slices, by)
 		if err != nil {
 			// Bad state cannot get better: report and drop it.
 			s.log.Error().Err(err).Str("series_key", key).Msg("grouping series; dropping it")
@@ -463,6 +557,11 @@ func (s *Stage) completeCount(ctx context.Context, key string, force bool) (int,
 		if err := s.kv.Purge(ctx, e.Key(), jetstream.LastRevision(e.Revision())); err != nil &&
 			!errors.Is(err, jetstream.ErrKeyExists) {
 			return n, 0, fmt.Errorf("findings: removing %s: %w", e.Key(), err)
+		}
+		// The entry was the only reference to its object (a large
+		// slice's predicted mask): it goes with it.
+		if ref, err := objref.Parse(e.Value()); err == nil {
+			_ = objref.Delete(ctx, s.js, ref)
 		}
 	}
 	return n, 0, nil
