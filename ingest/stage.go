@@ -6,6 +6,7 @@ import (
 	"encoding/hex"
 	"errors"
 	"fmt"
+	"path/filepath"
 	"time"
 
 	"github.com/lungseg/lungseg/pkg/bus"
@@ -97,6 +98,13 @@ func (s *Stage) offload(ctx context.Context, sl *lungsegv1.Slice) ([]byte, error
 	return proto.Marshal(sl)
 }
 
+// InputSeriesUID is the series UID a job with series_per_input gives the
+// slices of its input that have none of their own:
+// "input:<job index>:<file name>".
+func InputSeriesUID(job *lungsegv1.IngestJob) string {
+	return fmt.Sprintf("input:%d:%s", job.JobIndex, filepath.Base(job.Path))
+}
+
 // Process implements stage.Processor.
 func (s *Stage) Process(ctx context.Context, m *stage.Msg, e stage.Emitter) error {
 	var job lungsegv1.IngestJob
@@ -135,6 +143,9 @@ func (s *Stage) Process(ctx context.Context, m *stage.Msg, e stage.Emitter) erro
 			seen[it.Meta.Id] = 1
 		}
 		it.Meta.ReplayId = job.ReplayId
+		if job.SeriesPerInput && it.Meta.SeriesUid == "" {
+			it.Meta.SeriesUid = InputSeriesUID(&job)
+		}
 		if skip, err := fl.next(ctx, done); skip || err != nil {
 			return err // published before a crash, or stopped waiting
 		}

@@ -404,6 +404,8 @@ func cmdReplay(ctx context.Context, args []string) error {
 	masksOut := fs.String("masks-out", "", "write each predicted mask as DIR/MODEL/<slice id>.png")
 	timeout := fs.Duration("timeout", 0, "give up waiting for results after this long (0: never)")
 	tta := fs.String("tta-compare", "", "\"both\": also run every chosen model with flip test-time augmentation, reported as MODEL+tta")
+	seriesPerInput := fs.Bool("series-per-input", false, "make the slices of each input that have no series of their own (pickle rows without a series column, PNG pairs) one series, so findings group nodules across them")
+	findingsWait := fs.Duration("findings-wait", 30*time.Second, "after the scores, wait this long without news for the findings (negative: do not wait)")
 	fs.Usage = func() {
 		fmt.Fprintln(fs.Output(), "usage: lungseg replay [flags] INPUT...")
 		fs.PrintDefaults()
@@ -426,7 +428,8 @@ func cmdReplay(ctx context.Context, args []string) error {
 	default:
 		return fmt.Errorf("--tta-compare %q: want \"both\"", *tta)
 	}
-	return doReplay(ctx, cfg, replayArgs{inputs: fs.Args(), models: models, masks: *masks, report: *reportPath, masksOut: *masksOut, timeout: *timeout})
+	return doReplay(ctx, cfg, replayArgs{inputs: fs.Args(), models: models, masks: *masks, report: *reportPath, masksOut: *masksOut, timeout: *timeout,
+		seriesPerInput: *seriesPerInput, findingsWait: *findingsWait})
 }
 
 // withTTA adds the TTA variant of every selected model ("all" when none
@@ -452,6 +455,8 @@ type replayArgs struct {
 	masks, report, masksOut string
 	timeout                 time.Duration
 	dataDirSet              bool
+	seriesPerInput          bool
+	findingsWait            time.Duration
 }
 
 func doReplay(ctx context.Context, cfg *Config, a replayArgs) error {
@@ -533,10 +538,13 @@ func doReplay(ctx context.Context, cfg *Config, a replayArgs) error {
 	rep, err := replay.Run(ctx, n.js, replay.Options{
 		Inputs: inputs, Models: a.models, MasksDir: masks, Timeout: a.timeout,
 		Progress: progress.New(stderr, progress.Options{Label: "replay", Unit: "results"}), OnScore: onScore,
+		SeriesPerInput: a.seriesPerInput, FindingsWait: a.findingsWait,
 	}, log)
 	if rep != nil {
+		rep.Categories = cats.tables()
 		printReport(rep)
 		cats.print(os.Stdout)
+		printNodules(os.Stdout, rep)
 		if a.report != "" {
 			if werr := writeJSON(a.report, rep); werr != nil && err == nil {
 				err = werr

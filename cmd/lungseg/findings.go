@@ -8,6 +8,7 @@ import (
 	"text/tabwriter"
 
 	"github.com/lungseg/lungseg/pkg/imgx"
+	"github.com/lungseg/lungseg/pkg/replay"
 	lungsegv1 "github.com/lungseg/lungseg/proto/lungseg/v1"
 	"github.com/lungseg/lungseg/score/findings"
 )
@@ -58,6 +59,51 @@ func (t *categoryTable) add(s *lungsegv1.Score) error {
 	return nil
 }
 
+// tables returns the counts as the replay report's data, one table per
+// model: rows are labels in category order, columns "none" and the
+// categories.
+func (t *categoryTable) tables() map[string]replay.CategoryTable {
+	t.mu.Lock()
+	defer t.mu.Unlock()
+	out := map[string]replay.CategoryTable{}
+	cols := append([]string{noneCategory}, findings.Categories...)
+	for model, m := range t.counts {
+		ct := replay.CategoryTable{Estimates: cols}
+		labels := map[string]bool{}
+		for k, n := range m {
+			labels[k[0]] = true
+			ct.Total += n
+			if findings.Rank(k[0]) > 0 && findings.Rank(k[0]) == findings.Rank(k[1]) {
+				ct.Agree += n
+			}
+		}
+		for l := range labels {
+			ct.Labels = append(ct.Labels, l)
+		}
+		sortLabels(ct.Labels)
+		for _, l := range ct.Labels {
+			row := make([]int, len(cols))
+			for j, c := range cols {
+				row[j] = m[[2]string{l, c}]
+			}
+			ct.Counts = append(ct.Counts, row)
+		}
+		out[model] = ct
+	}
+	return out
+}
+
+// sortLabels orders labels by category rank, then by name.
+func sortLabels(rows []string) {
+	sort.Slice(rows, func(i, j int) bool {
+		ri, rj := findings.Rank(rows[i]), findings.Rank(rows[j])
+		if ri != rj {
+			return ri < rj
+		}
+		return rows[i] < rows[j]
+	})
+}
+
 // print writes one confusion table per model: rows are labels, columns
 // estimates.
 func (t *categoryTable) print(w io.Writer) {
@@ -84,13 +130,7 @@ func (t *categoryTable) print(w io.Writer) {
 		for l := range labels {
 			rows = append(rows, l)
 		}
-		sort.Slice(rows, func(i, j int) bool {
-			ri, rj := findings.Rank(rows[i]), findings.Rank(rows[j])
-			if ri != rj {
-				return ri < rj
-			}
-			return rows[i] < rows[j]
-		})
+		sortLabels(rows)
 		fmt.Fprintf(w, "\nLung-RADS size-based estimate vs label1, model %s: %d of %d labelled slices agree (%.1f%%)\n",
 			model, agree, total, 100*float64(agree)/float64(max(total, 1)))
 		tw := tabwriter.NewWriter(w, 0, 0, 2, ' ', tabwriter.AlignRight)
@@ -111,4 +151,35 @@ func (t *categoryTable) print(w io.Writer) {
 	if len(models) > 0 {
 		fmt.Fprintln(w, "(estimate: category of the largest predicted component by its longest diameter, as a solid nodule; pixel spacing assumed where the input has none)")
 	}
+}
+
+// printNodules writes the replay's nodules (findings grouped per series
+// and model), or says why they may be incomplete.
+func printNodules(w io.Writer, rep *replay.Report) {
+	if rep.FindingsNote != "" {
+		fmt.Fprintf(w, "\nFindings: %s\n", rep.FindingsNote)
+	}
+	if len(rep.Nodules) == 0 {
+		return
+	}
+	fmt.Fprintf(w, "\nNodules (findings grouped across the slices of a series; size-based estimate): %d\n", len(rep.Nodules))
+	tw := tabwriter.NewWriter(w, 0, 0, 2, ' ', 0)
+	fmt.Fprintln(tw, "model\tseries\tslices\tfirst..last\tdiameter mm\tvolume mm³\tcategory\tlabel\t")
+	for _, n := range rep.Nodules {
+		series := n.Series
+		if series == "" {
+			series = "-"
+		}
+		d := fmt.Sprintf("%.1f", n.DiameterMm)
+		if n.SpacingAssumed {
+			d += "*"
+		}
+		v := fmt.Sprintf("%.0f", n.VolumeMm3)
+		if n.ThicknessAssumed {
+			v += "*"
+		}
+		fmt.Fprintf(tw, "%s\t%s\t%d\t%s..%s\t%s\t%s\t%s\t%s\t\n", n.Model, series, n.Slices, n.FirstSlice, n.LastSlice, d, v, n.Category, n.Label)
+	}
+	tw.Flush()
+	fmt.Fprintln(w, "(* pixel spacing or slice thickness assumed)")
 }

@@ -24,7 +24,15 @@ const (
 	ColMask   = "mask"         // nodule mask, int8 0/1 array
 	ColHU     = "hu_array_old" // slice in HU, float array
 	ColHULung = "hu_array"     // HU times the automatic lung mask
+	// ColSeries is the series column Write writes when rows have one.
+	ColSeries = "series_uid"
 )
+
+// SeriesColumns are the columns, in order of preference, that say which
+// series (or patient) a row belongs to; the Mendeley layout has none. The
+// first one present gives Meta.SeriesUid, so that the findings stage
+// groups that series' rows into nodules.
+var SeriesColumns = []string{ColSeries, "SeriesInstanceUID", "series_instance_uid", "patient_id", "PatientID"}
 
 const (
 	// maxIndexLen bounds index arrays and block placements read at open.
@@ -48,6 +56,10 @@ type File struct {
 	id      func(int) string
 	// Per-row cells of the columns the reader uses; nil when absent.
 	label, mask, hu, hulung []any
+	// series holds the cells of the first of SeriesColumns present;
+	// seriesCol names it.
+	series    []any
+	seriesCol string
 	buf                     []byte    // scratch for one array's bytes
 	huBuf, maskBuf          []float64 // scratch floats for Item
 }
@@ -258,6 +270,19 @@ func (f *File) interpret(v any) error {
 	}
 	if f.hulung, err = arrays(ColHULung, false); err != nil {
 		return err
+	}
+	for _, name := range SeriesColumns {
+		p, ok := find(name)
+		if !ok {
+			continue
+		}
+		if cells[p] != nil {
+			f.series = cells[p]
+		} else if f.series, err = f.labels(numeric[p], numericAt[p], nrows); err != nil {
+			return fmt.Errorf("%s column: %w", name, err)
+		}
+		f.seriesCol = name
+		break
 	}
 	if p, ok := find(ColLabel); ok {
 		if cells[p] != nil {
@@ -665,6 +690,9 @@ type Row struct {
 	ID string
 	// Label is the label1 value (LR2, LR3, LR4A, LR4B).
 	Label string
+	// Series is the row's series (or patient) for Write: when the first
+	// row has one, every row is written with a series_uid column.
+	Series string
 	// Rows and Cols are the slice size.
 	Rows, Cols int
 	// Mask is the mask column; nil when the frame has no mask column.

@@ -16,7 +16,9 @@ const Source = "pkl"
 
 // Read emits one ingest.Item per row of the pickle at path, in order.
 // Meta.Id is the row's index label, Meta.SlicePosition its row number,
-// Meta.Label the label1 value; spacing is unknown (SpacingAssumed). HU
+// Meta.Label the label1 value, Meta.SeriesUid the value of the first of
+// SeriesColumns present (none in the Mendeley layout); spacing is unknown
+// (SpacingAssumed). HU
 // comes from hu_array_old (rounded to int16, NaN refused), Mask from mask.
 // A row that cannot be decoded is emitted with Err set (a *RowError) and
 // the reader goes on; a file that cannot be scanned (truncated, an unknown
@@ -94,6 +96,19 @@ func (f *File) Item(i int) ingest.Item {
 	}
 	if missingLabel {
 		meta.Label = ""
+	}
+	if f.series != nil {
+		// A series (or patient) column: its rows form a series. A cell
+		// that is None, NaN or not text leaves the row alone.
+		if v := f.series[i]; v != nil {
+			if x, ok := v.(float64); !ok || !math.IsNaN(x) {
+				if t, err := f.text(v); err == nil && t != "" {
+					meta.SeriesUid = t
+				} else {
+					meta.Warnings = append(meta.Warnings, fmt.Sprintf("%s is not text (%s): the slice has no series", f.seriesCol, typeName(v)))
+				}
+			}
+		}
 	}
 	if cl.n > 0 {
 		n, cols := len(it.HU.Pix), it.HU.Cols

@@ -23,7 +23,8 @@ var ErrRow = errors.New("pickle: bad row for writing")
 // Write writes rows as a pandas DataFrame pickle laid out as pandas 1.5
 // writes the Mendeley dataset with protocol 4: one object block holding
 // label1 (str), mask (int8 arrays), hu_array_old and hu_array (float64
-// arrays), columns as an object Index, rows as a RangeIndex. Both Read and
+// arrays), and series_uid (str) when the first row has a Series, columns
+// as an object Index, rows as a RangeIndex. Both Read and
 // pd.read_pickle read the result.
 func Write(w io.Writer, rows []Row) error {
 	return WriteFunc(w, len(rows), func(i int) (*Row, error) { return &rows[i], nil })
@@ -31,8 +32,9 @@ func Write(w io.Writer, rows []Row) error {
 
 // WriteFunc writes n rows like Write without holding them all: the object
 // block is pickled column by column (all labels, then all masks, ...), so
-// row is called once per row and column pass, four times per row, and must
-// return the same row each time for the same i.
+// row is called once per row and column pass, four times per row (five
+// with a series column, and once more for row 0), and must return the
+// same row each time for the same i.
 func WriteFunc(w io.Writer, n int, row func(i int) (*Row, error)) error {
 	if n < 0 {
 		return fmt.Errorf("%w: %d rows", ErrRow, n)
@@ -50,6 +52,15 @@ func WriteFunc(w io.Writer, n int, row func(i int) (*Row, error)) error {
 	e.global("pandas.core.internals.managers", "BlockManager")
 	e.global("pandas._libs.internals", "_unpickle_block")
 	columns := []string{ColLabel, ColMask, ColHU, ColHULung}
+	if n > 0 {
+		r, err := row(0)
+		if err != nil {
+			return fmt.Errorf("writing row 0: %w", err)
+		}
+		if r.Series != "" {
+			columns = append(columns, ColSeries)
+		}
+	}
 	// The object block: _reconstruct(ndarray, (0,), b'b') + BUILD.
 	e.reconstruct()
 	e.op('(')
@@ -80,7 +91,7 @@ func WriteFunc(w io.Writer, n int, row func(i int) (*Row, error)) error {
 		}
 		e.boundary()
 	}
-	labels := map[string]int{}
+	labels := map[string]int{} // memo of label1 and series_uid strings
 	for pass := range columns {
 		for i := range n {
 			r, err := row(i)
@@ -92,12 +103,16 @@ func WriteFunc(w io.Writer, n int, row func(i int) (*Row, error)) error {
 			}
 			item()
 			switch columns[pass] {
-			case ColLabel:
-				if k, ok := labels[r.Label]; ok {
+			case ColLabel, ColSeries:
+				v := r.Label
+				if columns[pass] == ColSeries {
+					v = r.Series
+				}
+				if k, ok := labels[v]; ok {
 					e.get(k)
 				} else {
-					e.str(r.Label)
-					labels[r.Label] = e.memoize()
+					e.str(v)
+					labels[v] = e.memoize()
 				}
 			case ColMask:
 				b := make([]byte, len(r.Mask.Pix))

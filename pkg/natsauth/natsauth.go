@@ -337,6 +337,9 @@ func Permissions(role string) (*server.Permissions, error) {
 		// limit, are in the pixel bucket (pkg/objref).
 		pub = append(pub, objectStore(bus.PixelsBucket, true)...)
 		pub = append(pub, webhookPub()...)
+		// A replay's request to complete its series now (the answer,
+		// FindingsFlushed, goes to the FINDINGS stream).
+		sub = []string{Inbox, bus.PrefixFindingsFlush + "*"}
 	case RoleWebhook:
 		// webhook.Run in a process of its own (pipeline.Run opens the
 		// pixel bucket: run webhooks there with the findings role).
@@ -357,8 +360,10 @@ func Permissions(role string) (*server.Permissions, error) {
 		pub = append(pub, objectStore(bus.PixelsBucket, true)...)
 		pub = append(pub, AccountInfo)
 	case RoleReplay:
-		pub = []string{bus.SubjIngestJobs}
-		for _, s := range []string{bus.StreamScores, bus.StreamErrors, bus.StreamEvents} {
+		// Jobs in; scores, errors, events and its findings out; asks the
+		// findings stage to complete its series (bus.PrefixFindingsFlush).
+		pub = []string{bus.SubjIngestJobs, bus.PrefixFindingsFlush + "*"}
+		for _, s := range []string{bus.StreamScores, bus.StreamErrors, bus.StreamEvents, bus.StreamFindings} {
 			pub = append(pub, ordered(s)...)
 		}
 		// Scores of large slices come by reference (pkg/objref).

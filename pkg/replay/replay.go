@@ -21,6 +21,7 @@ import (
 	"github.com/lungseg/lungseg/pkg/stage"
 	lungsegv1 "github.com/lungseg/lungseg/proto/lungseg/v1"
 	"github.com/lungseg/lungseg/score"
+	"github.com/lungseg/lungseg/score/findings"
 	"github.com/nats-io/nats.go/jetstream"
 	"github.com/rs/zerolog"
 	"google.golang.org/protobuf/proto"
@@ -46,6 +47,17 @@ type Options struct {
 	ProgressEvery time.Duration
 	// OnScore is called for each new score (for --masks-out).
 	OnScore func(*lungsegv1.Score) error
+	// SeriesPerInput makes every slice of one input that has no series
+	// UID of its own (pickle rows, PNG pairs) one series, so that the
+	// findings stage groups nodules across the input's slices
+	// (IngestJob.series_per_input).
+	SeriesPerInput bool
+	// FindingsWait bounds the wait for findings once every slice is
+	// scored: for each analysed slice's SliceFindings, then for the
+	// findings stage's answer to the flush request, each as long as
+	// nothing new arrives for this long (default 30 s; negative: do not
+	// wait for findings, nor ask for a flush).
+	FindingsWait time.Duration
 }
 
 // Progress receives a replay's progress.
@@ -74,6 +86,79 @@ type SliceResult struct {
 	// Warnings are the slice's SliceMeta.warnings: what ingest accepted
 	// but changed (a label1 that was not a str, HU clamped to int16).
 	Warnings []string `json:"warnings,omitempty"`
+	// Series is the slice's series UID (for a pickle without a series
+	// column, set only by SeriesPerInput).
+	Series string `json:"series,omitempty"`
+	// Category is the findings stage's size-based estimate of the slice
+	// (its largest component; "none" without one); empty when the
+	// findings stage did not report the slice.
+	Category string `json:"category,omitempty"`
+	// Findings are the slice's predicted components, as the findings
+	// stage measured them.
+	Findings []SliceFinding `json:"findings,omitempty"`
+}
+
+// SliceFinding is one 8-connected component of a slice's predicted mask.
+type SliceFinding struct {
+	// Component numbers the components of the slice (1-based, raster
+	// order of their first pixel); a Nodule's components name it.
+	Component  int32   `json:"component"`
+	AreaPx     int64   `json:"area_px"`
+	AreaMm2    float64 `json:"area_mm2"`
+	DiameterMm float64 `json:"diameter_mm"`
+	// SpacingAssumed: the pixel spacing, hence every mm figure, is the
+	// configured default, not read from the input.
+	SpacingAssumed bool    `json:"spacing_assumed,omitempty"`
+	CentroidRow    float64 `json:"centroid_row"`
+	CentroidCol    float64 `json:"centroid_col"`
+	// MeanHU and MeanProb are absent when unknown.
+	MeanHU   *float64 `json:"mean_hu,omitempty"`
+	MeanProb *float64 `json:"mean_prob,omitempty"`
+	Category string   `json:"category"`
+}
+
+// Nodule is one finding of the findings stage: the components of one
+// model that overlap on adjacent slices of one series.
+type Nodule struct {
+	ID     string `json:"id"`
+	Model  string `json:"model"`
+	Series string `json:"series,omitempty"`
+	// FirstSlice and LastSlice are the first and last slice ids in slice
+	// order, Slices their count; positions are along the patient axis
+	// (row or file numbers for pickles and PNG pairs).
+	FirstSlice     string   `json:"first_slice"`
+	LastSlice      string   `json:"last_slice"`
+	Slices         int32    `json:"slices"`
+	SliceIDs       []string `json:"slice_ids"`
+	FirstPosition  float64  `json:"first_position"`
+	LastPosition   float64  `json:"last_position"`
+	DiameterMm     float64  `json:"diameter_mm"`
+	SpacingAssumed bool     `json:"spacing_assumed,omitempty"`
+	VolumeMm3      float64  `json:"volume_mm3"`
+	// ThicknessAssumed: the volume uses the configured slice thickness.
+	ThicknessAssumed bool     `json:"thickness_assumed,omitempty"`
+	CentroidRow      float64  `json:"centroid_row"`
+	CentroidCol      float64  `json:"centroid_col"`
+	MeanHU           *float64 `json:"mean_hu,omitempty"`
+	MeanProb         *float64 `json:"mean_prob,omitempty"`
+	// Category is the size-based Lung-RADS estimate; Label the slices'
+	// dataset label (label1) when known.
+	Category    string `json:"category"`
+	Label       string `json:"label,omitempty"`
+	CompletedBy string `json:"completed_by"`
+}
+
+// CategoryTable is one model's confusion table of the size-based
+// Lung-RADS estimate of each labelled slice (the category of its largest
+// predicted component, or "none") against its label (label1):
+// Counts[i][j] slices have Labels[i] and estimate Estimates[j].
+type CategoryTable struct {
+	Labels    []string `json:"labels"`
+	Estimates []string `json:"estimates"`
+	Counts    [][]int  `json:"counts"`
+	// Agree counts the slices whose estimate is their label, of Total.
+	Agree int `json:"agree"`
+	Total int `json:"total"`
 }
 
 // ErrorResult is one failure reported during the replay.
@@ -97,7 +182,18 @@ type Report struct {
 	Unscored int                           `json:"slices_without_truth"`
 	Models   map[string]score.ModelSummary `json:"models"`
 	Slices   []SliceResult                 `json:"slices"`
-	Errors   []ErrorResult                 `json:"errors"`
+	// Nodules are the findings of the replay, per model and series,
+	// sorted by model, series and first position.
+	Nodules []Nodule `json:"nodules"`
+	// FindingsComplete is true when the findings stage answered the
+	// replay's flush: every finding of the replay is in Nodules.
+	// FindingsNote says why not otherwise.
+	FindingsComplete bool   `json:"findings_complete"`
+	FindingsNote     string `json:"findings_note,omitempty"`
+	// Categories holds each model's size-category confusion table
+	// (filled by the caller that computes it, e.g. lungseg replay).
+	Categories map[string]CategoryTable `json:"categories,omitempty"`
+	Errors     []ErrorResult            `json:"errors"`
 }
 
 // NewID returns a fresh replay id.
@@ -110,9 +206,12 @@ func NewID() string {
 type pair struct{ slice, model string }
 
 type event struct {
-	score *lungsegv1.Score
-	err   *lungsegv1.ErrorEvent
-	done  *lungsegv1.IngestDone
+	score   *lungsegv1.Score
+	err     *lungsegv1.ErrorEvent
+	done    *lungsegv1.IngestDone
+	slice   *lungsegv1.SliceFindings
+	finding *lungsegv1.Finding
+	flushed *lungsegv1.FindingsFlushed
 }
 
 // Run performs one replay and returns its report. Errors of single slices
@@ -133,13 +232,25 @@ func Run(ctx context.Context, js jetstream.JetStream, o Options, log zerolog.Log
 	events := make(chan event, 256)
 	subCtx, stopSubs := context.WithCancel(ctx)
 	defer stopSubs()
-	subs := []struct{ stream, filter string }{
-		{bus.StreamScores, bus.PrefixScores + "*." + rid},
-		{bus.StreamErrors, bus.PrefixErrors + "*." + rid},
-		{bus.StreamEvents, bus.IngestedSubject(rid)},
+	subs := []struct {
+		stream string
+		filter []string
+	}{
+		{bus.StreamScores, []string{bus.PrefixScores + "*." + rid}},
+		{bus.StreamErrors, []string{bus.PrefixErrors + "*." + rid}},
+		{bus.StreamEvents, []string{bus.IngestedSubject(rid)}},
+	}
+	waitFindings := o.FindingsWait >= 0
+	if waitFindings {
+		// Slice findings and nodules (lung.findings.<cat>.<model>.<replay>)
+		// and the flush's answer, in stream order.
+		subs = append(subs, struct {
+			stream string
+			filter []string
+		}{bus.StreamFindings, []string{findings.PrefixFindings + "*.*." + rid, findings.FlushedSubject(rid)}})
 	}
 	for _, s := range subs {
-		c, err := js.OrderedConsumer(ctx, s.stream, jetstream.OrderedConsumerConfig{FilterSubjects: []string{s.filter}})
+		c, err := js.OrderedConsumer(ctx, s.stream, jetstream.OrderedConsumerConfig{FilterSubjects: s.filter})
 		if err != nil {
 			return nil, fmt.Errorf("replay: subscribing to %s: %w", s.filter, err)
 		}
@@ -157,6 +268,22 @@ func Run(ctx context.Context, js jetstream.JetStream, o Options, log zerolog.Log
 			case strings.HasPrefix(m.Subject(), bus.PrefixErrors):
 				ev.err = &lungsegv1.ErrorEvent{}
 				perr = proto.Unmarshal(m.Data(), ev.err)
+			case strings.HasPrefix(m.Subject(), findings.PrefixFindings):
+				var data []byte
+				if data, perr = objref.Resolve(ctx, js, m.Data()); perr != nil {
+					break
+				}
+				switch {
+				case m.Subject() == findings.FlushedSubject(rid):
+					ev.flushed = &lungsegv1.FindingsFlushed{}
+					perr = proto.Unmarshal(data, ev.flushed)
+				case strings.HasPrefix(m.Subject(), findings.PrefixFindings+findings.SliceToken+"."):
+					ev.slice = &lungsegv1.SliceFindings{}
+					perr = proto.Unmarshal(data, ev.slice)
+				default:
+					ev.finding = &lungsegv1.Finding{}
+					perr = proto.Unmarshal(data, ev.finding)
+				}
 			default:
 				ev.done = &lungsegv1.IngestDone{}
 				perr = proto.Unmarshal(m.Data(), ev.done)
@@ -185,7 +312,8 @@ func Run(ctx context.Context, js jetstream.JetStream, o Options, log zerolog.Log
 
 	prefixes := IDPrefixes(o.Inputs)
 	for i, in := range o.Inputs {
-		job := &lungsegv1.IngestJob{ReplayId: rid, Path: in, MasksDir: o.MasksDir, Models: o.Models, JobIndex: int32(i), IdPrefix: prefixes[i]}
+		job := &lungsegv1.IngestJob{ReplayId: rid, Path: in, MasksDir: o.MasksDir, Models: o.Models, JobIndex: int32(i), IdPrefix: prefixes[i],
+			SeriesPerInput: o.SeriesPerInput}
 		b, err := proto.Marshal(job)
 		if err != nil {
 			return nil, err
@@ -204,7 +332,36 @@ func Run(ctx context.Context, js jetstream.JetStream, o Options, log zerolog.Log
 		models   []string
 		pendAll  []*lungsegv1.ErrorEvent // slice-wide failures before models are known
 		expected int64
+		// What the findings stage said: per slice and model, its
+		// components; its nodules by id; slices it failed; the flush.
+		sliceFs  = map[pair]*lungsegv1.SliceFindings{}
+		nodules  = map[string]*lungsegv1.Finding{}
+		fsFailed = map[pair]bool{}
+		await    = map[pair]bool{} // scored, not yet reported by the findings stage
+		flushed  bool
 	)
+	// findingsEvent records what the findings stage sent; it reports
+	// whether the event was one.
+	findingsEvent := func(ev event) bool {
+		switch {
+		case ev.slice != nil && ev.slice.Meta != nil:
+			k := pair{ev.slice.Meta.Id, ev.slice.Model}
+			sliceFs[k] = ev.slice
+			delete(await, k)
+		case ev.finding != nil:
+			nodules[ev.finding.Id] = ev.finding
+		case ev.flushed != nil:
+			flushed = true
+		case ev.err != nil && ev.err.Stage == findings.StageName:
+			k := pair{ev.err.Id, ev.err.Model}
+			fsFailed[k] = true
+			delete(await, k)
+			return false // also an error of the report
+		default:
+			return false
+		}
+		return true
+	}
 	settleAll := func(ev *lungsegv1.ErrorEvent) {
 		for _, m := range models {
 			settled[pair{ev.Id, m}] = true
@@ -242,6 +399,9 @@ func Run(ctx context.Context, js jetstream.JetStream, o Options, log zerolog.Log
 		case <-tick.C:
 			showProgress(false)
 		case ev := <-events:
+			if findingsEvent(ev) {
+				continue
+			}
 			switch {
 			case ev.done != nil:
 				if _, dup := jobs[ev.done.JobIndex]; dup {
@@ -290,6 +450,9 @@ func Run(ctx context.Context, js jetstream.JetStream, o Options, log zerolog.Log
 					continue
 				}
 				settled[k] = true
+				if sliceFs[k] == nil && !fsFailed[k] {
+					await[k] = true
+				}
 				r := SliceResult{ID: s.Meta.Id, Model: s.Model, Label: s.Meta.Label, HasTruth: s.HasTruth,
 					Dice: s.Dice, IoU: s.Iou, RMSE: s.Rmse, BothEmpty: s.BothEmpty, Truth: s.TruthPixels,
 					Predicted: s.PredictedPixels, TruthDiameterMm: s.TruthDiameterMm, InferenceUs: s.InferenceUs,
@@ -309,6 +472,12 @@ func Run(ctx context.Context, js jetstream.JetStream, o Options, log zerolog.Log
 		}
 	}
 	showProgress(true)
+	if waitFindings {
+		if err := awaitFindings(ctx, js, rid, o.FindingsWait, events, await, &flushed, findingsEvent, rep, log); err != nil {
+			return rep, err
+		}
+	}
+	addFindings(rep, sliceFs, nodules)
 	rep.Seconds = time.Since(rep.Started).Seconds()
 	rep.Models = agg.Summary()
 	sort.Slice(rep.Slices, func(i, j int) bool {
@@ -340,4 +509,137 @@ func IDPrefixes(inputs []string) []string {
 		out[i] = base + "/"
 	}
 	return out
+}
+
+// defaultFindingsWait is Options.FindingsWait's default.
+const defaultFindingsWait = 30 * time.Second
+
+// flushEvery is how often the flush request is sent again until the
+// findings stage answers (the first may come before it listens).
+const flushEvery = 2 * time.Second
+
+// awaitFindings waits, once every slice is scored, until the findings
+// stage has reported every scored slice (or failed it), then asks it to
+// complete the replay's series (findings.FlushSubject) and waits for its
+// answer, which comes after the findings in the FINDINGS stream. Each
+// wait ends after wait without anything new; the report then says what
+// is missing (FindingsNote). Only ctx ending is an error.
+func awaitFindings(ctx context.Context, js jetstream.JetStream, rid string, wait time.Duration, events <-chan event,
+	await map[pair]bool, flushed *bool, record func(event) bool, rep *Report, log zerolog.Logger) error {
+	if wait == 0 {
+		wait = defaultFindingsWait
+	}
+	scored := len(rep.Slices)
+	missing := func() int { return len(await) }
+	handle := func(ev event) bool {
+		if record(ev) {
+			return true
+		}
+		if e := ev.err; e != nil {
+			rep.Errors = append(rep.Errors, ErrorResult{ID: e.Id, Stage: e.Stage, Model: e.Model, Error: e.Error})
+			return e.Stage == findings.StageName
+		}
+		return false
+	}
+	idle := time.NewTimer(wait)
+	defer idle.Stop()
+	for missing() > 0 {
+		select {
+		case <-ctx.Done():
+			return fmt.Errorf("replay %s: waiting for findings (%d scored slices not yet analysed): %w", rid, missing(), ctx.Err())
+		case <-idle.C:
+			rep.FindingsNote = fmt.Sprintf("the findings stage did not report %d of %d scored slices within %s of the last one: is it running?", missing(), scored, wait)
+			log.Warn().Str("replay", rid).Msg(rep.FindingsNote)
+			return nil
+		case ev := <-events:
+			if handle(ev) {
+				idle.Reset(wait)
+			}
+		}
+	}
+	// Every scored slice is in its series (or out as a single-slice
+	// finding): ask for the series now rather than after the quiet
+	// period, and wait for the answer.
+	nc := js.Conn()
+	flush := func() {
+		if err := nc.Publish(findings.FlushSubject(rid), nil); err != nil {
+			log.Warn().Err(err).Str("replay", rid).Msg("asking the findings stage to complete the series")
+		}
+	}
+	flush()
+	again := time.NewTicker(flushEvery)
+	defer again.Stop()
+	idle.Reset(wait)
+	for !*flushed {
+		select {
+		case <-ctx.Done():
+			return fmt.Errorf("replay %s: waiting for the findings of its series: %w", rid, ctx.Err())
+		case <-idle.C:
+			rep.FindingsNote = fmt.Sprintf("the findings stage did not answer the flush request within %s: series findings may come after this report (after its quiet period)", wait)
+			log.Warn().Str("replay", rid).Msg(rep.FindingsNote)
+			return nil
+		case <-again.C:
+			flush()
+		case ev := <-events:
+			if handle(ev) {
+				idle.Reset(wait)
+			}
+		}
+	}
+	rep.FindingsComplete = true
+	return nil
+}
+
+// addFindings puts the findings stage's slice components and nodules in
+// the report.
+func addFindings(rep *Report, sliceFs map[pair]*lungsegv1.SliceFindings, nodules map[string]*lungsegv1.Finding) {
+	known := func(v float64, ok bool) *float64 {
+		if !ok {
+			return nil
+		}
+		return &v
+	}
+	for i := range rep.Slices {
+		r := &rep.Slices[i]
+		sf := sliceFs[pair{r.ID, r.Model}]
+		if sf == nil {
+			continue
+		}
+		r.Series = sf.GetMeta().GetSeriesUid()
+		r.Category = sf.Category
+		if r.Category == "" {
+			r.Category = "none"
+		}
+		for _, c := range sf.Components {
+			r.Findings = append(r.Findings, SliceFinding{Component: c.Index, AreaPx: c.AreaPx, AreaMm2: c.AreaMm2,
+				DiameterMm: c.DiameterMm, SpacingAssumed: sf.GetMeta().GetSpacingAssumed(), CentroidRow: c.CentroidRow,
+				CentroidCol: c.CentroidCol, MeanHU: known(c.MeanHu, c.HuKnown), MeanProb: known(c.MeanProb, c.ProbKnown),
+				Category: c.Category})
+		}
+	}
+	rep.Nodules = make([]Nodule, 0, len(nodules))
+	for _, f := range nodules {
+		n := Nodule{ID: f.Id, Model: f.Model, Series: f.SeriesUid, Slices: f.Slices, SliceIDs: f.SliceIds,
+			FirstPosition: f.FirstPosition, LastPosition: f.LastPosition, DiameterMm: f.DiameterMm,
+			SpacingAssumed: f.SpacingAssumed, VolumeMm3: f.VolumeMm3, ThicknessAssumed: f.ThicknessAssumed,
+			CentroidRow: f.CentroidRow, CentroidCol: f.CentroidCol, MeanHU: known(f.MeanHu, f.HuKnown),
+			MeanProb: known(f.MeanProb, f.ProbKnown), Category: f.Category, Label: f.TruthLabel, CompletedBy: f.CompletedBy}
+		if len(f.SliceIds) > 0 {
+			n.FirstSlice, n.LastSlice = f.SliceIds[0], f.SliceIds[len(f.SliceIds)-1]
+		}
+		rep.Nodules = append(rep.Nodules, n)
+	}
+	sort.Slice(rep.Nodules, func(i, j int) bool {
+		a, b := rep.Nodules[i], rep.Nodules[j]
+		if a.Model != b.Model {
+			return a.Model < b.Model
+		}
+		if a.Series != b.Series {
+			return a.Series < b.Series
+		}
+		if a.FirstPosition != b.FirstPosition {
+			return a.FirstPosition < b.FirstPosition
+		}
+		return a.ID < b.ID
+	})
 }

@@ -15,6 +15,7 @@ import (
 // Completion reasons of a Finding.
 const (
 	CompletedQuiet  = "series-quiet"
+	CompletedFlush  = "replay-flush"
 	CompletedSingle = "single-slice"
 )
 
@@ -157,9 +158,10 @@ func (c Config) Group(slices []*lungsegv1.SeriesSlice, completedBy string) ([]*l
 
 // thickness is the median distance between consecutive distinct slice
 // positions of a series, or the default (assumed) for slices without a
-// series or with fewer than two positions.
+// series, with fewer than two positions, or whose positions are row or
+// file numbers rather than millimetres (pickles, PNG pairs).
 func (c Config) thickness(ss []*lungsegv1.SeriesSlice) (float64, bool) {
-	if ss[0].Meta.SeriesUid == "" {
+	if ss[0].Meta.SeriesUid == "" || ordinalPositions[ss[0].Meta.Source] {
 		return c.DefaultThicknessMm, true
 	}
 	var d []float64
@@ -186,6 +188,10 @@ func findingID(parts ...any) string {
 	h.Write([]byte(b.String()))
 	return "f-" + hex.EncodeToString(h.Sum(nil))[:20]
 }
+
+// ordinalPositions are the sources whose SliceMeta.slice_position is the
+// row or file number, not a position in mm.
+var ordinalPositions = map[string]bool{"pkl": true, "png": true}
 
 type unionFind []int
 

@@ -11,8 +11,8 @@ import (
 	"time"
 
 	"github.com/lungseg/lungseg/pkg/bus"
-	"github.com/lungseg/lungseg/pkg/objref"
 	"github.com/lungseg/lungseg/pkg/imgx"
+	"github.com/lungseg/lungseg/pkg/objref"
 	"github.com/lungseg/lungseg/pkg/stage"
 	lungsegv1 "github.com/lungseg/lungseg/proto/lungseg/v1"
 	"github.com/lungseg/lungseg/score"
@@ -68,8 +68,8 @@ type Stage struct {
 	// completing serialises completions, so a flush and a timer do not
 	// complete one series at once.
 	completing sync.Mutex
-	runCtx context.Context
-	wg     sync.WaitGroup
+	runCtx     context.Context
+	wg         sync.WaitGroup
 }
 
 // New returns the stage, opening its state bucket or creating it if it

@@ -15,6 +15,9 @@ const (
 	PrefixAlerts = bus.PrefixAlerts
 	// SliceToken is the subject token of per-slice findings.
 	SliceToken = "slice"
+	// FlushedToken is the subject token of FindingsFlushed, the answer
+	// to a replay's flush request (PrefixFindings + "flushed.<replay>").
+	FlushedToken = "flushed"
 
 	StreamFindings = bus.StreamFindings
 	StreamAlerts   = bus.StreamAlerts
@@ -60,4 +63,15 @@ func Streams(o bus.StreamOptions) []jetstream.StreamConfig {
 		}
 	}
 	return out
+}
+
+// FlushSubject is where a replay asks the findings stage to complete its
+// open series now (core NATS; the stage listens in queue group
+// StageName, so one process answers).
+func FlushSubject(replay string) string { return bus.PrefixFindingsFlush + orLive(replay) }
+
+// FlushedSubject is where the stage says a replay's flush is done, after
+// the findings it made (FindingsFlushed, in the FINDINGS stream).
+func FlushedSubject(replay string) string {
+	return PrefixFindings + FlushedToken + "." + orLive(replay)
 }
