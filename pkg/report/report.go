@@ -401,9 +401,28 @@ type page struct {
 	Errors   []replay.ErrorResult
 	More     int
 	Missing  []string
+	// Nodules are the first 500 of the report's nodules; MoreNodules
+	// counts the rest. Categories are the confusion tables by model.
+	Nodules     []replay.Nodule
+	MoreNodules int
+	Categories  []pageCategories
 }
 
-var pageTmpl = template.Must(template.New("page").Parse(`<!doctype html>
+// pageCategories is one model's size-category confusion table.
+type pageCategories struct {
+	Model string
+	replay.CategoryTable
+	Rows []pageCategoryRow
+}
+
+type pageCategoryRow struct {
+	Label  string
+	Counts []int
+}
+
+var pageTmpl = template.Must(template.New("page").Funcs(template.FuncMap{
+	"deref": func(p *float64) float64 { return *p },
+}).Parse(`<!doctype html>
 <html lang="en"><head><meta charset="utf-8"><title>{{.Title}}</title>
 <style>
 body{margin:0;padding:1rem 2rem;background:#111418;color:#e6e9ee;font:14px/1.45 system-ui,sans-serif}
@@ -434,6 +453,18 @@ are counted apart: clean when nothing was predicted, FP when something was. Dice
 <p class="muted">{{range $i, $c := .Picks}}{{if $i}}; {{end}}{{$c.Kind}}: <code>{{$c.Result.ID}}</code> (Dice {{printf "%.3f" $c.Result.Dice}}){{end}}</p>
 <img src="{{.Sheet}}" alt="comparison sheet for {{.Name}}">
 {{end}}{{end}}
+<h2>Nodules</h2>
+{{if .Report.FindingsNote}}<p id="findings-note"><strong>Findings may be incomplete:</strong> {{.Report.FindingsNote}}</p>{{end}}
+{{if .Nodules}}<table id="nodules"><thead><tr><th>model</th><th>series</th><th>slices</th><th>first slice</th><th>last slice</th><th>longest diameter mm</th><th>volume mm³</th><th>category (size-based)</th><th>label</th><th>mean p</th></tr></thead><tbody>
+{{range .Nodules}}<tr><td>{{.Model}}</td><td style="text-align:left"><code>{{if .Series}}{{.Series}}{{else}}-{{end}}</code></td><td>{{.Slices}}</td><td><code>{{.FirstSlice}}</code></td><td><code>{{.LastSlice}}</code></td><td>{{printf "%.1f" .DiameterMm}}{{if .SpacingAssumed}}*{{end}}</td><td>{{printf "%.0f" .VolumeMm3}}{{if .ThicknessAssumed}}*{{end}}</td><td>{{.Category}}</td><td>{{.Label}}</td><td>{{if .MeanProb}}{{printf "%.2f" (deref .MeanProb)}}{{else}}-{{end}}</td></tr>
+{{end}}</tbody></table>{{if .MoreNodules}}<p class="muted">… and {{.MoreNodules}} more in the JSON report.</p>{{end}}
+<p class="muted">A nodule is one model's predicted components that overlap on adjacent slices of one series (a slice without a series is
+a nodule of its own: use <code>lungseg replay --series-per-input</code> for pickles whose rows are one series). * pixel spacing or slice
+thickness assumed, not read from the input.</p>{{else}}<p class="muted">No nodule was found.</p>{{end}}
+{{range .Categories}}<h3>Size-based estimate against label1, {{.Model}}: {{.Agree}} of {{.Total}} labelled slices agree</h3>
+<table class="categories"><thead><tr><th>label \ estimate</th>{{range .Estimates}}<th>{{.}}</th>{{end}}</tr></thead><tbody>
+{{range .Rows}}<tr><td>{{.Label}}</td>{{range .Counts}}<td>{{.}}</td>{{end}}</tr>
+{{end}}</tbody></table>{{end}}
 {{if .Missing}}<h2>Not drawn</h2><ul>{{range .Missing}}<li>{{.}}</li>{{end}}</ul>{{end}}
 {{if .Errors}}<h2>Errors</h2><table><thead><tr><th>slice or input</th><th>stage</th><th>model</th><th>error</th></tr></thead><tbody>
 {{range .Errors}}<tr><td><code>{{.ID}}</code></td><td>{{.Stage}}</td><td>{{.Model}}</td><td style="text-align:left">{{.Error}}</td></tr>
@@ -466,6 +497,24 @@ func writePage(path, title string, rep *replay.Report, models []string, colors m
 			pm.BySize = append(pm.BySize, st.MeanN())
 		}
 		p.Models = append(p.Models, pm)
+	}
+	p.Nodules = rep.Nodules
+	if len(p.Nodules) > 500 {
+		p.MoreNodules = len(p.Nodules) - 500
+		p.Nodules = p.Nodules[:500]
+	}
+	for _, m := range models {
+		ct, ok := rep.Categories[m]
+		if !ok {
+			continue
+		}
+		pc := pageCategories{Model: m, CategoryTable: ct}
+		for i, l := range ct.Labels {
+			if i < len(ct.Counts) {
+				pc.Rows = append(pc.Rows, pageCategoryRow{Label: l, Counts: ct.Counts[i]})
+			}
+		}
+		p.Categories = append(p.Categories, pc)
 	}
 	p.Errors = rep.Errors
 	if len(p.Errors) > 200 {
