@@ -63,7 +63,7 @@ func TestReplaySettlesFailedJobsAndLargeScores(t *testing.T) {
 	defer stop()
 	go func() { _ = r.Run(rctx) }()
 
-	rep, err := replay.Run(ctx, env.JS, replay.Options{Inputs: []string{"/data/broken", "/data/good"}, Timeout: 45 * time.Second}, zerolog.Nop())
+	rep, err := replay.Run(ctx, env.JS, replay.Options{Inputs: []string{"/data/broken", "/data/good"}, Timeout: 45 * time.Second, FindingsWait: -1}, zerolog.Nop())
 	if err != nil {
 		t.Fatalf("replay did not end: %v", err)
 	}
