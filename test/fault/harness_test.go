@@ -49,6 +49,14 @@ func run(m *testing.M) int {
 		return 1
 	}
 	defer os.RemoveAll(dir)
+	// Hold the default addresses of `lungseg run` (web 8080, NATS 4222)
+	// while the tests run, where they are free: every process of these
+	// tests must take free ports of its own, whatever else runs here.
+	for _, a := range []string{"127.0.0.1:8080", "127.0.0.1:4222"} {
+		if l, err := net.Listen("tcp", a); err == nil {
+			defer l.Close()
+		}
+	}
 	lungsegBin, natsBin = filepath.Join(dir, "lungseg"), filepath.Join(dir, "nats-server")
 	for _, b := range []struct{ out, pkg string }{{lungsegBin, "./cmd/lungseg"}, {natsBin, "github.com/nats-io/nats-server/v2"}} {
 		cmd := exec.Command("go", "build", "-o", b.out, b.pkg)
