@@ -176,6 +176,11 @@ func TestPipelinePermissions(t *testing.T) {
 		b, _ := json.Marshal(rep.Errors)
 		t.Fatalf("replay scored %d of %d slices, errors %s", len(rep.Slices), len(small)+len(big), b)
 	}
+	// The replay user read its findings and asked for its series; the
+	// findings user heard it and answered.
+	if !rep.FindingsComplete {
+		t.Errorf("findings not complete: %s (violations %v)", rep.FindingsNote, allViolations(viol))
+	}
 	// The big slice's pixels went through the object store.
 	obj, err := admin.ObjectStore(ctx, bus.PixelsBucket)
 	if err != nil {

@@ -531,6 +531,12 @@ func awaitFindings(ctx context.Context, js jetstream.JetStream, rid string, wait
 	}
 	scored := len(rep.Slices)
 	missing := func() int { return len(await) }
+	if _, err := js.Consumer(ctx, bus.StreamScores, findings.StageName); errors.Is(err, jetstream.ErrConsumerNotFound) {
+		// No findings stage was ever set up on this pipeline.
+		rep.FindingsNote = "no findings stage: SCORES has no " + findings.StageName + " consumer"
+		log.Info().Str("replay", rid).Msg(rep.FindingsNote)
+		return nil
+	}
 	handle := func(ev event) bool {
 		if record(ev) {
 			return true
