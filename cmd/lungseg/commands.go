@@ -520,7 +520,7 @@ func doReplay(ctx context.Context, cfg *Config, a replayArgs) error {
 			select {
 			case <-perr:
 			case <-time.After(shutdownGrace):
-				log.Warn().Dur("waited", shutdownGrace).Msg("the pipeline did not stop; exiting without waiting for it")
+				log.Warn().Dur("waited_ms", shutdownGrace).Msg("the pipeline did not stop; exiting without waiting for it")
 			}
 		}()
 	}

@@ -308,7 +308,7 @@ func (s *Server) admit(c net.Conn) *connState {
 			}
 			return nil
 		}
-		s.log.Info().Str("peer", old.c.RemoteAddr().String()).Dur("idle", time.Since(old.since)).
+		s.log.Info().Str("peer", old.c.RemoteAddr().String()).Dur("idle_ms", time.Since(old.since)).
 			Msg("idle connection closed to make room for a new one")
 		s.unpend(old)
 		old.c.Close()

@@ -155,7 +155,7 @@ func (r *Runner) Run(ctx context.Context) error {
 		}
 		return err
 	}
-	r.log.Info().Str("consumer", r.cfg.Durable).Int("workers", r.cfg.Workers).Dur("ack_wait", r.cfg.AckWait).Msg("stage running")
+	r.log.Info().Str("consumer", r.cfg.Durable).Int("workers", r.cfg.Workers).Dur("ack_wait_ms", r.cfg.AckWait).Msg("stage running")
 	var wg sync.WaitGroup
 	for i := 0; i < r.cfg.Workers; i++ {
 		wg.Add(1)
@@ -220,7 +220,7 @@ func (r *Runner) handle(ctx context.Context, jm jetstream.Msg) {
 	if md, err := jm.Metadata(); err == nil {
 		m.Delivered = md.NumDelivered
 	}
-	m.Log = r.log.With().Str("slice", m.SliceID).Str("model", m.Model).Str("replay", m.ReplayID).Logger()
+	m.Log = withIDs(r.log.With(), m.SliceID, m.Model, m.ReplayID).Logger()
 	if r.Hooks.Received != nil {
 		r.Hooks.Received(r.cfg.Name)
 	}
@@ -278,7 +278,7 @@ func (r *Runner) handle(ctx context.Context, jm jetstream.Msg) {
 		}
 	default:
 		d := r.backoff(m.Delivered)
-		m.Log.Warn().Err(err).Uint64("delivered", m.Delivered).Dur("retry_in", d).Msg("message failed; retrying")
+		m.Log.Warn().Err(err).Uint64("delivered", m.Delivered).Dur("retry_in_ms", d).Msg("message failed; retrying")
 		_ = jm.NakWithDelay(d)
 		if r.Hooks.Retried != nil {
 			r.Hooks.Retried(r.cfg.Name)
@@ -316,7 +316,13 @@ func (e *emitter) Emit(ctx context.Context, o Out) error {
 }
 
 func (e *emitter) Fail(ctx context.Context, f Failure) error {
-	e.r.log.Error().Err(f.Err).Str("slice", f.SliceID).Str("model", f.Model).Str("replay", f.ReplayID).Msg("input rejected")
+	ev := e.r.log.Error().Err(f.Err)
+	for _, kv := range [][2]string{{"slice", f.SliceID}, {"model", f.Model}, {"replay", f.ReplayID}} {
+		if kv[1] != "" {
+			ev = ev.Str(kv[0], kv[1])
+		}
+	}
+	ev.Msg("input rejected")
 	return e.report(ctx, f, "", true)
 }
 
@@ -388,4 +394,15 @@ func truncate(s string, n int) string {
 		return s
 	}
 	return s[:n]
+}
+
+// withIDs adds the slice, model and replay ids that are set (an empty
+// "model=" says nothing and reads like a bug).
+func withIDs(c zerolog.Context, slice, model, replay string) zerolog.Context {
+	for _, kv := range [][2]string{{"slice", slice}, {"model", model}, {"replay", replay}} {
+		if kv[1] != "" {
+			c = c.Str(kv[0], kv[1])
+		}
+	}
+	return c
 }
