@@ -129,6 +129,12 @@ func formatMessage(subject string, data []byte) string {
 			}
 		}
 		return b.String()
+	case strings.HasPrefix(subject, findings.PrefixFindings+findings.FlushedToken+"."):
+		var d lungsegv1.FindingsFlushed
+		if err := proto.Unmarshal(data, &d); err != nil {
+			return fmt.Sprintf("%s: undecodable flush answer: %v", subject, err)
+		}
+		return fmt.Sprintf("%s  FLUSHED replay %s: %d series completed, %d findings", stamp(d.UnixNano), d.ReplayId, d.Series, d.Findings)
 	case strings.HasPrefix(subject, findings.PrefixFindings):
 		var f lungsegv1.Finding
 		if err := proto.Unmarshal(data, &f); err != nil {
