@@ -165,7 +165,12 @@ func printNodules(w io.Writer, rep *replay.Report) {
 	fmt.Fprintf(w, "\nNodules (findings grouped across the slices of a series; size-based estimate): %d\n", len(rep.Nodules))
 	tw := tabwriter.NewWriter(w, 0, 0, 2, ' ', 0)
 	fmt.Fprintln(tw, "model\tseries\tslices\tfirst..last\tdiameter mm\tvolume mm³\tcategory\tlabel\t")
-	for _, n := range rep.Nodules {
+	const most = 40
+	for i, n := range rep.Nodules {
+		if i == most {
+			fmt.Fprintf(tw, "… and %d more in the JSON report (--report FILE)\t\t\t\t\t\t\t\t\n", len(rep.Nodules)-most)
+			break
+		}
 		series := n.Series
 		if series == "" {
 			series = "-"
