@@ -78,6 +78,12 @@ func TestCorpusLargeSlices(t *testing.T) {
 			t.Fatal(err)
 		}
 	}
+	// The same through a pandas pickle: a 3000² row with its mask.
+	pk := phantom.Generate(30, 1, phantom.Options{Rows: 3000, Cols: 3000})
+	if err := phantom.WritePKL(filepath.Join(in, "large_3000.pkl"), pk); err != nil {
+		t.Fatal(err)
+	}
+	pklTruth := int64(pk[0].Mask.Count())
 	// Small slices after the large ones (slice0001... sort after
 	// large_...): the probe lost every file after the first large one.
 	const nSmall = 3
@@ -122,13 +128,23 @@ func TestCorpusLargeSlices(t *testing.T) {
 			t.Errorf("%s: has truth %v with %d pixels, want %v with %d", k.name, s.HasTruth, s.Truth, k.mask, truth[k.name])
 		}
 	}
+	pklScored, ids := false, map[string]bool{}
+	for id, s := range scored {
+		ids[id] = true
+		if strings.HasPrefix(id, "large_3000/") { // the row's index label
+			pklScored = s.HasTruth && s.Truth == pklTruth
+		}
+	}
+	if !pklScored {
+		t.Errorf("the 3000² pickle row was not scored with its %d truth pixels (scored: %v)", pklTruth, keys(ids))
+	}
 	for _, s := range small {
 		if r, ok := scored[s.Name()]; !ok || r.Truth != truth[s.Name()] {
 			t.Errorf("small slice %s after the large ones: scored %v, truth %d of %d", s.Name(), ok, r.Truth, truth[s.Name()])
 		}
 	}
-	if len(rep.Slices) != len(large)+nSmall {
-		t.Errorf("%d slices scored, want %d", len(rep.Slices), len(large)+nSmall)
+	if len(rep.Slices) != len(large)+1+nSmall {
+		t.Errorf("%d slices scored, want %d", len(rep.Slices), len(large)+1+nSmall)
 	}
 	// The scores of the large slices came by reference; every other
 	// object was released once its work stream's consumers had
