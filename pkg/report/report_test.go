@@ -279,3 +279,32 @@ func TestWriteWithoutTruth(t *testing.T) {
 		t.Errorf("page without truth:\n%s", html)
 	}
 }
+
+// TestWriteNodules: the page lists the replay's nodules (per series and
+// model), says when findings may be incomplete, and draws each model's
+// size-category table.
+func TestWriteNodules(t *testing.T) {
+	p := 0.8
+	rep := &replay.Report{ReplayID: "r-nod", Ingested: 3, Models: map[string]score.ModelSummary{"a": {}},
+		Slices: []replay.SliceResult{{ID: "0", Model: "a"}, {ID: "1", Model: "a"}},
+		Nodules: []replay.Nodule{{ID: "f-1", Model: "a", Series: "input:0:x.pkl", FirstSlice: "0", LastSlice: "2", Slices: 3,
+			DiameterMm: 12.34, SpacingAssumed: true, VolumeMm3: 321, ThicknessAssumed: true, Category: "LR4A", Label: "LR4A", MeanProb: &p}},
+		FindingsNote: "the findings stage did not answer",
+		Categories: map[string]replay.CategoryTable{"a": {Labels: []string{"LR3"}, Estimates: []string{"none", "LR2", "LR3", "LR4A", "LR4B"},
+			Counts: [][]int{{0, 0, 7, 1, 0}}, Agree: 7, Total: 8}}}
+	out := t.TempDir()
+	if _, err := Write(out, rep, Pixels{}, Options{Tile: 64}); err != nil {
+		t.Fatal(err)
+	}
+	b, err := os.ReadFile(filepath.Join(out, "index.html"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	html := string(b)
+	for _, want := range []string{`id="nodules"`, "input:0:x.pkl", "12.3*", "321*", "LR4A", "0.80", `id="findings-note"`,
+		"7 of 8 labelled slices agree", "<td>LR3</td><td>0</td><td>0</td><td>7</td>"} {
+		if !strings.Contains(html, want) {
+			t.Errorf("page lacks %q", want)
+		}
+	}
+}
