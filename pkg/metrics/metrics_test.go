@@ -37,6 +37,11 @@ func TestNewNeedsRegistry(t *testing.T) {
 // every counter against what happened.
 func TestHooksCountRunnerMessages(t *testing.T) {
 	env := bustest.Start(t)
+	// Only the runner's consumer on RAW, so that its pending series is
+	// the only one (bustest keeps a durable of its own there).
+	if err := env.JS.DeleteConsumer(context.Background(), bus.StreamRaw, bustest.KeepDurable); err != nil {
+		t.Fatal(err)
+	}
 	reg := prometheus.NewRegistry()
 	m, err := New(reg)
 	if err != nil {
