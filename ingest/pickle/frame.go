@@ -31,7 +31,8 @@ const (
 // SeriesColumns are the columns, in order of preference, that say which
 // series (or patient) a row belongs to; the Mendeley layout has none. The
 // first one present gives Meta.SeriesUid, so that the findings stage
-// groups that series' rows into nodules.
+// groups that series' rows into nodules. A patient id column gives
+// "patient-" and a digest of the id, never the id itself.
 var SeriesColumns = []string{ColSeries, "SeriesInstanceUID", "series_instance_uid", "patient_id", "PatientID"}
 
 const (
@@ -58,10 +59,10 @@ type File struct {
 	label, mask, hu, hulung []any
 	// series holds the cells of the first of SeriesColumns present;
 	// seriesCol names it.
-	series    []any
-	seriesCol string
-	buf                     []byte    // scratch for one array's bytes
-	huBuf, maskBuf          []float64 // scratch floats for Item
+	series         []any
+	seriesCol      string
+	buf            []byte    // scratch for one array's bytes
+	huBuf, maskBuf []float64 // scratch floats for Item
 }
 
 // Open opens and scans the pickle at path.

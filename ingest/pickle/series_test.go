@@ -3,6 +3,7 @@ package pickle_test
 import (
 	"context"
 	"os/exec"
+	"path/filepath"
 	"strings"
 	"testing"
 
@@ -62,5 +63,36 @@ func TestSeriesColumn(t *testing.T) {
 	}
 	if got := strings.TrimSpace(string(out)); got != strings.Join(want, ",") {
 		t.Errorf("pandas reads series_uid %q, want %q", got, strings.Join(want, ","))
+	}
+}
+
+// TestPatientColumn: a pickle made by pandas with a patient_id column
+// groups its rows by patient, with a digest of the id as the series: the
+// id itself never goes into a message.
+func TestPatientColumn(t *testing.T) {
+	py := testenv.RequirePython(t, "pandas", "numpy")
+	path := filepath.Join(t.TempDir(), "patients.pkl")
+	script := `import sys, numpy as np, pandas as pd
+rows = []
+for pid in ["LIDC-IDRI-0007", "LIDC-IDRI-0007", "LIDC-IDRI-0008"]:
+    hu = np.full((4, 4), -800.0)
+    rows.append({"label1": "LR2", "mask": np.zeros((4, 4), np.int8), "hu_array_old": hu, "hu_array": hu, "patient_id": pid})
+pd.DataFrame(rows).to_pickle(sys.argv[1])
+`
+	if out, err := exec.Command(py, "-c", script, path).CombinedOutput(); err != nil {
+		t.Fatalf("pandas: %v\n%s", err, out)
+	}
+	var got []string
+	if err := pickle.Read(context.Background(), path, func(it ingest.Item) error {
+		if it.Err != nil {
+			t.Fatal(it.Err)
+		}
+		got = append(got, it.Meta.SeriesUid)
+		return nil
+	}); err != nil {
+		t.Fatal(err)
+	}
+	if len(got) != 3 || got[0] != got[1] || got[1] == got[2] || !strings.HasPrefix(got[0], "patient-") || strings.Contains(strings.Join(got, ""), "IDRI") {
+		t.Errorf("series %q: want one digest per patient, never the id", got)
 	}
 }
