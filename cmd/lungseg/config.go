@@ -335,9 +335,11 @@ func commonFlags(fs *flag.FlagSet, groups ...flagGroup) func() (*Config, error) 
 		if err := c.Validate(); err != nil {
 			return nil, fmt.Errorf("invalid configuration: %w", err)
 		}
-		if has(flagsModels) {
+		if has(flagsModels) && !*check {
 			// before any work: a missing registry is named with the
-			// places tried, not met halfway through a demo
+			// places tried, not met halfway through a demo (a config
+			// check reads the configuration only: deploy/ checks its
+			// command lines with the container's paths)
 			dir, err := model.FindRegistry(c.ModelsDir, model.Where{})
 			if err != nil {
 				return nil, err
