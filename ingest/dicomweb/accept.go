@@ -25,6 +25,7 @@ import (
 	"errors"
 	"fmt"
 	"strings"
+	"sync"
 	"time"
 
 	"github.com/nats-io/nats.go/jetstream"
@@ -116,6 +117,70 @@ type Acceptor struct {
 	// Studies, when set, keeps each study's patient and study attributes
 	// (key: StudyInstanceUID) for the SEG results (score/seg.Collector).
 	Studies jetstream.KeyValue
+
+	// ConsumerWait is how long an instance waits for a consumer of RAW
+	// (a pipeline still starting) before it is refused (default 10 s).
+	ConsumerWait time.Duration
+
+	consumed consumedCheck
+}
+
+// consumedCheck remembers for a second whether RAW has a consumer.
+type consumedCheck struct {
+	mu      sync.Mutex
+	at      time.Time
+	ok      bool
+	checked bool
+}
+
+// ErrNoConsumer means nothing consumes lung.slices.raw: RAW keeps a slice
+// only for its consumers (interest retention), so one published now would
+// be dropped. The instance is refused (a transient failure the sender
+// retries) instead of being accepted and lost.
+var ErrNoConsumer = errors.New("no pipeline stage consumes lung.slices.raw yet (start `lungseg run`/the stages, or `lungseg streams apply` to create their consumers)")
+
+// waitConsumer returns nil once RAW has a consumer, waiting at most
+// ConsumerWait for one; ErrNoConsumer otherwise.
+func (a *Acceptor) waitConsumer(ctx context.Context) error {
+	wait := a.ConsumerWait
+	if wait <= 0 {
+		wait = 10 * time.Second
+	}
+	deadline := time.Now().Add(wait)
+	for {
+		ok, err := a.rawConsumed(ctx)
+		if err != nil {
+			return err
+		}
+		if ok {
+			return nil
+		}
+		if time.Now().After(deadline) {
+			return ErrNoConsumer
+		}
+		select {
+		case <-ctx.Done():
+			return ctx.Err()
+		case <-time.After(200 * time.Millisecond):
+		}
+	}
+}
+
+// rawConsumed reports whether RAW has a consumer, reading the stream's
+// state at most once a second while it has one.
+func (a *Acceptor) rawConsumed(ctx context.Context) (bool, error) {
+	c := &a.consumed
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	if c.checked && c.ok && time.Since(c.at) < time.Second {
+		return true, nil
+	}
+	st, err := a.JS.Stream(ctx, bus.StreamRaw)
+	if err != nil {
+		return false, err
+	}
+	c.ok, c.at, c.checked = st.CachedInfo().State.Consumers > 0, time.Now(), true
+	return c.ok, nil
 }
 
 // Instance describes an accepted instance.
@@ -194,6 +259,11 @@ func (a *Acceptor) Accept(ctx context.Context, name string, b []byte, wantStudy 
 	if err != nil {
 		a.report(ctx, fm.SOPInstanceUID, name, err)
 		return nil, err
+	}
+	if err := a.waitConsumer(ctx); err != nil {
+		rej := &Rejection{Reason: ReasonOutOfResources, Err: fmt.Errorf("dicomweb: %s not accepted: %w", name, err)}
+		a.report(ctx, fm.SOPInstanceUID, name, rej)
+		return nil, rej
 	}
 	inst := &Instance{FileMeta: fm, StudyUID: img.StudyUID, SeriesUID: img.SeriesUID}
 	now := time.Now().UnixNano()
