@@ -175,9 +175,11 @@ func (a *Acceptor) rawConsumed(ctx context.Context) (bool, error) {
 	if c.checked && c.ok && time.Since(c.at) < time.Second {
 		return true, nil
 	}
+	ctx, cancel := context.WithTimeout(ctx, 5*time.Second)
+	defer cancel()
 	st, err := a.JS.Stream(ctx, bus.StreamRaw)
 	if err != nil {
-		return false, err
+		return false, fmt.Errorf("reading the state of %s: %w", bus.StreamRaw, err)
 	}
 	c.ok, c.at, c.checked = st.CachedInfo().State.Consumers > 0, time.Now(), true
 	return c.ok, nil

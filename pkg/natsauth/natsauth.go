@@ -358,6 +358,9 @@ func Permissions(role string) (*server.Permissions, error) {
 		// Frames over the payload limit and large scores go by the pixel
 		// bucket (pkg/objref).
 		pub = append(pub, objectStore(bus.PixelsBucket, true)...)
+		// RAW keeps slices only for its consumers: the receivers read its
+		// state to refuse an instance while no stage consumes it.
+		pub = append(pub, "$JS.API.STREAM.INFO."+bus.StreamRaw)
 		pub = append(pub, AccountInfo)
 	case RoleReplay:
 		// Jobs in; scores, errors, events and its findings out; asks the
