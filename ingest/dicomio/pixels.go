@@ -132,24 +132,42 @@ func addS16(dst []int16, raw []byte, ic int16) (overflow bool) {
 }
 
 // decodeGeneric is decodeFrame for any layout, one pixel at a time.
+// sampler reads stored pixel values: Bits Stored at High Bit of 8- or
+// 16-bit cells, sign-extended when Pixel Representation is signed.
+type sampler struct {
+	pf          pixelFormat
+	shift       uint
+	mask, sign  uint32
+	sixteenBits bool
+}
+
+func newSampler(pf pixelFormat) sampler {
+	return sampler{pf: pf, shift: uint(pf.highBit + 1 - pf.bitsStored), mask: uint32(1)<<uint(pf.bitsStored) - 1,
+		sign: uint32(1) << uint(pf.bitsStored-1), sixteenBits: pf.bitsAllocated == 16}
+}
+
+// at returns the i-th stored value of raw.
+func (s sampler) at(raw []byte, i int) int32 {
+	var u uint32
+	if s.sixteenBits {
+		u = uint32(s.pf.bo.Uint16(raw[2*i:]))
+	} else {
+		u = uint32(raw[i])
+	}
+	u = (u >> s.shift) & s.mask
+	v := int32(u)
+	if s.pf.signed && u&s.sign != 0 {
+		v -= int32(s.mask) + 1
+	}
+	return v
+}
+
 func decodeGeneric(dst []int16, raw []byte, pf pixelFormat, slope, intercept float64) {
-	shift := uint(pf.highBit + 1 - pf.bitsStored)
-	mask := uint32(1)<<uint(pf.bitsStored) - 1
-	sign := uint32(1) << uint(pf.bitsStored-1)
+	smp := newSampler(pf)
 	integral := slope == 1 && intercept == math.Trunc(intercept) && math.Abs(intercept) < 1<<20
 	ic := int32(intercept)
 	for i := range dst {
-		var u uint32
-		if pf.bitsAllocated == 16 {
-			u = uint32(pf.bo.Uint16(raw[2*i:]))
-		} else {
-			u = uint32(raw[i])
-		}
-		u = (u >> shift) & mask
-		v := int32(u)
-		if pf.signed && u&sign != 0 {
-			v -= int32(mask) + 1
-		}
+		v := smp.at(raw, i)
 		var h float64
 		if integral {
 			h = float64(v + ic)

@@ -682,22 +682,9 @@ func huRange(pf pixelFormat, slope, intercept float64) (lo, hi float64) {
 // outside int16, the first of them and its HU. It is called only when the
 // rescale allows such values, so most files never pay for it.
 func countOutside(raw []byte, pf pixelFormat, slope, intercept float64) (n, first int, firstHU float64) {
-	shift := uint(pf.highBit + 1 - pf.bitsStored)
-	mask := uint32(1)<<uint(pf.bitsStored) - 1
-	sign := uint32(1) << uint(pf.bitsStored-1)
+	smp := newSampler(pf)
 	for i := range pf.rows * pf.cols {
-		var u uint32
-		if pf.bitsAllocated == 16 {
-			u = uint32(pf.bo.Uint16(raw[2*i:]))
-		} else {
-			u = uint32(raw[i])
-		}
-		u = (u >> shift) & mask
-		v := float64(u)
-		if pf.signed && u&sign != 0 {
-			v -= float64(mask) + 1
-		}
-		if h := math.Round(v*slope + intercept); h < math.MinInt16 || h > math.MaxInt16 {
+		if h := math.Round(float64(smp.at(raw, i))*slope + intercept); h < math.MinInt16 || h > math.MaxInt16 {
 			if n == 0 {
 				first, firstHU = i, h
 			}
