@@ -120,18 +120,5 @@ const IngestProgressBucket = "lungseg-ingest"
 // ProgressStore creates or opens the ingest progress bucket (entries kept
 // the streams' max age).
 func ProgressStore(ctx context.Context, js jetstream.JetStream, o StreamOptions) (jetstream.KeyValue, error) {
-	if o.MaxAge == 0 {
-		o.MaxAge = DefaultStreamOptions.MaxAge
-	}
-	if o.Replicas == 0 {
-		o.Replicas = DefaultStreamOptions.Replicas
-	}
-	kv, err := js.CreateOrUpdateKeyValue(ctx, jetstream.KeyValueConfig{
-		Bucket: IngestProgressBucket, Description: "how far each ingest job has been read",
-		TTL: o.MaxAge, MaxBytes: StreamBytes(o, "KV_"+IngestProgressBucket), Storage: jetstream.FileStorage, Replicas: o.Replicas,
-	})
-	if err != nil {
-		return nil, fmt.Errorf("bus: creating key-value bucket %s: %w", IngestProgressBucket, err)
-	}
-	return kv, nil
+	return keyValue(ctx, js, o, IngestProgressBucket, "how far each ingest job has been read", 1)
 }

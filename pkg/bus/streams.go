@@ -202,6 +202,12 @@ const StudiesBucket = "lung-studies"
 // StudyStore creates or opens the studies bucket (kept twice the streams'
 // max age, so a late SEG still finds its study).
 func StudyStore(ctx context.Context, js jetstream.JetStream, o StreamOptions) (jetstream.KeyValue, error) {
+	return keyValue(ctx, js, o, StudiesBucket, "patient and study attributes of received studies", 2)
+}
+
+// keyValue creates or opens a file-backed bucket whose entries live ages
+// times the streams' max age, within the bucket's byte limit.
+func keyValue(ctx context.Context, js jetstream.JetStream, o StreamOptions, bucket, desc string, ages int) (jetstream.KeyValue, error) {
 	if o.MaxAge == 0 {
 		o.MaxAge = DefaultStreamOptions.MaxAge
 	}
@@ -209,11 +215,11 @@ func StudyStore(ctx context.Context, js jetstream.JetStream, o StreamOptions) (j
 		o.Replicas = DefaultStreamOptions.Replicas
 	}
 	kv, err := js.CreateOrUpdateKeyValue(ctx, jetstream.KeyValueConfig{
-		Bucket: StudiesBucket, Description: "patient and study attributes of received studies",
-		TTL: 2 * o.MaxAge, MaxBytes: StreamBytes(o, "KV_"+StudiesBucket), Storage: jetstream.FileStorage, Replicas: o.Replicas,
+		Bucket: bucket, Description: desc, TTL: time.Duration(ages) * o.MaxAge,
+		MaxBytes: StreamBytes(o, "KV_"+bucket), Storage: jetstream.FileStorage, Replicas: o.Replicas,
 	})
 	if err != nil {
-		return nil, fmt.Errorf("bus: creating key-value bucket %s: %w", StudiesBucket, err)
+		return nil, fmt.Errorf("bus: creating key-value bucket %s: %w", bucket, err)
 	}
 	return kv, nil
 }
