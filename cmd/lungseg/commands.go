@@ -542,9 +542,11 @@ func doReplay(ctx context.Context, cfg *Config, a replayArgs) error {
 	}, log)
 	if rep != nil {
 		rep.Categories = cats.tables()
-		printReport(rep)
-		cats.print(os.Stdout)
+		// the findings first, the results table last: it is what a
+		// terminal still shows when the replay ends
 		printNodules(os.Stdout, rep)
+		cats.print(os.Stdout)
+		printReport(rep)
 		if a.report != "" {
 			if werr := writeJSON(a.report, rep); werr != nil && err == nil {
 				err = werr

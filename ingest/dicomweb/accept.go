@@ -25,7 +25,6 @@ import (
 	"errors"
 	"fmt"
 	"strings"
-	"sync"
 	"time"
 
 	"github.com/nats-io/nats.go/jetstream"
@@ -121,16 +120,6 @@ type Acceptor struct {
 	// ConsumerWait is how long an instance waits for a consumer of RAW
 	// (a pipeline still starting) before it is refused (default 10 s).
 	ConsumerWait time.Duration
-
-	consumed consumedCheck
-}
-
-// consumedCheck remembers for a second whether RAW has a consumer.
-type consumedCheck struct {
-	mu      sync.Mutex
-	at      time.Time
-	ok      bool
-	checked bool
 }
 
 // ErrNoConsumer means nothing consumes lung.slices.raw: RAW keeps a slice
@@ -166,23 +155,16 @@ func (a *Acceptor) waitConsumer(ctx context.Context) error {
 	}
 }
 
-// rawConsumed reports whether RAW has a consumer, reading the stream's
-// state at most once a second while it has one.
+// rawConsumed reports whether RAW has a consumer (one JetStream API
+// request, small beside the instance's own publishes).
 func (a *Acceptor) rawConsumed(ctx context.Context) (bool, error) {
-	c := &a.consumed
-	c.mu.Lock()
-	defer c.mu.Unlock()
-	if c.checked && c.ok && time.Since(c.at) < time.Second {
-		return true, nil
-	}
 	ctx, cancel := context.WithTimeout(ctx, 5*time.Second)
 	defer cancel()
 	st, err := a.JS.Stream(ctx, bus.StreamRaw)
 	if err != nil {
 		return false, fmt.Errorf("reading the state of %s: %w", bus.StreamRaw, err)
 	}
-	c.ok, c.at, c.checked = st.CachedInfo().State.Consumers > 0, time.Now(), true
-	return c.ok, nil
+	return st.CachedInfo().State.Consumers > 0, nil
 }
 
 // Instance describes an accepted instance.

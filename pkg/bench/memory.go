@@ -50,8 +50,8 @@ type Memory struct {
 	PeakStoreMB float64 `json:"peak_store_mb"`
 	// StreamsMB are the bytes each stream holds at the end (RAW, READY and
 	// MASKS should hold nothing; SCORES keeps the results for inspection).
-	StreamsMB map[string]float64 `json:"streams_mb"`
-	SlicesPerS  float64 `json:"slices_per_s"`
+	StreamsMB  map[string]float64 `json:"streams_mb"`
+	SlicesPerS float64            `json:"slices_per_s"`
 }
 
 // DefaultMemoryRows are the pickle sizes the issue's probe measured.
