@@ -24,6 +24,7 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"math"
 	"strings"
 	"time"
 
@@ -129,42 +130,24 @@ type Acceptor struct {
 var ErrNoConsumer = errors.New("no pipeline stage consumes lung.slices.raw yet (start `lungseg run`/the stages, or `lungseg streams apply` to create their consumers)")
 
 // waitConsumer returns nil once RAW has a consumer, waiting at most
-// ConsumerWait for one; ErrNoConsumer otherwise.
+// ConsumerWait for one (bus.Backlog's wait, on RAW alone and without a
+// byte bound); ErrNoConsumer otherwise.
 func (a *Acceptor) waitConsumer(ctx context.Context) error {
 	wait := a.ConsumerWait
 	if wait <= 0 {
 		wait = 10 * time.Second
 	}
-	deadline := time.Now().Add(wait)
-	for {
-		ok, err := a.rawConsumed(ctx)
-		if err != nil {
-			return err
-		}
-		if ok {
-			return nil
-		}
-		if time.Now().After(deadline) {
-			return ErrNoConsumer
-		}
-		select {
-		case <-ctx.Done():
-			return ctx.Err()
-		case <-time.After(200 * time.Millisecond):
-		}
-	}
-}
-
-// rawConsumed reports whether RAW has a consumer (one JetStream API
-// request, small beside the instance's own publishes).
-func (a *Acceptor) rawConsumed(ctx context.Context) (bool, error) {
-	ctx, cancel := context.WithTimeout(ctx, 5*time.Second)
+	wctx, cancel := context.WithTimeout(ctx, wait)
 	defer cancel()
-	st, err := a.JS.Stream(ctx, bus.StreamRaw)
-	if err != nil {
-		return false, fmt.Errorf("reading the state of %s: %w", bus.StreamRaw, err)
+	b := &bus.Backlog{JS: a.JS, Streams: []string{bus.StreamRaw}, MaxBytes: math.MaxInt64, Poll: 200 * time.Millisecond}
+	err := b.Wait(wctx)
+	if errors.Is(err, context.DeadlineExceeded) && ctx.Err() == nil {
+		return ErrNoConsumer
 	}
-	return st.CachedInfo().State.Consumers > 0, nil
+	if err != nil && ctx.Err() == nil {
+		return fmt.Errorf("reading the state of %s: %w", bus.StreamRaw, err)
+	}
+	return err
 }
 
 // Instance describes an accepted instance.
