@@ -52,15 +52,12 @@ func FindRegistry(given string, w Where) (string, error) {
 		return given, nil
 	}
 	var tried []string
+	seen := map[string]bool{}
 	try := func(dir, why string) bool {
-		if dir == "" {
+		if dir == "" || seen[dir] {
 			return false
 		}
-		for _, t := range tried {
-			if strings.HasPrefix(t, dir+" (") {
-				return false
-			}
-		}
+		seen[dir] = true
 		tried = append(tried, dir+" ("+why+")")
 		return holdsModel(dir)
 	}
@@ -95,8 +92,6 @@ func FindRegistry(given string, w Where) (string, error) {
 			}
 		}
 	}
-	// only the places that exist are worth reading in full; say how many
-	// parents were walked
 	return "", fmt.Errorf("%w (give --models-dir DIR or set $%s); tried: %s", ErrNoRegistry, EnvRegistry, summarise(tried))
 }
 

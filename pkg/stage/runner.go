@@ -316,13 +316,8 @@ func (e *emitter) Emit(ctx context.Context, o Out) error {
 }
 
 func (e *emitter) Fail(ctx context.Context, f Failure) error {
-	ev := e.r.log.Error().Err(f.Err)
-	for _, kv := range [][2]string{{"slice", f.SliceID}, {"model", f.Model}, {"replay", f.ReplayID}} {
-		if kv[1] != "" {
-			ev = ev.Str(kv[0], kv[1])
-		}
-	}
-	ev.Msg("input rejected")
+	l := withIDs(e.r.log.With(), f.SliceID, f.Model, f.ReplayID).Logger()
+	l.Error().Err(f.Err).Msg("input rejected")
 	return e.report(ctx, f, "", true)
 }
 
