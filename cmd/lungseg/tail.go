@@ -74,12 +74,8 @@ func tail(ctx context.Context, js jetstream.JetStream, subject string, all, slic
 	if all {
 		policy = jetstream.DeliverAllPolicy
 	}
-	cons, err := js.OrderedConsumer(ctx, stream, jetstream.OrderedConsumerConfig{FilterSubjects: []string{subject}, DeliverPolicy: policy})
-	if err != nil {
-		return fmt.Errorf("tail: subscribing to %s: %w", subject, err)
-	}
 	lines := make(chan string, 64)
-	cc, err := cons.Consume(func(m jetstream.Msg) {
+	cc, err := bus.Follow(ctx, js, stream, jetstream.OrderedConsumerConfig{FilterSubjects: []string{subject}, DeliverPolicy: policy}, func(m jetstream.Msg) {
 		if !slices && strings.HasPrefix(m.Subject(), findings.PrefixFindings+findings.SliceToken+".") &&
 			!strings.HasPrefix(subject, findings.PrefixFindings+findings.SliceToken+".") {
 			return
@@ -88,9 +84,9 @@ func tail(ctx context.Context, js jetstream.JetStream, subject string, all, slic
 		case lines <- formatMessage(m.Subject(), m.Data()):
 		case <-ctx.Done():
 		}
-	})
+	}, bus.FollowOptions{})
 	if err != nil {
-		return fmt.Errorf("tail: consuming %s: %w", subject, err)
+		return fmt.Errorf("tail: subscribing to %s: %w", subject, err)
 	}
 	defer cc.Stop()
 	for {

@@ -250,11 +250,9 @@ func Run(ctx context.Context, js jetstream.JetStream, o Options, log zerolog.Log
 		}{bus.StreamFindings, []string{findings.PrefixFindings + "*.*." + rid, findings.FlushedSubject(rid)}})
 	}
 	for _, s := range subs {
-		c, err := js.OrderedConsumer(ctx, s.stream, jetstream.OrderedConsumerConfig{FilterSubjects: s.filter})
-		if err != nil {
-			return nil, fmt.Errorf("replay: subscribing to %s: %w", s.filter, err)
-		}
-		cc, err := c.Consume(func(m jetstream.Msg) {
+		// bus.Follow: an ordered consumer that a watchdog replaces when it
+		// falls silent (a cluster node killed under it).
+		f, err := bus.Follow(subCtx, js, s.stream, jetstream.OrderedConsumerConfig{FilterSubjects: s.filter}, func(m jetstream.Msg) {
 			var ev event
 			var perr error
 			switch {
@@ -303,11 +301,11 @@ func Run(ctx context.Context, js jetstream.JetStream, o Options, log zerolog.Log
 			case events <- ev:
 			case <-subCtx.Done():
 			}
-		}, jetstream.PullMaxBytes(16<<20))
+		}, bus.FollowOptions{MaxBytes: 16 << 20, Log: log})
 		if err != nil {
-			return nil, fmt.Errorf("replay: consuming %s: %w", s.filter, err)
+			return nil, fmt.Errorf("replay: subscribing to %s: %w", s.filter, err)
 		}
-		defer cc.Stop()
+		defer f.Stop()
 	}
 
 	prefixes := IDPrefixes(o.Inputs)

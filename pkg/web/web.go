@@ -100,7 +100,7 @@ type Server struct {
 	log zerolog.Logger
 
 	mu   sync.Mutex
-	cons []jetstream.ConsumeContext
+	cons []*bus.Follower
 }
 
 // New returns a Server reading from js.
@@ -197,13 +197,10 @@ func (s *Server) Start(ctx context.Context) error {
 		}},
 	}
 	for _, sub := range subs {
-		c, err := s.js.OrderedConsumer(ctx, sub.stream, cfg(sub.filter))
-		if err != nil {
-			s.Stop()
-			return fmt.Errorf("web: subscribing to %s: %w", sub.filter, err)
-		}
 		handle := sub.handle
-		cc, err := c.Consume(func(m jetstream.Msg) {
+		// bus.Follow: an ordered consumer that a watchdog replaces when it
+		// falls silent (a cluster node killed under it).
+		cc, err := bus.Follow(ctx, s.js, sub.stream, cfg(sub.filter), func(m jetstream.Msg) {
 			// Messages of large slices come by object reference.
 			data, err := objref.Resolve(ctx, s.js, m.Data())
 			if err == nil {
@@ -212,10 +209,10 @@ func (s *Server) Start(ctx context.Context) error {
 			if err != nil {
 				s.log.Warn().Err(err).Str("subject", m.Subject()).Msg("skipping message")
 			}
-		}, jetstream.PullMaxBytes(8<<20))
+		}, bus.FollowOptions{MaxBytes: 8 << 20, Log: s.log})
 		if err != nil {
 			s.Stop()
-			return fmt.Errorf("web: consuming %s: %w", sub.filter, err)
+			return fmt.Errorf("web: subscribing to %s: %w", sub.filter, err)
 		}
 		s.mu.Lock()
 		s.cons = append(s.cons, cc)

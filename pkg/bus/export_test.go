@@ -1,0 +1,4 @@
+package bus
+
+// SilenceForTest stops f's current consumer without telling its watchdog.
+func SilenceForTest(f *Follower) { f.silenceForTest() }
