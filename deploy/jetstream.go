@@ -12,8 +12,8 @@ import (
 	"sort"
 	"time"
 
+	"github.com/lungseg/lungseg/internal/dlq"
 	"github.com/lungseg/lungseg/pkg/bus"
-	"github.com/lungseg/lungseg/pkg/dlq"
 	"github.com/nats-io/nats.go/jetstream"
 )
 

@@ -8,12 +8,12 @@ import (
 	"strings"
 	"testing"
 
+	"github.com/lungseg/lungseg/internal/phantom"
 	"github.com/lungseg/lungseg/pkg/bus"
 	"github.com/lungseg/lungseg/pkg/bustest"
 	"github.com/lungseg/lungseg/pkg/imgx"
 	"github.com/lungseg/lungseg/pkg/lungfield"
 	"github.com/lungseg/lungseg/pkg/model"
-	"github.com/lungseg/lungseg/pkg/phantom"
 	"github.com/lungseg/lungseg/pkg/stage"
 	"github.com/lungseg/lungseg/preprocess"
 	lungsegv1 "github.com/lungseg/lungseg/proto/lungseg/v1"

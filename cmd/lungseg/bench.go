@@ -10,7 +10,7 @@ import (
 	"strconv"
 	"strings"
 
-	"github.com/lungseg/lungseg/pkg/bench"
+	"github.com/lungseg/lungseg/internal/bench"
 	"github.com/lungseg/lungseg/pkg/model"
 )
 

@@ -6,8 +6,8 @@ import (
 	"testing"
 	"time"
 
+	"github.com/lungseg/lungseg/internal/phantom"
 	"github.com/lungseg/lungseg/pkg/model"
-	"github.com/lungseg/lungseg/pkg/phantom"
 	"github.com/lungseg/lungseg/pkg/testenv"
 )
 
@@ -15,7 +15,7 @@ import (
 // tiny-det+crop,tiny-det` on the tiny cascade models of segment/testdata
 // (1×1 convolutions): both selections are reported apart, and the cascade,
 // which keeps only what its crop windows find, predicts fewer pixels than
-// its detector, which keeps the whole body. pkg/pipeline's cascade test
+// its detector, which keeps the whole body. internal/pipeline's cascade test
 // checks the cascade's masks pixel by pixel.
 func TestReplayCascade(t *testing.T) {
 	reg := t.TempDir()

@@ -11,11 +11,11 @@ import (
 	"strings"
 	"time"
 
+	"github.com/lungseg/lungseg/internal/webhook"
 	"github.com/lungseg/lungseg/pkg/bus"
 	"github.com/lungseg/lungseg/pkg/model"
 	"github.com/lungseg/lungseg/pkg/natsauth"
 	"github.com/lungseg/lungseg/pkg/progress"
-	"github.com/lungseg/lungseg/pkg/webhook"
 	"github.com/lungseg/lungseg/score/findings"
 	"github.com/lungseg/lungseg/segment/infer"
 	"github.com/rs/zerolog"

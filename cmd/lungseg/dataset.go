@@ -11,9 +11,9 @@ import (
 	"strings"
 
 	"github.com/lungseg/lungseg/ingest/formats"
+	"github.com/lungseg/lungseg/internal/dataset"
 	"github.com/lungseg/lungseg/pkg/model"
 	"github.com/lungseg/lungseg/preprocess/augment"
-	"github.com/lungseg/lungseg/preprocess/dataset"
 	"github.com/mattn/go-isatty"
 )
 

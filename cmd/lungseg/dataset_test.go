@@ -9,8 +9,8 @@ import (
 	"strings"
 	"testing"
 
-	"github.com/lungseg/lungseg/pkg/phantom"
-	"github.com/lungseg/lungseg/preprocess/dataset"
+	"github.com/lungseg/lungseg/internal/dataset"
+	"github.com/lungseg/lungseg/internal/phantom"
 )
 
 // TestDatasetBuildEveryFormat runs "dataset build" on phantom slices in

@@ -12,7 +12,7 @@ import (
 	"strings"
 	"text/tabwriter"
 
-	"github.com/lungseg/lungseg/pkg/dlq"
+	"github.com/lungseg/lungseg/internal/dlq"
 	"github.com/lungseg/lungseg/pkg/natsauth"
 )
 

@@ -10,8 +10,8 @@ import (
 	"testing"
 	"time"
 
-	"github.com/lungseg/lungseg/pkg/phantom"
-	"github.com/lungseg/lungseg/pkg/replay"
+	"github.com/lungseg/lungseg/internal/phantom"
+	"github.com/lungseg/lungseg/internal/replay"
 )
 
 // TestReplayWithFIFOInputEnds runs the probe's command line in process:

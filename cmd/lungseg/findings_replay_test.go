@@ -7,7 +7,7 @@ import (
 	"testing"
 	"time"
 
-	"github.com/lungseg/lungseg/pkg/phantom"
+	"github.com/lungseg/lungseg/internal/phantom"
 	"github.com/lungseg/lungseg/score/findings"
 )
 

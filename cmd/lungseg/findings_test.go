@@ -7,10 +7,10 @@ import (
 	"testing"
 	"time"
 
+	"github.com/lungseg/lungseg/internal/phantom"
 	"github.com/lungseg/lungseg/pkg/bus"
 	"github.com/lungseg/lungseg/pkg/bustest"
 	"github.com/lungseg/lungseg/pkg/imgx"
-	"github.com/lungseg/lungseg/pkg/phantom"
 	"github.com/lungseg/lungseg/pkg/stage"
 	"github.com/lungseg/lungseg/pkg/testenv"
 	lungsegv1 "github.com/lungseg/lungseg/proto/lungseg/v1"

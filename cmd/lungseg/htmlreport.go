@@ -11,8 +11,8 @@ import (
 
 	"github.com/lungseg/lungseg/ingest/formats"
 	"github.com/lungseg/lungseg/ingest/pngpair"
-	"github.com/lungseg/lungseg/pkg/replay"
-	"github.com/lungseg/lungseg/pkg/report"
+	"github.com/lungseg/lungseg/internal/replay"
+	"github.com/lungseg/lungseg/internal/report"
 )
 
 // cmdReport writes the static HTML report of a replay: lungseg report

@@ -8,7 +8,7 @@ import (
 	"testing"
 	"time"
 
-	"github.com/lungseg/lungseg/pkg/phantom"
+	"github.com/lungseg/lungseg/internal/phantom"
 )
 
 // TestHTMLReportFromReplay replays phantom DICOMs (ground truth from a

@@ -9,7 +9,7 @@ import (
 	"path/filepath"
 	"time"
 
-	"github.com/lungseg/lungseg/pkg/phantom"
+	"github.com/lungseg/lungseg/internal/phantom"
 )
 
 func cmdPhantom(ctx context.Context, args []string) error {

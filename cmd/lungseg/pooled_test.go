@@ -8,8 +8,8 @@ import (
 
 	"github.com/lungseg/lungseg/ingest"
 	"github.com/lungseg/lungseg/ingest/pngpair"
+	"github.com/lungseg/lungseg/internal/phantom"
 	"github.com/lungseg/lungseg/pkg/imgx"
-	"github.com/lungseg/lungseg/pkg/phantom"
 	"github.com/lungseg/lungseg/score"
 )
 

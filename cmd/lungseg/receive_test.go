@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"context"
 	"fmt"
+	"github.com/lungseg/lungseg/pkg/dicomwrite"
 	"github.com/lungseg/lungseg/pkg/httpsec"
 	"net"
 	"net/http"
@@ -20,13 +21,12 @@ import (
 	"github.com/suyashkumar/dicom/pkg/tag"
 	"google.golang.org/protobuf/proto"
 
-	"github.com/lungseg/lungseg/ingest/dicomio"
 	"github.com/lungseg/lungseg/ingest/dicomweb"
+	"github.com/lungseg/lungseg/internal/phantom"
+	"github.com/lungseg/lungseg/internal/pipeline"
 	"github.com/lungseg/lungseg/pkg/bus"
 	"github.com/lungseg/lungseg/pkg/bustest"
 	"github.com/lungseg/lungseg/pkg/imgx"
-	"github.com/lungseg/lungseg/pkg/phantom"
-	"github.com/lungseg/lungseg/pkg/pipeline"
 	"github.com/lungseg/lungseg/pkg/testenv"
 	lungsegv1 "github.com/lungseg/lungseg/proto/lungseg/v1"
 	"github.com/lungseg/lungseg/score/seg"
@@ -86,8 +86,8 @@ func TestReceiveEndToEnd(t *testing.T) {
 		var paths []string
 		for i, s := range sl {
 			p := filepath.Join(dir, sub, s.Name()+".dcm")
-			err := dicomio.WriteFile(p, dicomio.Series{StudyUID: s.StudyUID, SeriesUID: s.SeriesUID, Intercept: -1024, PatientID: "P1"},
-				dicomio.Instance{HU: s.HU, SpacingRowMm: s.SpacingMm, SpacingColMm: s.SpacingMm,
+			err := dicomwrite.WriteFile(p, dicomwrite.Series{StudyUID: s.StudyUID, SeriesUID: s.SeriesUID, Intercept: -1024, PatientID: "P1"},
+				dicomwrite.Instance{HU: s.HU, SpacingRowMm: s.SpacingMm, SpacingColMm: s.SpacingMm,
 					PositionMm: [3]float64{0, 0, s.PositionMm}, InstanceNumber: i + 1, UID: s.InstanceUID})
 			if err != nil {
 				t.Fatal(err)

@@ -7,8 +7,8 @@ import (
 	"strings"
 
 	"github.com/lungseg/lungseg/ingest/pngpair"
+	"github.com/lungseg/lungseg/internal/replay"
 	"github.com/lungseg/lungseg/pkg/imgx"
-	"github.com/lungseg/lungseg/pkg/replay"
 	lungsegv1 "github.com/lungseg/lungseg/proto/lungseg/v1"
 	"github.com/lungseg/lungseg/score"
 )

@@ -10,9 +10,9 @@ import (
 	"github.com/nats-io/nats.go"
 	"github.com/rs/zerolog"
 
+	"github.com/lungseg/lungseg/internal/pipeline"
 	"github.com/lungseg/lungseg/pkg/bus"
 	"github.com/lungseg/lungseg/pkg/natsauth"
-	"github.com/lungseg/lungseg/pkg/pipeline"
 	"github.com/lungseg/lungseg/score/findings"
 )
 

@@ -14,10 +14,10 @@ import (
 	"github.com/nats-io/nats.go/jetstream"
 	"github.com/rs/zerolog"
 
+	"github.com/lungseg/lungseg/internal/phantom"
 	"github.com/lungseg/lungseg/pkg/bus"
 	"github.com/lungseg/lungseg/pkg/bustest"
 	"github.com/lungseg/lungseg/pkg/natsauth"
-	"github.com/lungseg/lungseg/pkg/phantom"
 	lungsegv1 "github.com/lungseg/lungseg/proto/lungseg/v1"
 	"google.golang.org/protobuf/proto"
 )

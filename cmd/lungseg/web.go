@@ -12,10 +12,10 @@ import (
 	"sort"
 	"time"
 
+	"github.com/lungseg/lungseg/internal/web"
 	"github.com/lungseg/lungseg/pkg/bus"
 	"github.com/lungseg/lungseg/pkg/metrics"
 	"github.com/lungseg/lungseg/pkg/model"
-	"github.com/lungseg/lungseg/pkg/web"
 	"github.com/nats-io/nats.go/jetstream"
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/prometheus/client_golang/prometheus/collectors"

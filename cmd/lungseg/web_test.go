@@ -21,12 +21,12 @@ import (
 
 	"github.com/chromedp/cdproto/input"
 	"github.com/chromedp/chromedp"
+	"github.com/lungseg/lungseg/internal/phantom"
+	"github.com/lungseg/lungseg/internal/pipeline"
+	"github.com/lungseg/lungseg/internal/replay"
+	"github.com/lungseg/lungseg/internal/web"
 	"github.com/lungseg/lungseg/pkg/overlay"
-	"github.com/lungseg/lungseg/pkg/phantom"
-	"github.com/lungseg/lungseg/pkg/pipeline"
-	"github.com/lungseg/lungseg/pkg/replay"
 	"github.com/lungseg/lungseg/pkg/testenv"
-	"github.com/lungseg/lungseg/pkg/web"
 )
 
 // artifactsDir is where browser tests keep their screenshots:

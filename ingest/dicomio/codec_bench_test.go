@@ -13,11 +13,12 @@ import (
 
 	"github.com/lungseg/lungseg/ingest"
 	"github.com/lungseg/lungseg/ingest/dicomio"
-	"github.com/lungseg/lungseg/pkg/phantom"
+	"github.com/lungseg/lungseg/internal/phantom"
+	"github.com/lungseg/lungseg/pkg/dicomwrite"
 	"github.com/lungseg/lungseg/pkg/testenv"
 )
 
-// ctFrame returns a 512×512 synthetic CT slice (pkg/phantom, with its
+// ctFrame returns a 512×512 synthetic CT slice (internal/phantom, with its
 // default 20 HU noise) as stored values HU+1024.
 func ctFrame(b *testing.B) (*phantom.Slice, []uint16, []byte) {
 	b.Helper()
@@ -69,8 +70,8 @@ func BenchmarkReadCompressed(b *testing.B) {
 	s, _, _ := ctFrame(b)
 	dir := b.TempDir()
 	native := filepath.Join(dir, "native.dcm")
-	ser := dicomio.Series{StudyUID: s.StudyUID, SeriesUID: s.SeriesUID, Intercept: -1024}
-	if err := dicomio.WriteFile(native, ser, dicomio.Instance{HU: s.HU, SpacingRowMm: 0.7, SpacingColMm: 0.7, InstanceNumber: 1}); err != nil {
+	ser := dicomwrite.Series{StudyUID: s.StudyUID, SeriesUID: s.SeriesUID, Intercept: -1024}
+	if err := dicomwrite.WriteFile(native, ser, dicomwrite.Instance{HU: s.HU, SpacingRowMm: 0.7, SpacingColMm: 0.7, InstanceNumber: 1}); err != nil {
 		b.Fatal(err)
 	}
 	files := []struct{ name, tool, opt string }{
@@ -111,8 +112,8 @@ func TestPhantomCompressedByDcmtk(t *testing.T) {
 	s := phantom.Generate(11, 1, phantom.Options{})[0]
 	dir := t.TempDir()
 	native := filepath.Join(dir, "native.dcm")
-	ser := dicomio.Series{StudyUID: s.StudyUID, SeriesUID: s.SeriesUID, Intercept: -1024}
-	if err := dicomio.WriteFile(native, ser, dicomio.Instance{HU: s.HU, SpacingRowMm: 0.7, SpacingColMm: 0.7, InstanceNumber: 1}); err != nil {
+	ser := dicomwrite.Series{StudyUID: s.StudyUID, SeriesUID: s.SeriesUID, Intercept: -1024}
+	if err := dicomwrite.WriteFile(native, ser, dicomwrite.Instance{HU: s.HU, SpacingRowMm: 0.7, SpacingColMm: 0.7, InstanceNumber: 1}); err != nil {
 		t.Fatal(err)
 	}
 	for _, tc := range []struct {

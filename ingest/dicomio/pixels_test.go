@@ -16,6 +16,7 @@ import (
 	"github.com/suyashkumar/dicom"
 	"github.com/suyashkumar/dicom/pkg/tag"
 
+	"github.com/lungseg/lungseg/pkg/dicomwrite"
 	"github.com/lungseg/lungseg/pkg/imgx"
 )
 
@@ -155,7 +156,7 @@ func deepFind(e *dicom.Element, tg tag.Tag) *dicom.Element {
 
 // TestHUMatchesLibraryDecode compares Decode's HU, pixel for pixel, with
 // the independent decode of libraryHU on the native fixtures, on
-// pydicom's CT_small.dcm and on files written by dicomio.Write.
+// pydicom's CT_small.dcm and on files written by dicomwrite.Write.
 func TestHUMatchesLibraryDecode(t *testing.T) {
 	var paths []string
 	for _, name := range []string{"ct_explicit_le.dcm", "ct_implicit_unsigned.dcm", "ct_big_endian.dcm",
@@ -182,8 +183,8 @@ func TestHUMatchesLibraryDecode(t *testing.T) {
 		}
 		hu.Pix[0], hu.Pix[len(hu.Pix)-1] = int16(lo), int16(hi)
 		p := filepath.Join(dir, fmt.Sprintf("w%d.dcm", k))
-		s := Series{StudyUID: NewUID("t", "study"), SeriesUID: NewUID("t", "series"), Intercept: tc.intercept}
-		if err := WriteFile(p, s, Instance{HU: hu, SpacingRowMm: 0.7, SpacingColMm: 0.7, InstanceNumber: k + 1}); err != nil {
+		s := dicomwrite.Series{StudyUID: dicomwrite.NewUID("t", "study"), SeriesUID: dicomwrite.NewUID("t", "series"), Intercept: tc.intercept}
+		if err := dicomwrite.WriteFile(p, s, dicomwrite.Instance{HU: hu, SpacingRowMm: 0.7, SpacingColMm: 0.7, InstanceNumber: k + 1}); err != nil {
 			t.Fatal(err)
 		}
 		img, err := ReadFile(p)
@@ -344,8 +345,8 @@ func TestReadFileBufferReuse(t *testing.T) {
 			hu.Pix[i] = int16((i*(k+3))%3000 - 1500)
 		}
 		want[k], paths[k] = hu.Pix, filepath.Join(dir, fmt.Sprintf("r%d.dcm", k))
-		s := Series{StudyUID: NewUID("r", "study"), SeriesUID: NewUID("r", "series"), Intercept: -1024}
-		if err := WriteFile(paths[k], s, Instance{HU: hu, SpacingRowMm: 1, SpacingColMm: 1, InstanceNumber: k + 1}); err != nil {
+		s := dicomwrite.Series{StudyUID: dicomwrite.NewUID("r", "study"), SeriesUID: dicomwrite.NewUID("r", "series"), Intercept: -1024}
+		if err := dicomwrite.WriteFile(paths[k], s, dicomwrite.Instance{HU: hu, SpacingRowMm: 1, SpacingColMm: 1, InstanceNumber: k + 1}); err != nil {
 			t.Fatal(err)
 		}
 	}

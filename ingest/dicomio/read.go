@@ -37,6 +37,7 @@ import (
 
 	"github.com/lungseg/lungseg/ingest"
 	"github.com/lungseg/lungseg/ingest/pngpair"
+	"github.com/lungseg/lungseg/pkg/dicomwrite"
 	"github.com/lungseg/lungseg/pkg/imgx"
 	lungsegv1 "github.com/lungseg/lungseg/proto/lungseg/v1"
 )
@@ -50,7 +51,7 @@ const (
 	// MaxFileBytes bounds the size of a file Read loads into memory.
 	MaxFileBytes = 512 << 20
 	// MaxFrames bounds NumberOfFrames.
-	MaxFrames = 10000
+	MaxFrames = dicomwrite.MaxFrames
 	// MinSpacingMm and MaxSpacingMm bound PixelSpacing: a value outside
 	// is an error (CT pixels are about 0.2 to 2 mm).
 	MinSpacingMm, MaxSpacingMm = 0.01, 50.0
@@ -77,19 +78,12 @@ type Image struct {
 	// Study holds the patient and study attributes that results sent
 	// back (DICOM SEG) must repeat so that a PACS files them with the
 	// source. They identify the patient: never log them.
-	Study          StudyAttrs
+	Study          dicomwrite.StudyAttrs
 	TransferSyntax string
 	Rows, Cols     int
 	// MultiFrame is true when the file declares NumberOfFrames (even 1).
 	MultiFrame bool
 	Frames     []Frame
-}
-
-// StudyAttrs are a source's patient and study attributes, as text.
-type StudyAttrs struct {
-	PatientName, PatientID, PatientBirthDate, PatientSex string
-	StudyDate, StudyTime, StudyID, AccessionNumber       string
-	ReferringPhysicianName                               string
 }
 
 // Read reads the DICOM file at path and emits one Item per frame.
@@ -494,7 +488,7 @@ func fromDataset(ds dicom.Dataset, sr scanResult, b []byte) (*Image, error) {
 	scope.perFrame = top.items(tag.PerFrameFunctionalGroupsSequence)
 
 	img := &Image{
-		Study: StudyAttrs{
+		Study: dicomwrite.StudyAttrs{
 			PatientName: top.str(tag.PatientName), PatientID: top.str(tag.PatientID),
 			PatientBirthDate: top.str(tag.PatientBirthDate), PatientSex: top.str(tag.PatientSex),
 			StudyDate: top.str(tag.StudyDate), StudyTime: top.str(tag.StudyTime), StudyID: top.str(tag.StudyID),

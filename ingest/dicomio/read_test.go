@@ -19,6 +19,7 @@ import (
 	"github.com/lungseg/lungseg/ingest"
 	"github.com/lungseg/lungseg/pkg/imgx"
 
+	"github.com/lungseg/lungseg/pkg/dicomwrite"
 	"github.com/lungseg/lungseg/pkg/testenv"
 )
 
@@ -422,8 +423,8 @@ func BenchmarkRead(b *testing.B) {
 		hu.Pix[i] = int16(i%2000 - 1000)
 	}
 	path := filepath.Join(b.TempDir(), "s.dcm")
-	s := Series{StudyUID: NewUID("bench", "study"), SeriesUID: NewUID("bench", "series"), Intercept: -1024}
-	if err := WriteFile(path, s, Instance{HU: hu, SpacingRowMm: 0.7, SpacingColMm: 0.7, InstanceNumber: 1}); err != nil {
+	s := dicomwrite.Series{StudyUID: dicomwrite.NewUID("bench", "study"), SeriesUID: dicomwrite.NewUID("bench", "series"), Intercept: -1024}
+	if err := dicomwrite.WriteFile(path, s, dicomwrite.Instance{HU: hu, SpacingRowMm: 0.7, SpacingColMm: 0.7, InstanceNumber: 1}); err != nil {
 		b.Fatal(err)
 	}
 	ctx := context.Background()

@@ -11,6 +11,7 @@ import (
 	"testing"
 
 	"github.com/lungseg/lungseg/ingest"
+	"github.com/lungseg/lungseg/pkg/dicomwrite"
 	"github.com/lungseg/lungseg/pkg/imgx"
 )
 
@@ -37,10 +38,10 @@ func TestWriteRoundTrip(t *testing.T) {
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			hu := rampHU(37, 29, tc.lo, tc.hi)
-			s := Series{StudyUID: NewUID("t", "study"), SeriesUID: NewUID("t", tc.name), Intercept: tc.intercept, SliceThicknessMm: 1.25, SeriesNumber: 3}
-			in := Instance{HU: hu, SpacingRowMm: 0.703125, SpacingColMm: 0.6, PositionMm: [3]float64{-180, -170.5, -42.25}, InstanceNumber: 12}
+			s := dicomwrite.Series{StudyUID: dicomwrite.NewUID("t", "study"), SeriesUID: dicomwrite.NewUID("t", tc.name), Intercept: tc.intercept, SliceThicknessMm: 1.25, SeriesNumber: 3}
+			in := dicomwrite.Instance{HU: hu, SpacingRowMm: 0.703125, SpacingColMm: 0.6, PositionMm: [3]float64{-180, -170.5, -42.25}, InstanceNumber: 12}
 			path := filepath.Join(dir, "series", tc.name+".dcm")
-			if err := WriteFile(path, s, in); err != nil {
+			if err := dicomwrite.WriteFile(path, s, in); err != nil {
 				t.Fatal(err)
 			}
 			var items []ingest.Item
@@ -56,7 +57,7 @@ func TestWriteRoundTrip(t *testing.T) {
 			}
 			m := it.Meta
 			if m.Id != "series/"+tc.name || m.StudyUid != s.StudyUID || m.SeriesUid != s.SeriesUID ||
-				m.InstanceUid != NewUID(s.SeriesUID, "instance", "12") {
+				m.InstanceUid != dicomwrite.NewUID(s.SeriesUID, "instance", "12") {
 				t.Errorf("meta ids %v", m)
 			}
 			if m.SpacingRowMm != 0.703125 || m.SpacingColMm != 0.6 || m.SpacingAssumed || m.SlicePosition != -42.25 {
@@ -74,35 +75,35 @@ func TestWriteRoundTrip(t *testing.T) {
 }
 
 func TestWriteErrors(t *testing.T) {
-	good := Series{StudyUID: "1.2.3", SeriesUID: "1.2.4"}
+	good := dicomwrite.Series{StudyUID: "1.2.3", SeriesUID: "1.2.4"}
 	hu := rampHU(4, 4, -1000, 1000)
 	for _, tc := range []struct {
 		name string
-		s    Series
-		in   Instance
+		s    dicomwrite.Series
+		in   dicomwrite.Instance
 	}{
-		{"no pixels", good, Instance{SpacingRowMm: 1, SpacingColMm: 1}},
-		{"no UIDs", Series{}, Instance{HU: hu, SpacingRowMm: 1, SpacingColMm: 1}},
-		{"no spacing", good, Instance{HU: hu}},
-		{"NaN spacing", good, Instance{HU: hu, SpacingRowMm: math.NaN(), SpacingColMm: 1}},
-		{"overflow", Series{StudyUID: "1", SeriesUID: "2", Intercept: -1024}, Instance{HU: &imgx.HU{Rows: 1, Cols: 1, Pix: []int16{32000}}, SpacingRowMm: 1, SpacingColMm: 1}},
-		{"shape", good, Instance{HU: &imgx.HU{Rows: 2, Cols: 2, Pix: []int16{1}}, SpacingRowMm: 1, SpacingColMm: 1}},
-		{"too large", good, Instance{HU: &imgx.HU{Rows: 5000, Cols: 1}, SpacingRowMm: 1, SpacingColMm: 1}},
+		{"no pixels", good, dicomwrite.Instance{SpacingRowMm: 1, SpacingColMm: 1}},
+		{"no UIDs", dicomwrite.Series{}, dicomwrite.Instance{HU: hu, SpacingRowMm: 1, SpacingColMm: 1}},
+		{"no spacing", good, dicomwrite.Instance{HU: hu}},
+		{"NaN spacing", good, dicomwrite.Instance{HU: hu, SpacingRowMm: math.NaN(), SpacingColMm: 1}},
+		{"overflow", dicomwrite.Series{StudyUID: "1", SeriesUID: "2", Intercept: -1024}, dicomwrite.Instance{HU: &imgx.HU{Rows: 1, Cols: 1, Pix: []int16{32000}}, SpacingRowMm: 1, SpacingColMm: 1}},
+		{"shape", good, dicomwrite.Instance{HU: &imgx.HU{Rows: 2, Cols: 2, Pix: []int16{1}}, SpacingRowMm: 1, SpacingColMm: 1}},
+		{"too large", good, dicomwrite.Instance{HU: &imgx.HU{Rows: 5000, Cols: 1}, SpacingRowMm: 1, SpacingColMm: 1}},
 	} {
-		if err := Write(&bytes.Buffer{}, tc.s, tc.in); err == nil {
+		if err := dicomwrite.Write(&bytes.Buffer{}, tc.s, tc.in); err == nil {
 			t.Errorf("%s: no error", tc.name)
 		}
 	}
 }
 
 func TestWriteDeterministic(t *testing.T) {
-	s := Series{StudyUID: NewUID("d", "1"), SeriesUID: NewUID("d", "2")}
-	in := Instance{HU: rampHU(8, 8, -1000, 500), SpacingRowMm: 0.7, SpacingColMm: 0.7, InstanceNumber: 1}
+	s := dicomwrite.Series{StudyUID: dicomwrite.NewUID("d", "1"), SeriesUID: dicomwrite.NewUID("d", "2")}
+	in := dicomwrite.Instance{HU: rampHU(8, 8, -1000, 500), SpacingRowMm: 0.7, SpacingColMm: 0.7, InstanceNumber: 1}
 	var a, b bytes.Buffer
-	if err := Write(&a, s, in); err != nil {
+	if err := dicomwrite.Write(&a, s, in); err != nil {
 		t.Fatal(err)
 	}
-	if err := Write(&b, s, in); err != nil {
+	if err := dicomwrite.Write(&b, s, in); err != nil {
 		t.Fatal(err)
 	}
 	if !bytes.Equal(a.Bytes(), b.Bytes()) {
@@ -114,7 +115,7 @@ func TestNewUID(t *testing.T) {
 	valid := regexp.MustCompile(`^2\.25\.(0|[1-9][0-9]*)$`)
 	seen := map[string]bool{}
 	for i := range 1000 {
-		u := NewUID("series", strconv.Itoa(i))
+		u := dicomwrite.NewUID("series", strconv.Itoa(i))
 		if len(u) > 64 || !valid.MatchString(u) {
 			t.Fatalf("bad UID %q", u)
 		}
@@ -123,20 +124,7 @@ func TestNewUID(t *testing.T) {
 		}
 		seen[u] = true
 	}
-	if NewUID("a", "b") != NewUID("a", "b") || NewUID("a", "b") == NewUID("ab") {
+	if dicomwrite.NewUID("a", "b") != dicomwrite.NewUID("a", "b") || dicomwrite.NewUID("a", "b") == dicomwrite.NewUID("ab") {
 		t.Error("NewUID is not a function of its parts")
-	}
-}
-
-func TestFormatDS(t *testing.T) {
-	for _, v := range []float64{0, 0.7, -1024, 0.1 + 0.2, 1e-12, -123456789.123456, 1e300, 0.703125} {
-		s := formatDS(v)
-		if len(s) > 16 {
-			t.Errorf("formatDS(%v) = %q is longer than 16", v, s)
-		}
-		back, err := strconv.ParseFloat(s, 64)
-		if err != nil || math.Abs(back-v) > 1e-9*math.Max(1, math.Abs(v)) {
-			t.Errorf("formatDS(%v) = %q reads back as %v", v, s, back)
-		}
 	}
 }

@@ -7,9 +7,9 @@ import (
 	"testing"
 	"time"
 
-	"github.com/lungseg/lungseg/ingest/dicomio"
 	"github.com/lungseg/lungseg/pkg/bus"
 	"github.com/lungseg/lungseg/pkg/bustest"
+	"github.com/lungseg/lungseg/pkg/dicomwrite"
 	"github.com/nats-io/nats.go/jetstream"
 )
 
@@ -27,8 +27,8 @@ func TestRefusedWithoutConsumer(t *testing.T) {
 		t.Fatal(err)
 	}
 	var buf bytes.Buffer
-	if err := dicomio.Write(&buf, dicomio.Series{StudyUID: "1.2.826.0.1.3680043.10.998", SeriesUID: "1.2.826.0.1.3680043.10.998.1", Intercept: -1024},
-		dicomio.Instance{HU: patternHU(64, 64), SpacingRowMm: 0.7, SpacingColMm: 0.7, InstanceNumber: 1, UID: "1.2.826.0.1.3680043.10.998.1.1"}); err != nil {
+	if err := dicomwrite.Write(&buf, dicomwrite.Series{StudyUID: "1.2.826.0.1.3680043.10.998", SeriesUID: "1.2.826.0.1.3680043.10.998.1", Intercept: -1024},
+		dicomwrite.Instance{HU: patternHU(64, 64), SpacingRowMm: 0.7, SpacingColMm: 0.7, InstanceNumber: 1, UID: "1.2.826.0.1.3680043.10.998.1.1"}); err != nil {
 		t.Fatal(err)
 	}
 	_, err := e.acc.Accept(ctx, "a.dcm", buf.Bytes(), "")

@@ -9,8 +9,8 @@ import (
 	"testing"
 	"time"
 
-	"github.com/lungseg/lungseg/ingest/dicomio"
 	"github.com/lungseg/lungseg/pkg/bus"
+	"github.com/lungseg/lungseg/pkg/dicomwrite"
 	"github.com/lungseg/lungseg/pkg/imgx"
 	"github.com/lungseg/lungseg/pkg/objref"
 	lungsegv1 "github.com/lungseg/lungseg/proto/lungseg/v1"
@@ -48,8 +48,8 @@ func TestStowLargeSlices(t *testing.T) {
 		hu := patternHU(side, side)
 		uid := fmt.Sprintf("1.2.826.0.1.3680043.10.999.%d", side)
 		var buf bytes.Buffer
-		if err := dicomio.Write(&buf, dicomio.Series{StudyUID: "1.2.826.0.1.3680043.10.999", SeriesUID: "1.2.826.0.1.3680043.10.999.1", Intercept: -1024},
-			dicomio.Instance{HU: hu, SpacingRowMm: 0.2, SpacingColMm: 0.2, InstanceNumber: i + 1, UID: uid}); err != nil {
+		if err := dicomwrite.Write(&buf, dicomwrite.Series{StudyUID: "1.2.826.0.1.3680043.10.999", SeriesUID: "1.2.826.0.1.3680043.10.999.1", Intercept: -1024},
+			dicomwrite.Instance{HU: hu, SpacingRowMm: 0.2, SpacingColMm: 0.2, InstanceNumber: i + 1, UID: uid}); err != nil {
 			t.Fatal(err)
 		}
 		resp, err := e.cl.Store(ctx, "", buf.Bytes())

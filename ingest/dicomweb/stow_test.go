@@ -23,11 +23,11 @@ import (
 	"github.com/suyashkumar/dicom/pkg/tag"
 	"google.golang.org/protobuf/proto"
 
-	"github.com/lungseg/lungseg/ingest/dicomio"
+	"github.com/lungseg/lungseg/internal/phantom"
 	"github.com/lungseg/lungseg/pkg/bus"
 	"github.com/lungseg/lungseg/pkg/bustest"
+	"github.com/lungseg/lungseg/pkg/dicomwrite"
 	"github.com/lungseg/lungseg/pkg/imgx"
-	"github.com/lungseg/lungseg/pkg/phantom"
 	lungsegv1 "github.com/lungseg/lungseg/proto/lungseg/v1"
 )
 
@@ -38,8 +38,8 @@ func phantomFiles(t *testing.T, seed int64, n int) ([]phantom.Slice, [][]byte) {
 	var out [][]byte
 	for i, s := range sl {
 		var buf bytes.Buffer
-		err := dicomio.Write(&buf, dicomio.Series{StudyUID: s.StudyUID, SeriesUID: s.SeriesUID, Intercept: -1024},
-			dicomio.Instance{HU: s.HU, SpacingRowMm: s.SpacingMm, SpacingColMm: s.SpacingMm,
+		err := dicomwrite.Write(&buf, dicomwrite.Series{StudyUID: s.StudyUID, SeriesUID: s.SeriesUID, Intercept: -1024},
+			dicomwrite.Instance{HU: s.HU, SpacingRowMm: s.SpacingMm, SpacingColMm: s.SpacingMm,
 				PositionMm: [3]float64{0, 0, s.PositionMm}, InstanceNumber: i + 1, UID: s.InstanceUID})
 		if err != nil {
 			t.Fatal(err)

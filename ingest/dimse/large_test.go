@@ -12,10 +12,10 @@ import (
 	"github.com/rs/zerolog"
 	"google.golang.org/protobuf/proto"
 
-	"github.com/lungseg/lungseg/ingest/dicomio"
 	"github.com/lungseg/lungseg/ingest/dicomweb"
 	"github.com/lungseg/lungseg/pkg/bus"
 	"github.com/lungseg/lungseg/pkg/bustest"
+	"github.com/lungseg/lungseg/pkg/dicomwrite"
 	"github.com/lungseg/lungseg/pkg/imgx"
 	"github.com/lungseg/lungseg/pkg/objref"
 	"github.com/lungseg/lungseg/pkg/testenv"
@@ -53,8 +53,8 @@ func TestStorescuLargeSlice(t *testing.T) {
 	}
 	const uid = "1.2.826.0.1.3680043.10.998.4096"
 	file := filepath.Join(t.TempDir(), "large.dcm")
-	if err := dicomio.WriteFile(file, dicomio.Series{StudyUID: "1.2.826.0.1.3680043.10.998", SeriesUID: "1.2.826.0.1.3680043.10.998.1", Intercept: -1024},
-		dicomio.Instance{HU: hu, SpacingRowMm: 0.1, SpacingColMm: 0.1, InstanceNumber: 1, UID: uid}); err != nil {
+	if err := dicomwrite.WriteFile(file, dicomwrite.Series{StudyUID: "1.2.826.0.1.3680043.10.998", SeriesUID: "1.2.826.0.1.3680043.10.998.1", Intercept: -1024},
+		dicomwrite.Instance{HU: hu, SpacingRowMm: 0.1, SpacingColMm: 0.1, InstanceNumber: 1, UID: uid}); err != nil {
 		t.Fatal(err)
 	}
 	out, err := run(t, storescu, "-v", "-aet", "SCANNER", "-aec", "LUNGSEG", h, p, file)

@@ -32,6 +32,7 @@ import (
 	"github.com/rs/zerolog"
 
 	"github.com/lungseg/lungseg/ingest/dicomio"
+	"github.com/lungseg/lungseg/pkg/dicomwrite"
 )
 
 // UIDs.
@@ -47,7 +48,7 @@ const (
 
 // ImplementationClassUID identifies this SCP in associations and the Part
 // 10 files it makes.
-var ImplementationClassUID = dicomio.NewUID("lungseg", "ingest/dimse", "implementation")
+var ImplementationClassUID = dicomwrite.NewUID("lungseg", "ingest/dimse", "implementation")
 
 // DefaultSOPClasses are the storage SOP classes accepted by default.
 var DefaultSOPClasses = []string{

@@ -19,12 +19,12 @@ import (
 	"github.com/rs/zerolog"
 	"google.golang.org/protobuf/proto"
 
-	"github.com/lungseg/lungseg/ingest/dicomio"
 	"github.com/lungseg/lungseg/ingest/dicomweb"
+	"github.com/lungseg/lungseg/internal/phantom"
 	"github.com/lungseg/lungseg/pkg/bus"
 	"github.com/lungseg/lungseg/pkg/bustest"
+	"github.com/lungseg/lungseg/pkg/dicomwrite"
 	"github.com/lungseg/lungseg/pkg/imgx"
-	"github.com/lungseg/lungseg/pkg/phantom"
 	"github.com/lungseg/lungseg/pkg/testenv"
 	lungsegv1 "github.com/lungseg/lungseg/proto/lungseg/v1"
 )
@@ -82,8 +82,8 @@ func writeSeries(t *testing.T, seed int64, n int) ([]phantom.Slice, []string) {
 	var paths []string
 	for i, s := range sl {
 		p := filepath.Join(dir, fmt.Sprintf("s%03d.dcm", i+1))
-		err := dicomio.WriteFile(p, dicomio.Series{StudyUID: s.StudyUID, SeriesUID: s.SeriesUID, Intercept: -1024},
-			dicomio.Instance{HU: s.HU, SpacingRowMm: s.SpacingMm, SpacingColMm: s.SpacingMm,
+		err := dicomwrite.WriteFile(p, dicomwrite.Series{StudyUID: s.StudyUID, SeriesUID: s.SeriesUID, Intercept: -1024},
+			dicomwrite.Instance{HU: s.HU, SpacingRowMm: s.SpacingMm, SpacingColMm: s.SpacingMm,
 				PositionMm: [3]float64{0, 0, s.PositionMm}, InstanceNumber: i + 1, UID: s.InstanceUID})
 		if err != nil {
 			t.Fatal(err)

@@ -12,11 +12,11 @@ import (
 
 	"github.com/rs/zerolog"
 
-	"github.com/lungseg/lungseg/ingest/dicomio"
 	"github.com/lungseg/lungseg/ingest/dicomweb"
+	"github.com/lungseg/lungseg/internal/phantom"
 	"github.com/lungseg/lungseg/pkg/bus"
 	"github.com/lungseg/lungseg/pkg/bustest"
-	"github.com/lungseg/lungseg/pkg/phantom"
+	"github.com/lungseg/lungseg/pkg/dicomwrite"
 )
 
 func TestWatchedFolder(t *testing.T) {
@@ -30,8 +30,8 @@ func TestWatchedFolder(t *testing.T) {
 	}}
 	ph := phantom.Generate(5, 2, phantom.Options{Rows: 32, Cols: 32, Series: true})
 	for i, s := range ph {
-		err := dicomio.WriteFile(filepath.Join(dir, "exam", s.Name()+".dcm"), dicomio.Series{StudyUID: s.StudyUID, SeriesUID: s.SeriesUID},
-			dicomio.Instance{HU: s.HU, SpacingRowMm: 0.7, SpacingColMm: 0.7, InstanceNumber: i + 1, UID: s.InstanceUID})
+		err := dicomwrite.WriteFile(filepath.Join(dir, "exam", s.Name()+".dcm"), dicomwrite.Series{StudyUID: s.StudyUID, SeriesUID: s.SeriesUID},
+			dicomwrite.Instance{HU: s.HU, SpacingRowMm: 0.7, SpacingColMm: 0.7, InstanceNumber: i + 1, UID: s.InstanceUID})
 		if err != nil {
 			t.Fatal(err)
 		}

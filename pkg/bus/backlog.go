@@ -15,7 +15,7 @@ import (
 // segment's work, so segment never waits for ingest. An embedded server's
 // memory follows what its streams hold (the file store caches the blocks
 // being written and read): `lungseg bench --sections memory` measured the
-// peak RSS of `lungseg run` rising with the bound (pkg/bench/README.md).
+// peak RSS of `lungseg run` rising with the bound (internal/bench/README.md).
 const DefaultMaxBacklog = 64 << 20
 
 // Backlog bounds how far ingest reads ahead of the stages downstream. With

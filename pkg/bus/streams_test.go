@@ -7,8 +7,8 @@ import (
 	"testing"
 	"time"
 
+	"github.com/lungseg/lungseg/internal/dlq"
 	"github.com/lungseg/lungseg/pkg/bus"
-	"github.com/lungseg/lungseg/pkg/dlq"
 	"github.com/nats-io/nats.go/jetstream"
 )
 

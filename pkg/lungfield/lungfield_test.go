@@ -12,10 +12,10 @@ import (
 	"testing"
 
 	"github.com/lungseg/lungseg/ingest/dicomio"
+	"github.com/lungseg/lungseg/internal/phantom"
 	"github.com/lungseg/lungseg/pkg/imgx"
 	"github.com/lungseg/lungseg/pkg/lungfield"
 	"github.com/lungseg/lungseg/pkg/overlay"
-	"github.com/lungseg/lungseg/pkg/phantom"
 	"github.com/lungseg/lungseg/pkg/testenv"
 )
 

@@ -1,8 +1,8 @@
 // Package overlay draws CT slices for people: Hounsfield units through a
 // display window to grey, with the outlines of binary masks (ground truth,
 // each model's prediction) in distinct colours on top; and measures the
-// connected regions of a mask (findings). The viewer (pkg/web) and the
-// static report (pkg/report) share it.
+// connected regions of a mask (findings). The viewer (internal/web) and the
+// static report (internal/report) share it.
 package overlay
 
 import (

@@ -6,8 +6,8 @@ import (
 	"strings"
 	"testing"
 
+	"github.com/lungseg/lungseg/internal/phantom"
 	"github.com/lungseg/lungseg/pkg/imgx"
-	"github.com/lungseg/lungseg/pkg/phantom"
 	"github.com/lungseg/lungseg/pkg/testenv"
 	lungsegv1 "github.com/lungseg/lungseg/proto/lungseg/v1"
 )

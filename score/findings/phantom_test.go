@@ -5,7 +5,7 @@ import (
 	"math"
 	"testing"
 
-	"github.com/lungseg/lungseg/pkg/phantom"
+	"github.com/lungseg/lungseg/internal/phantom"
 	"github.com/lungseg/lungseg/pkg/testenv"
 	lungsegv1 "github.com/lungseg/lungseg/proto/lungseg/v1"
 )

@@ -8,10 +8,10 @@ import (
 	"testing"
 	"time"
 
+	"github.com/lungseg/lungseg/internal/phantom"
 	"github.com/lungseg/lungseg/pkg/bus"
 	"github.com/lungseg/lungseg/pkg/bustest"
 	"github.com/lungseg/lungseg/pkg/imgx"
-	"github.com/lungseg/lungseg/pkg/phantom"
 	"github.com/lungseg/lungseg/pkg/stage"
 	lungsegv1 "github.com/lungseg/lungseg/proto/lungseg/v1"
 	"github.com/lungseg/lungseg/score"

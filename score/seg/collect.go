@@ -8,7 +8,6 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
-	"github.com/lungseg/lungseg/ingest/dicomio"
 	"strconv"
 	"sync"
 	"time"
@@ -19,6 +18,7 @@ import (
 	"google.golang.org/protobuf/proto"
 
 	"github.com/lungseg/lungseg/pkg/bus"
+	"github.com/lungseg/lungseg/pkg/dicomwrite"
 	"github.com/lungseg/lungseg/pkg/stage"
 	lungsegv1 "github.com/lungseg/lungseg/proto/lungseg/v1"
 )
@@ -72,7 +72,7 @@ type Collector struct {
 	// Now is the clock (time.Now when nil).
 	Now func() time.Time
 	// Studies, when set, holds the patient and study attributes of each
-	// source study (dicomio.StudyAttrs as JSON, key: StudyInstanceUID),
+	// source study (dicomwrite.StudyAttrs as JSON, key: StudyInstanceUID),
 	// copied into the SEG so that a PACS files it with its source.
 	Studies jetstream.KeyValue
 
@@ -203,7 +203,7 @@ func (c *Collector) write(ctx context.Context, scores []*lungsegv1.Score) error 
 		e, err := c.Studies.Get(ctx, s.StudyUID)
 		switch {
 		case err == nil:
-			var a dicomio.StudyAttrs
+			var a dicomwrite.StudyAttrs
 			if err := json.Unmarshal(e.Value(), &a); err != nil {
 				return fmt.Errorf("seg: study attributes of %s: %w", s.StudyUID, err)
 			}

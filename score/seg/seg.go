@@ -29,7 +29,7 @@ import (
 	"github.com/suyashkumar/dicom/pkg/tag"
 	"github.com/suyashkumar/dicom/pkg/uid"
 
-	"github.com/lungseg/lungseg/ingest/dicomio"
+	"github.com/lungseg/lungseg/pkg/dicomwrite"
 	"github.com/lungseg/lungseg/pkg/imgx"
 	lungsegv1 "github.com/lungseg/lungseg/proto/lungseg/v1"
 )
@@ -38,7 +38,7 @@ import (
 const SegmentationStorage = "1.2.840.10008.5.1.4.1.1.66.4"
 
 // MaxFrames bounds the frames of one SEG.
-const MaxFrames = dicomio.MaxFrames
+const MaxFrames = dicomwrite.MaxFrames
 
 // Errors.
 var (
@@ -216,7 +216,7 @@ func Dataset(s Series, alg Algorithm, frames []Frame, o Options) (dicom.Dataset,
 		}
 	}
 	if o.SeriesUID == "" {
-		o.SeriesUID = dicomio.NewUID("lungseg-seg", s.SeriesUID, alg.Name, alg.Version, "series")
+		o.SeriesUID = dicomwrite.NewUID("lungseg-seg", s.SeriesUID, alg.Name, alg.Version, "series")
 	}
 	if o.InstanceUID == "" {
 		o.InstanceUID = DefaultInstanceUID(s, alg)
@@ -234,7 +234,7 @@ func Dataset(s Series, alg Algorithm, frames []Frame, o Options) (dicom.Dataset,
 		o.Time = time.Now()
 	}
 	date, tm := o.Time.Format("20060102"), o.Time.Format("150405")
-	dimOrg := dicomio.NewUID(o.InstanceUID, "dimension-organization")
+	dimOrg := dicomwrite.NewUID(o.InstanceUID, "dimension-organization")
 	b := &builder{}
 
 	segment := []*dicom.Element{
@@ -422,11 +422,11 @@ func DefaultInstanceUID(s Series, alg Algorithm) string {
 	if alg.Version == "" {
 		alg.Version = "unknown"
 	}
-	return dicomio.NewUID("lungseg-seg", s.SeriesUID, alg.Name, alg.Version, "instance")
+	return dicomwrite.NewUID("lungseg-seg", s.SeriesUID, alg.Name, alg.Version, "instance")
 }
 
 // implementationUID identifies this writer in the file meta header.
-var implementationUID = dicomio.NewUID("lungseg", "score/seg", "implementation")
+var implementationUID = dicomwrite.NewUID("lungseg", "score/seg", "implementation")
 
 // Write writes the SEG as a Part 10 file.
 func Write(w io.Writer, s Series, alg Algorithm, frames []Frame, o Options) error {
@@ -486,7 +486,7 @@ func FromScores(scores []*lungsegv1.Score) (Series, Algorithm, []Frame, error) {
 		if err != nil {
 			return s, alg, nil, fmt.Errorf("seg: slice %s prediction: %w", m.Id, err)
 		}
-		f := Frame{SOPClassUID: dicomio.CTImageStorage, SOPInstanceUID: m.InstanceUid, PositionMm: m.SlicePosition, Mask: mask}
+		f := Frame{SOPClassUID: dicomwrite.CTImageStorage, SOPInstanceUID: m.InstanceUid, PositionMm: m.SlicePosition, Mask: mask}
 		if m.Id != m.InstanceUid {
 			f.SOPClassUID, f.FrameNumber = enhancedCTImageStorage, int(m.Frame)
 		}

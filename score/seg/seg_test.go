@@ -16,9 +16,9 @@ import (
 	"github.com/suyashkumar/dicom"
 	"github.com/suyashkumar/dicom/pkg/tag"
 
-	"github.com/lungseg/lungseg/ingest/dicomio"
+	"github.com/lungseg/lungseg/internal/phantom"
+	"github.com/lungseg/lungseg/pkg/dicomwrite"
 	"github.com/lungseg/lungseg/pkg/imgx"
-	"github.com/lungseg/lungseg/pkg/phantom"
 	"github.com/lungseg/lungseg/pkg/testenv"
 	lungsegv1 "github.com/lungseg/lungseg/proto/lungseg/v1"
 )
@@ -77,7 +77,7 @@ func TestFromScoresOrdersAndUnpacks(t *testing.T) {
 	}
 	ord := Order(frames)
 	for i, f := range ord {
-		if f.SOPInstanceUID != ph[i].InstanceUID || f.SOPClassUID != dicomio.CTImageStorage || f.FrameNumber != 0 {
+		if f.SOPInstanceUID != ph[i].InstanceUID || f.SOPClassUID != dicomwrite.CTImageStorage || f.FrameNumber != 0 {
 			t.Errorf("frame %d: %+v, want instance %s", i, f, ph[i].InstanceUID)
 		}
 		if f.Mask.Count() != ph[i].Mask.Count()-boolInt(ph[i].Mask.Pix[len(ph[i].Mask.Pix)-1] != 0) {
@@ -274,7 +274,7 @@ func TestReadBackPydicom(t *testing.T) {
 			if !slices.Equal(f.Set, want) {
 				t.Errorf("%v frame %d: pydicom sees %d set pixels, want %d", size, i, len(f.Set), len(want))
 			}
-			if f.Instance != frames[i].SOPInstanceUID || f.Class != dicomio.CTImageStorage || f.Frame != 0 || f.Segment != 1 || !slices.Equal(f.Index, []int{1, i + 1}) {
+			if f.Instance != frames[i].SOPInstanceUID || f.Class != dicomwrite.CTImageStorage || f.Frame != 0 || f.Segment != 1 || !slices.Equal(f.Index, []int{1, i + 1}) {
 				t.Errorf("%v frame %d: %+v", size, i, f)
 			}
 		}

@@ -9,11 +9,11 @@ import (
 	"time"
 
 	"github.com/lungseg/lungseg/ingest/formats"
+	"github.com/lungseg/lungseg/internal/phantom"
+	"github.com/lungseg/lungseg/internal/pipeline"
+	"github.com/lungseg/lungseg/internal/replay"
 	"github.com/lungseg/lungseg/pkg/bus"
 	"github.com/lungseg/lungseg/pkg/bustest"
-	"github.com/lungseg/lungseg/pkg/phantom"
-	"github.com/lungseg/lungseg/pkg/pipeline"
-	"github.com/lungseg/lungseg/pkg/replay"
 	lungsegv1 "github.com/lungseg/lungseg/proto/lungseg/v1"
 	"github.com/rs/zerolog"
 )

@@ -10,12 +10,12 @@ import (
 
 	"github.com/lungseg/lungseg/ingest/formats"
 	"github.com/lungseg/lungseg/ingest/pngpair"
+	"github.com/lungseg/lungseg/internal/phantom"
+	"github.com/lungseg/lungseg/internal/pipeline"
+	"github.com/lungseg/lungseg/internal/replay"
 	"github.com/lungseg/lungseg/pkg/bus"
 	"github.com/lungseg/lungseg/pkg/bustest"
 	"github.com/lungseg/lungseg/pkg/objref"
-	"github.com/lungseg/lungseg/pkg/phantom"
-	"github.com/lungseg/lungseg/pkg/pipeline"
-	"github.com/lungseg/lungseg/pkg/replay"
 	"github.com/rs/zerolog"
 )
 

@@ -6,10 +6,10 @@ import (
 	"testing"
 	"time"
 
+	"github.com/lungseg/lungseg/internal/replay"
 	"github.com/lungseg/lungseg/pkg/bus"
 	"github.com/lungseg/lungseg/pkg/bustest"
 	"github.com/lungseg/lungseg/pkg/imgx"
-	"github.com/lungseg/lungseg/pkg/replay"
 	"github.com/lungseg/lungseg/pkg/stage"
 	lungsegv1 "github.com/lungseg/lungseg/proto/lungseg/v1"
 	"github.com/rs/zerolog"

@@ -9,10 +9,10 @@ import (
 	"sync"
 	"time"
 
+	"github.com/lungseg/lungseg/internal/phantom"
 	"github.com/lungseg/lungseg/pkg/bus"
 	"github.com/lungseg/lungseg/pkg/imgx"
 	"github.com/lungseg/lungseg/pkg/overlay"
-	"github.com/lungseg/lungseg/pkg/phantom"
 	lungsegv1 "github.com/lungseg/lungseg/proto/lungseg/v1"
 	"github.com/lungseg/lungseg/score/findings"
 )

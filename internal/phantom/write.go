@@ -8,6 +8,7 @@ import (
 	"github.com/lungseg/lungseg/ingest/dicomio"
 	"github.com/lungseg/lungseg/ingest/pickle"
 	"github.com/lungseg/lungseg/ingest/pngpair"
+	"github.com/lungseg/lungseg/pkg/dicomwrite"
 )
 
 // MasksDir is the folder, inside the folder WriteDICOM writes, that holds
@@ -38,7 +39,7 @@ func WriteDICOM(dir string, slices []Slice) error {
 	}
 	for i := range slices {
 		s := &slices[i]
-		series := dicomio.Series{
+		series := dicomwrite.Series{
 			StudyUID:         s.StudyUID,
 			SeriesUID:        s.SeriesUID,
 			PatientName:      "PHANTOM^SYNTHETIC",
@@ -48,7 +49,7 @@ func WriteDICOM(dir string, slices []Slice) error {
 			Intercept:        -1024,
 			SliceThicknessMm: 1.25,
 		}
-		in := dicomio.Instance{
+		in := dicomwrite.Instance{
 			HU:           s.HU,
 			SpacingRowMm: s.SpacingMm,
 			SpacingColMm: s.SpacingMm,
@@ -60,7 +61,7 @@ func WriteDICOM(dir string, slices []Slice) error {
 			InstanceNumber: s.Index + 1,
 			UID:            s.InstanceUID,
 		}
-		if err := dicomio.WriteFile(filepath.Join(dir, s.Name()+".dcm"), series, in); err != nil {
+		if err := dicomwrite.WriteFile(filepath.Join(dir, s.Name()+".dcm"), series, in); err != nil {
 			return fmt.Errorf("phantom: writing %s: %w", s.Name(), err)
 		}
 		if err := pngpair.WriteMask(dicomio.MaskPath(filepath.Join(dir, MasksDir), s.Name()), s.Mask); err != nil {

@@ -20,7 +20,7 @@ import (
 	"math"
 	"math/rand/v2"
 
-	"github.com/lungseg/lungseg/ingest/dicomio"
+	"github.com/lungseg/lungseg/pkg/dicomwrite"
 	"github.com/lungseg/lungseg/pkg/imgx"
 )
 
@@ -183,8 +183,8 @@ func (s *Slice) Name() string { return fmt.Sprintf("slice%04d", s.Index+1) }
 // Generate returns n slices for the seed.
 func Generate(seed int64, n int, opts Options) []Slice {
 	o := opts.withDefaults()
-	study := dicomio.NewUID("lungseg-phantom", fmt.Sprint(seed), "study")
-	series := dicomio.NewUID("lungseg-phantom", fmt.Sprint(seed), fmt.Sprintf("%+v", o), "series")
+	study := dicomwrite.NewUID("lungseg-phantom", fmt.Sprint(seed), "study")
+	series := dicomwrite.NewUID("lungseg-phantom", fmt.Sprint(seed), fmt.Sprintf("%+v", o), "series")
 	out := make([]Slice, n)
 	var vol *volume
 	if o.Series {
@@ -195,7 +195,7 @@ func Generate(seed int64, n int, opts Options) []Slice {
 		s.Index, s.Seed, s.SpacingMm = i, seed, o.SpacingMm
 		s.PositionMm = float64(i) * o.SliceSpacingMm
 		s.StudyUID, s.SeriesUID = study, series
-		s.InstanceUID = dicomio.NewUID(series, "instance", fmt.Sprint(i+1))
+		s.InstanceUID = dicomwrite.NewUID(series, "instance", fmt.Sprint(i+1))
 		if o.Series {
 			vol.render(s, rng(seed, i), o)
 		} else {

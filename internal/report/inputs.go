@@ -5,7 +5,7 @@ import (
 	"fmt"
 
 	"github.com/lungseg/lungseg/ingest"
-	"github.com/lungseg/lungseg/pkg/replay"
+	"github.com/lungseg/lungseg/internal/replay"
 )
 
 // LoadInputs reads the replay's inputs again with the ingest formats and

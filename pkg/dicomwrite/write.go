@@ -1,4 +1,4 @@
-package dicomio
+package dicomwrite
 
 import (
 	"bytes"
@@ -24,8 +24,19 @@ import (
 // CTImageStorage is the SOP class UID of the files Write makes.
 const CTImageStorage = "1.2.840.10008.5.1.4.1.1.2"
 
+// MaxFrames bounds NumberOfFrames of a file read (ingest/dicomio) or
+// written (a SEG of a long series).
+const MaxFrames = 10000
+
+// StudyAttrs are a source's patient and study attributes, as text.
+type StudyAttrs struct {
+	PatientName, PatientID, PatientBirthDate, PatientSex string
+	StudyDate, StudyTime, StudyID, AccessionNumber       string
+	ReferringPhysicianName                               string
+}
+
 // implementationUID identifies this writer in the file meta header.
-var implementationUID = NewUID("lungseg", "dicomio", "implementation")
+var implementationUID = NewUID("lungseg", "dicomio", "implementation") // unchanged by the move to pkg/dicomwrite
 
 // Series holds what the slices of one synthetic CT series share.
 type Series struct {

@@ -7,9 +7,9 @@ import (
 	"path/filepath"
 	"testing"
 
+	"github.com/lungseg/lungseg/internal/phantom"
 	"github.com/lungseg/lungseg/pkg/model"
 	"github.com/lungseg/lungseg/pkg/ortlib"
-	"github.com/lungseg/lungseg/pkg/phantom"
 	"github.com/lungseg/lungseg/pkg/testenv"
 	"github.com/lungseg/lungseg/segment/infer"
 	"github.com/rs/zerolog"

@@ -11,8 +11,8 @@ import (
 	"strconv"
 	"time"
 
+	"github.com/lungseg/lungseg/internal/phantom"
 	"github.com/lungseg/lungseg/pkg/model"
-	"github.com/lungseg/lungseg/pkg/phantom"
 	"github.com/lungseg/lungseg/preprocess"
 	"github.com/lungseg/lungseg/segment/infer"
 )

@@ -16,11 +16,11 @@ import (
 	"time"
 
 	"github.com/lungseg/lungseg/ingest/formats"
+	"github.com/lungseg/lungseg/internal/phantom"
+	"github.com/lungseg/lungseg/internal/pipeline"
+	"github.com/lungseg/lungseg/internal/replay"
 	"github.com/lungseg/lungseg/pkg/bus"
 	"github.com/lungseg/lungseg/pkg/model"
-	"github.com/lungseg/lungseg/pkg/phantom"
-	"github.com/lungseg/lungseg/pkg/pipeline"
-	"github.com/lungseg/lungseg/pkg/replay"
 	"github.com/nats-io/nats.go/jetstream"
 )
 

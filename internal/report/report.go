@@ -21,9 +21,9 @@ import (
 	"sort"
 	"strings"
 
+	"github.com/lungseg/lungseg/internal/replay"
 	"github.com/lungseg/lungseg/pkg/imgx"
 	"github.com/lungseg/lungseg/pkg/overlay"
-	"github.com/lungseg/lungseg/pkg/replay"
 	"github.com/lungseg/lungseg/score"
 	"golang.org/x/image/font"
 	"golang.org/x/image/font/basicfont"

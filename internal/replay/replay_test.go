@@ -6,7 +6,7 @@ import (
 	"testing"
 	"time"
 
-	"github.com/lungseg/lungseg/pkg/replay"
+	"github.com/lungseg/lungseg/internal/replay"
 	"github.com/lungseg/lungseg/score"
 )
 

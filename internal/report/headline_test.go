@@ -10,8 +10,8 @@ import (
 	"strings"
 	"testing"
 
+	"github.com/lungseg/lungseg/internal/replay"
 	"github.com/lungseg/lungseg/pkg/overlay"
-	"github.com/lungseg/lungseg/pkg/replay"
 	"github.com/lungseg/lungseg/score"
 )
 

@@ -12,11 +12,11 @@ import (
 	"time"
 
 	"github.com/lungseg/lungseg/ingest"
+	"github.com/lungseg/lungseg/internal/webhook"
 	"github.com/lungseg/lungseg/pkg/bus"
 	"github.com/lungseg/lungseg/pkg/model"
 	"github.com/lungseg/lungseg/pkg/ortlib"
 	"github.com/lungseg/lungseg/pkg/stage"
-	"github.com/lungseg/lungseg/pkg/webhook"
 	"github.com/lungseg/lungseg/preprocess"
 	"github.com/lungseg/lungseg/score"
 	"github.com/lungseg/lungseg/score/findings"

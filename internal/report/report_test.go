@@ -14,10 +14,10 @@ import (
 
 	"github.com/lungseg/lungseg/ingest/formats"
 	"github.com/lungseg/lungseg/ingest/pngpair"
+	"github.com/lungseg/lungseg/internal/phantom"
+	"github.com/lungseg/lungseg/internal/replay"
 	"github.com/lungseg/lungseg/pkg/imgx"
 	"github.com/lungseg/lungseg/pkg/overlay"
-	"github.com/lungseg/lungseg/pkg/phantom"
-	"github.com/lungseg/lungseg/pkg/replay"
 	"github.com/lungseg/lungseg/score"
 )
 

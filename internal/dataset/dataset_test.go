@@ -20,10 +20,10 @@ import (
 
 	"github.com/lungseg/lungseg/ingest"
 	"github.com/lungseg/lungseg/ingest/pngpair"
+	"github.com/lungseg/lungseg/internal/dataset"
 	"github.com/lungseg/lungseg/pkg/imgx"
 	"github.com/lungseg/lungseg/pkg/testenv"
 	"github.com/lungseg/lungseg/preprocess/augment"
-	"github.com/lungseg/lungseg/preprocess/dataset"
 )
 
 // pngOnly is the PNG-pair reader alone, so these tests do not depend on
