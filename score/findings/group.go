@@ -223,3 +223,26 @@ func (u unionFind) union(a, b int) {
 	}
 	u[rb] = ra
 }
+
+// Series measures the slices of one series and groups them into nodules,
+// as the stage does when the series completes: Analyze on every slice,
+// then Group (completedBy recorded in every finding). A SEG/SR writer that
+// has the same predicted masks gets the same findings, ids included.
+func (c Config) Series(ins []SliceInput, completedBy string) ([]*lungsegv1.Finding, error) {
+	if len(ins) == 0 {
+		return nil, ErrNoSlices
+	}
+	ss := make([]*lungsegv1.SeriesSlice, 0, len(ins))
+	for _, in := range ins {
+		sf, err := c.Analyze(in)
+		if err != nil {
+			return nil, err
+		}
+		s := &lungsegv1.SeriesSlice{Meta: in.Meta, Model: in.Model, ModelVersion: in.ModelVersion, Components: sf.Components}
+		if len(sf.Components) > 0 {
+			s.PredBits = in.Pred.PackBits()
+		}
+		ss = append(ss, s)
+	}
+	return c.Group(ss, completedBy)
+}

@@ -9,6 +9,7 @@ import (
 	"errors"
 	"fmt"
 	"strconv"
+	"strings"
 	"sync"
 	"time"
 
@@ -21,6 +22,7 @@ import (
 	"github.com/lungseg/lungseg/pkg/dicomwrite"
 	"github.com/lungseg/lungseg/pkg/stage"
 	lungsegv1 "github.com/lungseg/lungseg/proto/lungseg/v1"
+	"github.com/lungseg/lungseg/score/findings"
 )
 
 // Results of the collector.
@@ -35,14 +37,23 @@ const (
 	// the headers name the model, replay, study, series and SEG instance.
 	// It is under lung.events., so the EVENTS stream keeps it.
 	PrefixResults = "lung.events.seg."
-	// Header names of the result events.
+	// Header names of the result events. HdrObject says what the event
+	// announces (ObjectSEG or ObjectSR); both name the SEG instance, an
+	// SR event also its own instance and its number of nodules.
 	HdrStudy       = "Lung-Study"
 	HdrSeries      = "Lung-Series"
 	HdrSEGInstance = "Lung-Seg-Instance"
 	HdrFrames      = "Lung-Frames"
+	HdrObject      = "Lung-Object"
+	HdrSRInstance  = "Lung-SR-Instance"
+	HdrNodules     = "Lung-Nodules"
+	// Values of HdrObject.
+	ObjectSEG = "SEG"
+	ObjectSR  = "SR"
 )
 
-// ResultsSubject is where the SEG of one model's series is announced.
+// ResultsSubject is where the SEG and the SR of one model's series are
+// announced (the SEG first).
 func ResultsSubject(model, replay string) string {
 	if replay == "" {
 		replay = bus.LiveReplay
@@ -50,16 +61,19 @@ func ResultsSubject(model, replay string) string {
 	return PrefixResults + model + "." + replay
 }
 
-// Storer sends a finished SEG on, e.g. to a PACS with STOW-RS
-// (dicomweb.Client.Store fits with a small adapter).
-type Storer func(ctx context.Context, study string, seg []byte) error
+// Storer sends a finished SEG or SR (a Part 10 file) on, e.g. to a PACS
+// with STOW-RS (dicomweb.Client.Store fits with a small adapter).
+type Storer func(ctx context.Context, study string, instance []byte) error
 
 // Collector is a stage processor on lung.scores.>: it gathers the Score
 // messages of DICOM slices (those with study, series and instance UIDs)
 // per replay, model and series, and once a series has been quiet for
-// Quiet, writes its SEG, puts it in the object store, announces it on
-// ResultsSubject and, with Store set, sends it on. Scores of other
-// sources are acked and ignored.
+// Quiet, writes its SEG and then its measurement report (a TID 1500
+// Enhanced SR, see SRDataset: one measurement group per nodule, the
+// nodules grouped by score/findings from the same predicted masks), puts
+// each in the object store, announces each on ResultsSubject and, with
+// Store set, sends each on. Scores of other sources are acked and
+// ignored.
 //
 // The pending series are held in memory: a process that stops before a
 // series is quiet loses it (its scores are acked); rerunning the series
@@ -75,6 +89,10 @@ type Collector struct {
 	// source study (dicomwrite.StudyAttrs as JSON, key: StudyInstanceUID),
 	// copied into the SEG so that a PACS files it with its source.
 	Studies jetstream.KeyValue
+	// Findings is the findings stage's configuration (zero: its
+	// defaults): with the same minimum size, default spacing and
+	// thickness, the SR's nodules and measurements are the findings'.
+	Findings findings.Config
 
 	mu      sync.Mutex
 	pending map[string]*pendingSeries
@@ -221,10 +239,32 @@ func (c *Collector) write(ctx context.Context, scores []*lungsegv1.Score) error 
 	if err != nil {
 		return err
 	}
+	segRef := SEGRef{SeriesUID: DefaultSeriesUID(s, alg), InstanceUID: DefaultInstanceUID(s, alg), Segment: 1}
+	// The nodules, as the findings stage groups them: frames[i] is the
+	// mask of scores[i].
+	ins := make([]findings.SliceInput, len(scores))
+	for i, sc := range scores {
+		ins[i] = findings.SliceInput{Meta: sc.Meta, Model: sc.Model, ModelVersion: sc.ModelVersion, Pred: frames[i].Mask}
+	}
+	fs, err := c.Findings.Series(ins, findings.CompletedQuiet)
+	if err != nil {
+		return fmt.Errorf("seg: nodules of series %s: %w", s.SeriesUID, err)
+	}
+	nodules := NodulesOf(fs, int(scores[0].Meta.Cols))
+	sr, err := SRBytes(s, alg, frames, segRef, nodules, o)
+	if err != nil {
+		return err
+	}
 	meta := scores[0].Meta
-	segUID := DefaultInstanceUID(s, alg)
+	srUID := DefaultSRInstanceUID(s, alg)
 	if c.JS != nil {
-		if err := c.publish(ctx, meta.ReplayId, alg.Name, s, segUID, len(frames), ds); err != nil {
+		ev := event{replay: meta.ReplayId, model: alg.Name, s: s, object: ObjectSEG, segUID: segRef.InstanceUID,
+			frames: len(frames), key: ObjectKey(meta.ReplayId, alg.Name, s.SeriesUID)}
+		if err := c.publish(ctx, ev, ds); err != nil {
+			return err
+		}
+		ev.object, ev.srUID, ev.nodules, ev.key = ObjectSR, srUID, len(nodules), SRObjectKey(meta.ReplayId, alg.Name, s.SeriesUID)
+		if err := c.publish(ctx, ev, sr); err != nil {
 			return err
 		}
 	}
@@ -232,8 +272,12 @@ func (c *Collector) write(ctx context.Context, scores []*lungsegv1.Score) error 
 		if err := c.Store(ctx, s.StudyUID, ds); err != nil {
 			return fmt.Errorf("seg: sending the SEG of series %s: %w", s.SeriesUID, err)
 		}
+		if err := c.Store(ctx, s.StudyUID, sr); err != nil {
+			return fmt.Errorf("seg: sending the SR of series %s: %w", s.SeriesUID, err)
+		}
 	}
-	c.Log.Info().Str("series", s.SeriesUID).Str("model", alg.Name).Int("frames", len(frames)).Int("bytes", len(ds)).Msg("SEG written")
+	c.Log.Info().Str("series", s.SeriesUID).Str("model", alg.Name).Int("frames", len(frames)).Int("bytes", len(ds)).
+		Int("nodules", len(nodules)).Int("sr_bytes", len(sr)).Msg("SEG and SR written")
 	return nil
 }
 
@@ -245,10 +289,24 @@ func ObjectKey(replay, model, series string) string {
 	return replay + "/" + model + "/" + series + ".dcm"
 }
 
-func (c *Collector) publish(ctx context.Context, replay, model string, s Series, segUID string, frames int, data []byte) error {
+// SRObjectKey is the object store key of the SR beside its SEG.
+func SRObjectKey(replay, model, series string) string {
+	return strings.TrimSuffix(ObjectKey(replay, model, series), ".dcm") + ".sr.dcm"
+}
+
+// event is what one result announcement says.
+type event struct {
+	replay, model   string
+	s               Series
+	object, key     string
+	segUID, srUID   string
+	frames, nodules int
+}
+
+func (c *Collector) publish(ctx context.Context, ev event, data []byte) error {
 	c.mu.Lock()
 	if c.os == nil {
-		os, err := c.JS.CreateOrUpdateObjectStore(ctx, jetstream.ObjectStoreConfig{Bucket: Bucket, Description: "DICOM SEG results", Storage: jetstream.FileStorage})
+		os, err := c.JS.CreateOrUpdateObjectStore(ctx, jetstream.ObjectStoreConfig{Bucket: Bucket, Description: "DICOM SEG and SR results", Storage: jetstream.FileStorage})
 		if err != nil {
 			c.mu.Unlock()
 			return fmt.Errorf("seg: opening object store %s: %w", Bucket, err)
@@ -257,25 +315,33 @@ func (c *Collector) publish(ctx context.Context, replay, model string, s Series,
 	}
 	store := c.os
 	c.mu.Unlock()
-	key := ObjectKey(replay, model, s.SeriesUID)
-	if _, err := store.Put(ctx, jetstream.ObjectMeta{Name: key, Description: "DICOM SEG of series " + s.SeriesUID + " by " + model}, bytes.NewReader(data)); err != nil {
-		return fmt.Errorf("seg: storing %s: %w", key, err)
+	desc := "DICOM SEG of series " + ev.s.SeriesUID + " by " + ev.model
+	if ev.object == ObjectSR {
+		desc = "DICOM SR (TID 1500) of series " + ev.s.SeriesUID + " by " + ev.model
+	}
+	if _, err := store.Put(ctx, jetstream.ObjectMeta{Name: ev.key, Description: desc}, bytes.NewReader(data)); err != nil {
+		return fmt.Errorf("seg: storing %s: %w", ev.key, err)
 	}
 	sum := sha256.Sum256(data)
-	ref, err := proto.Marshal(&lungsegv1.ObjectRef{Bucket: Bucket, Key: key, Sha256: hex.EncodeToString(sum[:]), Size: int64(len(data))})
+	ref, err := proto.Marshal(&lungsegv1.ObjectRef{Bucket: Bucket, Key: ev.key, Sha256: hex.EncodeToString(sum[:]), Size: int64(len(data))})
 	if err != nil {
 		return err
 	}
-	msg := nats.NewMsg(ResultsSubject(model, replay))
+	msg := nats.NewMsg(ResultsSubject(ev.model, ev.replay))
 	msg.Data = ref
-	msg.Header.Set(bus.HdrModel, model)
-	msg.Header.Set(bus.HdrReplay, replay)
-	msg.Header.Set(HdrStudy, s.StudyUID)
-	msg.Header.Set(HdrSeries, s.SeriesUID)
-	msg.Header.Set(HdrSEGInstance, segUID)
-	msg.Header.Set(HdrFrames, strconv.Itoa(frames))
+	msg.Header.Set(bus.HdrModel, ev.model)
+	msg.Header.Set(bus.HdrReplay, ev.replay)
+	msg.Header.Set(HdrStudy, ev.s.StudyUID)
+	msg.Header.Set(HdrSeries, ev.s.SeriesUID)
+	msg.Header.Set(HdrObject, ev.object)
+	msg.Header.Set(HdrSEGInstance, ev.segUID)
+	msg.Header.Set(HdrFrames, strconv.Itoa(ev.frames))
+	if ev.object == ObjectSR {
+		msg.Header.Set(HdrSRInstance, ev.srUID)
+		msg.Header.Set(HdrNodules, strconv.Itoa(ev.nodules))
+	}
 	if _, err := c.JS.PublishMsg(ctx, msg); err != nil {
-		return fmt.Errorf("seg: announcing %s: %w", key, err)
+		return fmt.Errorf("seg: announcing %s: %w", ev.key, err)
 	}
 	return nil
 }

@@ -16,15 +16,18 @@ import (
 
 	"github.com/lungseg/lungseg/pkg/bus"
 	"github.com/lungseg/lungseg/pkg/bustest"
+	"github.com/lungseg/lungseg/pkg/imgx"
 	"github.com/lungseg/lungseg/pkg/stage"
 	lungsegv1 "github.com/lungseg/lungseg/proto/lungseg/v1"
+	"github.com/lungseg/lungseg/score/findings"
 )
 
 // TestCollectorOnJetStream publishes the scores of one phantom series for
 // two models (plus a score of a non-DICOM slice) on the SCORES stream,
-// runs the collector as a stage, and checks that one SEG per model is
-// stored, announced and handed to the Storer, with the predicted masks
-// as frames.
+// runs the collector as a stage, and checks that one SEG and one SR per
+// model are stored, announced and handed to the Storer, the SEG with the
+// predicted masks as frames, the SR with the nodules the findings package
+// groups from them.
 func TestCollectorOnJetStream(t *testing.T) {
 	env := bustest.Start(t)
 	ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
@@ -65,9 +68,9 @@ func TestCollectorOnJetStream(t *testing.T) {
 	publish(&lungsegv1.Score{Meta: &lungsegv1.SliceMeta{Id: "png/1", ReplayId: "r1", Rows: 4, Cols: 4}, Model: "other"})
 
 	var events []jetstream.Msg
-	bustest.Eventually(t, 30*time.Second, "two SEG events", func() bool {
+	bustest.Eventually(t, 30*time.Second, "two SEG and two SR events", func() bool {
 		events = bustest.Fetch(t, env.JS, bus.StreamEvents, PrefixResults+">")
-		return len(events) == 2
+		return len(events) == 4
 	})
 	osb, err := env.JS.ObjectStore(ctx, Bucket)
 	if err != nil {
@@ -79,6 +82,13 @@ func TestCollectorOnJetStream(t *testing.T) {
 			t.Fatal(err)
 		}
 		model := ev.Headers().Get(bus.HdrModel)
+		if ev.Headers().Get(HdrObject) == ObjectSR {
+			checkSREvent(t, ctx, osb, ev, &ref, model, ph[0].SeriesUID, sc)
+			continue
+		}
+		if ev.Headers().Get(HdrObject) != ObjectSEG {
+			t.Errorf("event %s announces %q", ev.Subject(), ev.Headers().Get(HdrObject))
+		}
 		if ref.Key != ObjectKey("r1", model, ph[0].SeriesUID) || ev.Headers().Get(HdrSeries) != ph[0].SeriesUID || ev.Headers().Get(HdrFrames) != "5" {
 			t.Errorf("event %s %+v %v", ev.Subject(), &ref, ev.Headers())
 		}
@@ -117,8 +127,16 @@ func TestCollectorOnJetStream(t *testing.T) {
 		}
 	}
 	mu.Lock()
-	if len(stored) != 2 {
-		t.Errorf("%d SEGs handed to the Storer, want 2", len(stored))
+	classes := map[string]int{}
+	for _, b := range stored {
+		ds, err := dicom.Parse(bytes.NewReader(b), int64(len(b)), nil, dicom.SkipProcessingPixelDataValue())
+		if err != nil {
+			t.Fatal(err)
+		}
+		classes[str(ds.Elements, tag.SOPClassUID)]++
+	}
+	if len(stored) != 4 || classes[SegmentationStorage] != 2 || classes[EnhancedSRStorage] != 2 {
+		t.Errorf("%d instances handed to the Storer (%v), want a SEG and an SR per model", len(stored), classes)
 	}
 	mu.Unlock()
 	if col.Pending() != 0 {
@@ -147,5 +165,46 @@ func TestCollectorQuietPeriod(t *testing.T) {
 	col.Add(bad)
 	if n, err := col.Flush(context.Background(), true); n != 0 || err == nil || col.Pending() != 0 {
 		t.Errorf("bad series: flushed %d, err %v, pending %d", n, err, col.Pending())
+	}
+}
+
+// checkSREvent reads the SR an event announces and compares its groups
+// with the nodules findings.Config.Series makes of the model's scores.
+func checkSREvent(t *testing.T, ctx context.Context, osb jetstream.ObjectStore, ev jetstream.Msg, ref *lungsegv1.ObjectRef, model, series string, sc []*lungsegv1.Score) {
+	t.Helper()
+	h := ev.Headers()
+	if ref.Key != SRObjectKey("r1", model, series) || h.Get(HdrSeries) != series || h.Get(HdrSRInstance) == "" || h.Get(HdrSEGInstance) == "" {
+		t.Errorf("SR event %s %+v %v", ev.Subject(), ref, h)
+	}
+	b, err := osb.GetBytes(ctx, ref.Key)
+	if err != nil {
+		t.Fatal(err)
+	}
+	r, err := ReadSR(b)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var ins []findings.SliceInput
+	for _, s := range sc {
+		c := proto.Clone(s).(*lungsegv1.Score)
+		c.Model, c.Meta.ReplayId = model, "r1"
+		m, err := imgx.UnpackMask(int(c.Meta.Rows), int(c.Meta.Cols), c.PredBits)
+		if err != nil {
+			t.Fatal(err)
+		}
+		ins = append(ins, findings.SliceInput{Meta: c.Meta, Model: c.Model, ModelVersion: c.ModelVersion, Pred: m})
+	}
+	fs, err := findings.Config{}.Series(ins, findings.CompletedQuiet)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if r.SOPInstanceUID != h.Get(HdrSRInstance) || len(fs) == 0 || len(r.Groups) != len(fs) || h.Get(HdrNodules) != strconv.Itoa(len(fs)) {
+		t.Fatalf("SR of %s: instance %s, %d groups, header %s; %d findings", model, r.SOPInstanceUID, len(r.Groups), h.Get(HdrNodules), len(fs))
+	}
+	for i, f := range fs {
+		g := r.Groups[i]
+		if g.TrackingID != f.Id || !sameDS(g.DiameterMm, f.DiameterMm) || !sameDS(g.VolumeMm3, f.VolumeMm3) || g.SEGInstance != h.Get(HdrSEGInstance) || g.AlgorithmName != model {
+			t.Errorf("SR of %s, group %d: %+v; finding %s %g mm %g mm³", model, i, g, f.Id, f.DiameterMm, f.VolumeMm3)
+		}
 	}
 }

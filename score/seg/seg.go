@@ -216,7 +216,7 @@ func Dataset(s Series, alg Algorithm, frames []Frame, o Options) (dicom.Dataset,
 		}
 	}
 	if o.SeriesUID == "" {
-		o.SeriesUID = dicomwrite.NewUID("lungseg-seg", s.SeriesUID, alg.Name, alg.Version, "series")
+		o.SeriesUID = DefaultSeriesUID(s, alg)
 	}
 	if o.InstanceUID == "" {
 		o.InstanceUID = DefaultInstanceUID(s, alg)
@@ -414,6 +414,15 @@ func Dataset(s Series, alg Algorithm, frames []Frame, o Options) (dicom.Dataset,
 	}
 	sortElements(els)
 	return dicom.Dataset{Elements: els}, nil
+}
+
+// DefaultSeriesUID is the SeriesInstanceUID a SEG gets when Options
+// leave it empty: derived from the source series and the algorithm.
+func DefaultSeriesUID(s Series, alg Algorithm) string {
+	if alg.Version == "" {
+		alg.Version = "unknown"
+	}
+	return dicomwrite.NewUID("lungseg-seg", s.SeriesUID, alg.Name, alg.Version, "series")
 }
 
 // DefaultInstanceUID is the SOPInstanceUID a SEG gets when Options leave
