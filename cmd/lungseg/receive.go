@@ -22,13 +22,15 @@ import (
 	"github.com/lungseg/lungseg/pkg/model"
 	"github.com/lungseg/lungseg/pkg/natsauth"
 	"github.com/lungseg/lungseg/pkg/stage"
+	"github.com/lungseg/lungseg/score/findings"
 	"github.com/lungseg/lungseg/score/seg"
 )
 
 // cmdReceive runs the DICOM receivers (STOW-RS, C-STORE SCP, watched
 // folder) that publish received CT slices on lung.slices.raw, and the SEG
 // collector that turns the scores of each received series into a DICOM
-// SEG per model (optionally stored back with STOW-RS).
+// SEG and a TID 1500 measurement report (SR) per model (optionally stored
+// back with STOW-RS).
 func cmdReceive(ctx context.Context, args []string) error {
 	fs := flag.NewFlagSet("receive", flag.ContinueOnError)
 	load := commonFlags(fs, flagsModels, flagsStore, flagsServer)
@@ -42,7 +44,7 @@ func cmdReceive(ctx context.Context, args []string) error {
 	watchDir := fs.String("watch", "", "watched folder of exported DICOM files (\"\" for none)")
 	models := fs.String("models", "all", "comma-separated models to run on received slices")
 	segQuiet := fs.Duration("seg-quiet", 10*time.Second, "write a series' SEG once no score arrived for this long (0: no SEG)")
-	stowURL := fs.String("seg-stow", "", "DICOMweb service root to store SEGs on (e.g. http://pacs/dicom-web)")
+	stowURL := fs.String("seg-stow", "", "DICOMweb service root to store SEGs and SRs on (e.g. http://pacs/dicom-web)")
 	if err := fs.Parse(args); err != nil {
 		return err
 	}
@@ -67,7 +69,7 @@ func cmdReceive(ctx context.Context, args []string) error {
 	return runReceivers(ctx, receiveConfig{
 		acc:  &dicomweb.Acceptor{JS: n.js, Models: names, Log: log},
 		http: *httpAddr, httpSec: httpsec.Options{Token: *stowToken, CertFile: *stowCert, KeyFile: *stowKey}, dimse: *dimseAddr, ae: *aeTitle, allow: splitList(*allowAE),
-		watch: *watchDir, segQuiet: *segQuiet, stowURL: *stowURL,
+		watch: *watchDir, segQuiet: *segQuiet, stowURL: *stowURL, findingsCfg: cfg.findingsConfig(),
 	}, log)
 }
 
@@ -79,7 +81,10 @@ type receiveConfig struct {
 	watch           string
 	segQuiet        time.Duration
 	stowURL         string
-	ready           func(httpAddr, dimseAddr net.Addr) // for tests
+	// findingsCfg is the findings stage's configuration: the SR's nodules
+	// are grouped with it, so they are the findings'.
+	findingsCfg findings.Config
+	ready       func(httpAddr, dimseAddr net.Addr) // for tests
 }
 
 func splitList(s string) []string {
@@ -179,7 +184,8 @@ func runReceivers(ctx context.Context, rc receiveConfig, log zerolog.Logger) err
 		log.Info().Str("dir", rc.watch).Msg("watching folder")
 	}
 	if rc.segQuiet > 0 {
-		col := &seg.Collector{JS: rc.acc.JS, Quiet: rc.segQuiet, Studies: rc.acc.Studies, Log: log.With().Str("stage", seg.StageName).Logger()}
+		col := &seg.Collector{JS: rc.acc.JS, Quiet: rc.segQuiet, Studies: rc.acc.Studies, Findings: rc.findingsCfg,
+			Log: log.With().Str("stage", seg.StageName).Logger()}
 		if rc.stowURL != "" {
 			cl := &dicomweb.Client{BaseURL: rc.stowURL}
 			col.Store = func(ctx context.Context, study string, b []byte) error {

@@ -120,7 +120,12 @@ func TestReceiveEndToEnd(t *testing.T) {
 	want := map[string][]phantom.Slice{a[0].SeriesUID: a, b[0].SeriesUID: b}
 	var events []jetstream.Msg
 	bustest.Eventually(t, 2*time.Minute, "a SEG for each series", func() bool {
-		events = bustest.Fetch(t, n.js, bus.StreamEvents, seg.ResultsSubject("tiny", ""))
+		events = nil
+		for _, m := range bustest.Fetch(t, n.js, bus.StreamEvents, seg.ResultsSubject("tiny", "")) {
+			if m.Headers().Get(seg.HdrObject) == seg.ObjectSEG { // the SRs: TestReceiveSEGAndSRToPACS
+				events = append(events, m)
+			}
+		}
 		return len(events) >= 2
 	})
 	scores := map[string]*lungsegv1.Score{}
