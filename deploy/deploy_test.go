@@ -23,6 +23,7 @@ import (
 
 	"github.com/lungseg/lungseg/pkg/bus"
 	"github.com/lungseg/lungseg/pkg/bustest"
+	"github.com/lungseg/lungseg/pkg/model"
 	"github.com/lungseg/lungseg/pkg/natsauth"
 	"github.com/lungseg/lungseg/pkg/stage"
 	"github.com/nats-io/nats-server/v2/server"
@@ -60,6 +61,11 @@ func TestGeneratedFilesUpToDate(t *testing.T) {
 			t.Errorf("shipped model %s: %v", m, err)
 		}
 	}
+	if reg, err := model.OpenRegistry(filepath.Join("..", "models")); err != nil {
+		t.Error(err)
+	} else if got := reg.Cascades(); !slices.Equal(got, ShippedCascades) {
+		t.Errorf("the shipped registry's cascades are %v, ShippedCascades %v", got, ShippedCascades)
+	}
 }
 
 // TestConsumersMatchRunner compares the consumer definitions with the
@@ -69,13 +75,16 @@ func TestConsumersMatchRunner(t *testing.T) {
 	env := bustest.Start(t)
 	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
 	defer cancel()
-	for _, c := range Consumers([]string{"m1"}) {
+	for _, c := range Consumers([]string{"m1"}, []string{"m1+crop"}) {
 		if c.Stream == "DLQ_ADVISORIES" {
 			continue
 		}
 		name := c.Config.Durable
 		if strings.HasPrefix(name, "segment-") {
 			name = "segment"
+		}
+		if strings.HasPrefix(name, "refine-") {
+			name = "refine"
 		}
 		r, err := stage.New(env.JS, stage.Config{Name: name, Durable: c.Config.Durable, Stream: c.Stream, FilterSubjects: c.Config.FilterSubjects},
 			stage.ProcessorFunc(func(context.Context, *stage.Msg, stage.Emitter) error { return nil }), zerolog.Nop())
@@ -100,7 +109,7 @@ func TestConsumersMatchRunner(t *testing.T) {
 			t.Fatalf("stream %s: %v", s.Name, err)
 		}
 	}
-	for _, c := range Consumers(ShippedModels) {
+	for _, c := range Consumers(ShippedModels, ShippedCascades) {
 		if _, err := env.JS.CreateOrUpdateConsumer(ctx, c.Stream, c.Config); err != nil {
 			t.Fatalf("consumer %s: %v", c.Config.Durable, err)
 		}
@@ -376,7 +385,7 @@ func TestKubernetesManifests(t *testing.T) {
 			t.Errorf("Service %s selects no pods", str(m.obj, "metadata", "name"))
 		}
 	}
-	for _, st := range []string{"ingest", "preprocess", "segment", "score", "dlq"} {
+	for _, st := range []string{"ingest", "preprocess", "segment", "refine", "score", "dlq"} {
 		if deployments[st] < 1 {
 			t.Errorf("no Deployment for %s", st)
 		}
@@ -437,7 +446,7 @@ func TestCompose(t *testing.T) {
 		}
 		_ = i
 	}
-	for _, st := range []string{"ingest", "preprocess", "segment", "score", "dlq", "replay"} {
+	for _, st := range []string{"ingest", "preprocess", "segment", "refine", "score", "dlq", "replay"} {
 		s := svcs[st]
 		if s == nil {
 			t.Errorf("no service %s", st)

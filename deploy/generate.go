@@ -15,6 +15,10 @@ import (
 var ShippedModels = []string{"resnet50-unet-small", "resnet50-unet-small-crop", "swin-unet-small", "swin-unet-small-crop",
 	"unetr-small", "unetr-small-crop"}
 
+// ShippedCascades are the cascades of the shipped models (each detector's
+// "+crop"), for which the manifests deploy a refine consumer.
+var ShippedCascades = []string{"resnet50-unet-small+crop", "swin-unet-small+crop", "unetr-small+crop"}
+
 // Files returns the generated files, keyed by path relative to deploy/.
 func Files() (map[string][]byte, error) {
 	out := map[string][]byte{}
@@ -25,7 +29,7 @@ func Files() (map[string][]byte, error) {
 		}
 		out[filepath.Join("jetstream", "streams", s.Name+".json")] = b
 	}
-	for _, c := range Consumers(ShippedModels) {
+	for _, c := range Consumers(ShippedModels, ShippedCascades) {
 		b, err := MarshalConsumer(c)
 		if err != nil {
 			return nil, err

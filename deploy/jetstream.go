@@ -9,11 +9,15 @@ package deploy
 import (
 	"encoding/json"
 	"fmt"
+	"slices"
 	"sort"
+	"strings"
 	"time"
 
 	"github.com/lungseg/lungseg/internal/dlq"
 	"github.com/lungseg/lungseg/pkg/bus"
+	"github.com/lungseg/lungseg/pkg/model"
+	"github.com/lungseg/lungseg/segment/refine"
 	"github.com/nats-io/nats.go/jetstream"
 )
 
@@ -55,8 +59,10 @@ func stageConsumer(stream, name, durable string, filters ...string) Consumer {
 }
 
 // Consumers returns the durable consumers of every stage, one segment
-// consumer per model, and the dead-letter capturer's.
-func Consumers(models []string) []Consumer {
+// consumer per model, one refine consumer per cascade ("<detector>+crop":
+// refine-<detector> on lung.masks.<detector>), and the dead-letter
+// capturer's.
+func Consumers(models, cascades []string) []Consumer {
 	ms := append([]string(nil), models...)
 	sort.Strings(ms)
 	out := []Consumer{
@@ -65,6 +71,16 @@ func Consumers(models []string) []Consumer {
 	}
 	for _, m := range ms {
 		out = append(out, stageConsumer(bus.StreamReady, "segment", "segment-"+m, bus.ReadySubject(m)))
+	}
+	var dets []string
+	for _, c := range cascades {
+		if d, ok := strings.CutSuffix(c, model.CropSuffix); ok && !slices.Contains(dets, d) {
+			dets = append(dets, d)
+		}
+	}
+	sort.Strings(dets)
+	for _, d := range dets {
+		out = append(out, stageConsumer(bus.StreamMasks, refine.StageName, refine.Durable(d), bus.MasksSubject(d)))
 	}
 	out = append(out, stageConsumer(bus.StreamMasks, "score", "score"),
 		Consumer{Stream: dlq.StreamAdvisories, Config: dlq.ConsumerConfig()})

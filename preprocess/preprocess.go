@@ -140,6 +140,10 @@ func (p *Stage) Process(ctx context.Context, m *stage.Msg, e stage.Emitter) erro
 		return stage.Permanent(ErrNoModels)
 	}
 	fieldBits, hasField := p.field(s.Meta, hu)
+	selected := make(map[string]bool, len(models))
+	for _, name := range models {
+		selected[name] = true
+	}
 	for _, name := range models {
 		base, tta := model.SplitVariant(name)
 		card, err := p.Cards.Get(base)
@@ -149,6 +153,13 @@ func (p *Stage) Process(ctx context.Context, m *stage.Msg, e stage.Emitter) erro
 			}
 			continue
 		}
+		cascade := model.IsCascade(name)
+		if cascade && selected[base] {
+			// The cascade rides on its detector's input (refine below):
+			// segment runs the detector once for both.
+			continue
+		}
+		refine := !cascade && !tta && !card.IsCrop() && selected[name+model.CropSuffix]
 		in := &lungsegv1.ModelInput{
 			Meta:         s.Meta,
 			Model:        name,
@@ -161,10 +172,23 @@ func (p *Stage) Process(ctx context.Context, m *stage.Msg, e stage.Emitter) erro
 			Tta:          tta || p.TTA || card.TTA,
 			FieldBits:    fieldBits,
 			HasField:     hasField,
+			Refine:       refine,
 		}
-		cascade := model.IsCascade(name)
 		if !card.IsCrop() {
 			in.Tensor = imgx.EncodeFloat32(Input(hu, card))
+		}
+		if refine {
+			// The detector goes on without its cascade when the native HU
+			// cannot travel: the cascade alone fails.
+			if err := p.attachNative(ctx, in, s); err != nil {
+				if !stage.IsPermanent(err) {
+					return err
+				}
+				in.Refine, in.NativeHu, in.NativeHuRef = false, nil, nil
+				if ferr := e.Fail(ctx, stage.Failure{SliceID: s.Meta.Id, ReplayID: s.Meta.ReplayId, Model: name + model.CropSuffix, Err: err}); ferr != nil {
+					return ferr
+				}
+			}
 		}
 		if card.IsCrop() || cascade {
 			if err := p.attach(ctx, in, s, hu, card); err != nil {
@@ -213,7 +237,8 @@ func (p *Stage) field(meta *lungsegv1.SliceMeta, hu *imgx.HU) ([]byte, bool) {
 // for headers under the payload limit.
 const MaxInput = bus.MaxPayload - 16<<10
 
-// attachNative gives a cascade's input, or a crop model's on a slice
+// attachNative gives a cascade's input (or a detector's with refine set),
+// or a crop model's on a slice
 // larger than its window, the slice's native HU, which the crop model
 // reads: a reference when the slice's pixels are in the object store, else
 // the pixels themselves; when those would push the input over MaxInput

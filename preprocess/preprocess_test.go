@@ -5,6 +5,7 @@ import (
 	"crypto/sha256"
 	"encoding/hex"
 	"math"
+	"slices"
 	"strings"
 	"testing"
 
@@ -166,44 +167,64 @@ func TestTrainingCopies(t *testing.T) {
 
 // TestCascadeInputsCarryNativeHU checks that only cascade selections get
 // the native HU, inline when the input stays under the message limit and
-// through the object store when not.
+// through the object store when not. A cascade selected beside its
+// detector rides on the detector's input (refine set), so that segment
+// runs the detector once; selected alone it has an input of its own.
 func TestCascadeInputsCarryNativeHU(t *testing.T) {
 	ctx := context.Background()
 	cs := cards{"a": card("a", 256)}
 
-	data, hu := slice(t, 64, 64, "a", "a+crop")
-	var r recorder
-	if err := (&preprocess.Stage{Cards: cs}).Process(ctx, &stage.Msg{Data: data}, &r); err != nil {
-		t.Fatal(err)
-	}
-	if len(r.outs) != 2 || len(r.fails) != 0 {
-		t.Fatalf("outs %d fails %+v", len(r.outs), r.fails)
-	}
-	for _, o := range r.outs {
-		var in lungsegv1.ModelInput
-		if err := proto.Unmarshal(o.Data, &in); err != nil {
+	for _, sel := range [][]string{{"a", "a+crop"}, {"a+crop"}, {"a", "a+tta"}} {
+		data, hu := slice(t, 64, 64, sel...)
+		var r recorder
+		if err := (&preprocess.Stage{Cards: cs}).Process(ctx, &stage.Msg{Data: data}, &r); err != nil {
 			t.Fatal(err)
 		}
-		if o.Subject != bus.ReadySubject("a") {
-			t.Errorf("%s went to %s", in.Model, o.Subject)
+		wantOuts := len(sel)
+		if len(sel) == 2 && sel[1] == "a+crop" {
+			wantOuts = 1
 		}
-		wantHU := in.Model == "a+crop"
-		if got := len(in.NativeHu) > 0; got != wantHU || in.NativeHuRef != nil {
-			t.Errorf("%s: native HU %d bytes, ref %v", in.Model, len(in.NativeHu), in.NativeHuRef)
+		if len(r.outs) != wantOuts || len(r.fails) != 0 {
+			t.Fatalf("%v: outs %d fails %+v", sel, len(r.outs), r.fails)
 		}
-		if wantHU && string(in.NativeHu) != string(hu.EncodeInt16()) {
-			t.Errorf("%s: native HU differs from the slice's", in.Model)
+		for _, o := range r.outs {
+			var in lungsegv1.ModelInput
+			if err := proto.Unmarshal(o.Data, &in); err != nil {
+				t.Fatal(err)
+			}
+			if o.Subject != bus.ReadySubject("a") {
+				t.Errorf("%s went to %s", in.Model, o.Subject)
+			}
+			wantRefine := in.Model == "a" && slices.Contains(sel, "a+crop")
+			if in.Refine != wantRefine {
+				t.Errorf("%v: %s has refine %v", sel, in.Model, in.Refine)
+			}
+			wantHU := in.Model == "a+crop" || wantRefine
+			if got := len(in.NativeHu) > 0; got != wantHU || in.NativeHuRef != nil {
+				t.Errorf("%v: %s: native HU %d bytes, ref %v", sel, in.Model, len(in.NativeHu), in.NativeHuRef)
+			}
+			if wantHU && string(in.NativeHu) != string(hu.EncodeInt16()) {
+				t.Errorf("%s: native HU differs from the slice's", in.Model)
+			}
 		}
 	}
 
-	// 620×620 int16 fits in a Slice but not beside a 256² float32 tensor.
-	data, hu = slice(t, 620, 620, "a+crop", "a")
-	r = recorder{}
+	// 620×620 int16 fits in a Slice but not beside a 256² float32 tensor:
+	// the detector goes on alone, the cascade fails.
+	data, hu := slice(t, 620, 620, "a+crop", "a")
+	r := recorder{}
 	if err := (&preprocess.Stage{Cards: cs}).Process(ctx, &stage.Msg{Data: data}, &r); err != nil {
 		t.Fatal(err)
 	}
 	if len(r.outs) != 1 || len(r.fails) != 1 || r.fails[0].Model != "a+crop" || !strings.Contains(r.fails[0].Err.Error(), "message limit") {
 		t.Fatalf("without object store: outs %d fails %+v", len(r.outs), r.fails)
+	}
+	var plain lungsegv1.ModelInput
+	if err := proto.Unmarshal(r.outs[0].Data, &plain); err != nil {
+		t.Fatal(err)
+	}
+	if plain.Model != "a" || plain.Refine || len(plain.NativeHu) != 0 {
+		t.Fatalf("without object store: the detector's input is %s, refine %v, %d bytes of native HU", plain.Model, plain.Refine, len(plain.NativeHu))
 	}
 
 	env := bustest.Start(t)
@@ -215,14 +236,14 @@ func TestCascadeInputsCarryNativeHU(t *testing.T) {
 	if err := (&preprocess.Stage{Cards: cs, Objects: objects}).Process(ctx, &stage.Msg{Data: data}, &r); err != nil {
 		t.Fatal(err)
 	}
-	if len(r.outs) != 2 || len(r.fails) != 0 {
+	if len(r.outs) != 1 || len(r.fails) != 0 {
 		t.Fatalf("with object store: outs %d fails %+v", len(r.outs), r.fails)
 	}
 	var in lungsegv1.ModelInput
 	if err := proto.Unmarshal(r.outs[0].Data, &in); err != nil {
 		t.Fatal(err)
 	}
-	if len(r.outs[0].Data) > preprocess.MaxInput || len(in.NativeHu) != 0 || in.NativeHuRef == nil {
+	if !in.Refine || len(r.outs[0].Data) > preprocess.MaxInput || len(in.NativeHu) != 0 || in.NativeHuRef == nil {
 		t.Fatalf("%s: %d bytes, native HU %d bytes, ref %v", in.Model, len(r.outs[0].Data), len(in.NativeHu), in.NativeHuRef)
 	}
 	px, err := objects.GetBytes(ctx, in.NativeHuRef.Key)
@@ -289,8 +310,9 @@ func TestLungField(t *testing.T) {
 		inputs   int
 		hasField bool
 	}{
-		{"chest", &preprocess.Stage{Cards: cs}, b, 3, true},
-		{"chest, no field", &preprocess.Stage{Cards: cs, NoLungField: true}, b, 3, false},
+		// "a+crop" rides on "a"'s input (refine).
+		{"chest", &preprocess.Stage{Cards: cs}, b, 2, true},
+		{"chest, no field", &preprocess.Stage{Cards: cs, NoLungField: true}, b, 2, false},
 		{"64×64", &preprocess.Stage{Cards: cs}, small, 1, false},
 	} {
 		t.Run(c.name, func(t *testing.T) {
@@ -316,7 +338,7 @@ func TestLungField(t *testing.T) {
 				if c.hasField && string(in.FieldBits) != string(want.PackBits()) {
 					t.Errorf("%s: field bits differ from lungfield.Compute's", in.Model)
 				}
-				if in.Model == "a+crop" && c.hasField && len(in.NativeHu) != 2*512*512 {
+				if in.Refine && c.hasField && len(in.NativeHu) != 2*512*512 {
 					t.Errorf("cascade input carries %d bytes of native HU inline", len(in.NativeHu))
 				}
 			}

@@ -10,21 +10,22 @@ import (
 	"github.com/lungseg/lungseg/pkg/lungfield"
 	"github.com/lungseg/lungseg/pkg/stage"
 	lungsegv1 "github.com/lungseg/lungseg/proto/lungseg/v1"
-	"github.com/lungseg/lungseg/segment/cascade"
 	"google.golang.org/protobuf/proto"
 )
 
 // Stage is the score stage processor: it maps each probability map back to
 // the slice's original grid, thresholds it at the model's threshold and
-// scores it against the ground truth. A cascade's map is first refined
-// with its crop windows (Refine) and thresholded with ">" instead of ">=",
-// so that the pixels capped at the threshold stay out of the mask.
-// Safe for concurrent use.
+// scores it against the ground truth. A cascade's map (the refine stage's,
+// already on the slice's grid, with the pixels outside its crop windows
+// capped at the threshold) is thresholded with ">" instead of ">=", so
+// that the capped pixels stay out of the mask. A detector's output left
+// to refine (refine_only: its cascade was selected, not the detector) is
+// acknowledged without a score. Safe for concurrent use.
 type Stage struct{}
 
 // Prediction maps a model output to the slice's grid: the probability map
-// resized to rows×cols (refined with the crop windows for a cascade; cut
-// out at its placement, unresized, for a crop model's padded window) and
+// resized to rows×cols (a cascade's refined map is on that grid already;
+// a crop model's padded window is cut out at its placement, unresized) and
 // the predicted mask cut from it at the output's threshold. When the
 // output carries a lung field (pkg/lungfield), pixels outside it are
 // removed from the mask and their probability set to 0, so that the score
@@ -76,14 +77,27 @@ func rawPrediction(o *lungsegv1.ModelOutput) (prob []float32, pred *imgx.Mask, e
 	if o.Placement != nil {
 		return placed(o, small)
 	}
+	if o.Cascade {
+		if h != rows || w != cols {
+			return nil, nil, fmt.Errorf("score: slice %s: cascade map of %d×%d for a %d×%d slice", o.Meta.Id, h, w, rows, cols)
+		}
+		return small, Above(small, rows, cols, o.Threshold), nil
+	}
 	full := imgx.ResizeBilinear(small, h, w, rows, cols)
-	if !o.Cascade {
-		return full, Threshold(full, rows, cols, float64(o.Threshold)), nil
+	return full, Threshold(full, rows, cols, float64(o.Threshold)), nil
+}
+
+// Above thresholds a cascade's refined map: pixels with a value > thr,
+// strictly and in float32, so that a pixel capped at thr is never in the
+// mask.
+func Above(prob []float32, rows, cols int, thr float32) *imgx.Mask {
+	m := imgx.NewMask(rows, cols)
+	for i, v := range prob {
+		if v > thr {
+			m.Pix[i] = 1
+		}
 	}
-	if full, err = Refine(o, full); err != nil {
-		return nil, nil, err
-	}
-	return full, cascade.Mask(full, rows, cols, o.Threshold), nil
+	return m
 }
 
 // ScoreOutput computes the Score of one model output.
@@ -126,36 +140,14 @@ func FromScore(s *lungsegv1.Score) Metrics {
 		Truth: int(s.TruthPixels), Predicted: int(s.PredictedPixels), TruthDiameterMm: s.TruthDiameterMm}
 }
 
-// Refine builds the refined map of a cascade output from its detector map
-// already resized to the slice's grid (native) and its crop windows, as
-// segment/cascade.Merge says, capped at the output's threshold (the crop
-// model's).
-func Refine(o *lungsegv1.ModelOutput, native []float32) ([]float32, error) {
-	wins := make([]cascade.Window, len(o.Windows))
-	probs := make([][]float32, len(o.Windows))
-	for k, w := range o.Windows {
-		if err := imgx.CheckSize(int(w.Height), int(w.Width)); err != nil {
-			return nil, fmt.Errorf("score: slice %s: crop window %d: %w", o.Meta.Id, k, err)
-		}
-		p, err := imgx.DecodeFloat32(int(w.Height)*int(w.Width), w.Prob)
-		if err != nil {
-			return nil, fmt.Errorf("score: slice %s: crop window %d: %w", o.Meta.Id, k, err)
-		}
-		wins[k] = cascade.Window{Y0: int(w.Y0), X0: int(w.X0), H: int(w.Height), W: int(w.Width)}
-		probs[k] = p
-	}
-	refined, err := cascade.Merge(native, int(o.Meta.Rows), int(o.Meta.Cols), wins, probs, o.Threshold)
-	if err != nil {
-		return nil, fmt.Errorf("score: slice %s: %w", o.Meta.Id, err)
-	}
-	return refined, nil
-}
-
 // Process implements stage.Processor.
 func (Stage) Process(ctx context.Context, m *stage.Msg, e stage.Emitter) error {
 	var o lungsegv1.ModelOutput
 	if err := proto.Unmarshal(m.Data, &o); err != nil {
 		return stage.Permanentf("score: decoding model output: %w", err)
+	}
+	if o.RefineOnly {
+		return nil
 	}
 	s, err := ScoreOutput(&o)
 	if err != nil {

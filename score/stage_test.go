@@ -1,40 +1,25 @@
 package score
 
 import (
+	"context"
 	"math"
 	"testing"
+
+	"github.com/lungseg/lungseg/pkg/stage"
+	"google.golang.org/protobuf/proto"
 
 	"github.com/lungseg/lungseg/pkg/imgx"
 	lungsegv1 "github.com/lungseg/lungseg/proto/lungseg/v1"
 )
 
-// TestScoreCascade scores a hand-made cascade output: a uniform 0.9
-// detector map, two overlapping crop windows, one reaching past the top
-// and right edges. The expected refined map is written out pixel by pixel.
+// TestScoreCascade scores a hand-made cascade output as the refine stage
+// publishes it: the refined map on the slice's grid, in which a uniform
+// 0.9 detector map is capped at the crop model's threshold outside two
+// overlapping crop windows (segment/refine's test builds this very map
+// from the windows). The map is thresholded with ">", so capped pixels
+// stay out of the mask.
 func TestScoreCascade(t *testing.T) {
 	const rows, cols = 6, 8
-	det := make([]float32, 3*4)
-	for i := range det {
-		det[i] = 0.9
-	}
-	w1 := []float32{ // y0 -1, x0 5: rows 1..2, cols 0..2 land on image rows 0..1, cols 5..7
-		0.99, 0.99, 0.99, 0.99,
-		0.2, 0.6, 0.7, 0.1,
-		0.3, 0.4, 0.8, 0.95,
-	}
-	w2 := []float32{ // y0 0, x0 4: overlaps w1 at rows 0..1, cols 5..6
-		0.1, 0.65, 0.1,
-		0.3, 0.3, 0.3,
-	}
-	o := &lungsegv1.ModelOutput{
-		Meta:  &lungsegv1.SliceMeta{Id: "s", Rows: rows, Cols: cols},
-		Model: "det+crop", Height: 3, Width: 4, Prob: imgx.EncodeFloat32(det), Threshold: 0.5,
-		Cascade: true,
-		Windows: []*lungsegv1.CropWindow{
-			{Y0: -1, X0: 5, Height: 3, Width: 4, Prob: imgx.EncodeFloat32(w1)},
-			{Y0: 0, X0: 4, Height: 2, Width: 3, Prob: imgx.EncodeFloat32(w2)},
-		},
-	}
 	c := float32(0.5) // uncovered: min(0.9, 0.5)
 	want := []float32{
 		c, c, c, c, 0.1, 0.65, 0.6, 0.7,
@@ -43,6 +28,12 @@ func TestScoreCascade(t *testing.T) {
 		c, c, c, c, c, c, c, c,
 		c, c, c, c, c, c, c, c,
 		c, c, c, c, c, c, c, c,
+	}
+	o := &lungsegv1.ModelOutput{
+		Meta:  &lungsegv1.SliceMeta{Id: "s", Rows: rows, Cols: cols},
+		Model: "det+crop", Height: rows, Width: cols, Prob: imgx.EncodeFloat32(want), Threshold: 0.5,
+		Cascade: true,
+		Windows: []*lungsegv1.CropWindow{{Y0: -1, X0: 5, Height: 3, Width: 4}, {Y0: 0, X0: 4, Height: 2, Width: 3}},
 	}
 	truth := imgx.NewMask(rows, cols)
 	truth.Pix[5], truth.Pix[6], truth.Pix[20] = 1, 1, 1
@@ -84,36 +75,66 @@ func TestScoreCascade(t *testing.T) {
 		t.Errorf("rmse %v, want %v", s.Rmse, rmse)
 	}
 
-	// The same map as a plain output: every pixel is 0.9 ≥ 0.5.
+	// The same map as a plain output: every pixel ≥ 0.5 is predicted, the
+	// 40 capped ones too (all but 0.1, 0.3, 0.3, 0.4).
 	o.Cascade = false
-	if s, err = ScoreOutput(o); err != nil || s.PredictedPixels != rows*cols {
+	if s, err = ScoreOutput(o); err != nil || s.PredictedPixels != rows*cols-4 {
 		t.Fatalf("plain output: %d pixels, %v", s.GetPredictedPixels(), err)
 	}
 
 	// No window: the map is capped everywhere and the mask is empty.
-	o.Cascade, o.Windows = true, nil
+	capped := make([]float32, rows*cols)
+	for i := range capped {
+		capped[i] = c
+	}
+	o.Cascade, o.Windows, o.Prob = true, nil, imgx.EncodeFloat32(capped)
 	if s, err = ScoreOutput(o); err != nil || s.PredictedPixels != 0 || math.Abs(s.Rmse-math.Sqrt((45*0.25+3*0.25)/48)) > 1e-6 {
 		t.Fatalf("cascade without windows: %+v, %v", s, err)
 	}
 }
 
-func TestScoreCascadeRejectsBadWindows(t *testing.T) {
-	base := func() *lungsegv1.ModelOutput {
-		return &lungsegv1.ModelOutput{Meta: &lungsegv1.SliceMeta{Id: "s", Rows: 4, Cols: 4}, Height: 2, Width: 2,
-			Prob: imgx.EncodeFloat32(make([]float32, 4)), Threshold: 0.5, Cascade: true}
-	}
-	for name, w := range map[string]*lungsegv1.CropWindow{
-		"short":    {Height: 2, Width: 2, Prob: imgx.EncodeFloat32(make([]float32, 3))},
-		"negative": {Height: -2, Width: -2, Prob: imgx.EncodeFloat32(make([]float32, 4))},
-		"huge":     {Height: 1 << 20, Width: 1 << 20},
+// TestScoreCascadeRejectsBadMaps: a cascade's map must be the slice's
+// rows×cols of float32.
+func TestScoreCascadeRejectsBadMaps(t *testing.T) {
+	for name, o := range map[string]*lungsegv1.ModelOutput{
+		"model grid": {Height: 2, Width: 2, Prob: imgx.EncodeFloat32(make([]float32, 4))},
+		"short":      {Height: 4, Width: 4, Prob: imgx.EncodeFloat32(make([]float32, 15))},
+		"negative":   {Height: -4, Width: -4, Prob: imgx.EncodeFloat32(make([]float32, 16))},
+		"huge":       {Height: 1 << 20, Width: 1 << 20},
 	} {
-		o := base()
-		o.Windows = []*lungsegv1.CropWindow{w}
+		o.Meta, o.Threshold, o.Cascade = &lungsegv1.SliceMeta{Id: "s", Rows: 4, Cols: 4}, 0.5, true
 		if _, err := ScoreOutput(o); err == nil {
-			t.Errorf("%s window accepted", name)
+			t.Errorf("%s map accepted", name)
 		}
 	}
 }
+
+// TestScoreLeavesRefineOnly: a detector's output that only refine reads
+// (its cascade selected, not the detector) is acknowledged without a
+// score; the same output without refine_only is scored.
+func TestScoreLeavesRefineOnly(t *testing.T) {
+	o := &lungsegv1.ModelOutput{Meta: &lungsegv1.SliceMeta{Id: "s", Rows: 4, Cols: 4}, Model: "det", Height: 2, Width: 2,
+		Prob: imgx.EncodeFloat32([]float32{1, 1, 1, 1}), Threshold: 0.5, Refine: true, RefineOnly: true}
+	for _, only := range []bool{true, false} {
+		o.RefineOnly = only
+		b, err := proto.Marshal(o)
+		if err != nil {
+			t.Fatal(err)
+		}
+		var e emitted
+		if err := (Stage{}).Process(context.Background(), &stage.Msg{Data: b}, &e); err != nil {
+			t.Fatal(err)
+		}
+		if want := map[bool]int{true: 0, false: 1}[only]; len(e.outs) != want {
+			t.Errorf("refine_only %v: %d scores, want %d", only, len(e.outs), want)
+		}
+	}
+}
+
+type emitted struct{ outs []stage.Out }
+
+func (e *emitted) Emit(_ context.Context, o stage.Out) error { e.outs = append(e.outs, o); return nil }
+func (e *emitted) Fail(context.Context, stage.Failure) error { return nil }
 
 // TestScoreLungField: predicted pixels outside the output's lung field are
 // removed (and counted) before the metrics, pred_bits and pred_prob; the

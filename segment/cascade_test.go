@@ -75,153 +75,68 @@ func TestRunWindowsBatches(t *testing.T) {
 	}
 }
 
-// TestProcessCascade runs the stage with echo models: the detector's map
-// is its input, so a bright square in the input is the only candidate.
-func TestProcessCascade(t *testing.T) {
+// TestProcessRefineOutput: the detector runs once for an input that asks
+// for its cascade, and its output carries what the refine stage needs (the
+// native HU, the refine flag); a cascade selected alone gives the
+// detector's output marked refine_only, which score leaves unscored.
+// segment/refine's tests run refine on these outputs.
+func TestProcessRefineOutput(t *testing.T) {
 	const rows, cols, size = 32, 32, 16
 	det := &model.Card{Name: "d", Version: "1", Threshold: 0.5, Input: model.Shape{Channels: 1, Height: size, Width: size}}
-	crop := testCrop(20)
 	hu := imgx.NewHU(rows, cols)
 	for i := range hu.Pix {
 		hu.Pix[i] = int16(i)
 	}
-	tensor := make([]float32, size*size)
-	for y := 4; y < 6; y++ {
-		for x := 8; x < 10; x++ {
-			tensor[y*size+x] = 0.9 // native rows 8..11, cols 16..19
-		}
-	}
-	input := func(sel string, native []byte) []byte {
+	input := func(sel string, refine bool, native []byte) []byte {
 		b, err := proto.Marshal(&lungsegv1.ModelInput{Meta: &lungsegv1.SliceMeta{Id: "s", Rows: rows, Cols: cols}, Model: sel,
-			Channels: 1, Height: size, Width: size, Tensor: imgx.EncodeFloat32(tensor), NativeHu: native})
+			Channels: 1, Height: size, Width: size, Tensor: imgx.EncodeFloat32(make([]float32, size*size)), NativeHu: native, Refine: refine})
 		if err != nil {
 			t.Fatal(err)
 		}
 		return b
 	}
-	cm := &echoModel{}
-	st := &Stage{Card: det, Model: &echoModel{}, Crop: crop, CropModel: cm}
-	var e emitted
-	if err := st.Process(context.Background(), &stage.Msg{Data: input("d+crop", hu.EncodeInt16())}, &e); err != nil {
-		t.Fatal(err)
-	}
-	if err := st.Process(context.Background(), &stage.Msg{Data: input("d", nil)}, &e); err != nil {
-		t.Fatal(err)
-	}
-	if len(e.outs) != 2 {
-		t.Fatalf("%d outputs", len(e.outs))
-	}
-	var o lungsegv1.ModelOutput
-	if err := proto.Unmarshal(e.outs[0].Data, &o); err != nil {
-		t.Fatal(err)
-	}
-	// The native map's component spans rows 8..11 and cols 16..19 (the
-	// bilinear upsampling's edge pixels next to them are 0.9/4 = 0.225,
-	// under the 0.25 detect threshold), so the window centres on (9, 17).
-	want := cascade.Window{Y0: 9 - 10, X0: 17 - 10, H: 20, W: 20}
-	if !o.Cascade || o.Model != "d+crop" || o.CropModel != "c" || o.CropModelVersion != "2" || o.Threshold != 0.5 || len(o.Windows) != 1 {
-		t.Fatalf("output %+v", &o)
-	}
-	w := o.Windows[0]
-	if got := (cascade.Window{Y0: int(w.Y0), X0: int(w.X0), H: int(w.Height), W: int(w.Width)}); got != want {
-		t.Fatalf("window %+v, want %+v", got, want)
-	}
-	if p, _ := imgx.DecodeFloat32(400, w.Prob); !reflect.DeepEqual(p, cascade.Crop(hu, want, crop.Normalisation)) {
-		t.Fatal("window probabilities are not the crop model's output")
-	}
-	if !reflect.DeepEqual(cm.batches, []int{1}) {
-		t.Fatalf("crop model runs %v", cm.batches)
-	}
-	o.Reset()
-	if err := proto.Unmarshal(e.outs[1].Data, &o); err != nil {
-		t.Fatal(err)
-	}
-	if o.Cascade || len(o.Windows) != 0 || o.Model != "d" {
-		t.Fatalf("plain output %+v", &o)
-	}
-
-	for name, tc := range map[string]struct {
-		st     *Stage
-		data   []byte
-		needle string
-	}{
-		"no crop model": {&Stage{Card: det, Model: &echoModel{}}, input("d+crop", hu.EncodeInt16()), "no crop model"},
-		"no native HU":  {st, input("d+crop", nil), "without native HU"},
-		"short HU":      {st, input("d+crop", make([]byte, 10)), "native HU"},
-	} {
-		err := tc.st.Process(context.Background(), &stage.Msg{Data: tc.data}, &emitted{})
-		if !stage.IsPermanent(err) || !strings.Contains(err.Error(), tc.needle) {
-			t.Errorf("%s: got %v, want a permanent error mentioning %q", name, err, tc.needle)
-		}
-	}
-}
-
-// TestProcessCascadeField: cascade candidates come only from inside the
-// input's lung field, and every output carries the field on.
-func TestProcessCascadeField(t *testing.T) {
-	const rows, cols, size = 32, 32, 16
-	det := &model.Card{Name: "d", Version: "1", Threshold: 0.5, Input: model.Shape{Channels: 1, Height: size, Width: size}}
-	crop := testCrop(20)
-	hu := imgx.NewHU(rows, cols)
-	tensor := make([]float32, size*size)
-	for _, c := range [][2]int{{4, 8}, {11, 3}} { // native rows 8..11, cols 16..19; rows 22..25, cols 6..9
-		for y := c[0]; y < c[0]+2; y++ {
-			for x := c[1]; x < c[1]+2; x++ {
-				tensor[y*size+x] = 0.9
-			}
-		}
-	}
-	field := imgx.NewMask(rows, cols) // the lower half: only the second square
-	for i := rows / 2 * cols; i < rows*cols; i++ {
-		field.Pix[i] = 1
-	}
-	input := func(sel string, bits []byte, has bool) []byte {
-		b, err := proto.Marshal(&lungsegv1.ModelInput{Meta: &lungsegv1.SliceMeta{Id: "s", Rows: rows, Cols: cols}, Model: sel,
-			Channels: 1, Height: size, Width: size, Tensor: imgx.EncodeFloat32(tensor), NativeHu: hu.EncodeInt16(),
-			FieldBits: bits, HasField: has})
-		if err != nil {
-			t.Fatal(err)
-		}
-		return b
-	}
-	st := &Stage{Card: det, Model: &echoModel{}, Crop: crop, CropModel: &echoModel{}}
 	for _, tc := range []struct {
-		name  string
-		sel   string
-		has   bool
-		wins  int
-		first int // the first window's centre row
+		sel                 string
+		refine              bool
+		native              []byte
+		wantRefine, wantOnl bool
 	}{
-		{"cascade, field", "d+crop", true, 1, 23},
-		{"cascade, no field", "d+crop", false, 2, 9},
-		{"plain, field", "d", true, 0, 0},
+		{"d+crop", false, hu.EncodeInt16(), true, true},
+		{"d", true, hu.EncodeInt16(), true, false},
+		{"d", false, nil, false, false},
 	} {
-		var bits []byte
-		if tc.has {
-			bits = field.PackBits()
-		}
+		m := &echoModel{}
+		st := &Stage{Card: det, Model: m}
 		var e emitted
-		if err := st.Process(context.Background(), &stage.Msg{Data: input(tc.sel, bits, tc.has)}, &e); err != nil {
-			t.Fatalf("%s: %v", tc.name, err)
+		if err := st.Process(context.Background(), &stage.Msg{Data: input(tc.sel, tc.refine, tc.native)}, &e); err != nil {
+			t.Fatal(err)
+		}
+		if len(e.outs) != 1 || len(m.batches) != 1 || e.outs[0].Subject != "lung.masks.d" {
+			t.Fatalf("%s: %d outputs after %d runs", tc.sel, len(e.outs), len(m.batches))
 		}
 		var o lungsegv1.ModelOutput
 		if err := proto.Unmarshal(e.outs[0].Data, &o); err != nil {
 			t.Fatal(err)
 		}
-		if o.HasField != tc.has || string(o.FieldBits) != string(bits) {
-			t.Errorf("%s: output has_field %v with %d bytes", tc.name, o.HasField, len(o.FieldBits))
-		}
-		if len(o.Windows) != tc.wins {
-			t.Fatalf("%s: %d windows, want %d", tc.name, len(o.Windows), tc.wins)
-		}
-		if tc.wins > 0 {
-			if w := o.Windows[0]; int(w.Y0)+10 != tc.first {
-				t.Errorf("%s: first window centred on row %d, want %d", tc.name, w.Y0+10, tc.first)
-			}
+		if o.Model != "d" || o.Refine != tc.wantRefine || o.RefineOnly != tc.wantOnl || o.Cascade || len(o.Windows) != 0 ||
+			string(o.NativeHu) != string(tc.native) {
+			t.Errorf("%s (refine %v): output model %s refine %v refine_only %v cascade %v, %d bytes of native HU",
+				tc.sel, tc.refine, o.Model, o.Refine, o.RefineOnly, o.Cascade, len(o.NativeHu))
 		}
 	}
-	err := st.Process(context.Background(), &stage.Msg{Data: input("d+crop", []byte{1, 2, 3}, true)}, &emitted{})
-	if !stage.IsPermanent(err) || !strings.Contains(err.Error(), "lung field") {
-		t.Fatalf("bad field bits: %v", err)
+	st := &Stage{Card: det, Model: &echoModel{}}
+	for name, tc := range map[string]struct {
+		data   []byte
+		needle string
+	}{
+		"no native HU":      {input("d+crop", false, nil), "without native HU"},
+		"short HU":          {input("d+crop", false, make([]byte, 10)), "native HU"},
+		"refine, no native": {input("d", true, nil), "without native HU"},
+		"refine, short":     {input("d", true, make([]byte, 10)), "native HU"},
+	} {
+		err := st.Process(context.Background(), &stage.Msg{Data: tc.data}, &emitted{})
+		if !stage.IsPermanent(err) || !strings.Contains(err.Error(), tc.needle) {
+			t.Errorf("%s: got %v, want a permanent error mentioning %q", name, err, tc.needle)
+		}
 	}
 }

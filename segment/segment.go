@@ -4,10 +4,11 @@
 // publishes probability maps on lung.masks.<model>. The ONNX Runtime
 // session lives in segment/infer.
 //
-// The worker of a model m also serves its cascade "m+crop" when it has the
-// crop model paired with m: it runs m, places crop windows on the slice's
-// native grid (segment/cascade), runs the crop model in them and publishes
-// m's map with the windows; score merges them.
+// A detector m runs once per slice whatever the selection: when its
+// cascade "m+crop" is selected (an input for "m+crop", or for "m" with
+// refine set), m's output carries the slice's native HU and the refine
+// flag, and the refine stage (segment/refine) consumes it on
+// lung.masks.m, runs the crop model and publishes "m+crop".
 //
 // A crop model selected on its own gets a slice that fits in its window
 // padded to it, with the placement, which score cuts out again; a larger
@@ -24,7 +25,6 @@ import (
 
 	"github.com/lungseg/lungseg/pkg/bus"
 	"github.com/lungseg/lungseg/pkg/imgx"
-	"github.com/lungseg/lungseg/pkg/lungfield"
 	"github.com/lungseg/lungseg/pkg/model"
 	"github.com/lungseg/lungseg/pkg/objref"
 	"github.com/lungseg/lungseg/pkg/stage"
@@ -57,12 +57,7 @@ type PixelSource interface {
 type Stage struct {
 	Card  *model.Card
 	Model Model
-	// Crop and CropModel serve the cascade Card.Name+"+crop": the crop
-	// model paired with Card (model.Registry.Crop) and its session. Without
-	// them, cascade inputs fail as permanent errors.
-	Crop      *model.Card
-	CropModel Model
-	// Objects fetches a cascade's native HU when preprocess sent a
+	// Objects fetches a crop model's native HU when preprocess sent a
 	// reference to the object store instead of the pixels.
 	Objects PixelSource
 }
@@ -142,14 +137,11 @@ func (s *Stage) Process(ctx context.Context, m *stage.Msg, e stage.Emitter) erro
 	if err != nil {
 		return stage.Permanentf("segment: slice %s: %w", in.Meta.Id, err)
 	}
-	isCascade := model.IsCascade(in.Model)
-	var hu *imgx.HU
-	if isCascade {
-		// Check the crop model and the pixels before spending inference.
-		if s.Crop == nil || s.CropModel == nil {
-			return stage.Permanentf("segment: slice %s: no crop model loaded for %s on the worker of %s", in.Meta.Id, in.Model, c.Name)
-		}
-		if hu, err = s.nativeHU(ctx, &in); err != nil {
+	cascadeOnly := model.IsCascade(in.Model)
+	refine := cascadeOnly || in.Refine
+	if refine {
+		// Check the pixels refine needs before spending inference.
+		if err := CheckNative(&in); err != nil {
 			return err
 		}
 	}
@@ -160,13 +152,41 @@ func (s *Stage) Process(ctx context.Context, m *stage.Msg, e stage.Emitter) erro
 	}
 	out := s.output(&in, prob, h, w)
 	out.Placement = in.Placement
-	if isCascade {
-		if err := s.refine(out, prob, hu); err != nil {
-			return err
+	out.InferenceUs = time.Since(start).Microseconds()
+	if refine {
+		// The detector's output goes on to refine, which publishes the
+		// cascade; a cascade selected alone is the detector's run, left
+		// unscored.
+		out.Refine, out.NativeHu, out.NativeHuRef = true, in.NativeHu, in.NativeHuRef
+		if cascadeOnly {
+			out.Model, out.RefineOnly = c.Name, true
 		}
 	}
-	out.InferenceUs = time.Since(start).Microseconds()
 	return s.emit(ctx, e, out)
+}
+
+// CheckNative checks, without fetching anything, that a cascade input
+// carries native HU of its slice's size (inline, or an object reference
+// of that size): a permanent error if not.
+func CheckNative(in *lungsegv1.ModelInput) error {
+	rows, cols := int(in.Meta.Rows), int(in.Meta.Cols)
+	if err := imgx.CheckSize(rows, cols); err != nil {
+		return stage.Permanentf("segment: slice %s: %w", in.Meta.Id, err)
+	}
+	want := 2 * int64(rows) * int64(cols)
+	switch {
+	case len(in.NativeHu) > 0:
+		if int64(len(in.NativeHu)) != want {
+			return stage.Permanentf("segment: slice %s: native HU of %d bytes for %d×%d int16", in.Meta.Id, len(in.NativeHu), rows, cols)
+		}
+	case in.NativeHuRef != nil:
+		if in.NativeHuRef.Size != want {
+			return stage.Permanentf("segment: slice %s: object of %d bytes for %d×%d int16", in.Meta.Id, in.NativeHuRef.Size, rows, cols)
+		}
+	default:
+		return stage.Permanentf("segment: slice %s: input %s without native HU", in.Meta.Id, in.Model)
+	}
+	return nil
 }
 
 // output is the model output of an input with its probability map (h×w):
@@ -197,66 +217,47 @@ func (s *Stage) emit(ctx context.Context, e stage.Emitter, out *lungsegv1.ModelO
 		SliceID: out.Meta.Id, ReplayID: out.Meta.ReplayId, Model: out.Model})
 }
 
-// nativeHU decodes the native HU of a cascade input or of a crop model's
-// input larger than its window, fetching it from the
-// object store when the input holds a reference. Bad pixels are permanent
-// errors; a failed fetch is retried.
+// nativeHU decodes the native HU of a crop model's input larger than its
+// window (NativeHU).
 func (s *Stage) nativeHU(ctx context.Context, in *lungsegv1.ModelInput) (*imgx.HU, error) {
-	rows, cols := int(in.Meta.Rows), int(in.Meta.Cols)
+	return NativeHU(ctx, s.Objects, in.Meta, in.NativeHu, in.NativeHuRef, in.Model)
+}
+
+// NativeHU decodes a slice's native HU (meta's rows×cols little-endian
+// int16), given inline (px) or by reference (ref) to the object store,
+// which it then fetches from objects and checks against the reference's
+// size and sha256; sel names the selection in errors. Bad or missing
+// pixels are permanent errors; a failed fetch is retried. Safe for
+// concurrent use when objects is.
+func NativeHU(ctx context.Context, objects PixelSource, meta *lungsegv1.SliceMeta, px []byte, ref *lungsegv1.ObjectRef, sel string) (*imgx.HU, error) {
+	rows, cols := int(meta.Rows), int(meta.Cols)
 	if err := imgx.CheckSize(rows, cols); err != nil {
-		return nil, stage.Permanentf("segment: slice %s: %w", in.Meta.Id, err)
+		return nil, stage.Permanentf("segment: slice %s: %w", meta.Id, err)
 	}
-	px := in.NativeHu
-	if ref := in.NativeHuRef; len(px) == 0 && ref != nil {
-		if s.Objects == nil {
-			return nil, stage.Permanentf("segment: slice %s: native pixels are in the object store, which this worker has not got", in.Meta.Id)
+	if len(px) == 0 && ref != nil {
+		if objects == nil {
+			return nil, stage.Permanentf("segment: slice %s: native pixels are in the object store, which this worker has not got", meta.Id)
 		}
 		if want := 2 * int64(rows) * int64(cols); ref.Size != want {
-			return nil, stage.Permanentf("segment: slice %s: object of %d bytes for %d×%d int16", in.Meta.Id, ref.Size, rows, cols)
+			return nil, stage.Permanentf("segment: slice %s: object of %d bytes for %d×%d int16", meta.Id, ref.Size, rows, cols)
 		}
-		b, err := s.Objects.GetBytes(ctx, ref.Key)
+		b, err := objects.GetBytes(ctx, ref.Key)
 		if err != nil {
-			return nil, fmt.Errorf("segment: slice %s: fetching native pixels %s: %w", in.Meta.Id, ref.Key, err)
+			return nil, fmt.Errorf("segment: slice %s: fetching native pixels %s: %w", meta.Id, ref.Key, err)
 		}
 		if sum := sha256.Sum256(b); hex.EncodeToString(sum[:]) != ref.Sha256 {
-			return nil, stage.Permanentf("segment: slice %s: native pixels %s fail their sha256", in.Meta.Id, ref.Key)
+			return nil, stage.Permanentf("segment: slice %s: native pixels %s fail their sha256", meta.Id, ref.Key)
 		}
 		px = b
 	}
 	if len(px) == 0 {
-		return nil, stage.Permanentf("segment: slice %s: input %s without native HU", in.Meta.Id, in.Model)
+		return nil, stage.Permanentf("segment: slice %s: input %s without native HU", meta.Id, sel)
 	}
 	hu, err := imgx.DecodeHU(rows, cols, px)
 	if err != nil {
-		return nil, stage.Permanentf("segment: slice %s: native HU: %w", in.Meta.Id, err)
+		return nil, stage.Permanentf("segment: slice %s: native HU: %w", meta.Id, err)
 	}
 	return hu, nil
-}
-
-// refine runs the cascade's crop stage on a detector map (prob, at the
-// detector's input size) and fills the output's cascade fields.
-func (s *Stage) refine(out *lungsegv1.ModelOutput, prob []float32, hu *imgx.HU) error {
-	p, err := cascade.ParamsOf(s.Crop)
-	if err != nil {
-		return stage.Permanent(err)
-	}
-	field, err := lungfield.FromBits(hu.Rows, hu.Cols, out.FieldBits, out.HasField)
-	if err != nil {
-		return stage.Permanentf("segment: slice %s: lung field: %w", out.Meta.Id, err)
-	}
-	native := imgx.ResizeBilinear(prob, int(out.Height), int(out.Width), hu.Rows, hu.Cols)
-	wins := cascade.PlanIn(native, hu.Rows, hu.Cols, p, field)
-	probs, err := RunWindows(s.CropModel, s.Crop, hu, wins)
-	if err != nil {
-		return fmt.Errorf("segment: running %s on %s: %w", s.Crop.Name, out.Meta.Id, err)
-	}
-	out.Cascade, out.CropModel, out.CropModelVersion = true, s.Crop.Name, s.Crop.Version
-	out.Threshold = p.Threshold
-	for k, w := range wins {
-		out.Windows = append(out.Windows, &lungsegv1.CropWindow{Y0: int32(w.Y0), X0: int32(w.X0),
-			Height: int32(w.H), Width: int32(w.W), Prob: imgx.EncodeFloat32(probs[k])})
-	}
-	return nil
 }
 
 // RunWindows runs a crop model on windows of a slice: all in one Run when

@@ -38,6 +38,7 @@ func init() {
 		{"ingest", "run the ingest stage against --nats URL", stageCmd(pipeline.Ingest)},
 		{"preprocess", "run the preprocess stage against --nats URL", stageCmd(pipeline.Preprocess)},
 		{"segment", "run the segment stage against --nats URL", stageCmd(pipeline.Segment)},
+		{"refine", "run the refine stage (the crop models of \"+crop\" cascades) against --nats URL", stageCmd(pipeline.Refine)},
 		{"score", "run the score stage against --nats URL", stageCmd(pipeline.Score)},
 		{"findings", "run the findings stage (and webhooks) against --nats URL", stageCmd(pipeline.Findings)},
 		{"replay", "replay inputs through the pipeline and report Dice, IoU and RMSE", cmdReplay},
@@ -338,7 +339,7 @@ func stageCmd(name string) func(ctx context.Context, args []string) error {
 		fs := flag.NewFlagSet(name, flag.ContinueOnError)
 		load := commonFlags(fs, flagsModels, flagsPipeline, flagsRoots)
 		workers := fs.Int("workers", 1, "concurrent workers in this process")
-		models := fs.String("models", "", "segment: models to serve (comma-separated or all)")
+		models := fs.String("models", "", "segment, refine: models to serve (comma-separated or all; refine serves the \"+crop\" cascades among them)")
 		metricsAddr := fs.String("metrics", "", "serve /metrics and /healthz on this address (\"\": off)")
 		metricsToken := fs.String("metrics-token", os.Getenv("LUNGSEG_WEB_TOKEN"), "token /metrics requires (default $LUNGSEG_WEB_TOKEN)")
 		if err := fs.Parse(args); err != nil {
@@ -406,6 +407,7 @@ func cmdReplay(ctx context.Context, args []string) error {
 	tta := fs.String("tta-compare", "", "\"both\": also run every chosen model with flip test-time augmentation, reported as MODEL+tta")
 	seriesPerInput := fs.Bool("series-per-input", false, "make the slices of each input that have no series of their own (pickle rows without a series column, PNG pairs) one series, so findings group nodules across them")
 	findingsWait := fs.Duration("findings-wait", 30*time.Second, "after the scores, wait this long without news for the findings (negative: do not wait)")
+	segOut := fs.String("seg-out", "", "write a DICOM SEG and a TID 1500 SR per DICOM series and model as DIR/<replay>/<model>/<series>.dcm and .sr.dcm")
 	fs.Usage = func() {
 		fmt.Fprintln(fs.Output(), "usage: lungseg replay [flags] INPUT...")
 		fs.PrintDefaults()
@@ -429,7 +431,7 @@ func cmdReplay(ctx context.Context, args []string) error {
 		return fmt.Errorf("--tta-compare %q: want \"both\"", *tta)
 	}
 	return doReplay(ctx, cfg, replayArgs{inputs: fs.Args(), models: models, masks: *masks, report: *reportPath, masksOut: *masksOut, timeout: *timeout,
-		seriesPerInput: *seriesPerInput, findingsWait: *findingsWait})
+		seriesPerInput: *seriesPerInput, findingsWait: *findingsWait, segOut: *segOut})
 }
 
 // withTTA adds the TTA variant of every selected model ("all" when none
@@ -457,6 +459,7 @@ type replayArgs struct {
 	dataDirSet              bool
 	seriesPerInput          bool
 	findingsWait            time.Duration
+	segOut                  string
 }
 
 func doReplay(ctx context.Context, cfg *Config, a replayArgs) error {
@@ -529,10 +532,12 @@ func doReplay(ctx context.Context, cfg *Config, a replayArgs) error {
 		writeMask = maskWriter(a.masksOut)
 	}
 	cats := newCategoryTable(cfg.findingsConfig())
+	segs := newSEGFiles(a.segOut, cfg.findingsConfig(), log)
 	onScore := func(s *lungsegv1.Score) error {
 		if err := cats.add(s); err != nil {
 			return err
 		}
+		segs.add(s)
 		return writeMask(s)
 	}
 	rep, err := replay.Run(ctx, n.js, replay.Options{
@@ -540,6 +545,9 @@ func doReplay(ctx context.Context, cfg *Config, a replayArgs) error {
 		Progress: progress.New(stderr, progress.Options{Label: "replay", Unit: "results"}), OnScore: onScore,
 		SeriesPerInput: a.seriesPerInput, FindingsWait: a.findingsWait,
 	}, log)
+	if werr := segs.write(ctx); werr != nil && err == nil {
+		err = werr
+	}
 	if rep != nil {
 		rep.Categories = cats.tables()
 		// the findings first, the results table last: it is what a

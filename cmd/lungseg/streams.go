@@ -34,15 +34,15 @@ func cmdStreams(ctx context.Context, args []string) error {
 		return err
 	}
 	so := cfg.streamOptions()
-	var models []string
+	var models, cascades []string
 	if reg, err := model.OpenRegistry(cfg.ModelsDir); err == nil {
-		models = reg.AllNames()
+		models, cascades = reg.AllNames(), reg.Cascades()
 	} else if sub == "apply" && *consumers {
 		return err
 	}
 	switch sub {
 	case "print":
-		return writeJSONTo(os.Stdout, map[string]any{"streams": deploy.Streams(so), "consumers": deploy.Consumers(models)})
+		return writeJSONTo(os.Stdout, map[string]any{"streams": deploy.Streams(so), "consumers": deploy.Consumers(models, cascades)})
 	case "apply":
 		if cfg.NATS == "" {
 			return errors.New("streams apply needs --nats URL")
@@ -68,7 +68,7 @@ func cmdStreams(ctx context.Context, args []string) error {
 		}
 		log.Info().Str("bucket", bus.IngestProgressBucket).Msg("ingest progress bucket applied")
 		if *consumers {
-			for _, c := range deploy.Consumers(models) {
+			for _, c := range deploy.Consumers(models, cascades) {
 				if _, err := n.js.CreateOrUpdateConsumer(ctx, c.Stream, c.Config); err != nil {
 					return fmt.Errorf("consumer %s on %s: %w", c.Config.Durable, c.Stream, err)
 				}

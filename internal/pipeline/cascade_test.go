@@ -17,6 +17,7 @@ import (
 	"github.com/lungseg/lungseg/pkg/imgx"
 	"github.com/lungseg/lungseg/pkg/lungfield"
 	"github.com/lungseg/lungseg/pkg/model"
+	"github.com/lungseg/lungseg/pkg/objref"
 	"github.com/lungseg/lungseg/pkg/testenv"
 	"github.com/lungseg/lungseg/preprocess"
 	lungsegv1 "github.com/lungseg/lungseg/proto/lungseg/v1"
@@ -50,14 +51,16 @@ func cascadeRegistry(t *testing.T) *model.Registry {
 
 func sigmoid(x float64) float64 { return 1 / (1 + math.Exp(-x)) }
 
-// TestCascadeEndToEnd runs preprocess, segment and score on a real
+// TestCascadeEndToEnd runs preprocess, segment, refine and score on a real
 // JetStream server with ONNX Runtime and the tiny cascade: two 512×512
 // phantom slices (one inline, one with its pixels in the object store) and
 // one broken cascade input. The cascade's mask must be exactly the pixels
 // that some crop window covers and whose HU the crop model puts above its
 // threshold, computed here from the phantom's HU; the windows must be the
 // ones cascade.Plan places on the published detector map, and that map
-// must be the detector's 1×1 convolution of preprocess's input.
+// must be the detector's 1×1 convolution of preprocess's input. With the
+// cascade selected beside its detector, segment publishes one detector
+// output per slice, which refine turns into the cascade's.
 func TestCascadeEndToEnd(t *testing.T) {
 	env := bustest.Start(t)
 	js := env.JS
@@ -76,7 +79,7 @@ func TestCascadeEndToEnd(t *testing.T) {
 	wg.Add(1)
 	go func() {
 		defer wg.Done()
-		cfg := pipeline.Config{Registry: reg, Stages: []string{pipeline.Preprocess, pipeline.Segment, pipeline.Score}}
+		cfg := pipeline.Config{Registry: reg, Stages: []string{pipeline.Preprocess, pipeline.Segment, pipeline.Refine, pipeline.Score}}
 		if err := pipeline.Run(rctx, js, cfg, zerolog.Nop()); err != nil && rctx.Err() == nil {
 			t.Errorf("pipeline: %v", err)
 		}
@@ -158,12 +161,23 @@ func TestCascadeEndToEnd(t *testing.T) {
 	}
 
 	outputs := map[string]*lungsegv1.ModelOutput{}
-	for _, m := range bustest.Fetch(t, js, bus.StreamMasks, bus.MasksSubject("tiny-det")) {
-		var o lungsegv1.ModelOutput
-		if err := proto.Unmarshal(m.Data(), &o); err != nil {
-			t.Fatal(err)
+	detRuns := map[string]int{}
+	for _, subj := range []string{bus.MasksSubject("tiny-det"), bus.MasksSubject("tiny-det+crop")} {
+		for _, m := range bustest.Fetch(t, js, bus.StreamMasks, subj) {
+			// The cascade's 512² float32 map goes by object reference.
+			data, err := objref.Resolve(ctx, js, m.Data())
+			if err != nil {
+				t.Fatal(err)
+			}
+			var o lungsegv1.ModelOutput
+			if err := proto.Unmarshal(data, &o); err != nil {
+				t.Fatal(err)
+			}
+			outputs[o.Model+"/"+o.Meta.Id] = &o
+			if subj == bus.MasksSubject("tiny-det") {
+				detRuns[o.Meta.Id]++
+			}
 		}
-		outputs[o.Model+"/"+o.Meta.Id] = &o
 	}
 	detCard, _ := reg.Get("tiny-det")
 	cropCard, _ := reg.Get("tiny-crop")
@@ -176,8 +190,14 @@ func TestCascadeEndToEnd(t *testing.T) {
 		if o == nil || !o.Cascade || o.CropModel != "tiny-crop" || o.Threshold != 0.5 {
 			t.Fatalf("%s: cascade output %+v", s.Name(), o)
 		}
+		// One detector run for both selections: its output goes to
+		// score and to refine.
+		d := outputs["tiny-det/"+s.Name()]
+		if detRuns[s.Name()] != 1 || d == nil || !d.Refine || d.RefineOnly || d.Cascade {
+			t.Fatalf("%s: %d detector outputs, %+v", s.Name(), detRuns[s.Name()], d)
+		}
 		// The detector map is the 1×1 convolution of preprocess's input.
-		prob, err := imgx.DecodeFloat32(256*256, o.Prob)
+		prob, err := imgx.DecodeFloat32(256*256, d.Prob)
 		if err != nil {
 			t.Fatal(err)
 		}

@@ -1,4 +1,4 @@
-// Package pipeline wires the four stages to their streams and runs the
+// Package pipeline wires the stages to their streams and runs the
 // ones a process is asked to run: all of them in `lungseg run`, one in
 // `lungseg <stage>`.
 package pipeline
@@ -22,6 +22,7 @@ import (
 	"github.com/lungseg/lungseg/score/findings"
 	"github.com/lungseg/lungseg/segment"
 	"github.com/lungseg/lungseg/segment/infer"
+	"github.com/lungseg/lungseg/segment/refine"
 	"github.com/nats-io/nats.go/jetstream"
 	"github.com/rs/zerolog"
 )
@@ -31,12 +32,13 @@ const (
 	Ingest     = "ingest"
 	Preprocess = "preprocess"
 	Segment    = "segment"
+	Refine     = refine.StageName
 	Score      = "score"
 	Findings   = "findings"
 )
 
 // AllStages lists the stages in pipeline order.
-var AllStages = []string{Ingest, Preprocess, Segment, Score, Findings}
+var AllStages = []string{Ingest, Preprocess, Segment, Refine, Score, Findings}
 
 // Config says which stages to run and how.
 type Config struct {
@@ -44,14 +46,16 @@ type Config struct {
 	// Stages to run; empty means all.
 	Stages []string
 	// Models served by segment workers; empty means every registry model
-	// ("all": whole-slice models and runnable cascades). A worker of model
-	// m also loads m's crop model when the selection holds "m+crop".
+	// ("all": whole-slice models and runnable cascades). A selection
+	// "m+crop" makes segment serve the detector m and refine load m's crop
+	// model.
 	Models []string
 	// Defaults are the models for slices and jobs that name none; empty
 	// means "all" (every model, crop models alone included, and every
 	// runnable cascade).
 	Defaults []string
-	// Workers per stage (per model for segment); default 1.
+	// Workers per stage (per model for segment, per detector for
+	// refine); default 1.
 	Workers map[string]int
 	// Infer configures the ONNX Runtime sessions.
 	Infer infer.Options
@@ -217,18 +221,38 @@ func Run(ctx context.Context, js jetstream.JetStream, cfg Config, log zerolog.Lo
 				closers = append(closers, sess.Close)
 				log.Info().Str("model", name).Str("provider", sess.Provider()).Int("max_batch", cfg.Batch.MaxBatch).Msg("model loaded")
 				st := &segment.Stage{Card: card, Model: m, Objects: objects}
-				if crop, ok := cfg.Registry.Crop(name); ok && slices.Contains(selected, name+model.CropSuffix) {
-					// The cascade's crop model: one batched Run per slice,
-					// so no Batcher.
-					cs, err := infer.Open(crop, cfg.Infer, log)
-					if err != nil {
-						return fmt.Errorf("pipeline: opening crop model %s of %s: %w", crop.Name, name, err)
-					}
-					closers = append(closers, cs.Close)
-					st.Crop, st.CropModel = crop, cs
-					log.Info().Str("model", crop.Name).Str("detector", name).Str("provider", cs.Provider()).Msg("crop model loaded")
-				}
 				if err := addN(sc, st, max(workers(Segment), cfg.Batch.MaxBatch)); err != nil {
+					return err
+				}
+			}
+		case Refine:
+			selected := cfg.Models
+			if len(selected) == 0 {
+				selected = []string{"all"}
+			}
+			selected, err = cfg.Registry.Resolve(selected)
+			if err != nil {
+				return err
+			}
+			detectors := Detectors(cfg.Registry, selected)
+			if len(detectors) > 0 {
+				if err := ortlib.Init(ctx, log); err != nil {
+					return fmt.Errorf("pipeline: loading ONNX Runtime: %w", err)
+				}
+			}
+			for _, name := range detectors {
+				crop, _ := cfg.Registry.Crop(name)
+				// One batched Run of the crop model per slice, so no
+				// Batcher.
+				cs, err := infer.Open(crop, cfg.Infer, log)
+				if err != nil {
+					return fmt.Errorf("pipeline: opening crop model %s of %s: %w", crop.Name, name, err)
+				}
+				closers = append(closers, cs.Close)
+				log.Info().Str("model", crop.Name).Str("detector", name).Str("provider", cs.Provider()).Msg("crop model loaded")
+				rc := stage.Config{Name: Refine, Durable: refine.Durable(name), Stream: bus.StreamMasks,
+					FilterSubjects: []string{bus.MasksSubject(name)}}
+				if err := add(rc, &refine.Stage{Detector: name, Crop: crop, CropModel: cs, Objects: objects}); err != nil {
 					return err
 				}
 			}
@@ -293,6 +317,23 @@ func Run(ctx context.Context, js jetstream.JetStream, cfg Config, log zerolog.Lo
 	wg.Wait()
 	close(errc)
 	return <-errc
+}
+
+// Detectors returns the detectors whose cascade "<detector>+crop" a
+// resolved selection holds and the registry can run: those the refine
+// stage serves, one durable consumer each.
+func Detectors(reg *model.Registry, selected []string) []string {
+	var out []string
+	for _, n := range selected {
+		if !model.IsCascade(n) {
+			continue
+		}
+		base, _ := model.SplitVariant(n)
+		if _, ok := reg.Crop(base); ok && !slices.Contains(out, base) {
+			out = append(out, base)
+		}
+	}
+	return out
 }
 
 // baseModels maps selection names ("m", "m+tta", "m+crop") to the registry models

@@ -166,6 +166,7 @@ const (
 	RoleIngest     = "ingest"
 	RolePreprocess = "preprocess"
 	RoleSegment    = "segment"
+	RoleRefine     = "refine"
 	RoleScore      = "score"
 	RoleFindings   = "findings"
 	RoleWebhook    = "webhook"
@@ -176,7 +177,7 @@ const (
 )
 
 // Roles lists every role in a stable order.
-var Roles = []string{RoleIngest, RolePreprocess, RoleSegment, RoleScore, RoleFindings, RoleWebhook, RoleReceive, RoleReplay, RoleDLQ, RoleAdmin}
+var Roles = []string{RoleIngest, RolePreprocess, RoleSegment, RoleRefine, RoleScore, RoleFindings, RoleWebhook, RoleReceive, RoleReplay, RoleDLQ, RoleAdmin}
 
 // Inbox is the reply prefix every client subscribes to for JetStream API
 // responses and publish acknowledgements.
@@ -320,6 +321,15 @@ func Permissions(role string) (*server.Permissions, error) {
 		// bucket, and every message over the payload limit (pkg/objref);
 		// writes its own outputs over the limit there.
 		pub = append(consume(bus.StreamReady, "*"), bus.PrefixMasks+">", errs("segment"))
+		pub = append(pub, objectStore(bus.PixelsBucket, true)...)
+	case RoleRefine:
+		// One durable per detector (refine-<detector>) on MASKS: a NATS
+		// wildcard is a whole token, so any consumer of MASKS, as segment
+		// has any of READY. Publishes the cascades' outputs on MASKS.
+		// Reads the native HU a detector's output references in the
+		// pixel bucket and every message over the payload limit; writes
+		// its outputs over the limit there.
+		pub = append(consume(bus.StreamMasks, "*"), bus.PrefixMasks+">", errs("refine"))
 		pub = append(pub, objectStore(bus.PixelsBucket, true)...)
 	case RoleScore:
 		// Outputs and scores over the payload limit go by the pixel

@@ -76,7 +76,7 @@ const cascade = "tiny-det+crop"
 // violation. A second replay runs the tiny cascade, whose crop model reads
 // native HU, on a 640×640 slice (inline, so preprocess stores its native
 // HU in the pixel bucket) and a 1024×1024 one (ingest stored its pixels):
-// segment reads both from the bucket. Then stage users are refused
+// refine, as its own user, reads both from the bucket. Then stage users are refused
 // outside their rights.
 func TestPipelinePermissions(t *testing.T) {
 	if testing.Short() {
@@ -123,6 +123,7 @@ func TestPipelinePermissions(t *testing.T) {
 		{pipeline.Ingest, natsauth.RoleIngest},
 		{pipeline.Preprocess, natsauth.RolePreprocess},
 		{pipeline.Segment, natsauth.RoleSegment},
+		{pipeline.Refine, natsauth.RoleRefine},
 		{pipeline.Score, natsauth.RoleScore},
 		{pipeline.Findings, natsauth.RoleFindings},
 	} {

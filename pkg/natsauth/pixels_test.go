@@ -87,6 +87,7 @@ func TestPixelStoreRights(t *testing.T) {
 		{natsauth.RoleIngest, true, true, true},
 		{natsauth.RolePreprocess, true, true, true},
 		{natsauth.RoleSegment, true, true, true},
+		{natsauth.RoleRefine, true, true, true},
 		{natsauth.RoleScore, true, true, true},
 		{natsauth.RoleFindings, true, true, true},
 		{natsauth.RoleReceive, true, true, true},

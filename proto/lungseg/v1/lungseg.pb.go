@@ -588,9 +588,10 @@ type ModelInput struct {
 	HasMask  bool   `protobuf:"varint,9,opt,name=has_mask,json=hasMask,proto3" json:"has_mask,omitempty"`
 	// Test-time augmentation requested.
 	Tta bool `protobuf:"varint,10,opt,name=tta,proto3" json:"tta,omitempty"`
-	// For a cascade ("<detector>+crop"): the slice's native HU, which the
-	// crop model reads, as in Slice.hu (rows*cols little-endian int16,
-	// row-major), or native_hu_ref when the pixels are in the Object Store.
+	// For a cascade ("<detector>+crop", or refine set): the slice's native
+	// HU, which the refine stage's crop model reads, as in Slice.hu
+	// (rows*cols little-endian int16, row-major), or native_hu_ref when the
+	// pixels are in the Object Store.
 	NativeHu    []byte     `protobuf:"bytes,11,opt,name=native_hu,json=nativeHu,proto3" json:"native_hu,omitempty"`
 	NativeHuRef *ObjectRef `protobuf:"bytes,12,opt,name=native_hu_ref,json=nativeHuRef,proto3" json:"native_hu_ref,omitempty"`
 	// The slice's lung field at the original resolution (bits, as in
@@ -604,7 +605,12 @@ type ModelInput struct {
 	// Where the slice lies on the model's input grid when it is not resized
 	// to the whole grid: a crop model run on a bare crop gets the crop at
 	// its native pixel grid, padded to the window. Absent: the whole grid.
-	Placement     *Region `protobuf:"bytes,15,opt,name=placement,proto3" json:"placement,omitempty"`
+	Placement *Region `protobuf:"bytes,15,opt,name=placement,proto3" json:"placement,omitempty"`
+	// The cascade "<model>+crop" is selected beside the detector "model"
+	// itself: segment runs the detector once and its output goes on to the
+	// refine stage too (the native HU is attached). A cascade selected alone
+	// comes as model "<detector>+crop" instead.
+	Refine        bool `protobuf:"varint,16,opt,name=refine,proto3" json:"refine,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -742,6 +748,13 @@ func (x *ModelInput) GetPlacement() *Region {
 		return x.Placement
 	}
 	return nil
+}
+
+func (x *ModelInput) GetRefine() bool {
+	if x != nil {
+		return x.Refine
+	}
+	return false
 }
 
 // Region is a rectangle on a pixel grid: top-left (row, column) and size.
@@ -947,21 +960,34 @@ type ModelOutput struct {
 	Provider string `protobuf:"bytes,10,opt,name=provider,proto3" json:"provider,omitempty"`
 	// Inference time in microseconds.
 	InferenceUs int64 `protobuf:"varint,11,opt,name=inference_us,json=inferenceUs,proto3" json:"inference_us,omitempty"`
-	// Set for a cascade ("<detector>+crop"): prob is the detector's map and
-	// windows are the crop model's; score builds the refined native-grid map
-	// from both (see segment/cascade.Merge) and thresholds it at threshold,
-	// which is then the crop model's, with ">" (not ">=").
+	// Set for a cascade ("<detector>+crop", published by the refine stage):
+	// prob is the refined map on the slice's native grid (height*width =
+	// rows*cols, no resizing), in which pixels outside the crop windows are
+	// capped at threshold, the crop model's; score thresholds it with ">"
+	// (not ">="), so the capped pixels stay out of the mask.
 	Cascade bool `protobuf:"varint,12,opt,name=cascade,proto3" json:"cascade,omitempty"`
-	// The crop model's probability windows on the native grid, in candidate
-	// order (empty when the detector found no candidate).
+	// The crop windows on the native grid, in candidate order (empty when
+	// the detector found no candidate): where the crop model ran, for
+	// inspection; their probabilities are already merged into prob, so prob
+	// of a window is empty here.
 	Windows []*CropWindow `protobuf:"bytes,13,rep,name=windows,proto3" json:"windows,omitempty"`
 	// The crop model and its version (cascades only).
 	CropModel        string `protobuf:"bytes,14,opt,name=crop_model,json=cropModel,proto3" json:"crop_model,omitempty"`
 	CropModelVersion string `protobuf:"bytes,15,opt,name=crop_model_version,json=cropModelVersion,proto3" json:"crop_model_version,omitempty"`
 	// The lung field and the placement, passed on from ModelInput.
-	FieldBits     []byte  `protobuf:"bytes,16,opt,name=field_bits,json=fieldBits,proto3" json:"field_bits,omitempty"`
-	HasField      bool    `protobuf:"varint,17,opt,name=has_field,json=hasField,proto3" json:"has_field,omitempty"`
-	Placement     *Region `protobuf:"bytes,18,opt,name=placement,proto3" json:"placement,omitempty"`
+	FieldBits []byte  `protobuf:"bytes,16,opt,name=field_bits,json=fieldBits,proto3" json:"field_bits,omitempty"`
+	HasField  bool    `protobuf:"varint,17,opt,name=has_field,json=hasField,proto3" json:"has_field,omitempty"`
+	Placement *Region `protobuf:"bytes,18,opt,name=placement,proto3" json:"placement,omitempty"`
+	// A detector's output that the refine stage also reads, to publish the
+	// cascade "<detector>+crop" (ModelInput.refine, or a cascade selected
+	// alone): it carries the slice's native HU, inline or by reference, as
+	// ModelInput does.
+	Refine bool `protobuf:"varint,19,opt,name=refine,proto3" json:"refine,omitempty"`
+	// Only the cascade was selected, not the detector alone: this output is
+	// refine's input only, and score leaves it unscored.
+	RefineOnly    bool       `protobuf:"varint,20,opt,name=refine_only,json=refineOnly,proto3" json:"refine_only,omitempty"`
+	NativeHu      []byte     `protobuf:"bytes,21,opt,name=native_hu,json=nativeHu,proto3" json:"native_hu,omitempty"`
+	NativeHuRef   *ObjectRef `protobuf:"bytes,22,opt,name=native_hu_ref,json=nativeHuRef,proto3" json:"native_hu_ref,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -1122,6 +1148,34 @@ func (x *ModelOutput) GetPlacement() *Region {
 	return nil
 }
 
+func (x *ModelOutput) GetRefine() bool {
+	if x != nil {
+		return x.Refine
+	}
+	return false
+}
+
+func (x *ModelOutput) GetRefineOnly() bool {
+	if x != nil {
+		return x.RefineOnly
+	}
+	return false
+}
+
+func (x *ModelOutput) GetNativeHu() []byte {
+	if x != nil {
+		return x.NativeHu
+	}
+	return nil
+}
+
+func (x *ModelOutput) GetNativeHuRef() *ObjectRef {
+	if x != nil {
+		return x.NativeHuRef
+	}
+	return nil
+}
+
 // CropWindow is one window of a crop model's probabilities, placed on the
 // slice's native pixel grid; it may reach past the image's edges.
 type CropWindow struct {
@@ -1131,7 +1185,8 @@ type CropWindow struct {
 	X0     int32 `protobuf:"varint,2,opt,name=x0,proto3" json:"x0,omitempty"`
 	Height int32 `protobuf:"varint,3,opt,name=height,proto3" json:"height,omitempty"`
 	Width  int32 `protobuf:"varint,4,opt,name=width,proto3" json:"width,omitempty"`
-	// height*width little-endian float32 probabilities, row-major.
+	// height*width little-endian float32 probabilities, row-major (empty
+	// in a refined output, where they are merged into its map).
 	Prob          []byte `protobuf:"bytes,5,opt,name=prob,proto3" json:"prob,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
@@ -1534,7 +1589,7 @@ const file_proto_lungseg_v1_lungseg_proto_rawDesc = "" +
 	"\x02hu\x18\x02 \x01(\fR\x02hu\x12\x1b\n" +
 	"\tmask_bits\x18\x03 \x01(\fR\bmaskBits\x12\x19\n" +
 	"\bhas_mask\x18\x04 \x01(\bR\ahasMask\x12,\n" +
-	"\x06hu_ref\x18\x05 \x01(\v2\x15.lungseg.v1.ObjectRefR\x05huRef\"\xe4\x03\n" +
+	"\x06hu_ref\x18\x05 \x01(\v2\x15.lungseg.v1.ObjectRefR\x05huRef\"\xfc\x03\n" +
 	"\n" +
 	"ModelInput\x12)\n" +
 	"\x04meta\x18\x01 \x01(\v2\x15.lungseg.v1.SliceMetaR\x04meta\x12\x14\n" +
@@ -1553,7 +1608,8 @@ const file_proto_lungseg_v1_lungseg_proto_rawDesc = "" +
 	"\n" +
 	"field_bits\x18\r \x01(\fR\tfieldBits\x12\x1b\n" +
 	"\thas_field\x18\x0e \x01(\bR\bhasField\x120\n" +
-	"\tplacement\x18\x0f \x01(\v2\x12.lungseg.v1.RegionR\tplacement\"V\n" +
+	"\tplacement\x18\x0f \x01(\v2\x12.lungseg.v1.RegionR\tplacement\x12\x16\n" +
+	"\x06refine\x18\x10 \x01(\bR\x06refine\"V\n" +
 	"\x06Region\x12\x0e\n" +
 	"\x02y0\x18\x01 \x01(\x05R\x02y0\x12\x0e\n" +
 	"\x02x0\x18\x02 \x01(\x05R\x02x0\x12\x16\n" +
@@ -1569,7 +1625,7 @@ const file_proto_lungseg_v1_lungseg_proto_rawDesc = "" +
 	"\tmask_bits\x18\a \x01(\fR\bmaskBits\x12\x19\n" +
 	"\bhas_mask\x18\b \x01(\bR\ahasMask\x12\x1f\n" +
 	"\vparams_json\x18\t \x01(\tR\n" +
-	"paramsJson\"\xd1\x04\n" +
+	"paramsJson\"\xe2\x05\n" +
 	"\vModelOutput\x12)\n" +
 	"\x04meta\x18\x01 \x01(\v2\x15.lungseg.v1.SliceMetaR\x04meta\x12\x14\n" +
 	"\x05model\x18\x02 \x01(\tR\x05model\x12#\n" +
@@ -1591,7 +1647,12 @@ const file_proto_lungseg_v1_lungseg_proto_rawDesc = "" +
 	"\n" +
 	"field_bits\x18\x10 \x01(\fR\tfieldBits\x12\x1b\n" +
 	"\thas_field\x18\x11 \x01(\bR\bhasField\x120\n" +
-	"\tplacement\x18\x12 \x01(\v2\x12.lungseg.v1.RegionR\tplacement\"n\n" +
+	"\tplacement\x18\x12 \x01(\v2\x12.lungseg.v1.RegionR\tplacement\x12\x16\n" +
+	"\x06refine\x18\x13 \x01(\bR\x06refine\x12\x1f\n" +
+	"\vrefine_only\x18\x14 \x01(\bR\n" +
+	"refineOnly\x12\x1b\n" +
+	"\tnative_hu\x18\x15 \x01(\fR\bnativeHu\x129\n" +
+	"\rnative_hu_ref\x18\x16 \x01(\v2\x15.lungseg.v1.ObjectRefR\vnativeHuRef\"n\n" +
 	"\n" +
 	"CropWindow\x12\x0e\n" +
 	"\x02y0\x18\x01 \x01(\x05R\x02y0\x12\x0e\n" +
@@ -1666,12 +1727,13 @@ var file_proto_lungseg_v1_lungseg_proto_depIdxs = []int32{
 	2,  // 6: lungseg.v1.ModelOutput.meta:type_name -> lungseg.v1.SliceMeta
 	9,  // 7: lungseg.v1.ModelOutput.windows:type_name -> lungseg.v1.CropWindow
 	6,  // 8: lungseg.v1.ModelOutput.placement:type_name -> lungseg.v1.Region
-	2,  // 9: lungseg.v1.Score.meta:type_name -> lungseg.v1.SliceMeta
-	10, // [10:10] is the sub-list for method output_type
-	10, // [10:10] is the sub-list for method input_type
-	10, // [10:10] is the sub-list for extension type_name
-	10, // [10:10] is the sub-list for extension extendee
-	0,  // [0:10] is the sub-list for field type_name
+	3,  // 9: lungseg.v1.ModelOutput.native_hu_ref:type_name -> lungseg.v1.ObjectRef
+	2,  // 10: lungseg.v1.Score.meta:type_name -> lungseg.v1.SliceMeta
+	11, // [11:11] is the sub-list for method output_type
+	11, // [11:11] is the sub-list for method input_type
+	11, // [11:11] is the sub-list for extension type_name
+	11, // [11:11] is the sub-list for extension extendee
+	0,  // [0:11] is the sub-list for field type_name
 }
 
 func init() { file_proto_lungseg_v1_lungseg_proto_init() }
