@@ -8,6 +8,8 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"os"
+	"path/filepath"
 	"strconv"
 	"strings"
 	"sync"
@@ -93,6 +95,10 @@ type Collector struct {
 	// defaults): with the same minimum size, default spacing and
 	// thickness, the SR's nodules and measurements are the findings'.
 	Findings findings.Config
+	// Dir, when set, also receives each SEG and SR as a file, at its
+	// object key under Dir (<replay>/<model>/<series>.dcm and .sr.dcm);
+	// with JS nil, the collector only writes files (replay --seg-out).
+	Dir string
 
 	mu      sync.Mutex
 	pending map[string]*pendingSeries
@@ -268,6 +274,13 @@ func (c *Collector) write(ctx context.Context, scores []*lungsegv1.Score) error 
 			return err
 		}
 	}
+	if c.Dir != "" {
+		for key, data := range map[string][]byte{ObjectKey(meta.ReplayId, alg.Name, s.SeriesUID): ds, SRObjectKey(meta.ReplayId, alg.Name, s.SeriesUID): sr} {
+			if err := writeFile(c.Dir, key, data); err != nil {
+				return err
+			}
+		}
+	}
 	if c.Store != nil {
 		if err := c.Store(ctx, s.StudyUID, ds); err != nil {
 			return fmt.Errorf("seg: sending the SEG of series %s: %w", s.SeriesUID, err)
@@ -292,6 +305,23 @@ func ObjectKey(replay, model, series string) string {
 // SRObjectKey is the object store key of the SR beside its SEG.
 func SRObjectKey(replay, model, series string) string {
 	return strings.TrimSuffix(ObjectKey(replay, model, series), ".dcm") + ".sr.dcm"
+}
+
+// writeFile writes data at key under dir; the key's parts are UIDs,
+// model and replay names, none of which may leave dir.
+func writeFile(dir, key string, data []byte) error {
+	rel := filepath.Clean(filepath.FromSlash(key))
+	if filepath.IsAbs(rel) || rel == ".." || strings.HasPrefix(rel, ".."+string(filepath.Separator)) {
+		return fmt.Errorf("seg: %q would be written outside %s", key, dir)
+	}
+	p := filepath.Join(dir, rel)
+	if err := os.MkdirAll(filepath.Dir(p), 0o755); err != nil {
+		return fmt.Errorf("seg: %w", err)
+	}
+	if err := os.WriteFile(p, data, 0o644); err != nil {
+		return fmt.Errorf("seg: %w", err)
+	}
+	return nil
 }
 
 // event is what one result announcement says.
