@@ -12,6 +12,14 @@
 // the pipeline's slice metadata has no Frame of Reference or patient
 // orientation, the SEG does not carry plane positions: viewers map its
 // frames to the source images through the Source Image Sequence.
+//
+// Beside each SEG it writes a TID 1500 measurement report (Enhanced SR,
+// sr.go): one measurement group per nodule that score/findings groups
+// from the same masks (tracking identifier = the finding's id, long axis
+// and volume in UCUM units, finding site with laterality, the size-based
+// Lung-RADS estimate labelled as such, the algorithm, and references to
+// the SEG's segment and the source images). ReadSR reads one back. The
+// Collector writes both for each quiet series.
 package seg
 
 import (
