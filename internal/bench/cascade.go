@@ -12,17 +12,19 @@ import (
 	"github.com/lungseg/lungseg/pkg/lungfield"
 	"github.com/lungseg/lungseg/pkg/model"
 	"github.com/lungseg/lungseg/preprocess"
+	lungsegv1 "github.com/lungseg/lungseg/proto/lungseg/v1"
 	"github.com/lungseg/lungseg/score"
-	"github.com/lungseg/lungseg/segment"
-	"github.com/lungseg/lungseg/segment/cascade"
 	"github.com/lungseg/lungseg/segment/infer"
+	"github.com/lungseg/lungseg/segment/refine"
 )
 
 // Cascade is the per-slice cost of one "<detector>+crop" cascade against
 // its detector alone, on the same slices, model sessions and threads, in a
 // bare loop (no bus): what the cascade adds per slice, before the lung
 // field (candidates anywhere) and after it (the field computed from HU,
-// candidates only inside it), as the pipeline runs it.
+// candidates only inside it), as the pipeline runs it: the detector as
+// segment runs it, then the refine stage's own code (refine.Stage.Refine:
+// windows, crop model, merge) and score's threshold.
 type Cascade struct {
 	Model   string `json:"model"`
 	Threads int    `json:"threads"`
@@ -41,6 +43,16 @@ type Cascade struct {
 	FieldWindows   float64 `json:"field_windows"`
 	// LungFieldMs is the field's computation alone per slice.
 	LungFieldMs float64 `json:"lung_field_ms"`
+	// RefineMs is the refine stage's part of FieldMs per slice (windows,
+	// crop model, merge, threshold; no detector run): what selecting the
+	// cascade beside its detector costs, since segment runs the detector
+	// once for both.
+	RefineMs float64 `json:"refine_ms"`
+	// RatioBeside is the detector and its cascade together over the
+	// detector alone: (DetectorMs + RefineMs) / DetectorMs (before the
+	// refine stage, segment ran the detector a second time for the
+	// cascade: (DetectorMs + FieldMs) / DetectorMs).
+	RatioBeside float64 `json:"ratio_beside"`
 	// RatioNoField and RatioField are the cascade's cost over the
 	// detector's.
 	RatioNoField float64 `json:"ratio_no_field"`
@@ -93,20 +105,17 @@ func (r *runner) cascadeSlices() ([]cascadeSlice, string, error) {
 	return out, "phantoms", nil
 }
 
-// cascadeLoop runs a detector (and, with crop set, its cascade) over the
-// slices as segment and score do and returns the time and the crop
+// cascadeLoop runs a detector (and, with crop set, its cascade through
+// the refine stage's code) over the slices as segment, refine and score
+// do and returns the time, the part of it refine took, and the crop
 // windows run. field: compute each slice's lung field and plan candidates
 // inside it.
-func cascadeLoop(det, crop *infer.Session, dcard, ccard *model.Card, slices []cascadeSlice, field bool) (time.Duration, int, error) {
-	var p cascade.Params
-	if ccard != nil {
-		var err error
-		if p, err = cascade.ParamsOf(ccard); err != nil {
-			return 0, 0, err
-		}
-	}
+func cascadeLoop(det, crop *infer.Session, dcard, ccard *model.Card, slices []cascadeSlice, field bool) (total, refined time.Duration, windows int, err error) {
 	h, w := dcard.Input.Height, dcard.Input.Width
-	windows := 0
+	var rs *refine.Stage
+	if ccard != nil {
+		rs = &refine.Stage{Detector: dcard.Name, Crop: ccard, CropModel: crop}
+	}
 	start := time.Now()
 	for _, s := range slices {
 		var f *imgx.Mask
@@ -118,29 +127,36 @@ func cascadeLoop(det, crop *infer.Session, dcard, ccard *model.Card, slices []ca
 		}
 		prob, err := det.Run(preprocess.Input(s.hu, dcard), 1)
 		if err != nil {
-			return 0, 0, err
+			return 0, 0, 0, err
 		}
-		native := imgx.ResizeBilinear(prob, h, w, s.hu.Rows, s.hu.Cols)
-		if ccard == nil {
+		if rs == nil {
+			native := imgx.ResizeBilinear(prob, h, w, s.hu.Rows, s.hu.Cols)
 			score.Threshold(native, s.hu.Rows, s.hu.Cols, dcard.Threshold)
 			continue
 		}
-		wins := cascade.PlanIn(native, s.hu.Rows, s.hu.Cols, p, f)
-		probs, err := segment.RunWindows(crop, ccard, s.hu, wins)
-		if err != nil {
-			return 0, 0, err
-		}
-		windows += len(wins)
-		refined, err := cascade.Merge(native, s.hu.Rows, s.hu.Cols, wins, probs, p.Threshold)
-		if err != nil {
-			return 0, 0, err
-		}
-		m := cascade.Mask(refined, s.hu.Rows, s.hu.Cols, p.Threshold)
+		rstart := time.Now()
+		o := &lungsegv1.ModelOutput{Meta: &lungsegv1.SliceMeta{Rows: int32(s.hu.Rows), Cols: int32(s.hu.Cols)}, Model: dcard.Name,
+			Height: int32(h), Width: int32(w)}
 		if f != nil {
-			lungfield.Remove(m, f)
+			o.FieldBits, o.HasField = f.PackBits(), true
 		}
+		out, err := rs.Refine(o, prob, s.hu)
+		if err != nil {
+			return 0, 0, 0, err
+		}
+		windows += len(out.Windows)
+		// Score's side: decode the refined map, threshold it with ">".
+		m, err := imgx.DecodeFloat32(s.hu.Rows*s.hu.Cols, out.Prob)
+		if err != nil {
+			return 0, 0, 0, err
+		}
+		mask := score.Above(m, s.hu.Rows, s.hu.Cols, out.Threshold)
+		if f != nil {
+			lungfield.Remove(mask, f)
+		}
+		refined += time.Since(rstart)
 	}
-	return time.Since(start), windows, nil
+	return time.Since(start), refined, windows, nil
 }
 
 // cascades measures every selected cascade against its detector.
@@ -188,24 +204,25 @@ func (r *runner) cascades(ctx context.Context, reg *model.Registry, names []stri
 			err = func() error {
 				// warm-up: every path once on two slices
 				warm := slices[:min(2, len(slices))]
-				if _, _, err := cascadeLoop(det, crop, dcard, ccard, warm, true); err != nil {
+				if _, _, _, err := cascadeLoop(det, crop, dcard, ccard, warm, true); err != nil {
 					return err
 				}
-				var dt, nf, wf, lf []float64
+				var dt, nf, wf, lf, rf []float64
 				var nw, fw int
 				for round := 0; round < r.o.Rounds; round++ {
-					d, _, err := cascadeLoop(det, nil, dcard, nil, slices, false)
+					d, _, _, err := cascadeLoop(det, nil, dcard, nil, slices, false)
 					if err != nil {
 						return err
 					}
-					a, wa, err := cascadeLoop(det, crop, dcard, ccard, slices, false)
+					a, _, wa, err := cascadeLoop(det, crop, dcard, ccard, slices, false)
 					if err != nil {
 						return err
 					}
-					b, wb, err := cascadeLoop(det, crop, dcard, ccard, slices, true)
+					b, rb, wb, err := cascadeLoop(det, crop, dcard, ccard, slices, true)
 					if err != nil {
 						return err
 					}
+					rf = append(rf, 1e3*rb.Seconds()/n)
 					start := time.Now()
 					for _, s := range slices {
 						_, _ = lungfield.Compute(s.hu, s.rowMm, s.colMm, lungfield.Options{})
@@ -218,12 +235,13 @@ func (r *runner) cascades(ctx context.Context, reg *model.Registry, names []stri
 				}
 				c := Cascade{Model: dcard.Name + model.CropSuffix, Threads: t, Slices: len(slices), Source: source,
 					DetectorMs: median(dt), NoFieldMs: median(nf), FieldMs: median(wf), LungFieldMs: median(lf),
-					NoFieldWindows: float64(nw) / n, FieldWindows: float64(fw) / n}
+					NoFieldWindows: float64(nw) / n, FieldWindows: float64(fw) / n, RefineMs: median(rf)}
 				c.RatioNoField = ratio(c.NoFieldMs, c.DetectorMs)
 				c.RatioField = ratio(c.FieldMs, c.DetectorMs)
+				c.RatioBeside = ratio(c.DetectorMs+c.RefineMs, c.DetectorMs)
 				r.rep.Cascade = append(r.rep.Cascade, c)
-				r.progress("cascade %s threads %d: detector %.1f ms/slice, cascade %.1f ms (%.2f windows) without the lung field, %.1f ms (%.2f windows) with it",
-					c.Model, t, c.DetectorMs, c.NoFieldMs, c.NoFieldWindows, c.FieldMs, c.FieldWindows)
+				r.progress("cascade %s threads %d: detector %.1f ms/slice, cascade %.1f ms (%.2f windows) without the lung field, %.1f ms (%.2f windows) with it, of which refine %.1f ms",
+					c.Model, t, c.DetectorMs, c.NoFieldMs, c.NoFieldWindows, c.FieldMs, c.FieldWindows, c.RefineMs)
 				return nil
 			}()
 			crop.Close()

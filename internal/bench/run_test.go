@@ -254,6 +254,12 @@ func TestRunCascadeSection(t *testing.T) {
 	if c.DetectorMs <= 0 || c.NoFieldMs <= 0 || c.FieldMs <= 0 || c.RatioNoField != c.NoFieldMs/c.DetectorMs {
 		t.Errorf("timings %+v", c)
 	}
+	// Refine's part (windows, crop model, merge) is inside the cascade's
+	// time with the field, and the cascade beside its detector costs the
+	// detector once plus refine.
+	if c.RefineMs <= 0 || c.RefineMs >= c.FieldMs || c.RatioBeside != (c.DetectorMs+c.RefineMs)/c.DetectorMs {
+		t.Errorf("refine %.2f ms of %.2f ms, beside-detector ratio %.2f: %+v", c.RefineMs, c.FieldMs, c.RatioBeside, c)
+	}
 	var b strings.Builder
 	if err := rep.WriteTable(&b); err != nil || !strings.Contains(b.String(), "tiny-det+crop") {
 		t.Errorf("table without the cascade row (%v):\n%s", err, b.String())

@@ -73,10 +73,10 @@ func (rep *Report) WriteTable(w io.Writer) error {
 	}
 	if len(rep.Cascade) > 0 {
 		p("")
-		p("CASCADE\tTHREADS\tSLICES\tDETECTOR ms/slice\tCASCADE ms/slice (windows)\tRATIO\tWITH LUNG FIELD ms/slice (windows)\tRATIO\tFIELD ms/slice\tSLICES FROM")
+		p("CASCADE\tTHREADS\tSLICES\tDETECTOR ms/slice\tCASCADE ms/slice (windows)\tRATIO\tWITH LUNG FIELD ms/slice (windows)\tRATIO\tFIELD ms/slice\tREFINE ms/slice\tBESIDE DETECTOR RATIO\tSLICES FROM")
 		for _, c := range rep.Cascade {
-			p("%s\t%d\t%d\t%.1f\t%.1f (%.2f)\t%.2f\t%.1f (%.2f)\t%.2f\t%.1f\t%s", c.Model, c.Threads, c.Slices, c.DetectorMs,
-				c.NoFieldMs, c.NoFieldWindows, c.RatioNoField, c.FieldMs, c.FieldWindows, c.RatioField, c.LungFieldMs, c.Source)
+			p("%s\t%d\t%d\t%.1f\t%.1f (%.2f)\t%.2f\t%.1f (%.2f)\t%.2f\t%.1f\t%.1f\t%.2f\t%s", c.Model, c.Threads, c.Slices, c.DetectorMs,
+				c.NoFieldMs, c.NoFieldWindows, c.RatioNoField, c.FieldMs, c.FieldWindows, c.RatioField, c.LungFieldMs, c.RefineMs, c.RatioBeside, c.Source)
 		}
 	}
 	if len(rep.Memory) > 0 {

@@ -1,7 +1,7 @@
 // Package metrics holds the pipeline's Prometheus collectors: per-stage
 // message counters and processing latency (fed by stage.Hooks), model
 // inference latency per model and execution provider (fed by the
-// ModelOutput messages segment publishes), per-model score histograms, and
+// ModelOutput messages segment and refine publish), per-model score histograms, and
 // the pending counts of every durable consumer (polled from JetStream).
 //
 // Everything is registered on a registry the caller passes in, so tests
@@ -78,7 +78,7 @@ func New(reg prometheus.Registerer) (*Metrics, error) {
 		Processing: prometheus.NewHistogramVec(prometheus.HistogramOpts{Namespace: Namespace, Name: "stage_processing_seconds",
 			Help: "Time from delivery to acknowledgement of a message a stage processed.", Buckets: LatencyBuckets}, []string{"stage"}),
 		Inference: prometheus.NewHistogramVec(prometheus.HistogramOpts{Namespace: Namespace, Name: "model_inference_seconds",
-			Help: "Model inference time per slice, as segment measured it.", Buckets: LatencyBuckets}, []string{"model", "provider"}),
+			Help: "Model inference time per slice, as segment measured it (refine, for a cascade model+crop: its crop windows, merge included).", Buckets: LatencyBuckets}, []string{"model", "provider"}),
 		Dice: prometheus.NewHistogramVec(prometheus.HistogramOpts{Namespace: Namespace, Name: "score_dice",
 			Help: "Per-slice Dice of slices with ground truth.", Buckets: prometheus.LinearBuckets(0.1, 0.1, 10)}, []string{"model"}),
 		Pending:      gv("consumer_pending_messages", "Messages matching a durable consumer not yet delivered."),
