@@ -1,9 +1,9 @@
 // Package cascade holds the arithmetic of the two-model cascade
-// "<detector>+crop": where the crop windows go (segment runs the crop model
-// in them) and how the windows' probabilities merge with the detector's
-// map (score builds the refined map from them). It is pure Go with no
-// model or bus, so that both stages share one definition and tests can
-// check it on hand-made maps.
+// "<detector>+crop": where the crop windows go and how the windows'
+// probabilities merge with the detector's map. The refine stage
+// (segment/refine) does both and publishes the refined map, which score
+// thresholds (step 6) without knowing of windows. It is pure Go with no
+// model or bus, so that tests can check it on hand-made maps.
 //
 // The algorithm (its held-out evaluation runs it through the Go pipeline:
 // task eval-lidc, which replays pickles written by train's eval_pkl):
