@@ -1,7 +1,7 @@
 // Command lungseg runs the lung nodule segmentation pipeline: all stages
 // with an embedded NATS server (run), one stage against a NATS cluster
-// (ingest, preprocess, segment, score), replays of labelled data (replay,
-// demo), and tools (models, phantom).
+// (ingest, preprocess, segment, refine, score, findings), replays of
+// labelled data (replay, demo), and tools (models, phantom).
 package main
 
 import (
