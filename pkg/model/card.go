@@ -116,10 +116,37 @@ type Card struct {
 	Parameters int64           `json:"parameters,omitempty"`
 	Training   json.RawMessage `json:"training,omitempty"`
 	Validation json.RawMessage `json:"validation,omitempty"`
+	// Quantization is set on an int8 variant of a float model (made by
+	// train/lungseg_train/quantize.py). Quantised models are selected by
+	// name; "all" leaves them (and their cascades) out.
+	Quantization *Quantization `json:"quantization,omitempty"`
 
 	// Dir is the model's folder; not part of the card file.
 	Dir string `json:"-"`
 }
+
+// Quantization says how a quantised model was made; fields beyond these
+// are kept in the card file for people to read.
+type Quantization struct {
+	// Format is "QDQ" (ONNX QuantizeLinear/DequantizeLinear pairs).
+	Format string `json:"format"`
+	// From is the float model it was made from.
+	From struct {
+		Name    string `json:"name"`
+		Version string `json:"version"`
+	} `json:"from"`
+	// ValBareFloat and ValBareInt8 are the two models' figures on the
+	// validation bare crops (crop models), as the quantiser measured them.
+	ValBareFloat *struct {
+		Mean float64 `json:"mean"`
+	} `json:"val_bare_float,omitempty"`
+	ValBareInt8 *struct {
+		Mean float64 `json:"mean"`
+	} `json:"val_bare_int8,omitempty"`
+}
+
+// Quantized reports whether the card is a quantised variant.
+func (c *Card) Quantized() bool { return c.Quantization != nil }
 
 // Path returns the model file's path.
 func (c *Card) Path() string { return filepath.Join(c.Dir, ModelFile) }
@@ -364,7 +391,8 @@ func IsCascade(name string) bool { return strings.HasSuffix(name, CropSuffix) }
 
 // Resolve expands a model selection: "all" means every model, whole-slice
 // and crop (AllNames), then every runnable cascade (Cascades), "all+tta"
-// every model's TTA variant, "all+crop" every cascade; names are checked
+// every model's TTA variant, "all+crop" every cascade, each without the
+// quantised variants (selected by name only); names are checked
 // ("m+crop" needs a whole-slice m with a crop model paired with it);
 // duplicates are dropped; the order is kept.
 func (r *Registry) Resolve(names []string) ([]string, error) {
@@ -383,18 +411,26 @@ func (r *Registry) Resolve(names []string) ([]string, error) {
 			case "":
 			case "all":
 				for _, m := range r.AllNames() {
-					add(m)
+					if !r.quantized(m) {
+						add(m)
+					}
 				}
 				for _, m := range r.Cascades() {
-					add(m)
+					if !r.quantized(m) {
+						add(m)
+					}
 				}
 			case "all" + TTASuffix:
 				for _, m := range r.AllNames() {
-					add(m + TTASuffix)
+					if !r.quantized(m) {
+						add(m + TTASuffix)
+					}
 				}
 			case "all" + CropSuffix:
 				for _, m := range r.Cascades() {
-					add(m)
+					if !r.quantized(m) {
+						add(m)
+					}
 				}
 			default:
 				if err := r.check(part); err != nil {
@@ -405,6 +441,31 @@ func (r *Registry) Resolve(names []string) ([]string, error) {
 		}
 	}
 	return out, nil
+}
+
+// quantized reports whether a model or cascade selection runs a quantised
+// model (a cascade: its detector or its crop model).
+func (r *Registry) quantized(sel string) bool {
+	base, _ := SplitVariant(sel)
+	if c, ok := r.cards[base]; ok && c.Quantized() {
+		return true
+	}
+	if crop, ok := r.crops[base]; ok && IsCascade(sel) && crop.Quantized() {
+		return true
+	}
+	return false
+}
+
+// QuantizedOf returns the quantised variants made from the float model
+// name, in name order.
+func (r *Registry) QuantizedOf(name string) []*Card {
+	var out []*Card
+	for _, n := range r.AllNames() {
+		if c := r.cards[n]; c.Quantized() && c.Quantization.From.Name == name {
+			out = append(out, c)
+		}
+	}
+	return out
 }
 
 // check validates one selection name.

@@ -233,3 +233,44 @@ func TestBadCropCards(t *testing.T) {
 		})
 	}
 }
+
+// TestQuantizedLeftOutOfAll: int8 variants (cards with quantization) and
+// their cascades are selected by name; "all", "all+tta" and "all+crop"
+// leave them out; QuantizedOf finds a float model's variants.
+func TestQuantizedLeftOutOfAll(t *testing.T) {
+	dir := t.TempDir()
+	q := func(from, detector string) func(*model.Card) {
+		return func(c *model.Card) {
+			if detector != "" {
+				cropCard(detector)(c)
+			}
+			c.Quantization = &model.Quantization{Format: "QDQ"}
+			c.Quantization.From.Name = from
+		}
+	}
+	writeModel(t, dir, "a", nil)
+	writeModel(t, dir, "a-crop", cropCard("a"))
+	writeModel(t, dir, "a-int8", q("a", ""))
+	writeModel(t, dir, "a-int8-crop", q("a-crop", "a-int8"))
+	r, err := model.OpenRegistry(dir)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, tc := range []struct{ in, want []string }{
+		{[]string{"all"}, []string{"a", "a-crop", "a+crop"}},
+		{[]string{"all+tta"}, []string{"a+tta", "a-crop+tta"}},
+		{[]string{"all+crop"}, []string{"a+crop"}},
+		{[]string{"a-int8+crop,a-int8,all+crop"}, []string{"a-int8+crop", "a-int8", "a+crop"}},
+	} {
+		got, err := r.Resolve(tc.in)
+		if err != nil || !reflect.DeepEqual(got, tc.want) {
+			t.Errorf("Resolve(%v) = %v, %v; want %v", tc.in, got, err, tc.want)
+		}
+	}
+	if got := r.QuantizedOf("a"); len(got) != 1 || got[0].Name != "a-int8" {
+		t.Errorf("QuantizedOf(a) = %v", got)
+	}
+	if got := r.QuantizedOf("b"); len(got) != 0 {
+		t.Errorf("QuantizedOf(b) = %v", got)
+	}
+}
