@@ -288,6 +288,22 @@ func Run(ctx context.Context, o Options) (*Report, error) {
 		}
 		cards = append(cards, c)
 	}
+	// The inference section also measures each float model's int8
+	// variants, right after it, against it.
+	infCards := slices.Clone(cards)
+	if o.has(SectionInference) {
+		infCards = infCards[:0]
+		for _, c := range cards {
+			if !slices.Contains(infCards, c) {
+				infCards = append(infCards, c)
+			}
+			for _, q := range reg.QuantizedOf(c.Name) {
+				if !slices.Contains(infCards, q) {
+					infCards = append(infCards, q)
+				}
+			}
+		}
+	}
 	if len(cards) == 0 && !(o.has(SectionCascade) && slices.ContainsFunc(names, model.IsCascade)) {
 		return nil, fmt.Errorf("%w: no models selected", ErrOptions)
 	}
@@ -311,7 +327,7 @@ func Run(ctx context.Context, o Options) (*Report, error) {
 	rep.Python = py
 	r := &runner{o: o, tmp: tmp, py: py, rep: rep}
 	if o.has(SectionInference) {
-		if err := r.inference(ctx, cards); err != nil {
+		if err := r.inference(ctx, infCards); err != nil {
 			return rep, err
 		}
 	}

@@ -66,6 +66,14 @@ type Inference struct {
 	// RatioBest the same at each side's best batch (target ≤ 0.5).
 	RatioBatch1 float64 `json:"ratio_batch1,omitempty"`
 	RatioBest   float64 `json:"ratio_best,omitempty"`
+	// An int8 variant (card.quantization) is measured against its float
+	// model in the same run instead of PyTorch: FloatModel, RatioFloat
+	// (int8 time per image over the float model's at batch 1, same
+	// threads), and the mean Dice the card says quantisation cost on the
+	// validation bare crops (crop models; absent for whole-slice ones).
+	FloatModel      string   `json:"float_model,omitempty"`
+	RatioFloat      float64  `json:"ratio_float,omitempty"`
+	ValDiceLossCard *float64 `json:"val_dice_loss_card,omitempty"`
 }
 
 // benchInputs makes n model inputs from phantom slices for card.
@@ -157,7 +165,14 @@ func (r *runner) inference(ctx context.Context, cards []*model.Card) error {
 				return fmt.Errorf("bench: opening %s: %w", card.Name, err)
 			}
 			var torch *pyServer
-			if torchErr == nil {
+			if card.Quantized() {
+				res.FloatModel = card.Quantization.From.Name
+				res.TorchSkipped = "int8 variant: measured against " + res.FloatModel + " in this run"
+				if q := card.Quantization; q.ValBareFloat != nil && q.ValBareInt8 != nil {
+					loss := q.ValBareFloat.Mean - q.ValBareInt8.Mean
+					res.ValDiceLossCard = &loss
+				}
+			} else if torchErr == nil {
 				var hello torchHello
 				torch, err = startPy(ctx, r.py, filepath.Join(r.tmp, "torch_infer.py"),
 					[]string{"OMP_NUM_THREADS=" + strconv.Itoa(t), "MKL_NUM_THREADS=" + strconv.Itoa(t)}, &hello,
@@ -253,9 +268,19 @@ func (r *runner) inference(ctx context.Context, cards []*model.Card) error {
 				res.RatioBatch1 = ratio(res.Go.Batch1Ms, ts.Batch1Ms)
 				res.RatioBest = ratio(ts.BestImagesPerS, res.Go.BestImagesPerS)
 			}
+			if res.FloatModel != "" {
+				for _, f := range r.rep.Inference {
+					if f.Model == res.FloatModel && f.Threads == t {
+						res.RatioFloat = ratio(res.Go.Batch1Ms, f.Go.Batch1Ms)
+					}
+				}
+			}
 			r.rep.Inference = append(r.rep.Inference, res)
 			line := fmt.Sprintf("inference %s threads %d: go %.1f ms/img at batch 1, best %.2f img/s (batch %d)",
 				card.Name, t, res.Go.Batch1Ms, res.Go.BestImagesPerS, res.Go.BestBatch)
+			if res.RatioFloat > 0 {
+				line += fmt.Sprintf("; %.2f× the time of %s", res.RatioFloat, res.FloatModel)
+			}
 			if res.Torch != nil {
 				line += fmt.Sprintf("; torch %.1f ms, best %.2f img/s (batch %d); ratio %.2f / %.2f",
 					res.Torch.Batch1Ms, res.Torch.BestImagesPerS, res.Torch.BestBatch, res.RatioBatch1, res.RatioBest)

@@ -37,6 +37,28 @@ func (rep *Report) WriteTable(w io.Writer) error {
 				in.Go.BestImagesPerS, in.Go.BestBatch, tbest, rbest, par, fl)
 		}
 	}
+	var q8 []Inference
+	for _, in := range rep.Inference {
+		if in.FloatModel != "" {
+			q8 = append(q8, in)
+		}
+	}
+	if len(q8) > 0 {
+		p("")
+		p("INT8\tTHREADS\tFLOAT MODEL\tINT8 ms/img b1\tFLOAT ms/img b1\tRATIO b1\tVAL DICE LOSS (card)")
+		for _, in := range q8 {
+			fb1, loss := "-", "-"
+			for _, f := range rep.Inference {
+				if f.Model == in.FloatModel && f.Threads == in.Threads {
+					fb1 = fmt.Sprintf("%.1f", f.Go.Batch1Ms)
+				}
+			}
+			if in.ValDiceLossCard != nil {
+				loss = fmt.Sprintf("%+.4f", *in.ValDiceLossCard)
+			}
+			p("%s\t%d\t%s\t%.1f\t%s\t%.2f\t%s", in.Model, in.Threads, in.FloatModel, in.Go.Batch1Ms, fb1, in.RatioFloat, loss)
+		}
+	}
 	if len(rep.Pipeline) > 0 {
 		p("")
 		p("PIPELINE\tTHREADS\tSLICES\tPIPELINE slices/s\tBARE LOOP slices/s\tRATIO\tINFERENCE SHARE")

@@ -6,6 +6,14 @@ import "fmt"
 func targets(rep *Report) []Target {
 	var ts []Target
 	for _, in := range rep.Inference {
+		if in.ValDiceLossCard != nil {
+			ts = append(ts, Target{
+				Name:  fmt.Sprintf("int8 %s, %d thread(s)", in.Model, in.Threads),
+				Goal:  "mean Dice lost to int8 on the validation bare crops ≤ 0.01 (card)",
+				Value: *in.ValDiceLossCard, Met: *in.ValDiceLossCard <= 0.01,
+				Note:  fmt.Sprintf("%.2f× the time of %s per image at batch 1", in.RatioFloat, in.FloatModel),
+			})
+		}
 		if in.Torch == nil {
 			continue
 		}
