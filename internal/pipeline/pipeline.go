@@ -235,7 +235,9 @@ func Run(ctx context.Context, js jetstream.JetStream, cfg Config, log zerolog.Lo
 				return err
 			}
 			detectors := Detectors(cfg.Registry, selected)
-			if len(detectors) > 0 {
+			if len(detectors) == 0 {
+				log.Info().Strs("models", selected).Msg("refine: no +crop cascade selected, nothing to refine")
+			} else {
 				if err := ortlib.Init(ctx, log); err != nil {
 					return fmt.Errorf("pipeline: loading ONNX Runtime: %w", err)
 				}
