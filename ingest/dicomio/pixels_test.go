@@ -386,3 +386,26 @@ func TestReadFileBufferReuse(t *testing.T) {
 		}
 	}
 }
+
+// TestHasExtreme: an int16 extreme anywhere (in the eight-pixel steps or the
+// tail) is found; a frame without one is not flagged.
+func TestHasExtreme(t *testing.T) {
+	for _, n := range []int{0, 1, 7, 8, 9, 64, 67} {
+		pix := make([]int16, n)
+		for i := range pix {
+			pix[i] = int16(i*37%2000 - 1000)
+		}
+		if hasExtreme(pix) {
+			t.Errorf("n=%d: no extreme, reported one", n)
+		}
+		for i := range n {
+			for _, v := range []int16{math.MinInt16, math.MaxInt16} {
+				q := slices.Clone(pix)
+				q[i] = v
+				if !hasExtreme(q) {
+					t.Errorf("n=%d: %d at %d not found", n, v, i)
+				}
+			}
+		}
+	}
+}

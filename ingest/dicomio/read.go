@@ -535,7 +535,11 @@ func fromDataset(ds dicom.Dataset, sr scanResult, b []byte) (*Image, error) {
 			return nil, err
 		}
 		fr.HU = decodeFrame(src, pf, slope, intercept)
-		if lo, hi := huRange(pf, slope, intercept); lo < math.MinInt16 || hi > math.MaxInt16 {
+		// Every clamped pixel holds an int16 extreme, so the exact count
+		// (per pixel, in float) runs only on a frame that has one: a CT
+		// with signed stored values and intercept -1024 can reach below
+		// the range in principle, but almost never does.
+		if lo, hi := huRange(pf, slope, intercept); (lo < math.MinInt16 || hi > math.MaxInt16) && hasExtreme(fr.HU.Pix) {
 			if n, first, v := countOutside(src, pf, slope, intercept); n > 0 {
 				fr.Warnings = append(fr.Warnings, fmt.Sprintf(
 					"%d of %d pixels outside the int16 HU range clamped to it (the first, at pixel %d (row %d, col %d), is %g HU: RescaleSlope %g and RescaleIntercept %g map the stored values to %g..%g HU)",
@@ -670,6 +674,23 @@ func huRange(pf pixelFormat, slope, intercept float64) (lo, hi float64) {
 		lo, hi = hi, lo
 	}
 	return lo, hi
+}
+
+// hasExtreme reports whether any of pix is math.MinInt16 or math.MaxInt16,
+// the values clamping leaves. It folds eight pixels a step into two
+// accumulators without a branch.
+func hasExtreme(pix []int16) bool {
+	var lo, hi int16 = math.MaxInt16, math.MinInt16
+	for len(pix) >= 8 {
+		p := pix[:8]
+		lo = min(lo, p[0], p[1], p[2], p[3], p[4], p[5], p[6], p[7])
+		hi = max(hi, p[0], p[1], p[2], p[3], p[4], p[5], p[6], p[7])
+		pix = pix[8:]
+	}
+	for _, v := range pix {
+		lo, hi = min(lo, v), max(hi, v)
+	}
+	return lo == math.MinInt16 || hi == math.MaxInt16
 }
 
 // countOutside counts the pixels of a frame whose HU (rounded) fall
