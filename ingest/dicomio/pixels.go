@@ -16,7 +16,9 @@ import (
 // intercept) take integer loops with no per-pixel branch; 16 signed bits
 // stored, the usual case, is a saturating add of the intercept, eight
 // pixels per SSE2 instruction on amd64 (pixels_amd64.s), four per 64-bit
-// word elsewhere. Every other layout takes decodeGeneric, the plain
+// word elsewhere; unsigned samples of up to 15 bits at the bottom of the
+// word (12 bits stored at high bit 11) are masked first, then added the
+// same way. Every other layout takes decodeGeneric, the plain
 // per-pixel definition.
 func decodeFrame(raw []byte, pf pixelFormat, slope, intercept float64) *imgx.HU {
 	n := pf.rows * pf.cols
@@ -29,6 +31,13 @@ func decodeFrame(raw []byte, pf pixelFormat, slope, intercept float64) *imgx.HU 
 	ic := int32(intercept)
 	if pf.signed && pf.bitsStored == 16 && ic >= math.MinInt16 && ic <= math.MaxInt16 {
 		addSatS16(hu.Pix, raw, int16(ic))
+		return hu
+	}
+	if !pf.signed && pf.bitsStored <= 15 && pf.highBit == pf.bitsStored-1 && ic >= math.MinInt16 && ic <= math.MaxInt16 {
+		// unsigned 12-bit (or up to 15-bit) samples at the bottom of the
+		// word, the other usual CT layout: masked, then the same
+		// saturating add
+		maskAddSatS16(hu.Pix, raw, pf.bitsStored, int16(ic))
 		return hu
 	}
 	decodeLE16(hu.Pix, raw, pf.highBit, pf.bitsStored, pf.signed, ic)

@@ -24,3 +24,23 @@ func addSatS16(dst []int16, raw []byte, ic int16) {
 		dst[i] = int16(min(max(v, math.MinInt16), math.MaxInt16))
 	}
 }
+
+// maskAddSatS16SSE2 is in pixels_amd64.s.
+//
+//go:noescape
+func maskAddSatS16SSE2(dst []int16, src []byte, mask uint16, ic int16)
+
+// maskAddSatS16 sets dst[i] to the little-endian word at raw[2i] masked
+// to its low bits (unsigned samples of bits ≤ 15 bits at the bottom of the
+// word) plus ic, clamped to the int16 range: eight pixels per SSE2 step,
+// then the last few one by one. raw must hold 2*len(dst) bytes.
+func maskAddSatS16(dst []int16, raw []byte, bits int, ic int16) {
+	raw = raw[:2*len(dst)]
+	mask := uint16(1)<<uint(bits) - 1
+	n := len(dst) &^ 7
+	maskAddSatS16SSE2(dst[:n], raw[:2*n], mask, ic)
+	for i := n; i < len(dst); i++ {
+		v := int32(binary.LittleEndian.Uint16(raw[2*i:])&mask) + int32(ic)
+		dst[i] = int16(min(max(v, math.MinInt16), math.MaxInt16))
+	}
+}

@@ -11,3 +11,10 @@ func addSatS16(dst []int16, raw []byte, ic int16) {
 		decodeLE16(dst, raw, 15, 16, true, int32(ic))
 	}
 }
+
+// maskAddSatS16 sets dst[i] to the little-endian word at raw[2i] masked
+// to its low bits (unsigned samples of bits ≤ 15 bits at the bottom of the
+// word) plus ic, clamped to the int16 range (decodeLE16's loop).
+func maskAddSatS16(dst []int16, raw []byte, bits int, ic int16) {
+	decodeLE16(dst, raw, bits-1, bits, false, int32(ic))
+}

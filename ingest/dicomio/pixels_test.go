@@ -331,6 +331,42 @@ func TestAddSatS16(t *testing.T) {
 	}
 }
 
+// TestMaskAddSatS16 checks maskAddSatS16 (SSE2 on amd64, decodeLE16
+// elsewhere) against the per-pixel definition (decodeGeneric) for unsigned
+// samples of 8 to 15 bits at the bottom of the word with random high bits
+// set, every length up to 40 and a 512×512 frame, with intercepts that
+// saturate both ways.
+func TestMaskAddSatS16(t *testing.T) {
+	rng := rand.New(rand.NewPCG(7, 8))
+	lengths := make([]int, 0, 42)
+	for n := range 41 {
+		lengths = append(lengths, n)
+	}
+	lengths = append(lengths, 512*512)
+	for _, bits := range []int{8, 12, 15} {
+		for _, ic := range []int16{0, -1024, 1024, math.MinInt16, math.MaxInt16} {
+			for _, n := range lengths {
+				raw := make([]byte, 2*n)
+				for i := range raw {
+					raw[i] = byte(rng.Uint32())
+				}
+				pf := pixelFormat{rows: 1, cols: n, frames: 1, bitsAllocated: 16, bitsStored: bits, highBit: bits - 1, bo: binary.LittleEndian}
+				want := make([]int16, n)
+				decodeGeneric(want, raw, pf, 1, float64(ic))
+				got := make([]int16, n)
+				maskAddSatS16(got, raw, bits, ic)
+				if !slices.Equal(got, want) {
+					for i := range got {
+						if got[i] != want[i] {
+							t.Fatalf("%d bits, length %d, intercept %d: pixel %d is %d, want %d", bits, n, ic, i, got[i], want[i])
+						}
+					}
+				}
+			}
+		}
+	}
+}
+
 // TestReadFileBufferReuse checks that ReadFile's pooled file buffers
 // leak into no Image: images read earlier keep their HU while other
 // files are read, concurrently, into the same buffers.
