@@ -12,12 +12,12 @@ import (
 // ShippedModels are the registry models the manifests deploy a segment
 // consumer for (the folders of models/, crop models included: `--models
 // all` runs them alone too).
-var ShippedModels = []string{"resnet50-unet-small", "resnet50-unet-small-crop", "swin-unet-small", "swin-unet-small-crop",
-	"unetr-small", "unetr-small-crop"}
+var ShippedModels = []string{"resnet50-unet-small", "resnet50-unet-small-crop", "resnet50-unet-small-int8",
+	"resnet50-unet-small-int8-crop", "swin-unet-small", "swin-unet-small-crop", "unetr-small", "unetr-small-crop"}
 
 // ShippedCascades are the cascades of the shipped models (each detector's
 // "+crop"), for which the manifests deploy a refine consumer.
-var ShippedCascades = []string{"resnet50-unet-small+crop", "swin-unet-small+crop", "unetr-small+crop"}
+var ShippedCascades = []string{"resnet50-unet-small+crop", "resnet50-unet-small-int8+crop", "swin-unet-small+crop", "unetr-small+crop"}
 
 // Files returns the generated files, keyed by path relative to deploy/.
 func Files() (map[string][]byte, error) {

@@ -37,7 +37,7 @@ func readFloats(t *testing.T, path string, n int) []float32 {
 
 // TestShippedModelsMatchPyTorch runs every shipped model in the registry
 // (crop models included) on the inputs stored beside it and compares the logits with the PyTorch
-// outputs stored there (max abs difference ≤ 1e-4).
+// outputs stored there (max abs difference ≤ 1e-4; int8 models: see below).
 func TestShippedModelsMatchPyTorch(t *testing.T) {
 	dir := filepath.Join(testenv.RepoRoot(t), "models")
 	reg, err := model.OpenRegistry(dir)
@@ -86,9 +86,31 @@ func TestShippedModelsMatchPyTorch(t *testing.T) {
 					worstP = d
 				}
 			}
-			// every shipped model, logits and probabilities, within 1e-4
-			const tol = 1e-4
 			t.Logf("%s: max |ORT(Go) - PyTorch| = %.3g on logits, %.3g on probabilities, over %d pixels", name, worst, worstP, len(want))
+			if card.Quantized() {
+				// An int8 model against its fake-quantised graph run by
+				// PyTorch (lungseg_train.quantize.interpret): ONNX Runtime's
+				// integer kernels round each requantisation on their own,
+				// so the logits may differ by a few output quantisation
+				// steps (the tolerance parity.json gives), and the masks at
+				// the card's threshold must agree on 99.9% of the pixels.
+				differ := 0
+				for i := range want {
+					if (sigmoid(got[i]) >= card.Threshold) != (sigmoid(want[i]) >= card.Threshold) {
+						differ++
+					}
+				}
+				t.Logf("%s: masks at %.2f differ on %d of %d pixels", name, card.Threshold, differ, len(want))
+				if !(p.Tolerance > 0 && p.Tolerance <= 2) || !(worst <= p.Tolerance) {
+					t.Errorf("max abs logit difference %.3g, tolerance %g (want (0, 2])", worst, p.Tolerance)
+				}
+				if float64(differ) > 0.001*float64(len(want)) {
+					t.Errorf("masks differ on %d of %d pixels (> 0.1%%)", differ, len(want))
+				}
+				return
+			}
+			// every float model, logits and probabilities, within 1e-4
+			const tol = 1e-4
 			if !(worst <= tol) {
 				t.Errorf("max abs logit difference %.3g > %g", worst, tol)
 			}
