@@ -28,6 +28,9 @@ func cmdBench(ctx context.Context, args []string) error {
 	memoryRows := fs.String("memory-rows", "264,708,2124", "memory section: pickle rows per replay")
 	memoryUnbound := fs.Bool("memory-unbound", false, "memory section: also replay each pickle without the ingest backlog bound")
 	maxBacklogMB := fs.Int("max-backlog-mb", 0, "memory section: the ingest backlog bound in MB (0: the default)")
+	ctSeries := fs.String("ct-series", "", "decode section: folder of real CT series (default ../shared/data/ct_series when present; none: phantoms and CT_small only)")
+	seriesDir := fs.String("series-dir", "", "series section: folder of the series sent by C-STORE (default popi_00_141 of the ct_series; none: skip)")
+	seriesQuiet := fs.Duration("series-quiet", bench.DefaultSeriesQuiet, "series section: quiet period after which the SEG and findings of a series are written")
 	cascadeSeries := fs.String("cascade-series", "", "cascade section: folder of DICOM slices (default ../shared/data/ct_series/popi_00_141 when present, else phantoms; none: phantoms)")
 	python := fs.String("python", "", "Python interpreter for the reference side (default /usr/bin/python3, else python3; none to skip)")
 	trainDir := fs.String("train-dir", "", "folder holding lungseg_train (default: train beside --models-dir, or ./train)")
@@ -90,7 +93,7 @@ func cmdBench(ctx context.Context, args []string) error {
 	o := bench.Options{
 		ModelsDir: *modelsDir, Models: strings.Split(*modelSel, ","), N: *n, Rounds: *rounds,
 		Threads: th, Batches: bs, Sections: strings.Split(*sections, ","), Python: *python,
-		CascadeSeries: *cascadeSeries, TrainDir: *trainDir, Provider: *provider, FP16: *fp16, PeakTFLOPs: *peak, BatchMax: *batchMax, BatchWait: *batchWait, BatchWorkers: *batchWorkers, Progress: os.Stderr, Log: &log,
+		CascadeSeries: *cascadeSeries, CTSeries: *ctSeries, SeriesDir: *seriesDir, SeriesQuiet: *seriesQuiet, TrainDir: *trainDir, Provider: *provider, FP16: *fp16, PeakTFLOPs: *peak, BatchMax: *batchMax, BatchWait: *batchWait, BatchWorkers: *batchWorkers, Progress: os.Stderr, Log: &log,
 		MemoryRows: mrows, MemoryUnbound: *memoryUnbound, MaxBacklog: int64(*maxBacklogMB) << 20,
 	}
 	rep, err := bench.Run(ctx, o)

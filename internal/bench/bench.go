@@ -15,7 +15,13 @@
 //   - decode: dicomio.ReadFile against pydicom, the pickle reader against
 //     pandas.read_pickle, with the peak memory of each;
 //   - cascade: each "<detector>+crop" cascade against its detector alone
-//     per slice on a real CT series, without and with the lung field.
+//     per slice on a real CT series, without and with the lung field;
+//   - series: a real 141-slice series sent by C-STORE, from the first byte
+//     received to its SEG published, against the sum of its bare
+//     inference, with where the rest of the time goes.
+//
+// Every figure is reported as min, median and max over rounds (Spread);
+// targets are judged on the median.
 //
 // Run returns a Report; Report.WriteTable prints it and JSON marshals it.
 // The Python side is skipped, with a note, when no interpreter with the
@@ -50,6 +56,9 @@ const (
 	SectionBatching  = "batching"
 	SectionDecode    = "decode"
 	SectionCascade   = "cascade"
+	// SectionSeries sends a whole real series by C-STORE and times it to
+	// its SEG (series.go).
+	SectionSeries = "series"
 	// SectionMemory replays pickles of MemoryRows rows and reports peak
 	// RSS, live heap, backlog and disk use (not in DefaultSections: it
 	// takes minutes).
@@ -57,10 +66,10 @@ const (
 )
 
 // AllSections lists the sections in the order they run.
-var AllSections = []string{SectionInference, SectionPipeline, SectionBatching, SectionDecode, SectionCascade, SectionMemory}
+var AllSections = []string{SectionInference, SectionPipeline, SectionBatching, SectionDecode, SectionCascade, SectionSeries, SectionMemory}
 
 // DefaultSections are the sections run when none are named.
-var DefaultSections = []string{SectionInference, SectionPipeline, SectionBatching, SectionDecode, SectionCascade}
+var DefaultSections = []string{SectionInference, SectionPipeline, SectionBatching, SectionDecode, SectionCascade, SectionSeries}
 
 // ErrOptions reports unusable options.
 var ErrOptions = errors.New("bench: bad options")
@@ -115,6 +124,16 @@ type Options struct {
 	// (default: ../shared/data/ct_series/popi_00_141 beside the repository
 	// when present, else the phantom series; "none": the phantoms).
 	CascadeSeries string
+	// CTSeries is the folder of real CT series the decode section reads
+	// (default: ../shared/data/ct_series beside the repository when
+	// present; "none": phantoms and CT_small only).
+	CTSeries string
+	// SeriesDir is the series sent by C-STORE in the series section
+	// (default: popi_00_141 of CTSeries; "none": skip the section) and
+	// SeriesQuiet the quiet period after which the SEG collector and the
+	// findings stage count a series complete (default DefaultSeriesQuiet).
+	SeriesDir   string
+	SeriesQuiet time.Duration
 	// MemoryRows are the pickle sizes of the memory section (default
 	// DefaultMemoryRows), MaxBacklog its ingest backlog bound in bytes (0:
 	// bus.DefaultMaxBacklog), and MemoryUnbound measures each size again
@@ -218,21 +237,22 @@ type Host struct {
 
 // Report is the outcome of a bench run.
 type Report struct {
-	Started   time.Time   `json:"started"`
-	Seconds   float64     `json:"seconds"`
-	Host      Host        `json:"host"`
-	Command   string      `json:"command,omitempty"`
-	Provider  string      `json:"provider"`
-	N         int         `json:"n"`
-	Rounds    int         `json:"rounds"`
-	Python    string      `json:"python,omitempty"`
-	Inference []Inference `json:"inference,omitempty"`
-	Pipeline  []Pipeline  `json:"pipeline,omitempty"`
-	Batching  []Batching  `json:"batching,omitempty"`
-	Decode    *Decode     `json:"decode,omitempty"`
-	Cascade   []Cascade   `json:"cascade,omitempty"`
-	Memory    []Memory    `json:"memory,omitempty"`
-	Targets   []Target    `json:"targets"`
+	Started   time.Time       `json:"started"`
+	Seconds   float64         `json:"seconds"`
+	Host      Host            `json:"host"`
+	Command   string          `json:"command,omitempty"`
+	Provider  string          `json:"provider"`
+	N         int             `json:"n"`
+	Rounds    int             `json:"rounds"`
+	Python    string          `json:"python,omitempty"`
+	Inference []Inference     `json:"inference,omitempty"`
+	Pipeline  []Pipeline      `json:"pipeline,omitempty"`
+	Batching  []Batching      `json:"batching,omitempty"`
+	Decode    *Decode         `json:"decode,omitempty"`
+	Cascade   []Cascade       `json:"cascade,omitempty"`
+	Series    []SeriesLatency `json:"series,omitempty"`
+	Memory    []Memory        `json:"memory,omitempty"`
+	Targets   []Target        `json:"targets"`
 	// Skipped lists what was not measured, and why.
 	Skipped []string `json:"skipped,omitempty"`
 }
@@ -304,7 +324,7 @@ func Run(ctx context.Context, o Options) (*Report, error) {
 			}
 		}
 	}
-	if len(cards) == 0 && !(o.has(SectionCascade) && slices.ContainsFunc(names, model.IsCascade)) {
+	if len(cards) == 0 && !((o.has(SectionCascade) || o.has(SectionSeries)) && slices.ContainsFunc(names, model.IsCascade)) {
 		return nil, fmt.Errorf("%w: no models selected", ErrOptions)
 	}
 	tmp, err := os.MkdirTemp("", "lungseg-bench-")
@@ -351,6 +371,11 @@ func Run(ctx context.Context, o Options) (*Report, error) {
 			return rep, err
 		}
 	}
+	if o.has(SectionSeries) {
+		if err := r.seriesLatency(ctx, reg, names, cards); err != nil {
+			return rep, err
+		}
+	}
 	if o.has(SectionMemory) {
 		if err := r.memory(ctx, reg, cards); err != nil {
 			return rep, err
@@ -369,6 +394,8 @@ type runner struct {
 	rep *Report
 
 	series, warm *phantomSet
+	// oneRound makes decode comparisons run a single round (the 2N pickle).
+	oneRound bool
 }
 
 func (r *runner) progress(format string, args ...any) {

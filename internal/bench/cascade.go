@@ -57,6 +57,11 @@ type Cascade struct {
 	// detector's.
 	RatioNoField float64 `json:"ratio_no_field"`
 	RatioField   float64 `json:"ratio_field"`
+	// DetectorSpread, FieldSpread and RatioFieldSpread are the min, median
+	// and max over rounds (the ratio over paired rounds).
+	DetectorSpread   Spread `json:"detector_spread"`
+	FieldSpread      Spread `json:"field_spread"`
+	RatioFieldSpread Spread `json:"ratio_field_spread"`
 }
 
 // cascadeSlice is one slice of the cascade section.
@@ -235,7 +240,8 @@ func (r *runner) cascades(ctx context.Context, reg *model.Registry, names []stri
 				}
 				c := Cascade{Model: dcard.Name + model.CropSuffix, Threads: t, Slices: len(slices), Source: source,
 					DetectorMs: median(dt), NoFieldMs: median(nf), FieldMs: median(wf), LungFieldMs: median(lf),
-					NoFieldWindows: float64(nw) / n, FieldWindows: float64(fw) / n, RefineMs: median(rf)}
+					NoFieldWindows: float64(nw) / n, FieldWindows: float64(fw) / n, RefineMs: median(rf),
+					DetectorSpread: spreadOf(dt), FieldSpread: spreadOf(wf), RatioFieldSpread: spreadOf(ratios(wf, dt))}
 				c.RatioNoField = ratio(c.NoFieldMs, c.DetectorMs)
 				c.RatioField = ratio(c.FieldMs, c.DetectorMs)
 				c.RatioBeside = ratio(c.DetectorMs+c.RefineMs, c.DetectorMs)

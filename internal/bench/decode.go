@@ -20,8 +20,10 @@ import (
 type DecodeSide struct {
 	// Seconds is the median over rounds of one pass over the input.
 	Seconds float64 `json:"seconds"`
-	// PerItemMs is Seconds per file (DICOM) or row (pickle), in ms.
-	PerItemMs float64 `json:"per_item_ms"`
+	// PerItemMs is Seconds per file (DICOM) or row (pickle), in ms, and
+	// PerItemSpread its min, median and max over the rounds.
+	PerItemMs     float64 `json:"per_item_ms"`
+	PerItemSpread Spread  `json:"per_item_spread"`
 	// PeakMB is the memory a pass adds at its peak: for Go the heap
 	// objects (runtime/metrics, sampled every 200µs in a separate untimed
 	// pass, after a GC), for Python the growth of the process's high-water
@@ -29,15 +31,22 @@ type DecodeSide struct {
 	PeakMB float64 `json:"peak_mb"`
 }
 
-// DecodeCompare is Go against Python on one input set.
+// DecodeCompare is Go against Python (or, for RLE, dcmtk) on one input
+// set.
 type DecodeCompare struct {
-	Items  int         `json:"items"`
-	Bytes  int64       `json:"bytes"`
-	Go     DecodeSide  `json:"go"`
-	Python *DecodeSide `json:"python,omitempty"`
-	// Speedup is Python's time over Go's.
-	Speedup float64 `json:"speedup,omitempty"`
-	Skipped string  `json:"python_skipped,omitempty"`
+	// Name says which files (phantoms, a real series, CT_small) and how
+	// they are stored; Reference names the other side.
+	Name      string      `json:"name,omitempty"`
+	Reference string      `json:"reference,omitempty"`
+	Items     int         `json:"items"`
+	Bytes     int64       `json:"bytes"`
+	Go        DecodeSide  `json:"go"`
+	Python    *DecodeSide `json:"python,omitempty"`
+	// Speedup is Python's time over Go's (medians over rounds), and
+	// SpeedupSpread the same over paired rounds.
+	Speedup       float64 `json:"speedup,omitempty"`
+	SpeedupSpread Spread  `json:"speedup_spread"`
+	Skipped       string  `json:"python_skipped,omitempty"`
 }
 
 // Decode holds the decoding comparisons.
@@ -45,6 +54,13 @@ type Decode struct {
 	// DICOM: dicomio.ReadFile against pydicom dcmread + pixel_array +
 	// apply_modality_lut, over the phantom CT series (512×512, 16-bit).
 	DICOM *DecodeCompare `json:"dicom,omitempty"`
+	// Real are the real files (decode_real.go): uncompressed (pydicom's
+	// CT_small, ct_series/lungmask_1, and popi_00_141 decompressed by
+	// dcmdrle into the run's temporary folder), where decompression is
+	// excluded, and the RLE series as stored, against pydicom.
+	Real []*DecodeCompare `json:"real,omitempty"`
+	// RLE is RLE decompression alone, Go against dcmtk's dcmdrle.
+	RLE *RLECompare `json:"rle,omitempty"`
 	// Pickle: pickle.Read (every row to an ingest.Item) against
 	// pd.read_pickle plus touching every row's arrays, on a
 	// Mendeley-layout DataFrame pickle of N rows.
@@ -172,7 +188,7 @@ func (r *runner) compare(ctx context.Context, what string, items int, bytes int6
 		c.Skipped = pyErr.Error()
 	}
 	var goSecs, pySecs []float64
-	for round := 0; round < r.o.Rounds; round++ {
+	for round := 0; round < r.decodeRounds(); round++ {
 		runGo := func() error {
 			st := time.Now()
 			if err := goPass(); err != nil {
@@ -210,19 +226,34 @@ func (r *runner) compare(ctx context.Context, what string, items int, bytes int6
 	if err != nil {
 		return nil, err
 	}
-	c.Go = DecodeSide{Seconds: median(goSecs), PeakMB: peak}
+	perItem := 1000 / float64(items)
+	c.Go = DecodeSide{Seconds: median(goSecs), PeakMB: peak, PerItemSpread: spreadOf(goSecs).scaled(perItem)}
 	c.Go.PerItemMs = 1000 * c.Go.Seconds / float64(items)
 	if c.Python != nil {
 		c.Python.Seconds = median(pySecs)
 		c.Python.PerItemMs = 1000 * c.Python.Seconds / float64(items)
+		c.Python.PerItemSpread = spreadOf(pySecs).scaled(perItem)
 		c.Speedup = ratio(c.Python.Seconds, c.Go.Seconds)
+		c.SpeedupSpread = spreadOf(ratios(pySecs, goSecs))
 	}
-	line := fmt.Sprintf("decode %s (%d items, %.1f MB): go %.2f ms/item, peak +%.1f MB", what, items, float64(bytes)/1e6, c.Go.PerItemMs, c.Go.PeakMB)
+	line := fmt.Sprintf("decode %s (%d items, %.1f MB): go %s ms/item, peak +%.1f MB", what, items, float64(bytes)/1e6, c.Go.PerItemSpread.format(3), c.Go.PeakMB)
 	if c.Python != nil {
-		line += fmt.Sprintf("; python %.2f ms/item, peak +%.1f MB; speedup %.2f", c.Python.PerItemMs, c.Python.PeakMB, c.Speedup)
+		line += fmt.Sprintf("; python %s ms/item, peak +%.1f MB; speedup %s", c.Python.PerItemSpread.format(3), c.Python.PeakMB, c.SpeedupSpread.format(2))
 	}
 	r.progress("%s", line)
 	return c, nil
+}
+
+// minDecodeRounds is the fewest rounds of a decode comparison: a pass is
+// short (tens of ms), so a few more rounds than the default three cost
+// little and give the spread something to show.
+const minDecodeRounds = 7
+
+func (r *runner) decodeRounds() int {
+	if r.oneRound {
+		return 1
+	}
+	return max(r.o.Rounds, minDecodeRounds)
 }
 
 func fileSize(paths ...string) int64 {
@@ -256,6 +287,10 @@ func (r *runner) decode(ctx context.Context) error {
 	}
 	if d.DICOM, err = r.compare(ctx, "dicom", len(set.files), fileSize(set.files...),
 		func() error { return goDICOM(set.files) }, dcmErr, "pydicom_decode.py", "--files", list); err != nil {
+		return err
+	}
+	d.DICOM.Name, d.DICOM.Reference = "phantoms (native)", "pydicom"
+	if err := r.decodeReal(ctx, d, dcmErr); err != nil {
 		return err
 	}
 
@@ -294,10 +329,10 @@ func (r *runner) decode(ctx context.Context) error {
 	}
 	defer os.Remove(large)
 	o := r.o
-	r.o.Rounds = 1
+	r.o.Rounds, r.oneRound = 1, true
 	d.PickleLarge, err = r.compare(ctx, "pickle 2N", 2*n, fileSize(large),
 		func() error { return goPickle(ctx, large, 2*n) }, pdErr, "pandas_read.py", "--file", large)
-	r.o = o
+	r.o, r.oneRound = o, false
 	if err != nil {
 		return err
 	}

@@ -27,6 +27,8 @@ type BatchTiming struct {
 	MsPerBatch float64 `json:"ms_per_batch"`
 	MsPerImage float64 `json:"ms_per_image"`
 	ImagesPerS float64 `json:"images_per_s"`
+	// MsPerImageSpread is the min, median and max over the Samples.
+	MsPerImageSpread Spread `json:"ms_per_image_spread"`
 }
 
 // Side is one implementation's timings for one model and thread count.
@@ -34,6 +36,8 @@ type Side struct {
 	Batches []BatchTiming `json:"batches"`
 	// Batch1Ms is the median latency of one image at batch 1.
 	Batch1Ms float64 `json:"batch1_ms"`
+	// Batch1Spread is the min, median and max of those latencies.
+	Batch1Spread Spread `json:"batch1_spread"`
 	// BestBatch is the batch with the highest ImagesPerS.
 	BestBatch      int     `json:"best_batch"`
 	BestImagesPerS float64 `json:"best_images_per_s"`
@@ -300,10 +304,11 @@ func side(secs map[int][]float64, order []int) Side {
 			continue
 		}
 		m := median(xs) * 1000
-		bt := BatchTiming{Batch: b, Samples: len(xs), MsPerBatch: m, MsPerImage: m / float64(b), ImagesPerS: 1000 * float64(b) / m}
+		bt := BatchTiming{Batch: b, Samples: len(xs), MsPerBatch: m, MsPerImage: m / float64(b), ImagesPerS: 1000 * float64(b) / m,
+			MsPerImageSpread: spreadOf(xs).scaled(1000 / float64(b))}
 		s.Batches = append(s.Batches, bt)
 		if b == 1 {
-			s.Batch1Ms = m
+			s.Batch1Ms, s.Batch1Spread = m, bt.MsPerImageSpread
 		}
 		if bt.ImagesPerS > s.BestImagesPerS {
 			s.BestImagesPerS, s.BestBatch = bt.ImagesPerS, b

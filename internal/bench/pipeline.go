@@ -35,6 +35,11 @@ type Pipeline struct {
 	// an embedded JetStream with every stage in this process, one worker
 	// each.
 	PipelineSlicesPerS float64 `json:"pipeline_slices_per_s"`
+	// PipelineSpread, BareSpread and RatioSpread are the min, median and
+	// max over rounds (RatioSpread pairs each round's two sides).
+	PipelineSpread Spread `json:"pipeline_spread"`
+	BareSpread     Spread `json:"bare_spread"`
+	RatioSpread    Spread `json:"ratio_spread"`
 	// BareSlicesPerS is the median over rounds of the same slices, held
 	// decoded in memory, through preprocess.Input, Session.Run (batch 1),
 	// imgx.ResizeBilinear and score.Compare in one loop.
@@ -54,7 +59,11 @@ type Batching struct {
 	MaxWaitMs float64 `json:"max_wait_ms"`
 	// Workers of the batched segment stage (the unbatched one has 1).
 	Workers int `json:"workers"`
-	// UnbatchedSlicesPerS and BatchedSlicesPerS are medians over rounds.
+	// UnbatchedSlicesPerS and BatchedSlicesPerS are medians over rounds;
+	// the spreads give min, median and max, GainSpread over paired rounds.
+	UnbatchedSpread     Spread  `json:"unbatched_spread"`
+	BatchedSpread       Spread  `json:"batched_spread"`
+	GainSpread          Spread  `json:"gain_spread"`
 	UnbatchedSlicesPerS float64 `json:"unbatched_slices_per_s"`
 	BatchedSlicesPerS   float64 `json:"batched_slices_per_s"`
 	// Gain is BatchedSlicesPerS / UnbatchedSlicesPerS.
@@ -308,7 +317,8 @@ func (r *runner) pipelines(ctx context.Context, reg *model.Registry, cards []*mo
 					share = append(share, inf.Seconds()/tot.Seconds())
 				}
 				p := Pipeline{Model: card.Name, Threads: t, Slices: len(set.slices),
-					PipelineSlicesPerS: median(pipe), BareSlicesPerS: median(bare), InferenceShare: median(share)}
+					PipelineSlicesPerS: median(pipe), BareSlicesPerS: median(bare), InferenceShare: median(share),
+					PipelineSpread: spreadOf(pipe), BareSpread: spreadOf(bare), RatioSpread: spreadOf(ratios(pipe, bare))}
 				p.Ratio = ratio(p.PipelineSlicesPerS, p.BareSlicesPerS)
 				r.rep.Pipeline = append(r.rep.Pipeline, p)
 				r.progress("pipeline %s threads %d: %.2f slices/s, bare loop %.2f slices/s, ratio %.2f",
@@ -371,7 +381,8 @@ func (r *runner) batching(ctx context.Context, reg *model.Registry, cards []*mod
 			after := batched.batcher.Stats()
 			b := Batching{Model: card.Name, Threads: t, Slices: len(set.slices), MaxBatch: bc.opts.MaxBatch,
 				MaxWaitMs: float64(bc.opts.MaxWait) / float64(time.Millisecond), Workers: bc.workers,
-				UnbatchedSlicesPerS: median(un), BatchedSlicesPerS: median(ba)}
+				UnbatchedSlicesPerS: median(un), BatchedSlicesPerS: median(ba),
+				UnbatchedSpread: spreadOf(un), BatchedSpread: spreadOf(ba), GainSpread: spreadOf(ratios(ba, un))}
 			b.Gain = ratio(b.BatchedSlicesPerS, b.UnbatchedSlicesPerS)
 			if db := after.Batches - before.Batches; db > 0 {
 				b.MeanBatch = float64(after.Images-before.Images) / float64(db)

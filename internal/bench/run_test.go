@@ -5,8 +5,11 @@ import (
 	"context"
 	"encoding/json"
 	"errors"
+	"math"
 	"os"
+	"os/exec"
 	"path/filepath"
+	"slices"
 	"strings"
 	"testing"
 	"time"
@@ -76,6 +79,20 @@ func TestRunWithoutPython(t *testing.T) {
 	}
 	if d.DICOM.Items != 3 || d.DICOM.Go.Seconds <= 0 || d.DICOM.Python != nil || d.DICOM.Skipped == "" {
 		t.Fatalf("dicom %+v", d.DICOM)
+	}
+	// every section reports its spread: the decode rounds are at least
+	// minDecodeRounds whatever Rounds says, the others follow Rounds
+	if s := d.DICOM.Go.PerItemSpread; s.N != minDecodeRounds || s.Min > s.Median || s.Median > s.Max || s.Median != d.DICOM.Go.PerItemMs {
+		t.Fatalf("dicom spread %+v (median %v)", s, d.DICOM.Go.PerItemMs)
+	}
+	if s := in.Go.Batch1Spread; s.N != repsFor(1) || s.Median != in.Go.Batch1Ms || s.Min > s.Median || s.Median > s.Max {
+		t.Fatalf("inference spread %+v (median %v)", s, in.Go.Batch1Ms)
+	}
+	if p := rep.Pipeline[0]; p.PipelineSpread.N != 1 || p.RatioSpread.N != 1 || p.PipelineSpread.Median != p.PipelineSlicesPerS {
+		t.Fatalf("pipeline spread %+v", p)
+	}
+	if b := rep.Batching[0]; b.BatchedSpread.N != 1 || b.GainSpread.N != 1 {
+		t.Fatalf("batching spread %+v", b)
 	}
 	if d.PickleLarge.Items != 6 || d.PickleLarge.Bytes <= d.Pickle.Bytes || d.PickleGrowth <= 0 {
 		t.Fatalf("pickle %+v / %+v", d.Pickle, d.PickleLarge)
@@ -222,6 +239,73 @@ func TestMedianAndRatio(t *testing.T) {
 	if ratio(1, 0) != 0 || ratio(3, 2) != 1.5 {
 		t.Error("ratio")
 	}
+	if s := spreadOf([]float64{4, 1, 3, 2}); s != (Spread{Min: 1, Median: 2.5, Max: 4, N: 4}) {
+		t.Errorf("spreadOf = %+v", s)
+	}
+	if s := spreadOf([]float64{4, 1, 3}).scaled(-2); s != (Spread{Min: -8, Median: -6, Max: -2, N: 3}) {
+		t.Errorf("scaled(-2) = %+v", s)
+	}
+	if s := (Spread{}); s.format(1) != "-" || spreadOf([]float64{2}).format(1) != "2.0" ||
+		spreadOf([]float64{2, 1, 4}).format(1) != "2.0 [1.0–4.0]" {
+		t.Errorf("format: %q %q %q", s.format(1), spreadOf([]float64{2}).format(1), spreadOf([]float64{2, 1, 4}).format(1))
+	}
+	if got := ratios([]float64{4, 6, 1}, []float64{2, 0}); !slices.Equal(got, []float64{2}) {
+		t.Errorf("ratios = %v (a round with a 0 is left out, unpaired ones too)", got)
+	}
+	if got := diffs([]float64{4, 6, 1}, []float64{2, 1}); !slices.Equal(got, []float64{2, 5}) {
+		t.Errorf("diffs = %v", got)
+	}
+}
+
+// TestRunDecodeRealFiles reads the ct_series where they lie (skipped
+// without ../shared): the uncompressed series and popi_00_141 decompressed
+// by dcmdrle (decompression excluded), the RLE series as stored, CT_small
+// when pydicom's copy is there, and RLE against dcmdrle when dcmtk is.
+func TestRunDecodeRealFiles(t *testing.T) {
+	ct := filepath.Join(testenv.SharedData(t), "ct_series")
+	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Minute)
+	defer cancel()
+	rep, err := Run(ctx, Options{ModelsDir: tinyRegistry(t), N: 2, Rounds: 1, Sections: []string{SectionDecode},
+		Python: "none", CTSeries: ct})
+	if err != nil {
+		t.Fatal(err)
+	}
+	byName := map[string]*DecodeCompare{}
+	for _, c := range rep.Decode.Real {
+		byName[c.Name] = c
+		if c.Items < minRealItems || c.Go.PerItemSpread.N != minDecodeRounds || c.Go.PerItemMs <= 0 {
+			t.Errorf("%s: %+v", c.Name, c)
+		}
+	}
+	want := []string{"lungmask_1 (Explicit VR Little Endian)", "popi_00_141 (RLE)", "lungdx_a0002_30 (RLE)"}
+	_, dcmtk := exec.LookPath("dcmdrle")
+	if dcmtk == nil {
+		want = append(want, "popi_00_141 decompressed by dcmdrle (native)")
+	}
+	for _, n := range want {
+		if byName[n] == nil {
+			t.Errorf("no decode row %q in %v", n, rep.Decode.Real)
+		}
+	}
+	if c := byName["popi_00_141 (RLE)"]; c != nil && c.Items != 141 {
+		t.Errorf("popi_00_141: %d files, want the whole series", c.Items)
+	}
+	if dcmtk == nil {
+		c := rep.Decode.RLE
+		if c == nil || c.Items != minRealItems || c.DcmdrleMs.N != minDecodeRounds || c.GoRLEMs.Median <= 0 || c.DcmtkNetMs == 0 || c.Speedup == 0 {
+			t.Fatalf("RLE against dcmdrle: %+v", c)
+		}
+		if c.GoNativeMs.N != minDecodeRounds || c.DcmconvMs.N != minDecodeRounds {
+			t.Errorf("RLE against dcmdrle: %+v", c)
+		}
+	}
+	var table bytes.Buffer
+	if err := rep.WriteTable(&table); err != nil {
+		t.Fatal(err)
+	}
+	if !strings.Contains(table.String(), "dicom popi_00_141 (RLE)") || (dcmtk == nil && !strings.Contains(table.String(), "RLE DECOMPRESSION")) {
+		t.Errorf("table:\n%s", table.String())
+	}
 }
 
 // TestRunCascadeSection: "all" over a registry with a detector and its crop
@@ -304,5 +388,47 @@ func TestRunMemorySection(t *testing.T) {
 	}
 	if !strings.Contains(table.String(), "MEMORY") {
 		t.Errorf("table lacks the memory section:\n%s", table.String())
+	}
+}
+
+// TestRunSeriesSection sends popi_00_141 by C-STORE (storescu) to the
+// receive path with the tiny detector and its cascade and checks the
+// breakdown: its parts add up to the first-byte-to-SEG time, every slice
+// is scored, the SEG comes at least one quiet period after the last
+// score, and the bare inference sum is measured (skipped without
+// ../shared or dcmtk).
+func TestRunSeriesSection(t *testing.T) {
+	ct := filepath.Join(testenv.SharedData(t), "ct_series")
+	testenv.RequireCommand(t, "storescu")
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Minute)
+	defer cancel()
+	const quiet = 500 * time.Millisecond
+	rep, err := Run(ctx, Options{ModelsDir: testenv.TestRegistry(t, "tiny-det", "tiny-crop"), Models: []string{"tiny-det", "tiny-det+crop"},
+		Rounds: 1, Threads: []int{1}, Python: "none", Sections: []string{SectionSeries}, CTSeries: ct, SeriesQuiet: quiet})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(rep.Series) != 2 || rep.Series[0].Model != "tiny-det" || rep.Series[1].Model != "tiny-det+crop" {
+		t.Fatalf("series results %+v, want tiny-det and its cascade", rep.Series)
+	}
+	for _, x := range rep.Series {
+		if x.Slices != 141 || x.TotalMs.N != 1 || x.BareMs.Median <= 0 || x.Ratio.Median <= 0 || x.QuietMs != 500 {
+			t.Errorf("%s: %+v", x.Model, x)
+		}
+		if sum := x.ReceiveMs.Median + x.ProcessMs.Median + x.SEGMs.Median; math.Abs(sum-x.TotalMs.Median) > 1e-3 {
+			t.Errorf("%s: received %v + scored %v + SEG %v = %v ms, total %v ms", x.Model, x.ReceiveMs.Median, x.ProcessMs.Median,
+				x.SEGMs.Median, sum, x.TotalMs.Median)
+		}
+		if x.SEGMs.Median < 0.9*x.QuietMs || x.FirstScoreMs.Median <= 0 || x.FirstScoreMs.Median > x.TotalMs.Median {
+			t.Errorf("%s: SEG %v ms after the last score with a %v ms quiet period; first score at %v ms", x.Model, x.SEGMs.Median,
+				x.QuietMs, x.FirstScoreMs.Median)
+		}
+	}
+	var table bytes.Buffer
+	if err := rep.WriteTable(&table); err != nil {
+		t.Fatal(err)
+	}
+	if !strings.Contains(table.String(), "SERIES (C-STORE)") {
+		t.Errorf("table:\n%s", table.String())
 	}
 }
