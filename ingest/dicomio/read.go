@@ -25,6 +25,7 @@ import (
 	"encoding/binary"
 	"errors"
 	"fmt"
+	"io"
 	"io/fs"
 	"math"
 	"path/filepath"
@@ -261,7 +262,7 @@ func decode(b []byte) (*Image, error) {
 	if err != nil {
 		return nil, err
 	}
-	ds, err := parse(b)
+	ds, err := parseWithout(b, sr.unparsed)
 	if err != nil {
 		return nil, err
 	}
@@ -274,13 +275,34 @@ func decode(b []byte) (*Image, error) {
 // them, and checks the frame layout itself. A panic in
 // the parser (it indexes values it assumes present) is turned into an
 // error.
-func parse(b []byte) (ds dicom.Dataset, err error) {
+func parse(b []byte) (ds dicom.Dataset, err error) { return parseWithout(b, nil) }
+
+// parseWithout is parse on b less the byte ranges skip (sorted, disjoint,
+// whole top-level elements: scanResult.unparsed), read in place through a
+// MultiReader, nothing copied. The parser builds a Go value for every
+// element it reads, and the private elements of a scanner's file (a
+// Philips CT carries hundreds, in nested private sequences) were most of
+// its time, for values Decode never looks at; it also copied the pixel
+// data through its buffer to skip it.
+func parseWithout(b []byte, skip [][2]int) (ds dicom.Dataset, err error) {
 	defer func() {
 		if r := recover(); r != nil {
 			err = formatErr("", ErrNotDICOM, "parser failed: %v", r)
 		}
 	}()
-	ds, err = dicom.Parse(bytes.NewReader(b), int64(len(b)), nil,
+	var r io.Reader = bytes.NewReader(b)
+	n := len(b)
+	if len(skip) > 0 {
+		parts := make([]io.Reader, 0, len(skip)+1)
+		at := 0
+		for _, sk := range skip {
+			parts = append(parts, bytes.NewReader(b[at:sk[0]]))
+			n -= sk[1] - sk[0]
+			at = sk[1]
+		}
+		r = io.MultiReader(append(parts, bytes.NewReader(b[at:]))...)
+	}
+	ds, err = dicom.Parse(r, int64(n), nil,
 		dicom.SkipPixelData(), dicom.AllowUnknownSpecificCharacterSet())
 	if err != nil {
 		return ds, formatErr("", ErrNotDICOM, "parsing: %v", err)
@@ -446,8 +468,9 @@ type pixelFormat struct {
 func fromDataset(ds dicom.Dataset, sr scanResult, b []byte) (*Image, error) {
 	ts := sr.uid
 	top := elements(ds.Elements)
-	pd := top.find(tag.PixelData)
-	if pd == nil || pd.Value == nil || pd.Value.ValueType() != dicom.PixelData {
+	// The pixel data is the scan's: Decode gives the parser the file
+	// without it (parseWithout), and the parser would only have skipped it.
+	if !sr.pixelSeen {
 		return nil, formatErr("", ErrNoPixelData, "no pixel data element (SOP class %s, modality %q)",
 			top.str(tag.SOPClassUID), top.str(tag.Modality))
 	}
@@ -458,7 +481,6 @@ func fromDataset(ds dicom.Dataset, sr scanResult, b []byte) (*Image, error) {
 	if err != nil {
 		return nil, err
 	}
-	info := pd.Value.GetValue().(dicom.PixelDataInfo)
 	var raw []byte
 	// compressed decodes frame i of an encapsulated syntax (encap.go).
 	var compressed func(i int, dst []byte) error
@@ -467,7 +489,7 @@ func fromDataset(ds dicom.Dataset, sr scanResult, b []byte) (*Image, error) {
 			return nil, err
 		}
 	} else {
-		if info.IsEncapsulated {
+		if sr.pixelUndefined {
 			return nil, formatErr("", ErrPixelFormat, "pixel data is encapsulated (undefined length) in the native transfer syntax %s", ts)
 		}
 		if raw = sr.pixel; raw == nil {

@@ -3,6 +3,7 @@ package dicomio
 import (
 	"os"
 	"path/filepath"
+	"reflect"
 	"testing"
 
 	"github.com/lungseg/lungseg/pkg/testenv"
@@ -11,7 +12,7 @@ import (
 // realFiles returns the real CT files the decode benchmarks read where they
 // lie (never copied): the first slice of each series in ../shared/data/ct_series
 // and pydicom's CT_small, by name; absent ones are left out.
-func realFiles(b *testing.B) map[string]string {
+func realFiles(b testing.TB) map[string]string {
 	b.Helper()
 	ct := filepath.Join(testenv.SharedData(b), "ct_series")
 	out := map[string]string{}
@@ -29,8 +30,11 @@ func realFiles(b *testing.B) map[string]string {
 }
 
 // BenchmarkReadReal splits decoding a real file into its steps: the scan
-// (element walk, pixel data located), the header parse, and the pixels
-// (decompression, HU) from the parsed dataset; "all" is Decode.
+// (element walk, pixel data located), the header parse (without the
+// top-level private and pixel data elements, as Decode does; parse-all
+// with them, the
+// baseline), and the pixels (decompression, HU) from the parsed dataset;
+// "all" is Decode.
 func BenchmarkReadReal(b *testing.B) {
 	for name, p := range realFiles(b) {
 		buf, err := os.ReadFile(p)
@@ -51,14 +55,21 @@ func BenchmarkReadReal(b *testing.B) {
 				}
 			}
 		})
-		b.Run(name+"/parse", func(b *testing.B) {
+		sr, _ := scanFile(buf)
+		b.Run(name+"/parse-all", func(b *testing.B) {
 			for b.Loop() {
 				if _, err := parse(buf); err != nil {
 					b.Fatal(err)
 				}
 			}
 		})
-		sr, _ := scanFile(buf)
+		b.Run(name+"/parse", func(b *testing.B) {
+			for b.Loop() {
+				if _, err := parseWithout(buf, sr.unparsed); err != nil {
+					b.Fatal(err)
+				}
+			}
+		})
 		ds, _ := parse(buf)
 		b.Run(name+"/pixels", func(b *testing.B) {
 			for b.Loop() {
@@ -93,4 +104,47 @@ func BenchmarkDecodeUnsigned12(b *testing.B) {
 			maskAddSatS16(dst, raw, 12, -1024)
 		}
 	})
+}
+
+// TestPrivateElementsLeftOut: Decode, which gives the parser a file
+// without its top-level private and pixel data elements, returns the same Image as the
+// parse of the whole file, on every fixture and on the real files (where
+// ../shared is present), and the real scanner files do have private
+// elements to leave out.
+func TestPrivateElementsLeftOut(t *testing.T) {
+	paths, _ := filepath.Glob(filepath.Join(fixtures, "*.dcm"))
+	var real []string
+	if _, err := os.Stat(filepath.Join("..", "..", "..", "shared", "data", "ct_series")); err == nil {
+		for _, p := range realFiles(t) {
+			real = append(real, p)
+		}
+	}
+	for _, p := range append(paths, real...) {
+		b, err := os.ReadFile(p)
+		if err != nil {
+			t.Fatal(err)
+		}
+		sr, err := scanFile(b)
+		if err != nil {
+			continue // the fixtures of broken files
+		}
+		all, err := parse(b)
+		if err != nil {
+			continue
+		}
+		want, werr := fromDataset(all, sr, b)
+		got, gerr := Decode(p, b)
+		if (werr == nil) != (gerr == nil) || !reflect.DeepEqual(got, want) {
+			t.Errorf("%s: without private elements %+v (%v), with them %+v (%v)", p, got, gerr, want, werr)
+		}
+	}
+	for _, p := range real {
+		if filepath.Base(p) == "0.dcm" {
+			continue // lungmask_1, written by pydicom: no private elements
+		}
+		b, _ := os.ReadFile(p)
+		if sr, err := scanFile(b); err != nil || len(sr.unparsed) == 0 {
+			t.Errorf("%s: no private ranges found (%v)", p, err)
+		}
+	}
 }

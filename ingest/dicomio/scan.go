@@ -409,6 +409,15 @@ type scanResult struct {
 	pixel []byte
 	// pixelSeen is true once a top-level PixelData element was seen.
 	pixelSeen bool
+	// pixelUndefined is true when the first top-level PixelData element
+	// has an undefined length (encapsulated).
+	pixelUndefined bool
+	// unparsed are the byte ranges [start, end) of the dataset's top-level
+	// private elements (odd groups, their creators included) and PixelData
+	// elements, in file order: Decode reads nothing of the first and takes
+	// the second from the scan, so the parser is not given them
+	// (parseWithout).
+	unparsed [][2]int
 }
 
 func scanFile(b []byte) (scanResult, error) {
@@ -466,11 +475,21 @@ func scanFile(b []byte) (scanResult, error) {
 		if err != nil {
 			return res, err
 		}
+		if e.tag.Group%2 == 1 || e.tag == tag.PixelData {
+			if n := len(res.unparsed); n > 0 && res.unparsed[n-1][1] == e.off {
+				res.unparsed[n-1][1] = s.pos // contiguous with the last: one range
+			} else {
+				res.unparsed = append(res.unparsed, [2]int{e.off, s.pos})
+			}
+		}
 		if e.tag != tag.PixelData {
 			continue
 		}
-		if !res.pixelSeen && e.vl != tag.VLUndefinedLength {
-			res.pixel = b[e.start : e.start+int(e.vl) : e.start+int(e.vl)]
+		if !res.pixelSeen {
+			res.pixelUndefined = e.vl == tag.VLUndefinedLength
+			if e.vl != tag.VLUndefinedLength {
+				res.pixel = b[e.start : e.start+int(e.vl) : e.start+int(e.vl)]
+			}
 		}
 		res.pixelSeen = true
 		if e.vl == tag.VLUndefinedLength {
