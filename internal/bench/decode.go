@@ -228,11 +228,11 @@ func (r *runner) compare(ctx context.Context, what string, items int, bytes int6
 	}
 	perItem := 1000 / float64(items)
 	c.Go = DecodeSide{Seconds: median(goSecs), PeakMB: peak, PerItemSpread: spreadOf(goSecs).scaled(perItem)}
-	c.Go.PerItemMs = 1000 * c.Go.Seconds / float64(items)
+	c.Go.PerItemMs = c.Go.PerItemSpread.Median
 	if c.Python != nil {
 		c.Python.Seconds = median(pySecs)
-		c.Python.PerItemMs = 1000 * c.Python.Seconds / float64(items)
 		c.Python.PerItemSpread = spreadOf(pySecs).scaled(perItem)
+		c.Python.PerItemMs = c.Python.PerItemSpread.Median
 		c.Speedup = ratio(c.Python.Seconds, c.Go.Seconds)
 		c.SpeedupSpread = spreadOf(ratios(pySecs, goSecs))
 	}

@@ -419,6 +419,11 @@ func TestRunSeriesSection(t *testing.T) {
 			t.Errorf("%s: received %v + scored %v + SEG %v = %v ms, total %v ms", x.Model, x.ReceiveMs.Median, x.ProcessMs.Median,
 				x.SEGMs.Median, sum, x.TotalMs.Median)
 		}
+		// one association sends the slices one after another: the time in
+		// the acceptor is part of the reception
+		if x.AcceptMs.Median <= 0 || x.AcceptMs.Median > x.ReceiveMs.Median {
+			t.Errorf("%s: %v ms in the acceptor of %v ms receiving", x.Model, x.AcceptMs.Median, x.ReceiveMs.Median)
+		}
 		if x.SEGMs.Median < 0.9*x.QuietMs || x.FirstScoreMs.Median <= 0 || x.FirstScoreMs.Median > x.TotalMs.Median {
 			t.Errorf("%s: SEG %v ms after the last score with a %v ms quiet period; first score at %v ms", x.Model, x.SEGMs.Median,
 				x.QuietMs, x.FirstScoreMs.Median)

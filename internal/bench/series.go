@@ -62,6 +62,11 @@ type SeriesLatency struct {
 	// catching up). SEGMs: from the last score to the SEG published (the
 	// quiet period, then the SEG and SR built and stored).
 	ReceiveMs Spread `json:"receive_ms"`
+	// AcceptMs is the part of ReceiveMs the SCP's handler spent in the
+	// acceptor, summed over the slices: decoding and checking each
+	// instance, publishing it on RAW and its study's attributes (the rest
+	// is the association, the transfer and storescu reading the files).
+	AcceptMs  Spread `json:"accept_ms"`
 	ProcessMs Spread `json:"process_ms"`
 	SEGMs     Spread `json:"seg_ms"`
 	// FirstScoreMs: first byte to the first score published.
@@ -167,7 +172,7 @@ func (r *runner) seriesLatency(ctx context.Context, reg *model.Registry, names [
 	t := r.o.Threads[0]
 	for _, name := range pick {
 		res := SeriesLatency{Model: name, Threads: t, Slices: len(slices), Source: dir, QuietMs: float64(quiet) / 1e6}
-		var total, fnd, recv, proc, segw, first, bare, rat, ratS []float64
+		var total, fnd, recv, acc, proc, segw, first, bare, rat, ratS []float64
 		for round := 0; round < r.o.Rounds; round++ {
 			run := func() error {
 				m, err := r.seriesRound(ctx, reg, name, t, quiet, storescu, files, len(slices), warm)
@@ -176,6 +181,7 @@ func (r *runner) seriesLatency(ctx context.Context, reg *model.Registry, names [
 				}
 				total = append(total, m.total)
 				recv = append(recv, m.receive)
+				acc = append(acc, m.accept)
 				proc = append(proc, m.process)
 				segw = append(segw, m.seg)
 				first = append(first, m.firstScore)
@@ -203,6 +209,7 @@ func (r *runner) seriesLatency(ctx context.Context, reg *model.Registry, names [
 			ratS = append(ratS, ratio(recv[round]+proc[round], bare[round]))
 		}
 		res.TotalMs, res.FindingsMs, res.ReceiveMs, res.ProcessMs = spreadOf(total), spreadOf(fnd), spreadOf(recv), spreadOf(proc)
+		res.AcceptMs = spreadOf(acc)
 		res.SEGMs, res.FirstScoreMs, res.BareMs = spreadOf(segw), spreadOf(first), spreadOf(bare)
 		res.Ratio, res.RatioToScores = spreadOf(rat), spreadOf(ratS)
 		r.rep.Series = append(r.rep.Series, res)
@@ -215,7 +222,7 @@ func (r *runner) seriesLatency(ctx context.Context, reg *model.Registry, names [
 
 // roundTimes are one round's marks, in ms from the first byte.
 type roundTimes struct {
-	total, receive, process, seg, firstScore, findings float64
+	total, receive, accept, process, seg, firstScore, findings float64
 	// partial are the SEGs written before the whole series was scored
 	partial int
 }
@@ -312,8 +319,11 @@ func (r *runner) seriesRound(ctx context.Context, reg *model.Registry, name stri
 		return nil
 	})
 	acc := &dicomweb.Acceptor{JS: js, Models: []string{name}, Source: "dimse", Studies: studies, Log: log}
+	var inAccept atomic.Int64 // ns
 	scp, err := dimse.New(dimse.Config{AETitle: "LUNGSEG"}, func(ctx context.Context, q *dimse.StoreRequest) (uint16, error) {
+		st := time.Now()
 		_, err := acc.Accept(ctx, "C-STORE from "+q.CallingAE, q.Part10(), "")
+		inAccept.Add(int64(time.Since(st)))
 		return dicomweb.FailureReason(err), err
 	}, log)
 	if err != nil {
@@ -414,6 +424,7 @@ func (r *runner) seriesRound(ctx context.Context, reg *model.Registry, name stri
 	scores, segs = 0, 0
 	mu.Unlock()
 	ln.first.Store(0)
+	inAccept.Store(0)
 
 	if err := send(files); err != nil {
 		return rt, err
@@ -433,7 +444,7 @@ func (r *runner) seriesRound(ctx context.Context, reg *model.Registry, name stri
 	t0 := time.Unix(0, ln.first.Load())
 	ms := func(a, b time.Time) float64 { return float64(b.Sub(a)) / 1e6 }
 	rt = roundTimes{total: ms(t0, segAt), receive: ms(t0, sent), process: ms(sent, lastScore), seg: ms(lastScore, segAt),
-		firstScore: ms(t0, firstScore), partial: segs - 1}
+		firstScore: ms(t0, firstScore), partial: segs - 1, accept: float64(inAccept.Load()) / 1e6}
 	if !lastFinding.IsZero() {
 		rt.findings = ms(t0, lastFinding)
 	}

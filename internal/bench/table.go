@@ -118,10 +118,10 @@ func (rep *Report) WriteTable(w io.Writer) error {
 	}
 	if len(rep.Series) > 0 {
 		p("")
-		p("SERIES (C-STORE)\tTHREADS\tSLICES\tFIRST BYTE TO SEG ms [min–max]\tBARE INFERENCE SUM ms\tRATIO\tRECEIVED ms\tTHEN SCORED ms\tTHEN SEG ms (quiet)\tFIRST SCORE ms\tFIRST BYTE TO FINDINGS ms\tRATIO TO LAST SCORE\tPARTIAL SEGs")
+		p("SERIES (C-STORE)\tTHREADS\tSLICES\tFIRST BYTE TO SEG ms [min–max]\tBARE INFERENCE SUM ms\tRATIO\tRECEIVED ms (in acceptor)\tTHEN SCORED ms\tTHEN SEG ms (quiet)\tFIRST SCORE ms\tFIRST BYTE TO FINDINGS ms\tRATIO TO LAST SCORE\tPARTIAL SEGs")
 		for _, x := range rep.Series {
-			p("%s\t%d\t%d\t%s\t%s\t%s\t%s\t%s\t%s (%.0f)\t%s\t%s\t%s\t%d", x.Model, x.Threads, x.Slices, x.TotalMs.format(0), x.BareMs.format(0),
-				x.Ratio.format(2), x.ReceiveMs.format(0), x.ProcessMs.format(0), x.SEGMs.format(0), x.QuietMs, x.FirstScoreMs.format(0),
+			p("%s\t%d\t%d\t%s\t%s\t%s\t%s (%s)\t%s\t%s (%.0f)\t%s\t%s\t%s\t%d", x.Model, x.Threads, x.Slices, x.TotalMs.format(0), x.BareMs.format(0),
+				x.Ratio.format(2), x.ReceiveMs.format(0), x.AcceptMs.format(0), x.ProcessMs.format(0), x.SEGMs.format(0), x.QuietMs, x.FirstScoreMs.format(0),
 				x.FindingsMs.format(0), x.RatioToScores.format(2), x.PartialSEGs)
 		}
 	}
