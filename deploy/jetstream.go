@@ -16,6 +16,7 @@ import (
 
 	"github.com/lungseg/lungseg/internal/dlq"
 	"github.com/lungseg/lungseg/pkg/bus"
+	"github.com/lungseg/lungseg/pkg/stage"
 	"github.com/lungseg/lungseg/pkg/model"
 	"github.com/lungseg/lungseg/segment/refine"
 	"github.com/nats-io/nats.go/jetstream"
@@ -51,7 +52,7 @@ func stageConsumer(stream, name, durable string, filters ...string) Consumer {
 		Description:    "lungseg stage " + name,
 		AckPolicy:      jetstream.AckExplicitPolicy,
 		AckWait:        AckWait,
-		MaxDeliver:     MaxDeliver,
+		MaxDeliver:     stage.ServerMaxDeliver(MaxDeliver),
 		MaxAckPending:  MaxAckPending,
 		DeliverPolicy:  jetstream.DeliverAllPolicy,
 		FilterSubjects: filters,

@@ -29,7 +29,14 @@ type Config struct {
 	Durable string
 	// Workers processing messages concurrently in this process (default 1).
 	Workers int
-	// MaxDeliver bounds deliveries of one message (default 5).
+	// MaxDeliver bounds deliveries of one message (default 5): a message
+	// that fails on its MaxDeliver-th delivery or later is reported on the
+	// errors subject and terminated. The consumer's own MaxDeliver is
+	// ServerMaxDeliver of it, a backstop: deliveries no worker saw (a pull
+	// that expired before its message came, a cluster node killed
+	// mid-delivery) count on the server, and a message that reached the
+	// server's limit unseen would stay in an interest stream unprocessed
+	// and unreported.
 	MaxDeliver int
 	// AckWait is how long JetStream waits for a delivered message to be
 	// settled before it redelivers it (default DefaultAckWait). The runner
@@ -122,6 +129,19 @@ func New(js jetstream.JetStream, cfg Config, p Processor, log zerolog.Logger) (*
 	return &Runner{js: js, cfg: cfg, proc: p, log: log.With().Str("stage", cfg.Name).Logger()}, nil
 }
 
+// DeliveryMargin is how many times more deliveries the server allows
+// than the runner's MaxDeliver (see Config.MaxDeliver).
+const DeliveryMargin = 4
+
+// ServerMaxDeliver is the consumer MaxDeliver of a runner whose
+// Config.MaxDeliver is n (unlimited stays unlimited).
+func ServerMaxDeliver(n int) int {
+	if n <= 0 {
+		return n
+	}
+	return n * DeliveryMargin
+}
+
 // Consumer creates or updates the runner's durable consumer.
 func (r *Runner) Consumer(ctx context.Context) (jetstream.Consumer, error) {
 	cc := jetstream.ConsumerConfig{
@@ -129,7 +149,7 @@ func (r *Runner) Consumer(ctx context.Context) (jetstream.Consumer, error) {
 		Description:    "lungseg stage " + r.cfg.Name,
 		AckPolicy:      jetstream.AckExplicitPolicy,
 		AckWait:        r.cfg.AckWait,
-		MaxDeliver:     r.cfg.MaxDeliver,
+		MaxDeliver:     ServerMaxDeliver(r.cfg.MaxDeliver),
 		MaxAckPending:  r.cfg.MaxAckPending,
 		DeliverPolicy:  jetstream.DeliverAllPolicy,
 		FilterSubjects: r.cfg.FilterSubjects,

@@ -274,3 +274,53 @@ func TestRunnerSlowStageKeepsItsMessages(t *testing.T) {
 		t.Errorf("%d redelivered", info.NumRedelivered)
 	}
 }
+
+// TestRunnerSurvivesUnseenDeliveries: deliveries that no worker saw (here
+// two fetched and dropped, as a pull that expired before its message came
+// or a node killed mid-delivery) count on the server; they must not use up
+// the message's deliveries, or it would stay unprocessed and unreported
+// in its interest stream. The consumer's MaxDeliver is ServerMaxDeliver.
+func TestRunnerSurvivesUnseenDeliveries(t *testing.T) {
+	env := bustest.Start(t)
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	var n atomic.Int32
+	proc := stage.ProcessorFunc(func(ctx context.Context, m *stage.Msg, e stage.Emitter) error {
+		n.Add(1)
+		return nil
+	})
+	const ackWait = 300 * time.Millisecond
+	r, err := stage.New(env.JS, stage.Config{Name: "segment", Stream: bus.StreamRaw, MaxDeliver: 2, AckWait: ackWait}, proc, zerolog.Nop())
+	if err != nil {
+		t.Fatal(err)
+	}
+	c, err := r.Consumer(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if got := c.CachedInfo().Config.MaxDeliver; got != stage.ServerMaxDeliver(2) || got <= 2 {
+		t.Fatalf("consumer MaxDeliver %d, want ServerMaxDeliver(2) = %d", got, stage.ServerMaxDeliver(2))
+	}
+	if err := stage.Publish(ctx, env.JS, "test", stage.Out{Subject: bus.SubjRaw, Data: []byte("x"), SliceID: "s1"}, nil); err != nil {
+		t.Fatal(err)
+	}
+	for i := 0; i < 2; i++ { // delivered, never settled: lost on the way
+		b, err := c.Fetch(1, jetstream.FetchMaxWait(2*time.Second))
+		if err != nil {
+			t.Fatal(err)
+		}
+		got := 0
+		for range b.Messages() {
+			got++
+		}
+		if got != 1 {
+			t.Fatalf("unseen delivery %d: fetched %d messages", i+1, got)
+		}
+		time.Sleep(ackWait + 200*time.Millisecond)
+	}
+	go r.Run(ctx)
+	bustest.Eventually(t, 10*time.Second, "the message processed", func() bool { return n.Load() == 1 })
+	if got := stage.ServerMaxDeliver(-1); got != -1 {
+		t.Errorf("ServerMaxDeliver(-1) = %d, want unlimited", got)
+	}
+}

@@ -8,12 +8,14 @@ package fault
 import (
 	"context"
 	"encoding/json"
+	"errors"
 	"fmt"
 	"math/rand/v2"
 	"net"
 	"os"
 	"os/exec"
 	"path/filepath"
+	"sort"
 	"strings"
 	"sync"
 	"syscall"
@@ -309,11 +311,18 @@ type tally struct {
 	Duplicated int `json:"duplicated"`
 	Errors     int `json:"errors"`
 	Messages   int `json:"score_messages"`
+	// Missing names up to 10 lost slice|model pairs (slices some model
+	// scored and another did not).
+	Missing []string `json:"missing,omitempty"`
 }
 
 func (c tally) String() string {
-	return fmt.Sprintf("slices sent %d, slice×model scores expected %d, scored %d, lost %d, duplicated %d, errors %d",
-		c.Sent, c.Expected, c.Scored, c.Lost, c.Duplicated, c.Errors)
+	m := ""
+	if len(c.Missing) > 0 {
+		m = fmt.Sprintf(" (missing %v)", c.Missing)
+	}
+	return fmt.Sprintf("slices sent %d, slice×model scores expected %d, scored %d, lost %d%s, duplicated %d, errors %d",
+		c.Sent, c.Expected, c.Scored, c.Lost, m, c.Duplicated, c.Errors)
 }
 
 // count reads every score and error of replay rid from the streams.
@@ -334,26 +343,39 @@ func count(t *testing.T, js jetstream.JetStream, rid string) tally {
 		if info.State.Msgs == 0 {
 			return
 		}
-		c, err := st.OrderedConsumer(ctx, jetstream.OrderedConsumerConfig{FilterSubjects: []string{filter}})
-		if err != nil {
-			t.Fatal(err)
-		}
+		// Read in batches, each by a fresh ordered consumer from the next
+		// sequence, until the last message matching the filter was read:
+		// after a cluster node was killed a fetch can come back empty
+		// before the end, and stopping there would count scores as lost.
+		next := uint64(1)
 		for {
+			c, err := st.OrderedConsumer(ctx, jetstream.OrderedConsumerConfig{FilterSubjects: []string{filter},
+				DeliverPolicy: jetstream.DeliverByStartSequencePolicy, OptStartSeq: next})
+			if err != nil {
+				t.Fatal(err)
+			}
 			b, err := c.Fetch(500, jetstream.FetchMaxWait(2*time.Second))
 			if err != nil {
 				t.Fatal(err)
 			}
 			n := 0
-			last := uint64(0)
 			for m := range b.Messages() {
 				n++
 				each(m)
 				md, _ := m.Metadata()
-				last = md.Sequence.Stream
+				next = md.Sequence.Stream + 1
 			}
-			if n == 0 || last >= info.State.LastSeq {
+			if n > 0 {
+				continue
+			}
+			last, err := st.GetLastMsgForSubject(ctx, filter)
+			if errors.Is(err, jetstream.ErrMsgNotFound) || (err == nil && last.Sequence < next) {
 				return
 			}
+			if ctx.Err() != nil {
+				t.Fatalf("reading %s: stopped before sequence %d: %v", filter, next, ctx.Err())
+			}
+			t.Logf("reading %s: an empty fetch before the end (next %d); again", filter, next)
 		}
 	}
 	var tl tally
@@ -374,6 +396,19 @@ func count(t *testing.T, js jetstream.JetStream, rid string) tally {
 		tl.Duplicated += n - 1
 	}
 	tl.Lost = tl.Expected - tl.Scored
+	ids := map[string]bool{}
+	for k := range perPair {
+		id, _, _ := strings.Cut(k, "|")
+		ids[id] = true
+	}
+	for id := range ids {
+		for _, m := range models {
+			if perPair[id+"|"+m] == 0 && len(tl.Missing) < 10 {
+				tl.Missing = append(tl.Missing, id+"|"+m)
+			}
+		}
+	}
+	sort.Strings(tl.Missing)
 	return tl
 }
 
@@ -470,7 +505,48 @@ func checkReplay(t *testing.T, res <-chan replayResult, js jetstream.JetStream, 
 	if out.ReplayID == "" {
 		t.Fatal("no replay id")
 	}
-	check(t, fault, count(t, js, out.ReplayID))
+	tl := count(t, js, out.ReplayID)
+	if tl.Lost > 0 {
+		workState(t, js)
+	}
+	check(t, fault, tl)
+}
+
+// workState logs what the work streams and their consumers still hold
+// after a replay that lost scores: a message left unacknowledged in
+// READY or MASKS (stuck after its last delivery) is told apart from one
+// that is gone.
+func workState(t *testing.T, js jetstream.JetStream) {
+	t.Helper()
+	ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
+	defer cancel()
+	for _, name := range bus.WorkStreams {
+		st, err := js.Stream(ctx, name)
+		if err != nil {
+			t.Logf("%s: %v", name, err)
+			continue
+		}
+		info, err := st.Info(ctx)
+		if err != nil {
+			t.Logf("%s: %v", name, err)
+			continue
+		}
+		t.Logf("%s holds %d messages (first %d, last %d), leader %s", name, info.State.Msgs, info.State.FirstSeq,
+			info.State.LastSeq, info.Cluster.Leader)
+		for names := st.ConsumerNames(ctx); ; {
+			n, ok := <-names.Name()
+			if !ok {
+				break
+			}
+			c, err := st.Consumer(ctx, n)
+			if err != nil {
+				continue
+			}
+			ci := c.CachedInfo()
+			t.Logf("  consumer %s: pending %d, ack pending %d, redelivered %d, delivered %d, ack floor %d",
+				n, ci.NumPending, ci.NumAckPending, ci.NumRedelivered, ci.Delivered.Stream, ci.AckFloor.Stream)
+		}
+	}
 }
 
 func check(t *testing.T, fault string, tl tally) {
