@@ -135,6 +135,37 @@ func (b *builder) el(t tag.Tag, v any) *dicom.Element {
 
 func (b *builder) str(t tag.Tag, v ...string) *dicom.Element { return b.el(t, v) }
 
+// header is what the SEG and the SR begin with: file meta, SOP Common and
+// the patient and study copied from the source series.
+func (b *builder) header(class, instance, implUID, implVersion, date, tm string, s Series) []*dicom.Element {
+	return []*dicom.Element{
+		// File meta.
+		b.el(tag.FileMetaInformationVersion, []byte{0, 1}),
+		b.str(tag.MediaStorageSOPClassUID, class),
+		b.str(tag.MediaStorageSOPInstanceUID, instance),
+		b.str(tag.TransferSyntaxUID, uid.ExplicitVRLittleEndian),
+		b.str(tag.ImplementationClassUID, implUID),
+		b.str(tag.ImplementationVersionName, implVersion),
+		// SOP Common.
+		b.str(tag.SpecificCharacterSet, "ISO_IR 192"),
+		b.str(tag.SOPClassUID, class),
+		b.str(tag.SOPInstanceUID, instance),
+		b.str(tag.InstanceCreationDate, date),
+		b.str(tag.InstanceCreationTime, tm),
+		// Patient and General Study (copied from the source).
+		b.str(tag.PatientName, s.PatientName),
+		b.str(tag.PatientID, s.PatientID),
+		b.str(tag.PatientBirthDate, s.PatientBirthDate),
+		b.str(tag.PatientSex, s.PatientSex),
+		b.str(tag.StudyInstanceUID, s.StudyUID),
+		b.str(tag.StudyDate, s.StudyDate),
+		b.str(tag.StudyTime, s.StudyTime),
+		b.str(tag.StudyID, s.StudyID),
+		b.str(tag.AccessionNumber, s.AccessionNumber),
+		b.str(tag.ReferringPhysicianName, s.ReferringPhysicianName),
+	}
+}
+
 // seq makes a sequence; each item's elements are sorted by tag.
 func (b *builder) seq(t tag.Tag, items ...[]*dicom.Element) *dicom.Element {
 	for _, it := range items {
@@ -332,31 +363,7 @@ func Dataset(s Series, alg Algorithm, frames []Frame, o Options) (dicom.Dataset,
 		pixel.RawValueRepresentation = "OB"
 	}
 
-	els := []*dicom.Element{
-		// File meta.
-		b.el(tag.FileMetaInformationVersion, []byte{0, 1}),
-		b.str(tag.MediaStorageSOPClassUID, SegmentationStorage),
-		b.str(tag.MediaStorageSOPInstanceUID, o.InstanceUID),
-		b.str(tag.TransferSyntaxUID, uid.ExplicitVRLittleEndian),
-		b.str(tag.ImplementationClassUID, implementationUID),
-		b.str(tag.ImplementationVersionName, "LUNGSEG_SEG_1"),
-		// SOP Common.
-		b.str(tag.SpecificCharacterSet, "ISO_IR 192"),
-		b.str(tag.SOPClassUID, SegmentationStorage),
-		b.str(tag.SOPInstanceUID, o.InstanceUID),
-		b.str(tag.InstanceCreationDate, date),
-		b.str(tag.InstanceCreationTime, tm),
-		// Patient and General Study (copied from the source).
-		b.str(tag.PatientName, s.PatientName),
-		b.str(tag.PatientID, s.PatientID),
-		b.str(tag.PatientBirthDate, s.PatientBirthDate),
-		b.str(tag.PatientSex, s.PatientSex),
-		b.str(tag.StudyInstanceUID, s.StudyUID),
-		b.str(tag.StudyDate, s.StudyDate),
-		b.str(tag.StudyTime, s.StudyTime),
-		b.str(tag.StudyID, s.StudyID),
-		b.str(tag.AccessionNumber, s.AccessionNumber),
-		b.str(tag.ReferringPhysicianName, s.ReferringPhysicianName),
+	els := append(b.header(SegmentationStorage, o.InstanceUID, implementationUID, "LUNGSEG_SEG_1", date, tm, s),
 		// General and Segmentation Series.
 		b.str(tag.Modality, "SEG"),
 		b.str(tag.SeriesInstanceUID, o.SeriesUID),
@@ -416,7 +423,7 @@ func Dataset(s Series, alg Algorithm, frames []Frame, o Options) (dicom.Dataset,
 			b.str(tag.SeriesInstanceUID, s.SeriesUID),
 			b.seq(tag.ReferencedInstanceSequence, refInstances...),
 		}),
-	}
+	)
 	if b.err != nil {
 		return dicom.Dataset{}, b.err
 	}

@@ -10,7 +10,6 @@ import (
 
 	"github.com/suyashkumar/dicom"
 	"github.com/suyashkumar/dicom/pkg/tag"
-	"github.com/suyashkumar/dicom/pkg/uid"
 
 	"github.com/lungseg/lungseg/pkg/dicomwrite"
 	lungsegv1 "github.com/lungseg/lungseg/proto/lungseg/v1"
@@ -350,31 +349,7 @@ func SRDataset(s Series, alg Algorithm, frames []Frame, seg SEGRef, nodules []No
 			}),
 	})
 
-	els := []*dicom.Element{
-		// File meta.
-		b.el(tag.FileMetaInformationVersion, []byte{0, 1}),
-		b.str(tag.MediaStorageSOPClassUID, EnhancedSRStorage),
-		b.str(tag.MediaStorageSOPInstanceUID, o.InstanceUID),
-		b.str(tag.TransferSyntaxUID, uid.ExplicitVRLittleEndian),
-		b.str(tag.ImplementationClassUID, srImplementationID),
-		b.str(tag.ImplementationVersionName, "LUNGSEG_SR_1"),
-		// SOP Common.
-		b.str(tag.SpecificCharacterSet, "ISO_IR 192"),
-		b.str(tag.SOPClassUID, EnhancedSRStorage),
-		b.str(tag.SOPInstanceUID, o.InstanceUID),
-		b.str(tag.InstanceCreationDate, date),
-		b.str(tag.InstanceCreationTime, tm),
-		// Patient and General Study (copied from the source).
-		b.str(tag.PatientName, s.PatientName),
-		b.str(tag.PatientID, s.PatientID),
-		b.str(tag.PatientBirthDate, s.PatientBirthDate),
-		b.str(tag.PatientSex, s.PatientSex),
-		b.str(tag.StudyInstanceUID, s.StudyUID),
-		b.str(tag.StudyDate, s.StudyDate),
-		b.str(tag.StudyTime, s.StudyTime),
-		b.str(tag.StudyID, s.StudyID),
-		b.str(tag.AccessionNumber, s.AccessionNumber),
-		b.str(tag.ReferringPhysicianName, s.ReferringPhysicianName),
+	els := append(b.header(EnhancedSRStorage, o.InstanceUID, srImplementationID, "LUNGSEG_SR_1", date, tm, s),
 		// SR Document Series.
 		b.str(tag.Modality, "SR"),
 		b.str(tag.SeriesInstanceUID, o.SeriesUID),
@@ -403,7 +378,7 @@ func SRDataset(s Series, alg Algorithm, frames []Frame, seg SEGRef, nodules []No
 			b.str(tag.MappingResource, "DCMR"), b.str(tag.TemplateIdentifier, "1500"),
 		}),
 		b.seq(tag.ContentSequence, b.items(content)...),
-	}
+	)
 	if b.err != nil {
 		return dicom.Dataset{}, b.err
 	}
