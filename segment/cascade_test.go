@@ -11,52 +11,28 @@ import (
 	"github.com/lungseg/lungseg/pkg/stage"
 	lungsegv1 "github.com/lungseg/lungseg/proto/lungseg/v1"
 	"github.com/lungseg/lungseg/segment/cascade"
+	"github.com/lungseg/lungseg/segment/internal/segtest"
 	"google.golang.org/protobuf/proto"
 )
-
-// echoModel returns its input as probabilities and records each batch.
-type echoModel struct {
-	fixed   int
-	batches []int
-}
-
-func (m *echoModel) Provider() string { return "test" }
-func (m *echoModel) FixedBatch() int  { return m.fixed }
-func (m *echoModel) Run(in []float32, n int) ([]float32, error) {
-	m.batches = append(m.batches, n)
-	return append([]float32(nil), in...), nil
-}
-
-type emitted struct{ outs []stage.Out }
-
-func (e *emitted) Emit(_ context.Context, o stage.Out) error { e.outs = append(e.outs, o); return nil }
-func (e *emitted) Fail(context.Context, stage.Failure) error { return nil }
-
-func testCrop(window int) *model.Card {
-	return &model.Card{Name: "c", Version: "2", Task: model.TaskCrop, Detector: "d", Threshold: 0.5,
-		Input:         model.Shape{Channels: 1, Height: window, Width: window},
-		Normalisation: model.Normalisation{Kind: "window", Center: 0, Width: 4096},
-		Cascade:       &model.Cascade{Window: window, DetectThreshold: 0.25, MaxCandidates: 8}}
-}
 
 func TestRunWindowsBatches(t *testing.T) {
 	hu := imgx.NewHU(10, 10)
 	for i := range hu.Pix {
 		hu.Pix[i] = int16(10 * i)
 	}
-	crop := testCrop(4)
+	crop := segtest.Crop(4)
 	wins := []cascade.Window{{Y0: -2, X0: 0, H: 4, W: 4}, {Y0: 3, X0: 3, H: 4, W: 4}, {Y0: 8, X0: 8, H: 4, W: 4}}
 	for _, tc := range []struct {
 		fixed int
 		want  []int
 	}{{0, []int{3}}, {1, []int{1, 1, 1}}, {2, []int{2, 2}}} {
-		m := &echoModel{fixed: tc.fixed}
+		m := &segtest.EchoModel{Fixed: tc.fixed}
 		got, err := RunWindows(m, crop, hu, wins)
 		if err != nil {
 			t.Fatal(err)
 		}
-		if !reflect.DeepEqual(m.batches, tc.want) {
-			t.Errorf("fixed batch %d: runs of %v, want %v", tc.fixed, m.batches, tc.want)
+		if !reflect.DeepEqual(m.Batches, tc.want) {
+			t.Errorf("fixed batch %d: runs of %v, want %v", tc.fixed, m.Batches, tc.want)
 		}
 		if len(got) != len(wins) {
 			t.Fatalf("fixed batch %d: %d outputs", tc.fixed, len(got))
@@ -67,10 +43,10 @@ func TestRunWindowsBatches(t *testing.T) {
 			}
 		}
 	}
-	if _, err := RunWindows(&echoModel{}, crop, hu, []cascade.Window{{H: 3, W: 4}}); err == nil {
+	if _, err := RunWindows(&segtest.EchoModel{}, crop, hu, []cascade.Window{{H: 3, W: 4}}); err == nil {
 		t.Error("window of the wrong size accepted")
 	}
-	if got, err := RunWindows(&echoModel{}, crop, hu, nil); err != nil || got != nil {
+	if got, err := RunWindows(&segtest.EchoModel{}, crop, hu, nil); err != nil || got != nil {
 		t.Errorf("no windows: %v, %v", got, err)
 	}
 }
@@ -105,17 +81,17 @@ func TestProcessRefineOutput(t *testing.T) {
 		{"d", true, hu.EncodeInt16(), true, false},
 		{"d", false, nil, false, false},
 	} {
-		m := &echoModel{}
+		m := &segtest.EchoModel{}
 		st := &Stage{Card: det, Model: m}
-		var e emitted
+		var e segtest.Emitted
 		if err := st.Process(context.Background(), &stage.Msg{Data: input(tc.sel, tc.refine, tc.native)}, &e); err != nil {
 			t.Fatal(err)
 		}
-		if len(e.outs) != 1 || len(m.batches) != 1 || e.outs[0].Subject != "lung.masks.d" {
-			t.Fatalf("%s: %d outputs after %d runs", tc.sel, len(e.outs), len(m.batches))
+		if len(e.Outs) != 1 || len(m.Batches) != 1 || e.Outs[0].Subject != "lung.masks.d" {
+			t.Fatalf("%s: %d outputs after %d runs", tc.sel, len(e.Outs), len(m.Batches))
 		}
 		var o lungsegv1.ModelOutput
-		if err := proto.Unmarshal(e.outs[0].Data, &o); err != nil {
+		if err := proto.Unmarshal(e.Outs[0].Data, &o); err != nil {
 			t.Fatal(err)
 		}
 		if o.Model != "d" || o.Refine != tc.wantRefine || o.RefineOnly != tc.wantOnl || o.Cascade || len(o.Windows) != 0 ||
@@ -124,7 +100,7 @@ func TestProcessRefineOutput(t *testing.T) {
 				tc.sel, tc.refine, o.Model, o.Refine, o.RefineOnly, o.Cascade, len(o.NativeHu))
 		}
 	}
-	st := &Stage{Card: det, Model: &echoModel{}}
+	st := &Stage{Card: det, Model: &segtest.EchoModel{}}
 	for name, tc := range map[string]struct {
 		data   []byte
 		needle string
@@ -134,7 +110,7 @@ func TestProcessRefineOutput(t *testing.T) {
 		"refine, no native": {input("d", true, nil), "without native HU"},
 		"refine, short":     {input("d", true, make([]byte, 10)), "native HU"},
 	} {
-		err := st.Process(context.Background(), &stage.Msg{Data: tc.data}, &emitted{})
+		err := st.Process(context.Background(), &stage.Msg{Data: tc.data}, &segtest.Emitted{})
 		if !stage.IsPermanent(err) || !strings.Contains(err.Error(), tc.needle) {
 			t.Errorf("%s: got %v, want a permanent error mentioning %q", name, err, tc.needle)
 		}

@@ -10,6 +10,7 @@ import (
 	"github.com/lungseg/lungseg/pkg/imgx"
 	"github.com/lungseg/lungseg/pkg/stage"
 	lungsegv1 "github.com/lungseg/lungseg/proto/lungseg/v1"
+	"github.com/lungseg/lungseg/segment/internal/segtest"
 	"google.golang.org/protobuf/proto"
 )
 
@@ -44,7 +45,7 @@ func TestTileOrigins(t *testing.T) {
 // left). Each native pixel must be the mean of the window rows it fell on.
 func TestTileAveragesOverlaps(t *testing.T) {
 	hu := imgx.NewHU(40, 10)
-	got, err := Tile(rowModel{16, 16}, testCrop(16), hu, 12, false)
+	got, err := Tile(rowModel{16, 16}, segtest.Crop(16), hu, 12, false)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -73,14 +74,14 @@ func TestTileAveragesOverlaps(t *testing.T) {
 // that every pixel of a tiled slice, with and without flip TTA, comes back
 // as its own normalised HU: windows and padding line up with the slice.
 func TestTileIsNativeGrid(t *testing.T) {
-	c := testCrop(16)
+	c := segtest.Crop(16)
 	for _, sz := range [][2]int{{40, 10}, {16, 16}, {7, 33}, {50, 61}} {
 		hu := imgx.NewHU(sz[0], sz[1])
 		for i := range hu.Pix {
 			hu.Pix[i] = int16((i*37)%3000 - 1500)
 		}
 		for _, tta := range []bool{false, true} {
-			got, err := Tile(&echoModel{}, c, hu, 12, tta)
+			got, err := Tile(&segtest.EchoModel{}, c, hu, 12, tta)
 			if err != nil {
 				t.Fatal(err)
 			}
@@ -98,8 +99,8 @@ func TestTileIsNativeGrid(t *testing.T) {
 // without runs tiled over its native HU and is published at the native
 // grid, or at 256 per side at most; one with neither fails permanently.
 func TestProcessCropModel(t *testing.T) {
-	c := testCrop(128)
-	st := &Stage{Card: c, Model: &echoModel{}}
+	c := segtest.Crop(128)
+	st := &Stage{Card: c, Model: &segtest.EchoModel{}}
 	ctx := context.Background()
 	place := &lungsegv1.Region{Y0: 40, X0: 30, Height: 50, Width: 70}
 	in := &lungsegv1.ModelInput{Meta: &lungsegv1.SliceMeta{Id: "s", ReplayId: "r", Rows: 50, Cols: 70}, Model: "c",
@@ -133,7 +134,7 @@ func TestProcessCropModel(t *testing.T) {
 	}
 	b, _ := proto.Marshal(&lungsegv1.ModelInput{Meta: &lungsegv1.SliceMeta{Id: "none", ReplayId: "r", Rows: 300, Cols: 300},
 		Model: "c", Channels: 1, Height: 128, Width: 128})
-	err := st.Process(ctx, &stage.Msg{Data: b}, &emitted{})
+	err := st.Process(ctx, &stage.Msg{Data: b}, &segtest.Emitted{})
 	if !stage.IsPermanent(err) || !strings.Contains(err.Error(), "without native HU") {
 		t.Fatalf("input without placement or native HU: %v", err)
 	}
@@ -145,15 +146,15 @@ func runStage(t *testing.T, st *Stage, in *lungsegv1.ModelInput) *lungsegv1.Mode
 	if err != nil {
 		t.Fatal(err)
 	}
-	var e emitted
+	var e segtest.Emitted
 	if err := st.Process(context.Background(), &stage.Msg{Data: b}, &e); err != nil {
 		t.Fatal(err)
 	}
-	if len(e.outs) != 1 {
-		t.Fatalf("%d outputs", len(e.outs))
+	if len(e.Outs) != 1 {
+		t.Fatalf("%d outputs", len(e.Outs))
 	}
 	var out lungsegv1.ModelOutput
-	if err := proto.Unmarshal(e.outs[0].Data, &out); err != nil {
+	if err := proto.Unmarshal(e.Outs[0].Data, &out); err != nil {
 		t.Fatal(err)
 	}
 	return &out

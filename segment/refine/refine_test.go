@@ -12,33 +12,9 @@ import (
 	lungsegv1 "github.com/lungseg/lungseg/proto/lungseg/v1"
 	"github.com/lungseg/lungseg/segment"
 	"github.com/lungseg/lungseg/segment/cascade"
+	"github.com/lungseg/lungseg/segment/internal/segtest"
 	"google.golang.org/protobuf/proto"
 )
-
-// echoModel returns its input as probabilities and records each batch.
-type echoModel struct {
-	fixed   int
-	batches []int
-}
-
-func (m *echoModel) Provider() string { return "test" }
-func (m *echoModel) FixedBatch() int  { return m.fixed }
-func (m *echoModel) Run(in []float32, n int) ([]float32, error) {
-	m.batches = append(m.batches, n)
-	return append([]float32(nil), in...), nil
-}
-
-type emitted struct{ outs []stage.Out }
-
-func (e *emitted) Emit(_ context.Context, o stage.Out) error { e.outs = append(e.outs, o); return nil }
-func (e *emitted) Fail(context.Context, stage.Failure) error { return nil }
-
-func testCrop(window int) *model.Card {
-	return &model.Card{Name: "c", Version: "2", Task: model.TaskCrop, Detector: "d", Threshold: 0.5,
-		Input:         model.Shape{Channels: 1, Height: window, Width: window},
-		Normalisation: model.Normalisation{Kind: "window", Center: 0, Width: 4096},
-		Cascade:       &model.Cascade{Window: window, DetectThreshold: 0.25, MaxCandidates: 8}}
-}
 
 // detect runs the segment stage of det (an echo model: its map is its
 // input) on one input and returns the output it publishes.
@@ -48,14 +24,14 @@ func detect(t *testing.T, det *model.Card, in *lungsegv1.ModelInput) []byte {
 	if err != nil {
 		t.Fatal(err)
 	}
-	var e emitted
-	if err := (&segment.Stage{Card: det, Model: &echoModel{}}).Process(context.Background(), &stage.Msg{Data: b}, &e); err != nil {
+	var e segtest.Emitted
+	if err := (&segment.Stage{Card: det, Model: &segtest.EchoModel{}}).Process(context.Background(), &stage.Msg{Data: b}, &e); err != nil {
 		t.Fatal(err)
 	}
-	if len(e.outs) != 1 {
-		t.Fatalf("segment published %d outputs", len(e.outs))
+	if len(e.Outs) != 1 {
+		t.Fatalf("segment published %d outputs", len(e.Outs))
 	}
-	return e.outs[0].Data
+	return e.Outs[0].Data
 }
 
 // TestProcessCascade runs segment and refine with echo models: the
@@ -65,7 +41,7 @@ func detect(t *testing.T, det *model.Card, in *lungsegv1.ModelInput) []byte {
 func TestProcessCascade(t *testing.T) {
 	const rows, cols, size = 32, 32, 16
 	det := &model.Card{Name: "d", Version: "1", Threshold: 0.5, Input: model.Shape{Channels: 1, Height: size, Width: size}}
-	crop := testCrop(20)
+	crop := segtest.Crop(20)
 	hu := imgx.NewHU(rows, cols)
 	for i := range hu.Pix {
 		hu.Pix[i] = int16(i)
@@ -80,9 +56,9 @@ func TestProcessCascade(t *testing.T) {
 		return &lungsegv1.ModelInput{Meta: &lungsegv1.SliceMeta{Id: "s", Rows: rows, Cols: cols}, Model: sel,
 			Channels: 1, Height: size, Width: size, Tensor: imgx.EncodeFloat32(tensor), NativeHu: native, Refine: refine}
 	}
-	cm := &echoModel{}
+	cm := &segtest.EchoModel{}
 	st := &Stage{Detector: "d", Crop: crop, CropModel: cm}
-	var e emitted
+	var e segtest.Emitted
 	for _, in := range []*lungsegv1.ModelInput{input("d+crop", false, hu.EncodeInt16()), input("d", true, hu.EncodeInt16()), input("d", false, nil)} {
 		if err := st.Process(context.Background(), &stage.Msg{Data: detect(t, det, in)}, &e); err != nil {
 			t.Fatal(err)
@@ -90,15 +66,15 @@ func TestProcessCascade(t *testing.T) {
 	}
 	// Both detector outputs that ask for the cascade are refined; the
 	// plain one is left to score.
-	if len(e.outs) != 2 {
-		t.Fatalf("%d outputs", len(e.outs))
+	if len(e.Outs) != 2 {
+		t.Fatalf("%d outputs", len(e.Outs))
 	}
 	// The native map's component spans rows 8..11 and cols 16..19 (the
 	// bilinear upsampling's edge pixels next to them are 0.9/4 = 0.225,
 	// under the 0.25 detect threshold), so the window centres on (9, 17).
 	want := cascade.Window{Y0: 9 - 10, X0: 17 - 10, H: 20, W: 20}
 	crops := cascade.Crop(hu, want, crop.Normalisation)
-	for k, out := range e.outs {
+	for k, out := range e.Outs {
 		var o lungsegv1.ModelOutput
 		if err := proto.Unmarshal(out.Data, &o); err != nil {
 			t.Fatal(err)
@@ -130,8 +106,8 @@ func TestProcessCascade(t *testing.T) {
 			}
 		}
 	}
-	if !reflect.DeepEqual(cm.batches, []int{1, 1}) {
-		t.Fatalf("crop model runs %v", cm.batches)
+	if !reflect.DeepEqual(cm.Batches, []int{1, 1}) {
+		t.Fatalf("crop model runs %v", cm.Batches)
 	}
 
 	detOut := func(o *lungsegv1.ModelOutput) []byte {
@@ -160,7 +136,7 @@ func TestProcessCascade(t *testing.T) {
 		"short map":      {st, mod(func(o *lungsegv1.ModelOutput) { o.Prob = o.Prob[:8] }), "detector map"},
 		"garbage":        {st, []byte{0xff, 0xff}, "decoding"},
 	} {
-		err := tc.st.Process(context.Background(), &stage.Msg{Data: tc.data}, &emitted{})
+		err := tc.st.Process(context.Background(), &stage.Msg{Data: tc.data}, &segtest.Emitted{})
 		if !stage.IsPermanent(err) || !strings.Contains(err.Error(), tc.needle) {
 			t.Errorf("%s: got %v, want a permanent error mentioning %q", name, err, tc.needle)
 		}
@@ -171,7 +147,7 @@ func TestProcessCascade(t *testing.T) {
 // output's lung field, and the refined output carries the field on.
 func TestProcessCascadeField(t *testing.T) {
 	const rows, cols, size = 32, 32, 16
-	crop := testCrop(20)
+	crop := segtest.Crop(20)
 	hu := imgx.NewHU(rows, cols)
 	tensor := make([]float32, size*size)
 	for _, c := range [][2]int{{4, 8}, {11, 3}} { // native rows 8..11, cols 16..19; rows 22..25, cols 6..9
@@ -194,7 +170,7 @@ func TestProcessCascadeField(t *testing.T) {
 		}
 		return b
 	}
-	st := &Stage{Detector: "d", Crop: crop, CropModel: &echoModel{}}
+	st := &Stage{Detector: "d", Crop: crop, CropModel: &segtest.EchoModel{}}
 	for _, tc := range []struct {
 		name  string
 		has   bool
@@ -208,12 +184,12 @@ func TestProcessCascadeField(t *testing.T) {
 		if tc.has {
 			bits = field.PackBits()
 		}
-		var e emitted
+		var e segtest.Emitted
 		if err := st.Process(context.Background(), &stage.Msg{Data: output(bits, tc.has)}, &e); err != nil {
 			t.Fatalf("%s: %v", tc.name, err)
 		}
 		var o lungsegv1.ModelOutput
-		if err := proto.Unmarshal(e.outs[0].Data, &o); err != nil {
+		if err := proto.Unmarshal(e.Outs[0].Data, &o); err != nil {
 			t.Fatal(err)
 		}
 		if o.HasField != tc.has || string(o.FieldBits) != string(bits) {
@@ -228,7 +204,7 @@ func TestProcessCascadeField(t *testing.T) {
 			}
 		}
 	}
-	err := st.Process(context.Background(), &stage.Msg{Data: output([]byte{1, 2, 3}, true)}, &emitted{})
+	err := st.Process(context.Background(), &stage.Msg{Data: output([]byte{1, 2, 3}, true)}, &segtest.Emitted{})
 	if !stage.IsPermanent(err) || !strings.Contains(err.Error(), "lung field") {
 		t.Fatalf("bad field bits: %v", err)
 	}
