@@ -195,24 +195,6 @@ func TestReceiveSEGAndSRToPACS(t *testing.T) {
 		t.Fatalf("STOW-RS in: %v %+v", err, res)
 	}
 
-	// The nodule findings of the series, once it is quiet.
-	var nodules []*lungsegv1.Finding
-	bustest.Eventually(t, 2*time.Minute, "the series' nodule findings", func() bool {
-		nodules = nil
-		for _, m := range bustest.Fetch(t, n.js, bus.StreamFindings, bus.PrefixFindings+"*.tiny.>") {
-			if strings.HasPrefix(m.Subject(), bus.PrefixFindings+"slice.") {
-				continue
-			}
-			var f lungsegv1.Finding
-			if err := proto.Unmarshal(m.Data(), &f); err != nil {
-				t.Fatal(err)
-			}
-			if f.SeriesUid == series {
-				nodules = append(nodules, &f)
-			}
-		}
-		return len(nodules) > 0
-	})
 	// The SEG and the SR at the PACS.
 	var segIn, srIn *pacsInstance
 	bustest.Eventually(t, time.Minute, "a SEG and an SR at the PACS", func() bool {
@@ -242,6 +224,26 @@ func TestReceiveSEGAndSRToPACS(t *testing.T) {
 	if r.Template != "1500" || r.Title != "Imaging Measurement Report" || len(r.Sources) != len(sl) {
 		t.Errorf("SR: template %q, title %q, %d source images (want %d)", r.Template, r.Title, len(r.Sources), len(sl))
 	}
+	// The nodule findings of the series: the findings stage publishes them
+	// one by one once the series is quiet, so wait for as many as the SR
+	// has groups (more fail below).
+	var nodules []*lungsegv1.Finding
+	bustest.Eventually(t, 2*time.Minute, "the series' nodule findings", func() bool {
+		nodules = nil
+		for _, m := range bustest.Fetch(t, n.js, bus.StreamFindings, bus.PrefixFindings+"*.tiny.>") {
+			if strings.HasPrefix(m.Subject(), bus.PrefixFindings+"slice.") {
+				continue
+			}
+			var f lungsegv1.Finding
+			if err := proto.Unmarshal(m.Data(), &f); err != nil {
+				t.Fatal(err)
+			}
+			if f.SeriesUid == series {
+				nodules = append(nodules, &f)
+			}
+		}
+		return len(nodules) > 0 && len(nodules) >= len(r.Groups)
+	})
 	byID := map[string]*lungsegv1.Finding{}
 	for _, f := range nodules {
 		byID[f.Id] = f
