@@ -26,7 +26,6 @@ import (
 
 	"github.com/lungseg/lungseg/ingest/dicomweb"
 	"github.com/lungseg/lungseg/internal/phantom"
-	"github.com/lungseg/lungseg/internal/pipeline"
 	"github.com/lungseg/lungseg/pkg/bus"
 	"github.com/lungseg/lungseg/pkg/bustest"
 	"github.com/lungseg/lungseg/pkg/dicomwrite"
@@ -132,24 +131,9 @@ func TestReceiveSEGAndSRToPACS(t *testing.T) {
 	reg := testRegistry(t)
 	ctx, cancel := context.WithTimeout(context.Background(), 3*time.Minute)
 	defer cancel()
-	cfg := defaultConfig()
-	cfg.ModelsDir, cfg.Listen, cfg.LogLevel = reg, "", "warn"
-	cfg.DataDir = t.TempDir()
-	cfg.Findings.QuietPeriod = Duration(1500 * time.Millisecond)
 	log := zerolog.New(zerolog.NewTestWriter(t)).Level(zerolog.WarnLevel)
-	n, err := connect(ctx, &cfg, "receive-sr-test", true, log)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer n.Close()
-	pc, err := pipelineConfig(&cfg, nil)
-	if err != nil {
-		t.Fatal(err)
-	}
-	pctx, stopPipeline := context.WithCancel(ctx)
+	n, cfg, pctx, stopPipeline, perr := receivePipeline(t, ctx, reg, "receive-sr-test", log)
 	defer stopPipeline()
-	perr := make(chan error, 1)
-	go func() { perr <- pipeline.Run(pctx, n.js, pc, log) }()
 
 	pacs := &stowPACS{}
 	srv := httptest.NewServer(pacs)

@@ -43,24 +43,9 @@ func TestReceiveEndToEnd(t *testing.T) {
 	reg := testRegistry(t)
 	ctx, cancel := context.WithTimeout(context.Background(), 3*time.Minute)
 	defer cancel()
-	cfg := defaultConfig()
-	cfg.ModelsDir, cfg.Listen, cfg.LogLevel = reg, "", "warn"
-	cfg.DataDir = t.TempDir()
-	cfg.Findings.QuietPeriod = Duration(1500 * time.Millisecond)
 	log := zerolog.Nop()
-	n, err := connect(ctx, &cfg, "receive-test", true, log)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer n.Close()
-	pc, err := pipelineConfig(&cfg, nil)
-	if err != nil {
-		t.Fatal(err)
-	}
-	pctx, stopPipeline := context.WithCancel(ctx)
+	n, _, pctx, stopPipeline, perr := receivePipeline(t, ctx, reg, "receive-test", log)
 	defer stopPipeline()
-	perr := make(chan error, 1)
-	go func() { perr <- pipeline.Run(pctx, n.js, pc, log) }()
 
 	ready := make(chan [2]net.Addr, 1)
 	rerr := make(chan error, 1)
@@ -276,4 +261,29 @@ func TestStowRequiresToken(t *testing.T) {
 	}
 	cancel()
 	<-rerr
+}
+
+// receivePipeline starts every stage as receive runs them, with the
+// registry reg, on an embedded server with a temporary store: the node
+// (closed at the end of the test), the config, the pipeline's context
+// and its stop, and where pipeline.Run's result arrives.
+func receivePipeline(t *testing.T, ctx context.Context, reg, name string, log zerolog.Logger) (*node, *Config, context.Context, context.CancelFunc, <-chan error) {
+	t.Helper()
+	cfg := defaultConfig()
+	cfg.ModelsDir, cfg.Listen, cfg.LogLevel = reg, "", "warn"
+	cfg.DataDir = t.TempDir()
+	cfg.Findings.QuietPeriod = Duration(1500 * time.Millisecond)
+	n, err := connect(ctx, &cfg, name, true, log)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(n.Close)
+	pc, err := pipelineConfig(&cfg, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	pctx, stop := context.WithCancel(ctx)
+	perr := make(chan error, 1)
+	go func() { perr <- pipeline.Run(pctx, n.js, pc, log) }()
+	return n, &cfg, pctx, stop, perr
 }
