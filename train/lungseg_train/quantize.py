@@ -47,7 +47,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-SUPPORTED = {"Conv", "ConvTranspose", "Relu", "Add", "Concat", "MaxPool", "QuantizeLinear", "DequantizeLinear"}
+SUPPORTED = {"Conv", "ConvTranspose", "Relu", "Add", "Concat", "MaxPool", "Identity", "QuantizeLinear", "DequantizeLinear"}
 
 
 def _attrs(node) -> Dict[str, object]:
@@ -106,6 +106,8 @@ def interpret(model, x: torch.Tensor, record: Optional[Callable[[str, torch.Tens
                                      groups=int(at.get("group", 1)), dilation=tuple(at.get("dilations", [1, 1])))
         elif op == "Relu":
             out = F.relu(ins[0])
+        elif op == "Identity":
+            out = ins[0]
         elif op == "Add":
             out = ins[0] + ins[1]
         elif op == "Concat":
@@ -185,6 +187,17 @@ def quantize_graph(model, ranges: Dict[str, tuple]):
     m = copy.deepcopy(model)
     g = m.graph
     inits = {i.name: i for i in g.initializer}
+    # Identity nodes of initializers (the exporter's shared weights) are
+    # read as the initializers themselves.
+    alias = {n.output[0]: n.input[0] for n in g.node if n.op_type == "Identity" and n.input[0] in inits}
+    if alias:
+        keep = [n for n in g.node if n.output[0] not in alias]
+        for n in keep:
+            for k, i in enumerate(n.input):
+                if i in alias:
+                    n.input[k] = alias[i]
+        del g.node[:]
+        g.node.extend(keep)
     outputs = {o.name for o in g.output}
     consumers: Dict[str, List] = {}
     for n in g.node:
@@ -227,24 +240,32 @@ def quantize_graph(model, ranges: Dict[str, tuple]):
                      helper.make_node("DequantizeLinear", [t + "_quantized", sn, zn], [t + "_dequantized"], name=t + "_DequantizeLinear")]
 
     # 3. Conv weights (per output channel, int8) and biases (int32).
-    for n in g.node:
+    wscales: Dict[str, np.ndarray] = {}  # a weight shared by several Convs is quantised once
+    for k, n in enumerate(g.node):
         if n.op_type != "Conv":
             continue
         w_name = n.input[1]
         w = numpy_helper.to_array(inits[w_name]).astype(np.float32)
-        ws = np.abs(w.reshape(w.shape[0], -1)).max(axis=1) / 127.0
-        ws[ws == 0] = 1.0
-        wq = np.clip(np.round(w / ws.reshape(-1, 1, 1, 1)), -127, 127).astype(np.int8)
-        qn = w_name + "_quantized"
-        new_inits += [numpy_helper.from_array(wq, qn), numpy_helper.from_array(ws.astype(np.float32), w_name + "_scale"),
-                      numpy_helper.from_array(np.zeros(w.shape[0], np.int8), w_name + "_zero_point")]
-        dq_w = helper.make_node("DequantizeLinear", [qn, w_name + "_scale", w_name + "_zero_point"], [w_name + "_dequantized"],
-                                name=w_name + "_DequantizeLinear", axis=0)
-        qnodes.setdefault("__weights__", []).append(dq_w)
+        if w_name not in wscales:
+            ws = np.abs(w.reshape(w.shape[0], -1)).max(axis=1) / 127.0
+            ws[ws == 0] = 1.0
+            wscales[w_name] = ws
+            wq = np.clip(np.round(w / ws.reshape(-1, 1, 1, 1)), -127, 127).astype(np.int8)
+            qn = w_name + "_quantized"
+            new_inits += [numpy_helper.from_array(wq, qn), numpy_helper.from_array(ws.astype(np.float32), w_name + "_scale"),
+                          numpy_helper.from_array(np.zeros(w.shape[0], np.int8), w_name + "_zero_point")]
+            qnodes.setdefault("__weights__", []).append(helper.make_node(
+                "DequantizeLinear", [qn, w_name + "_scale", w_name + "_zero_point"], [w_name + "_dequantized"],
+                name=w_name + "_DequantizeLinear", axis=0))
+        ws = wscales[w_name]
         n.input[1] = w_name + "_dequantized"
         if len(n.input) > 2 and n.input[2]:
-            b_name = n.input[2]
-            b = numpy_helper.to_array(inits[b_name]).astype(np.float64)
+            b_src = n.input[2]
+            # The bias scale is this Conv's input scale times its weights':
+            # a bias shared by two Convs gets one int32 copy each.
+            b_name = b_src if sum(1 for x in g.node if x.op_type == "Conv" and len(x.input) > 2 and x.input[2] == b_src) == 1 \
+                else f"{b_src}_{k}"
+            b = numpy_helper.to_array(inits[b_src]).astype(np.float64)
             x_s = act_scale[n.input[0]]
             bs = (x_s * ws.astype(np.float64)).astype(np.float32)
             bq = np.clip(np.round(b / bs.astype(np.float64)), -2 ** 31, 2 ** 31 - 1).astype(np.int32)
