@@ -310,9 +310,8 @@ func Run(ctx context.Context, o Options) (*Report, error) {
 	}
 	// The inference section also measures each float model's int8
 	// variants, right after it, against it.
-	infCards := slices.Clone(cards)
+	var infCards []*model.Card
 	if o.has(SectionInference) {
-		infCards = infCards[:0]
 		for _, c := range cards {
 			if !slices.Contains(infCards, c) {
 				infCards = append(infCards, c)

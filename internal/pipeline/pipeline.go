@@ -187,11 +187,7 @@ func Run(ctx context.Context, js jetstream.JetStream, cfg Config, log zerolog.Lo
 				&preprocess.Stage{Cards: cfg.Registry, Defaults: defaults, TTA: cfg.TTA,
 					TrainCopies: cfg.TrainCopies, TrainSeed: cfg.TrainSeed, Objects: objects, NoLungField: cfg.NoLungField})
 		case Segment:
-			selected := cfg.Models
-			if len(selected) == 0 {
-				selected = []string{"all"}
-			}
-			selected, err = cfg.Registry.Resolve(selected)
+			selected, err := selection(cfg)
 			if err != nil {
 				return err
 			}
@@ -226,11 +222,7 @@ func Run(ctx context.Context, js jetstream.JetStream, cfg Config, log zerolog.Lo
 				}
 			}
 		case Refine:
-			selected := cfg.Models
-			if len(selected) == 0 {
-				selected = []string{"all"}
-			}
-			selected, err = cfg.Registry.Resolve(selected)
+			selected, err := selection(cfg)
 			if err != nil {
 				return err
 			}
@@ -351,4 +343,14 @@ func baseModels(names []string) []string {
 		}
 	}
 	return out
+}
+
+// selection resolves the models segment and refine serve (all when none
+// are configured).
+func selection(cfg Config) ([]string, error) {
+	selected := cfg.Models
+	if len(selected) == 0 {
+		selected = []string{"all"}
+	}
+	return cfg.Registry.Resolve(selected)
 }

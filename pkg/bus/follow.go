@@ -218,13 +218,3 @@ func (f *Follower) Stop() {
 		cc.Stop()
 	}
 }
-
-// silenceForTest stops the current consumer without telling the
-// watchdog, as a consumer that went silent under a killed node.
-func (f *Follower) silenceForTest() {
-	f.mu.Lock()
-	defer f.mu.Unlock()
-	if f.cc != nil {
-		f.cc.Stop()
-	}
-}

@@ -434,19 +434,22 @@ func Dataset(s Series, alg Algorithm, frames []Frame, o Options) (dicom.Dataset,
 // DefaultSeriesUID is the SeriesInstanceUID a SEG gets when Options
 // leave it empty: derived from the source series and the algorithm.
 func DefaultSeriesUID(s Series, alg Algorithm) string {
-	if alg.Version == "" {
-		alg.Version = "unknown"
-	}
-	return dicomwrite.NewUID("lungseg-seg", s.SeriesUID, alg.Name, alg.Version, "series")
+	return derivedUID("lungseg-seg", s, alg, "series")
 }
 
 // DefaultInstanceUID is the SOPInstanceUID a SEG gets when Options leave
 // it empty: derived from the source series and the algorithm.
 func DefaultInstanceUID(s Series, alg Algorithm) string {
+	return derivedUID("lungseg-seg", s, alg, "instance")
+}
+
+// derivedUID is a UID of an object of kind made from the source series s
+// by alg ("unknown" standing for an empty version).
+func derivedUID(kind string, s Series, alg Algorithm, part string) string {
 	if alg.Version == "" {
 		alg.Version = "unknown"
 	}
-	return dicomwrite.NewUID("lungseg-seg", s.SeriesUID, alg.Name, alg.Version, "instance")
+	return dicomwrite.NewUID(kind, s.SeriesUID, alg.Name, alg.Version, part)
 }
 
 // implementationUID identifies this writer in the file meta header.

@@ -390,18 +390,12 @@ func SRDataset(s Series, alg Algorithm, frames []Frame, seg SEGRef, nodules []No
 // Options leave them empty: derived from the source series and the
 // algorithm, so rewriting the same report gives the same UIDs.
 func DefaultSRSeriesUID(s Series, alg Algorithm) string {
-	if alg.Version == "" {
-		alg.Version = "unknown"
-	}
-	return dicomwrite.NewUID("lungseg-sr", s.SeriesUID, alg.Name, alg.Version, "series")
+	return derivedUID("lungseg-sr", s, alg, "series")
 }
 
 // DefaultSRInstanceUID: see DefaultSRSeriesUID.
 func DefaultSRInstanceUID(s Series, alg Algorithm) string {
-	if alg.Version == "" {
-		alg.Version = "unknown"
-	}
-	return dicomwrite.NewUID("lungseg-sr", s.SeriesUID, alg.Name, alg.Version, "instance")
+	return derivedUID("lungseg-sr", s, alg, "instance")
 }
 
 // WriteSR writes the report as a Part 10 file.

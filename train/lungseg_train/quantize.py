@@ -87,6 +87,7 @@ def interpret(model, x: torch.Tensor, record: Optional[Callable[[str, torch.Tens
         a = numpy_helper.to_array(init)
         env[init.name] = torch.from_numpy(a.astype(np.float64 if a.dtype.kind in "iu" else a.dtype, copy=True))
     env[g.input[0].name] = x
+    qranges = _qranges(model)
     for n in g.node:
         op, at = n.op_type, _attrs(n)
         if op not in SUPPORTED:
@@ -121,7 +122,7 @@ def interpret(model, x: torch.Tensor, record: Optional[Callable[[str, torch.Tens
         elif op == "QuantizeLinear":
             s, zp = ins[1], ins[2]
             axis = int(at.get("axis", 1))
-            lo, hi = _qrange(model, n.input[2])
+            lo, hi = qranges[n.input[2]]
             q = torch.round(ins[0].double() / _bshape(s.double(), ins[0], axis)) + _bshape(zp.double(), ins[0], axis)
             out = q.clamp(lo, hi)
         else:  # DequantizeLinear
@@ -134,23 +135,12 @@ def interpret(model, x: torch.Tensor, record: Optional[Callable[[str, torch.Tens
     return env[g.output[0].name]
 
 
-_QRANGE_CACHE: Dict[int, Dict[str, tuple]] = {}
-
-
-def _qrange(model, zp_name: str) -> tuple:
-    """Integer range of a zero point's type."""
+def _qranges(model) -> Dict[str, tuple]:
+    """Integer range of each zero point initializer, by its type."""
     import onnx
-    c = _QRANGE_CACHE.setdefault(id(model), {})
-    if not c:
-        for init in model.graph.initializer:
-            t = init.data_type
-            if t == onnx.TensorProto.UINT8:
-                c[init.name] = (0, 255)
-            elif t == onnx.TensorProto.INT8:
-                c[init.name] = (-128, 127)
-            elif t == onnx.TensorProto.INT32:
-                c[init.name] = (-2 ** 31, 2 ** 31 - 1)
-    return c[zp_name]
+    kinds = {onnx.TensorProto.UINT8: (0, 255), onnx.TensorProto.INT8: (-128, 127),
+             onnx.TensorProto.INT32: (-2 ** 31, 2 ** 31 - 1)}
+    return {i.name: kinds[i.data_type] for i in model.graph.initializer if i.data_type in kinds}
 
 
 def calibrate(model, batches: List[torch.Tensor]) -> Dict[str, tuple]:
