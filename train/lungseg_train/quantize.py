@@ -47,7 +47,15 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-SUPPORTED = {"Conv", "ConvTranspose", "Relu", "Add", "Concat", "MaxPool", "Identity", "QuantizeLinear", "DequantizeLinear"}
+CONV_OPS = {"Conv", "ConvTranspose", "Relu", "Add", "Concat", "MaxPool", "Identity"}
+# The transformer graphs (Swin-UNet, UNETR) add these.
+TRANSFORMER_OPS = {"MatMul", "Mul", "Sub", "Div", "Pow", "Sqrt", "Erf", "Softmax", "LayerNormalization", "ReduceMean",
+                   "LeakyRelu", "Reshape", "Transpose", "Unsqueeze", "Squeeze", "Gather", "Slice", "Shape", "Cast",
+                   "Constant"}
+SUPPORTED = CONV_OPS | TRANSFORMER_OPS | {"QuantizeLinear", "DequantizeLinear"}
+
+_CAST = {1: torch.float32, 2: torch.uint8, 3: torch.int8, 5: torch.int16, 6: torch.int32, 7: torch.int64,
+         9: torch.bool, 11: torch.float64}
 
 
 def _attrs(node) -> Dict[str, object]:
@@ -85,7 +93,9 @@ def interpret(model, x: torch.Tensor, record: Optional[Callable[[str, torch.Tens
     env: Dict[str, torch.Tensor] = {}
     for init in g.initializer:
         a = numpy_helper.to_array(init)
-        env[init.name] = torch.from_numpy(a.astype(np.float64 if a.dtype.kind in "iu" else a.dtype, copy=True))
+        # Integer initializers keep their type (shape arithmetic, Gather
+        # indices); Quantize/DequantizeLinear read zero points as doubles.
+        env[init.name] = torch.from_numpy(a.astype(np.int64 if a.dtype == np.uint64 else a.dtype, copy=True))
     env[g.input[0].name] = x
     qranges = _qranges(model)
     for n in g.node:
@@ -119,6 +129,8 @@ def interpret(model, x: torch.Tensor, record: Optional[Callable[[str, torch.Tens
                 xx = F.pad(ins[0], (at["pads"][1], at["pads"][3], at["pads"][0], at["pads"][2]), value=-float("inf"))
             out = F.max_pool2d(xx, tuple(at["kernel_shape"]), stride=tuple(at.get("strides", [1, 1])), padding=pad,
                                ceil_mode=bool(at.get("ceil_mode", 0)))
+        elif op in TRANSFORMER_OPS:
+            out = _transformer_op(op, at, ins, n)
         elif op == "QuantizeLinear":
             s, zp = ins[1], ins[2]
             axis = int(at.get("axis", 1))
@@ -135,6 +147,106 @@ def interpret(model, x: torch.Tensor, record: Optional[Callable[[str, torch.Tens
     return env[g.output[0].name]
 
 
+def _transformer_op(op: str, at: Dict[str, object], ins: List[Optional[torch.Tensor]], node) -> torch.Tensor:
+    """The ops of the exported Swin-UNet and UNETR graphs, with ONNX's
+    semantics (integer tensors stay integer: the exporter's shape
+    arithmetic)."""
+    from onnx import numpy_helper
+    x = ins[0] if ins else None
+    if op == "MatMul":
+        return torch.matmul(x, ins[1])
+    if op == "Mul":
+        return x * ins[1]
+    if op == "Sub":
+        return x - ins[1]
+    if op == "Div":
+        if x.is_floating_point():
+            return x / ins[1]
+        return torch.div(x, ins[1], rounding_mode="trunc")
+    if op == "Pow":
+        return torch.pow(x, ins[1])
+    if op == "Sqrt":
+        return torch.sqrt(x)
+    if op == "Erf":
+        return torch.erf(x)
+    if op == "Softmax":
+        return torch.softmax(x, dim=int(at.get("axis", -1)))
+    if op == "LeakyRelu":
+        return F.leaky_relu(x, float(at.get("alpha", 0.01)))
+    if op == "LayerNormalization":
+        axis = int(at.get("axis", -1)) % x.dim()
+        shape = tuple(x.shape[axis:])
+        w = ins[1].expand(shape) if ins[1] is not None else None
+        b = ins[2].expand(shape) if len(ins) > 2 and ins[2] is not None else None
+        return F.layer_norm(x, shape, w, b, eps=float(at.get("epsilon", 1e-5)))
+    if op == "ReduceMean":
+        axes = at.get("axes")
+        if axes is None and len(ins) > 1 and ins[1] is not None:
+            axes = [int(v) for v in ins[1].tolist()]
+        keep = bool(at.get("keepdims", 1))
+        if not axes:
+            if at.get("noop_with_empty_axes", 0):
+                return x
+            axes = list(range(x.dim()))
+        return torch.mean(x, dim=[int(a) for a in axes], keepdim=keep)
+    if op == "Reshape":
+        shape = [int(v) for v in ins[1].tolist()]
+        if not at.get("allowzero", 0):
+            shape = [x.shape[i] if v == 0 else v for i, v in enumerate(shape)]
+        return x.reshape(shape)
+    if op == "Transpose":
+        perm = at.get("perm") or list(range(x.dim()))[::-1]
+        return x.permute(*[int(p) for p in perm])
+    if op in ("Unsqueeze", "Squeeze"):
+        axes = at.get("axes")
+        if axes is None and len(ins) > 1 and ins[1] is not None:
+            axes = [int(v) for v in ins[1].reshape(-1).tolist()]
+        if op == "Squeeze":
+            if axes is None:
+                return x.squeeze()
+            keep = [d for i, d in enumerate(x.shape) if i not in {a % x.dim() for a in axes}]
+            return x.reshape(keep)
+        rank = x.dim() + len(axes)
+        out = x
+        for a in sorted(a % rank for a in axes):
+            out = out.unsqueeze(a)
+        return out
+    if op == "Gather":
+        axis = int(at.get("axis", 0)) % x.dim()
+        idx = ins[1].long()
+        idx = torch.where(idx < 0, idx + x.shape[axis], idx)
+        out = torch.index_select(x, axis, idx.reshape(-1))
+        return out.reshape(tuple(x.shape[:axis]) + tuple(idx.shape) + tuple(x.shape[axis + 1:]))
+    if op == "Slice":
+        starts, ends = ins[1].tolist(), ins[2].tolist()
+        axes = ins[3].tolist() if len(ins) > 3 and ins[3] is not None else list(range(len(starts)))
+        steps = ins[4].tolist() if len(ins) > 4 and ins[4] is not None else [1] * len(starts)
+        sl = [slice(None)] * x.dim()
+        for st, en, ax, sp in zip(starts, ends, axes, steps):
+            sl[int(ax) % x.dim()] = slice(int(st), int(en), int(sp))
+        if any(sp < 0 for sp in steps):  # numpy slices as ONNX does, torch takes no negative step
+            return torch.from_numpy(np.ascontiguousarray(x.numpy()[tuple(sl)]))
+        return x[tuple(sl)]
+    if op == "Shape":
+        shape = list(x.shape)
+        start, end = int(at.get("start", 0)), at.get("end")
+        return torch.tensor(shape[start:] if end is None else shape[start:int(end)], dtype=torch.int64)
+    if op == "Cast":
+        return x.to(_CAST[int(at["to"])])
+    if op == "Constant":
+        if "value" in at:
+            return torch.from_numpy(numpy_helper.to_array(at["value"]).copy())
+        if "value_float" in at:
+            return torch.tensor(float(at["value_float"]), dtype=torch.float32)
+        if "value_floats" in at:
+            return torch.tensor(list(at["value_floats"]), dtype=torch.float32)
+        if "value_int" in at:
+            return torch.tensor(int(at["value_int"]), dtype=torch.int64)
+        if "value_ints" in at:
+            return torch.tensor(list(at["value_ints"]), dtype=torch.int64)
+    raise SystemExit(f"quantize: op {op} ({node.name}) with attributes {sorted(at)} is not supported by this interpreter")
+
+
 def _qranges(model) -> Dict[str, tuple]:
     """Integer range of each zero point initializer, by its type."""
     import onnx
@@ -149,6 +261,8 @@ def calibrate(model, batches: List[torch.Tensor]) -> Dict[str, tuple]:
     rng: Dict[str, List[float]] = {}
 
     def rec(name, t):
+        if not t.is_floating_point() or t.numel() == 0:  # shape arithmetic
+            return
         lo, hi = float(t.min()), float(t.max())
         r = rng.get(name)
         rng[name] = [min(lo, r[0]), max(hi, r[1])] if r else [lo, hi]
