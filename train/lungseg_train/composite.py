@@ -366,15 +366,38 @@ def augment(r: Rand, hu: torch.Tensor, mask: torch.Tensor, rot_deg: float = 30.0
 
 def training_batch(bank: Bank, r: Rand, b: int, p_real: float = 0.3, p_paste_real: float = 0.5,
                    p_paste_synth: float = 0.92, p_second: float = 0.25,
-                   grid_mm=(1.2, 1.6), aug: bool = True) -> Tuple[torch.Tensor, torch.Tensor]:
-    """One batch of windowed inputs [B,1,S,S] in [0,1] and masks [B,1,S,S]."""
+                   grid_mm=(1.2, 1.6), aug: bool = True, ct=None, p_ct: float = 0.0,
+                   p_paste_ct: float = 0.5, pool: Optional["BgPool"] = None) -> Tuple[torch.Tensor, torch.Tensor]:
+    """One batch of windowed inputs [B,1,S,S] in [0,1] and masks [B,1,S,S].
+
+    ct (a ctbg.CTBank at the bank's size, ctbg.to_grid): a fraction p_ct of
+    the images are whole real CT slices at their own pixel spacing (chest
+    wall, mediastinum, hila, table and all); a fraction p_paste_ct of those
+    get a crop pasted into their lungs (a second one only with a first), the
+    rest are real negatives that must come out empty. pool: synthetic
+    backgrounds drawn from a BgPool instead of made per batch (a CPU run)."""
     size = bank.size
-    hu, lung, mask, use_real = backgrounds(bank, r, b, p_real)
+    if pool is not None and pool.n > 0:
+        hu, lung, mask, use_real = pool_backgrounds(pool, r, b)
+    else:
+        hu, lung, mask, use_real = backgrounds(bank, r, b, p_real)
     on = torch.where(use_real, r.u((b,)) < p_paste_real, r.u((b,)) < p_paste_synth).float()
     gm = r.u((b,), grid_mm[0], grid_mm[1]) * (256.0 / size)  # anatomy keeps its size on smaller grids
+    use_ct = None
+    if ct is not None and ct.n > 0 and p_ct > 0:
+        use_ct = r.u((b,)) < p_ct
+        ci = r.i(ct.n, (b,))
+        uc = use_ct.view(-1, 1, 1, 1)
+        hu = torch.where(uc, ct.hu[ci], hu)
+        lung = torch.where(uc, ct.lung[ci], lung)
+        mask = torch.where(uc, torch.zeros_like(mask), mask)
+        on = torch.where(use_ct, (r.u((b,)) < p_paste_ct).float(), on)
+        gm = torch.where(use_ct, ct.spacing[ci], gm)
     if bank.n_crops > 0:
         hu, mask, _ = paste(bank, r, hu, mask, lung, r.i(bank.n_crops, (b,)), gm, True, on)
         on2 = (r.u((b,)) < p_second).float()
+        if use_ct is not None:
+            on2 = torch.where(use_ct, on2 * on, on2)
         hu, mask, _ = paste(bank, r, hu, mask, lung, r.i(bank.n_crops, (b,)), gm, True, on2)
     return finish_batch(r, hu, mask, aug)
 

@@ -117,3 +117,19 @@ def load_ct_bank(root: str, series: Sequence[str] = DEFAULT_SERIES, device="cpu"
     return CTBank(torch.from_numpy(np.stack(hus)).unsqueeze(1).to(dev),
                   torch.from_numpy(np.stack(lungs).astype(np.float32)).unsqueeze(1).to(dev),
                   torch.tensor(sps, dtype=torch.float32, device=dev), names)
+
+
+def to_grid(bank: CTBank, size: int) -> CTBank:
+    """The bank at a smaller grid, as a whole-slice model sees a slice: HU by
+    area averaging (512 -> 256, what preprocess's resize approximates), lung
+    where at least half of a cell is lung, spacing times the factor."""
+    import torch.nn.functional as F
+
+    s = int(bank.hu.shape[-1]) if bank.n else size
+    if bank.n == 0 or s == size:
+        return bank
+    if s % size:
+        raise ValueError(f"ct bank of {s} px does not reduce to {size}")
+    f = s // size
+    return CTBank(F.avg_pool2d(bank.hu, f), (F.avg_pool2d(bank.lung, f) >= 0.5).float(), bank.spacing * f,
+                  bank.names)

@@ -311,16 +311,20 @@ def run(args) -> Dict[str, object]:
         raise SystemExit("--select-on bare needs --task crop")
     bare_frac = args.bare_frac if crop else 0.0
     bg_pool = None
-    if crop and args.bg_pool:
+    if args.bg_pool:
         tp = time.time()
         gp = torch.Generator(device=device if device.type == "cuda" else torch.device("cpu"))
         gp.manual_seed(args.seed + 11)
         bg_pool = C.make_bg_pool(bank_tr, C.Rand(gp, device), args.bg_pool)
         log(f"background pool: {bg_pool.n} chests in {time.time() - tp:.0f}s")
     ct_bank = None
-    if crop and args.ct_backgrounds and args.p_ct > 0:
+    if args.ct_backgrounds and args.p_ct > 0:
         from . import ctbg
-        ct_bank = ctbg.load_ct_bank(args.ct_backgrounds, args.ct_series.split(","), device, canvas)
+        if crop:
+            ct_bank = ctbg.load_ct_bank(args.ct_backgrounds, args.ct_series.split(","), device, canvas)
+        else:  # whole 512 slices, reduced to the model's grid as preprocess does
+            ct_bank = ctbg.to_grid(ctbg.load_ct_bank(args.ct_backgrounds, args.ct_series.split(","), device,
+                                                     512), canvas)
         log(f"CT backgrounds: {ct_bank.n} slices of {args.ct_series} (p {args.p_ct})")
     if crop:
         val_comp = C.crop_eval_set(bank_va, seed=1001, win=size)
@@ -444,7 +448,7 @@ def run(args) -> Dict[str, object]:
                         xb, yb = C.bare_training_batch(tr_crops, rnd, nb, win=size)
                         x, y = torch.cat([x, xb]), torch.cat([y, yb])
                 else:
-                    x, y = C.training_batch(bank_tr, rnd, batch)
+                    x, y = C.training_batch(bank_tr, rnd, batch, ct=ct_bank, p_ct=args.p_ct, pool=bg_pool)
             if cl:
                 x = x.contiguous(memory_format=torch.channels_last)
             with autocast(device, cfg["amp"]):
@@ -616,6 +620,11 @@ def run(args) -> Dict[str, object]:
         compositing = ("crops pasted into synthetic or real-lung chest backgrounds at spacing/t, "
                        "t ~ U(1.2,1.6) mm/px; flips, rotation +-30 deg, scale 0.9-1.1, elastic 1.5 px, "
                        "CT noise, contrast 0.9-1.1, brightness +-0.04")
+        if ct_bank is not None:
+            compositing += (f"; a fraction {args.p_ct} of the backgrounds are whole real CT slices of "
+                            f"{args.ct_series} at {size}x{size} (area-averaged, their own spacing x"
+                            f"{512 // size}), half of them with a crop pasted into the lungs, the rest "
+                            "real negatives")
     card = {
         "name": args.name or args.model,
         "architecture": family,
@@ -733,11 +742,13 @@ def parser() -> argparse.ArgumentParser:
                     help="epoch and threshold selection set (auto: bare crops for the crop task, else windows); "
                          "always by the mean Dice over images with truth")
     ap.add_argument("--bg-pool", type=int, default=0,
-                    help="crop task: draw window backgrounds from a pool of this many chests made once (CPU runs)")
+                    help="draw the synthetic backgrounds (crop task: of the windows) from a pool of this many chests "
+                         "made once (CPU runs)")
     ap.add_argument("--ct-backgrounds", default="",
-                    help="crop task: ct_series folder (../shared/data/ct_series): real CT slices as backgrounds")
+                    help="ct_series folder (../shared/data/ct_series): real CT slices as backgrounds (crop task: of the "
+                         "windows; slice task: whole slices reduced to the model grid, half of them without a nodule)")
     ap.add_argument("--ct-series", default="popi_00_141", help="comma-separated series of --ct-backgrounds")
-    ap.add_argument("--p-ct", type=float, default=0.25, help="fraction of window backgrounds that are real CT")
+    ap.add_argument("--p-ct", type=float, default=0.25, help="fraction of (window) backgrounds that are real CT")
     ap.add_argument("--checkpoint-every-minutes", type=float, default=0.0,
                     help="write WORK/<name>.resume.pt (model, optimizer, scheduler, RNG, epoch, best) this often "
                          "and at each epoch's end")

@@ -63,3 +63,39 @@ def test_ct_bank_leaves_out_the_mass_slices():
     assert b.n > 10 and not any(52 <= k <= 72 for k in nums)
     assert float(b.spacing[0]) == pytest.approx(0.9765625)
     assert float(b.lung.mean()) > 0.03
+
+
+def test_to_grid_halves_the_slice_and_doubles_the_spacing():
+    hu, lungs = _chest(512 // 4)
+    hu = np.kron(hu, np.ones((4, 4), np.float32))
+    lung = np.kron(lungs.astype(np.float32), np.ones((4, 4), np.float32))
+    ct = ctbg.CTBank(torch.from_numpy(hu)[None, None], torch.from_numpy(lung)[None, None],
+                     torch.tensor([0.8]), ["chest"])
+    g = ctbg.to_grid(ct, 256)
+    assert g.hu.shape == (1, 1, 256, 256) and float(g.spacing[0]) == pytest.approx(1.6)
+    assert float(g.hu[0, 0, 110, 80]) == pytest.approx(-850.0)  # inside the left lung
+    assert abs(float(g.lung.sum()) - float(lung.sum()) / 4) < 0.02 * float(lung.sum()) / 4
+    with pytest.raises(ValueError):
+        ctbg.to_grid(ct, 200)
+
+
+def test_slice_training_batch_with_ct_backgrounds_has_real_negatives():
+    hu, lungs = _chest(256 // 2)
+    hu = np.kron(hu, np.ones((2, 2), np.float32))
+    lung = np.kron(lungs.astype(np.float32), np.ones((2, 2), np.float32))
+    ct = ctbg.CTBank(torch.from_numpy(hu)[None, None], torch.from_numpy(lung)[None, None],
+                     torch.tensor([1.6]), ["chest"])
+    d = D.synthetic_phantoms(n_patients=2, crops_per_patient=3, slices_per_patient=1)
+    bank = C.make_bank(d.crops, d.slices, "cpu", 256, True)
+    g = torch.Generator()
+    g.manual_seed(0)
+    x, y = C.training_batch(bank, C.Rand(g, "cpu"), 16, ct=ct, p_ct=1.0, p_paste_ct=0.5, aug=False)
+    assert x.shape == y.shape == (16, 1, 256, 256)
+    # every image is the real slice: the body's soft tissue (40 HU) sits at the same place
+    body_level = float(D.window(torch.tensor(40.0)))
+    assert bool(((x[:, 0, 128, 40] - body_level).abs() < 0.1).all())
+    has = y.flatten(1).amax(1) > 0
+    assert 0 < int(has.sum()) < 16  # some with a pasted nodule, some real negatives
+    # without ct the same call makes no use of the bank's slices' grid
+    x2, _ = C.training_batch(bank, C.Rand(g, "cpu"), 2, aug=False)
+    assert x2.shape == (2, 1, 256, 256)
