@@ -21,7 +21,14 @@ on the graph itself:
   float weights (its quantised activations around it still are).
 
 ONNX Runtime then fuses DQ -> Conv -> Q into QLinearConv (and the same for
-Add, Concat, MaxPool) when it loads the model. The calibration set is
+Add, Concat, MaxPool) when it loads the model.
+
+A graph with any other op (the Swin-UNet, the UNETR) is quantised only
+around its weighted ops, as onnxruntime.quantization treats transformers
+(quantize_weighted_ops): MatMul with a constant [K, N] weight (int8 per
+output column, its input uint8, its output float: MatMulIntegerToFloat in
+ONNX Runtime) and Conv as above; LayerNorm, Softmax, Gelu, the residual Adds
+and the attention's activation x activation MatMuls stay float. The calibration set is
 training-split bare crops (padded with air like the cascade's windows); the
 validation and test patients are never seen. The float graph is run by a
 small PyTorch interpreter of the ONNX graph (interpret), the same one that
@@ -281,8 +288,27 @@ def _u8(lo: float, hi: float):
     return np.float32(scale), np.uint8(min(255, max(0, zp)))
 
 
+def _dealias(g, inits) -> None:
+    """Identity nodes of initializers (the exporter's shared weights) are
+    read as the initializers themselves."""
+    alias = {n.output[0]: n.input[0] for n in g.node if n.op_type == "Identity" and n.input[0] in inits}
+    if alias:
+        keep = [n for n in g.node if n.output[0] not in alias]
+        for n in keep:
+            for k, i in enumerate(n.input):
+                if i in alias:
+                    n.input[k] = alias[i]
+        del g.node[:]
+        g.node.extend(keep)
+
+
 def quantize_graph(model, ranges: Dict[str, tuple]):
-    """The QDQ model of a float model (see the module doc)."""
+    """The QDQ model of a float model (see the module doc): every
+    activation quantised for a convolutional graph (Conv, ConvTranspose,
+    Relu, Add, Concat, MaxPool), only the inputs of the weighted ops for any
+    other (quantize_weighted_ops)."""
+    if not convolutional(model):
+        return quantize_weighted_ops(model, ranges)
     import copy
 
     import onnx
@@ -401,6 +427,146 @@ def quantize_graph(model, ranges: Dict[str, tuple]):
     return m
 
 
+def quantize_weighted_ops(model, ranges: Dict[str, tuple]):
+    """QDQ around the compute-heavy ops with constant weights only, as
+    onnxruntime.quantization does for transformers:
+
+    * MatMul with a 2-D initializer B [K, N]: B int8 symmetric, one scale
+      per output column (DequantizeLinear axis 1), A quantised uint8
+      (asymmetric, calibrated), the output left float: ONNX Runtime fuses
+      DQ(A), DQ(B) -> MatMul into MatMulIntegerToFloat, whose kernel takes a
+      per-column B scale. Its bias Add stays float.
+    * Conv: as for the convolutional graphs: input and output uint8, weights
+      int8 per output channel, bias int32 (-> QLinearConv); every consumer of
+      the output reads the dequantised tensor.
+    * Everything else stays float: LayerNormalization, Softmax, Gelu (Erf),
+      the residual Adds, the attention's activation x activation MatMuls,
+      the instance norms, LeakyRelu, and ConvTranspose (ONNX Runtime's CPU
+      provider has no integer ConvTranspose).
+    """
+    import copy
+
+    import onnx
+    from onnx import helper, numpy_helper
+
+    m = copy.deepcopy(model)
+    g = m.graph
+    inits = {i.name: i for i in g.initializer}
+    _dealias(g, inits)
+    outputs = {o.name for o in g.output}
+
+    def weight(n):
+        i = inits.get(n.input[1]) if len(n.input) > 1 else None
+        if i is None or i.data_type != onnx.TensorProto.FLOAT:
+            return None
+        if n.op_type == "MatMul" and len(i.dims) == 2:
+            return i
+        if n.op_type == "Conv" and len(i.dims) == 4:
+            return i
+        return None
+
+    nodes = list(g.node)
+    targets = [j for j, n in enumerate(nodes) if weight(n) is not None]
+    new_inits, wdq = [], []
+    act_scale: Dict[str, float] = {}
+    qdq: Dict[str, List] = {}
+
+    def quantize_act(t):
+        if t in qdq:
+            return
+        if t not in ranges:
+            raise SystemExit(f"quantize: no calibration range for {t}")
+        s, zp = _u8(*ranges[t])
+        act_scale[t] = float(s)
+        sn, zn = t + "_scale", t + "_zero_point"
+        new_inits.extend([numpy_helper.from_array(np.array(s, np.float32), sn),
+                          numpy_helper.from_array(np.array(zp, np.uint8), zn)])
+        qdq[t] = [helper.make_node("QuantizeLinear", [t, sn, zn], [t + "_quantized"], name=t + "_QuantizeLinear"),
+                  helper.make_node("DequantizeLinear", [t + "_quantized", sn, zn], [t + "_dequantized"],
+                                   name=t + "_DequantizeLinear")]
+
+    readers: Dict[str, set] = {}  # activation -> indices of the nodes that read its DQ
+    for j in targets:
+        n = nodes[j]
+        quantize_act(n.input[0])
+        readers.setdefault(n.input[0], set()).add(j)
+        if n.op_type == "Conv" and n.output[0] not in outputs:
+            quantize_act(n.output[0])
+            readers.setdefault(n.output[0], set()).update(c for c, x in enumerate(nodes) if n.output[0] in x.input)
+
+    done: Dict[str, np.ndarray] = {}
+    for k in targets:
+        n = nodes[k]
+        w_name = n.input[1]
+        w = numpy_helper.to_array(inits[w_name]).astype(np.float32)
+        axis = 1 if n.op_type == "MatMul" else 0
+        if w_name not in done:
+            wa = np.moveaxis(w, axis, 0).reshape(w.shape[axis], -1)
+            ws = np.abs(wa).max(axis=1) / 127.0
+            ws[ws == 0] = 1.0
+            done[w_name] = ws
+            shape = [1] * w.ndim
+            shape[axis] = -1
+            wq = np.clip(np.round(w / ws.reshape(shape)), -127, 127).astype(np.int8)
+            new_inits += [numpy_helper.from_array(wq, w_name + "_quantized"),
+                          numpy_helper.from_array(ws.astype(np.float32), w_name + "_scale"),
+                          numpy_helper.from_array(np.zeros(w.shape[axis], np.int8), w_name + "_zero_point")]
+            wdq.append(helper.make_node("DequantizeLinear", [w_name + "_quantized", w_name + "_scale", w_name + "_zero_point"],
+                                        [w_name + "_dequantized"], name=w_name + "_DequantizeLinear", axis=axis))
+        ws = done[w_name]
+        n.input[1] = w_name + "_dequantized"
+        if n.op_type == "Conv" and len(n.input) > 2 and n.input[2]:
+            b_src = n.input[2]
+            b_name = f"{b_src}_{k}" if sum(1 for j in targets if len(nodes[j].input) > 2 and nodes[j].input[2] == b_src) > 1 else b_src
+            b = numpy_helper.to_array(inits[b_src]).astype(np.float64)
+            bs = (act_scale[n.input[0]] * ws.astype(np.float64)).astype(np.float32)
+            bq = np.clip(np.round(b / bs.astype(np.float64)), -2 ** 31, 2 ** 31 - 1).astype(np.int32)
+            new_inits += [numpy_helper.from_array(bq, b_name + "_quantized"), numpy_helper.from_array(bs, b_name + "_scale"),
+                          numpy_helper.from_array(np.zeros(w.shape[0], np.int32), b_name + "_zero_point")]
+            wdq.append(helper.make_node("DequantizeLinear", [b_name + "_quantized", b_name + "_scale", b_name + "_zero_point"],
+                                        [b_name + "_dequantized"], name=b_name + "_DequantizeLinear", axis=0))
+            n.input[2] = b_name + "_dequantized"
+
+    for j, n in enumerate(nodes):
+        for k, i in enumerate(n.input):
+            if i in qdq and j in readers.get(i, ()):
+                n.input[k] = i + "_dequantized"
+    ordered = list(wdq) + qdq.get(g.input[0].name, [])
+    for n in nodes:
+        ordered.append(n)
+        for o in n.output:
+            ordered += qdq.get(o, [])
+    del g.node[:]
+    g.node.extend(ordered)
+    used = {i for n in g.node for i in n.input}
+    kept = [i for i in g.initializer if i.name in used]
+    del g.initializer[:]
+    g.initializer.extend(kept + [i for i in new_inits if i.name in used])
+    onnx.checker.check_model(m)
+    return m
+
+
+def convolutional(model) -> bool:
+    """Whether quantize_graph quantises every activation (the ResNet50-UNets)
+    rather than only the weighted ops' inputs (quantize_weighted_ops)."""
+    return {n.op_type for n in model.graph.node} <= CONV_OPS
+
+
+def describe(card, conv: bool, calib_what: str) -> str:
+    """The int8 card's description."""
+    if conv:
+        return (f"{card['name']} {card.get('version', '')} quantised to int8 (ONNX QDQ: uint8 activations, "
+                f"int8 weights per output channel, int32 biases; removable Relus folded into the "
+                f"quantisation), calibrated on {calib_what} by "
+                f"lungseg_train.quantize. ConvTranspose weights stay float.")
+    return (f"{card['name']} {card.get('version', '')} quantised to int8 (ONNX QDQ around the weighted ops only, as "
+            f"onnxruntime.quantization does for transformers: MatMul weights int8 per output column with uint8 "
+            f"inputs (ONNX Runtime: MatMulIntegerToFloat), Conv int8 per output channel with uint8 input and "
+            f"output and int32 bias (QLinearConv); LayerNorm, Softmax, Gelu, norms, residual Adds, the attention's "
+            f"activation x activation MatMuls and ConvTranspose stay float), calibrated on {calib_what} by "
+            f"lungseg_train.quantize.")
+
+
 def int8_name(name: str) -> str:
     return name[:-len("-crop")] + "-int8-crop" if name.endswith("-crop") else name + "-int8"
 
@@ -500,12 +666,13 @@ def main(argv=None) -> int:
     qcard.update({
         "name": name,
         "version": "1.0.0",
-        "description": (f"{card['name']} {card.get('version', '')} quantised to int8 (ONNX QDQ: uint8 activations, "
-                        f"int8 weights per output channel, int32 biases; removable Relus folded into the "
-                        f"quantisation), calibrated on {calib_what} by "
-                        f"lungseg_train.quantize. ConvTranspose weights stay float."),
-        "quantization": {"format": "QDQ", "activations": "uint8 asymmetric, min/max calibration",
-                         "weights": "int8 symmetric per output channel (Conv)", "bias": "int32",
+        "description": describe(card, convolutional(fm), calib_what),
+        "quantization": {"format": "QDQ", "activations": ("uint8 asymmetric, min/max calibration" if convolutional(fm) else
+                                                          "uint8 asymmetric, min/max calibration (inputs of MatMul and Conv, "
+                                                          "outputs of Conv; the rest float)"),
+                         "weights": ("int8 symmetric per output channel (Conv)" if convolutional(fm) else
+                                     "int8 symmetric per output column (MatMul) or channel (Conv)"),
+                         "bias": "int32" if convolutional(fm) else "int32 (Conv); MatMul's bias Add float",
                          "calibration": {"inputs": calib_what, "seed": a.seed},
                          "from": {"name": card["name"], "version": card.get("version"), "sha256": card.get("sha256")},
                          "val_bare_float": fsum, "val_bare_int8": qsum, "threshold": thr},
