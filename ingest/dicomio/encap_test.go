@@ -325,7 +325,7 @@ type fileLayout struct {
 	rows, cols, samples, bits, frames, planar int
 }
 
-func intOf(t testing.TB, es elements, tg tag.Tag, def int) int {
+func intOf(t testing.TB, es dsElements, tg tag.Tag, def int) int {
 	t.Helper()
 	v, ok, err := es.integer(tg)
 	if err != nil {
@@ -337,7 +337,7 @@ func intOf(t testing.TB, es elements, tg tag.Tag, def int) int {
 	return v
 }
 
-func layoutOf(t testing.TB, b []byte) (fileLayout, elements) {
+func layoutOf(t testing.TB, b []byte) (fileLayout, dsElements) {
 	t.Helper()
 	ts, _, err := scan(b)
 	if err != nil && !errors.Is(err, ErrCompressed) {
@@ -347,7 +347,7 @@ func layoutOf(t testing.TB, b []byte) (fileLayout, elements) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	top := elements(ds.Elements)
+	top := dsElements(ds.Elements)
 	return fileLayout{ts: ts, rows: intOf(t, top, tag.Rows, 0), cols: intOf(t, top, tag.Columns, 0),
 		samples: intOf(t, top, tag.SamplesPerPixel, 1), bits: intOf(t, top, tag.BitsAllocated, 0),
 		frames: intOf(t, top, tag.NumberOfFrames, 1), planar: intOf(t, top, tag.PlanarConfiguration, 0)}, top
@@ -389,7 +389,7 @@ func nativePixels(t *testing.T, path string) ([]byte, fileLayout) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	info := elements(ds.Elements).find(tag.PixelData).Value.GetValue().(dicom.PixelDataInfo)
+	info := dsElements(ds.Elements).find(tag.PixelData).Value.GetValue().(dicom.PixelDataInfo)
 	raw := slices.Clone(info.UnprocessedValueData)
 	raw = raw[:l.rows*l.cols*l.samples*l.frames*l.bits/8]
 	if nativeSyntaxes[l.ts].bo == binary.BigEndian && l.bits > 8 {

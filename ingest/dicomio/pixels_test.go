@@ -36,7 +36,7 @@ func libraryHU(t *testing.T, path string) [][]int16 {
 	if err != nil {
 		t.Fatalf("%s: library parse: %v", path, err)
 	}
-	top := elements(ds.Elements)
+	top := dsElements(ds.Elements)
 	num := func(tg tag.Tag, def float64) float64 { return numIn(t, path, top, tg, def) }
 	bitsStored := int(num(tag.BitsStored, 0))
 	highBit := int(num(tag.HighBit, float64(bitsStored-1)))
@@ -53,11 +53,11 @@ func libraryHU(t *testing.T, path string) [][]int16 {
 	lut := func(i int, tg tag.Tag, def float64) float64 {
 		if i < len(perFrame) {
 			if e := deepFind(perFrame[i], tg); e != nil {
-				return numIn(t, path, elements{e}, tg, def)
+				return numIn(t, path, dsElements{e}, tg, def)
 			}
 		}
 		if e := deepFind(shared, tg); e != nil {
-			return numIn(t, path, elements{e}, tg, def)
+			return numIn(t, path, dsElements{e}, tg, def)
 		}
 		return num(tg, def)
 	}
@@ -103,7 +103,7 @@ func libraryHU(t *testing.T, path string) [][]int16 {
 
 // numIn returns the number of element tg of es (an int or a decimal
 // string), or def when it is absent.
-func numIn(t *testing.T, path string, es elements, tg tag.Tag, def float64) float64 {
+func numIn(t *testing.T, path string, es dsElements, tg tag.Tag, def float64) float64 {
 	t.Helper()
 	e := es.find(tg)
 	if e == nil {

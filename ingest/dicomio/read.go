@@ -20,20 +20,16 @@
 package dicomio
 
 import (
-	"bytes"
 	"context"
 	"encoding/binary"
 	"errors"
 	"fmt"
-	"io"
 	"io/fs"
 	"math"
 	"path/filepath"
-	"strconv"
 	"strings"
 	"sync"
 
-	"github.com/suyashkumar/dicom"
 	"github.com/suyashkumar/dicom/pkg/tag"
 
 	"github.com/lungseg/lungseg/ingest"
@@ -262,173 +258,7 @@ func decode(b []byte) (*Image, error) {
 	if err != nil {
 		return nil, err
 	}
-	ds, err := parseWithout(b, sr.unparsed)
-	if err != nil {
-		return nil, err
-	}
-	return fromDataset(ds, sr, b)
-}
-
-// parse runs the parser on a file that scan accepted. The parser skips
-// the pixel data (SkipPixelData: it neither copies nor converts it);
-// fromDataset takes the values from the file's bytes, where scan found
-// them, and checks the frame layout itself. A panic in
-// the parser (it indexes values it assumes present) is turned into an
-// error.
-func parse(b []byte) (ds dicom.Dataset, err error) { return parseWithout(b, nil) }
-
-// parseWithout is parse on b less the byte ranges skip (sorted, disjoint,
-// whole top-level elements: scanResult.unparsed), read in place through a
-// MultiReader, nothing copied. The parser builds a Go value for every
-// element it reads, and the private elements of a scanner's file (a
-// Philips CT carries hundreds, in nested private sequences) were most of
-// its time, for values Decode never looks at; it also copied the pixel
-// data through its buffer to skip it.
-func parseWithout(b []byte, skip [][2]int) (ds dicom.Dataset, err error) {
-	defer func() {
-		if r := recover(); r != nil {
-			err = formatErr("", ErrNotDICOM, "parser failed: %v", r)
-		}
-	}()
-	var r io.Reader = bytes.NewReader(b)
-	n := len(b)
-	if len(skip) > 0 {
-		parts := make([]io.Reader, 0, len(skip)+1)
-		at := 0
-		for _, sk := range skip {
-			parts = append(parts, bytes.NewReader(b[at:sk[0]]))
-			n -= sk[1] - sk[0]
-			at = sk[1]
-		}
-		r = io.MultiReader(append(parts, bytes.NewReader(b[at:]))...)
-	}
-	ds, err = dicom.Parse(r, int64(n), nil,
-		dicom.SkipPixelData(), dicom.AllowUnknownSpecificCharacterSet())
-	if err != nil {
-		return ds, formatErr("", ErrNotDICOM, "parsing: %v", err)
-	}
-	return ds, nil
-}
-
-// elements is a list of elements to look attributes up in.
-type elements []*dicom.Element
-
-func (es elements) find(t tag.Tag) *dicom.Element {
-	for _, e := range es {
-		if e.Tag == t {
-			return e
-		}
-	}
-	return nil
-}
-
-// strs returns the string values of t, trimmed, or nil.
-func (es elements) strs(t tag.Tag) []string {
-	e := es.find(t)
-	if e == nil || e.Value == nil || e.Value.ValueType() != dicom.Strings {
-		return nil
-	}
-	v := e.Value.GetValue().([]string)
-	out := make([]string, len(v))
-	for i, s := range v {
-		out[i] = strings.Trim(s, " \x00")
-	}
-	if len(out) == 1 && out[0] == "" {
-		return nil
-	}
-	return out
-}
-
-func (es elements) str(t tag.Tag) string {
-	if v := es.strs(t); len(v) > 0 {
-		return v[0]
-	}
-	return ""
-}
-
-// integer returns a US/SS/UL/SL value or an IS string.
-func (es elements) integer(t tag.Tag) (int, bool, error) {
-	e := es.find(t)
-	if e == nil || e.Value == nil {
-		return 0, false, nil
-	}
-	switch v := e.Value.GetValue().(type) {
-	case []int:
-		if len(v) == 0 {
-			return 0, false, nil
-		}
-		return v[0], true, nil
-	case []string:
-		s := es.str(t)
-		if s == "" {
-			return 0, false, nil
-		}
-		n, err := strconv.Atoi(s)
-		if err != nil {
-			return 0, false, fmt.Errorf("%v: %q is not an integer", t, s)
-		}
-		return n, true, nil
-	}
-	return 0, false, fmt.Errorf("%v has a value of type %v", t, e.Value.ValueType())
-}
-
-// floats returns DS strings or FL/FD values, all finite.
-func (es elements) floats(t tag.Tag) ([]float64, error) {
-	e := es.find(t)
-	if e == nil || e.Value == nil {
-		return nil, nil
-	}
-	var out []float64
-	switch v := e.Value.GetValue().(type) {
-	case []float64:
-		out = v
-	case []string:
-		for _, s := range es.strs(t) {
-			f, err := strconv.ParseFloat(s, 64)
-			if err != nil {
-				return nil, fmt.Errorf("%v: %q is not a number", t, s)
-			}
-			out = append(out, f)
-		}
-	default:
-		return nil, fmt.Errorf("%v has a value of type %v", t, e.Value.ValueType())
-	}
-	for _, f := range out {
-		if math.IsNaN(f) || math.IsInf(f, 0) {
-			return nil, fmt.Errorf("%v: non-finite value %v", t, f)
-		}
-	}
-	return out, nil
-}
-
-// items returns the elements of the items of sequence t.
-func (es elements) items(t tag.Tag) []elements {
-	e := es.find(t)
-	if e == nil || e.Value == nil || e.Value.ValueType() != dicom.Sequences {
-		return nil
-	}
-	var out []elements
-	for _, it := range e.Value.GetValue().([]*dicom.SequenceItemValue) {
-		out = append(out, it.GetValue().([]*dicom.Element))
-	}
-	return out
-}
-
-// macro looks t up inside the functional group macros of an enhanced
-// multi-frame item: each element of a functional group item is a sequence
-// of one item that holds the attributes.
-func macro(group elements, t tag.Tag) elements {
-	for _, e := range group {
-		if e.Value == nil || e.Value.ValueType() != dicom.Sequences {
-			continue
-		}
-		for _, it := range e.Value.GetValue().([]*dicom.SequenceItemValue) {
-			if es := elements(it.GetValue().([]*dicom.Element)); es.find(t) != nil {
-				return es
-			}
-		}
-	}
-	return nil
+	return fromDataset(&sr, b)
 }
 
 // frameScope finds where attribute t of frame i lives: the per-frame
@@ -441,11 +271,11 @@ type frameScope struct {
 
 func (fs frameScope) lookup(i int, t tag.Tag) elements {
 	if i < len(fs.perFrame) {
-		if es := macro(fs.perFrame[i], t); es != nil {
+		if es := macro(fs.perFrame[i], t); !es.empty() {
 			return es
 		}
 	}
-	if es := macro(fs.shared, t); es != nil {
+	if es := macro(fs.shared, t); !es.empty() {
 		return es
 	}
 	return fs.top
@@ -462,14 +292,12 @@ type pixelFormat struct {
 	swap8              bool // 8-bit samples in a big-endian OW value
 }
 
-// fromDataset decodes the dataset ds of file b, which scan described as
-// sr: sr.pixel is the native pixel data, sr.pixelItems the offset in b of
-// the items of encapsulated pixel data, or -1.
-func fromDataset(ds dicom.Dataset, sr scanResult, b []byte) (*Image, error) {
+// fromDataset decodes file b, which scanFile described as sr: sr.ds its
+// elements, sr.pixel the native pixel data, sr.pixelItems the offset in b
+// of the items of encapsulated pixel data, or -1.
+func fromDataset(sr *scanResult, b []byte) (*Image, error) {
 	ts := sr.uid
-	top := elements(ds.Elements)
-	// The pixel data is the scan's: Decode gives the parser the file
-	// without it (parseWithout), and the parser would only have skipped it.
+	top := sr.ds.top()
 	if !sr.pixelSeen {
 		return nil, formatErr("", ErrNoPixelData, "no pixel data element (SOP class %s, modality %q)",
 			top.str(tag.SOPClassUID), top.str(tag.Modality))
@@ -477,7 +305,7 @@ func fromDataset(ds dicom.Dataset, sr scanResult, b []byte) (*Image, error) {
 	if m := top.str(tag.Modality); m != "" && !strings.EqualFold(m, "CT") {
 		return nil, formatErr("", ErrNotCT, "modality is %s, not CT", m)
 	}
-	pf, err := pixelLayout(top, ts)
+	pf, err := pixelLayout(top, ts, sr.pixelVR)
 	if err != nil {
 		return nil, err
 	}
@@ -492,11 +320,7 @@ func fromDataset(ds dicom.Dataset, sr scanResult, b []byte) (*Image, error) {
 		if sr.pixelUndefined {
 			return nil, formatErr("", ErrPixelFormat, "pixel data is encapsulated (undefined length) in the native transfer syntax %s", ts)
 		}
-		if raw = sr.pixel; raw == nil {
-			// The parser found a defined-length PixelData where the scan
-			// did not: they disagree on the file's structure.
-			return nil, formatErr("", ErrNotDICOM, "the parser and the scan disagree on where the pixel data is")
-		}
+		raw = sr.pixel
 		need := int64(pf.rows) * int64(pf.cols) * int64(pf.frames) * int64(pf.bitsAllocated/8)
 		if n := int64(len(raw)); n != need && !(n == need+1 && need%2 == 1) {
 			return nil, formatErr("", ErrPixelFormat, "pixel data has %d bytes, want %d for %d frame(s) of %d×%d at %d bits",
@@ -575,10 +399,15 @@ func fromDataset(ds dicom.Dataset, sr scanResult, b []byte) (*Image, error) {
 			return nil, err
 		}
 	}
+	if sr.ds.err != nil {
+		return nil, sr.ds.err
+	}
 	return img, nil
 }
 
-func pixelLayout(top elements, ts string) (pixelFormat, error) {
+// pixelLayout reads and checks the pixel attributes; pixelVR is the VR of
+// the PixelData element.
+func pixelLayout(top elements, ts, pixelVR string) (pixelFormat, error) {
 	pf := pixelFormat{bo: binary.LittleEndian} // decoded compressed frames are little endian
 	if n, ok := nativeSyntaxes[ts]; ok {
 		pf.bo = n.bo
@@ -648,7 +477,7 @@ func pixelLayout(top elements, ts string) (pixelFormat, error) {
 		return pf, formatErr("", ErrPixelFormat, "PixelRepresentation %d", rep)
 	}
 	pf.signed = rep == 1
-	if pd := top.find(tag.PixelData); pf.bitsAllocated == 8 && pf.bo == binary.BigEndian && pd.RawValueRepresentation == "OW" {
+	if pf.bitsAllocated == 8 && pf.bo == binary.BigEndian && pixelVR == "OW" {
 		pf.swap8 = true
 	}
 	return pf, nil

@@ -1,6 +1,7 @@
 package dicomio
 
 import (
+	"errors"
 	"os"
 	"path/filepath"
 	"reflect"
@@ -30,11 +31,12 @@ func realFiles(b testing.TB) map[string]string {
 }
 
 // BenchmarkReadReal splits decoding a real file into its steps: the scan
-// (element walk, pixel data located), the header parse (without the
-// top-level private and pixel data elements, as Decode does; parse-all
-// with them, the
-// baseline), and the pixels (decompression, HU) from the parsed dataset;
-// "all" is Decode.
+// (element walk, dataset kept, pixel data located) and the rest
+// (attributes read from the scan, decompression, HU); "all" is Decode.
+// The parser path Decode took before (parser_test.go) runs beside as the
+// baseline: "parse-all" parses the whole file, "parse" the file without
+// its top-level private and PixelData elements, and "parser-all" is the
+// former Decode (scan, parse, attributes from the parser's Dataset).
 func BenchmarkReadReal(b *testing.B) {
 	for name, p := range realFiles(b) {
 		buf, err := os.ReadFile(p)
@@ -56,6 +58,29 @@ func BenchmarkReadReal(b *testing.B) {
 			}
 		})
 		sr, _ := scanFile(buf)
+		b.Run(name+"/pixels", func(b *testing.B) {
+			for b.Loop() {
+				if _, err := fromDataset(&sr, buf); err != nil {
+					b.Fatal(err)
+				}
+			}
+		})
+		unparsed := unparsedRanges(buf, &sr)
+		b.Run(name+"/parser-all", func(b *testing.B) {
+			for b.Loop() {
+				sr, err := scanFile(buf)
+				if err != nil {
+					b.Fatal(err)
+				}
+				ds, err := parseWithout(buf, unparsedRanges(buf, &sr))
+				if err != nil {
+					b.Fatal(err)
+				}
+				if _, err := parsedImage(ds, sr, buf); err != nil {
+					b.Fatal(err)
+				}
+			}
+		})
 		b.Run(name+"/parse-all", func(b *testing.B) {
 			for b.Loop() {
 				if _, err := parse(buf); err != nil {
@@ -65,15 +90,7 @@ func BenchmarkReadReal(b *testing.B) {
 		})
 		b.Run(name+"/parse", func(b *testing.B) {
 			for b.Loop() {
-				if _, err := parseWithout(buf, sr.unparsed); err != nil {
-					b.Fatal(err)
-				}
-			}
-		})
-		ds, _ := parse(buf)
-		b.Run(name+"/pixels", func(b *testing.B) {
-			for b.Loop() {
-				if _, err := fromDataset(ds, sr, buf); err != nil {
+				if _, err := parseWithout(buf, unparsed); err != nil {
 					b.Fatal(err)
 				}
 			}
@@ -106,45 +123,72 @@ func BenchmarkDecodeUnsigned12(b *testing.B) {
 	})
 }
 
-// TestPrivateElementsLeftOut: Decode, which gives the parser a file
-// without its top-level private and pixel data elements, returns the same Image as the
-// parse of the whole file, on every fixture and on the real files (where
-// ../shared is present), and the real scanner files do have private
-// elements to leave out.
-func TestPrivateElementsLeftOut(t *testing.T) {
+// TestDecodeMatchesParser: Decode, which reads the attributes from the
+// scan, returns the same Image as the parser path it replaced
+// (parser_test.go: dicom.Parse of the whole file and accessors on its
+// Dataset), or fails where it failed with the same sentinel, on every
+// fixture, pydicom's test files and the real files (where ../shared is
+// present).
+func TestDecodeMatchesParser(t *testing.T) {
 	paths, _ := filepath.Glob(filepath.Join(fixtures, "*.dcm"))
-	var real []string
-	if _, err := os.Stat(filepath.Join("..", "..", "..", "shared", "data", "ct_series")); err == nil {
-		for _, p := range realFiles(t) {
-			real = append(real, p)
-		}
+	pyd, _ := filepath.Glob(filepath.Join(pydicomTF, "*.dcm"))
+	paths = append(paths, pyd...)
+	for _, p := range realFiles(t) {
+		paths = append(paths, p)
 	}
-	for _, p := range append(paths, real...) {
+	compared := 0
+	for _, p := range paths {
 		b, err := os.ReadFile(p)
 		if err != nil {
 			t.Fatal(err)
 		}
-		sr, err := scanFile(b)
-		if err != nil {
-			continue // the fixtures of broken files
-		}
-		all, err := parse(b)
-		if err != nil {
-			continue
-		}
-		want, werr := fromDataset(all, sr, b)
 		got, gerr := Decode(p, b)
-		if (werr == nil) != (gerr == nil) || !reflect.DeepEqual(got, want) {
-			t.Errorf("%s: without private elements %+v (%v), with them %+v (%v)", p, got, gerr, want, werr)
+		want, werr := decodeByParser(p, b)
+		switch {
+		case gerr != nil && werr != nil:
+			if s := sentinelOf(werr); !errors.Is(gerr, s) {
+				t.Errorf("%s: error %v, the parser path %v", p, gerr, werr)
+			}
+		case gerr != nil || werr != nil:
+			t.Errorf("%s: error %v, the parser path %v", p, gerr, werr)
+		case !reflect.DeepEqual(got, want):
+			t.Errorf("%s: Image %+v, the parser path %+v", p, got, want)
+		default:
+			compared++
 		}
 	}
-	for _, p := range real {
-		if filepath.Base(p) == "0.dcm" {
-			continue // lungmask_1, written by pydicom: no private elements
-		}
-		b, _ := os.ReadFile(p)
-		if sr, err := scanFile(b); err != nil || len(sr.unparsed) == 0 {
-			t.Errorf("%s: no private ranges found (%v)", p, err)
+	t.Logf("%d of %d files decoded alike by both", compared, len(paths))
+	if compared < 20 {
+		t.Errorf("only %d files decoded by both", compared)
+	}
+}
+
+// decodeByParser is Decode as it was with the parser: scan, then the
+// parser's Dataset of the whole file.
+func decodeByParser(name string, b []byte) (*Image, error) {
+	sr, err := scanFile(b)
+	if err != nil {
+		return nil, err
+	}
+	ds, err := parse(b)
+	if err != nil {
+		return nil, err
+	}
+	img, err := parsedImage(ds, sr, b)
+	if err != nil {
+		var fe *FormatError
+		if errors.As(err, &fe) && fe.Path == "" {
+			fe.Path = name
 		}
 	}
+	return img, err
+}
+
+func sentinelOf(err error) error {
+	for _, s := range []error{ErrNotDICOM, ErrTruncated, ErrCompressed, ErrNoPixelData, ErrNotCT, ErrTooLarge, ErrPixelFormat, ErrCorruptPixels} {
+		if errors.Is(err, s) {
+			return s
+		}
+	}
+	return err
 }

@@ -62,15 +62,26 @@ type scanner struct {
 	implicit bool
 	elements int
 	numeric  int
+	// keep makes element record what it walks in flat (dataset.go).
+	keep bool
+	flat []element
 }
 
-// element is the header of one element as the parser reads it.
+// element is one element as the parser reads it: its header, and where
+// its value lies in the file (nothing is copied).
 type element struct {
 	tag   tag.Tag
 	vr    string
 	vl    uint32
 	off   int // offset of the tag
 	start int // offset of the value
+	// next is the index in the scanner's flat list of the element after
+	// this one and its content: the content of a sequence (its items) and
+	// of an item (its elements) follow it in the list, depth first.
+	next int
+	// seq is true for an element the parser reads as a sequence of items
+	// (SQ, or UN of undefined length).
+	seq bool
 }
 
 // errScan is a scanner error before the path is known.
@@ -127,9 +138,11 @@ func (s *scanner) u32(what string) (uint32, error) {
 	return s.bo.Uint32(b), nil
 }
 
-func (s *scanner) push(what string, vl uint32) error {
+// push makes the next vl bytes the current limit; what names them in the
+// error (formatted only on failure).
+func (s *scanner) push(what func() string, vl uint32) error {
 	if int64(vl) > int64(s.left()) {
-		return s.short(what, int64(vl))
+		return s.short(what(), int64(vl))
 	}
 	s.limits = append(s.limits, s.pos+int(vl))
 	return nil
@@ -189,7 +202,7 @@ func (s *scanner) header() (element, error) {
 	if err != nil {
 		return e, err
 	}
-	e.vr = string(vr)
+	e.vr = vrName(vr)
 	// Delimitation items have no VR; the parser reads the first half of
 	// their zero length as one, which is harmless. Any other element
 	// must have two upper-case letters (the parser would decode other
@@ -236,12 +249,95 @@ func numericSize(vr string) uint32 {
 
 func isUpper(c byte) bool { return c >= 'A' && c <= 'Z' }
 
+// vrName returns the VR b as a string without allocating for the VRs of
+// the standard (this runs for every element of an explicit VR file).
+func vrName(b []byte) string {
+	switch string(b) {
+	case "AE":
+		return "AE"
+	case "AS":
+		return "AS"
+	case "AT":
+		return "AT"
+	case "CS":
+		return "CS"
+	case "DA":
+		return "DA"
+	case "DS":
+		return "DS"
+	case "DT":
+		return "DT"
+	case "FD":
+		return "FD"
+	case "FL":
+		return "FL"
+	case "IS":
+		return "IS"
+	case "LO":
+		return "LO"
+	case "LT":
+		return "LT"
+	case "OB":
+		return "OB"
+	case "OD":
+		return "OD"
+	case "OF":
+		return "OF"
+	case "OL":
+		return "OL"
+	case "OV":
+		return "OV"
+	case "OW":
+		return "OW"
+	case "PN":
+		return "PN"
+	case "SH":
+		return "SH"
+	case "SL":
+		return "SL"
+	case "SQ":
+		return "SQ"
+	case "SS":
+		return "SS"
+	case "ST":
+		return "ST"
+	case "SV":
+		return "SV"
+	case "TM":
+		return "TM"
+	case "UC":
+		return "UC"
+	case "UI":
+		return "UI"
+	case "UL":
+		return "UL"
+	case "UN":
+		return "UN"
+	case "UR":
+		return "UR"
+	case "US":
+		return "US"
+	case "UT":
+		return "UT"
+	case "UV":
+		return "UV"
+	}
+	return string(b)
+}
+
 // element reads one element and its value the way the parser's
-// readElement and readValue do.
+// readElement and readValue do. When s.keep is set it appends the element
+// to s.flat, followed by its content (the items of a sequence, the
+// elements of an item), and sets its next and seq.
 func (s *scanner) element(depth int) (element, error) {
 	e, err := s.header()
 	if err != nil {
 		return e, err
+	}
+	at := -1
+	if s.keep {
+		at = len(s.flat)
+		s.flat = append(s.flat, e)
 	}
 	undefined := e.vl == tag.VLUndefinedLength
 	switch kind := tag.GetVRKind(e.tag, e.vr); kind {
@@ -254,9 +350,11 @@ func (s *scanner) element(depth int) (element, error) {
 			err = s.skipValue(e)
 		}
 	case tag.VRSequence:
+		e.seq = true
 		err = s.sequence(e, depth+1)
 	case tag.VRUnknown:
 		if undefined {
+			e.seq = true
 			err = s.sequence(e, depth+1)
 		} else {
 			err = s.skipValue(e)
@@ -287,7 +385,19 @@ func (s *scanner) element(depth int) (element, error) {
 		}
 		err = s.skipValue(e)
 	}
+	if at >= 0 && err == nil {
+		e.next = len(s.flat)
+		s.flat[at] = e
+	}
 	return e, err
+}
+
+// dropDelimiter removes a delimitation item that element just recorded:
+// the parser keeps none in its sequences and items.
+func (s *scanner) dropDelimiter() {
+	if s.keep {
+		s.flat = s.flat[:len(s.flat)-1]
+	}
 }
 
 // sequence mirrors readSequence: items until a sequence delimitation item
@@ -303,6 +413,7 @@ func (s *scanner) sequence(e element, depth int) error {
 				return err
 			}
 			if sub.tag == tag.SequenceDelimitationItem {
+				s.dropDelimiter()
 				return nil
 			}
 			if sub.tag != tag.Item {
@@ -310,7 +421,7 @@ func (s *scanner) sequence(e element, depth int) error {
 			}
 		}
 	}
-	if err := s.push(fmt.Sprintf("sequence %v", e.tag), e.vl); err != nil {
+	if err := s.push(func() string { return fmt.Sprintf("sequence %v", e.tag) }, e.vl); err != nil {
 		return err
 	}
 	for !s.exhausted() {
@@ -338,11 +449,12 @@ func (s *scanner) item(e element, depth int) error {
 				return err
 			}
 			if sub.tag == tag.ItemDelimitationItem {
+				s.dropDelimiter()
 				return nil
 			}
 		}
 	}
-	if err := s.push("sequence item", e.vl); err != nil {
+	if err := s.push(func() string { return "sequence item" }, e.vl); err != nil {
 		return err
 	}
 	for !s.exhausted() {
@@ -383,9 +495,10 @@ func (s *scanner) fragments(e element, offsetTable bool) error {
 		case t != tag.Item || vl == tag.VLUndefinedLength:
 			return s.fail(ErrNotDICOM, "encapsulated value of %v holds %v (length %#x), not an item", e.tag, t, vl)
 		}
-		if _, err := s.take(fmt.Sprintf("fragment of %v", e.tag), int64(vl)); err != nil {
-			return err
+		if int64(vl) > int64(s.left()) {
+			return s.short(fmt.Sprintf("fragment of %v", e.tag), int64(vl))
 		}
+		s.pos += int(vl)
 	}
 }
 
@@ -404,20 +517,21 @@ type scanResult struct {
 	uid        string
 	pixelItems int
 	// pixel is the value of the first top-level PixelData element when
-	// its length is defined (native pixel data, the element the parser's
-	// Dataset finds first), else nil. It aliases the file's bytes.
+	// its length is defined (native pixel data), else nil. It aliases the
+	// file's bytes.
 	pixel []byte
 	// pixelSeen is true once a top-level PixelData element was seen.
 	pixelSeen bool
 	// pixelUndefined is true when the first top-level PixelData element
 	// has an undefined length (encapsulated).
 	pixelUndefined bool
-	// unparsed are the byte ranges [start, end) of the dataset's top-level
-	// private elements (odd groups, their creators included) and PixelData
-	// elements, in file order: Decode reads nothing of the first and takes
-	// the second from the scan, so the parser is not given them
-	// (parseWithout).
-	unparsed [][2]int
+	// pixelVR is the VR of the first top-level PixelData element.
+	pixelVR string
+	// ds holds the dataset's elements (dataset.go): every top-level
+	// element but the private ones (odd groups, their creators included;
+	// Decode reads nothing of them) and PixelData (described above), with
+	// the content of their sequences. The file meta header is not in it.
+	ds dataset
 }
 
 func scanFile(b []byte) (scanResult, error) {
@@ -435,7 +549,7 @@ func scanFile(b []byte) (scanResult, error) {
 			Msg: fmt.Sprintf("file meta header starts with %v %s of length %d, not (0002,0000) UL", gl.tag, gl.vr, gl.vl)}
 	}
 	metaLen := binary.LittleEndian.Uint32(b[gl.start:])
-	if err := s.push("file meta header", metaLen); err != nil {
+	if err := s.push(func() string { return "file meta header" }, metaLen); err != nil {
 		return scanResult{}, err
 	}
 	ts := ""
@@ -470,23 +584,32 @@ func scanFile(b []byte) (scanResult, error) {
 		native.bo, native.implicit = binary.LittleEndian, false // encapsulated syntaxes are explicit VR little endian
 	}
 	s.bo, s.implicit = native.bo, native.implicit
+	s.flat = make([]element, 0, 128)
 	for !s.exhausted() {
+		// Top-level private and PixelData elements are walked, not kept.
+		s.keep = true
+		if s.left() >= 4 {
+			g, el := s.bo.Uint16(b[s.pos:]), s.bo.Uint16(b[s.pos+2:])
+			s.keep = g%2 == 0 && (tag.Tag{Group: g, Element: el}) != tag.PixelData
+		}
+		at := len(s.flat)
 		e, err := s.element(0)
 		if err != nil {
 			return res, err
 		}
-		if e.tag.Group%2 == 1 || e.tag == tag.PixelData {
-			if n := len(res.unparsed); n > 0 && res.unparsed[n-1][1] == e.off {
-				res.unparsed[n-1][1] = s.pos // contiguous with the last: one range
-			} else {
-				res.unparsed = append(res.unparsed, [2]int{e.off, s.pos})
+		if e.tag == tag.SpecificCharacterSet && s.keep {
+			if k := tag.GetVRKind(e.tag, e.vr); k != tag.VRString && k != tag.VRStringList && k != tag.VRDate {
+				return res, &FormatError{Offset: int64(e.off), Err: ErrNotDICOM,
+					Msg: fmt.Sprintf("specific character set %v has VR %s, not CS", e.tag, e.vr)}
 			}
+			res.ds.charsets = append(res.ds.charsets, charsetAt{elem: at})
 		}
 		if e.tag != tag.PixelData {
 			continue
 		}
 		if !res.pixelSeen {
 			res.pixelUndefined = e.vl == tag.VLUndefinedLength
+			res.pixelVR = e.vr
 			if e.vl != tag.VLUndefinedLength {
 				res.pixel = b[e.start : e.start+int(e.vl) : e.start+int(e.vl)]
 			}
@@ -496,5 +619,6 @@ func scanFile(b []byte) (scanResult, error) {
 			res.pixelItems = e.start
 		}
 	}
+	res.ds.b, res.ds.bo, res.ds.flat = b, s.bo, s.flat
 	return res, nil
 }
