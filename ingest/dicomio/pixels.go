@@ -20,28 +20,30 @@ import (
 // word (12 bits stored at high bit 11) are masked first, then added the
 // same way. Every other layout takes decodeGeneric, the plain
 // per-pixel definition.
-func decodeFrame(raw []byte, pf pixelFormat, slope, intercept float64) *imgx.HU {
+//
+// extreme is false when the frame surely holds no -32768 or 32767 (the
+// values clamping leaves): the saturating adds find it in the same pass;
+// the other loops say true, and the caller checks with hasExtreme.
+func decodeFrame(raw []byte, pf pixelFormat, slope, intercept float64) (hu *imgx.HU, extreme bool) {
 	n := pf.rows * pf.cols
-	hu := &imgx.HU{Rows: pf.rows, Cols: pf.cols, Pix: make([]int16, n)}
+	hu = &imgx.HU{Rows: pf.rows, Cols: pf.cols, Pix: make([]int16, n)}
 	integral := slope == 1 && intercept == math.Trunc(intercept) && math.Abs(intercept) < 1<<20
 	if !integral || pf.bitsAllocated != 16 || pf.bo != binary.LittleEndian {
 		decodeGeneric(hu.Pix, raw, pf, slope, intercept)
-		return hu
+		return hu, true
 	}
 	ic := int32(intercept)
 	if pf.signed && pf.bitsStored == 16 && ic >= math.MinInt16 && ic <= math.MaxInt16 {
-		addSatS16(hu.Pix, raw, int16(ic))
-		return hu
+		return hu, addSatS16(hu.Pix, raw, int16(ic))
 	}
 	if !pf.signed && pf.bitsStored <= 15 && pf.highBit == pf.bitsStored-1 && ic >= math.MinInt16 && ic <= math.MaxInt16 {
 		// unsigned 12-bit (or up to 15-bit) samples at the bottom of the
 		// word, the other usual CT layout: masked, then the same
 		// saturating add
-		maskAddSatS16(hu.Pix, raw, pf.bitsStored, int16(ic))
-		return hu
+		return hu, maskAddSatS16(hu.Pix, raw, pf.bitsStored, int16(ic))
 	}
 	decodeLE16(hu.Pix, raw, pf.highBit, pf.bitsStored, pf.signed, ic)
-	return hu
+	return hu, true
 }
 
 // decodeLE16 decodes 16-bit little-endian samples with slope 1 and the

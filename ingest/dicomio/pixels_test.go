@@ -247,12 +247,16 @@ func TestDecodeFrameFastPaths(t *testing.T) {
 					// Force the extremes of the stored range in.
 					binary.LittleEndian.PutUint16(raw, 0x7fff)
 					binary.LittleEndian.PutUint16(raw[2:], 0x8000)
-					got := decodeFrame(raw, pf, slopes[k], ic)
+					got, extreme := decodeFrame(raw, pf, slopes[k], ic)
 					want := make([]int16, pf.rows*pf.cols)
 					decodeGeneric(want, raw, pf, slopes[k], ic)
 					if j := firstDiff(got.Pix, want); j >= 0 {
 						t.Errorf("bits %d shift %d signed %v slope %v intercept %v: pixel %d is %d, want %d",
 							bits, shift, signed, slopes[k], ic, j, got.Pix[j], want[j])
+					}
+					if !extreme && hasExtreme(want) {
+						t.Errorf("bits %d shift %d signed %v slope %v intercept %v: an int16 extreme not reported",
+							bits, shift, signed, slopes[k], ic)
 					}
 				}
 			}
@@ -320,7 +324,9 @@ func TestAddSatS16(t *testing.T) {
 				binary.LittleEndian.PutUint16(raw[2:], 0x7fff) // 32767
 			}
 			got := make([]int16, n)
-			addSatS16(got, raw, ic)
+			if ext := addSatS16(got, raw, ic); ext != hasExtreme(got) {
+				t.Fatalf("length %d intercept %d: extreme %v, hasExtreme %v", n, ic, ext, !ext)
+			}
 			for i := range got {
 				v := int32(int16(binary.LittleEndian.Uint16(raw[2*i:]))) + int32(ic)
 				if want := int16(max(math.MinInt16, min(math.MaxInt16, v))); got[i] != want {
@@ -354,7 +360,9 @@ func TestMaskAddSatS16(t *testing.T) {
 				want := make([]int16, n)
 				decodeGeneric(want, raw, pf, 1, float64(ic))
 				got := make([]int16, n)
-				maskAddSatS16(got, raw, bits, ic)
+				if ext := maskAddSatS16(got, raw, bits, ic); ext != hasExtreme(got) {
+					t.Fatalf("%d bits, length %d, intercept %d: extreme %v, hasExtreme %v", bits, n, ic, ext, !ext)
+				}
 				if !slices.Equal(got, want) {
 					for i := range got {
 						if got[i] != want[i] {
@@ -419,6 +427,51 @@ func TestReadFileBufferReuse(t *testing.T) {
 	for k, img := range kept {
 		if !slices.Equal(img.Frames[0].HU.Pix, want[k]) {
 			t.Errorf("%s: HU of an image read earlier changed", paths[k])
+		}
+	}
+}
+
+// TestSaturatingAddsReportExtremes: addSatS16 and maskAddSatS16 report
+// an int16 extreme in their output wherever it lies (every lane of the
+// eight-pixel steps, the tail), from a sum that saturates or one that
+// lands on it exactly, and report none in a frame without one.
+func TestSaturatingAddsReportExtremes(t *testing.T) {
+	for _, n := range []int{0, 1, 7, 8, 9, 16, 23, 512 * 512} {
+		raw := make([]byte, 2*n)
+		for i := range n {
+			binary.LittleEndian.PutUint16(raw[2*i:], uint16(i*37%2000))
+		}
+		dst := make([]int16, n)
+		if addSatS16(dst, raw, -1024) || maskAddSatS16(dst, raw, 12, -1024) {
+			t.Errorf("n=%d: an extreme reported in a frame without one", n)
+		}
+		for _, j := range []int{0, 1, 5, 7, 8, 15, n - 3, n - 1} {
+			if j < 0 || j >= n {
+				continue
+			}
+			for _, tc := range []struct {
+				stored uint16
+				ic     int16
+				masked bool
+			}{
+				{0x8000 + 500, -1024, false}, // saturates down
+				{0x7fff - 500, 1024, false},  // saturates up
+				{0x8000, 0, false},           // lands on -32768
+				{0x0fff, math.MaxInt16 - 0x0fff, true},
+				{0x0fff, math.MaxInt16 - 0x0ffe, true},
+			} {
+				r := slices.Clone(raw)
+				binary.LittleEndian.PutUint16(r[2*j:], tc.stored)
+				var ext bool
+				if tc.masked {
+					ext = maskAddSatS16(dst, r, 12, tc.ic)
+				} else {
+					ext = addSatS16(dst, r, tc.ic)
+				}
+				if !ext {
+					t.Errorf("n=%d: stored %#x at %d with intercept %d (masked %v): no extreme reported", n, tc.stored, j, tc.ic, tc.masked)
+				}
+			}
 		}
 	}
 }

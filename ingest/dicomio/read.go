@@ -380,12 +380,14 @@ func fromDataset(sr *scanResult, b []byte) (*Image, error) {
 		} else if err := compressed(i, buf); err != nil {
 			return nil, err
 		}
-		fr.HU = decodeFrame(src, pf, slope, intercept)
+		var extreme bool
+		fr.HU, extreme = decodeFrame(src, pf, slope, intercept)
 		// Every clamped pixel holds an int16 extreme, so the exact count
 		// (per pixel, in float) runs only on a frame that has one: a CT
 		// with signed stored values and intercept -1024 can reach below
-		// the range in principle, but almost never does.
-		if lo, hi := huRange(pf, slope, intercept); (lo < math.MinInt16 || hi > math.MaxInt16) && hasExtreme(fr.HU.Pix) {
+		// the range in principle, but almost never does. The usual
+		// layouts find extremes while decoding (extreme false: none).
+		if lo, hi := huRange(pf, slope, intercept); (lo < math.MinInt16 || hi > math.MaxInt16) && extreme && hasExtreme(fr.HU.Pix) {
 			if n, first, v := countOutside(src, pf, slope, intercept); n > 0 {
 				fr.Warnings = append(fr.Warnings, fmt.Sprintf(
 					"%d of %d pixels outside the int16 HU range clamped to it (the first, at pixel %d (row %d, col %d), is %g HU: RescaleSlope %g and RescaleIntercept %g map the stored values to %g..%g HU)",
