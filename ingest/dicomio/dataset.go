@@ -36,7 +36,7 @@ import (
 type dataset struct {
 	b    []byte
 	bo   binary.ByteOrder
-	flat []element
+	flat []record
 	// charsets are the top-level Specific Character Set elements, in
 	// file order.
 	charsets []charsetAt
@@ -60,6 +60,9 @@ type elements struct {
 	lo, hi int
 }
 
+// VR returns the VR of r.
+func (r *record) VR() string { return vrName(r.vr[:]) }
+
 // top returns the top-level elements of ds.
 func (ds *dataset) top() elements { return elements{ds: ds, lo: 0, hi: len(ds.flat)} }
 
@@ -77,7 +80,7 @@ func (es elements) index(t tag.Tag) int {
 }
 
 // find returns the first element with tag t, or nil.
-func (es elements) find(t tag.Tag) *element {
+func (es elements) find(t tag.Tag) *record {
 	if i := es.index(t); i >= 0 {
 		return &es.ds.flat[i]
 	}
@@ -95,7 +98,7 @@ func (ds *dataset) itemsAt(i int) []elements {
 }
 
 // value returns the bytes of e's value (nil for an undefined length).
-func (ds *dataset) value(e *element) []byte {
+func (ds *dataset) value(e *record) []byte {
 	if e.vl == tag.VLUndefinedLength {
 		return nil
 	}
@@ -103,8 +106,8 @@ func (ds *dataset) value(e *element) []byte {
 }
 
 // valueType is the type the parser gives the value of e.
-func valueType(e *element) dicom.ValueType {
-	switch tag.GetVRKind(e.tag, e.vr) {
+func valueType(e *record) dicom.ValueType {
+	switch tag.GetVRKind(e.tag, e.VR()) {
 	case tag.VRItem:
 		return dicom.SequenceItem
 	case tag.VRPixelData:
@@ -161,7 +164,7 @@ func needsDecoding(b []byte) bool {
 
 // text returns the value of the string element e, decoded through the
 // character set in force where e lies, as a new string.
-func (ds *dataset) text(e *element) string {
+func (ds *dataset) text(e *record) string {
 	raw := ds.value(e)
 	if len(raw) == 0 || len(ds.charsets) == 0 || !needsDecoding(raw) {
 		return string(raw)
@@ -218,7 +221,7 @@ func (es elements) strs(t tag.Tag) []string {
 	}
 	s := es.ds.text(e)
 	var out []string
-	if tag.GetVRKind(e.tag, e.vr) == tag.VRDate {
+	if tag.GetVRKind(e.tag, e.VR()) == tag.VRDate {
 		out = []string{strings.Trim(s, " \x00")} // the parser does not split dates
 	} else {
 		out = strings.Split(s, `\`)
@@ -242,9 +245,9 @@ func (es elements) str(t tag.Tag) string {
 
 // firstInt returns the first value of an integer element (US, SS, UL,
 // SL, AT), false when it has none.
-func (ds *dataset) firstInt(e *element) (int, bool) {
+func (ds *dataset) firstInt(e *record) (int, bool) {
 	v := ds.value(e)
-	switch e.vr {
+	switch e.VR() {
 	case "US", "AT":
 		if len(v) >= 2 {
 			return int(ds.bo.Uint16(v)), true
@@ -300,7 +303,7 @@ func (es elements) floats(t tag.Tag) ([]float64, error) {
 	switch vt := valueType(e); vt {
 	case dicom.Floats:
 		v := es.ds.value(e)
-		if e.vr == "FL" {
+		if e.VR() == "FL" {
 			for ; len(v) >= 4; v = v[4:] {
 				f := math.Float32frombits(es.ds.bo.Uint32(v))
 				// The parser reads an FL as the float64 of its shortest

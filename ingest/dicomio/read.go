@@ -1,5 +1,4 @@
-// Package dicomio reads CT slices from DICOM files and writes synthetic
-// CT Image Storage files, with github.com/suyashkumar/dicom.
+// Package dicomio reads CT slices from DICOM files.
 //
 // Read accepts Part 10 files of modality CT (or with no Modality at all,
 // since some anonymisers strip it) holding one sample of 8 or 16 bits per
@@ -12,11 +11,17 @@
 // compressed data) is rejected with a *FormatError that wraps one of the
 // Err sentinels.
 //
-// Before handing a file to the parser, Read walks its elements (see
-// scan.go) so that no declared length can make the parser allocate more
-// than the file holds. The parser reads the header and metadata only
-// (dicom.SkipPixelData); the pixel values are taken from the file's bytes
-// where the walk found them and converted to HU in one pass (pixels.go).
+// A file is read in one walk over its elements (scan.go), with the rules
+// of the parser of github.com/suyashkumar/dicom but stricter: no declared
+// length may run past the file or its enclosing element. The walk keeps
+// each element's tag, VR and the place of its value in the file
+// (dataset.go); the attributes Read needs are decoded from there on
+// demand, as the parser would decode them, and the pixel values straight
+// from the file's bytes, converted to HU in one pass (pixels.go). Nothing
+// else of the file is decoded or copied. suyashkumar/dicom supplies the
+// data dictionary (the VRs of implicit VR files) and the character sets;
+// its parser is no longer on the path (parser_test.go keeps the former
+// path as a test oracle). Files are written by pkg/dicomwrite.
 package dicomio
 
 import (
@@ -254,11 +259,32 @@ func decode(b []byte) (*Image, error) {
 	if len(b) > MaxFileBytes {
 		return nil, formatErr("", ErrTooLarge, "file is %d bytes, over the %d-byte limit", len(b), MaxFileBytes)
 	}
-	sr, err := scanFile(b)
+	fp := getRecords()
+	defer putRecords(fp)
+	sr, err := scanInto(b, *fp)
 	if err != nil {
 		return nil, err
 	}
+	*fp = sr.ds.flat // grown by the scan: kept for the next file
 	return fromDataset(&sr, b)
+}
+
+// maxPooledRecords bounds the record lists decode keeps for reuse (32
+// bytes each; a CT file has tens to hundreds).
+const maxPooledRecords = 1 << 14
+
+// recordLists holds the record lists of decode: a dataset lives only
+// while its file is decoded (the Image holds copies of its values), so
+// reading a series reuses one list instead of allocating one per file.
+var recordLists = sync.Pool{New: func() any { return new([]record) }}
+
+func getRecords() *[]record { return recordLists.Get().(*[]record) }
+
+func putRecords(p *[]record) {
+	if cap(*p) <= maxPooledRecords {
+		*p = (*p)[:0]
+		recordLists.Put(p)
+	}
 }
 
 // frameScope finds where attribute t of frame i lives: the per-frame

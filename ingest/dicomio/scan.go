@@ -9,29 +9,30 @@ import (
 	"github.com/suyashkumar/dicom/pkg/uid"
 )
 
-// Why a scanner: suyashkumar/dicom v1.1.0 allocates the value of string
-// and byte elements with make([]byte, vl) before reading them, for any
-// declared length vl up to 4 GiB, whatever the input size (and reads a
-// date of undefined length as a 4 GiB string). A 200-byte file can thus
-// make it allocate gigabytes. scan walks the file exactly the way the
-// parser will (same tag, VR and length rules, same nesting of sequences,
-// items and encapsulated fragments) without keeping any value, and
-// rejects the file if any length the parser would allocate from runs past
-// the end of the file or of its enclosing element. Where the parser would
-// do something odd but harmless (skip a stray tag inside encapsulated
-// pixel data, stop silently at a truncated element) the scanner rejects
-// the file instead: being stricter than the parser is always safe.
+// The scanner is the reader of this package: it walks every element of a
+// file once, the way the parser of suyashkumar/dicom v1.1.0 would (same
+// tag, VR and length rules, same nesting of sequences, items and
+// encapsulated fragments), records the dataset's elements (records:
+// header and value range, no copy; dataset.go reads values from them) and
+// locates the pixel data. It rejects the file if any declared length runs
+// past the end of the file or of its enclosing element: that parser
+// allocates a value with make([]byte, vl) before reading it, for any vl
+// up to 4 GiB, so a 200-byte file could make it allocate gigabytes
+// (TestParserAllocatesDeclaredLengths). Where the parser would do
+// something odd but harmless (skip a stray tag inside encapsulated pixel
+// data, stop silently at a truncated element) the scanner rejects the
+// file instead.
 
 // Scanner limits. Real CT files stay far below them.
 const (
 	// maxDepth bounds the nesting of sequences.
 	maxDepth = 32
 	// maxElements bounds the elements, items and fragments of one file
-	// (the parser keeps a struct of about 200 bytes per element).
+	// (the scan keeps a 32-byte record per element).
 	maxElements = 200_000
 	// maxNumericBytes bounds the bytes of numeric (US, SS, UL, SL, FL, FD,
-	// AT) values of one file; the parser keeps each number as an 8-byte
-	// int or float64.
+	// AT) values of one file (a limit the parser needed: it kept each
+	// number as an 8-byte int or float64).
 	maxNumericBytes = 16 << 20
 )
 
@@ -64,24 +65,36 @@ type scanner struct {
 	numeric  int
 	// keep makes element record what it walks in flat (dataset.go).
 	keep bool
-	flat []element
+	flat []record
+	// limitsBuf backs limits for the usual nesting depths.
+	limitsBuf [8]int
 }
 
-// element is one element as the parser reads it: its header, and where
-// its value lies in the file (nothing is copied).
+// element is the header of one element as the parser reads it.
 type element struct {
 	tag   tag.Tag
 	vr    string
 	vl    uint32
 	off   int // offset of the tag
 	start int // offset of the value
-	// next is the index in the scanner's flat list of the element after
-	// this one and its content: the content of a sequence (its items) and
-	// of an item (its elements) follow it in the list, depth first.
-	next int
+}
+
+// record is what the scan keeps of an element (dataset.go): its header
+// and where its value lies in the file, nothing copied. It holds no
+// pointer, so a dataset's records are one block the garbage collector
+// does not scan.
+type record struct {
+	tag tag.Tag
+	vr  [2]byte
 	// seq is true for an element the parser reads as a sequence of items
 	// (SQ, or UN of undefined length).
-	seq bool
+	seq   bool
+	vl    uint32
+	start int // offset of the value
+	// next is the index in flat of the element after this one and its
+	// content: the items of a sequence and the elements of an item follow
+	// it, depth first.
+	next int
 }
 
 // errScan is a scanner error before the path is known.
@@ -321,6 +334,8 @@ func vrName(b []byte) string {
 		return "UT"
 	case "UV":
 		return "UV"
+	case "NA":
+		return "NA"
 	}
 	return string(b)
 }
@@ -337,7 +352,7 @@ func (s *scanner) element(depth int) (element, error) {
 	at := -1
 	if s.keep {
 		at = len(s.flat)
-		s.flat = append(s.flat, e)
+		s.flat = append(s.flat, record{tag: e.tag, vr: [2]byte{e.vr[0], e.vr[1]}, vl: e.vl, start: e.start})
 	}
 	undefined := e.vl == tag.VLUndefinedLength
 	switch kind := tag.GetVRKind(e.tag, e.vr); kind {
@@ -350,12 +365,12 @@ func (s *scanner) element(depth int) (element, error) {
 			err = s.skipValue(e)
 		}
 	case tag.VRSequence:
-		e.seq = true
 		err = s.sequence(e, depth+1)
+		s.setSeq(at)
 	case tag.VRUnknown:
 		if undefined {
-			e.seq = true
 			err = s.sequence(e, depth+1)
+			s.setSeq(at)
 		} else {
 			err = s.skipValue(e)
 		}
@@ -386,10 +401,16 @@ func (s *scanner) element(depth int) (element, error) {
 		err = s.skipValue(e)
 	}
 	if at >= 0 && err == nil {
-		e.next = len(s.flat)
-		s.flat[at] = e
+		s.flat[at].next = len(s.flat)
 	}
 	return e, err
+}
+
+// setSeq marks the record at (if any) as a sequence.
+func (s *scanner) setSeq(at int) {
+	if at >= 0 && at < len(s.flat) {
+		s.flat[at].seq = true
+	}
 }
 
 // dropDelimiter removes a delimitation item that element just recorded:
@@ -534,8 +555,13 @@ type scanResult struct {
 	ds dataset
 }
 
-func scanFile(b []byte) (scanResult, error) {
-	s := &scanner{b: b, limits: []int{len(b)}, bo: binary.LittleEndian}
+func scanFile(b []byte) (scanResult, error) { return scanInto(b, nil) }
+
+// scanInto is scanFile keeping the dataset's records in flat (emptied
+// first; grown as needed), so that a caller can reuse it.
+func scanInto(b []byte, flat []record) (scanResult, error) {
+	s := &scanner{b: b, bo: binary.LittleEndian, flat: flat[:0]}
+	s.limits = append(s.limitsBuf[:0], len(b))
 	if len(b) < 132 || string(b[128:132]) != "DICM" {
 		return scanResult{}, s.fail(ErrNotDICOM, "no 128-byte preamble followed by \"DICM\"")
 	}
@@ -584,7 +610,6 @@ func scanFile(b []byte) (scanResult, error) {
 		native.bo, native.implicit = binary.LittleEndian, false // encapsulated syntaxes are explicit VR little endian
 	}
 	s.bo, s.implicit = native.bo, native.implicit
-	s.flat = make([]element, 0, 128)
 	for !s.exhausted() {
 		// Top-level private and PixelData elements are walked, not kept.
 		s.keep = true
