@@ -344,3 +344,54 @@ func TestDecodeMatchesParserMutated(t *testing.T) {
 		t.Errorf("the mutations decoded %d files and refused %d: too few of one kind to compare", decoded, failed)
 	}
 }
+
+// TestDecodeKeepsNoReference: an Image holds no reference to the file's
+// bytes or to the scan's pooled records: overwriting the bytes after
+// Decode, and decoding other files at the same time (which reuse the
+// records), leaves every Image as a fresh decode gives it.
+func TestDecodeKeepsNoReference(t *testing.T) {
+	paths, _ := filepath.Glob(filepath.Join(fixtures, "*.dcm"))
+	paths = append(paths, filepath.Join(pydicomTF, "CT_small.dcm"))
+	var files [][]byte
+	var want []*Image
+	for _, p := range paths {
+		b, err := os.ReadFile(p)
+		if err != nil {
+			continue
+		}
+		if img, err := Decode(p, b); err == nil {
+			files, want = append(files, b), append(want, img)
+		}
+	}
+	if len(files) < 10 {
+		t.Fatalf("only %d files decode", len(files))
+	}
+	errs := make(chan error, 4)
+	for w := range 4 {
+		go func() {
+			for r := range 50 {
+				k := (w*7 + r) % len(files)
+				b := slices.Clone(files[k])
+				img, err := Decode("copy", b)
+				if err == nil {
+					for i := range b {
+						b[i] = 0xff
+					}
+					if !reflect.DeepEqual(img, want[k]) {
+						err = errors.New("an Image changed when its file's bytes were overwritten or other files decoded")
+					}
+				}
+				if err != nil {
+					errs <- err
+					return
+				}
+			}
+			errs <- nil
+		}()
+	}
+	for range 4 {
+		if err := <-errs; err != nil {
+			t.Error(err)
+		}
+	}
+}
