@@ -395,3 +395,52 @@ func TestDecodeKeepsNoReference(t *testing.T) {
 		}
 	}
 }
+
+// FuzzDecodeMatchesParser: on any input, Decode and the parser path it
+// replaced agree (the same Image, or errors with the same sentinel).
+func FuzzDecodeMatchesParser(f *testing.F) {
+	seeds, _ := filepath.Glob(filepath.Join(fixtures, "*.dcm"))
+	for _, p := range seeds {
+		b, err := os.ReadFile(p)
+		if err != nil {
+			f.Fatal(err)
+		}
+		f.Add(b)
+	}
+	log.SetOutput(io.Discard) // the parser logs what it tolerates
+	f.Fuzz(func(t *testing.T, b []byte) {
+		if len(b) > 64<<10 {
+			return
+		}
+		got, gerr := Decode("fuzz", b)
+		want, werr := decodeByParser("fuzz", b)
+		switch {
+		case gerr != nil && werr != nil:
+			if s := sentinelOf(werr); !errors.Is(gerr, s) {
+				t.Fatalf("error %v, the parser path %v", gerr, werr)
+			}
+		case gerr != nil || werr != nil:
+			t.Fatalf("error %v, the parser path %v", gerr, werr)
+		case !reflect.DeepEqual(got, want):
+			t.Fatalf("Image %+v, the parser path %+v", got, want)
+		}
+	})
+}
+
+// TestMetaHeaderOutsideGroup2: an element of another group inside the
+// file meta header's declared length is refused (the parser listed it
+// with the dataset, so Decode read Rows from the meta header).
+func TestMetaHeaderOutsideGroup2(t *testing.T) {
+	le := binary.LittleEndian
+	b := buildFile(uid.ExplicitVRLittleEndian, le, ctElems(le))
+	rows := []byte{0x28, 0, 0x10, 0, 'U', 'S', 2, 0, 2, 0}
+	metaEnd := 144 + int(le.Uint32(b[140:]))
+	b = slices.Concat(b[:metaEnd], rows, b[metaEnd:])
+	le.PutUint32(b[140:], uint32(metaEnd-144+len(rows)))
+	_, err := Decode("meta", b)
+	var fe *FormatError
+	if !errors.Is(err, ErrNotDICOM) || !errors.As(err, &fe) || fe.Offset != int64(metaEnd) ||
+		!strings.Contains(err.Error(), "file meta header holds element (0028,0010), outside group 0002") {
+		t.Errorf("Decode: %v", err)
+	}
+}

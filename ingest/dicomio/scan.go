@@ -584,6 +584,12 @@ func scanInto(b []byte, flat []record) (scanResult, error) {
 		if err != nil {
 			return scanResult{}, err
 		}
+		if e.tag.Group != 0x0002 {
+			// The parser would list it with the dataset's elements and
+			// Decode would read attributes from the meta header.
+			return scanResult{}, &FormatError{Offset: int64(e.off), Err: ErrNotDICOM,
+				Msg: fmt.Sprintf("file meta header holds element %v, outside group 0002", e.tag)}
+		}
 		if e.tag == tag.TransferSyntaxUID && ts == "" {
 			if e.vr != "UI" {
 				return scanResult{}, &FormatError{Offset: int64(e.off), Err: ErrNotDICOM, Msg: "transfer syntax UID has VR " + e.vr}
