@@ -13,11 +13,13 @@ import (
 // consumer for (the folders of models/, crop models included: `--models
 // all` runs them alone too).
 var ShippedModels = []string{"resnet50-unet-small", "resnet50-unet-small-crop", "resnet50-unet-small-int8",
-	"resnet50-unet-small-int8-crop", "swin-unet-small", "swin-unet-small-crop", "unetr-small", "unetr-small-crop"}
+	"resnet50-unet-small-int8-crop", "swin-unet-small", "swin-unet-small-crop", "swin-unet-small-int8",
+	"swin-unet-small-int8-crop", "unetr-small", "unetr-small-crop", "unetr-small-int8", "unetr-small-int8-crop"}
 
 // ShippedCascades are the cascades of the shipped models (each detector's
 // "+crop"), for which the manifests deploy a refine consumer.
-var ShippedCascades = []string{"resnet50-unet-small+crop", "resnet50-unet-small-int8+crop", "swin-unet-small+crop", "unetr-small+crop"}
+var ShippedCascades = []string{"resnet50-unet-small+crop", "resnet50-unet-small-int8+crop", "swin-unet-small+crop",
+	"swin-unet-small-int8+crop", "unetr-small+crop", "unetr-small-int8+crop"}
 
 // Files returns the generated files, keyed by path relative to deploy/.
 func Files() (map[string][]byte, error) {
