@@ -33,6 +33,12 @@ import (
 //     string value after it, whatever its VR, with the set's ideographic
 //     decoder: the first one named, the second when there are several);
 //     strings split on `\` after decoding and trimmed of spaces and NULs.
+//
+// One difference: the parser decoded every string when it read it, so a
+// value its character set could not decode failed the file even where
+// Decode does not look; here it fails the file only when read (x/text's
+// decoders replace undecodable bytes with U+FFFD rather than fail, so
+// neither happens in practice).
 type dataset struct {
 	b    []byte
 	bo   binary.ByteOrder
