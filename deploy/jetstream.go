@@ -16,8 +16,8 @@ import (
 
 	"github.com/lungseg/lungseg/internal/dlq"
 	"github.com/lungseg/lungseg/pkg/bus"
-	"github.com/lungseg/lungseg/pkg/stage"
 	"github.com/lungseg/lungseg/pkg/model"
+	"github.com/lungseg/lungseg/pkg/stage"
 	"github.com/lungseg/lungseg/segment/refine"
 	"github.com/nats-io/nats.go/jetstream"
 )
