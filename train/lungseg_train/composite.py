@@ -364,6 +364,23 @@ def augment(r: Rand, hu: torch.Tensor, mask: torch.Tensor, rot_deg: float = 30.0
     return s[:, 0:1] - 1000.0, (s[:, 1:2] > 0.5).float()
 
 
+def ct_backgrounds(r: Rand, ct, p_ct: float, hu: torch.Tensor, lung: torch.Tensor, mask: torch.Tensor):
+    """Replaces a fraction p_ct of the backgrounds (HU, lung, nodule mask) by
+    real CT slices of ct (a ctbg.CTBank of the same size), with empty nodule
+    masks. Returns (which images are CT or None, their bank indices, hu, lung,
+    mask); without ct, or p_ct 0, nothing changes and no random numbers are drawn."""
+    if ct is None or ct.n == 0 or p_ct <= 0:
+        return None, None, hu, lung, mask
+    b = hu.shape[0]
+    use_ct = r.u((b,)) < p_ct
+    ci = r.i(ct.n, (b,))
+    uc = use_ct.view(-1, 1, 1, 1)
+    hu = torch.where(uc, ct.hu[ci], hu)
+    lung = torch.where(uc, ct.lung[ci], lung)
+    mask = torch.where(uc, torch.zeros_like(mask), mask)
+    return use_ct, ci, hu, lung, mask
+
+
 def training_batch(bank: Bank, r: Rand, b: int, p_real: float = 0.3, p_paste_real: float = 0.5,
                    p_paste_synth: float = 0.92, p_second: float = 0.25,
                    grid_mm=(1.2, 1.6), aug: bool = True, ct=None, p_ct: float = 0.0,
@@ -383,14 +400,8 @@ def training_batch(bank: Bank, r: Rand, b: int, p_real: float = 0.3, p_paste_rea
         hu, lung, mask, use_real = backgrounds(bank, r, b, p_real)
     on = torch.where(use_real, r.u((b,)) < p_paste_real, r.u((b,)) < p_paste_synth).float()
     gm = r.u((b,), grid_mm[0], grid_mm[1]) * (256.0 / size)  # anatomy keeps its size on smaller grids
-    use_ct = None
-    if ct is not None and ct.n > 0 and p_ct > 0:
-        use_ct = r.u((b,)) < p_ct
-        ci = r.i(ct.n, (b,))
-        uc = use_ct.view(-1, 1, 1, 1)
-        hu = torch.where(uc, ct.hu[ci], hu)
-        lung = torch.where(uc, ct.lung[ci], lung)
-        mask = torch.where(uc, torch.zeros_like(mask), mask)
+    use_ct, ci, hu, lung, mask = ct_backgrounds(r, ct, p_ct, hu, lung, mask)
+    if use_ct is not None:
         on = torch.where(use_ct, (r.u((b,)) < p_paste_ct).float(), on)
         gm = torch.where(use_ct, ct.spacing[ci], gm)
     if bank.n_crops > 0:
@@ -592,14 +603,7 @@ def crop_training_batch(bank: Bank, r: Rand, b: int, win: int = CROP_WIN, p_real
         hu, lung, mask, use_real = pool_backgrounds(pool, r, b)
     else:
         hu, lung, mask, use_real = backgrounds(bank, r, b, p_real)
-    use_ct = None
-    if ct is not None and ct.n > 0 and p_ct > 0:
-        use_ct = r.u((b,)) < p_ct
-        ci = r.i(ct.n, (b,))
-        uc = use_ct.view(-1, 1, 1, 1)
-        hu = torch.where(uc, ct.hu[ci], hu)
-        lung = torch.where(uc, ct.lung[ci], lung)
-        mask = torch.where(uc, torch.zeros_like(mask), mask)
+    use_ct, ci, hu, lung, mask = ct_backgrounds(r, ct, p_ct, hu, lung, mask)
     er = -F.max_pool2d(-lung, 9, 1, 4)
     has = mask.flatten(1).amax(1) > 0
     w = torch.where(has.view(-1, 1, 1, 1), mask, er + 1e-3 * lung)

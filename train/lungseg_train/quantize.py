@@ -411,20 +411,7 @@ def quantize_graph(model, ranges: Dict[str, tuple]):
         for k, i in enumerate(n.input):
             if i in qnodes:
                 n.input[k] = i + "_dequantized"
-    ordered = list(qnodes.pop("__weights__", []))
-    ordered += qnodes.get(g.input[0].name, [])
-    for n in g.node:
-        ordered.append(n)
-        for o in n.output:
-            ordered += qnodes.get(o, [])
-    del g.node[:]
-    g.node.extend(ordered)
-    used = {i for n in g.node for i in n.input}
-    kept = [i for i in g.initializer if i.name in used]
-    del g.initializer[:]
-    g.initializer.extend(kept + [i for i in new_inits if i.name in used])
-    onnx.checker.check_model(m)
-    return m
+    return _finish(m, list(qnodes.pop("__weights__", [])), list(g.node), qnodes, new_inits)
 
 
 def quantize_weighted_ops(model, ranges: Dict[str, tuple], ops=("MatMul", "Conv")):
@@ -531,11 +518,21 @@ def quantize_weighted_ops(model, ranges: Dict[str, tuple], ops=("MatMul", "Conv"
         for k, i in enumerate(n.input):
             if i in qdq and j in readers.get(i, ()):
                 n.input[k] = i + "_dequantized"
-    ordered = list(wdq) + qdq.get(g.input[0].name, [])
+    return _finish(m, list(wdq), nodes, qdq, new_inits)
+
+
+def _finish(m, first, nodes, after, new_inits):
+    """Orders the graph's nodes (first, then the Q/DQ nodes of the graph input,
+    then each node followed by those of its outputs, after[name]), keeps the
+    initializers still read, and checks the model."""
+    import onnx
+
+    g = m.graph
+    ordered = first + after.get(g.input[0].name, [])
     for n in nodes:
         ordered.append(n)
         for o in n.output:
-            ordered += qdq.get(o, [])
+            ordered += after.get(o, [])
     del g.node[:]
     g.node.extend(ordered)
     used = {i for n in g.node for i in n.input}

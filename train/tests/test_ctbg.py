@@ -31,6 +31,16 @@ def test_slice_numbers_from_file_names():
     assert ctbg.slice_number("0.dcm") == 0
 
 
+def _bank(size, spacing):
+    """A CTBank of one _chest slice blown up to size x size."""
+    f = size // 128
+    hu, lungs = _chest(128)
+    hu = np.kron(hu, np.ones((f, f), np.float32))
+    lung = np.kron(lungs.astype(np.float32), np.ones((f, f), np.float32))
+    return ctbg.CTBank(torch.from_numpy(hu)[None, None], torch.from_numpy(lung)[None, None],
+                       torch.tensor([spacing]), ["chest"])
+
+
 def test_lung_mask_keeps_inner_air_fills_vessels_and_drops_outside_air():
     hu, lungs = _chest()
     m = ctbg.lung_mask(hu, erode=0)
@@ -40,11 +50,7 @@ def test_lung_mask_keeps_inner_air_fills_vessels_and_drops_outside_air():
 
 
 def test_crop_training_batch_with_ct_backgrounds():
-    hu, lungs = _chest(512 // 4)
-    hu = np.kron(hu, np.ones((4, 4), np.float32))
-    lung = np.kron(lungs.astype(np.float32), np.ones((4, 4), np.float32))
-    ct = ctbg.CTBank(torch.from_numpy(hu)[None, None], torch.from_numpy(lung)[None, None],
-                     torch.tensor([0.8]), ["chest"])
+    ct = _bank(512, 0.8)
     d = D.synthetic_phantoms(n_patients=2, crops_per_patient=3, slices_per_patient=1)
     bank = C.make_bank(d.crops, d.slices, "cpu", 512, False)
     g = torch.Generator()
@@ -66,25 +72,18 @@ def test_ct_bank_leaves_out_the_mass_slices():
 
 
 def test_to_grid_halves_the_slice_and_doubles_the_spacing():
-    hu, lungs = _chest(512 // 4)
-    hu = np.kron(hu, np.ones((4, 4), np.float32))
-    lung = np.kron(lungs.astype(np.float32), np.ones((4, 4), np.float32))
-    ct = ctbg.CTBank(torch.from_numpy(hu)[None, None], torch.from_numpy(lung)[None, None],
-                     torch.tensor([0.8]), ["chest"])
+    ct = _bank(512, 0.8)
     g = ctbg.to_grid(ct, 256)
     assert g.hu.shape == (1, 1, 256, 256) and float(g.spacing[0]) == pytest.approx(1.6)
     assert float(g.hu[0, 0, 110, 80]) == pytest.approx(-850.0)  # inside the left lung
-    assert abs(float(g.lung.sum()) - float(lung.sum()) / 4) < 0.02 * float(lung.sum()) / 4
+    n = float(ct.lung.sum()) / 4
+    assert abs(float(g.lung.sum()) - n) < 0.02 * n
     with pytest.raises(ValueError):
         ctbg.to_grid(ct, 200)
 
 
 def test_slice_training_batch_with_ct_backgrounds_has_real_negatives():
-    hu, lungs = _chest(256 // 2)
-    hu = np.kron(hu, np.ones((2, 2), np.float32))
-    lung = np.kron(lungs.astype(np.float32), np.ones((2, 2), np.float32))
-    ct = ctbg.CTBank(torch.from_numpy(hu)[None, None], torch.from_numpy(lung)[None, None],
-                     torch.tensor([1.6]), ["chest"])
+    ct = _bank(256, 1.6)
     d = D.synthetic_phantoms(n_patients=2, crops_per_patient=3, slices_per_patient=1)
     bank = C.make_bank(d.crops, d.slices, "cpu", 256, True)
     g = torch.Generator()
