@@ -399,14 +399,7 @@ func TestDecodeKeepsNoReference(t *testing.T) {
 // FuzzDecodeMatchesParser: on any input, Decode and the parser path it
 // replaced agree (the same Image, or errors with the same sentinel).
 func FuzzDecodeMatchesParser(f *testing.F) {
-	seeds, _ := filepath.Glob(filepath.Join(fixtures, "*.dcm"))
-	for _, p := range seeds {
-		b, err := os.ReadFile(p)
-		if err != nil {
-			f.Fatal(err)
-		}
-		f.Add(b)
-	}
+	addFixtureSeeds(f)
 	log.SetOutput(io.Discard) // the parser logs what it tolerates
 	f.Fuzz(func(t *testing.T, b []byte) {
 		if len(b) > 64<<10 {

@@ -385,7 +385,8 @@ func TestContextAndEmitError(t *testing.T) {
 	}
 }
 
-func FuzzRead(f *testing.F) {
+// addFixtureSeeds seeds a fuzz target with every fixture file.
+func addFixtureSeeds(f *testing.F) {
 	seeds, _ := filepath.Glob(filepath.Join(fixtures, "*.dcm"))
 	for _, p := range seeds {
 		b, err := os.ReadFile(p)
@@ -394,6 +395,10 @@ func FuzzRead(f *testing.F) {
 		}
 		f.Add(b)
 	}
+}
+
+func FuzzRead(f *testing.F) {
+	addFixtureSeeds(f)
 	f.Fuzz(func(t *testing.T, b []byte) {
 		if len(b) > 64<<10 {
 			return

@@ -317,17 +317,7 @@ def quantize_graph(model, ranges: Dict[str, tuple]):
     m = copy.deepcopy(model)
     g = m.graph
     inits = {i.name: i for i in g.initializer}
-    # Identity nodes of initializers (the exporter's shared weights) are
-    # read as the initializers themselves.
-    alias = {n.output[0]: n.input[0] for n in g.node if n.op_type == "Identity" and n.input[0] in inits}
-    if alias:
-        keep = [n for n in g.node if n.output[0] not in alias]
-        for n in keep:
-            for k, i in enumerate(n.input):
-                if i in alias:
-                    n.input[k] = alias[i]
-        del g.node[:]
-        g.node.extend(keep)
+    _dealias(g, inits)
     outputs = {o.name for o in g.output}
     consumers: Dict[str, List] = {}
     for n in g.node:
