@@ -298,7 +298,7 @@ func parsedImage(ds dicom.Dataset, sr scanResult, b []byte) (*Image, error) {
 		} else if err := compressed(i, buf); err != nil {
 			return nil, err
 		}
-		fr.HU, _ = decodeFrame(src, pf, slope, intercept)
+		fr.HU, _ = decodeFrame(make([]int16, pf.rows*pf.cols), src, pf, slope, intercept)
 		// Every clamped pixel holds an int16 extreme, so the exact count
 		// (per pixel, in float) runs only on a frame that has one: a CT
 		// with signed stored values and intercept -1024 can reach below

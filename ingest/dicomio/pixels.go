@@ -7,10 +7,12 @@ import (
 	"github.com/lungseg/lungseg/pkg/imgx"
 )
 
-// decodeFrame converts one frame of stored values to HU. The stored value
-// is the BitsStored bits ending at HighBit, sign-extended when
+// decodeFrame converts one frame of stored values to HU, written into
+// dst (rows×cols pixels), which it returns as the HU's Pix. The stored
+// value is the BitsStored bits ending at HighBit, sign-extended when
 // PixelRepresentation is 1; HU = stored×slope + intercept, rounded and
-// clamped to int16.
+// clamped to int16. Every loop below writes every pixel of dst, so dst
+// may hold anything beforehand (a Decoder's plane, reused).
 //
 // The common CT layouts (16-bit little-endian samples, slope 1, integer
 // intercept) take integer loops with no per-pixel branch; 16 signed bits
@@ -24,9 +26,8 @@ import (
 // extreme is false when the frame surely holds no -32768 or 32767 (the
 // values clamping leaves): the saturating adds find it in the same pass;
 // the other loops say true, and the caller checks with hasExtreme.
-func decodeFrame(raw []byte, pf pixelFormat, slope, intercept float64) (hu *imgx.HU, extreme bool) {
-	n := pf.rows * pf.cols
-	hu = &imgx.HU{Rows: pf.rows, Cols: pf.cols, Pix: make([]int16, n)}
+func decodeFrame(dst []int16, raw []byte, pf pixelFormat, slope, intercept float64) (hu *imgx.HU, extreme bool) {
+	hu = &imgx.HU{Rows: pf.rows, Cols: pf.cols, Pix: dst[:pf.rows*pf.cols]}
 	integral := slope == 1 && intercept == math.Trunc(intercept) && math.Abs(intercept) < 1<<20
 	if !integral || pf.bitsAllocated != 16 || pf.bo != binary.LittleEndian {
 		decodeGeneric(hu.Pix, raw, pf, slope, intercept)

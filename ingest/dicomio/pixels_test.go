@@ -229,7 +229,8 @@ func firstDiff(a, b []int16) int {
 // against decodeGeneric (the per-pixel definition) on random samples
 // over every 16-bit little-endian layout they take, with intercepts that
 // make sums leave the int16 range (clamping, and addS16's fallback), and
-// pixel counts that are not multiples of 4.
+// pixel counts that are not multiples of 4, decoding into a plane of junk
+// (every pixel must be written).
 func TestDecodeFrameFastPaths(t *testing.T) {
 	rng := rand.New(rand.NewPCG(3, 4))
 	intercepts := []float64{0, -1024, 1024, -32768, 32767, 40000, -(1 << 20) + 1, 1000.5, -1024}
@@ -247,7 +248,13 @@ func TestDecodeFrameFastPaths(t *testing.T) {
 					// Force the extremes of the stored range in.
 					binary.LittleEndian.PutUint16(raw, 0x7fff)
 					binary.LittleEndian.PutUint16(raw[2:], 0x8000)
-					got, extreme := decodeFrame(raw, pf, slopes[k], ic)
+					// dst holds junk first: decodeFrame must write every
+					// pixel (a Decoder's plane is reused).
+					dst := make([]int16, pf.rows*pf.cols)
+					for i := range dst {
+						dst[i] = int16(rng.Uint32())
+					}
+					got, extreme := decodeFrame(dst, raw, pf, slopes[k], ic)
 					want := make([]int16, pf.rows*pf.cols)
 					decodeGeneric(want, raw, pf, slopes[k], ic)
 					if j := firstDiff(got.Pix, want); j >= 0 {

@@ -22,6 +22,13 @@
 // data dictionary (the VRs of implicit VR files) and the character sets;
 // its parser is no longer on the path (parser_test.go keeps the former
 // path as a test oracle). Files are written by pkg/dicomwrite.
+//
+// ReadFile, Decode and Read return fresh memory, the caller's to keep. A
+// Decoder does the same work but reuses its pixel planes and buffers from
+// one file to the next, for a caller that is done with the pixels before
+// its next call (the ingest stage, which copies them into the outgoing
+// message): no 512 KiB plane is allocated, zeroed and collected per
+// 512×512 slice.
 package dicomio
 
 import (
@@ -104,12 +111,30 @@ type Image struct {
 // A file that cannot be read is emitted as one Item with Err set (and
 // Meta.Id) and Read returns nil, so that a folder scan goes on. Read
 // returns an error only when ctx is done or fn fails.
+//
+// The items' pixels are fresh memory, the caller's to keep; a reader that
+// drops or copies them before fn returns can save that memory with
+// Decoder.Read.
 func Read(ctx context.Context, path, root, masksDir string, fn ingest.EmitFunc) error {
+	return read(ctx, nil, path, root, masksDir, fn)
+}
+
+// Read is the package's Read decoding with d: the Item.HU it emits are
+// d's (Decoder), valid only until fn returns. fn must copy the pixels it
+// needs (or drop them) before it returns, and keep no Item.HU after: the
+// next frame or file read with d may overwrite them. The rest of an Item
+// (Meta, Mask, Err) is fn's to keep.
+func (d *Decoder) Read(ctx context.Context, path, root, masksDir string, fn ingest.EmitFunc) error {
+	return read(ctx, d, path, root, masksDir, fn)
+}
+
+// read is Read with d nil (fresh memory) or Decoder.Read.
+func read(ctx context.Context, d *Decoder, path, root, masksDir string, fn ingest.EmitFunc) error {
 	if err := ctx.Err(); err != nil {
 		return err
 	}
 	id := ID(path, root)
-	img, err := ReadFile(path)
+	img, err := readFile(d, path)
 	if err != nil {
 		return fn(ingest.Item{Meta: &lungsegv1.SliceMeta{Id: id, Source: Source}, Err: err})
 	}
@@ -188,8 +213,72 @@ func readMask(path string, rows, cols int) (*imgx.Mask, error) {
 	return m, nil
 }
 
-// ReadFile reads and decodes one DICOM file.
-func ReadFile(path string) (*Image, error) {
+// Decoder decodes DICOM files like the package's ReadFile and Decode,
+// but reuses its memory from one call to the next, in the manner of
+// bufio.Scanner.Bytes: the pixels of an Image it returns (every
+// Frame.HU.Pix) are valid only until the next call of ReadFile, Decode or
+// Read on the same Decoder, which overwrites them (or hands part of their
+// memory to an image of another size). Everything else of the Image (the
+// UIDs, Study, positions, spacings, warnings, the *imgx.HU headers) is the
+// caller's to keep. A caller that keeps pixels past the next call, or
+// hands them to another goroutine, must copy them first, or use the
+// package's ReadFile, Decode and Read, which return fresh memory.
+//
+// Besides the pixel planes a Decoder keeps the file's bytes (ReadFile),
+// the scan's element records and the output of a compressed frame, so
+// that reading a series allocates no large buffer after its first file. A
+// buffer larger than maxKeptBytes is used for its call only and not kept.
+// Every decode writes every pixel of the planes it returns: nothing of an
+// earlier file shows through, whatever the sizes.
+//
+// The zero Decoder is ready to use. A Decoder is not safe for concurrent
+// use: give each goroutine its own (the ingest stage has one per job).
+type Decoder struct {
+	file    []byte   // the file's bytes (ReadFile)
+	records []record // the scan's records (dataset.go)
+	plane   []int16  // the frames' pixels, one frame after the other
+	scratch []byte   // a decompressed frame, or 8-bit samples unswapped
+}
+
+// maxKeptBytes bounds each buffer a Decoder keeps (the planes of up to
+// 64 frames of 512×512); a larger one is allocated for its call alone.
+const maxKeptBytes = 32 << 20
+
+// planes returns n pixels for the frames of one file: d's plane (grown
+// when too small) or, with d nil or n over the bound, fresh memory.
+func (d *Decoder) planes(n int) []int16 {
+	if d == nil || 2*n > maxKeptBytes {
+		return make([]int16, n)
+	}
+	if cap(d.plane) < n {
+		d.plane = make([]int16, n)
+	}
+	return d.plane[:n]
+}
+
+// bytesBuf returns n bytes of scratch: d's (grown when too small) or, with
+// d nil or n over the bound, fresh memory.
+func (d *Decoder) bytesBuf(n int) []byte {
+	if d == nil || n > maxKeptBytes {
+		return make([]byte, n)
+	}
+	if cap(d.scratch) < n {
+		d.scratch = make([]byte, n)
+	}
+	return d.scratch[:n]
+}
+
+// ReadFile reads and decodes one DICOM file. The Image is fresh memory,
+// the caller's to keep.
+func ReadFile(path string) (*Image, error) { return readFile(nil, path) }
+
+// ReadFile reads and decodes one DICOM file. The Image's pixels are d's:
+// valid only until d's next call (see Decoder).
+func (d *Decoder) ReadFile(path string) (*Image, error) { return readFile(d, path) }
+
+// readFile is ReadFile with d nil (fresh memory and pooled file buffers)
+// or Decoder.ReadFile.
+func readFile(d *Decoder, path string) (*Image, error) {
 	f, err := ingest.OpenFile(path) // never blocks on a named pipe
 	if err != nil {
 		return nil, fmt.Errorf("dicomio: %w", err)
@@ -205,14 +294,23 @@ func ReadFile(path string) (*Image, error) {
 	if st.Size() > MaxFileBytes {
 		return nil, formatErr(path, ErrTooLarge, "file is %d bytes, over the %d-byte limit", st.Size(), MaxFileBytes)
 	}
-	buf := getFileBuf(int(st.Size()))
-	defer putFileBuf(buf)
-	b := (*buf)[:st.Size()]
+	var b []byte
+	switch n := int(st.Size()); {
+	case d != nil && n <= maxKeptBytes:
+		if cap(d.file) < n {
+			d.file = make([]byte, n)
+		}
+		b = d.file[:n]
+	default:
+		buf := getFileBuf(n)
+		defer putFileBuf(buf)
+		b = (*buf)[:n]
+	}
 	if _, err := f.ReadAt(b, 0); err != nil {
 		return nil, fmt.Errorf("dicomio: reading %s: %w", path, err)
 	}
 	// Decode keeps no reference to b: the Image holds copies.
-	return Decode(path, b)
+	return decodeNamed(d, path, b)
 }
 
 // maxPooledBytes bounds the file buffers ReadFile keeps for reuse; larger
@@ -220,7 +318,8 @@ func ReadFile(path string) (*Image, error) {
 const maxPooledBytes = 8 << 20
 
 // fileBufs holds file buffers of ReadFile, so that reading a series does
-// not allocate (and zero, and collect) one buffer per file.
+// not allocate (and zero, and collect) one buffer per file. A buffer is
+// in use only while ReadFile runs: nothing returned refers to it.
 var fileBufs sync.Pool
 
 func getFileBuf(n int) *[]byte {
@@ -242,9 +341,17 @@ func putFileBuf(p *[]byte) {
 	}
 }
 
-// Decode decodes the bytes of one DICOM file; name is used in errors.
-func Decode(name string, b []byte) (*Image, error) {
-	img, err := decode(b)
+// Decode decodes the bytes of one DICOM file; name is used in errors. The
+// Image keeps no reference to b and is fresh memory, the caller's to keep.
+func Decode(name string, b []byte) (*Image, error) { return decodeNamed(nil, name, b) }
+
+// Decode decodes the bytes of one DICOM file; name is used in errors. The
+// Image keeps no reference to b; its pixels are d's, valid only until d's
+// next call (see Decoder).
+func (d *Decoder) Decode(name string, b []byte) (*Image, error) { return decodeNamed(d, name, b) }
+
+func decodeNamed(d *Decoder, name string, b []byte) (*Image, error) {
+	img, err := decode(d, b)
 	if err != nil {
 		var fe *FormatError
 		if errors.As(err, &fe) && fe.Path == "" {
@@ -255,18 +362,27 @@ func Decode(name string, b []byte) (*Image, error) {
 	return img, nil
 }
 
-func decode(b []byte) (*Image, error) {
+func decode(d *Decoder, b []byte) (*Image, error) {
 	if len(b) > MaxFileBytes {
 		return nil, formatErr("", ErrTooLarge, "file is %d bytes, over the %d-byte limit", len(b), MaxFileBytes)
 	}
-	fp := getRecords()
-	defer putRecords(fp)
-	sr, err := scanInto(b, *fp)
+	var sr scanResult
+	var err error
+	if d != nil {
+		sr, err = scanInto(b, d.records)
+		if err == nil && cap(sr.ds.flat) <= maxPooledRecords {
+			d.records = sr.ds.flat[:0] // grown by the scan: kept for the next file
+		}
+	} else {
+		fp := getRecords()
+		defer putRecords(fp)
+		sr, err = scanInto(b, *fp)
+		*fp = sr.ds.flat // grown by the scan: kept for the next file
+	}
 	if err != nil {
 		return nil, err
 	}
-	*fp = sr.ds.flat // grown by the scan: kept for the next file
-	return fromDataset(&sr, b)
+	return fromDataset(d, &sr, b)
 }
 
 // maxPooledRecords bounds the record lists decode keeps for reuse (32
@@ -320,8 +436,10 @@ type pixelFormat struct {
 
 // fromDataset decodes file b, which scanFile described as sr: sr.ds its
 // elements, sr.pixel the native pixel data, sr.pixelItems the offset in b
-// of the items of encapsulated pixel data, or -1.
-func fromDataset(sr *scanResult, b []byte) (*Image, error) {
+// of the items of encapsulated pixel data, or -1. The pixels go to d's
+// buffers (Decoder), or to fresh memory, one allocation per frame, when d
+// is nil.
+func fromDataset(d *Decoder, sr *scanResult, b []byte) (*Image, error) {
 	ts := sr.uid
 	top := sr.ds.top()
 	if !sr.pixelSeen {
@@ -378,7 +496,7 @@ func fromDataset(sr *scanResult, b []byte) (*Image, error) {
 	if pf.swap8 {
 		// 8-bit samples in a big-endian OW value: the bytes of each 16-bit
 		// word are swapped across the whole value, not per frame.
-		sw := make([]byte, len(raw))
+		sw := d.bytesBuf(len(raw))
 		for i := range sw {
 			if j := i ^ 1; j < len(raw) {
 				sw[i] = raw[j]
@@ -389,7 +507,16 @@ func fromDataset(sr *scanResult, b []byte) (*Image, error) {
 	frameBytes := pf.rows * pf.cols * pf.bitsAllocated / 8
 	var buf []byte
 	if compressed != nil {
-		buf = make([]byte, frameBytes)
+		// swap8 is for native data only: the scratch is free for this.
+		buf = d.bytesBuf(frameBytes)
+	}
+	// The frames' pixels: one plane of d's for all of them (frame i is
+	// the i-th rows×cols run), or fresh memory per frame, so that a
+	// caller keeping one frame does not keep the others.
+	n := pf.rows * pf.cols
+	var plane []int16
+	if d != nil {
+		plane = d.planes(n * pf.frames)
 	}
 	for i := range img.Frames {
 		fr := &img.Frames[i]
@@ -407,7 +534,13 @@ func fromDataset(sr *scanResult, b []byte) (*Image, error) {
 			return nil, err
 		}
 		var extreme bool
-		fr.HU, extreme = decodeFrame(src, pf, slope, intercept)
+		var dst []int16
+		if plane != nil {
+			dst = plane[i*n : (i+1)*n : (i+1)*n]
+		} else {
+			dst = make([]int16, n)
+		}
+		fr.HU, extreme = decodeFrame(dst, src, pf, slope, intercept)
 		// Every clamped pixel holds an int16 extreme, so the exact count
 		// (per pixel, in float) runs only on a frame that has one: a CT
 		// with signed stored values and intercept -1024 can reach below

@@ -32,7 +32,9 @@ func realFiles(b testing.TB) map[string]string {
 
 // BenchmarkReadReal splits decoding a real file into its steps: the scan
 // (element walk, dataset kept, pixel data located) and the rest
-// (attributes read from the scan, decompression, HU); "all" is Decode.
+// (attributes read from the scan, decompression, HU); "all" is Decode,
+// "decoder" Decode on one Decoder reused across the loop (what the ingest
+// stage does across a series: no plane allocated after the first).
 // The parser path Decode took before (parser_test.go) runs beside as the
 // baseline: "parse-all" parses the whole file, "parse" the file without
 // its top-level private and PixelData elements, and "parser-all" is the
@@ -50,6 +52,14 @@ func BenchmarkReadReal(b *testing.B) {
 				}
 			}
 		})
+		b.Run(name+"/decoder", func(b *testing.B) {
+			var d Decoder
+			for b.Loop() {
+				if _, err := d.Decode(p, buf); err != nil {
+					b.Fatal(err)
+				}
+			}
+		})
 		b.Run(name+"/scan", func(b *testing.B) {
 			for b.Loop() {
 				if _, err := scanFile(buf); err != nil {
@@ -60,7 +70,7 @@ func BenchmarkReadReal(b *testing.B) {
 		sr, _ := scanFile(buf)
 		b.Run(name+"/pixels", func(b *testing.B) {
 			for b.Loop() {
-				if _, err := fromDataset(&sr, buf); err != nil {
+				if _, err := fromDataset(nil, &sr, buf); err != nil {
 					b.Fatal(err)
 				}
 			}
