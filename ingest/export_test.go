@@ -12,3 +12,7 @@ func SetReadDir(f func(string) ([]fs.DirEntry, error)) (restore func()) {
 
 // ReadDir is Walk's own folder listing.
 var ReadDir = readDir
+
+// WalkReusing is the ingest stage's walk: the formats may reuse pixel
+// memory (Format.Reusing).
+var WalkReusing = walkReusing

@@ -20,6 +20,9 @@ type Options struct {
 	MasksDir string
 }
 
+// ReadFunc reads the file at path and emits its slices, in order, to fn.
+type ReadFunc func(ctx context.Context, path string, o Options, fn EmitFunc) error
+
 // Format is one input format: Match looks at the file name and its first
 // bytes (up to 132, enough for the DICOM preamble), Read emits its slices.
 type Format struct {
@@ -29,7 +32,16 @@ type Format struct {
 	// relative path.
 	LocalIDs bool
 	Match    func(name string, head []byte) bool
-	Read     func(ctx context.Context, path string, o Options, fn EmitFunc) error
+	// Read emits items whose pixels (Item.HU, Item.Mask) are fresh memory,
+	// fn's to keep.
+	Read ReadFunc
+	// Reusing, when not nil, returns a reader like Read that may reuse
+	// the memory of the pixels it emits from one item to the next, its own
+	// file's or a later one's: the Item.HU passed to fn is valid only until
+	// fn returns. Only a walk whose fn copies or drops the pixels before it
+	// returns uses it (the ingest stage's: see Stage); it makes one reader
+	// per walk, used from the walk's goroutine alone. Walk uses Read.
+	Reusing func() ReadFunc
 }
 
 // HeadSize is how many leading bytes Match is given.
@@ -57,8 +69,33 @@ type errStop struct{ err error }
 func (e errStop) Error() string { return e.err.Error() }
 func (e errStop) Unwrap() error { return e.err }
 
-// readOne reads one file, prefixing the ids of its items with prefix.
-func readOne(ctx context.Context, f *Format, path, prefix string, o Options, fn EmitFunc) error {
+// readers picks the reader of each format for one walk: Format.Read, or,
+// in a walk whose fn keeps no pixels after it returns (reuse), the one
+// reader per format that Format.Reusing makes on first use, kept for the
+// rest of the walk.
+type readers struct {
+	reuse bool
+	made  map[*Format]ReadFunc
+}
+
+func (r *readers) of(f *Format) ReadFunc {
+	if !r.reuse || f.Reusing == nil {
+		return f.Read
+	}
+	read, ok := r.made[f]
+	if !ok {
+		if r.made == nil {
+			r.made = map[*Format]ReadFunc{}
+		}
+		read = f.Reusing()
+		r.made[f] = read
+	}
+	return read
+}
+
+// readOne reads one file with read (f's), prefixing the ids of its items
+// with prefix.
+func readOne(ctx context.Context, f *Format, read ReadFunc, path, prefix string, o Options, fn EmitFunc) error {
 	wrapped := func(it Item) error {
 		if it.Meta != nil {
 			it.Meta.Id = prefix + it.Meta.Id
@@ -68,7 +105,7 @@ func readOne(ctx context.Context, f *Format, path, prefix string, o Options, fn 
 		}
 		return nil
 	}
-	err := f.Read(ctx, path, o, wrapped)
+	err := read(ctx, path, o, wrapped)
 	var stop errStop
 	switch {
 	case err == nil:

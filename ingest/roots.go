@@ -79,16 +79,18 @@ func (r *Roots) Check(path string) error {
 	return fmt.Errorf("%w: %s is not under %s", ErrOutsideRoots, path, strings.Join(r.dirs, ", "))
 }
 
-// walker returns Walk when the job's path and masks folder lie under the
-// stage's roots, and otherwise a walk that reports the refusal as the
-// job's one failed item.
+// walker returns the walk of a job when its path and masks folder lie
+// under the stage's roots, and otherwise a walk that reports the refusal
+// as the job's one failed item. The walk lets the formats reuse pixel
+// memory (walkReusing): Process's fn copies the pixels into the outgoing
+// message and keeps no Item.HU.
 func (s *Stage) walker(path, masksDir string) func(context.Context, []Format, string, string, EmitFunc) error {
 	err := s.Roots.Check(path)
 	if err == nil && masksDir != "" {
 		err = s.Roots.Check(masksDir)
 	}
 	if err == nil {
-		return Walk
+		return walkReusing
 	}
 	return func(_ context.Context, _ []Format, path, _ string, fn EmitFunc) error {
 		return fn(Item{Meta: metaID(filepath.Base(path)), Err: err})

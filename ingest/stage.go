@@ -27,7 +27,10 @@ type Resolver interface {
 // Stage is the ingest processor: it consumes IngestJobs, publishes each
 // slice of the input on lung.slices.raw, reports bad slices and files on
 // the errors subject, and ends with an IngestDone event. Safe for
-// concurrent use.
+// concurrent use. Each job is read by one walk that lets the formats
+// reuse pixel memory from slice to slice (Format.Reusing: a DICOM series
+// is decoded into one plane), since a slice's pixels are copied into its
+// message before the next is read.
 type Stage struct {
 	Formats  []Format
 	Models   Resolver
@@ -60,7 +63,9 @@ const maxSlicePayload = bus.MaxPayload - 16<<10
 
 func metaID(id string) *lungsegv1.SliceMeta { return &lungsegv1.SliceMeta{Id: id} }
 
-// SliceMessage builds the raw-slice message of an item.
+// SliceMessage builds the raw-slice message of an item. The message
+// holds copies of the pixels and the mask (it.HU, it.Mask): they may be
+// reused once SliceMessage returns. It keeps it.Meta.
 func SliceMessage(it Item) (*lungsegv1.Slice, error) {
 	if it.HU == nil {
 		return nil, fmt.Errorf("ingest: slice %s has no pixels", it.Meta.GetId())
@@ -131,6 +136,9 @@ func (s *Stage) Process(ctx context.Context, m *stage.Msg, e stage.Emitter) erro
 	if err != nil {
 		return err
 	}
+	// The walk reuses pixel memory from one item to the next (walker):
+	// this fn must keep no it.HU or it.Mask once it returns. SliceMessage
+	// copies them into the message; nothing else here holds them.
 	err = s.walker(job.Path, job.MasksDir)(ctx, s.Formats, job.Path, job.MasksDir, func(it Item) error {
 		if it.Meta == nil {
 			it.Meta = metaID("?")

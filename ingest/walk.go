@@ -129,7 +129,20 @@ type entry struct {
 // A folder given as a symbolic link is read at its target. Problems with
 // one file are emitted as an Item with Err set and the walk goes on; Walk
 // returns an error only when ctx ends or fn fails.
+//
+// The items' pixels are fresh memory, fn's to keep (Format.Read).
 func Walk(ctx context.Context, formats []Format, path, masksDir string, fn EmitFunc) error {
+	return walk(ctx, formats, path, masksDir, &readers{}, fn)
+}
+
+// walkReusing is Walk for an fn that keeps no pixels after it returns:
+// the formats may reuse their memory (Format.Reusing), so Item.HU is
+// valid only until fn returns.
+func walkReusing(ctx context.Context, formats []Format, path, masksDir string, fn EmitFunc) error {
+	return walk(ctx, formats, path, masksDir, &readers{reuse: true}, fn)
+}
+
+func walk(ctx context.Context, formats []Format, path, masksDir string, rd *readers, fn EmitFunc) error {
 	st, err := os.Stat(path)
 	if err != nil {
 		return fn(Item{Meta: metaID(filepath.Base(path)), Err: fmt.Errorf("ingest: %w", linkError(path, err))})
@@ -152,7 +165,7 @@ func Walk(ctx context.Context, formats []Format, path, masksDir string, fn EmitF
 			}
 			return fn(Item{Meta: metaID(filepath.Base(path)), Err: err})
 		}
-		return readOne(ctx, f, path, "", Options{Root: filepath.Dir(path), MasksDir: masksDir}, fn)
+		return readOne(ctx, f, rd.of(f), path, "", Options{Root: filepath.Dir(path), MasksDir: masksDir}, fn)
 	}
 	if real, err := filepath.EvalSymlinks(path); err == nil {
 		path = real
@@ -202,7 +215,7 @@ func Walk(ctx context.Context, formats []Format, path, masksDir string, fn EmitF
 		if f.LocalIDs {
 			prefix = filepath.ToSlash(strings.TrimSuffix(e.rel, filepath.Ext(e.rel))) + "/"
 		}
-		if err := readOne(ctx, f, e.path, prefix, Options{Root: path, MasksDir: masksDir}, fn); err != nil {
+		if err := readOne(ctx, f, rd.of(f), e.path, prefix, Options{Root: path, MasksDir: masksDir}, fn); err != nil {
 			return err
 		}
 	}

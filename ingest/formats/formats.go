@@ -33,6 +33,14 @@ func All() []ingest.Format {
 			Read: func(ctx context.Context, path string, o ingest.Options, fn ingest.EmitFunc) error {
 				return dicomio.Read(ctx, path, o.Root, o.MasksDir, fn)
 			},
+			// One Decoder per walk: its pixel planes serve every file of
+			// the walk, each valid until fn returns.
+			Reusing: func() ingest.ReadFunc {
+				d := new(dicomio.Decoder)
+				return func(ctx context.Context, path string, o ingest.Options, fn ingest.EmitFunc) error {
+					return d.Read(ctx, path, o.Root, o.MasksDir, fn)
+				}
+			},
 		},
 		{
 			Name: "png-pair",
