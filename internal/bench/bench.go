@@ -12,8 +12,10 @@
 //     over the same slices with the same model and threads;
 //   - batching: the pipeline with segment.Batcher in front of the model
 //     against the pipeline's default one-image runs;
-//   - decode: dicomio.ReadFile against pydicom, the pickle reader against
-//     pandas.read_pickle, with the peak memory of each;
+//   - decode: DICOM read as the ingest stage reads it (a dicomio.Decoder
+//     reusing its pixel planes; dicomio.ReadFile's fresh memory beside)
+//     against pydicom, the pickle reader against pandas.read_pickle, with
+//     the peak memory of each;
 //   - cascade: each "<detector>+crop" cascade against its detector alone
 //     per slice on a real CT series, without and with the lung field;
 //   - series: a real 141-slice series sent by C-STORE, from the first byte

@@ -7,6 +7,7 @@ import (
 	"path/filepath"
 	"testing"
 
+	"github.com/lungseg/lungseg/ingest/dicomio"
 	"github.com/lungseg/lungseg/internal/phantom"
 	"github.com/lungseg/lungseg/pkg/model"
 	"github.com/lungseg/lungseg/pkg/ortlib"
@@ -41,15 +42,24 @@ func benchSet(b testing.TB, n int) (files []string, pkl string, slices []phantom
 	return files, pkl, slices
 }
 
-// BenchmarkDICOMRead decodes one 512×512 phantom CT file per op.
+// BenchmarkDICOMRead decodes one 512×512 phantom CT file per op: with one
+// dicomio.Decoder across the ops (the ingest stage's read) and with
+// dicomio.ReadFile (fresh memory per file).
 func BenchmarkDICOMRead(b *testing.B) {
 	files, _, _ := benchSet(b, 4)
-	b.SetBytes(fileSize(files...) / int64(len(files)))
-	b.ReportAllocs()
-	for i := 0; b.Loop(); i++ {
-		if err := goDICOM(files[i%len(files) : i%len(files)+1]); err != nil {
-			b.Fatal(err)
-		}
+	for _, tc := range []struct {
+		name string
+		d    *dicomio.Decoder
+	}{{"decoder", new(dicomio.Decoder)}, {"fresh", nil}} {
+		b.Run(tc.name, func(b *testing.B) {
+			b.SetBytes(fileSize(files...) / int64(len(files)))
+			b.ReportAllocs()
+			for i := 0; b.Loop(); i++ {
+				if err := goDICOM(tc.d, files[i%len(files):i%len(files)+1]); err != nil {
+					b.Fatal(err)
+				}
+			}
+		})
 	}
 }
 

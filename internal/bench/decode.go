@@ -36,23 +36,36 @@ type DecodeSide struct {
 type DecodeCompare struct {
 	// Name says which files (phantoms, a real series, CT_small) and how
 	// they are stored; Reference names the other side.
-	Name      string      `json:"name,omitempty"`
-	Reference string      `json:"reference,omitempty"`
-	Items     int         `json:"items"`
-	Bytes     int64       `json:"bytes"`
-	Go        DecodeSide  `json:"go"`
-	Python    *DecodeSide `json:"python,omitempty"`
+	Name      string `json:"name,omitempty"`
+	Reference string `json:"reference,omitempty"`
+	Items     int    `json:"items"`
+	Bytes     int64  `json:"bytes"`
+	// Go is how the pipeline reads the input: for DICOM, as the ingest
+	// stage does, one dicomio.Decoder for the pass (a job's walk has one),
+	// its pixel planes reused from file to file.
+	Go     DecodeSide  `json:"go"`
+	Python *DecodeSide `json:"python,omitempty"`
 	// Speedup is Python's time over Go's (medians over rounds), and
 	// SpeedupSpread the same over paired rounds.
 	Speedup       float64 `json:"speedup,omitempty"`
 	SpeedupSpread Spread  `json:"speedup_spread"`
 	Skipped       string  `json:"python_skipped,omitempty"`
+	// GoFresh (DICOM only) is dicomio.ReadFile per file, fresh memory for
+	// each Image (what a caller that keeps the Images pays: the replay
+	// report, the DICOMweb and DIMSE receivers), timed in the same
+	// rounds; FreshSpeedup and FreshSpeedupSpread are Python's time over
+	// it, as Speedup and SpeedupSpread.
+	GoFresh            *DecodeSide `json:"go_fresh,omitempty"`
+	FreshSpeedup       float64     `json:"fresh_speedup,omitempty"`
+	FreshSpeedupSpread *Spread     `json:"fresh_speedup_spread,omitempty"`
 }
 
 // Decode holds the decoding comparisons.
 type Decode struct {
-	// DICOM: dicomio.ReadFile against pydicom dcmread + pixel_array +
-	// apply_modality_lut, over the phantom CT series (512×512, 16-bit).
+	// DICOM: the ingest stage's read (a dicomio.Decoder per pass; and
+	// dicomio.ReadFile, fresh memory, beside) against pydicom dcmread +
+	// pixel_array + apply_modality_lut, over the phantom CT series
+	// (512×512, 16-bit).
 	DICOM *DecodeCompare `json:"dicom,omitempty"`
 	// Real are the real files (decode_real.go): uncompressed (pydicom's
 	// CT_small, ct_series/lungmask_1, and popi_00_141 decompressed by
@@ -127,9 +140,16 @@ func peakHeap(f func() error) (float64, error) {
 	return float64(peak-base) / (1 << 20), err
 }
 
-func goDICOM(files []string) error {
+// goDICOM decodes files with d (dicomio.Decoder: the Images' pixels
+// reused from file to file, as the ingest stage reads a job), or with
+// dicomio.ReadFile (fresh memory per file) when d is nil.
+func goDICOM(d *dicomio.Decoder, files []string) error {
+	read := dicomio.ReadFile
+	if d != nil {
+		read = d.ReadFile
+	}
 	for _, p := range files {
-		img, err := dicomio.ReadFile(p)
+		img, err := read(p)
 		if err != nil {
 			return err
 		}
@@ -168,9 +188,11 @@ type decodeResp struct {
 	PeakMB     float64   `json:"peak_rss_mb"`
 }
 
-// compare times goPass and the Python helper in interleaved rounds; the
-// helper's first pass gives its peak memory, a separate Go pass its own.
-func (r *runner) compare(ctx context.Context, what string, items int, bytes int64, goPass func() error,
+// compare times goPass, fresh (when not nil: the Go read with fresh
+// memory, DecodeCompare.GoFresh) and the Python helper in interleaved
+// rounds; the helper's first pass gives its peak memory, a separate pass
+// of each Go read its own.
+func (r *runner) compare(ctx context.Context, what string, items int, bytes int64, goPass, fresh func() error,
 	pyErr error, script string, args ...string) (*DecodeCompare, error) {
 	c := &DecodeCompare{Items: items, Bytes: bytes}
 	var py *pyServer
@@ -187,7 +209,7 @@ func (r *runner) compare(ctx context.Context, what string, items int, bytes int6
 	if pyErr != nil {
 		c.Skipped = pyErr.Error()
 	}
-	var goSecs, pySecs []float64
+	var goSecs, freshSecs, pySecs []float64
 	for round := 0; round < r.decodeRounds(); round++ {
 		runGo := func() error {
 			st := time.Now()
@@ -211,15 +233,25 @@ func (r *runner) compare(ctx context.Context, what string, items int, bytes int6
 			pySecs = append(pySecs, resp.Seconds...)
 			return nil
 		}
-		first, second := runGo, runPy
+		runFresh := func() error {
+			if fresh == nil {
+				return nil
+			}
+			st := time.Now()
+			if err := fresh(); err != nil {
+				return err
+			}
+			freshSecs = append(freshSecs, time.Since(st).Seconds())
+			return nil
+		}
+		steps := []func() error{runGo, runFresh, runPy}
 		if round%2 == 1 {
-			first, second = runPy, runGo
+			steps = []func() error{runPy, runFresh, runGo}
 		}
-		if err := first(); err != nil {
-			return nil, fmt.Errorf("bench: %s: %w", what, err)
-		}
-		if err := second(); err != nil {
-			return nil, fmt.Errorf("bench: %s: %w", what, err)
+		for _, f := range steps {
+			if err := f(); err != nil {
+				return nil, fmt.Errorf("bench: %s: %w", what, err)
+			}
 		}
 	}
 	peak, err := peakHeap(goPass)
@@ -227,6 +259,14 @@ func (r *runner) compare(ctx context.Context, what string, items int, bytes int6
 		return nil, err
 	}
 	perItem := 1000 / float64(items)
+	if fresh != nil {
+		fpeak, err := peakHeap(fresh)
+		if err != nil {
+			return nil, err
+		}
+		c.GoFresh = &DecodeSide{Seconds: median(freshSecs), PeakMB: fpeak, PerItemSpread: spreadOf(freshSecs).scaled(perItem)}
+		c.GoFresh.PerItemMs = c.GoFresh.PerItemSpread.Median
+	}
 	c.Go = DecodeSide{Seconds: median(goSecs), PeakMB: peak, PerItemSpread: spreadOf(goSecs).scaled(perItem)}
 	c.Go.PerItemMs = c.Go.PerItemSpread.Median
 	if c.Python != nil {
@@ -235,10 +275,21 @@ func (r *runner) compare(ctx context.Context, what string, items int, bytes int6
 		c.Python.PerItemMs = c.Python.PerItemSpread.Median
 		c.Speedup = ratio(c.Python.Seconds, c.Go.Seconds)
 		c.SpeedupSpread = spreadOf(ratios(pySecs, goSecs))
+		if c.GoFresh != nil {
+			c.FreshSpeedup = ratio(c.Python.Seconds, c.GoFresh.Seconds)
+			s := spreadOf(ratios(pySecs, freshSecs))
+			c.FreshSpeedupSpread = &s
+		}
 	}
 	line := fmt.Sprintf("decode %s (%d items, %.1f MB): go %s ms/item, peak +%.1f MB", what, items, float64(bytes)/1e6, c.Go.PerItemSpread.format(3), c.Go.PeakMB)
+	if c.GoFresh != nil {
+		line += fmt.Sprintf("; go fresh memory %s ms/item, peak +%.1f MB", c.GoFresh.PerItemSpread.format(3), c.GoFresh.PeakMB)
+	}
 	if c.Python != nil {
 		line += fmt.Sprintf("; python %s ms/item, peak +%.1f MB; speedup %s", c.Python.PerItemSpread.format(3), c.Python.PeakMB, c.SpeedupSpread.format(2))
+		if c.FreshSpeedupSpread != nil {
+			line += fmt.Sprintf(" (fresh memory %s)", c.FreshSpeedupSpread.format(2))
+		}
 	}
 	r.progress("%s", line)
 	return c, nil
@@ -286,7 +337,8 @@ func (r *runner) decode(ctx context.Context) error {
 		return err
 	}
 	if d.DICOM, err = r.compare(ctx, "dicom", len(set.files), fileSize(set.files...),
-		func() error { return goDICOM(set.files) }, dcmErr, "pydicom_decode.py", "--files", list); err != nil {
+		func() error { return goDICOM(new(dicomio.Decoder), set.files) }, func() error { return goDICOM(nil, set.files) },
+		dcmErr, "pydicom_decode.py", "--files", list); err != nil {
 		return err
 	}
 	d.DICOM.Name, d.DICOM.Reference = "phantoms (native)", "pydicom"
@@ -319,7 +371,7 @@ func (r *runner) decode(ctx context.Context) error {
 		return err
 	}
 	if d.Pickle, err = r.compare(ctx, "pickle", n, fileSize(small),
-		func() error { return goPickle(ctx, small, n) }, pdErr, "pandas_read.py", "--file", small); err != nil {
+		func() error { return goPickle(ctx, small, n) }, nil, pdErr, "pandas_read.py", "--file", small); err != nil {
 		return err
 	}
 	os.Remove(small)
@@ -331,7 +383,7 @@ func (r *runner) decode(ctx context.Context) error {
 	o := r.o
 	r.o.Rounds, r.oneRound = 1, true
 	d.PickleLarge, err = r.compare(ctx, "pickle 2N", 2*n, fileSize(large),
-		func() error { return goPickle(ctx, large, 2*n) }, pdErr, "pandas_read.py", "--file", large)
+		func() error { return goPickle(ctx, large, 2*n) }, nil, pdErr, "pandas_read.py", "--file", large)
 	r.o, r.oneRound = o, false
 	if err != nil {
 		return err

@@ -85,6 +85,11 @@ func TestRunWithoutPython(t *testing.T) {
 	if s := d.DICOM.Go.PerItemSpread; s.N != minDecodeRounds || s.Min > s.Median || s.Median > s.Max || s.Median != d.DICOM.Go.PerItemMs {
 		t.Fatalf("dicom spread %+v (median %v)", s, d.DICOM.Go.PerItemMs)
 	}
+	// DICOM is timed both ways (the ingest stage's Decoder, and ReadFile's
+	// fresh memory), the pickles one way
+	if f := d.DICOM.GoFresh; f == nil || f.PerItemSpread.N != minDecodeRounds || f.PerItemMs <= 0 || f.PeakMB <= 0 || d.Pickle.GoFresh != nil {
+		t.Fatalf("dicom fresh %+v, pickle fresh %+v", f, d.Pickle.GoFresh)
+	}
 	if s := in.Go.Batch1Spread; s.N != repsFor(1) || s.Median != in.Go.Batch1Ms || s.Min > s.Median || s.Median > s.Max {
 		t.Fatalf("inference spread %+v (median %v)", s, in.Go.Batch1Ms)
 	}

@@ -51,9 +51,12 @@ func targets(rep *Report) []Target {
 			if c == nil || c.Python == nil || strings.Contains(c.Name, "RLE") {
 				continue
 			}
+			note := fmt.Sprintf("%s vs %s ms/file over %d files (the ingest stage's read, a Decoder per pass); per round %s", c.Go.PerItemSpread.format(3), c.Python.PerItemSpread.format(3), c.Items, c.SpeedupSpread.format(2))
+			if c.GoFresh != nil {
+				note += fmt.Sprintf("; ReadFile, fresh memory per file: %s ms/file, %.2f×", c.GoFresh.PerItemSpread.format(3), c.FreshSpeedup)
+			}
 			ts = append(ts, Target{Name: "dicom decoding, " + c.Name, Goal: "≥ 5 × faster than pydicom on the median (decompression excluded)",
-				Value: c.Speedup, Met: c.Speedup >= 5,
-				Note: fmt.Sprintf("%s vs %s ms/file over %d files; per round %s", c.Go.PerItemSpread.format(3), c.Python.PerItemSpread.format(3), c.Items, c.SpeedupSpread.format(2))})
+				Value: c.Speedup, Met: c.Speedup >= 5, Note: note})
 		}
 		if c := d.RLE; c != nil && c.GoNetMs > 0 {
 			ts = append(ts, Target{Name: "RLE decompression, " + c.Name, Goal: "no slower than dcmtk's dcmdrle on the median (decompression alone, speedup ≥ 1)",
