@@ -101,30 +101,43 @@ func withoutPixels(img *Image) *Image {
 	return &c
 }
 
-// poison fills every buffer d keeps, to their capacity, with junk: a
-// decode that left a pixel unwritten would show it.
+// poison fills the plane d keeps, and the pooled byte buffers and record
+// lists it can reach, to their capacity, with junk: a decode that left a
+// pixel or byte unwritten would show it.
 func poison(d *Decoder, v byte) {
 	p := d.plane[:cap(d.plane)]
 	for i := range p {
 		p[i] = int16(v)<<8 | int16(v) ^ int16(i)
 	}
-	for _, b := range [][]byte{d.file[:cap(d.file)], d.scratch[:cap(d.scratch)]} {
-		for i := range b {
-			b[i] = v ^ byte(i)
+	var bufs []*[]byte
+	for range 4 {
+		if b, ok := fileBufs.Get().(*[]byte); ok {
+			bufs = append(bufs, b)
 		}
 	}
-	r := d.records[:cap(d.records)]
+	for _, b := range bufs {
+		full := (*b)[:cap(*b)]
+		for i := range full {
+			full[i] = v ^ byte(i)
+		}
+		fileBufs.Put(b)
+	}
+	fp := getRecords()
+	r := (*fp)[:cap(*fp)]
 	for i := range r {
 		r[i] = record{tag: tag.Tag{Group: 0xffff, Element: 0xffff}, vr: [2]byte{'S', 'Q'}, seq: true, vl: 7, start: int(v), next: i - 1}
 	}
+	putRecords(fp)
 }
 
 // TestDecoderMatchesReadFile: one Decoder, reused across every file in
-// alternating order of size (a 512² series file after an 8×8 fixture
+// alternating order of size (a 512² series file after a 12×16 fixture
 // after a multi-frame RLE file...), gives the Image ReadFile gives, pixel
-// for pixel, or the same error; its buffers are filled with junk between
-// files in the second pass. Half the files go through Decoder.Decode,
-// half through Decoder.ReadFile. What the caller may keep of an Image
+// for pixel, or the same error. In the second pass its plane and the
+// pooled buffers are filled with junk before each decode, other junk
+// before ReadFile's than before the Decoder's, so that a byte left
+// unwritten would differ. Half the files go through Decoder.Decode, half
+// through Decoder.ReadFile. What the caller may keep of an Image
 // (everything but the pixels) is unchanged by the next decode.
 func TestDecoderMatchesReadFile(t *testing.T) {
 	paths := alternateBySize(t, decoderPaths(t))
@@ -135,7 +148,13 @@ func TestDecoderMatchesReadFile(t *testing.T) {
 			var prevPath string
 			compared := 0
 			for k, p := range paths {
+				if poisoned {
+					poison(&d, byte(2*k))
+				}
 				want, werr := ReadFile(p)
+				if poisoned {
+					poison(&d, byte(2*k+1))
+				}
 				var got *Image
 				var gerr error
 				if k%2 == 0 {
@@ -168,9 +187,6 @@ func TestDecoderMatchesReadFile(t *testing.T) {
 				prev, prevWant, prevPath = nil, nil, p
 				if gerr == nil {
 					prev, prevWant = got, want
-				}
-				if poisoned {
-					poison(&d, byte(k))
 				}
 			}
 			t.Logf("%d of %d files decoded alike", compared, len(paths))

@@ -224,48 +224,32 @@ func readMask(path string, rows, cols int) (*imgx.Mask, error) {
 // hands them to another goroutine, must copy them first, or use the
 // package's ReadFile, Decode and Read, which return fresh memory.
 //
-// Besides the pixel planes a Decoder keeps the file's bytes (ReadFile),
-// the scan's element records and the output of a compressed frame, so
-// that reading a series allocates no large buffer after its first file. A
-// buffer larger than maxKeptBytes is used for its call only and not kept.
-// Every decode writes every pixel of the planes it returns: nothing of an
-// earlier file shows through, whatever the sizes.
+// A Decoder owns the pixel planes alone: the buffers that never leave a
+// call (the file's bytes, the scan's records, a decompressed frame) come
+// from the package's pools, for ReadFile and Decode as well. Planes over
+// maxPlaneBytes (enhanced multi-frame files) are allocated for their call
+// alone and not kept. Every decode writes every pixel of the planes it
+// returns: nothing of an earlier file shows through, whatever the sizes.
 //
 // The zero Decoder is ready to use. A Decoder is not safe for concurrent
 // use: give each goroutine its own (the ingest stage has one per job).
 type Decoder struct {
-	file    []byte   // the file's bytes (ReadFile)
-	records []record // the scan's records (dataset.go)
-	plane   []int16  // the frames' pixels, one frame after the other
-	scratch []byte   // a decompressed frame, or 8-bit samples unswapped
+	plane []int16 // the frames' pixels, one frame after the other
 }
 
-// maxKeptBytes bounds each buffer a Decoder keeps (the planes of up to
-// 64 frames of 512×512); a larger one is allocated for its call alone.
-const maxKeptBytes = 32 << 20
+// maxPlaneBytes bounds the plane a Decoder keeps (64 frames of 512×512).
+const maxPlaneBytes = 32 << 20
 
 // planes returns n pixels for the frames of one file: d's plane (grown
-// when too small) or, with d nil or n over the bound, fresh memory.
+// when too small) or, over the bound, fresh memory.
 func (d *Decoder) planes(n int) []int16 {
-	if d == nil || 2*n > maxKeptBytes {
+	if 2*n > maxPlaneBytes {
 		return make([]int16, n)
 	}
 	if cap(d.plane) < n {
 		d.plane = make([]int16, n)
 	}
 	return d.plane[:n]
-}
-
-// bytesBuf returns n bytes of scratch: d's (grown when too small) or, with
-// d nil or n over the bound, fresh memory.
-func (d *Decoder) bytesBuf(n int) []byte {
-	if d == nil || n > maxKeptBytes {
-		return make([]byte, n)
-	}
-	if cap(d.scratch) < n {
-		d.scratch = make([]byte, n)
-	}
-	return d.scratch[:n]
 }
 
 // ReadFile reads and decodes one DICOM file. The Image is fresh memory,
@@ -276,8 +260,7 @@ func ReadFile(path string) (*Image, error) { return readFile(nil, path) }
 // valid only until d's next call (see Decoder).
 func (d *Decoder) ReadFile(path string) (*Image, error) { return readFile(d, path) }
 
-// readFile is ReadFile with d nil (fresh memory and pooled file buffers)
-// or Decoder.ReadFile.
+// readFile is ReadFile with d nil (fresh memory) or Decoder.ReadFile.
 func readFile(d *Decoder, path string) (*Image, error) {
 	f, err := ingest.OpenFile(path) // never blocks on a named pipe
 	if err != nil {
@@ -294,18 +277,9 @@ func readFile(d *Decoder, path string) (*Image, error) {
 	if st.Size() > MaxFileBytes {
 		return nil, formatErr(path, ErrTooLarge, "file is %d bytes, over the %d-byte limit", st.Size(), MaxFileBytes)
 	}
-	var b []byte
-	switch n := int(st.Size()); {
-	case d != nil && n <= maxKeptBytes:
-		if cap(d.file) < n {
-			d.file = make([]byte, n)
-		}
-		b = d.file[:n]
-	default:
-		buf := getFileBuf(n)
-		defer putFileBuf(buf)
-		b = (*buf)[:n]
-	}
+	buf := getFileBuf(int(st.Size()))
+	defer putFileBuf(buf)
+	b := (*buf)[:st.Size()]
 	if _, err := f.ReadAt(b, 0); err != nil {
 		return nil, fmt.Errorf("dicomio: reading %s: %w", path, err)
 	}
@@ -313,13 +287,15 @@ func readFile(d *Decoder, path string) (*Image, error) {
 	return decodeNamed(d, path, b)
 }
 
-// maxPooledBytes bounds the file buffers ReadFile keeps for reuse; larger
-// files get a buffer of their own.
+// maxPooledBytes bounds the byte buffers kept for reuse; larger files
+// and frames get a buffer of their own.
 const maxPooledBytes = 8 << 20
 
-// fileBufs holds file buffers of ReadFile, so that reading a series does
-// not allocate (and zero, and collect) one buffer per file. A buffer is
-// in use only while ReadFile runs: nothing returned refers to it.
+// fileBufs holds the byte buffers of ReadFile (the file's bytes) and of
+// decode (a decompressed frame, 8-bit samples unswapped), so that reading
+// a series does not allocate (and zero, and collect) them per file. A
+// buffer is in use only during the call that took it: nothing returned
+// refers to it, and it may hold anything when taken.
 var fileBufs sync.Pool
 
 func getFileBuf(n int) *[]byte {
@@ -366,22 +342,13 @@ func decode(d *Decoder, b []byte) (*Image, error) {
 	if len(b) > MaxFileBytes {
 		return nil, formatErr("", ErrTooLarge, "file is %d bytes, over the %d-byte limit", len(b), MaxFileBytes)
 	}
-	var sr scanResult
-	var err error
-	if d != nil {
-		sr, err = scanInto(b, d.records)
-		if err == nil && cap(sr.ds.flat) <= maxPooledRecords {
-			d.records = sr.ds.flat[:0] // grown by the scan: kept for the next file
-		}
-	} else {
-		fp := getRecords()
-		defer putRecords(fp)
-		sr, err = scanInto(b, *fp)
-		*fp = sr.ds.flat // grown by the scan: kept for the next file
-	}
+	fp := getRecords()
+	defer putRecords(fp)
+	sr, err := scanInto(b, *fp)
 	if err != nil {
 		return nil, err
 	}
+	*fp = sr.ds.flat // grown by the scan: kept for the next file
 	return fromDataset(d, &sr, b)
 }
 
@@ -496,8 +463,13 @@ func fromDataset(d *Decoder, sr *scanResult, b []byte) (*Image, error) {
 	if pf.swap8 {
 		// 8-bit samples in a big-endian OW value: the bytes of each 16-bit
 		// word are swapped across the whole value, not per frame.
-		sw := d.bytesBuf(len(raw))
+		// (sw is pooled: every byte is written, the last of an odd
+		// length, which has no partner, with 0.)
+		p := getFileBuf(len(raw))
+		defer putFileBuf(p)
+		sw := (*p)[:len(raw)]
 		for i := range sw {
+			sw[i] = 0
 			if j := i ^ 1; j < len(raw) {
 				sw[i] = raw[j]
 			}
@@ -507,8 +479,9 @@ func fromDataset(d *Decoder, sr *scanResult, b []byte) (*Image, error) {
 	frameBytes := pf.rows * pf.cols * pf.bitsAllocated / 8
 	var buf []byte
 	if compressed != nil {
-		// swap8 is for native data only: the scratch is free for this.
-		buf = d.bytesBuf(frameBytes)
+		p := getFileBuf(frameBytes)
+		defer putFileBuf(p)
+		buf = (*p)[:frameBytes]
 	}
 	// The frames' pixels: one plane of d's for all of them (frame i is
 	// the i-th rows×cols run), or fresh memory per frame, so that a
