@@ -69,3 +69,30 @@ def test_bare_training_batch_shapes_and_masks():
     assert x.shape == y.shape == (6, 1, 128, 128)
     assert float(x.min()) >= 0 and float(x.max()) <= 1
     assert set(torch.unique(y).tolist()) <= {0.0, 1.0}
+
+
+def test_bare_probs_tta_averages_the_mapped_back_copies():
+    from lungseg_train import bare_eval as BE
+
+    torch.manual_seed(0)
+    n, w = 3, 16
+    bs = C.BareSet(torch.randn(n, 1, w, w), (torch.rand(n, 1, w, w) > 0.5).float(),
+                   torch.ones(n, 1, w, w), torch.tensor([3.0, 8.0, 25.0]))
+    ramp = torch.linspace(-2, 2, w).view(1, 1, 1, w)
+
+    class Skewed(torch.nn.Module):  # not flip-equivariant: adds a left-right ramp
+        def forward(self, x):
+            return x + ramp
+
+    m = Skewed()
+    none = BE.bare_probs(m, bs, batch=2)
+    torch.testing.assert_close(none, torch.sigmoid(bs.x + ramp))
+    # flip2: identity and the left-right flipped copy mapped back, averaged
+    want = (torch.sigmoid(bs.x + ramp) + torch.sigmoid(bs.x + ramp.flip(-1))) / 2
+    torch.testing.assert_close(BE.bare_probs(m, bs, batch=2, mode="flip2"), want)
+    assert not torch.allclose(want, none)
+    # the scores are those of the probabilities, batch size aside
+    a, b = BE.scores_of(want, bs, batch=1), BE.bare_scores(m, bs, batch=3)
+    assert a.summary(0.5)["n"] == b.summary(0.5)["n"] == n
+    with pytest.raises(ValueError):
+        BE.main(["unused", "--modes", "flip3"])
