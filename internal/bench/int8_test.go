@@ -41,3 +41,31 @@ func TestInt8RowsAndTarget(t *testing.T) {
 		t.Errorf("n-int8 target %v %v, want not met", m, ok)
 	}
 }
+
+// TestRLETargetNeverDropped: the RLE decompression target is judged when
+// Go's net is positive, and printed as not measured (not met, value 0)
+// when the difference of medians falls to zero or below, never left out.
+func TestRLETargetNeverDropped(t *testing.T) {
+	for _, c := range []struct {
+		net, dcmtk float64
+		met        bool
+		value      float64
+	}{{0.2, 2.0, true, 10}, {0.2, 0.1, false, 0.5}, {-0.48, 4.5, false, 0}, {0, 4.5, false, 0}} {
+		rle := &RLECompare{Name: "s (RLE)", GoNetMs: c.net, DcmtkNetMs: c.dcmtk, Speedup: ratio(c.dcmtk, c.net)}
+		var found []Target
+		for _, tg := range targets(&Report{Decode: &Decode{RLE: rle}}) {
+			if strings.HasPrefix(tg.Name, "RLE decompression") {
+				found = append(found, tg)
+			}
+		}
+		if len(found) != 1 {
+			t.Fatalf("net %v: %d RLE targets, want 1", c.net, len(found))
+		}
+		if tg := found[0]; tg.Met != c.met || tg.Value != c.value {
+			t.Errorf("net %v: met %v value %v, want %v %v (%s)", c.net, tg.Met, tg.Value, c.met, c.value, tg.Note)
+		}
+		if c.net <= 0 && !strings.Contains(found[0].Note, "not measured") {
+			t.Errorf("net %v: note %q", c.net, found[0].Note)
+		}
+	}
+}
