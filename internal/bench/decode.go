@@ -210,15 +210,22 @@ func (r *runner) compare(ctx context.Context, what string, items int, bytes int6
 		c.Skipped = pyErr.Error()
 	}
 	var goSecs, freshSecs, pySecs []float64
-	for round := 0; round < r.decodeRounds(); round++ {
-		runGo := func() error {
+	// timed runs pass (none when nil) and adds its seconds to *secs.
+	timed := func(pass func() error, secs *[]float64) func() error {
+		return func() error {
+			if pass == nil {
+				return nil
+			}
 			st := time.Now()
-			if err := goPass(); err != nil {
+			if err := pass(); err != nil {
 				return err
 			}
-			goSecs = append(goSecs, time.Since(st).Seconds())
+			*secs = append(*secs, time.Since(st).Seconds())
 			return nil
 		}
+	}
+	runGo, runFresh := timed(goPass, &goSecs), timed(fresh, &freshSecs)
+	for round := 0; round < r.decodeRounds(); round++ {
 		runPy := func() error {
 			if py == nil {
 				return nil
@@ -233,17 +240,6 @@ func (r *runner) compare(ctx context.Context, what string, items int, bytes int6
 			pySecs = append(pySecs, resp.Seconds...)
 			return nil
 		}
-		runFresh := func() error {
-			if fresh == nil {
-				return nil
-			}
-			st := time.Now()
-			if err := fresh(); err != nil {
-				return err
-			}
-			freshSecs = append(freshSecs, time.Since(st).Seconds())
-			return nil
-		}
 		steps := []func() error{runGo, runFresh, runPy}
 		if round%2 == 1 {
 			steps = []func() error{runPy, runFresh, runGo}
@@ -254,21 +250,25 @@ func (r *runner) compare(ctx context.Context, what string, items int, bytes int6
 			}
 		}
 	}
-	peak, err := peakHeap(goPass)
-	if err != nil {
+	perItem := 1000 / float64(items)
+	// goSide is a Go read's figures: its timed rounds, and the peak of a
+	// separate pass.
+	goSide := func(pass func() error, secs []float64) (DecodeSide, error) {
+		peak, err := peakHeap(pass)
+		sp := spreadOf(secs).scaled(perItem)
+		return DecodeSide{Seconds: median(secs), PeakMB: peak, PerItemSpread: sp, PerItemMs: sp.Median}, err
+	}
+	var err error
+	if c.Go, err = goSide(goPass, goSecs); err != nil {
 		return nil, err
 	}
-	perItem := 1000 / float64(items)
 	if fresh != nil {
-		fpeak, err := peakHeap(fresh)
+		f, err := goSide(fresh, freshSecs)
 		if err != nil {
 			return nil, err
 		}
-		c.GoFresh = &DecodeSide{Seconds: median(freshSecs), PeakMB: fpeak, PerItemSpread: spreadOf(freshSecs).scaled(perItem)}
-		c.GoFresh.PerItemMs = c.GoFresh.PerItemSpread.Median
+		c.GoFresh = &f
 	}
-	c.Go = DecodeSide{Seconds: median(goSecs), PeakMB: peak, PerItemSpread: spreadOf(goSecs).scaled(perItem)}
-	c.Go.PerItemMs = c.Go.PerItemSpread.Median
 	if c.Python != nil {
 		c.Python.Seconds = median(pySecs)
 		c.Python.PerItemSpread = spreadOf(pySecs).scaled(perItem)

@@ -92,13 +92,16 @@ func (rep *Report) WriteTable(w io.Writer) error {
 				pp = fmt.Sprintf("%.1f", c.Python.PeakMB)
 				sp = c.SpeedupSpread.format(2)
 			}
-			p("%s\t%s\t%d\t%.1f\t%s\t%s\t%s\t%.1f\t%s", name, ref, c.Items, float64(c.Bytes)/1e6, c.Go.PerItemSpread.format(3), pm, sp, c.Go.PeakMB, pp)
+			line := func(name string, g *DecodeSide, sp string) {
+				p("%s\t%s\t%d\t%.1f\t%s\t%s\t%s\t%.1f\t%s", name, ref, c.Items, float64(c.Bytes)/1e6, g.PerItemSpread.format(3), pm, sp, g.PeakMB, pp)
+			}
+			line(name, &c.Go, sp)
 			if f := c.GoFresh; f != nil {
 				fsp := "-"
 				if c.FreshSpeedupSpread != nil {
 					fsp = c.FreshSpeedupSpread.format(2)
 				}
-				p("%s\t%s\t%d\t%.1f\t%s\t%s\t%s\t%.1f\t%s", name+", fresh memory (ReadFile)", ref, c.Items, float64(c.Bytes)/1e6, f.PerItemSpread.format(3), pm, fsp, f.PeakMB, pp)
+				line(name+", fresh memory (ReadFile)", f, fsp)
 			}
 		}
 		row("dicom phantoms (native)", d.DICOM)

@@ -60,12 +60,12 @@ func targets(rep *Report) []Target {
 		}
 		if c := d.RLE; c != nil {
 			t := Target{Name: "RLE decompression, " + c.Name, Goal: "no slower than dcmtk's dcmdrle on the median (decompression alone, speedup ≥ 1)",
-				Value: c.Speedup, Met: c.GoNetMs > 0 && c.Speedup >= 1,
+				Value: c.Speedup, Met: c.Speedup >= 1,
 				Note: fmt.Sprintf("Go %.2f vs dcmdrle %.2f ms/file net of reading and writing; whole runs %.2f×", c.GoNetMs, c.DcmtkNetMs, c.WholeSpeedup)}
 			if c.GoNetMs <= 0 {
 				// The net is a difference of two medians: under load it
 				// can fall below zero, which says nothing of either side.
-				t.Value = 0
+				t.Value, t.Met = 0, false
 				t.Note = fmt.Sprintf("not measured in this run: Go's net (RLE read %.2f less native read %.2f ms/file) is %.2f, under the noise of a pass; dcmdrle %.2f ms/file net; whole runs %.2f×",
 					c.GoRLEMs.Median, c.GoNativeMs.Median, c.GoNetMs, c.DcmtkNetMs, c.WholeSpeedup)
 			}

@@ -30,7 +30,7 @@ from . import composite as C
 from . import data as D
 from . import metrics as MX
 from .onnx_weights import load_model_folder
-from .tta_eval import transforms
+from .tta_eval import TTA, transforms
 
 
 @torch.no_grad()
@@ -45,15 +45,9 @@ def bare_probs(model, bs: C.BareSet, batch: int = 16, mode: str = "none", forwar
     copies of test-time augmentation mode (tta_eval.transforms)."""
     model.eval()
     f = forward or model
-    pairs = transforms(mode)
-    out = []
-    for s in range(0, bs.x.shape[0], batch):
-        x = bs.x[s:s + batch]
-        p = torch.zeros_like(x)
-        for fwd, back in pairs:
-            p += torch.sigmoid(back(f(fwd(x))).float())
-        out.append(p / len(pairs))
-    return torch.cat(out)
+    if mode != "none":
+        f = TTA(f, mode)
+    return torch.cat([torch.sigmoid(f(bs.x[s:s + batch]).float()) for s in range(0, bs.x.shape[0], batch)])
 
 
 def scores_of(prob: torch.Tensor, bs: C.BareSet, batch: int = 64) -> MX.Scores:
