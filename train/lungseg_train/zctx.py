@@ -1,0 +1,263 @@
+"""Does z-context help the crop model? A probe on the bare crops (issue 14).
+
+    cd train && /usr/bin/python3 -m lungseg_train.zctx --context 1 --steps 6000 \\
+        --data ../.gpu/lidc_pack.npz --threads 1 --work W --json W/ctx1.json
+
+The crops of one nodule in ctslicing_vois_hu are contiguous slices of one
+volume of interest (slice ids nNN_k00, k01, ...; every nodule's crops share
+one size and origin), so crop k's neighbours k-1 and k+1 are the same window
+one slice above and below. With --context 1 the network sees (k-1, k, k+1) as
+three input channels (a nodule's first and last slice repeat themselves for
+the missing neighbour) and predicts crop k's mask; --context 0 is the same
+network on crop k alone, the control. Everything else is equal: the compact
+ResNet50-UNet from scratch, bare training crops only (one of the eight
+symmetries of the square, placed at a random offset in a window of 64, 96 or
+128 px by the crop's size: the small windows are what makes this cheap on a
+CPU), CT noise, the HU window, contrast/brightness, Dice+BCE, AdamW 1e-3 with
+warm-up and cosine decay over --steps.
+
+Evaluation is bare_eval's: each validation / test crop centred in a 128
+window of air (data.pad_bare_crop), only its own pixels scored, mean Dice over
+crops with truth at the threshold chosen on validation; the step kept is the
+best validation mean. It writes checkpoints (--work) and continues with
+--resume. It is a measurement, not a shipped model: the Go pipeline feeds a
+crop model one slice.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import os
+import sys
+import time
+from collections import defaultdict
+from typing import Dict, List, Tuple
+
+import numpy as np
+import torch
+import torch.nn as nn
+
+from . import data as D
+from . import metrics as MX
+from . import models as M
+from .train import loss_fn
+
+EVAL_WIN = 128
+BUCKETS = (64, 96, 128)
+
+
+def neighbours(crops: D.CropSet) -> np.ndarray:
+    """int64 [N, 2]: the index of each crop's slice above and below in its
+    nodule's volume (itself at the volume's ends)."""
+    groups: Dict[Tuple[str, str], Dict[int, int]] = defaultdict(dict)
+    for i, (p, s) in enumerate(zip(crops.patient, crops.slice_id)):
+        nod, _, k = str(s).partition("_k")
+        groups[(str(p), nod)][int(k)] = i
+    out = np.zeros((len(crops), 2), np.int64)
+    for ks in groups.values():
+        for k, i in ks.items():
+            out[i, 0] = ks.get(k - 1, i)
+            out[i, 1] = ks.get(k + 1, i)
+    return out
+
+
+def stack(crops: D.CropSet, nb: np.ndarray, i: int, context: int) -> Tuple[np.ndarray, np.ndarray]:
+    """HU float32 [C, h, w] (C = 1 or 3: below, itself, above) and mask [h, w]."""
+    a, m = crops.bare(i)
+    if context == 0:
+        return a[None].astype(np.float32), m
+    lo, _ = crops.bare(int(nb[i, 0]))
+    hi, _ = crops.bare(int(nb[i, 1]))
+    return np.stack([lo, a, hi]).astype(np.float32), m
+
+
+def bucket(h: int, w: int) -> int:
+    s = max(h, w)
+    for b in BUCKETS:
+        if s <= b:
+            return b
+    return BUCKETS[-1]
+
+
+class Batches:
+    def __init__(self, crops: D.CropSet, context: int, seed: int):
+        self.crops, self.context = crops, context
+        self.nb = neighbours(crops)
+        self.rng = np.random.default_rng(seed)
+        by = defaultdict(list)
+        for i, (h, w) in enumerate(crops.hw):
+            by[bucket(int(h), int(w))].append(i)
+        self.win = sorted(by)
+        self.members = [np.array(by[w]) for w in self.win]
+        n = np.array([len(m) for m in self.members], np.float64)
+        self.p = n / n.sum()
+
+    def next(self, b: int) -> Tuple[torch.Tensor, torch.Tensor]:
+        r = self.rng
+        k = int(r.choice(len(self.win), p=self.p))
+        win, idx = self.win[k], r.choice(self.members[k], size=b)
+        c = 1 if self.context == 0 else 3
+        x = np.full((b, c, win, win), D.OUTSIDE_HU, np.float32)
+        y = np.zeros((b, 1, win, win), np.float32)
+        for j, i in enumerate(idx):
+            a, m = stack(self.crops, self.nb, int(i), self.context)
+            s = int(r.integers(8))
+            a, m = np.rot90(a, s % 4, axes=(1, 2)), np.rot90(m, s % 4)
+            if s >= 4:
+                a, m = a[:, :, ::-1], m[:, ::-1]
+            a = a[:, :win, :win]
+            m = m[:win, :win]
+            h, w = m.shape
+            y0, x0 = int(r.integers(win - h + 1)), int(r.integers(win - w + 1))
+            x[j, :, y0:y0 + h, x0:x0 + w] = a
+            y[j, 0, y0:y0 + h, x0:x0 + w] = m
+        x = torch.from_numpy(x)
+        noise = torch.from_numpy(np.abs(r.standard_normal((b, 1, 1, 1))).clip(max=2.5).astype(np.float32))
+        x = x + noise * 8.0 * torch.randn_like(x)
+        x = D.window(x)
+        cst = torch.from_numpy(r.uniform(0.9, 1.1, (b, 1, 1, 1)).astype(np.float32))
+        off = torch.from_numpy(r.uniform(-0.04, 0.04, (b, 1, 1, 1)).astype(np.float32))
+        return ((x - 0.5) * cst + 0.5 + off).clamp(0.0, 1.0), torch.from_numpy(y)
+
+
+def eval_set(crops: D.CropSet, context: int):
+    """Each crop centred in a 128 window of air: (x [N,C,W,W], y, valid, diam)."""
+    nb = neighbours(crops)
+    n, c, W = len(crops), (1 if context == 0 else 3), EVAL_WIN
+    x = np.zeros((n, c, W, W), np.float32)
+    y = np.zeros((n, 1, W, W), np.float32)
+    v = np.zeros((n, 1, W, W), np.float32)
+    dm = np.zeros(n, np.float32)
+    for i in range(n):
+        a, m = stack(crops, nb, i, context)
+        a = np.stack([D.fit_bare(ch, W) for ch in a])
+        m = D.fit_bare(m, W)
+        h, w = m.shape
+        for ch in range(c):
+            x[i, ch] = D.window(D.pad_bare_crop(a[ch], W, D.OUTSIDE_HU))
+        y[i, 0] = D.pad_bare_crop(m.astype(np.float32), W, 0.0)
+        y0, x0 = D.bare_offset(h, w, W)
+        v[i, 0, y0:y0 + h, x0:x0 + w] = 1.0
+        dm[i] = MX.longest_diameter_mm(m, float(crops.spacing[i]))
+    return torch.from_numpy(x), torch.from_numpy(y), torch.from_numpy(v), torch.from_numpy(dm)
+
+
+@torch.no_grad()
+def scores(model: nn.Module, ev, batch: int = 8) -> MX.Scores:
+    x, y, v, dm = ev
+    model.eval()
+    sc = MX.Scores()
+    for s in range(0, x.shape[0], batch):
+        p = torch.sigmoid(model(x[s:s + batch]).float())
+        sc.add(p, y[s:s + batch], v[s:s + batch], dm[s:s + batch])
+    return sc
+
+
+def build(context: int) -> nn.Module:
+    kw = dict(M.SPECS["resnet50-unet-small"]["kw"])
+    m = M.ResNetUNet(in_ch=1 if context == 0 else 3, **kw)
+    nn.init.constant_(m.head.bias, M.HEAD_BIAS)
+    return m
+
+
+def lr_at(step: int, steps: int, base: float) -> float:
+    warm = max(1, steps // 20)
+    if step < warm:
+        return base * (step + 1) / warm
+    return base * 0.5 * (1 + math.cos(math.pi * (step - warm) / max(1, steps - warm)))
+
+
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--context", type=int, choices=(0, 1), default=1)
+    ap.add_argument("--steps", type=int, default=6000)
+    ap.add_argument("--batch", type=int, default=16)
+    ap.add_argument("--lr", type=float, default=1e-3)
+    ap.add_argument("--eval-every", type=int, default=1000)
+    ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--data", default=None)
+    ap.add_argument("--threads", type=int, default=1)
+    ap.add_argument("--work", required=True, help="checkpoint folder")
+    ap.add_argument("--resume", action="store_true")
+    ap.add_argument("--checkpoint-every-minutes", type=float, default=10.0)
+    ap.add_argument("--json", default=None)
+    a = ap.parse_args(argv)
+    torch.set_num_threads(a.threads)
+    torch.manual_seed(a.seed)
+    os.makedirs(a.work, exist_ok=True)
+    ck = os.path.join(a.work, f"zctx{a.context}.resume.pt")
+
+    sp = D.split_data(D.load(a.data, allow_synthetic=False))
+    train, val, test = sp["train"]["crops"], sp["val"]["crops"], sp["test"]["crops"]
+    print(f"zctx: context {a.context}; crops train {len(train)} val {len(val)} test {len(test)}", flush=True)
+    bt = Batches(train, a.context, a.seed)
+    ev_val = eval_set(val, a.context)
+
+    model = build(a.context)
+    opt = torch.optim.AdamW(model.parameters(), lr=a.lr, weight_decay=1e-4)
+    step, best, hist, elapsed = 0, None, [], 0.0
+    if a.resume and os.path.exists(ck):
+        st = torch.load(ck)
+        model.load_state_dict(st["model"])
+        opt.load_state_dict(st["opt"])
+        step, best, hist, elapsed = st["step"], st["best"], st["hist"], st["elapsed"]
+        bt.rng.bit_generator.state = st["rng"]
+        torch.set_rng_state(st["torch_rng"])
+        print(f"zctx: resumed at step {step}", flush=True)
+
+    def save():
+        st = dict(model=model.state_dict(), opt=opt.state_dict(), step=step, best=best, hist=hist,
+                  elapsed=elapsed, rng=bt.rng.bit_generator.state, torch_rng=torch.get_rng_state(),
+                  args=vars(a))
+        torch.save(st, ck + ".tmp")
+        os.replace(ck + ".tmp", ck)
+
+    t0, last_ck, run_loss = time.time() - elapsed, time.time(), []
+    while step < a.steps:
+        model.train()
+        for g in opt.param_groups:
+            g["lr"] = lr_at(step, a.steps, a.lr)
+        x, y = bt.next(a.batch)
+        loss = loss_fn(model(x), y, "dicebce")
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+        opt.step()
+        step += 1
+        run_loss.append(float(loss))
+        elapsed = time.time() - t0
+        if step % a.eval_every == 0 or step == a.steps:
+            sc = scores(model, ev_val)
+            th = sc.best_threshold()
+            s = sc.summary(th)
+            rec = dict(step=step, minutes=round(elapsed / 60, 1), loss=float(np.mean(run_loss)),
+                       val_mean=s["mean_dice"], threshold=th)
+            run_loss = []
+            hist.append(rec)
+            if best is None or s["mean_dice"] > best["val_mean"]:
+                best = dict(rec, state={k: v.clone() for k, v in model.state_dict().items()})
+            print("zctx: " + json.dumps(rec), flush=True)
+            save()
+            last_ck = time.time()
+        elif time.time() - last_ck > a.checkpoint_every_minutes * 60:
+            save()
+            last_ck = time.time()
+
+    model.load_state_dict(best["state"])
+    th = best["threshold"]
+    out = {"context": a.context, "steps": step, "minutes": round(elapsed / 60, 1), "kept_step": best["step"],
+           "threshold": th, "history": hist}
+    for name, cs in (("val", val), ("test", test)):
+        out[name] = scores(model, eval_set(cs, a.context)).summary(th)
+        print(f"zctx: {name} " + MX.fmt(out[name]), flush=True)
+    torch.save(best["state"], os.path.join(a.work, f"zctx{a.context}.best.pt"))
+    if a.json:
+        with open(a.json, "w") as f:
+            json.dump(out, f, indent=1)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
