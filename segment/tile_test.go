@@ -39,11 +39,13 @@ func TestTileOrigins(t *testing.T) {
 	}
 }
 
-// TestTileAveragesOverlaps tiles a 40×10 slice with 16×16 windows at
+// TestTileBlendsOverlaps tiles a 40×10 slice with 16×16 windows at
 // stride 12: rows are covered by windows starting at 0, 12 and 24 (40−16),
-// columns by one window over the slice mirror-padded to 16 (3 columns
-// left). Each native pixel must be the mean of the window rows it fell on.
-func TestTileAveragesOverlaps(t *testing.T) {
+// columns by one window over the slice padded to 16 (3 columns left). Each
+// native pixel must be the mean of the window rows it fell on, weighted by
+// a Gaussian of standard deviation 2 (16/8) around the window's centre row
+// 7.5 (the column weight is the same for every window and cancels).
+func TestTileBlendsOverlaps(t *testing.T) {
 	hu := imgx.NewHU(40, 10)
 	got, err := Tile(rowModel{16, 16}, segtest.Crop(16), hu, 12, false)
 	if err != nil {
@@ -53,20 +55,44 @@ func TestTileAveragesOverlaps(t *testing.T) {
 		t.Fatalf("%d values for 40×10", len(got))
 	}
 	for y := 0; y < 40; y++ {
-		var sum float64
-		n := 0
+		var sum, total float64
 		for _, y0 := range []int{0, 12, 24} {
 			if y >= y0 && y < y0+16 {
-				sum += float64(y-y0) / 16
-				n++
+				d := (float64(y-y0) - 7.5) / 2
+				g := math.Exp(-d * d / 2)
+				sum += g * float64(y-y0) / 16
+				total += g
 			}
 		}
-		want := sum / float64(n)
+		want := sum / total
 		for x := 0; x < 10; x++ {
-			if v := float64(got[y*10+x]); math.Abs(v-want) > 1e-6 {
-				t.Fatalf("(%d,%d) = %v, want %v (mean over %d windows)", y, x, v, want, n)
+			if v := float64(got[y*10+x]); math.Abs(v-want) > 1e-5 {
+				t.Fatalf("(%d,%d) = %v, want %v", y, x, v, want)
 			}
 		}
+	}
+}
+
+// TestTileWeights checks the blending weights: 1 at the centre of an odd
+// window, symmetric, falling towards the edges, never 0.
+func TestTileWeights(t *testing.T) {
+	w := TileWeights(17, 9)
+	if c := w[8*9+4]; math.Abs(float64(c)-1) > 1e-6 {
+		t.Fatalf("centre weight %v", c)
+	}
+	for y := 0; y < 17; y++ {
+		for x := 0; x < 9; x++ {
+			v := w[y*9+x]
+			if v <= 0 || v != w[(16-y)*9+(8-x)] {
+				t.Fatalf("(%d,%d) = %v, mirror %v", y, x, v, w[(16-y)*9+(8-x)])
+			}
+			if x > 4 && v >= w[y*9+x-1] {
+				t.Fatalf("(%d,%d) = %v not below (%d,%d) = %v", y, x, v, y, x-1, w[y*9+x-1])
+			}
+		}
+	}
+	if e := TileWeights(128, 128)[64]; e <= 0 || e > 1e-3 {
+		t.Fatalf("128² weight at the middle of the top edge %v", e)
 	}
 }
 
