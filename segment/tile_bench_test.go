@@ -1,0 +1,48 @@
+package segment_test
+
+import (
+	"fmt"
+	"path/filepath"
+	"testing"
+
+	"github.com/lungseg/lungseg/pkg/imgx"
+	"github.com/lungseg/lungseg/pkg/model"
+	"github.com/lungseg/lungseg/pkg/testenv"
+	"github.com/lungseg/lungseg/segment"
+	"github.com/lungseg/lungseg/segment/infer"
+	"github.com/rs/zerolog"
+)
+
+// BenchmarkTile is the cost of a crop model run alone over a 512² slice
+// (the shipped resnet50-unet-small-crop, one intra-op thread): windows
+// every 96 px (25 windows, the stride before 2026-12-03) as the baseline,
+// and every segment.TileStride px (49 windows), in the same run; the
+// ratio of the two ns/op is what the Gaussian tiling costs.
+func BenchmarkTile(b *testing.B) {
+	reg, err := model.OpenRegistry(filepath.Join(testenv.RepoRoot(b), "models"))
+	if err != nil {
+		b.Fatal(err)
+	}
+	card, err := reg.Get("resnet50-unet-small-crop")
+	if err != nil {
+		b.Fatal(err)
+	}
+	sess, err := infer.Open(card, infer.Options{IntraOpThreads: 1}, zerolog.Nop())
+	if err != nil {
+		b.Fatal(err)
+	}
+	defer sess.Close()
+	hu := imgx.NewHU(512, 512)
+	for i := range hu.Pix {
+		hu.Pix[i] = int16((i*7919)%1400 - 1000)
+	}
+	for _, stride := range []int{96, segment.TileStride} {
+		b.Run(fmt.Sprintf("stride%d", stride), func(b *testing.B) {
+			for range b.N {
+				if _, err := segment.Tile(sess, card, hu, stride, false); err != nil {
+					b.Fatal(err)
+				}
+			}
+		})
+	}
+}
