@@ -1,0 +1,62 @@
+import numpy as np
+import torch
+
+from lungseg_train import data as D
+from lungseg_train import zctx as Z
+
+
+def _crops(ids, size=6):
+    """A CropSet whose crop i is filled with i (mask: the centre pixel)."""
+    n, p = len(ids), D.CROP_PAD
+    hu = np.zeros((n, p, p), np.int16)
+    mask = np.zeros((n, p, p), np.uint8)
+    y0 = (p - size) // 2
+    for i in range(n):
+        hu[i, y0:y0 + size, y0:y0 + size] = i
+        mask[i, y0 + size // 2, y0 + size // 2] = 1
+    return D.CropSet(hu, mask, np.full((n, 2), size, np.int32), np.full(n, 0.7, np.float32),
+                     np.array([pid for pid, _ in ids]), np.array([sid for _, sid in ids]))
+
+
+def test_neighbours_stay_within_a_nodule_and_repeat_at_its_ends():
+    # two patients with a nodule "n01" each, and a second nodule of A, in shuffled order
+    ids = [("A", "n01_k01"), ("B", "n01_k00"), ("A", "n01_k00"), ("A", "n02_k00"), ("A", "n01_k02"),
+           ("B", "n01_k01"), ("A", "n02_k01")]
+    nb = Z.neighbours(_crops(ids))
+    want = {0: (2, 4), 1: (1, 5), 2: (2, 0), 3: (3, 6), 4: (0, 4), 5: (1, 5), 6: (3, 6)}
+    for i, (lo, hi) in want.items():
+        assert tuple(nb[i]) == (lo, hi), (ids[i], nb[i])
+
+
+def test_stack_puts_below_itself_above_in_order():
+    ids = [("A", "n01_k00"), ("A", "n01_k01"), ("A", "n01_k02")]
+    c = _crops(ids)
+    nb = Z.neighbours(c)
+    a, m = Z.stack(c, nb, 1, 1)
+    assert a.shape == (3, 6, 6) and [float(ch[0, 0]) for ch in a] == [0.0, 1.0, 2.0]
+    a0, _ = Z.stack(c, nb, 1, 0)
+    assert a0.shape == (1, 6, 6) and float(a0[0, 0, 0]) == 1.0
+    assert m.sum() == 1
+
+
+def test_batches_keep_channels_and_mask_aligned():
+    # crops of HU 0..4 (about 0.5 after the window) in air (-1024 HU, about 0.22)
+    ids = [("A", f"n01_k{k:02d}") for k in range(5)]
+    c = _crops(ids, size=9)
+    bt = Z.Batches(c, 1, seed=3)
+    x, y = bt.next(4)
+    assert x.shape == (4, 3, 64, 64) and y.shape == (4, 1, 64, 64)
+    for j in range(4):
+        crop = x[j] > 0.36
+        assert int(crop[0].sum()) == 81
+        assert torch.equal(crop[0], crop[1]) and torch.equal(crop[0], crop[2])
+        assert int(y[j, 0].sum()) == 1 and bool(crop[0][y[j, 0] > 0].all())
+
+
+def test_eval_set_centres_each_crop_in_a_128_window():
+    ids = [("A", "n01_k00"), ("A", "n01_k01")]
+    x, y, v, dm = Z.eval_set(_crops(ids, size=8), 1)
+    assert x.shape == (2, 3, 128, 128)
+    assert int(v[0].sum()) == 64 and int(y[0].sum()) == 1
+    y0 = (128 - 8) // 2
+    assert v[0, 0, y0, y0] == 1 and v[0, 0, y0 - 1, y0] == 0
