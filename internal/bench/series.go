@@ -228,10 +228,14 @@ type roundTimes struct {
 }
 
 // firstByteListener marks the time of the first byte read on any
-// connection it accepts since the last reset.
+// connection it accepts since the last reset. The mark is a time.Now()
+// with its monotonic reading, like the other marks of a round: a wall
+// clock read back from Unix nanoseconds made the round's total a wall-clock
+// difference while its parts were monotonic ones, and a clock step during
+// a round (seen once in CI: 14 s) left the parts short of the total.
 type firstByteListener struct {
 	net.Listener
-	first atomic.Int64 // unix ns; 0: none yet
+	first atomic.Pointer[time.Time] // nil: none yet
 }
 
 func (l *firstByteListener) Accept() (net.Conn, error) {
@@ -249,8 +253,9 @@ type firstByteConn struct {
 
 func (c *firstByteConn) Read(b []byte) (int, error) {
 	n, err := c.Conn.Read(b)
-	if n > 0 && c.l.first.Load() == 0 {
-		c.l.first.CompareAndSwap(0, time.Now().UnixNano())
+	if n > 0 && c.l.first.Load() == nil {
+		now := time.Now()
+		c.l.first.CompareAndSwap(nil, &now)
 	}
 	return n, err
 }
@@ -423,7 +428,7 @@ func (r *runner) seriesRound(ctx context.Context, reg *model.Registry, name stri
 	firstScore, lastScore, segAt, lastFinding = time.Time{}, time.Time{}, time.Time{}, time.Time{}
 	scores, segs = 0, 0
 	mu.Unlock()
-	ln.first.Store(0)
+	ln.first.Store(nil)
 	inAccept.Store(0)
 
 	if err := send(files); err != nil {
@@ -441,7 +446,11 @@ func (r *runner) seriesRound(ctx context.Context, reg *model.Registry, name stri
 	time.Sleep(quiet + 500*time.Millisecond)
 	mu.Lock()
 	defer mu.Unlock()
-	t0 := time.Unix(0, ln.first.Load())
+	first := ln.first.Load()
+	if first == nil {
+		return rt, fmt.Errorf("series %s: the SEG came but the SCP read no byte", name)
+	}
+	t0 := *first
 	ms := func(a, b time.Time) float64 { return float64(b.Sub(a)) / 1e6 }
 	rt = roundTimes{total: ms(t0, segAt), receive: ms(t0, sent), process: ms(sent, lastScore), seg: ms(lastScore, segAt),
 		firstScore: ms(t0, firstScore), partial: segs - 1, accept: float64(inAccept.Load()) / 1e6}
