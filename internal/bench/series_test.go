@@ -44,8 +44,10 @@ func TestFirstByteMarkIsMonotonic(t *testing.T) {
 	if _, err := c.Write([]byte("a")); err != nil {
 		t.Fatal(err)
 	}
-	for ln.first.Load() == nil {
-		time.Sleep(time.Millisecond)
+	for deadline := time.Now().Add(10 * time.Second); ln.first.Load() == nil; time.Sleep(time.Millisecond) {
+		if time.Now().After(deadline) {
+			t.Fatal("no first-byte mark 10 s after a byte was written")
+		}
 	}
 	first := *ln.first.Load()
 	time.Sleep(5 * time.Millisecond)

@@ -55,7 +55,8 @@ def test_batches_keep_channels_and_mask_aligned():
 
 def test_eval_set_centres_each_crop_in_a_128_window():
     ids = [("A", "n01_k00"), ("A", "n01_k01")]
-    x, y, v, dm = Z.eval_set(_crops(ids, size=8), 1)
+    bs = Z.eval_set(_crops(ids, size=8), 1)
+    x, y, v = bs.x, bs.y, bs.valid
     assert x.shape == (2, 3, 128, 128)
     assert int(v[0].sum()) == 64 and int(y[0].sum()) == 1
     y0 = (128 - 8) // 2
