@@ -144,6 +144,7 @@ func (p *Stage) Process(ctx context.Context, m *stage.Msg, e stage.Emitter) erro
 	for _, name := range models {
 		selected[name] = true
 	}
+	var unserved error // the first model without a consumer on READY
 	for _, name := range models {
 		base, tta := model.SplitVariant(name)
 		card, err := p.Cards.Get(base)
@@ -207,7 +208,20 @@ func (p *Stage) Process(ctx context.Context, m *stage.Msg, e stage.Emitter) erro
 		}
 		if err := e.Emit(ctx, stage.Out{Subject: bus.ReadySubject(card.Name), Data: b,
 			SliceID: s.Meta.Id, ReplayID: s.Meta.ReplayId, Model: name}); err != nil {
-			return err
+			if !errors.Is(err, bus.ErrNoConsumer) {
+				return err
+			}
+			// No segment takes this model yet: the other models go on, and
+			// this one is retried with the message (the others' inputs are
+			// deduped then), or reported on the last delivery.
+			if m.Last {
+				if ferr := e.Fail(ctx, stage.Failure{SliceID: s.Meta.Id, ReplayID: s.Meta.ReplayId, Model: name, Err: err}); ferr != nil {
+					return ferr
+				}
+			} else if unserved == nil {
+				unserved = err
+			}
+			continue
 		}
 		if p.TrainCopies > 0 && mask != nil && !tta && !cascade && !card.IsCrop() {
 			if err := p.emitTraining(ctx, e, s.Meta, card, hu, mask); err != nil {
@@ -215,7 +229,7 @@ func (p *Stage) Process(ctx context.Context, m *stage.Msg, e stage.Emitter) erro
 			}
 		}
 	}
-	return nil
+	return unserved
 }
 
 // field computes a slice's lung field once for all its inputs: the packed

@@ -4,6 +4,8 @@ import (
 	"context"
 	"crypto/sha256"
 	"encoding/hex"
+	"errors"
+	"fmt"
 	"math"
 	"slices"
 	"strings"
@@ -343,5 +345,43 @@ func TestLungField(t *testing.T) {
 				}
 			}
 		})
+	}
+}
+
+// unserved is a recorder whose Emit refuses one model's READY subject as
+// stage.Publish does while no segment consumer takes it.
+type unserved struct {
+	recorder
+	model string
+}
+
+func (u *unserved) Emit(ctx context.Context, o stage.Out) error {
+	if o.Subject == bus.ReadySubject(u.model) {
+		return fmt.Errorf("publishing to %s: %w", o.Subject, bus.ErrNoConsumer)
+	}
+	return u.recorder.Emit(ctx, o)
+}
+
+// TestProcessGoesOnPastAnUnservedModel: a model no segment consumer takes
+// yet holds back neither the models after it nor those before; the slice
+// is retried for it (an error wrapping bus.ErrNoConsumer), and on the
+// runner's last delivery it is reported for that model alone.
+func TestProcessGoesOnPastAnUnservedModel(t *testing.T) {
+	st := &preprocess.Stage{Cards: cards{"a": card("a", 16), "b": card("b", 16), "c": card("c", 16)}}
+	data, _ := slice(t, 32, 32, "a", "b", "c")
+	u := &unserved{model: "b"}
+	err := st.Process(context.Background(), &stage.Msg{Data: data, Delivered: 1}, u)
+	if !errors.Is(err, bus.ErrNoConsumer) || stage.IsPermanent(err) {
+		t.Fatalf("err %v, want a retryable ErrNoConsumer", err)
+	}
+	if len(u.outs) != 2 || u.outs[0].Model != "a" || u.outs[1].Model != "c" || len(u.fails) != 0 {
+		t.Fatalf("outs %d (%v), fails %+v: want a and c sent, nothing failed", len(u.outs), u.outs, u.fails)
+	}
+	u = &unserved{model: "b"}
+	if err := st.Process(context.Background(), &stage.Msg{Data: data, Delivered: 5, Last: true}, u); err != nil {
+		t.Fatalf("last delivery: %v", err)
+	}
+	if len(u.outs) != 2 || len(u.fails) != 1 || u.fails[0].Model != "b" || !errors.Is(u.fails[0].Err, bus.ErrNoConsumer) || u.fails[0].SliceID != "s1" {
+		t.Fatalf("last delivery: outs %d, fails %+v: want b reported", len(u.outs), u.fails)
 	}
 }

@@ -347,6 +347,9 @@ func List(ctx context.Context, js jetstream.JetStream, f Filter) ([]Entry, error
 	}
 }
 
+// interest remembers which work-stream subjects have a consumer.
+var interest bus.Interest
+
 // ReplayOptions select what Replay re-drives.
 type ReplayOptions struct {
 	// Seqs are dead-letter sequences; empty means every dead letter that
@@ -362,7 +365,10 @@ type ReplayOptions struct {
 // their original headers, so the consumer that gave up on them gets them
 // anew, and returns how many it re-drove. Each republish has the
 // Nats-Msg-Id dlq-replay|<seq>, so replaying the same dead letter twice
-// within the stream's dedupe window publishes it once.
+// within the stream's dedupe window publishes it once. A dead letter of a
+// work stream whose subject no consumer takes (its stage is not running)
+// is not republished: Replay stops with an error wrapping
+// bus.ErrNoConsumer and the dead letter stays.
 func Replay(ctx context.Context, js jetstream.JetStream, o ReplayOptions) (int, error) {
 	seqs := o.Seqs
 	if len(seqs) == 0 {
@@ -390,6 +396,11 @@ func Replay(ctx context.Context, js jetstream.JetStream, o ReplayOptions) (int, 
 		e := entryOf(seq, raw.Header, raw.Data)
 		if e.Missing || e.Subject == "" {
 			return n, fmt.Errorf("%w (dead letter %d)", ErrMissingOriginal, seq)
+		}
+		// A work stream would acknowledge a message no consumer takes and
+		// drop it: the dead letter stays until its stage runs again.
+		if err := interest.Check(ctx, js, e.Subject); err != nil {
+			return n, fmt.Errorf("dlq: republishing dead letter %d to %s: %w", seq, e.Subject, err)
 		}
 		msg := nats.NewMsg(e.Subject)
 		msg.Data = raw.Data

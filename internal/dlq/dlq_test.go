@@ -137,6 +137,22 @@ func TestCaptureListReplay(t *testing.T) {
 	if string(m.Data) != "crasher" || m.Header.Get(bus.HdrSlice) != "s-crash" || m.Header.Get(HdrReason) != "" {
 		t.Fatalf("re-driven message %q headers %v", m.Data, m.Header)
 	}
+	// While no consumer takes its subject (its segment is gone), a dead
+	// letter of READY is not republished, which READY would drop: it stays.
+	for _, c := range []string{"segment-m1", bustest.KeepDurable} {
+		if err := env.JS.DeleteConsumer(ctx, bus.StreamReady, c); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if n, err := Replay(ctx, env.JS, ReplayOptions{Filter: Filter{Stream: bus.StreamReady}}); !errors.Is(err, bus.ErrNoConsumer) || n != 0 {
+		t.Fatalf("Replay(READY) without its consumer = %d, %v; want ErrNoConsumer", n, err)
+	}
+	if es, err := List(ctx, env.JS, Filter{Stream: bus.StreamReady}); err != nil || len(es) != 1 {
+		t.Fatalf("READY's dead letter after a refused replay: %+v, %v", es, err)
+	}
+	if err := bustest.Keep(ctx, env.JS); err != nil {
+		t.Fatal(err)
+	}
 	// Replay everything on READY without Keep: deleted afterwards.
 	if n, err := Replay(ctx, env.JS, ReplayOptions{Filter: Filter{Stream: bus.StreamReady}}); err != nil || n != 1 {
 		t.Fatalf("Replay(READY) = %d, %v", n, err)

@@ -93,7 +93,8 @@ const (
 // no consumer is there is dropped at once: the stage consumers must exist
 // before slices are sent (`lungseg run` and every stage process create
 // theirs before consuming, `lungseg streams apply` creates them for a
-// cluster, and ingest waits for them before it publishes).
+// cluster, and ingest waits for them before it publishes), and a publisher
+// checks that one takes the subject before each publish (Interest).
 var WorkStreams = []string{StreamRaw, StreamReady, StreamMasks}
 
 // Streams returns the pipeline's stream configurations: one per stage

@@ -293,6 +293,13 @@ func webhookPub() []string {
 	return append(consume(bus.StreamAlerts, "*"), bus.PrefixErrors+"*.>")
 }
 
+// interest lets a publisher to a work stream list its consumers, as
+// stage.Publish does before each publish there (bus.Interest): a message
+// no consumer takes would be dropped.
+func interest(stream string) []string {
+	return []string{"$JS.API.STREAM.INFO." + stream, "$JS.API.CONSUMER.LIST." + stream}
+}
+
 // errs is the error subject of a stage's failures.
 func errs(stage string) string { return bus.PrefixErrors + stage + ".>" }
 
@@ -310,11 +317,13 @@ func Permissions(role string) (*server.Permissions, error) {
 			pub = append(pub, "$JS.API.STREAM.INFO."+st)
 		}
 		pub = append(pub, keyValue(bus.IngestProgressBucket)...)
+		pub = append(pub, interest(bus.StreamRaw)...)
 	case RolePreprocess:
 		// Reads the pixels ingest stored; writes a cascade input's native
 		// HU there when it does not fit the message (native/<replay>/<id>).
 		pub = append(consume(bus.StreamRaw, "preprocess"), bus.PrefixReady+">", bus.PrefixTrain+">", errs("preprocess"))
 		pub = append(pub, objectStore(bus.PixelsBucket, true)...)
+		pub = append(pub, interest(bus.StreamReady)...)
 	case RoleSegment:
 		// One durable per model (segment-<model>): any consumer of READY.
 		// Reads the native HU a cascade input references in the pixel
@@ -322,6 +331,7 @@ func Permissions(role string) (*server.Permissions, error) {
 		// writes its own outputs over the limit there.
 		pub = append(consume(bus.StreamReady, "*"), bus.PrefixMasks+">", errs("segment"))
 		pub = append(pub, objectStore(bus.PixelsBucket, true)...)
+		pub = append(pub, interest(bus.StreamMasks)...)
 	case RoleRefine:
 		// One durable per detector (refine-<detector>) on MASKS: a NATS
 		// wildcard is a whole token, so any consumer of MASKS, as segment
@@ -331,6 +341,7 @@ func Permissions(role string) (*server.Permissions, error) {
 		// its outputs over the limit there.
 		pub = append(consume(bus.StreamMasks, "*"), bus.PrefixMasks+">", errs("refine"))
 		pub = append(pub, objectStore(bus.PixelsBucket, true)...)
+		pub = append(pub, interest(bus.StreamMasks)...)
 	case RoleScore:
 		// Outputs and scores over the payload limit go by the pixel
 		// bucket (pkg/objref).
@@ -370,7 +381,7 @@ func Permissions(role string) (*server.Permissions, error) {
 		pub = append(pub, objectStore(bus.PixelsBucket, true)...)
 		// RAW keeps slices only for its consumers: the receivers read its
 		// state to refuse an instance while no stage consumes it.
-		pub = append(pub, "$JS.API.STREAM.INFO."+bus.StreamRaw)
+		pub = append(pub, interest(bus.StreamRaw)...)
 		pub = append(pub, AccountInfo)
 	case RoleReplay:
 		// Jobs in; scores, errors, events and its findings out; asks the

@@ -22,6 +22,11 @@ type Msg struct {
 	Header  nats.Header
 	// Delivered counts deliveries of this message, starting at 1.
 	Delivered uint64
+	// Last is set on the runner's last delivery: an error now is reported
+	// and the message terminated, so a processor that can give up on one
+	// part of it (one model of a slice) says so with Emitter.Fail and goes
+	// on with the rest.
+	Last bool
 	// SliceID, ReplayID and Model come from the message headers.
 	SliceID, ReplayID, Model string
 	// Log is a child logger carrying the stage, slice id and model.
