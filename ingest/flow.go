@@ -14,10 +14,13 @@ import (
 
 // Backlog holds ingest back while the stages downstream have too much
 // still to do: Wait returns when the pipeline can take another slice (or
-// ctx ends). pkg/bus.Backlog measures the work streams; nil reads ahead
-// without bound. It must be safe for concurrent use.
+// ctx ends), and Sent is told the bytes of each slice published, which
+// count until the backlog next measures. pkg/bus.Backlog measures the
+// work streams; nil reads ahead without bound. It must be safe for
+// concurrent use.
 type Backlog interface {
 	Wait(ctx context.Context) error
+	Sent(n int)
 }
 
 // jobProgress is how far a job has been read, kept in the progress bucket

@@ -127,6 +127,8 @@ type gate struct {
 	calls atomic.Int64
 }
 
+func (g *gate) Sent(int) {}
+
 func (g *gate) Wait(ctx context.Context) error {
 	g.calls.Add(1)
 	if g.room.Add(-1) >= 0 {

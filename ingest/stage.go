@@ -188,6 +188,9 @@ func (s *Stage) Process(ctx context.Context, m *stage.Msg, e stage.Emitter) erro
 		if err := e.Emit(ctx, stage.Out{Subject: bus.SubjRaw, Data: b, SliceID: it.Meta.Id, ReplayID: job.ReplayId}); err != nil {
 			return s.failPublish(ctx, fail, job.Path, it.Meta.Id, err)
 		}
+		if s.Backlog != nil {
+			s.Backlog.Sent(len(b))
+		}
 		done.Slices++
 		return nil
 	})

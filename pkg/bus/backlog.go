@@ -4,6 +4,7 @@ import (
 	"context"
 	"fmt"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/nats-io/nats.go/jetstream"
@@ -24,7 +25,9 @@ const DefaultMaxBacklog = 64 << 20
 // sum is under MaxBytes and every work stream has a consumer (a slice
 // published to a stream with none would be dropped), and otherwise polls
 // until it is so. Safe for concurrent use; the stream states are read at
-// most once per Poll.
+// most once per Poll, and between two readings what the caller reports
+// with Sent counts as pending, so a fast publisher cannot send a Poll's
+// worth of slices past the bound.
 type Backlog struct {
 	JS jetstream.JetStream
 	// MaxBytes bounds the bytes pending in the work streams (default
@@ -37,11 +40,16 @@ type Backlog struct {
 	// Waited, when set, is called with the time one Wait was held back.
 	Waited func(d time.Duration)
 
-	mu      sync.Mutex
-	checked time.Time
-	ok      bool
-	last    int64
+	mu       sync.Mutex
+	checked  time.Time
+	consumed bool  // every measured stream had a consumer at the last reading
+	last     int64 // bytes pending at the last reading
+	sent     atomic.Int64 // bytes reported by Sent since the last reading
 }
+
+// Sent tells the backlog that n more bytes were just published to a
+// measured stream: they count as pending until the next reading.
+func (b *Backlog) Sent(n int) { b.sent.Add(int64(n)) }
 
 // Pending returns the bytes held in the measured streams and whether each
 // has a consumer.
@@ -81,19 +89,23 @@ func (b *Backlog) Wait(ctx context.Context) error {
 	defer b.mu.Unlock()
 	var start time.Time
 	for {
-		if b.ok && time.Since(b.checked) < poll {
+		fresh := !b.checked.IsZero() && time.Since(b.checked) < poll
+		if fresh && b.consumed && b.last+b.sent.Load() < limit {
 			break
 		}
-		pending, consumers, err := b.Pending(ctx)
-		if err != nil {
-			if ctx.Err() != nil {
-				return ctx.Err()
+		if !fresh {
+			pending, consumers, err := b.Pending(ctx)
+			if err != nil {
+				if ctx.Err() != nil {
+					return ctx.Err()
+				}
+				return err
 			}
-			return err
-		}
-		b.checked, b.last, b.ok = time.Now(), pending, consumers && pending < limit
-		if b.ok {
-			break
+			b.checked, b.last, b.consumed = time.Now(), pending, consumers
+			b.sent.Store(0)
+			if consumers && pending < limit {
+				break
+			}
 		}
 		if start.IsZero() {
 			start = time.Now()

@@ -60,3 +60,35 @@ func TestBacklogWaitsForConsumersAndRoom(t *testing.T) {
 	ackAll(t, raw, 3)
 	free("acknowledged")
 }
+
+// TestBacklogCountsWhatWasSent: between two readings of the streams, the
+// bytes reported with Sent count as pending, so a publisher faster than
+// Poll stops at the bound instead of a Poll's worth of slices past it.
+func TestBacklogCountsWhatWasSent(t *testing.T) {
+	js := startJS(t, bus.StreamOptions{})
+	ctx := context.Background()
+	for _, s := range bus.WorkStreams {
+		if _, err := js.CreateOrUpdateConsumer(ctx, s, jetstream.ConsumerConfig{Durable: "d", AckPolicy: jetstream.AckExplicitPolicy}); err != nil {
+			t.Fatal(err)
+		}
+	}
+	b := &bus.Backlog{JS: js, MaxBytes: 250 << 10, Poll: time.Hour} // one reading
+	wait := func() error {
+		wctx, cancel := context.WithTimeout(ctx, 300*time.Millisecond)
+		defer cancel()
+		return b.Wait(wctx)
+	}
+	for i := range 2 {
+		if err := wait(); err != nil {
+			t.Fatalf("%d KiB sent: %v", 100*i, err)
+		}
+		b.Sent(100 << 10)
+	}
+	if err := wait(); err != nil {
+		t.Fatalf("200 KiB sent: %v", err)
+	}
+	b.Sent(100 << 10)
+	if err := wait(); !errors.Is(err, context.DeadlineExceeded) {
+		t.Fatalf("300 KiB sent since the reading under a 250 KiB bound: Wait returned %v, want it held", err)
+	}
+}
