@@ -42,8 +42,8 @@ type Backlog struct {
 
 	mu       sync.Mutex
 	checked  time.Time
-	consumed bool  // every measured stream had a consumer at the last reading
-	last     int64 // bytes pending at the last reading
+	consumed bool         // every measured stream had a consumer at the last reading
+	last     int64        // bytes pending at the last reading
 	sent     atomic.Int64 // bytes reported by Sent since the last reading
 }
 
