@@ -347,9 +347,6 @@ func List(ctx context.Context, js jetstream.JetStream, f Filter) ([]Entry, error
 	}
 }
 
-// interest remembers which work-stream subjects have a consumer.
-var interest bus.Interest
-
 // ReplayOptions select what Replay re-drives.
 type ReplayOptions struct {
 	// Seqs are dead-letter sequences; empty means every dead letter that
@@ -370,6 +367,9 @@ type ReplayOptions struct {
 // is not republished: Replay stops with an error wrapping
 // bus.ErrNoConsumer and the dead letter stays.
 func Replay(ctx context.Context, js jetstream.JetStream, o ReplayOptions) (int, error) {
+	// Asked afresh on each Replay (an operator's command, rare), not from
+	// the process's cache: a consumer removed since would not be noticed.
+	var interest bus.Interest
 	seqs := o.Seqs
 	if len(seqs) == 0 {
 		es, err := List(ctx, js, o.Filter)

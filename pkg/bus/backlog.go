@@ -89,7 +89,7 @@ func (b *Backlog) Wait(ctx context.Context) error {
 	defer b.mu.Unlock()
 	var start time.Time
 	for {
-		fresh := !b.checked.IsZero() && time.Since(b.checked) < poll
+		fresh := time.Since(b.checked) < poll // the zero time is never fresh
 		if fresh && b.consumed && b.last+b.sent.Load() < limit {
 			break
 		}

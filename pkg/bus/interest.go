@@ -9,6 +9,7 @@ import (
 	"sync"
 	"time"
 
+	"github.com/nats-io/nats-server/v2/server"
 	"github.com/nats-io/nats.go/jetstream"
 )
 
@@ -46,6 +47,14 @@ const InterestTTL = 30 * time.Second
 type Interest struct {
 	mu    sync.Mutex
 	taken map[interestKey]time.Time // when a consumer was seen taking it
+}
+
+// interest is the process's Interest, shared by every publisher.
+var interest Interest
+
+// CheckInterest is Check on an Interest shared by the whole process.
+func CheckInterest(ctx context.Context, js jetstream.JetStream, subject string) error {
+	return interest.Check(ctx, js, subject)
 }
 
 type interestKey struct {
@@ -105,26 +114,9 @@ func takes(c jetstream.ConsumerConfig, subject string) bool {
 		return true
 	}
 	for _, f := range filters {
-		if SubjectMatches(f, subject) {
+		if server.SubjectMatchesFilter(subject, f) {
 			return true
 		}
 	}
 	return false
-}
-
-// SubjectMatches reports whether the literal subject matches filter, which
-// may hold the wildcards "*" (one token) and ">" (one or more tokens at
-// the end).
-func SubjectMatches(filter, subject string) bool {
-	ft := strings.Split(filter, ".")
-	st := strings.Split(subject, ".")
-	for k, f := range ft {
-		if f == ">" {
-			return len(st) > k
-		}
-		if k >= len(st) || (f != "*" && f != st[k]) {
-			return false
-		}
-	}
-	return len(ft) == len(st)
 }

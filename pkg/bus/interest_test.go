@@ -9,28 +9,6 @@ import (
 	"github.com/nats-io/nats.go/jetstream"
 )
 
-func TestSubjectMatches(t *testing.T) {
-	for _, c := range []struct {
-		filter, subject string
-		want            bool
-	}{
-		{"lung.ready.a", "lung.ready.a", true},
-		{"lung.ready.a", "lung.ready.ab", false},
-		{"lung.ready.*", "lung.ready.a", true},
-		{"lung.ready.*", "lung.ready.a.b", false},
-		{"lung.ready.>", "lung.ready.a.b", true},
-		{"lung.ready.>", "lung.ready", false},
-		{"lung.*.a", "lung.masks.a", true},
-		{"lung.*.a", "lung.masks.b", false},
-		{">", "lung.slices.raw", true},
-		{"lung.slices.raw", "lung.slices", false},
-	} {
-		if got := bus.SubjectMatches(c.filter, c.subject); got != c.want {
-			t.Errorf("SubjectMatches(%q, %q) = %v, want %v", c.filter, c.subject, got, c.want)
-		}
-	}
-}
-
 // TestInterestNeedsAConsumerOfTheSubject: a model's input on READY is
 // refused while READY's only consumer takes another model's subject (the
 // stream would drop it), and accepted once a consumer takes it; subjects

@@ -346,16 +346,14 @@ func (e *emitter) report(ctx context.Context, f Failure, subject string, permane
 	return PublishError(ctx, e.r.js, e.r.cfg.Name, f, subject, permanent)
 }
 
-// interest remembers which work-stream subjects have a consumer.
-var interest bus.Interest
-
 // Publish sends o durably, waiting for the stream's acknowledgement, with
 // the pipeline headers and the dedupe id. A message bound for a work
 // stream that no consumer would take is not sent: the stream would drop
 // it while acknowledging it. Publish returns an error wrapping
-// bus.ErrNoConsumer instead, which the runner retries like any other.
+// bus.ErrNoConsumer instead (bus.CheckInterest), which the runner retries
+// like any other.
 func Publish(ctx context.Context, js jetstream.JetStream, stageName string, o Out, hook func(stage, subject string)) error {
-	if err := interest.Check(ctx, js, o.Subject); err != nil {
+	if err := bus.CheckInterest(ctx, js, o.Subject); err != nil {
 		return fmt.Errorf("publishing to %s: %w", o.Subject, err)
 	}
 	msg := nats.NewMsg(o.Subject)
