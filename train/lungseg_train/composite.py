@@ -225,8 +225,11 @@ def _nodule_alpha(mask: torch.Tensor, hw: np.ndarray) -> torch.Tensor:
     return (1.0 - (dist - NODULE_MARGIN) / NODULE_RAMP).clamp(0.0, 1.0)
 
 
-def real_slices_to_grid(slices: D.SliceSet, size: int = 256, device="cpu") -> Dict[str, torch.Tensor]:
-    """512 normalised slices -> size x size approximate HU, lung and nodule masks."""
+def real_slices_to_grid(slices: D.SliceSet, size: int = 256, device="cpu",
+                        hu_cal=None) -> Dict[str, torch.Tensor]:
+    """512 normalised slices -> size x size approximate HU, lung and nodule masks.
+    HU = v*a + b per slice with hucal's calibrations (hu_cal, from
+    hucal.calibrate), else the README's single inverse."""
     dev = torch.device(device)
     if len(slices) == 0:
         z = torch.zeros((0, 1, size, size), device=dev)
@@ -234,7 +237,9 @@ def real_slices_to_grid(slices: D.SliceSet, size: int = 256, device="cpu") -> Di
     v = torch.from_numpy(slices.norm.astype(np.float32)).unsqueeze(1)
     m = torch.from_numpy(slices.mask.astype(np.float32)).unsqueeze(1)
     lung = (v != 0).float()
-    hu = (v * D.NORM_SCALE + D.NORM_OFFSET) * lung
+    from . import hucal
+    a, b = hucal.scale_offset(slices, hu_cal)
+    hu = (v * torch.from_numpy(a).view(-1, 1, 1, 1) + torch.from_numpy(b).view(-1, 1, 1, 1)) * lung
     f = v.shape[-1] // size
     if f > 1:
         s_l = F.avg_pool2d(lung, f)
@@ -255,7 +260,8 @@ def real_slices_to_grid(slices: D.SliceSet, size: int = 256, device="cpu") -> Di
     return {"hu": hu.to(dev), "lung": lung.to(dev), "mask": m.to(dev), "body": body.to(dev)}
 
 
-def make_bank(crops: D.CropSet, slices: D.SliceSet, device, size: int = 256, smooth: bool = True) -> Bank:
+def make_bank(crops: D.CropSet, slices: D.SliceSet, device, size: int = 256, smooth: bool = True,
+              hu_cal=None) -> Bank:
     """Moves one split's crops and slices to the device and precomputes
     smoothing, alphas and the real slices' 256 grids there."""
     dev = torch.device(device)
@@ -271,7 +277,7 @@ def make_bank(crops: D.CropSet, slices: D.SliceSet, device, size: int = 256, smo
         sm = _blur(hu * valid, 0.6, peak=False) / _blur(valid, 0.6, peak=False).clamp(min=1e-3)
         hu = torch.where(valid > 0, sm, hu)
         alpha = alpha * _nodule_alpha(mask, crops.hw)
-    real = real_slices_to_grid(slices, size, dev)
+    real = real_slices_to_grid(slices, size, dev, hu_cal)
     return Bank(hu, mask, alpha, valid, torch.from_numpy(crops.spacing.astype(np.float32)).to(dev),
                 real["hu"], real["lung"], real["mask"], real["body"], size)
 

@@ -11,8 +11,10 @@ replay` reads, so the whole Go pipeline (whole-slice models and the
 patients come from data.split_data, the split every card lists.
 
   real       the split's normalised 512x512 LIDC slices (val: patient 0008, 4
-             slices; test: 0007, 24), approximate HU inside the lung
-             (v*775-835), a seeded synthetic body outside it;
+             slices; test: 0007, 24), HU inside the lung by hucal's
+             per-slice calibration against the same patient's HU crops
+             (--hu readme: the data README's single inverse v*775-835), a
+             seeded synthetic body outside it;
   composite  the split's nodule crops, each pasted unscaled (the slice grid
              has the crop's own spacing) and unrotated at a random lung pixel
              of a seeded synthetic 512 chest, CT noise 8 HU; every --stride-th
@@ -75,13 +77,23 @@ def main(argv=None) -> int:
     ap.add_argument("--limit", type=int, default=240)
     ap.add_argument("--stride", type=int, default=0, help="every n-th crop (default: spread --limit evenly)")
     ap.add_argument("--seed", type=int, default=4242)
+    ap.add_argument("--hu", default="calibrated", choices=["calibrated", "readme"],
+                    help="real slices: HU by hucal's per-slice calibration against the same patient's HU crops "
+                         "(default), or the data README's single inverse v*775-835")
     ap.add_argument("--out", required=True)
     a = ap.parse_args(argv)
     import pandas as pd
 
     data = D.load(a.data, allow_synthetic=False)
     part = D.split_data(data)[a.split]
-    bank = C.make_bank(part["crops"], part["slices"], "cpu", C.CROP_CANVAS, smooth=False)
+    cal = None
+    if a.what == "real" and a.hu == "calibrated":
+        from . import hucal
+        cal = hucal.calibrate(part["crops"], part["slices"])
+        for k in sorted(cal):
+            c = cal[k]
+            print(f"{k}: HU = v*{c.scale:.1f} {c.offset:+.1f} ({c.how}, ncc {c.ncc:.3f})")
+    bank = C.make_bank(part["crops"], part["slices"], "cpu", C.CROP_CANVAS, smooth=False, hu_cal=cal)
     if a.what == "real":
         hu, mask, lung = real_rows(bank, a.seed)
         ids = [f"{p}/{s}" for p, s in zip(part["slices"].patient, part["slices"].slice_id)]

@@ -293,14 +293,18 @@ def run(args) -> Dict[str, object]:
     tr, va, te = parts["train"], parts["val"], parts["test"]
     tr_crops = _subset_crops(tr["crops"], args.crop_limit)
     smooth = not crop  # crop models see the crops at their own resolution
-    bank_tr = C.make_bank(tr_crops, tr["slices"], device, canvas, smooth)
+    hu_cal = None
+    if getattr(args, "slice_hu", "calibrated") == "calibrated" and len(data.slices):
+        from . import hucal
+        hu_cal = hucal.calibrate(data.crops, data.slices)
+    bank_tr = C.make_bank(tr_crops, tr["slices"], device, canvas, smooth, hu_cal=hu_cal)
     va_crops = _subset_crops(va["crops"], args.eval_limit)  # bare crops: all of them unless --eval-limit
     te_crops = _subset_crops(te["crops"], args.eval_limit)
     # windows / composites: at most --window-eval-limit crops (their synthetic chests are slow on a CPU)
     va_w = _subset_crops(va_crops, args.window_eval_limit)
     te_w = _subset_crops(te_crops, args.window_eval_limit)
-    bank_va = C.make_bank(va_w, _subset_slices(va["slices"], args.eval_limit), device, canvas, smooth)
-    bank_te = C.make_bank(te_w, _subset_slices(te["slices"], args.eval_limit), device, canvas, smooth)
+    bank_va = C.make_bank(va_w, _subset_slices(va["slices"], args.eval_limit), device, canvas, smooth, hu_cal=hu_cal)
+    bank_te = C.make_bank(te_w, _subset_slices(te["slices"], args.eval_limit), device, canvas, smooth, hu_cal=hu_cal)
     diam_va = torch.from_numpy(MX.diameters_mm(va_crops.mask, va_crops.spacing))
     diam_te = torch.from_numpy(MX.diameters_mm(te_crops.mask, te_crops.spacing))
     diam_va_w = torch.from_numpy(MX.diameters_mm(va_w.mask, va_w.spacing))
@@ -652,6 +656,7 @@ def run(args) -> Dict[str, object]:
             "stop": stop, "device": dev_name, "torch": torch.__version__, "seed": args.seed,
             "flops_per_image": _flops(model, size),
             "bare_frac": bare_frac, "frozen_bn": frozen_bn, "select_on": select_on, "bg_pool": args.bg_pool,
+            "slice_hu": getattr(args, "slice_hu", "calibrated"),
             **({"ct_backgrounds": {"series": args.ct_series, "slices": ct_bank.n, "p": args.p_ct}} if ct_bank else {}),
             **({"init": init} if init else {}),
         },
@@ -747,6 +752,9 @@ def parser() -> argparse.ArgumentParser:
     ap.add_argument("--ct-backgrounds", default="",
                     help="ct_series folder (../shared/data/ct_series): real CT slices as backgrounds (crop task: of the "
                          "windows; slice task: whole slices reduced to the model grid, half of them without a nodule)")
+    ap.add_argument("--slice-hu", default="calibrated", choices=["calibrated", "readme"],
+                    help="HU of the normalised vinibfr slices: hucal's per-slice fit against the same patient's HU "
+                         "crops (default), or the data README's single inverse v*775-835 (models before 2026-12-03)")
     ap.add_argument("--ct-series", default="popi_00_141", help="comma-separated series of --ct-backgrounds")
     ap.add_argument("--p-ct", type=float, default=0.25, help="fraction of (window) backgrounds that are real CT")
     ap.add_argument("--checkpoint-every-minutes", type=float, default=0.0,
