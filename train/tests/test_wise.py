@@ -1,0 +1,34 @@
+import pytest
+import torch
+
+from lungseg_train import models as M
+from lungseg_train import wise as W
+
+
+def test_mix_interpolates_every_floating_tensor():
+    torch.manual_seed(1)
+    a = M.build("resnet50-unet-small", 64)
+    torch.manual_seed(2)
+    b = M.build("resnet50-unet-small", 64)
+    for k, v in b.state_dict().items():  # buffers too (BatchNorm statistics)
+        if v.is_floating_point():
+            v.add_(torch.randn_like(v))
+    sa = {k: v.clone() for k, v in a.state_dict().items()}
+    sb = {k: v.clone() for k, v in b.state_dict().items()}
+    m0, m1, mh = W.mix(a, b, 0.0).state_dict(), W.mix(a, b, 1.0).state_dict(), W.mix(a, b, 0.3).state_dict()
+    n = 0
+    for k, v in sa.items():
+        if not v.is_floating_point():
+            assert torch.equal(mh[k], v), k
+            continue
+        n += 1
+        assert torch.equal(m0[k], v) and torch.allclose(m1[k], sb[k]), k
+        assert torch.allclose(mh[k], 0.7 * v + 0.3 * sb[k], atol=1e-6), k
+    assert n > 10
+    for k, v in a.state_dict().items():  # the inputs are left alone
+        assert torch.equal(v, sa[k]) and torch.equal(b.state_dict()[k], sb[k]), k
+
+
+def test_mix_refuses_different_architectures():
+    with pytest.raises(ValueError):
+        W.mix(M.build("resnet50-unet-small", 64), M.build("swin-unet-small", 64), 0.5)
