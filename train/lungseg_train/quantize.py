@@ -593,6 +593,7 @@ def main(argv=None) -> int:
     ap.add_argument("--calib", type=int, default=256, help="training crops used for calibration")
     ap.add_argument("--threads", type=int, default=0)
     ap.add_argument("--seed", type=int, default=1)
+    ap.add_argument("--version", default="1.0.0", help="card version of the int8 model")
     ap.add_argument("--ct-backgrounds", default="../../shared/data/ct_series",
                     help="whole-slice models: folder of the real series calibrated on")
     ap.add_argument("--ct-series", default="popi_00_141")
@@ -672,7 +673,7 @@ def main(argv=None) -> int:
     qcard = dict(card)
     qcard.update({
         "name": name,
-        "version": "1.0.0",
+        "version": a.version,
         "description": describe(card, convolutional(fm), calib_what),
         "quantization": {"format": "QDQ", "activations": ("uint8 asymmetric, min/max calibration" if convolutional(fm) else
                                                           "uint8 asymmetric, min/max calibration (inputs of MatMul and Conv, "
