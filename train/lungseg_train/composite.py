@@ -731,18 +731,33 @@ def bare_eval_set(crops: D.CropSet, win: int = CROP_WIN, device="cpu",
 
 
 def bare_training_batch(crops: D.CropSet, r: Rand, b: int, win: int = CROP_WIN,
-                        aug: bool = True) -> Tuple[torch.Tensor, torch.Tensor]:
+                        aug: bool = True, upscale: float = 1.0,
+                        p_upscale: float = 0.0) -> Tuple[torch.Tensor, torch.Tensor]:
     """b bare training crops: each turned by one of the eight symmetries of the
     square (flips, quarter turns) as a bare crop, then padded by
     data.pad_bare_crop (mask too), then CT noise of a random level, the HU
     window and a random contrast/brightness (finish_batch without the
-    geometric warp: the bare crop is not resampled)."""
+    geometric warp: the bare crop is not resampled).
+
+    With p_upscale > 0, that fraction of the crops is first enlarged by a
+    factor drawn from [1, upscale] (bilinear HU, the mask's bilinear
+    resampling at 0.5) and cut to its centred win x win part: a nodule then
+    stands for a mass up to upscale times larger, which LIDC's crops (43-109
+    px) seldom show and which a crop model meets on real chests."""
     idx = r.i(len(crops), (b,)).cpu().numpy()
     sym = r.i(8, (b,)).cpu().numpy()
+    if p_upscale > 0 and upscale > 1.0:
+        up = (r.u((b,), 0.0, 1.0) < p_upscale).cpu().numpy()
+        fac = r.u((b,), 1.0, upscale).cpu().numpy()
+    else:
+        up = np.zeros(b, bool)
+        fac = np.ones(b, np.float32)
     hu = np.zeros((b, 1, win, win), np.float32)
     mk = np.zeros((b, 1, win, win), np.float32)
     for k, (i, s) in enumerate(zip(idx, sym)):
         a, m = crops.bare(int(i))
+        if up[k]:
+            a, m = enlarge_bare(a, m, float(fac[k]))
         a, m = D.fit_bare(a, win), D.fit_bare(m, win)
         if aug:
             a, m = np.rot90(a, s % 4), np.rot90(m, s % 4)
@@ -753,6 +768,18 @@ def bare_training_batch(crops: D.CropSet, r: Rand, b: int, win: int = CROP_WIN,
     hu_t = torch.from_numpy(hu).to(r.device)
     mk_t = torch.from_numpy(mk).to(r.device)
     return finish_batch(r, hu_t, mk_t, False) if not aug else _finish_intensity(r, hu_t, mk_t)
+
+
+def enlarge_bare(a: np.ndarray, m: np.ndarray, f: float) -> Tuple[np.ndarray, np.ndarray]:
+    """A bare crop (HU, mask) enlarged f times about its centre: bilinear HU,
+    the mask resampled bilinearly and kept where >= 0.5."""
+    h, w = a.shape
+    nh, nw = max(1, int(round(h * f))), max(1, int(round(w * f)))
+    ta = torch.from_numpy(np.ascontiguousarray(a, dtype=np.float32))[None, None]
+    tm = torch.from_numpy(np.ascontiguousarray(m, dtype=np.float32))[None, None]
+    ea = F.interpolate(ta, size=(nh, nw), mode="bilinear", align_corners=False)[0, 0].numpy()
+    em = (F.interpolate(tm, size=(nh, nw), mode="bilinear", align_corners=False)[0, 0] >= 0.5).numpy()
+    return ea, em.astype(m.dtype)
 
 
 def _finish_intensity(r: Rand, hu: torch.Tensor, mask: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor]:

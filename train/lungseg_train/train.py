@@ -449,7 +449,9 @@ def run(args) -> Dict[str, object]:
                     x, y = C.crop_training_batch(bank_tr, rnd, batch - nb, win=size, ct=ct_bank, p_ct=args.p_ct,
                                                  pool=bg_pool)
                     if nb:
-                        xb, yb = C.bare_training_batch(tr_crops, rnd, nb, win=size)
+                        xb, yb = C.bare_training_batch(tr_crops, rnd, nb, win=size,
+                                                       upscale=getattr(args, "bare_upscale", 1.0),
+                                                       p_upscale=getattr(args, "p_bare_upscale", 0.0))
                         x, y = torch.cat([x, xb]), torch.cat([y, yb])
                 else:
                     x, y = C.training_batch(bank_tr, rnd, batch, ct=ct_bank, p_ct=args.p_ct, pool=bg_pool)
@@ -657,6 +659,7 @@ def run(args) -> Dict[str, object]:
             "flops_per_image": _flops(model, size),
             "bare_frac": bare_frac, "frozen_bn": frozen_bn, "select_on": select_on, "bg_pool": args.bg_pool,
             "slice_hu": getattr(args, "slice_hu", "calibrated"),
+            "bare_upscale": {"max": getattr(args, "bare_upscale", 1.0), "p": getattr(args, "p_bare_upscale", 0.0)},
             **({"ct_backgrounds": {"series": args.ct_series, "slices": ct_bank.n, "p": args.p_ct}} if ct_bank else {}),
             **({"init": init} if init else {}),
         },
@@ -743,6 +746,11 @@ def parser() -> argparse.ArgumentParser:
                     help="keep BatchNorm in eval mode while training (implied by an --init model.onnx with BatchNorm)")
     ap.add_argument("--bare-frac", type=float, default=0.4,
                     help="crop task: fraction of each batch that is bare training crops (data.pad_bare_crop)")
+    ap.add_argument("--bare-upscale", type=float, default=1.0,
+                    help="crop task: enlarge bare training crops by a factor drawn from [1, this] (masses larger "
+                         "than LIDC's crops), cut to the window")
+    ap.add_argument("--p-bare-upscale", type=float, default=0.0,
+                    help="crop task: fraction of the bare training crops that --bare-upscale enlarges")
     ap.add_argument("--select-on", default="auto", choices=["auto", "bare", "windows"],
                     help="epoch and threshold selection set (auto: bare crops for the crop task, else windows); "
                          "always by the mean Dice over images with truth")

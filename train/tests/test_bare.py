@@ -71,6 +71,35 @@ def test_bare_training_batch_shapes_and_masks():
     assert set(torch.unique(y).tolist()) <= {0.0, 1.0}
 
 
+def test_enlarge_bare_scales_the_nodule_about_the_centre():
+    yy, xx = np.mgrid[0:40, 0:50]
+    m = (((yy - 19.5) ** 2 + (xx - 24.5) ** 2) <= 8 ** 2).astype(np.uint8)
+    a = np.where(m > 0, 30.0, -850.0).astype(np.float32)
+    ea, em = C.enlarge_bare(a, m, 2.0)
+    assert ea.shape == em.shape == (80, 100) and em.dtype == m.dtype
+    assert abs(int(em.sum()) - 4 * int(m.sum())) <= 0.05 * 4 * int(m.sum())
+    ys, xs = np.nonzero(em)
+    assert abs(ys.mean() - 39.5) < 0.5 and abs(xs.mean() - 49.5) < 0.5
+    assert float(ea.max()) <= 30.0 + 1e-3 and float(ea.min()) >= -850.0 - 1e-3
+
+
+def test_bare_training_batch_upscale_enlarges_a_share_of_the_crops():
+    d = D.synthetic_phantoms(n_patients=2, crops_per_patient=3, slices_per_patient=1)
+
+    def areas(**kw):
+        g = torch.Generator()
+        g.manual_seed(3)
+        _, y = C.bare_training_batch(d.crops, C.Rand(g, "cpu"), 64, 128, **kw)
+        return y.sum(dim=(1, 2, 3))
+
+    plain = areas()
+    assert torch.equal(plain, areas(upscale=2.0, p_upscale=0.0))  # off: the same batch as before
+    big = areas(upscale=2.0, p_upscale=1.0)
+    assert float(big.sum()) > 1.5 * float(plain.sum())
+    some = areas(upscale=2.0, p_upscale=0.5)
+    assert float(plain.sum()) < float(some.sum()) < float(big.sum())
+
+
 def test_bare_probs_tta_averages_the_mapped_back_copies():
     from lungseg_train import bare_eval as BE
 
