@@ -24,6 +24,7 @@ import torch
 import torch.nn.functional as F
 
 from . import data as D
+from . import hucal
 
 FEATHER = 4.0  # native crop pixels over which the pasted crop fades in at its edges
 NODULE_MARGIN = 5  # native pixels of crop context kept fully around the nodule
@@ -237,7 +238,6 @@ def real_slices_to_grid(slices: D.SliceSet, size: int = 256, device="cpu",
     v = torch.from_numpy(slices.norm.astype(np.float32)).unsqueeze(1)
     m = torch.from_numpy(slices.mask.astype(np.float32)).unsqueeze(1)
     lung = (v != 0).float()
-    from . import hucal
     a, b = hucal.scale_offset(slices, hu_cal)
     hu = (v * torch.from_numpy(a).view(-1, 1, 1, 1) + torch.from_numpy(b).view(-1, 1, 1, 1)) * lung
     f = v.shape[-1] // size

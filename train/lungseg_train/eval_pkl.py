@@ -35,6 +35,7 @@ import torch
 
 from . import composite as C
 from . import data as D
+from . import hucal
 
 
 def real_rows(bank: C.Bank, seed: int):
@@ -88,7 +89,6 @@ def main(argv=None) -> int:
     part = D.split_data(data)[a.split]
     cal = None
     if a.what == "real" and a.hu == "calibrated":
-        from . import hucal
         cal = hucal.calibrate(part["crops"], part["slices"])
         for k in sorted(cal):
             c = cal[k]

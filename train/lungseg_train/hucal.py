@@ -6,8 +6,8 @@ The `vinibfr_lidc_norm` slices are not HU: each slice was z-scored on its
 own, smoothed (median 3 and anisotropic diffusion) and multiplied by a lung
 mask. The data README's single inverse (HU ~ v*775 - 835) is a fit over
 several slices; per slice the true scale and offset differ (patient 0007:
-HU ~ v*(798..969) - (975..999)), which puts that patient's nodules about
-200 HU too bright.
+HU ~ v*(755..843) - (955..972)), which put that patient's nodules about
+120 HU too bright.
 
 The same patients' nodules are also in `ctslicing_vois_hu` as crops in HU
 cut from the same native 512 grid. For each normalised slice this finds the
@@ -53,10 +53,15 @@ def _corr(a: np.ndarray, k: np.ndarray) -> np.ndarray:
     return fftconvolve(a, k[::-1, ::-1], mode="valid")
 
 
-def best_match(v: np.ndarray, crop: np.ndarray):
-    """(ncc, y, x) of the crop's best position over the lung pixels of v (v != 0,
-    eroded 2 px: the smoothing blurs the mask's edge)."""
-    m = ndimage.binary_erosion(v != 0, iterations=2).astype(np.float64)
+def lung_of(v: np.ndarray) -> np.ndarray:
+    """The pixels a match and a fit use: the lung of a normalised slice (v != 0)
+    eroded 2 px, since the smoothing blurs the mask's edge."""
+    return ndimage.binary_erosion(v != 0, iterations=2)
+
+
+def best_match(v: np.ndarray, lung: np.ndarray, crop: np.ndarray):
+    """(ncc, y, x) of the crop's best position over the pixels of lung (lung_of(v))."""
+    m = lung.astype(np.float64)
     h, w = crop.shape
     if h > v.shape[0] or w > v.shape[1]:
         return 0.0, 0, 0
@@ -80,10 +85,10 @@ def best_match(v: np.ndarray, crop: np.ndarray):
     return float(ncc[y, x]), int(y), int(x)
 
 
-def fit(v: np.ndarray, crop: np.ndarray, y: int, x: int):
-    """(a, b, r2) of HU = a*v + b on the overlap of the crop at (y, x) with the lung."""
+def fit(v: np.ndarray, lung: np.ndarray, crop: np.ndarray, y: int, x: int):
+    """(a, b, r2) of HU = a*v + b on the overlap of the crop at (y, x) with lung (lung_of(v))."""
     h, w = crop.shape
-    m = ndimage.binary_erosion(v != 0, iterations=2)[y:y + h, x:x + w]
+    m = lung[y:y + h, x:x + w]
     vv = v[y:y + h, x:x + w][m].astype(np.float64)
     hu = crop[m].astype(np.float64)
     a, b = np.polyfit(vv, hu, 1)
@@ -108,16 +113,15 @@ def calibrate(crops: D.CropSet, slices: D.SliceSet, patients: Optional[List[str]
         if want is not None and p not in want:
             continue
         v = sl.norm[i].astype(np.float32)
+        lung = lung_of(v)
         best = (0.0, -1, 0, 0)
         for j in by_patient.get(p, []):
-            crop, _ = cr.bare(j)
-            ncc, y, x = best_match(v, crop)
+            ncc, y, x = best_match(v, lung, cr.bare(j)[0])
             if ncc > best[0]:
                 best = (ncc, j, y, x)
         ncc, j, y, x = best
         if j >= 0 and ncc >= min_ncc:
-            crop, _ = cr.bare(j)
-            a, b, r2 = fit(v, crop, y, x)
+            a, b, r2 = fit(v, lung, cr.bare(j)[0], y, x)
             out[f"{p}/{sid}"] = Calibration(p, sid, a, b, ncc, str(cr.slice_id[j]), r2, "matched")
         else:
             out[f"{p}/{sid}"] = Calibration(p, sid, D.NORM_SCALE, D.NORM_OFFSET, max(ncc, 0.0), "", 0.0, "readme")

@@ -35,6 +35,7 @@ import torch.nn.functional as F
 from . import composite as C
 from . import data as D
 from . import export as E
+from . import hucal
 from . import metrics as MX
 from . import models as M
 
@@ -294,8 +295,7 @@ def run(args) -> Dict[str, object]:
     tr_crops = _subset_crops(tr["crops"], args.crop_limit)
     smooth = not crop  # crop models see the crops at their own resolution
     hu_cal = None
-    if getattr(args, "slice_hu", "calibrated") == "calibrated" and len(data.slices):
-        from . import hucal
+    if args.slice_hu == "calibrated" and len(data.slices):
         hu_cal = hucal.calibrate(data.crops, data.slices)
     bank_tr = C.make_bank(tr_crops, tr["slices"], device, canvas, smooth, hu_cal=hu_cal)
     va_crops = _subset_crops(va["crops"], args.eval_limit)  # bare crops: all of them unless --eval-limit
@@ -450,8 +450,8 @@ def run(args) -> Dict[str, object]:
                                                  pool=bg_pool)
                     if nb:
                         xb, yb = C.bare_training_batch(tr_crops, rnd, nb, win=size,
-                                                       upscale=getattr(args, "bare_upscale", 1.0),
-                                                       p_upscale=getattr(args, "p_bare_upscale", 0.0))
+                                                       upscale=args.bare_upscale,
+                                                       p_upscale=args.p_bare_upscale)
                         x, y = torch.cat([x, xb]), torch.cat([y, yb])
                 else:
                     x, y = C.training_batch(bank_tr, rnd, batch, ct=ct_bank, p_ct=args.p_ct, pool=bg_pool)
@@ -658,8 +658,8 @@ def run(args) -> Dict[str, object]:
             "stop": stop, "device": dev_name, "torch": torch.__version__, "seed": args.seed,
             "flops_per_image": _flops(model, size),
             "bare_frac": bare_frac, "frozen_bn": frozen_bn, "select_on": select_on, "bg_pool": args.bg_pool,
-            "slice_hu": getattr(args, "slice_hu", "calibrated"),
-            "bare_upscale": {"max": getattr(args, "bare_upscale", 1.0), "p": getattr(args, "p_bare_upscale", 0.0)},
+            "slice_hu": args.slice_hu,
+            "bare_upscale": {"max": args.bare_upscale, "p": args.p_bare_upscale},
             **({"ct_backgrounds": {"series": args.ct_series, "slices": ct_bank.n, "p": args.p_ct}} if ct_bank else {}),
             **({"init": init} if init else {}),
         },

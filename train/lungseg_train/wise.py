@@ -74,6 +74,7 @@ def main(argv=None) -> int:
     with torch.no_grad():
         sv, st = scores_of(bare_probs(m, bv, a.batch), bv), scores_of(bare_probs(m, bt, a.batch), bt)
     thr = sv.best_threshold()
+    val_bare, test_bare = sv.summary(thr), st.summary(thr)
     card = copy.deepcopy(c1)
     card.pop("sha256", None)
     card["version"] = a.version
@@ -91,13 +92,12 @@ def main(argv=None) -> int:
     card["training"] = tr
     card["validation"] = {
         "threshold_selected_on": "val bare crops, mean Dice over images with truth, thresholds 0.05..0.95",
-        "val_bare": sv.summary(thr), "test_bare": st.summary(thr),
-        "test_bare_mean_dice": st.summary(thr)["mean_dice"],
+        "val_bare": val_bare, "test_bare": test_bare, "test_bare_mean_dice": test_bare["mean_dice"],
     }
     par = np.fromfile(os.path.join(a.candidate, "parity_input.bin"), "<f4").reshape(-1, 1, size, size)
     rep = export_model(m, c1["name"], a.out, card, par, size)
-    print(f"{rep['folder']}: alpha {a.alpha} threshold {thr:.2f} val bare {sv.summary(thr)['mean_dice']:.4f} "
-          f"test bare {st.summary(thr)['mean_dice']:.4f} parity {rep['parity'].get('max_abs_diff_onnxruntime')} "
+    print(f"{rep['folder']}: alpha {a.alpha} threshold {thr:.2f} val bare {val_bare['mean_dice']:.4f} "
+          f"test bare {test_bare['mean_dice']:.4f} parity {rep['parity'].get('max_abs_diff_onnxruntime')} "
           f"({time.time() - t0:.0f} s)")
     return 0
 
