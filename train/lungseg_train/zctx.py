@@ -38,6 +38,7 @@ from typing import Dict, Tuple
 import numpy as np
 import torch
 import torch.nn as nn
+import torch.nn.functional as F
 
 from . import bare_eval as BE
 from . import composite as C
@@ -84,8 +85,8 @@ def bucket(h: int, w: int) -> int:
 
 
 class Batches:
-    def __init__(self, crops: D.CropSet, context: int, seed: int):
-        self.crops, self.context = crops, context
+    def __init__(self, crops: D.CropSet, context: int, seed: int, upscale: int = 1):
+        self.crops, self.context, self.upscale = crops, context, upscale
         self.nb = neighbours(crops)
         self.rng = np.random.default_rng(seed)
         by = defaultdict(list)
@@ -118,10 +119,35 @@ class Batches:
         x = torch.from_numpy(x)
         noise = torch.from_numpy(np.abs(r.standard_normal((b, 1, 1, 1))).clip(max=2.5).astype(np.float32))
         x = x + noise * 8.0 * torch.randn_like(x)
+        yt = torch.from_numpy(y)
+        if self.upscale > 1:
+            x, yt = upsample(x, self.upscale), F.interpolate(yt, scale_factor=self.upscale, mode="nearest")
         x = D.window(x)
         cst = torch.from_numpy(r.uniform(0.9, 1.1, (b, 1, 1, 1)).astype(np.float32))
         off = torch.from_numpy(r.uniform(-0.04, 0.04, (b, 1, 1, 1)).astype(np.float32))
-        return ((x - 0.5) * cst + 0.5 + off).clamp(0.0, 1.0), torch.from_numpy(y)
+        return ((x - 0.5) * cst + 0.5 + off).clamp(0.0, 1.0), yt
+
+
+def upsample(x: torch.Tensor, s: int) -> torch.Tensor:
+    """x (HU, native grid) on an s times finer grid, bilinear: what a crop
+    model trained with --upscale s is fed."""
+    return F.interpolate(x, scale_factor=s, mode="bilinear", align_corners=False)
+
+
+class Upscaled(nn.Module):
+    """Runs model on an s times finer grid and gives logits on the native
+    grid: the mean of each s x s block's probabilities, as a logit. The
+    window (D.window) maps HU to [0, 1] pointwise, so upsampling the windowed
+    input equals windowing the upsampled HU except for the clamp's corners."""
+
+    def __init__(self, model: nn.Module, s: int):
+        super().__init__()
+        self.model, self.s = model, s
+
+    def forward(self, x):
+        p = torch.sigmoid(self.model(upsample(x, self.s)).float())
+        p = F.avg_pool2d(p, self.s).clamp(1e-6, 1 - 1e-6)
+        return torch.log(p) - torch.log1p(-p)
 
 
 def eval_set(crops: D.CropSet, context: int) -> C.BareSet:
@@ -135,10 +161,12 @@ def eval_set(crops: D.CropSet, context: int) -> C.BareSet:
     return bs
 
 
-def scores(model: nn.Module, bs: C.BareSet, batch: int = 8) -> MX.Scores:
+def scores(model: nn.Module, bs: C.BareSet, batch: int = 8, upscale: int = 1) -> MX.Scores:
     """bare_eval's scores; batches of 8 (128² windows of 32 ran 5x slower
-    per image on one thread here)."""
-    return BE.bare_scores(model, bs, batch)
+    per image on one thread here). With upscale > 1 the model runs on the
+    finer grid (Upscaled) and is scored on the native one."""
+    fwd = Upscaled(model, upscale) if upscale > 1 else None
+    return BE.bare_scores(model, bs, batch, forward=fwd)
 
 
 def build(context: int) -> nn.Module:
@@ -163,6 +191,9 @@ def main(argv=None) -> int:
     ap.add_argument("--lr", type=float, default=1e-3)
     ap.add_argument("--eval-every", type=int, default=1000)
     ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--upscale", type=int, default=1,
+                    help="train and evaluate on a grid this many times finer than the native one (crops upsampled "
+                         "bilinear, masks nearest; probabilities pooled back to the native grid for scoring)")
     ap.add_argument("--data", default=None)
     ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--work", required=True, help="checkpoint folder")
@@ -173,12 +204,13 @@ def main(argv=None) -> int:
     torch.set_num_threads(a.threads)
     torch.manual_seed(a.seed)
     os.makedirs(a.work, exist_ok=True)
-    ck = os.path.join(a.work, f"zctx{a.context}.resume.pt")
+    tag = f"zctx{a.context}" + (f"x{a.upscale}" if a.upscale > 1 else "")
+    ck = os.path.join(a.work, f"{tag}.resume.pt")
 
     sp = D.split_data(D.load(a.data, allow_synthetic=False))
     train, val, test = sp["train"]["crops"], sp["val"]["crops"], sp["test"]["crops"]
     print(f"zctx: context {a.context}; crops train {len(train)} val {len(val)} test {len(test)}", flush=True)
-    bt = Batches(train, a.context, a.seed)
+    bt = Batches(train, a.context, a.seed, a.upscale)
     ev_val = eval_set(val, a.context)
 
     model = build(a.context)
@@ -215,7 +247,7 @@ def main(argv=None) -> int:
         run_loss.append(float(loss))
         elapsed = time.time() - t0
         if step % a.eval_every == 0 or step == a.steps:
-            sc = scores(model, ev_val)
+            sc = scores(model, ev_val, upscale=a.upscale)
             th = sc.best_threshold()
             s = sc.summary(th)
             rec = dict(step=step, minutes=round(elapsed / 60, 1), loss=float(np.mean(run_loss)),
@@ -233,12 +265,12 @@ def main(argv=None) -> int:
 
     model.load_state_dict(best["state"])
     th = best["threshold"]
-    out = {"context": a.context, "steps": step, "minutes": round(elapsed / 60, 1), "kept_step": best["step"],
+    out = {"context": a.context, "upscale": a.upscale, "steps": step, "minutes": round(elapsed / 60, 1), "kept_step": best["step"],
            "threshold": th, "history": hist}
     for name, ev in (("val", ev_val), ("test", eval_set(test, a.context))):
-        out[name] = scores(model, ev).summary(th)
+        out[name] = scores(model, ev, upscale=a.upscale).summary(th)
         print(f"zctx: {name} " + MX.fmt(out[name]), flush=True)
-    torch.save(best["state"], os.path.join(a.work, f"zctx{a.context}.best.pt"))
+    torch.save(best["state"], os.path.join(a.work, f"{tag}.best.pt"))
     if a.json:
         with open(a.json, "w") as f:
             json.dump(out, f, indent=1)

@@ -61,3 +61,37 @@ def test_eval_set_centres_each_crop_in_a_128_window():
     assert int(v[0].sum()) == 64 and int(y[0].sum()) == 1
     y0 = (128 - 8) // 2
     assert v[0, 0, y0, y0] == 1 and v[0, 0, y0 - 1, y0] == 0
+
+
+def test_upscaled_batches_are_twice_as_fine_with_blocky_masks():
+    ids = [("A", f"n01_k{k:02d}") for k in range(3)]
+    bt = Z.Batches(_crops(ids, size=9), 0, seed=1, upscale=2)
+    x, y = bt.next(3)
+    assert x.shape == (3, 1, 128, 128) and y.shape == (3, 1, 128, 128)
+    for j in range(3):
+        # the centre pixel's mask becomes one 2x2 block on the finer grid, on the crop
+        assert int(y[j, 0].sum()) == 4
+        r, c = [int(t) for t in torch.nonzero(y[j, 0])[0]]
+        assert r % 2 == 0 and c % 2 == 0 and bool((y[j, 0, r:r + 2, c:c + 2] == 1).all())
+        assert bool((x[j, 0][y[j, 0] > 0] > 0.36).all())
+
+
+class _Probe(torch.nn.Module):
+    """Logit 5 where the (finer-grid) input is above 0.5, else -5; records the input's size."""
+
+    def forward(self, x):
+        self.seen = tuple(x.shape)
+        return torch.where(x > 0.5, torch.tensor(5.0), torch.tensor(-5.0))
+
+
+def test_upscaled_runs_the_model_on_the_finer_grid_and_pools_probabilities_back():
+    probe = _Probe()
+    x = torch.zeros(1, 1, 8, 8)
+    x[0, 0, 2:4, 2:4] = 1.0
+    out = Z.Upscaled(probe, 2)(x)
+    assert probe.seen == (1, 1, 16, 16) and out.shape == (1, 1, 8, 8)
+    p = torch.sigmoid(out)[0, 0]
+    # back on the native grid, in place: the square and nothing else (a shift by one
+    # fine pixel, or pooling the logits of the wrong blocks, would move or blur it)
+    assert torch.equal(p > 0.5, x[0, 0] > 0.5)
+    assert float(p[2:4, 2:4].min()) > 0.99 and float(p[x[0, 0] == 0].max()) < 0.01
