@@ -188,13 +188,19 @@ func viewerReplay(t *testing.T, chromium string) {
 		checkPage(t, bctx, base, rep, truth, n)
 	}
 
-	// /metrics moved with the replay, by exactly the work done.
+	// /metrics moved with the replay, by exactly the work done. The
+	// consumer gauges come from a poll every 2 s that reads the streams one
+	// after another, so one scrape can hold READY from before the last slice
+	// was segmented and MASKS from after it was scored: wait until every
+	// gauge checked below has caught up (or fail after 10 s).
 	var after map[string]float64
 	waitFor(t, 10*time.Second, "consumers drained", func() bool {
 		after = scrape(t, base+"/metrics")
 		return after[`lungseg_consumer_pending_messages{consumer="score",stream="MASKS"}`] == 0 &&
 			after[`lungseg_consumer_ack_pending_messages{consumer="score",stream="MASKS"}`] == 0 &&
-			after[`lungseg_stage_messages_acked_total{stage="score"}`] == 2*n
+			after[`lungseg_stage_messages_acked_total{stage="score"}`] == 2*n &&
+			after[`lungseg_consumer_pending_messages{consumer="segment-tiny-low",stream="READY"}`] == 0 &&
+			after[`lungseg_consumer_waiting_pulls{consumer="segment-tiny",stream="READY"}`] >= 1
 	})
 	for series, v := range map[string]float64{
 		`lungseg_stage_messages_received_total{stage="ingest"}`:                         1,
