@@ -22,6 +22,11 @@ crops with truth at the threshold chosen on validation; the step kept is the
 best validation mean. It writes checkpoints (--work) and continues with
 --resume. It is a measurement, not a shipped model: the Go pipeline feeds a
 crop model one slice.
+
+--upscale S trains and scores the same network on a grid S times finer: each
+batch's HU upsampled bilinear after the noise, masks nearest, and for scoring
+each window upsampled, run, and its probabilities pooled back to the native
+grid (Upscaled), so the figures compare with the native run's.
 """
 
 from __future__ import annotations
@@ -265,8 +270,8 @@ def main(argv=None) -> int:
 
     model.load_state_dict(best["state"])
     th = best["threshold"]
-    out = {"context": a.context, "upscale": a.upscale, "steps": step, "minutes": round(elapsed / 60, 1), "kept_step": best["step"],
-           "threshold": th, "history": hist}
+    out = {"context": a.context, "upscale": a.upscale, "steps": step, "minutes": round(elapsed / 60, 1),
+           "kept_step": best["step"], "threshold": th, "history": hist}
     for name, ev in (("val", ev_val), ("test", eval_set(test, a.context))):
         out[name] = scores(model, ev, upscale=a.upscale).summary(th)
         print(f"zctx: {name} " + MX.fmt(out[name]), flush=True)
