@@ -27,6 +27,13 @@ crop model one slice.
 batch's HU upsampled bilinear after the noise, masks nearest, and for scoring
 each window upsampled, run, and its probabilities pooled back to the native
 grid (Upscaled), so the figures compare with the native run's.
+
+--affine P resamples a share P of the training crops after their placement:
+a rotation by any angle and a scale drawn log-uniform from [1/1.25, 1.25]
+about the crop's centre (HU bilinear with air beyond the crop, masks
+bilinear kept at 0.5; affine). The eight symmetries alone never resample a
+crop, so the network sees each nodule only at its own pixel size and at
+four orientations.
 """
 
 from __future__ import annotations
@@ -90,8 +97,8 @@ def bucket(h: int, w: int) -> int:
 
 
 class Batches:
-    def __init__(self, crops: D.CropSet, context: int, seed: int, upscale: int = 1):
-        self.crops, self.context, self.upscale = crops, context, upscale
+    def __init__(self, crops: D.CropSet, context: int, seed: int, upscale: int = 1, affine: float = 0.0):
+        self.crops, self.context, self.upscale, self.affine = crops, context, upscale, affine
         self.nb = neighbours(crops)
         self.rng = np.random.default_rng(seed)
         by = defaultdict(list)
@@ -121,6 +128,9 @@ class Batches:
             y0, x0 = int(r.integers(win - h + 1)), int(r.integers(win - w + 1))
             x[j, :, y0:y0 + h, x0:x0 + w] = a
             y[j, 0, y0:y0 + h, x0:x0 + w] = m
+            if self.affine > 0 and r.random() < self.affine:
+                ang, sc = r.uniform(0.0, 2 * math.pi), math.exp(r.uniform(-math.log(1.25), math.log(1.25)))
+                x[j], y[j, 0] = affine(x[j], y[j, 0], (y0 + (h - 1) / 2, x0 + (w - 1) / 2), ang, sc)
         x = torch.from_numpy(x)
         noise = torch.from_numpy(np.abs(r.standard_normal((b, 1, 1, 1))).clip(max=2.5).astype(np.float32))
         x = x + noise * 8.0 * torch.randn_like(x)
@@ -131,6 +141,21 @@ class Batches:
         cst = torch.from_numpy(r.uniform(0.9, 1.1, (b, 1, 1, 1)).astype(np.float32))
         off = torch.from_numpy(r.uniform(-0.04, 0.04, (b, 1, 1, 1)).astype(np.float32))
         return ((x - 0.5) * cst + 0.5 + off).clamp(0.0, 1.0), yt
+
+
+def affine(x: np.ndarray, m: np.ndarray, centre: Tuple[float, float], angle: float, scale: float):
+    """x [C,H,W] (HU) and m [H,W] (0/1) rotated by angle (radians) and scaled
+    by scale about centre (row, col): HU bilinear, air (D.OUTSIDE_HU) from
+    beyond the array, the mask bilinear and kept where >= 0.5."""
+    from scipy import ndimage as ndi
+
+    c, s = math.cos(angle), math.sin(angle)
+    inv = np.array([[c, s], [-s, c]]) / scale  # output -> input coordinates
+    ctr = np.asarray(centre, np.float64)
+    off = ctr - inv @ ctr
+    xo = np.stack([ndi.affine_transform(ch, inv, off, order=1, mode="constant", cval=D.OUTSIDE_HU) for ch in x])
+    mo = ndi.affine_transform(m.astype(np.float32), inv, off, order=1, mode="constant", cval=0.0)
+    return xo.astype(np.float32), (mo >= 0.5).astype(np.float32)
 
 
 def upsample(x: torch.Tensor, s: int) -> torch.Tensor:
@@ -199,6 +224,8 @@ def main(argv=None) -> int:
     ap.add_argument("--upscale", type=int, default=1,
                     help="train and evaluate on a grid this many times finer than the native one (crops upsampled "
                          "bilinear, masks nearest; probabilities pooled back to the native grid for scoring)")
+    ap.add_argument("--affine", type=float, default=0.0,
+                    help="share of training crops rotated by any angle and scaled by 0.8-1.25 about their centre")
     ap.add_argument("--data", default=None)
     ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--work", required=True, help="checkpoint folder")
@@ -209,13 +236,13 @@ def main(argv=None) -> int:
     torch.set_num_threads(a.threads)
     torch.manual_seed(a.seed)
     os.makedirs(a.work, exist_ok=True)
-    tag = f"zctx{a.context}" + (f"x{a.upscale}" if a.upscale > 1 else "")
+    tag = f"zctx{a.context}" + (f"x{a.upscale}" if a.upscale > 1 else "") + (f"a{a.affine:g}" if a.affine else "")
     ck = os.path.join(a.work, f"{tag}.resume.pt")
 
     sp = D.split_data(D.load(a.data, allow_synthetic=False))
     train, val, test = sp["train"]["crops"], sp["val"]["crops"], sp["test"]["crops"]
     print(f"zctx: context {a.context}; crops train {len(train)} val {len(val)} test {len(test)}", flush=True)
-    bt = Batches(train, a.context, a.seed, a.upscale)
+    bt = Batches(train, a.context, a.seed, a.upscale, a.affine)
     ev_val = eval_set(val, a.context)
 
     model = build(a.context)
@@ -270,7 +297,7 @@ def main(argv=None) -> int:
 
     model.load_state_dict(best["state"])
     th = best["threshold"]
-    out = {"context": a.context, "upscale": a.upscale, "steps": step, "minutes": round(elapsed / 60, 1),
+    out = {"context": a.context, "upscale": a.upscale, "affine": a.affine, "steps": step, "minutes": round(elapsed / 60, 1),
            "kept_step": best["step"], "threshold": th, "history": hist}
     for name, ev in (("val", ev_val), ("test", eval_set(test, a.context))):
         out[name] = scores(model, ev, upscale=a.upscale).summary(th)

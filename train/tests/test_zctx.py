@@ -95,3 +95,34 @@ def test_upscaled_runs_the_model_on_the_finer_grid_and_pools_probabilities_back(
     # fine pixel, or pooling the logits of the wrong blocks, would move or blur it)
     assert torch.equal(p > 0.5, x[0, 0] > 0.5)
     assert float(p[2:4, 2:4].min()) > 0.99 and float(p[x[0, 0] == 0].max()) < 0.01
+
+
+def test_affine_is_the_identity_at_no_angle_and_unit_scale_and_turns_a_quarter_like_rot90():
+    x = np.full((1, 32, 32), D.OUTSIDE_HU, np.float32)
+    m = np.zeros((32, 32), np.float32)
+    x[0, 10:20, 12:16] = 40.0
+    m[10:20, 12:16] = 1.0
+    xo, mo = Z.affine(x, m, (14.5, 13.5), 0.0, 1.0)
+    assert np.allclose(xo, x) and np.array_equal(mo, m)
+    # a quarter turn about the rectangle's centre: 10 rows x 4 cols becomes 4 x 10, same centre
+    xo, mo = Z.affine(x, m, (14.5, 13.5), np.pi / 2, 1.0)
+    ys, xs = np.nonzero(mo)
+    assert (ys.max() - ys.min() + 1, xs.max() - xs.min() + 1) == (4, 10)
+    assert abs(ys.mean() - 14.5) < 0.6 and abs(xs.mean() - 13.5) < 0.6
+    assert set(np.unique(mo)) <= {0.0, 1.0}
+    assert np.allclose(xo[0][mo > 0], 40.0, atol=1e-3)  # inside stays the crop's HU
+    # scale 1.25 grows the area by about 1.25², air stays air far away
+    _, m2 = Z.affine(x, m, (14.5, 13.5), 0.0, 1.25)
+    assert 1.3 < m2.sum() / m.sum() < 1.9
+    assert xo[0, 0, 0] == D.OUTSIDE_HU
+
+
+def test_affine_batches_resample_only_their_share():
+    ids = [("A", f"n01_k{k:02d}") for k in range(5)]
+    c = _crops(ids, size=9)
+    x0, y0 = Z.Batches(c, 0, seed=3).next(8)
+    assert all(int(y0[j, 0].sum()) == 1 for j in range(8))
+    # all resampled: masks are still binary, single-pixel truths may grow or vanish but never leave [0, 1]
+    x1, y1 = Z.Batches(c, 0, seed=3, affine=1.0).next(8)
+    assert set(torch.unique(y1).tolist()) <= {0.0, 1.0} and x1.shape == x0.shape
+    assert not torch.equal(x1, x0)
