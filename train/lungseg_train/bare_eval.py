@@ -15,6 +15,9 @@ it. Also given: the test figures at the card's own threshold.
     --ensemble           one more row per mode: the folders' probabilities
                          averaged (same window size), threshold chosen on
                          validation like the others
+    --oracle             also the test mean if every crop had its own best
+                         threshold (metrics.Scores.oracle_mean): the most any
+                         threshold rule could give these probabilities
 """
 
 from __future__ import annotations
@@ -67,6 +70,7 @@ def main(argv=None) -> int:
     ap.add_argument("--json", default="")
     ap.add_argument("--modes", default="none", help="test-time augmentation: none, flip2, flip4, d8 (comma list)")
     ap.add_argument("--ensemble", action="store_true", help="also the folders' mean probability, per mode")
+    ap.add_argument("--oracle", action="store_true", help="also the test mean at each crop's own best threshold")
     a = ap.parse_args(argv)
     modes = [m for m in a.modes.split(",") if m]
     for m in modes:
@@ -86,10 +90,13 @@ def main(argv=None) -> int:
                "seconds": round(time.time() - t0, 1)}
         if card_thr is not None:
             rec["test_bare_at_card_threshold"] = st.summary(float(card_thr))
+        if a.oracle:
+            rec["test_bare_oracle_mean"] = st.oracle_mean()
         out.append(rec)
         at_card = f"\n  test@card {MX.fmt(rec['test_bare_at_card_threshold'])}" if card_thr is not None else ""
+        oracle = f"\n  test, each crop at its own best threshold: mean {rec['test_bare_oracle_mean']:.4f}" if a.oracle else ""
         print(f"{name} tta {mode} thr {thr:.2f} (card {card_thr})\n  val  {MX.fmt(rec['val_bare'])}\n"
-              f"  test {MX.fmt(rec['test_bare'])}{at_card}\n  {rec['seconds']}s", flush=True)
+              f"  test {MX.fmt(rec['test_bare'])}{at_card}{oracle}\n  {rec['seconds']}s", flush=True)
 
     for folder in a.folders:
         model, card, size = load_model_folder(folder)

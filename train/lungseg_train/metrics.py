@@ -112,6 +112,13 @@ class Scores:
         per = torch.where(den > 0, 2 * tp / den.clamp(min=1), torch.ones_like(den))
         return per, pos > 0
 
+    def oracle_mean(self) -> float:
+        """Mean Dice over images with truth if each image had its own best
+        threshold of the grid: an upper bound for any rule that only picks
+        thresholds (per size, per image) on these probabilities."""
+        per, ne = self._per_image()
+        return float(per[ne].max(1).values.mean()) if bool(ne.any()) else float("nan")
+
     def best_threshold(self, by: str = "mean") -> float:
         """Threshold with the highest mean Dice over images with truth
         (by="pooled": pooled Dice); ties go to the one closest to 0.5."""

@@ -81,3 +81,16 @@ def test_longest_diameter_of_the_largest_8_connected_component():
     assert longest_diameter_mm(d, 1.0) == pytest.approx(math.sqrt(8))
     assert longest_diameter_mm(np.zeros((4, 4)), 1.0) == 0.0
     assert size_bin(5.9) == "<6" and size_bin(6.0) == "6-10" and size_bin(20.0) == ">20" and size_bin(0.0) is None
+
+
+def test_oracle_mean_gives_each_image_its_own_best_threshold():
+    # the same two images: the big one is best at 0.3 (1.0), the small one at 0.7 (1.0); an empty-truth
+    # image is left out as in the headline mean
+    big_p = torch.tensor([0.9] * 300 + [0.5] * 100)
+    small_p = torch.tensor([0.9] * 4 + [0.4] * 20 + [0.0] * 376)
+    prob = torch.stack([big_p, small_p, torch.full((400,), 0.8)]).view(3, 1, 20, 20)
+    mask = torch.stack([torch.ones(400), torch.tensor([1.0] * 4 + [0.0] * 396), torch.zeros(400)]).view(3, 1, 20, 20)
+    s = Scores([0.3, 0.7])
+    s.add(prob, mask)
+    assert s.oracle_mean() == pytest.approx(1.0)
+    assert s.oracle_mean() > s.summary(s.best_threshold())["mean_dice"]
