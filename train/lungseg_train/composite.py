@@ -732,7 +732,7 @@ def bare_eval_set(crops: D.CropSet, win: int = CROP_WIN, device="cpu",
 
 def bare_training_batch(crops: D.CropSet, r: Rand, b: int, win: int = CROP_WIN,
                         aug: bool = True, upscale: float = 1.0,
-                        p_upscale: float = 0.0) -> Tuple[torch.Tensor, torch.Tensor]:
+                        p_upscale: float = 0.0, p_affine: float = 0.0) -> Tuple[torch.Tensor, torch.Tensor]:
     """b bare training crops: each turned by one of the eight symmetries of the
     square (flips, quarter turns) as a bare crop, then padded by
     data.pad_bare_crop (mask too), then CT noise of a random level, the HU
@@ -743,7 +743,13 @@ def bare_training_batch(crops: D.CropSet, r: Rand, b: int, win: int = CROP_WIN,
     factor drawn from [1, upscale] (bilinear HU, the mask's bilinear
     resampling at 0.5) and cut to its centred win x win part: a nodule then
     stands for a mass up to upscale times larger, which LIDC's crops (43-109
-    px) seldom show and which a crop model meets on real chests."""
+    px) seldom show and which a crop model meets on real chests.
+
+    With p_affine > 0, that fraction of the padded crops is rotated by any
+    angle and scaled by a factor log-uniform in [1/1.25, 1.25] about the
+    crop's centre (rotate_scale; zctx --affine): the eight symmetries alone
+    show each nodule only at its own pixel size and four orientations. No
+    random number is drawn for it when p_affine is 0."""
     idx = r.i(len(crops), (b,)).cpu().numpy()
     sym = r.i(8, (b,)).cpu().numpy()
     if p_upscale > 0 and upscale > 1.0:
@@ -752,6 +758,12 @@ def bare_training_batch(crops: D.CropSet, r: Rand, b: int, win: int = CROP_WIN,
     else:
         up = np.zeros(b, bool)
         fac = np.ones(b, np.float32)
+    if p_affine > 0:
+        turn = (r.u((b,), 0.0, 1.0) < p_affine).cpu().numpy()
+        ang = r.u((b,), 0.0, 2 * math.pi).cpu().numpy()
+        scl = torch.exp(r.u((b,), -math.log(1.25), math.log(1.25))).cpu().numpy()
+    else:
+        turn = np.zeros(b, bool)
     hu = np.zeros((b, 1, win, win), np.float32)
     mk = np.zeros((b, 1, win, win), np.float32)
     for k, (i, s) in enumerate(zip(idx, sym)):
@@ -765,9 +777,29 @@ def bare_training_batch(crops: D.CropSet, r: Rand, b: int, win: int = CROP_WIN,
                 a, m = a[:, ::-1], m[:, ::-1]
         hu[k, 0] = D.pad_bare_crop(np.ascontiguousarray(a).astype(np.float32), win, D.OUTSIDE_HU)
         mk[k, 0] = D.pad_bare_crop(np.ascontiguousarray(m).astype(np.float32), win, 0.0)
+        if turn[k]:
+            h, w = m.shape
+            y0, x0 = D.bare_offset(h, w, win)
+            hu[k], mk[k, 0] = rotate_scale(hu[k], mk[k, 0], (y0 + (h - 1) / 2, x0 + (w - 1) / 2),
+                                           float(ang[k]), float(scl[k]))
     hu_t = torch.from_numpy(hu).to(r.device)
     mk_t = torch.from_numpy(mk).to(r.device)
     return finish_batch(r, hu_t, mk_t, False) if not aug else _finish_intensity(r, hu_t, mk_t)
+
+
+def rotate_scale(x: np.ndarray, m: np.ndarray, centre: Tuple[float, float], angle: float, scale: float):
+    """x [C,H,W] (HU) and m [H,W] (0/1) rotated by angle (radians) and scaled
+    by scale about centre (row, col): HU bilinear, air (D.OUTSIDE_HU) from
+    beyond the array, the mask bilinear and kept where >= 0.5."""
+    from scipy import ndimage as ndi
+
+    c, s = math.cos(angle), math.sin(angle)
+    inv = np.array([[c, s], [-s, c]]) / scale  # output -> input coordinates
+    ctr = np.asarray(centre, np.float64)
+    off = ctr - inv @ ctr
+    xo = np.stack([ndi.affine_transform(ch, inv, off, order=1, mode="constant", cval=D.OUTSIDE_HU) for ch in x])
+    mo = ndi.affine_transform(m.astype(np.float32), inv, off, order=1, mode="constant", cval=0.0)
+    return xo.astype(np.float32), (mo >= 0.5).astype(np.float32)
 
 
 def enlarge_bare(a: np.ndarray, m: np.ndarray, f: float) -> Tuple[np.ndarray, np.ndarray]:

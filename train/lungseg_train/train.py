@@ -451,7 +451,8 @@ def run(args) -> Dict[str, object]:
                     if nb:
                         xb, yb = C.bare_training_batch(tr_crops, rnd, nb, win=size,
                                                        upscale=args.bare_upscale,
-                                                       p_upscale=args.p_bare_upscale)
+                                                       p_upscale=args.p_bare_upscale,
+                                                       p_affine=args.p_bare_affine)
                         x, y = torch.cat([x, xb]), torch.cat([y, yb])
                 else:
                     x, y = C.training_batch(bank_tr, rnd, batch, ct=ct_bank, p_ct=args.p_ct, pool=bg_pool)
@@ -660,6 +661,7 @@ def run(args) -> Dict[str, object]:
             "bare_frac": bare_frac, "frozen_bn": frozen_bn, "select_on": select_on, "bg_pool": args.bg_pool,
             "slice_hu": args.slice_hu,
             "bare_upscale": {"max": args.bare_upscale, "p": args.p_bare_upscale},
+            "p_bare_affine": args.p_bare_affine,
             **({"ct_backgrounds": {"series": args.ct_series, "slices": ct_bank.n, "p": args.p_ct}} if ct_bank else {}),
             **({"init": init} if init else {}),
         },
@@ -751,6 +753,9 @@ def parser() -> argparse.ArgumentParser:
                          "than LIDC's crops), cut to the window")
     ap.add_argument("--p-bare-upscale", type=float, default=0.0,
                     help="crop task: fraction of the bare training crops that --bare-upscale enlarges")
+    ap.add_argument("--p-bare-affine", type=float, default=0.0,
+                    help="crop task: fraction of the bare training crops rotated by any angle and scaled "
+                         "0.8-1.25 about their centre (composite.rotate_scale)")
     ap.add_argument("--select-on", default="auto", choices=["auto", "bare", "windows"],
                     help="epoch and threshold selection set (auto: bare crops for the crop task, else windows); "
                          "always by the mean Dice over images with truth")

@@ -143,19 +143,7 @@ class Batches:
         return ((x - 0.5) * cst + 0.5 + off).clamp(0.0, 1.0), yt
 
 
-def affine(x: np.ndarray, m: np.ndarray, centre: Tuple[float, float], angle: float, scale: float):
-    """x [C,H,W] (HU) and m [H,W] (0/1) rotated by angle (radians) and scaled
-    by scale about centre (row, col): HU bilinear, air (D.OUTSIDE_HU) from
-    beyond the array, the mask bilinear and kept where >= 0.5."""
-    from scipy import ndimage as ndi
-
-    c, s = math.cos(angle), math.sin(angle)
-    inv = np.array([[c, s], [-s, c]]) / scale  # output -> input coordinates
-    ctr = np.asarray(centre, np.float64)
-    off = ctr - inv @ ctr
-    xo = np.stack([ndi.affine_transform(ch, inv, off, order=1, mode="constant", cval=D.OUTSIDE_HU) for ch in x])
-    mo = ndi.affine_transform(m.astype(np.float32), inv, off, order=1, mode="constant", cval=0.0)
-    return xo.astype(np.float32), (mo >= 0.5).astype(np.float32)
+affine = C.rotate_scale  # moved to composite, shared with train.py --p-bare-affine
 
 
 def upsample(x: torch.Tensor, s: int) -> torch.Tensor:

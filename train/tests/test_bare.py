@@ -100,6 +100,34 @@ def test_bare_training_batch_upscale_enlarges_a_share_of_the_crops():
     assert float(plain.sum()) < float(some.sum()) < float(big.sum())
 
 
+def test_bare_training_batch_affine_turns_and_scales_a_share_about_the_crop_centre():
+    d = D.synthetic_phantoms(n_patients=2, crops_per_patient=3, slices_per_patient=1)
+
+    def batch(**kw):
+        g = torch.Generator()
+        g.manual_seed(5)
+        return C.bare_training_batch(d.crops, C.Rand(g, "cpu"), 32, 128, aug=False, **kw)
+
+    x0, y0 = batch()
+    xa, ya = batch(p_affine=0.0)
+    assert torch.equal(x0, xa) and torch.equal(y0, ya)  # off: the same batch as before
+    x1, y1 = batch(p_affine=1.0)
+    assert x1.shape == y1.shape == (32, 1, 128, 128)
+    assert set(torch.unique(y1).tolist()) <= {0.0, 1.0}
+    changed = sum(not torch.equal(y0[k], y1[k]) for k in range(32) if float(y0[k].sum()) > 0)
+    assert changed >= 0.8 * sum(float(y0[k].sum()) > 0 for k in range(32))
+    # the same crops in the same order (their draws come first), so each resampled mask is its
+    # crop's, turned and scaled: its area within the scale's square (and a pixel's rounding)
+    for k in range(32):
+        a0, a1 = float(y0[k].sum()), float(y1[k].sum())
+        if a0 < 30:
+            continue
+        assert a0 / 1.25 ** 2 * 0.8 <= a1 <= a0 * 1.25 ** 2 * 1.2
+    _, yh = batch(p_affine=0.5)
+    n_same = sum(torch.equal(y0[k], yh[k]) for k in range(32))
+    assert 4 <= n_same <= 28, n_same
+
+
 def test_bare_probs_tta_averages_the_mapped_back_copies():
     from lungseg_train import bare_eval as BE
 
