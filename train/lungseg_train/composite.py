@@ -761,7 +761,7 @@ def bare_training_batch(crops: D.CropSet, r: Rand, b: int, win: int = CROP_WIN,
     if p_affine > 0:
         turn = (r.u((b,), 0.0, 1.0) < p_affine).cpu().numpy()
         ang = r.u((b,), 0.0, 2 * math.pi).cpu().numpy()
-        scl = torch.exp(r.u((b,), -math.log(1.25), math.log(1.25))).cpu().numpy()
+        scl = torch.exp(r.u((b,), -math.log(AFFINE_SCALE), math.log(AFFINE_SCALE))).cpu().numpy()
     else:
         turn = np.zeros(b, bool)
     hu = np.zeros((b, 1, win, win), np.float32)
@@ -785,6 +785,9 @@ def bare_training_batch(crops: D.CropSet, r: Rand, b: int, win: int = CROP_WIN,
     hu_t = torch.from_numpy(hu).to(r.device)
     mk_t = torch.from_numpy(mk).to(r.device)
     return finish_batch(r, hu_t, mk_t, False) if not aug else _finish_intensity(r, hu_t, mk_t)
+
+
+AFFINE_SCALE = 1.25  # --p-bare-affine / zctx --affine: scale log-uniform in [1/this, this]
 
 
 def rotate_scale(x: np.ndarray, m: np.ndarray, centre: Tuple[float, float], angle: float, scale: float):

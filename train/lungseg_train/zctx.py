@@ -31,7 +31,7 @@ grid (Upscaled), so the figures compare with the native run's.
 --affine P resamples a share P of the training crops after their placement:
 a rotation by any angle and a scale drawn log-uniform from [1/1.25, 1.25]
 about the crop's centre (HU bilinear with air beyond the crop, masks
-bilinear kept at 0.5; affine). The eight symmetries alone never resample a
+bilinear kept at 0.5; composite.rotate_scale). The eight symmetries alone never resample a
 crop, so the network sees each nodule only at its own pixel size and at
 four orientations.
 """
@@ -129,8 +129,8 @@ class Batches:
             x[j, :, y0:y0 + h, x0:x0 + w] = a
             y[j, 0, y0:y0 + h, x0:x0 + w] = m
             if self.affine > 0 and r.random() < self.affine:
-                ang, sc = r.uniform(0.0, 2 * math.pi), math.exp(r.uniform(-math.log(1.25), math.log(1.25)))
-                x[j], y[j, 0] = affine(x[j], y[j, 0], (y0 + (h - 1) / 2, x0 + (w - 1) / 2), ang, sc)
+                ang, sc = r.uniform(0.0, 2 * math.pi), math.exp(r.uniform(-math.log(C.AFFINE_SCALE), math.log(C.AFFINE_SCALE)))
+                x[j], y[j, 0] = C.rotate_scale(x[j], y[j, 0], (y0 + (h - 1) / 2, x0 + (w - 1) / 2), ang, sc)
         x = torch.from_numpy(x)
         noise = torch.from_numpy(np.abs(r.standard_normal((b, 1, 1, 1))).clip(max=2.5).astype(np.float32))
         x = x + noise * 8.0 * torch.randn_like(x)
@@ -141,9 +141,6 @@ class Batches:
         cst = torch.from_numpy(r.uniform(0.9, 1.1, (b, 1, 1, 1)).astype(np.float32))
         off = torch.from_numpy(r.uniform(-0.04, 0.04, (b, 1, 1, 1)).astype(np.float32))
         return ((x - 0.5) * cst + 0.5 + off).clamp(0.0, 1.0), yt
-
-
-affine = C.rotate_scale  # moved to composite, shared with train.py --p-bare-affine
 
 
 def upsample(x: torch.Tensor, s: int) -> torch.Tensor:

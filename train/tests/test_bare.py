@@ -100,7 +100,7 @@ def test_bare_training_batch_upscale_enlarges_a_share_of_the_crops():
     assert float(plain.sum()) < float(some.sum()) < float(big.sum())
 
 
-def test_bare_training_batch_affine_turns_and_scales_a_share_about_the_crop_centre():
+def test_bare_training_batch_affine_turns_and_scales_a_share_of_the_crops():
     d = D.synthetic_phantoms(n_patients=2, crops_per_patient=3, slices_per_patient=1)
 
     def batch(**kw):

@@ -1,6 +1,7 @@
 import numpy as np
 import torch
 
+from lungseg_train import composite as C
 from lungseg_train import data as D
 from lungseg_train import zctx as Z
 
@@ -102,17 +103,17 @@ def test_affine_is_the_identity_at_no_angle_and_unit_scale_and_turns_a_quarter_l
     m = np.zeros((32, 32), np.float32)
     x[0, 10:20, 12:16] = 40.0
     m[10:20, 12:16] = 1.0
-    xo, mo = Z.affine(x, m, (14.5, 13.5), 0.0, 1.0)
+    xo, mo = C.rotate_scale(x, m, (14.5, 13.5), 0.0, 1.0)
     assert np.allclose(xo, x) and np.array_equal(mo, m)
     # a quarter turn about the rectangle's centre: 10 rows x 4 cols becomes 4 x 10, same centre
-    xo, mo = Z.affine(x, m, (14.5, 13.5), np.pi / 2, 1.0)
+    xo, mo = C.rotate_scale(x, m, (14.5, 13.5), np.pi / 2, 1.0)
     ys, xs = np.nonzero(mo)
     assert (ys.max() - ys.min() + 1, xs.max() - xs.min() + 1) == (4, 10)
     assert abs(ys.mean() - 14.5) < 0.6 and abs(xs.mean() - 13.5) < 0.6
     assert set(np.unique(mo)) <= {0.0, 1.0}
     assert np.allclose(xo[0][mo > 0], 40.0, atol=1e-3)  # inside stays the crop's HU
     # scale 1.25 grows the area by about 1.25², air stays air far away
-    _, m2 = Z.affine(x, m, (14.5, 13.5), 0.0, 1.25)
+    _, m2 = C.rotate_scale(x, m, (14.5, 13.5), 0.0, 1.25)
     assert 1.3 < m2.sum() / m.sum() < 1.9
     assert xo[0, 0, 0] == D.OUTSIDE_HU
 
