@@ -254,9 +254,10 @@ func Run(ctx context.Context, js jetstream.JetStream, cfg Config, log zerolog.Lo
 			err = add(stage.Config{Name: Score, Stream: bus.StreamMasks}, score.Stage{})
 		case Findings:
 			cache := findings.NewHUCache(0)
-			if err = add(stage.Config{Name: "findings-hu", Stream: bus.StreamRaw}, cache); err != nil {
+			if err = add(stage.Config{Name: findings.HUStageName, Stream: bus.StreamRaw}, cache); err != nil {
 				return err
 			}
+			cache.Follow(js, bus.StreamRaw, findings.HUStageName, 0)
 			fst, ferr := findings.New(ctx, js, cfg.Findings, cache, log)
 			if ferr != nil {
 				return ferr

@@ -176,10 +176,14 @@ func TestReplayToWebhook(t *testing.T) {
 	run(t, ctx, &wg, "oracle", oracleRunner.Run)
 
 	cache := findings.NewHUCache(0)
-	huRunner, err := stage.New(js, stage.Config{Name: "findings-hu", Stream: bus.StreamRaw}, cache, log)
+	huRunner, err := stage.New(js, stage.Config{Name: findings.HUStageName, Stream: bus.StreamRaw}, cache, log)
 	if err != nil {
 		t.Fatal(err)
 	}
+	if _, err := huRunner.Consumer(ctx); err != nil {
+		t.Fatal(err)
+	}
+	cache.Follow(js, bus.StreamRaw, findings.HUStageName, 0)
 	run(t, ctx, &wg, "hu cache", huRunner.Run)
 	const quiet = 500 * time.Millisecond
 	fst, err := findings.New(ctx, js, findings.Config{QuietPeriod: quiet}, cache, log)

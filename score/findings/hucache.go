@@ -5,10 +5,12 @@ import (
 	"context"
 	"fmt"
 	"sync"
+	"time"
 
 	"github.com/lungseg/lungseg/pkg/imgx"
 	"github.com/lungseg/lungseg/pkg/stage"
 	lungsegv1 "github.com/lungseg/lungseg/proto/lungseg/v1"
+	"github.com/nats-io/nats.go/jetstream"
 	"google.golang.org/protobuf/proto"
 )
 
@@ -21,10 +23,19 @@ import (
 // dropped), starts empty after a restart, and holds only slices whose
 // pixels were inline (not in the Object Store). A slice it does not hold
 // gets hu_known=false, never a guessed value. Raw slices are published
-// before preprocess, segment and score run, so the cache normally has a
-// slice by the time its score arrives. Safe for concurrent use.
+// before preprocess, segment and score run, but the cache's consumer can
+// lag behind the scores on a busy machine: after Follow, a miss waits
+// until that consumer has handled every raw slice published before the
+// miss (see HU). Safe for concurrent use.
 type HUCache struct {
 	max int64
+
+	// Set by Follow: the consumer that fills the cache, and how long a
+	// miss may wait for it.
+	js      jetstream.JetStream
+	stream  string
+	durable string
+	wait    time.Duration
 
 	mu    sync.Mutex
 	bytes int64
@@ -36,6 +47,10 @@ type huEntry struct {
 	key string
 	hu  *imgx.HU
 }
+
+// HUStageName is the stage (and durable consumer) name of the runner
+// that fills the pipeline's HU cache from the raw stream.
+const HUStageName = "findings-hu"
 
 // DefaultHUCacheBytes bounds the cache by default (1,024 slices of 512×512).
 const DefaultHUCacheBytes = 512 << 20
@@ -75,8 +90,68 @@ func (c *HUCache) Put(meta *lungsegv1.SliceMeta, hu *imgx.HU) {
 	}
 }
 
-// HU implements HUSource.
-func (c *HUCache) HU(meta *lungsegv1.SliceMeta) *imgx.HU {
+// DefaultHUWait bounds how long a miss waits for the cache's consumer.
+const DefaultHUWait = 10 * time.Second
+
+// huPoll is how often a waiting miss asks for the consumer's state.
+const huPoll = 5 * time.Millisecond
+
+// Follow names the durable consumer on stream that fills the cache (the
+// runner that has the cache as its Processor). A miss in HU then waits, at
+// most wait (DefaultHUWait when ≤ 0), until that consumer's ack floor
+// reaches the raw stream's last sequence as it was at the miss: every raw
+// slice published before the miss has been cached or skipped, so a slice
+// still missing is not coming (its pixels are in the Object Store, or it
+// was evicted). Call before the cache is used.
+func (c *HUCache) Follow(js jetstream.JetStream, stream, durable string, wait time.Duration) {
+	if wait <= 0 {
+		wait = DefaultHUWait
+	}
+	c.js, c.stream, c.durable, c.wait = js, stream, durable, wait
+}
+
+// HU implements HUSource. Without Follow it answers from what the cache
+// holds; with it, a miss waits for the cache's consumer to catch up (see
+// Follow) and gives nil if the consumer does not within the wait, or on an
+// error asking for its state.
+func (c *HUCache) HU(ctx context.Context, meta *lungsegv1.SliceMeta) *imgx.HU {
+	if hu := c.get(meta); hu != nil || c.js == nil {
+		return hu
+	}
+	ctx, cancel := context.WithTimeout(ctx, c.wait)
+	defer cancel()
+	st, err := c.js.Stream(ctx, c.stream) // fetches the stream's info
+	if err != nil {
+		return c.get(meta)
+	}
+	last := st.CachedInfo().State.LastSeq
+	cons, err := st.Consumer(ctx, c.durable)
+	if err != nil {
+		return c.get(meta)
+	}
+	tick := time.NewTicker(huPoll)
+	defer tick.Stop()
+	for {
+		if hu := c.get(meta); hu != nil {
+			return hu
+		}
+		ci, err := cons.Info(ctx)
+		if err != nil {
+			return c.get(meta)
+		}
+		if ci.AckFloor.Stream >= last {
+			return c.get(meta)
+		}
+		select {
+		case <-ctx.Done():
+			return c.get(meta)
+		case <-tick.C:
+		}
+	}
+}
+
+// get returns the cached HU image of a slice, or nil.
+func (c *HUCache) get(meta *lungsegv1.SliceMeta) *imgx.HU {
 	c.mu.Lock()
 	defer c.mu.Unlock()
 	el, ok := c.byKey[huKey(meta)]

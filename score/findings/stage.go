@@ -23,8 +23,9 @@ import (
 )
 
 // HUSource gives the HU image of a slice when it has it (nil otherwise).
+// It may wait for the image, within ctx.
 type HUSource interface {
-	HU(meta *lungsegv1.SliceMeta) *imgx.HU
+	HU(ctx context.Context, meta *lungsegv1.SliceMeta) *imgx.HU
 }
 
 // Stage is the findings stage processor. It reads Score messages
@@ -236,7 +237,7 @@ func (s *Stage) Process(ctx context.Context, m *stage.Msg, e stage.Emitter) erro
 		return stage.Permanent(err)
 	}
 	if s.hu != nil {
-		in.HU = s.hu.HU(in.Meta)
+		in.HU = s.hu.HU(ctx, in.Meta)
 	}
 	sf, err := s.cfg.Analyze(in)
 	if err != nil {

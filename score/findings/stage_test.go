@@ -160,7 +160,7 @@ func TestStageSeriesAndSingles(t *testing.T) {
 	cache := NewHUCache(0)
 	hctx, hstop := context.WithCancel(context.Background())
 	defer hstop()
-	hr, err := stage.New(env.JS, stage.Config{Name: "findings-hu", Stream: bus.StreamRaw}, cache, zerolog.Nop())
+	hr, err := stage.New(env.JS, stage.Config{Name: HUStageName, Stream: bus.StreamRaw}, cache, zerolog.Nop())
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -350,18 +350,97 @@ func TestHUCacheEvicts(t *testing.T) {
 	for _, id := range []string{"a", "b", "c"} {
 		c.Put(meta(id), imgx.NewHU(10, 10))
 	}
-	if c.HU(meta("a")) == nil { // a becomes most recent
+	if c.HU(context.Background(), meta("a")) == nil { // a becomes most recent
 		t.Fatal("a missing")
 	}
 	c.Put(meta("d"), imgx.NewHU(10, 10)) // evicts b
-	if c.HU(meta("b")) != nil || c.HU(meta("a")) == nil || c.HU(meta("d")) == nil || c.Len() != 3 {
+	if c.HU(context.Background(), meta("b")) != nil || c.HU(context.Background(), meta("a")) == nil || c.HU(context.Background(), meta("d")) == nil || c.Len() != 3 {
 		t.Errorf("LRU order wrong: len %d", c.Len())
 	}
-	if c.HU(&lungsegv1.SliceMeta{Id: "a", ReplayId: "other"}) != nil {
+	if c.HU(context.Background(), &lungsegv1.SliceMeta{Id: "a", ReplayId: "other"}) != nil {
 		t.Error("slice of another replay returned")
 	}
 	c.Put(meta("huge"), imgx.NewHU(100, 100)) // larger than the cache: ignored
 	if c.Len() != 3 {
 		t.Errorf("len %d after an oversized put", c.Len())
+	}
+}
+
+// TestHUCacheFollowWaitsForLaggingConsumer scores a slice while the HU
+// cache's consumer has not yet read the slice's raw message (it starts
+// 300 ms later, as a consumer behind on a busy machine would): after
+// Follow the finding still gets its mean HU, and a slice whose raw message
+// never had pixels inline gets none, without waiting out the bound.
+func TestHUCacheFollowWaitsForLaggingConsumer(t *testing.T) {
+	env := startBus(t)
+	col := collect(t, env.JS)
+	cache := NewHUCache(0)
+	hr, err := stage.New(env.JS, stage.Config{Name: HUStageName, Stream: bus.StreamRaw}, cache, zerolog.Nop())
+	if err != nil {
+		t.Fatal(err)
+	}
+	hctx, hstop := context.WithCancel(context.Background())
+	defer hstop()
+	if _, err := hr.Consumer(hctx); err != nil {
+		t.Fatal(err)
+	}
+	const bound = 20 * time.Second
+	cache.Follow(env.JS, bus.StreamRaw, HUStageName, bound)
+	runStage(t, env.JS, Config{QuietPeriod: time.Minute, MinSizePx: 3}, cache)
+
+	hu := imgx.NewHU(32, 32)
+	for i := range hu.Pix {
+		hu.Pix[i] = -800
+	}
+	pred := imgx.NewMask(32, 32)
+	for r := 10; r < 20; r++ {
+		for c := 10; c < 20; c++ {
+			hu.Pix[r*32+c], pred.Pix[r*32+c] = 40, 1
+		}
+	}
+	inline := &lungsegv1.SliceMeta{Id: "inline", ReplayId: "lag", Rows: 32, Cols: 32, SpacingAssumed: true}
+	publishRaw(t, env.JS, inline, hu)
+	// A raw slice without inline pixels (as when they are in the Object
+	// Store): the cache skips it.
+	ref := &lungsegv1.SliceMeta{Id: "ref", ReplayId: "lag", Rows: 32, Cols: 32, SpacingAssumed: true}
+	b, err := proto.Marshal(&lungsegv1.Slice{Meta: ref, HuRef: &lungsegv1.ObjectRef{Bucket: "b", Key: "k"}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := stage.Publish(context.Background(), env.JS, "ingest", stage.Out{Subject: bus.SubjRaw, Data: b,
+		SliceID: ref.Id, ReplayID: ref.ReplayId}, nil); err != nil {
+		t.Fatal(err)
+	}
+	start := time.Now()
+	publishScore(t, env.JS, inline, "m1", pred)
+	publishScore(t, env.JS, ref, "m1", pred)
+	time.Sleep(300 * time.Millisecond)
+	if cache.Len() != 0 {
+		t.Fatal("the cache was filled before its consumer ran")
+	}
+	go func() { _ = hr.Run(hctx) }()
+	bustest.Eventually(t, 15*time.Second, "both slices' findings", func() bool { _, f, _ := col.counts(); return f == 2 })
+	if took := time.Since(start); took >= bound {
+		t.Errorf("findings took %s, the whole wait bound", took)
+	}
+	col.mu.Lock()
+	defer col.mu.Unlock()
+	for _, f := range col.findings {
+		id := ""
+		if len(f.SliceIds) > 0 {
+			id = f.SliceIds[0]
+		}
+		switch id {
+		case "inline":
+			if !f.HuKnown || f.MeanHu != 40 {
+				t.Errorf("inline slice: HU known %v, mean %v; want 40", f.HuKnown, f.MeanHu)
+			}
+		case "ref":
+			if f.HuKnown {
+				t.Errorf("slice without inline pixels: mean HU %v", f.MeanHu)
+			}
+		default:
+			t.Errorf("finding of slice %q", id)
+		}
 	}
 }
