@@ -319,7 +319,7 @@ def run(args) -> Dict[str, object]:
         tp = time.time()
         gp = torch.Generator(device=device if device.type == "cuda" else torch.device("cpu"))
         gp.manual_seed(args.seed + 11)
-        bg_pool = C.make_bg_pool(bank_tr, C.Rand(gp, device), args.bg_pool)
+        bg_pool = C.make_bg_pool(bank_tr, C.Rand(gp, device), args.bg_pool, p_real=args.p_real)
         log(f"background pool: {bg_pool.n} chests in {time.time() - tp:.0f}s")
     ct_bank = None
     if args.ct_backgrounds and args.p_ct > 0:
@@ -446,8 +446,8 @@ def run(args) -> Dict[str, object]:
                     g["lr"] = b0 * f
             with torch.no_grad():
                 if crop:
-                    x, y = C.crop_training_batch(bank_tr, rnd, batch - nb, win=size, ct=ct_bank, p_ct=args.p_ct,
-                                                 pool=bg_pool)
+                    x, y = C.crop_training_batch(bank_tr, rnd, batch - nb, win=size, p_real=args.p_real, ct=ct_bank,
+                                                 p_ct=args.p_ct, pool=bg_pool)
                     if nb:
                         xb, yb = C.bare_training_batch(tr_crops, rnd, nb, win=size,
                                                        upscale=args.bare_upscale,
@@ -455,7 +455,8 @@ def run(args) -> Dict[str, object]:
                                                        p_affine=args.p_bare_affine)
                         x, y = torch.cat([x, xb]), torch.cat([y, yb])
                 else:
-                    x, y = C.training_batch(bank_tr, rnd, batch, ct=ct_bank, p_ct=args.p_ct, pool=bg_pool)
+                    x, y = C.training_batch(bank_tr, rnd, batch, p_real=args.p_real, ct=ct_bank, p_ct=args.p_ct,
+                                            pool=bg_pool)
             if cl:
                 x = x.contiguous(memory_format=torch.channels_last)
             with autocast(device, cfg["amp"]):
@@ -658,7 +659,7 @@ def run(args) -> Dict[str, object]:
             "epoch_samples": epoch_samples, "minutes": round(train_s / 60.0, 2), "budget_minutes": args.minutes,
             "stop": stop, "device": dev_name, "torch": torch.__version__, "seed": args.seed,
             "flops_per_image": _flops(model, size),
-            "bare_frac": bare_frac, "frozen_bn": frozen_bn, "select_on": select_on, "bg_pool": args.bg_pool,
+            "bare_frac": bare_frac, "frozen_bn": frozen_bn, "select_on": select_on, "bg_pool": args.bg_pool, "p_real": args.p_real,
             "slice_hu": args.slice_hu,
             "bare_upscale": {"max": args.bare_upscale, "p": args.p_bare_upscale},
             "p_bare_affine": args.p_bare_affine,
@@ -769,6 +770,9 @@ def parser() -> argparse.ArgumentParser:
                     help="HU of the normalised vinibfr slices: hucal's per-slice fit against the same patient's HU "
                          "crops (default), or the data README's single inverse v*775-835 (models before 2026-12-03)")
     ap.add_argument("--ct-series", default="popi_00_141", help="comma-separated series of --ct-backgrounds")
+    ap.add_argument("--p-real", type=float, default=0.3,
+                    help="fraction of the chest backgrounds (crop task: of the windows) that are the training patients' "
+                         "normalised vinibfr slices, with their own nodules; the rest are synthetic chests")
     ap.add_argument("--p-ct", type=float, default=0.25, help="fraction of (window) backgrounds that are real CT")
     ap.add_argument("--checkpoint-every-minutes", type=float, default=0.0,
                     help="write WORK/<name>.resume.pt (model, optimizer, scheduler, RNG, epoch, best) this often "
