@@ -80,6 +80,10 @@ type Cascade struct {
 	Window          int     `json:"window"`
 	DetectThreshold float64 `json:"detect_threshold"`
 	MaxCandidates   int     `json:"max_candidates"`
+	// BoxMargin > 0: the crop model sees each candidate's bounding box
+	// grown by this many pixels, air around it (segment/cascade, step 3);
+	// 0 or absent: the whole window in its context.
+	BoxMargin int `json:"box_margin,omitempty"`
 }
 
 // Card describes one model. Fields beyond the ones the pipeline reads
@@ -213,6 +217,9 @@ func (c *Card) validateTask() []string {
 	}
 	if k.DetectThreshold <= 0 || k.DetectThreshold >= 1 {
 		errs = append(errs, fmt.Sprintf("cascade.detect_threshold %v must be in (0,1)", k.DetectThreshold))
+	}
+	if k.BoxMargin < 0 || k.BoxMargin > k.Window/2 {
+		errs = append(errs, fmt.Sprintf("cascade.box_margin %d out of range (0..%d)", k.BoxMargin, k.Window/2))
 	}
 	if k.MaxCandidates < 1 || k.Window*k.Window*k.MaxCandidates > MaxCascadePixels {
 		errs = append(errs, fmt.Sprintf("cascade.max_candidates %d out of range (1..%d for window %d)",

@@ -221,6 +221,8 @@ func TestBadCropCards(t *testing.T) {
 		{"detect threshold", func(c *model.Card) { cropCard("a")(c); c.Cascade.DetectThreshold = 1 }, "detect_threshold"},
 		{"no candidates", func(c *model.Card) { cropCard("a")(c); c.Cascade.MaxCandidates = 0 }, "max_candidates"},
 		{"too many candidates", func(c *model.Card) { cropCard("a")(c); c.Cascade.MaxCandidates = 9 }, "max_candidates 9 out of range (1..8"},
+		{"negative box margin", func(c *model.Card) { cropCard("a")(c); c.Cascade.BoxMargin = -1 }, "box_margin -1 out of range (0..64)"},
+		{"box margin past half the window", func(c *model.Card) { cropCard("a")(c); c.Cascade.BoxMargin = 65 }, "box_margin 65"},
 	}
 	for _, tc := range tests {
 		t.Run(tc.name, func(t *testing.T) {

@@ -23,7 +23,13 @@
 //  3. Each remaining candidate gets the Window×Window window whose top-left
 //     corner is (cy−Window/2, cx−Window/2), with cy = (ymin+ymax)/2 and
 //     cx = (xmin+xmax)/2 in integer division. Windows are not clamped to
-//     the image: pixels outside it read OutsideHU.
+//     the image: pixels outside it read OutsideHU. With BoxMargin > 0 (the
+//     card's cascade.box_margin) the window also gets a box: the
+//     component's bounding box grown by BoxMargin on every side, each side
+//     at least MinBox, kept inside the window (BoxOf). The crop model then
+//     sees only the box's HU, air around it, as it sees a nodule crop of
+//     the LIDC protocol alone (train's data.pad_bare_crop), and only the
+//     box counts as covered in step 5.
 //  4. The crop model sees the window's HU normalised as its card says
 //     (Crop) and returns a probability window.
 //  5. Merge: a pixel covered by one window or more takes the maximum of
@@ -53,6 +59,11 @@ const OutsideHU = imgx.AirHU
 // must be, in each direction, to get a window.
 const Margin = 16
 
+// MinBox is the least side of a boxed candidate (BoxMargin > 0): the
+// smallest nodule crops of ctslicing_vois_hu, which the crop models are
+// trained on, are 43–44 px.
+const MinBox = 44
+
 // ErrWindow reports a window whose size or probabilities do not fit.
 var ErrWindow = errors.New("cascade: bad window")
 
@@ -67,6 +78,10 @@ type Params struct {
 	// Threshold is the crop model's own threshold: the refined map's cap
 	// and mask threshold.
 	Threshold float32
+	// BoxMargin > 0 boxes each candidate (step 3): the crop model sees the
+	// component's box grown by BoxMargin px, air around it. 0: the whole
+	// window in its context.
+	BoxMargin int
 }
 
 // ParamsOf returns the cascade settings of a crop model's card.
@@ -75,7 +90,8 @@ func ParamsOf(c *model.Card) (Params, error) {
 		return Params{}, fmt.Errorf("cascade: %s is not a crop model", c.Name)
 	}
 	return Params{Window: c.Cascade.Window, DetectThreshold: float32(c.Cascade.DetectThreshold),
-		MaxCandidates: c.Cascade.MaxCandidates, Threshold: float32(c.Threshold)}, nil
+		MaxCandidates: c.Cascade.MaxCandidates, Threshold: float32(c.Threshold),
+		BoxMargin: c.Cascade.BoxMargin}, nil
 }
 
 // Component is one 8-connected component of the native map above the
@@ -99,7 +115,27 @@ func (c Component) Width() int { return c.XMax - c.XMin + 1 }
 // the rectangle may reach past the image.
 type Window struct {
 	Y0, X0, H, W int
+	// Box, when not empty, is the part of the window the crop model sees
+	// (in native coordinates, inside the window); the rest reads air and
+	// is not covered in Merge.
+	Box Rect
 }
+
+// Rect is a rectangle on the native grid: rows Y0..Y0+H-1, columns
+// X0..X0+W-1. The zero Rect is empty.
+type Rect struct {
+	Y0, X0, H, W int
+}
+
+// Empty reports whether r holds no pixel.
+func (r Rect) Empty() bool { return r.H <= 0 || r.W <= 0 }
+
+// Has reports whether the pixel (y, x) lies in r.
+func (r Rect) Has(y, x int) bool { return y >= r.Y0 && y < r.Y0+r.H && x >= r.X0 && x < r.X0+r.W }
+
+// seen reports whether the crop model sees the pixel (y, x) of w's
+// window, in native coordinates: all of the window when it has no box.
+func (w Window) seen(y, x int) bool { return w.Box.Empty() || w.Box.Has(y, x) }
 
 // Components labels the 8-connected components of the pixels of prob
 // (rows×cols) with a value > thr, in raster order of each component's
@@ -172,9 +208,31 @@ func Select(comps []Component, p Params) []Window {
 		if c.Height() > p.Window-Margin || c.Width() > p.Window-Margin {
 			continue
 		}
-		out = append(out, WindowOf(c, p.Window))
+		w := WindowOf(c, p.Window)
+		if p.BoxMargin > 0 {
+			w.Box = BoxOf(c, w, p.BoxMargin)
+		}
+		out = append(out, w)
 	}
 	return out
+}
+
+// BoxOf returns a component's box in window w: its bounding box grown by
+// margin on every side, each side at least MinBox (grown about the box's
+// centre), cut to the window.
+func BoxOf(c Component, w Window, margin int) Rect {
+	grow := func(lo, hi, wlo, wn int) (int, int) {
+		lo, hi = lo-margin, hi+margin // inclusive
+		if n := hi - lo + 1; n < MinBox {
+			lo -= (MinBox - n) / 2
+			hi = lo + MinBox - 1
+		}
+		lo, hi = max(lo, wlo), min(hi, wlo+wn-1)
+		return lo, hi - lo + 1
+	}
+	y0, h := grow(c.YMin, c.YMax, w.Y0, w.H)
+	x0, wd := grow(c.XMin, c.XMax, w.X0, w.W)
+	return Rect{Y0: y0, X0: x0, H: h, W: wd}
 }
 
 // WindowOf returns the size×size window centred on a component's box.
@@ -205,7 +263,8 @@ func PlanIn(native []float32, rows, cols int, p Params, field *imgx.Mask) []Wind
 }
 
 // Crop returns the crop model's input of one window: the HU of the window
-// (OutsideHU beyond the image), normalised by norm, row-major.
+// (OutsideHU beyond the image and outside the window's box when it has
+// one), normalised by norm, row-major.
 func Crop(hu *imgx.HU, w Window, norm model.Normalisation) []float32 {
 	out := make([]float32, w.H*w.W)
 	air := norm.Apply(OutsideHU)
@@ -214,7 +273,7 @@ func Crop(hu *imgx.HU, w Window, norm model.Normalisation) []float32 {
 		row := out[y*w.W : (y+1)*w.W]
 		for x := range row {
 			sx := w.X0 + x
-			if sy < 0 || sy >= hu.Rows || sx < 0 || sx >= hu.Cols {
+			if sy < 0 || sy >= hu.Rows || sx < 0 || sx >= hu.Cols || !w.seen(sy, sx) {
 				row[x] = air
 				continue
 			}
@@ -243,6 +302,9 @@ func Merge(native []float32, rows, cols int, wins []Window, probs [][]float32, t
 		for y := max(0, -w.Y0); y < w.H && w.Y0+y < rows; y++ {
 			py := w.Y0 + y
 			for x := max(0, -w.X0); x < w.W && w.X0+x < cols; x++ {
+				if !w.seen(py, w.X0+x) {
+					continue
+				}
 				i := py*cols + w.X0 + x
 				v := probs[k][y*w.W+x]
 				if !covered[i] || v > refined[i] {

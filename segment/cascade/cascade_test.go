@@ -247,3 +247,83 @@ func TestPlanIn(t *testing.T) {
 		t.Fatalf("empty field: windows %+v", got)
 	}
 }
+
+func TestBoxOf(t *testing.T) {
+	w := Window{Y0: -10, X0: 100, H: 128, W: 128}
+	// a 10×60 component: the short side grows to MinBox about its centre, the long one by the margin
+	c := Component{YMin: 40, XMin: 130, YMax: 49, XMax: 189}
+	got := BoxOf(c, w, 16)
+	want := Rect{Y0: 40 - 17, X0: 130 - 16, H: MinBox, W: 60 + 32}
+	if got != want {
+		t.Fatalf("BoxOf = %+v, want %+v", got, want)
+	}
+	// near the window's edge the box is cut to the window
+	c = Component{YMin: -5, XMin: 200, YMax: 20, XMax: 220}
+	got = BoxOf(c, w, 16)
+	if got.Y0 != -10 || got.Y0+got.H != 20+16+1 || got.X0+got.W != 228 {
+		t.Fatalf("BoxOf near the edge = %+v, want rows -10..36, columns to 227", got)
+	}
+}
+
+func TestSelectBoxesOnlyWithAMargin(t *testing.T) {
+	c := Component{YMin: 50, XMin: 60, YMax: 59, XMax: 69, Peak: 0.9, Pixels: 100}
+	p := Params{Window: 128, DetectThreshold: 0.25, MaxCandidates: 8, Threshold: 0.5}
+	if w := Select([]Component{c}, p); len(w) != 1 || !w[0].Box.Empty() {
+		t.Fatalf("without a margin: %+v, want one window without a box", w)
+	}
+	p.BoxMargin = 16
+	w := Select([]Component{c}, p)
+	if len(w) != 1 || w[0].Box != BoxOf(c, w[0], 16) || w[0].Box.Empty() {
+		t.Fatalf("with margin 16: %+v, want its BoxOf", w)
+	}
+	if (w[0] != Window{Y0: 54 - 64, X0: 64 - 64, H: 128, W: 128, Box: w[0].Box}) {
+		t.Fatalf("the window itself moved: %+v", w[0])
+	}
+}
+
+func TestCropAndMergeKeepToTheBox(t *testing.T) {
+	hu := imgx.NewHU(4, 4)
+	for i := range hu.Pix {
+		hu.Pix[i] = int16(100 * i)
+	}
+	norm := model.Normalisation{Kind: "window", Center: 0, Width: 4096}
+	n := func(h float64) float32 { return norm.Apply(h) }
+	air := n(-1024)
+	win := Window{Y0: 0, X0: 0, H: 3, W: 3, Box: Rect{Y0: 1, X0: 1, H: 2, W: 2}}
+	got := Crop(hu, win, norm)
+	want := []float32{
+		air, air, air,
+		air, n(500), n(600),
+		air, n(900), n(1000),
+	}
+	if !reflect.DeepEqual(got, want) {
+		t.Fatalf("Crop = %v, want %v (air outside the box)", got, want)
+	}
+	native := make([]float32, 16)
+	for i := range native {
+		native[i] = 0.9
+	}
+	probs := [][]float32{{0.8, 0.8, 0.8, 0.8, 0.1, 0.7, 0.8, 0.6, 0.2}}
+	ref, err := Merge(native, 4, 4, []Window{win}, probs, 0.5)
+	if err != nil {
+		t.Fatal(err)
+	}
+	wantRef := []float32{
+		0.5, 0.5, 0.5, 0.5, // outside the box: not covered, capped, whatever the window said
+		0.5, 0.1, 0.7, 0.5,
+		0.5, 0.6, 0.2, 0.5,
+		0.5, 0.5, 0.5, 0.5,
+	}
+	if !reflect.DeepEqual(ref, wantRef) {
+		t.Fatalf("Merge =\n%v\nwant\n%v", ref, wantRef)
+	}
+}
+
+func TestParamsOfBoxMargin(t *testing.T) {
+	c := &model.Card{Name: "m-crop", Task: model.TaskCrop, Threshold: 0.4,
+		Cascade: &model.Cascade{Window: 128, DetectThreshold: 0.25, MaxCandidates: 8, BoxMargin: 16}}
+	p, err := ParamsOf(c)
+	if err != nil || p.BoxMargin != 16 {
+		t.Fatalf("ParamsOf = %+v, %v; want BoxMargin 16", p, err)
+	}
+}

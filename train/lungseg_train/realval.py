@@ -109,10 +109,10 @@ def real_slices(data: D.LidcData, patients: Sequence[str], seed: int = 4242):
     return ids, hu, mask > 0, lung > 0
 
 
-def probs_of(model, hu: np.ndarray, card: Dict, batch: int = 16, forward=None) -> np.ndarray:
+def probs_of(model, hu: np.ndarray, card: Dict, batch: int = 16, forward=None, stride: int = STRIDE) -> np.ndarray:
     norm = card.get("normalisation", {})
     c, w = float(norm.get("center", D.WINDOW_CENTER)), float(norm.get("width", D.WINDOW_WIDTH))
-    return np.stack([tile_probs(model, h, c, w, batch=batch, forward=forward) for h in hu])
+    return np.stack([tile_probs(model, h, c, w, stride=stride, batch=batch, forward=forward) for h in hu])
 
 
 def scores(prob: np.ndarray, truth: np.ndarray, lung: Optional[np.ndarray], spacing_mm: float = 0.7,
@@ -137,6 +137,7 @@ def main(argv=None) -> int:
     ap.add_argument("--threshold", type=float, default=None, help="default: the card's")
     ap.add_argument("--lung-margin", type=int, default=8)
     ap.add_argument("--threads", type=int, default=0)
+    ap.add_argument("--stride", type=int, default=STRIDE, help="tile stride in px (Go: 64)")
     a = ap.parse_args(argv)
     if a.threads:
         torch.set_num_threads(a.threads)
@@ -150,7 +151,7 @@ def main(argv=None) -> int:
         if size != WIN:
             print(f"{f}: window {size}, not a {WIN} crop model", file=sys.stderr)
             return 2
-        p = probs_of(model.eval(), hu, card)
+        p = probs_of(model.eval(), hu, card, stride=a.stride)
         thr = float(card.get("threshold", 0.5)) if a.threshold is None else a.threshold
         sc = scores(p, truth, lung, lung_margin=a.lung_margin)
         s = sc.summary(thr)

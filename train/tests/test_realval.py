@@ -77,3 +77,15 @@ def test_scores_remove_predictions_outside_the_lung():
     assert s["mean_dice"] == 1.0
     s = R.scores(prob, truth, None).summary(0.5)
     assert abs(s["mean_dice"] - 2 * 100 / (100 + 200)) < 1e-6
+
+
+def test_stride_option_denser_tiles_same_pointwise_map():
+    assert R.tile_origins(256, 128, 32) == [0, 32, 64, 96, 128]
+    rng = np.random.default_rng(2)
+    hu = rng.uniform(-1000, 200, (256, 256)).astype(np.float32)
+    p64 = R.probs_of(Bright(), hu[None], {}, stride=64)
+    p32 = R.probs_of(Bright(), hu[None], {}, stride=32)
+    assert np.abs(p64 - p32).max() < 1e-5  # a pointwise model gives the same map at any stride
+    p32l = R.probs_of(LeftHalf(), np.full((1, 256, 256), 100.0, np.float32), {}, stride=32)
+    p64l = R.probs_of(LeftHalf(), np.full((1, 256, 256), 100.0, np.float32), {}, stride=64)
+    assert np.abs(p32l - p64l).max() > 0.1  # but where the tiles fall shows for a model that depends on it
