@@ -47,11 +47,40 @@ def mix(base: torch.nn.Module, cand: torch.nn.Module, alpha: float) -> torch.nn.
     return m.eval()
 
 
+def from_state_dict(base: torch.nn.Module, path: str) -> torch.nn.Module:
+    """A copy of base with the state dict at path (every key of base, no other)."""
+    m = copy.deepcopy(base)
+    m.load_state_dict(torch.load(path, map_location="cpu"), strict=True)
+    return m.eval()
+
+
+def checkpoint_card(c0: dict, path: str) -> dict:
+    """The card of a checkpoint exported through wise: the base's, with its training block replaced."""
+    c = copy.deepcopy(c0)
+    c["training"] = {"init": "checkpoint", "checkpoint": os.path.basename(path),
+                     "sha256_checkpoint": _sha256(path)}
+    c.pop("version", None)
+    c.pop("sha256", None)
+    return c
+
+
+def _sha256(path: str) -> str:
+    import hashlib
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for b in iter(lambda: f.read(1 << 20), b""):
+            h.update(b)
+    return h.hexdigest()
+
+
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(prog="python3 -m lungseg_train.wise", description=__doc__,
                                  formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("base", help="registry folder of the model fine-tuned from (alpha 0)")
-    ap.add_argument("candidate", help="registry folder of the fine-tuned model (alpha 1)")
+    ap.add_argument("candidate", help="registry folder of the fine-tuned model (alpha 1), or a PyTorch state "
+                    "dict (.pt, e.g. zctx's W/zctx0*.best.pt) of the base's architecture: exported as it is "
+                    "(--alpha 1 only: a registry ResNet's BatchNorm is folded into its convolutions, a "
+                    "checkpoint's is not, so the two do not mix)")
     ap.add_argument("--alpha", type=float, required=True)
     ap.add_argument("--version", required=True, help="card version of the mix")
     ap.add_argument("--out", required=True, help="writes OUT/<name>/")
@@ -63,8 +92,13 @@ def main(argv=None) -> int:
         raise SystemExit("--alpha must lie in [0, 1]")
     if a.threads:
         torch.set_num_threads(a.threads)
+    if a.candidate.endswith(".pt") and a.alpha != 1.0:
+        raise SystemExit("a .pt candidate is exported as it is: use --alpha 1")
     m0, c0, size = load_model_folder(a.base)
-    m1, c1, size1 = load_model_folder(a.candidate)
+    if a.candidate.endswith(".pt"):
+        m1, c1, size1 = from_state_dict(m0, a.candidate), checkpoint_card(c0, a.candidate), size
+    else:
+        m1, c1, size1 = load_model_folder(a.candidate)
     if c0.get("name") != c1.get("name") or size != size1:
         raise SystemExit(f"{a.base} and {a.candidate} are not the same model ({c0.get('name')}, {c1.get('name')})")
     m = mix(m0, m1, a.alpha)
@@ -79,22 +113,28 @@ def main(argv=None) -> int:
     card.pop("sha256", None)
     card["version"] = a.version
     card["threshold"] = thr
-    card["description"] = (f"{c1['name']} {c0.get('version', '?')} and its fine-tuned successor mixed by weight "
-                           f"(WiSE-FT, alpha {a.alpha}: {1 - a.alpha:.2f} of the first, {a.alpha:.2f} of the "
-                           f"second; lungseg_train.wise). " + str(c0.get("description", "")))
+    ckpt = a.candidate.endswith(".pt")
+    if ckpt:
+        card["description"] = (f"{c1['name']} exported from the PyTorch checkpoint {os.path.basename(a.candidate)} "
+                               f"(lungseg_train.wise, alpha 1; threshold chosen on validation bare crops)")
+    else:
+        card["description"] = (f"{c1['name']} {c0.get('version', '?')} and its fine-tuned successor mixed by weight "
+                               f"(WiSE-FT, alpha {a.alpha}: {1 - a.alpha:.2f} of the first, {a.alpha:.2f} of the "
+                               f"second; lungseg_train.wise). " + str(c0.get("description", "")))
     tr = dict(card.get("training") or {})
-    tr["wise_ft"] = {"alpha": a.alpha,
-                     "base": {"name": c0["name"], "version": c0.get("version"), "sha256": c0.get("sha256")},
-                     "candidate": {"name": c1["name"], "version": c1.get("version"), "sha256": c1.get("sha256"),
-                                   "training": {k: c1.get("training", {}).get(k) for k in
-                                                ("minutes", "epochs", "best_epoch", "steps", "batch", "device",
-                                                 "bare_frac", "init", "ct_backgrounds", "recipe")}}}
+    if not ckpt:
+        tr["wise_ft"] = {"alpha": a.alpha,
+                         "base": {"name": c0["name"], "version": c0.get("version"), "sha256": c0.get("sha256")},
+                         "candidate": {"name": c1["name"], "version": c1.get("version"), "sha256": c1.get("sha256"),
+                                       "training": {k: c1.get("training", {}).get(k) for k in
+                                                    ("minutes", "epochs", "best_epoch", "steps", "batch", "device",
+                                                     "bare_frac", "init", "ct_backgrounds", "recipe")}}}
     card["training"] = tr
     card["validation"] = {
         "threshold_selected_on": "val bare crops, mean Dice over images with truth, thresholds 0.05..0.95",
         "val_bare": val_bare, "test_bare": test_bare, "test_bare_mean_dice": test_bare["mean_dice"],
     }
-    par = np.fromfile(os.path.join(a.candidate, "parity_input.bin"), "<f4").reshape(-1, 1, size, size)
+    par = np.fromfile(os.path.join(a.base if ckpt else a.candidate, "parity_input.bin"), "<f4").reshape(-1, 1, size, size)
     rep = export_model(m, c1["name"], a.out, card, par, size)
     print(f"{rep['folder']}: alpha {a.alpha} threshold {thr:.2f} val bare {val_bare['mean_dice']:.4f} "
           f"test bare {test_bare['mean_dice']:.4f} parity {rep['parity'].get('max_abs_diff_onnxruntime')} "

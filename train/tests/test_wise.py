@@ -32,3 +32,29 @@ def test_mix_interpolates_every_floating_tensor():
 def test_mix_refuses_different_architectures():
     with pytest.raises(ValueError):
         W.mix(M.build("resnet50-unet-small", 64), M.build("swin-unet-small", 64), 0.5)
+
+
+def test_from_state_dict_loads_a_checkpoint_and_its_card(tmp_path):
+    torch.manual_seed(3)
+    base = M.build("resnet50-unet-small", 64).eval()
+    torch.manual_seed(4)
+    other = M.build("resnet50-unet-small", 64)
+    path = tmp_path / "ckpt.best.pt"
+    torch.save(other.state_dict(), path)
+    m = W.from_state_dict(base, str(path))
+    for k, v in other.state_dict().items():
+        assert torch.equal(m.state_dict()[k], v), k
+    assert not torch.equal(base.state_dict()["head.weight"], other.state_dict()["head.weight"])  # base kept
+    card = W.checkpoint_card({"name": "x-crop", "version": "1.1.0", "sha256": "ab", "training": {"epochs": 3}},
+                             str(path))
+    assert card["name"] == "x-crop" and "version" not in card and "sha256" not in card
+    assert card["training"]["checkpoint"] == "ckpt.best.pt" and len(card["training"]["sha256_checkpoint"]) == 64
+    torch.save({"not": torch.zeros(1)}, tmp_path / "bad.pt")
+    with pytest.raises(RuntimeError):
+        W.from_state_dict(base, str(tmp_path / "bad.pt"))
+
+
+def test_checkpoint_candidate_needs_alpha_one(tmp_path):
+    with pytest.raises(SystemExit, match="alpha 1"):
+        W.main([str(tmp_path / "no-such-folder"), str(tmp_path / "c.pt"), "--alpha", "0.5",
+                "--version", "9", "--out", str(tmp_path)])
