@@ -125,7 +125,7 @@ func TestShippedModelsOnCTSeries(t *testing.T) {
 	}
 	for _, m := range models {
 		outside, predicted, inBoxes := 0, 0, 0 // inBoxes: on the mass slices, inside their box
-		found := map[string]int{} // folder → mass slices with the mass found
+		found := map[string]int{}              // folder → mass slices with the mass found
 		for id, s := range slices {
 			// several inputs: ids are "<input base name>/<id>"
 			pred := readMaskPNG(t, filepath.Join(masksOut, m.Name(), id, id+".png"))

@@ -113,7 +113,6 @@ def main(argv=None) -> int:
     a = ap.parse_args(argv)
     if a.threads:
         torch.set_num_threads(a.threads)
-    from .onnx_weights import load_model_folder
     data = D.load(a.data, allow_synthetic=False)
     pats = a.patients.split(",")
     rows, slices, crops = matches(data, pats)
@@ -121,11 +120,8 @@ def main(argv=None) -> int:
     print(f"{len(rows)} of {len(ids)} slices of {a.patients} matched to a crop")
     for f in a.folders:
         t0 = time.time()
-        model, card, size = load_model_folder(f)
-        if size != WIN:
-            print(f"{f}: window {size}, not a {WIN} crop model", file=sys.stderr)
-            return 2
-        r = probe(model.eval(), card, hu, truth, rows, crops)
+        model, card = RV.load_crop_model(f)
+        r = probe(model, card, hu, truth, rows, crops)
         m = r.mean(0)
         print(f"{f}: threshold {card.get('threshold', 0.5)}; against the crop's mask: A crop {m[0]:.3f}, "
               f"B slice box {m[1]:.3f}, C slice window {m[2]:.3f}, D crop in the slice window {m[3]:.3f}; "

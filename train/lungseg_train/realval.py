@@ -128,6 +128,15 @@ def scores(prob: np.ndarray, truth: np.ndarray, lung: Optional[np.ndarray], spac
     return sc
 
 
+def load_crop_model(folder: str):
+    """(model in eval mode, card) of a registry crop model folder; exits when its window is not WIN."""
+    from .onnx_weights import load_model_folder
+    model, card, size = load_model_folder(folder)
+    if size != WIN:
+        raise SystemExit(f"{folder}: window {size}, not a {WIN} crop model")
+    return model.eval(), card
+
+
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(prog="python3 -m lungseg_train.realval", description=__doc__,
                                  formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -141,17 +150,13 @@ def main(argv=None) -> int:
     a = ap.parse_args(argv)
     if a.threads:
         torch.set_num_threads(a.threads)
-    from .onnx_weights import load_model_folder
     data = D.load(a.data, allow_synthetic=False)
     ids, hu, truth, lung = real_slices(data, a.patients.split(","))
     print(f"{len(ids)} slices of {a.patients}, {int(truth.reshape(len(ids), -1).any(1).sum())} with truth")
     for f in a.folders:
         t0 = time.time()
-        model, card, size = load_model_folder(f)
-        if size != WIN:
-            print(f"{f}: window {size}, not a {WIN} crop model", file=sys.stderr)
-            return 2
-        p = probs_of(model.eval(), hu, card, stride=a.stride)
+        model, card = load_crop_model(f)
+        p = probs_of(model, hu, card, stride=a.stride)
         thr = float(card.get("threshold", 0.5)) if a.threshold is None else a.threshold
         sc = scores(p, truth, lung, lung_margin=a.lung_margin)
         s = sc.summary(thr)

@@ -32,7 +32,7 @@ import torch
 from . import composite as C
 from . import data as D
 from .bare_eval import bare_probs, scores_of
-from .export import export_model
+from .export import export_model, sha256_file
 from .onnx_weights import load_model_folder
 
 
@@ -58,19 +58,10 @@ def checkpoint_card(c0: dict, path: str) -> dict:
     """The card of a checkpoint exported through wise: the base's, with its training block replaced."""
     c = copy.deepcopy(c0)
     c["training"] = {"init": "checkpoint", "checkpoint": os.path.basename(path),
-                     "sha256_checkpoint": _sha256(path)}
+                     "sha256_checkpoint": sha256_file(path)}
     c.pop("version", None)
     c.pop("sha256", None)
     return c
-
-
-def _sha256(path: str) -> str:
-    import hashlib
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for b in iter(lambda: f.read(1 << 20), b""):
-            h.update(b)
-    return h.hexdigest()
 
 
 def main(argv=None) -> int:
