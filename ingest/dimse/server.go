@@ -375,13 +375,14 @@ func (s *Server) forget(st *connState) {
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	s.unpend(st)
-	hc := s.byHost[st.host]
 	if st.assoc {
 		st.assoc = false
 		s.nAssoc--
-		hc.assoc--
+		s.byHost[st.host].assoc--
 	}
-	if hc.pending == 0 && hc.assoc == 0 {
+	// A connection closed to make room (admit) is no longer counted, and
+	// its address's entry may already be gone when its goroutine ends.
+	if hc := s.byHost[st.host]; hc != nil && hc.pending == 0 && hc.assoc == 0 {
 		delete(s.byHost, st.host)
 	}
 	delete(s.conns, st.c)

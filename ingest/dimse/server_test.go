@@ -646,3 +646,33 @@ func TestIdleAssociationTimesOut(t *testing.T) {
 		})
 	}
 }
+
+// TestForgetAfterEviction: a connection closed to make room for another
+// of its address is forgotten (its goroutine ends) after the address's
+// last counted connection has gone. That used to dereference the deleted
+// per-address entry and crash the server (seen in CI under an idle flood).
+func TestForgetAfterEviction(t *testing.T) {
+	s, err := New(Config{MaxPendingPerAddress: 1}, func(context.Context, *StoreRequest) (uint16, error) {
+		return StatusSuccess, nil
+	}, zerolog.Nop())
+	if err != nil {
+		t.Fatal(err)
+	}
+	a1, a2 := net.Pipe()
+	b1, b2 := net.Pipe()
+	defer a2.Close()
+	defer b2.Close()
+	a := s.admit(a1)
+	b := s.admit(b1) // over the per-address limit: a is closed to make room
+	if a == nil || b == nil || a.pending || !b.pending {
+		t.Fatalf("admit: a %+v, b %+v; want a evicted and b pending", a, b)
+	}
+	s.forget(b) // the address's last counted connection: its entry goes
+	if len(s.byHost) != 0 {
+		t.Fatalf("byHost %v after the last counted connection", s.byHost)
+	}
+	s.forget(a) // panicked before
+	if len(s.conns) != 0 || s.nPend != 0 || s.nAssoc != 0 || len(s.byHost) != 0 {
+		t.Fatalf("counts left: conns %d, pending %d, associations %d, hosts %d", len(s.conns), s.nPend, s.nAssoc, len(s.byHost))
+	}
+}
