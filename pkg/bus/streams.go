@@ -2,10 +2,12 @@ package bus
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"slices"
 	"time"
 
+	"github.com/nats-io/nats.go"
 	"github.com/nats-io/nats.go/jetstream"
 )
 
@@ -151,14 +153,64 @@ func Streams(o StreamOptions) []jetstream.StreamConfig {
 	}
 }
 
-// EnsureStreams creates or updates the pipeline's streams.
+// EnsureWait bounds how long EnsureStreams retries while JetStream is not
+// ready yet: a cluster that has just started is still electing its meta
+// leader, and its API requests time out or find no responder meanwhile.
+const EnsureWait = time.Minute
+
+// EnsureStreams creates or updates the pipeline's streams, retrying a
+// request that failed because JetStream was not ready (Transient) for up
+// to EnsureWait, or until ctx ends.
 func EnsureStreams(ctx context.Context, js jetstream.JetStream, o StreamOptions) error {
 	for _, cfg := range Streams(o) {
-		if _, err := js.CreateOrUpdateStream(ctx, cfg); err != nil {
+		err := RetryTransient(ctx, EnsureWait, func(ctx context.Context) error {
+			_, err := js.CreateOrUpdateStream(ctx, cfg)
+			return err
+		})
+		if err != nil {
 			return fmt.Errorf("bus: creating stream %s: %w", cfg.Name, err)
 		}
 	}
 	return nil
+}
+
+// jsClusterNotAvailable is the JetStream API error "JetStream system
+// temporarily unavailable" (nats-server's JSClusterNotAvailErr).
+const jsClusterNotAvailable jetstream.ErrorCode = 10008
+
+// Transient reports whether a JetStream API request failed because the
+// system was not ready (no responder, a request timeout, the cluster
+// temporarily unavailable) rather than because of what it asked.
+func Transient(err error) bool {
+	var api *jetstream.APIError
+	switch {
+	case errors.Is(err, nats.ErrNoResponders), errors.Is(err, nats.ErrTimeout),
+		errors.Is(err, context.DeadlineExceeded):
+		return true
+	case errors.As(err, &api):
+		return api.ErrorCode == jsClusterNotAvailable
+	}
+	return false
+}
+
+// RetryTransient runs op until it succeeds, fails with an error that is
+// not Transient, ctx ends, or wait has passed (then the last error is
+// returned), backing off from 100 ms to 2 s between tries.
+func RetryTransient(ctx context.Context, wait time.Duration, op func(context.Context) error) error {
+	deadline := time.Now().Add(wait)
+	delay := 100 * time.Millisecond
+	for {
+		err := op(ctx)
+		if err == nil || !Transient(err) || ctx.Err() != nil || time.Now().Add(delay).After(deadline) {
+			return err
+		}
+		select {
+		case <-ctx.Done():
+			return err
+		case <-time.After(delay):
+		}
+		delay = min(2*delay, 2*time.Second)
+	}
 }
 
 // AlertsMinAge is the least time alerts are kept, so that a webhook

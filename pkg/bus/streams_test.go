@@ -2,6 +2,7 @@ package bus_test
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"slices"
 	"testing"
@@ -9,6 +10,7 @@ import (
 
 	"github.com/lungseg/lungseg/internal/dlq"
 	"github.com/lungseg/lungseg/pkg/bus"
+	"github.com/nats-io/nats.go"
 	"github.com/nats-io/nats.go/jetstream"
 )
 
@@ -164,5 +166,55 @@ func TestWorkStreamKeepsOnlyPending(t *testing.T) {
 	ss := state(t, js, bus.StreamScores)
 	if ss.Bytes > limit || ss.Msgs == 0 || ss.LastSeq != 30 || ss.FirstSeq == 1 {
 		t.Fatalf("SCORES %+v; want the newest kept within %d bytes", ss, limit)
+	}
+}
+
+func TestTransient(t *testing.T) {
+	for _, tc := range []struct {
+		err  error
+		want bool
+	}{
+		{nats.ErrNoResponders, true},
+		{fmt.Errorf("wrapped: %w", nats.ErrTimeout), true},
+		{context.DeadlineExceeded, true},
+		{&jetstream.APIError{Code: 503, ErrorCode: 10008, Description: "JetStream system temporarily unavailable"}, true},
+		{&jetstream.APIError{Code: 400, ErrorCode: jetstream.JSErrCodeStreamNameInUse, Description: "name in use"}, false},
+		{errors.New("bad config"), false},
+		{nil, false},
+	} {
+		if got := bus.Transient(tc.err); got != tc.want {
+			t.Errorf("Transient(%v) = %v, want %v", tc.err, got, tc.want)
+		}
+	}
+}
+
+func TestRetryTransient(t *testing.T) {
+	ctx := context.Background()
+	n := 0
+	err := bus.RetryTransient(ctx, 10*time.Second, func(context.Context) error {
+		if n++; n < 3 {
+			return nats.ErrNoResponders // a cluster still electing its meta leader
+		}
+		return nil
+	})
+	if err != nil || n != 3 {
+		t.Fatalf("got %v after %d tries, want success on the third", err, n)
+	}
+	n = 0
+	bad := errors.New("bad config")
+	if err := bus.RetryTransient(ctx, 10*time.Second, func(context.Context) error { n++; return bad }); err != bad || n != 1 {
+		t.Fatalf("got %v after %d tries, want the error at once", err, n)
+	}
+	n = 0
+	start := time.Now()
+	err = bus.RetryTransient(ctx, 500*time.Millisecond, func(context.Context) error { n++; return nats.ErrTimeout })
+	if !errors.Is(err, nats.ErrTimeout) || n < 2 || time.Since(start) > 5*time.Second {
+		t.Fatalf("got %v after %d tries in %v, want the last error once the wait has passed", err, n, time.Since(start))
+	}
+	cctx, cancel := context.WithCancel(ctx)
+	cancel()
+	n = 0
+	if err := bus.RetryTransient(cctx, time.Minute, func(context.Context) error { n++; return nats.ErrTimeout }); err == nil || n != 1 {
+		t.Fatalf("cancelled: %v after %d tries, want the error at once", err, n)
 	}
 }
