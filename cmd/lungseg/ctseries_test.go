@@ -148,9 +148,9 @@ func TestShippedModelsOnCTSeries(t *testing.T) {
 			}
 			if s.mass {
 				inBoxes += in
-			}
-			if s.mass && in >= minInBox {
-				found[s.check.folder]++
+				if in >= minInBox {
+					found[s.check.folder]++
+				}
 			}
 		}
 		t.Logf("%-26s predicted %6d (%6d in the mass boxes), outside the body %d, mass found on popi %d/11, lungdx %d/6 slices",

@@ -32,13 +32,9 @@ import torch
 from . import data as D
 from . import hucal
 from . import realval as RV
+from .shift_probe import dice
 
 WIN = 128
-
-
-def dice(p: np.ndarray, t: np.ndarray) -> float:
-    s = int(p.sum()) + int(t.sum())
-    return 1.0 if s == 0 else 2.0 * int((p & t).sum()) / s
 
 
 def inputs(slice_hu: np.ndarray, crop_hu: np.ndarray, y: int, x: int, win: int = WIN):
@@ -73,10 +69,7 @@ def matches(data: D.LidcData, patients: Sequence[str]):
         c = cal[f"{slices.patient[k]}/{slices.slice_id[k]}"]
         if c.how != "matched":
             continue
-        j = by_id[(c.patient, c.crop)]
-        v = slices.norm[k].astype(np.float32)
-        ncc, y, x = hucal.best_match(v, hucal.lung_of(v), crops.bare(j)[0])
-        out.append((k, j, y, x, ncc))
+        out.append((k, by_id[(c.patient, c.crop)], c.y, c.x, c.ncc))
     return out, slices, crops
 
 

@@ -46,6 +46,8 @@ class Calibration:
     crop: str  # slice_id of the matched crop ("" when unmatched)
     r2: float  # of the fit on the overlap
     how: str  # "matched", "patient" (median of the patient's matched slices) or "readme"
+    y: int = 0  # top-left row of the matched crop on the slice (when matched)
+    x: int = 0  # its left column
 
 
 def _corr(a: np.ndarray, k: np.ndarray) -> np.ndarray:
@@ -122,7 +124,7 @@ def calibrate(crops: D.CropSet, slices: D.SliceSet, patients: Optional[List[str]
         ncc, j, y, x = best
         if j >= 0 and ncc >= min_ncc:
             a, b, r2 = fit(v, lung, cr.bare(j)[0], y, x)
-            out[f"{p}/{sid}"] = Calibration(p, sid, a, b, ncc, str(cr.slice_id[j]), r2, "matched")
+            out[f"{p}/{sid}"] = Calibration(p, sid, a, b, ncc, str(cr.slice_id[j]), r2, "matched", y, x)
         else:
             out[f"{p}/{sid}"] = Calibration(p, sid, D.NORM_SCALE, D.NORM_OFFSET, max(ncc, 0.0), "", 0.0, "readme")
     for p in {c.patient for c in out.values()}:

@@ -83,10 +83,11 @@ def main(argv=None) -> int:
         raise SystemExit("--alpha must lie in [0, 1]")
     if a.threads:
         torch.set_num_threads(a.threads)
-    if a.candidate.endswith(".pt") and a.alpha != 1.0:
+    ckpt = a.candidate.endswith(".pt")
+    if ckpt and a.alpha != 1.0:
         raise SystemExit("a .pt candidate is exported as it is: use --alpha 1")
     m0, c0, size = load_model_folder(a.base)
-    if a.candidate.endswith(".pt"):
+    if ckpt:
         m1, c1, size1 = from_state_dict(m0, a.candidate), checkpoint_card(c0, a.candidate), size
     else:
         m1, c1, size1 = load_model_folder(a.candidate)
@@ -104,7 +105,6 @@ def main(argv=None) -> int:
     card.pop("sha256", None)
     card["version"] = a.version
     card["threshold"] = thr
-    ckpt = a.candidate.endswith(".pt")
     if ckpt:
         card["description"] = (f"{c1['name']} exported from the PyTorch checkpoint {os.path.basename(a.candidate)} "
                                f"(lungseg_train.wise, alpha 1; threshold chosen on validation bare crops)")
