@@ -2,9 +2,11 @@ package segment_test
 
 import (
 	"encoding/json"
+	"errors"
 	"math"
 	"os"
 	"path/filepath"
+	"strings"
 	"testing"
 
 	"github.com/lungseg/lungseg/pkg/imgx"
@@ -123,5 +125,71 @@ func TestShippedModelsMatchPyTorch(t *testing.T) {
 		if !archs[a] {
 			t.Errorf("no shipped model of architecture %s", a)
 		}
+	}
+}
+
+// TestShippedVerifiersMatchPyTorch runs every shipped crop model's
+// verifier (segment/verify) on the patches stored beside it and compares
+// its probabilities with the PyTorch outputs stored there (max abs
+// difference ≤ 1e-4). At least one shipped model has a verifier.
+func TestShippedVerifiersMatchPyTorch(t *testing.T) {
+	dir := filepath.Join(testenv.RepoRoot(t), "models")
+	reg, err := model.OpenRegistry(dir)
+	if err != nil {
+		t.Fatal(err)
+	}
+	n := 0
+	for _, name := range reg.AllNames() {
+		card, _ := reg.Get(name)
+		if card.Verifier == nil {
+			continue
+		}
+		n++
+		t.Run(name, func(t *testing.T) {
+			var p parity
+			b, err := os.ReadFile(filepath.Join(card.Dir, "verifier_parity.json"))
+			if err != nil {
+				t.Fatal(err)
+			}
+			if err := json.Unmarshal(b, &p); err != nil {
+				t.Fatal(err)
+			}
+			if len(p.InputShape) != 4 || p.InputShape[1] != infer.ClassifierChannels || p.InputShape[2] != card.Verifier.Patch {
+				t.Fatalf("parity input shape %v, want [N 2 %d %d]", p.InputShape, card.Verifier.Patch, card.Verifier.Patch)
+			}
+			k := p.InputShape[0]
+			in := readFloats(t, filepath.Join(card.Dir, "verifier_parity_input.bin"), k*2*card.Verifier.Patch*card.Verifier.Patch)
+			want := readFloats(t, filepath.Join(card.Dir, "verifier_parity_output.bin"), k)
+			cl, err := infer.OpenClassifier(card, infer.Options{})
+			if err != nil {
+				t.Fatal(err)
+			}
+			defer cl.Close()
+			got, err := cl.Run(in, k)
+			if err != nil {
+				t.Fatal(err)
+			}
+			var worst float64
+			for i := range want {
+				if d := math.Abs(float64(got[i]) - sigmoid(want[i])); d > worst || math.IsNaN(d) {
+					worst = d
+				}
+			}
+			t.Logf("%s verifier: max |ORT(Go) - PyTorch| = %.3g on probabilities over %d patches", name, worst, k)
+			if !(worst <= 1e-4) {
+				t.Errorf("max abs probability difference %.3g > 1e-4", worst)
+			}
+			// a card whose sha256 does not match is refused
+			bad := *card
+			v := *card.Verifier
+			v.SHA256 = strings.Repeat("0", 64)
+			bad.Verifier = &v
+			if _, err := infer.OpenClassifier(&bad, infer.Options{}); !errors.Is(err, model.ErrChecksum) {
+				t.Errorf("verifier with a wrong sha256: got %v, want ErrChecksum", err)
+			}
+		})
+	}
+	if n == 0 {
+		t.Error("no shipped crop model has a verifier")
 	}
 }

@@ -30,6 +30,7 @@ import (
 	"github.com/lungseg/lungseg/pkg/stage"
 	lungsegv1 "github.com/lungseg/lungseg/proto/lungseg/v1"
 	"github.com/lungseg/lungseg/segment/cascade"
+	"github.com/lungseg/lungseg/segment/verify"
 	"github.com/nats-io/nats.go/jetstream"
 	"google.golang.org/protobuf/proto"
 )
@@ -60,6 +61,10 @@ type Stage struct {
 	// Objects fetches a crop model's native HU when preprocess sent a
 	// reference to the object store instead of the pixels.
 	Objects PixelSource
+	// Verifier, when set and the card has a verifier section, judges the
+	// components of a crop model's map on a slice larger than its window
+	// (segment/verify).
+	Verifier verify.Classifier
 }
 
 // maxOutput is the largest ModelOutput published; one over the message

@@ -7,10 +7,12 @@ import (
 	"time"
 
 	"github.com/lungseg/lungseg/pkg/imgx"
+	"github.com/lungseg/lungseg/pkg/lungfield"
 	"github.com/lungseg/lungseg/pkg/model"
 	"github.com/lungseg/lungseg/pkg/stage"
 	lungsegv1 "github.com/lungseg/lungseg/proto/lungseg/v1"
 	"github.com/lungseg/lungseg/segment/cascade"
+	"github.com/lungseg/lungseg/segment/verify"
 )
 
 // TileStride is the step between the overlapping windows in which a crop
@@ -150,6 +152,15 @@ func (s *Stage) processTiled(ctx context.Context, in *lungsegv1.ModelInput, e st
 	prob, err := Tile(s.Model, c, hu, TileStride, in.Tta)
 	if err != nil {
 		return fmt.Errorf("segment: running %s in windows over %s (%d×%d): %w", c.Name, in.Meta.Id, hu.Rows, hu.Cols, err)
+	}
+	if c.Verifier != nil && s.Verifier != nil {
+		field, err := lungfield.FromBits(hu.Rows, hu.Cols, in.FieldBits, in.HasField)
+		if err != nil {
+			return stage.Permanentf("segment: slice %s: lung field: %w", in.Meta.Id, err)
+		}
+		if _, err := verify.Apply(s.Verifier, c.Verifier, hu, prob, float32(c.Threshold), field); err != nil {
+			return fmt.Errorf("segment: verifying %s's components on %s: %w", c.Name, in.Meta.Id, err)
+		}
 	}
 	h, w := min(hu.Rows, MaxTiledSide), min(hu.Cols, MaxTiledSide)
 	prob = imgx.ResizeBilinear(prob, hu.Rows, hu.Cols, h, w)

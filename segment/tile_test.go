@@ -8,6 +8,7 @@ import (
 	"testing"
 
 	"github.com/lungseg/lungseg/pkg/imgx"
+	"github.com/lungseg/lungseg/pkg/model"
 	"github.com/lungseg/lungseg/pkg/stage"
 	lungsegv1 "github.com/lungseg/lungseg/proto/lungseg/v1"
 	"github.com/lungseg/lungseg/segment/internal/segtest"
@@ -184,4 +185,82 @@ func runStage(t *testing.T, st *Stage, in *lungsegv1.ModelInput) *lungsegv1.Mode
 		t.Fatal(err)
 	}
 	return &out
+}
+
+// centreBright is a verifier that accepts a patch whose centre pixel of
+// the HU channel is above 0.8 and counts its calls.
+type centreBright struct {
+	p, calls, patches int
+}
+
+func (c *centreBright) Run(in []float32, n int) ([]float32, error) {
+	c.calls++
+	c.patches += n
+	out := make([]float32, n)
+	for k := range out {
+		if in[k*2*c.p*c.p+c.p/2*c.p+c.p/2] > 0.8 {
+			out[k] = 1
+		}
+	}
+	return out, nil
+}
+
+// TestProcessCropModelVerifier: with a verifier, a tiled slice's rejected
+// component is lowered under the threshold and the accepted one kept;
+// components outside the lung field are not judged; a bare crop (an
+// input with a placement) is not verified.
+func TestProcessCropModelVerifier(t *testing.T) {
+	c := segtest.Crop(128)
+	c.Verifier = &model.Verifier{Patch: 16, Normalisation: c.Normalisation, Threshold: 0.5}
+	v := &centreBright{p: 16}
+	st := &Stage{Card: c, Model: &segtest.EchoModel{}, Verifier: v}
+	const rows, cols = 200, 150
+	hu := imgx.NewHU(rows, cols)
+	for i := range hu.Pix {
+		hu.Pix[i] = -1000 // 0.256 after the card's window: under the threshold
+	}
+	set := func(y0, x0, n int, val int16) {
+		for y := y0; y < y0+n; y++ {
+			for x := x0; x < x0+n; x++ {
+				hu.Pix[y*cols+x] = val
+			}
+		}
+	}
+	set(40, 40, 6, 1500)  // 0.866: accepted
+	set(120, 100, 6, 600) // 0.646: above the threshold, rejected
+	set(180, 10, 4, 1500) // outside the field below: not judged
+	field := imgx.NewMask(rows, cols)
+	for i := 0; i < 170*cols; i++ {
+		field.Pix[i] = 1
+	}
+	in := &lungsegv1.ModelInput{Meta: &lungsegv1.SliceMeta{Id: "big", ReplayId: "r", Rows: rows, Cols: cols},
+		Model: "c", Channels: 1, Height: 128, Width: 128, NativeHu: hu.EncodeInt16(),
+		FieldBits: field.PackBits(), HasField: true}
+	out := runStage(t, st, in)
+	prob, err := imgx.DecodeFloat32(rows*cols, out.Prob)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if v.patches != 2 {
+		t.Errorf("verifier saw %d patches, want the 2 components inside the field", v.patches)
+	}
+	for i, h := range hu.Pix {
+		w := c.Normalisation.Apply(float64(h))
+		switch {
+		case h == 600:
+			if prob[i] > 0.25+1e-6 {
+				t.Fatalf("rejected pixel %d = %v, want ≤ 0.25", i, prob[i])
+			}
+		case math.Abs(float64(prob[i]-w)) > 1e-6:
+			t.Fatalf("pixel %d = %v, want %v (unchanged)", i, prob[i], w)
+		}
+	}
+	// a bare crop with a placement is one candidate: not verified
+	calls := v.calls
+	place := &lungsegv1.Region{Y0: 40, X0: 30, Height: 50, Width: 70}
+	runStage(t, st, &lungsegv1.ModelInput{Meta: &lungsegv1.SliceMeta{Id: "s", ReplayId: "r", Rows: 50, Cols: 70}, Model: "c",
+		Channels: 1, Height: 128, Width: 128, Tensor: imgx.EncodeFloat32(make([]float32, 128*128)), Placement: place})
+	if v.calls != calls {
+		t.Errorf("the verifier ran on a bare crop")
+	}
 }

@@ -217,6 +217,14 @@ func Run(ctx context.Context, js jetstream.JetStream, cfg Config, log zerolog.Lo
 				closers = append(closers, sess.Close)
 				log.Info().Str("model", name).Str("provider", sess.Provider()).Int("max_batch", cfg.Batch.MaxBatch).Msg("model loaded")
 				st := &segment.Stage{Card: card, Model: m, Objects: objects}
+				if card.Verifier != nil {
+					cl, err := infer.OpenClassifier(card, cfg.Infer)
+					if err != nil {
+						return fmt.Errorf("pipeline: opening model %s: %w", name, err)
+					}
+					closers = append(closers, cl.Close)
+					st.Verifier = cl
+				}
 				if err := addN(sc, st, max(workers(Segment), cfg.Batch.MaxBatch)); err != nil {
 					return err
 				}
@@ -246,7 +254,16 @@ func Run(ctx context.Context, js jetstream.JetStream, cfg Config, log zerolog.Lo
 				log.Info().Str("model", crop.Name).Str("detector", name).Str("provider", cs.Provider()).Msg("crop model loaded")
 				rc := stage.Config{Name: Refine, Durable: refine.Durable(name), Stream: bus.StreamMasks,
 					FilterSubjects: []string{bus.MasksSubject(name)}}
-				if err := add(rc, &refine.Stage{Detector: name, Crop: crop, CropModel: cs, Objects: objects}); err != nil {
+				rs := &refine.Stage{Detector: name, Crop: crop, CropModel: cs, Objects: objects}
+				if crop.Verifier != nil {
+					cl, err := infer.OpenClassifier(crop, cfg.Infer)
+					if err != nil {
+						return fmt.Errorf("pipeline: opening crop model %s of %s: %w", crop.Name, name, err)
+					}
+					closers = append(closers, cl.Close)
+					rs.Verifier = cl
+				}
+				if err := add(rc, rs); err != nil {
 					return err
 				}
 			}

@@ -86,6 +86,36 @@ type Cascade struct {
 	BoxMargin int `json:"box_margin,omitempty"`
 }
 
+// Verifier configures a crop model's component verifier: a small
+// classifier, in its own ONNX file beside the model's, that takes a
+// Patch×Patch window of native HU centred on one component of the crop
+// model's thresholded map (channel 0, normalised by Normalisation) and
+// the component itself (channel 1: 1 on its pixels, else 0), NCHW float32
+// [N,2,Patch,Patch], and outputs one logit per component ([N,1]). segment
+// keeps a component whose probability is at least Threshold and lowers
+// the others below the crop model's threshold (segment/verify). It runs
+// where the crop model is tiled over a slice larger than its window, not
+// on a bare crop, which is one candidate already.
+type Verifier struct {
+	File          string        `json:"file"`
+	SHA256        string        `json:"sha256"`
+	Patch         int           `json:"patch"`
+	Normalisation Normalisation `json:"normalisation"`
+	Threshold     float64       `json:"threshold"`
+	InputName     string        `json:"input_name,omitempty"`
+	OutputName    string        `json:"output_name,omitempty"`
+	// Training is kept as written, for people to read.
+	Training json.RawMessage `json:"training,omitempty"`
+}
+
+// VerifierPath returns the verifier file's path ("" without a verifier).
+func (c *Card) VerifierPath() string {
+	if c.Verifier == nil {
+		return ""
+	}
+	return filepath.Join(c.Dir, c.Verifier.File)
+}
+
 // Card describes one model. Fields beyond the ones the pipeline reads
 // (training, validation) are kept as written so that `lungseg models` can
 // show them.
@@ -115,7 +145,10 @@ type Card struct {
 	// models only); "<detector>+crop" selects the cascade.
 	Detector string `json:"detector,omitempty"`
 	// Cascade configures the cascade (crop models only).
-	Cascade    *Cascade        `json:"cascade,omitempty"`
+	Cascade *Cascade `json:"cascade,omitempty"`
+	// Verifier, when set, judges every component of the crop model's map
+	// on a slice larger than its window (crop models only; see Verifier).
+	Verifier   *Verifier       `json:"verifier,omitempty"`
 	SHA256     string          `json:"sha256"`
 	Parameters int64           `json:"parameters,omitempty"`
 	Training   json.RawMessage `json:"training,omitempty"`
@@ -180,6 +213,7 @@ func (c *Card) Validate() error {
 		errs = append(errs, fmt.Sprintf("output %q must be \"logits\" or \"probabilities\"", c.Output))
 	}
 	errs = append(errs, c.validateTask()...)
+	errs = append(errs, c.validateVerifier()...)
 	if len(errs) > 0 {
 		return fmt.Errorf("%w %s: %s", ErrBadCard, c.Name, strings.Join(errs, "; "))
 	}
@@ -228,6 +262,34 @@ func (c *Card) validateTask() []string {
 	return errs
 }
 
+// validateVerifier checks the verifier section, when there is one.
+func (c *Card) validateVerifier() []string {
+	v := c.Verifier
+	if v == nil {
+		return nil
+	}
+	var errs []string
+	if !c.IsCrop() {
+		errs = append(errs, "verifier is for crop models only")
+	}
+	if v.File == "" || v.File != filepath.Base(v.File) || v.File == ModelFile || v.File == CardFile || strings.HasPrefix(v.File, ".") {
+		errs = append(errs, fmt.Sprintf("verifier.file %q must name another file in the model's folder", v.File))
+	}
+	if len(v.SHA256) != 64 {
+		errs = append(errs, "verifier.sha256 must be 64 hex digits")
+	}
+	if v.Patch < 8 || v.Patch > 256 {
+		errs = append(errs, fmt.Sprintf("verifier.patch %d out of range (8..256)", v.Patch))
+	}
+	if v.Normalisation.Kind != "window" || v.Normalisation.Width <= 0 {
+		errs = append(errs, "verifier.normalisation must be a window of positive width")
+	}
+	if v.Threshold < 0 || v.Threshold >= 1 {
+		errs = append(errs, fmt.Sprintf("verifier.threshold %v must be in [0,1)", v.Threshold))
+	}
+	return errs
+}
+
 // VerifyChecksum compares the model file's sha256 with the card's.
 func (c *Card) VerifyChecksum() error {
 	f, err := os.Open(c.Path())
@@ -262,6 +324,14 @@ func LoadCard(dir string) (*Card, error) {
 	}
 	if c.OutputName == "" {
 		c.OutputName = "logits"
+	}
+	if v := c.Verifier; v != nil {
+		if v.InputName == "" {
+			v.InputName = "input"
+		}
+		if v.OutputName == "" {
+			v.OutputName = "logits"
+		}
 	}
 	if err := c.Validate(); err != nil {
 		return nil, err

@@ -202,6 +202,39 @@ func TestRegistryRefusesTwoCropsOfOneDetector(t *testing.T) {
 	}
 }
 
+// goodVerifier is a valid verifier section.
+func goodVerifier() *model.Verifier {
+	return &model.Verifier{File: "verifier.onnx", SHA256: strings.Repeat("0", 64), Patch: 32,
+		Normalisation: model.Normalisation{Kind: "window", Center: -600, Width: 1500}, Threshold: 0.5}
+}
+
+// TestVerifierCard: a crop card with a valid verifier section loads, with
+// the verifier's default input and output names and its path in the
+// model's folder.
+func TestVerifierCard(t *testing.T) {
+	dir := t.TempDir()
+	writeModel(t, dir, "det", nil)
+	writeModel(t, dir, "m", func(c *model.Card) { cropCard("det")(c); c.Verifier = goodVerifier() })
+	reg, err := model.OpenRegistry(dir)
+	if err != nil {
+		t.Fatal(err)
+	}
+	c, err := reg.Get("m")
+	if err != nil {
+		t.Fatal(err)
+	}
+	v := c.Verifier
+	if v == nil || v.InputName != "input" || v.OutputName != "logits" {
+		t.Fatalf("verifier %+v, want input/logits names filled in", v)
+	}
+	if got, want := c.VerifierPath(), filepath.Join(dir, "m", "verifier.onnx"); got != want {
+		t.Errorf("VerifierPath = %s, want %s", got, want)
+	}
+	if d, _ := reg.Get("det"); d.VerifierPath() != "" {
+		t.Errorf("a card without a verifier has VerifierPath %q", d.VerifierPath())
+	}
+}
+
 func TestBadCropCards(t *testing.T) {
 	tests := []struct {
 		name string
@@ -223,6 +256,25 @@ func TestBadCropCards(t *testing.T) {
 		{"too many candidates", func(c *model.Card) { cropCard("a")(c); c.Cascade.MaxCandidates = 9 }, "max_candidates 9 out of range (1..8"},
 		{"negative box margin", func(c *model.Card) { cropCard("a")(c); c.Cascade.BoxMargin = -1 }, "box_margin -1 out of range (0..64)"},
 		{"box margin past half the window", func(c *model.Card) { cropCard("a")(c); c.Cascade.BoxMargin = 65 }, "box_margin 65"},
+		{"verifier on a whole-slice model", func(c *model.Card) { c.Verifier = goodVerifier() }, "verifier is for crop models only"},
+		{"verifier file in another folder", func(c *model.Card) {
+			cropCard("a")(c)
+			c.Verifier = goodVerifier()
+			c.Verifier.File = "../x.onnx"
+		}, "verifier.file"},
+		{"verifier file is the model", func(c *model.Card) {
+			cropCard("a")(c)
+			c.Verifier = goodVerifier()
+			c.Verifier.File = model.ModelFile
+		}, "verifier.file"},
+		{"verifier sha256", func(c *model.Card) { cropCard("a")(c); c.Verifier = goodVerifier(); c.Verifier.SHA256 = "ab" }, "verifier.sha256"},
+		{"verifier patch", func(c *model.Card) { cropCard("a")(c); c.Verifier = goodVerifier(); c.Verifier.Patch = 4 }, "verifier.patch 4"},
+		{"verifier window", func(c *model.Card) {
+			cropCard("a")(c)
+			c.Verifier = goodVerifier()
+			c.Verifier.Normalisation.Width = 0
+		}, "verifier.normalisation"},
+		{"verifier threshold", func(c *model.Card) { cropCard("a")(c); c.Verifier = goodVerifier(); c.Verifier.Threshold = 1 }, "verifier.threshold 1"},
 	}
 	for _, tc := range tests {
 		t.Run(tc.name, func(t *testing.T) {

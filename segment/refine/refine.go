@@ -18,6 +18,7 @@ package refine
 import (
 	"context"
 	"fmt"
+	"math"
 	"time"
 
 	"github.com/lungseg/lungseg/pkg/bus"
@@ -28,6 +29,7 @@ import (
 	lungsegv1 "github.com/lungseg/lungseg/proto/lungseg/v1"
 	"github.com/lungseg/lungseg/segment"
 	"github.com/lungseg/lungseg/segment/cascade"
+	"github.com/lungseg/lungseg/segment/verify"
 	"google.golang.org/protobuf/proto"
 )
 
@@ -52,6 +54,10 @@ type Stage struct {
 	// Objects fetches the native HU when the detector's output holds a
 	// reference to the object store instead of the pixels.
 	Objects segment.PixelSource
+	// Verifier, when set and the crop card has a verifier section, judges
+	// the components of the refined map of a slice larger than the crop
+	// window (segment/verify); a bare crop is one candidate already.
+	Verifier verify.Classifier
 }
 
 // Process implements stage.Processor. A detector output without the
@@ -126,6 +132,14 @@ func (s *Stage) Refine(o *lungsegv1.ModelOutput, prob []float32, hu *imgx.HU) (*
 	refined, err := cascade.Merge(native, hu.Rows, hu.Cols, wins, probs, p.Threshold)
 	if err != nil {
 		return nil, stage.Permanentf("refine: slice %s: %w", o.Meta.Id, err)
+	}
+	if s.Verifier != nil && s.Crop.Verifier != nil && (hu.Rows > p.Window || hu.Cols > p.Window) {
+		// Merge caps what lies outside the windows at the threshold and
+		// score keeps what is above it: components are the pixels > thr.
+		above := math.Nextafter32(p.Threshold, 1)
+		if _, err := verify.Apply(s.Verifier, s.Crop.Verifier, hu, refined, above, field); err != nil {
+			return nil, fmt.Errorf("refine: verifying %s's components on %s: %w", s.Crop.Name, o.Meta.Id, err)
+		}
 	}
 	out := &lungsegv1.ModelOutput{
 		Meta: o.Meta, Model: s.Detector + model.CropSuffix, ModelVersion: o.ModelVersion,

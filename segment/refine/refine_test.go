@@ -252,3 +252,83 @@ func TestMergedMap(t *testing.T) {
 		}
 	}
 }
+
+// constVerifier answers p for every patch and counts the patches.
+type constVerifier struct {
+	p       float32
+	patches int
+}
+
+func (c *constVerifier) Run(in []float32, n int) ([]float32, error) {
+	c.patches += n
+	out := make([]float32, n)
+	for i := range out {
+		out[i] = c.p
+	}
+	return out, nil
+}
+
+// TestRefineVerifier: on a slice larger than the crop window the refined
+// map's components go to the verifier; a rejected one ends at most at
+// half the threshold, an accepted one is unchanged; a slice that fits the
+// window (a bare crop) is not verified.
+func TestRefineVerifier(t *testing.T) {
+	const rows, cols, size = 32, 32, 16
+	det := &model.Card{Name: "d", Version: "1", Threshold: 0.5, Input: model.Shape{Channels: 1, Height: size, Width: size}}
+	hu := imgx.NewHU(rows, cols)
+	for i := range hu.Pix {
+		hu.Pix[i] = int16(i) // 0.5..0.75 after the crop card's window: all above its threshold
+	}
+	tensor := make([]float32, size*size)
+	tensor[4*size+8] = 0.9
+	in := &lungsegv1.ModelInput{Meta: &lungsegv1.SliceMeta{Id: "s", Rows: rows, Cols: cols}, Model: "d+crop",
+		Channels: 1, Height: size, Width: size, Tensor: imgx.EncodeFloat32(tensor), NativeHu: hu.EncodeInt16()}
+	var o lungsegv1.ModelOutput
+	if err := proto.Unmarshal(detect(t, det, in), &o); err != nil {
+		t.Fatal(err)
+	}
+	prob, err := imgx.DecodeFloat32(int(o.Height*o.Width), o.Prob)
+	if err != nil {
+		t.Fatal(err)
+	}
+	refined := func(window int, v *constVerifier) []float32 {
+		crop := segtest.Crop(window)
+		crop.Verifier = &model.Verifier{Patch: 8, Normalisation: crop.Normalisation, Threshold: 0.5}
+		st := &Stage{Detector: "d", Crop: crop, CropModel: &segtest.EchoModel{}, Verifier: v}
+		out, err := st.Refine(&o, prob, hu)
+		if err != nil {
+			t.Fatal(err)
+		}
+		r, err := imgx.DecodeFloat32(rows*cols, out.Prob)
+		if err != nil {
+			t.Fatal(err)
+		}
+		return r
+	}
+	keep := &constVerifier{p: 0.9}
+	kept := refined(20, keep)
+	reject := &constVerifier{p: 0.1}
+	rejected := refined(20, reject)
+	if keep.patches == 0 || keep.patches != reject.patches {
+		t.Fatalf("verifier saw %d and %d patches, want the same components, at least one", keep.patches, reject.patches)
+	}
+	above := 0
+	for i := range kept {
+		if kept[i] > 0.5 {
+			above++
+			if rejected[i] > 0.25+1e-6 {
+				t.Fatalf("pixel %d: %v after rejection, want ≤ 0.25", i, rejected[i])
+			}
+		} else if rejected[i] != kept[i] {
+			t.Fatalf("pixel %d under the threshold changed: %v → %v", i, kept[i], rejected[i])
+		}
+	}
+	if above == 0 {
+		t.Fatal("no refined pixel above the threshold")
+	}
+	bare := &constVerifier{p: 0.1}
+	refined(40, bare)
+	if bare.patches != 0 {
+		t.Errorf("a slice inside the crop window went to the verifier (%d patches)", bare.patches)
+	}
+}

@@ -1,0 +1,110 @@
+import json
+import os
+
+import numpy as np
+import torch
+
+from lungseg_train import verifier as V
+
+
+def test_components_and_centroids_round_half_to_even():
+    prob = np.zeros((20, 30), np.float32)
+    prob[2:5, 2:6] = 0.9
+    prob[5, 6] = 0.6  # diagonal neighbour: same component
+    prob[10:12, 20:22] = 0.5  # at the threshold: in; centroid (10.5, 20.5) -> (10, 20)
+    prob[15:17, 5:7] = 0.49
+    lab, comps = V.components(prob, 0.5)
+    assert len(comps) == 2
+    ys, xs, cy, cx = comps[0]
+    assert len(ys) == 13 and (cy, cx) == (3, 4)  # the same case as segment/verify's Go test
+    assert comps[1][2:] == (10, 20)
+    assert lab.max() == 2
+
+
+def test_window_centre_is_the_go_patch():
+    # Go's verify.Patch reads the PATCH x PATCH window with top-left (cy - PATCH/2, cx - PATCH/2), air outside
+    hu = np.arange(40 * 40, dtype=np.float32).reshape(40, 40)
+    pad = V.HARVEST
+    hp = np.pad(hu, pad, mode="constant", constant_values=-1024)
+    ys, xs = np.array([5, 5]), np.array([7, 8])
+    w, m = V.window(hp, pad, ys, xs, 5, 7)
+    x = V.net_input(w[None], m[None])[0]
+    assert x.shape == (2, V.PATCH, V.PATCH)
+    y0, x0 = 5 - V.PATCH // 2, 7 - V.PATCH // 2
+    for y in range(V.PATCH):
+        for xx in range(V.PATCH):
+            sy, sx = y0 + y, x0 + xx
+            raw = hu[sy, sx] if 0 <= sy < 40 and 0 <= sx < 40 else -1024.0
+            want = np.clip((raw - (V.CENTER - V.WIDTH / 2)) / V.WIDTH, 0, 1)
+            assert abs(float(x[0, y, xx]) - want) < 1e-6
+    on = np.argwhere(x[1].numpy() > 0)
+    assert sorted(map(tuple, on)) == [(V.PATCH // 2, V.PATCH // 2), (V.PATCH // 2, V.PATCH // 2 + 1)]
+
+
+def test_choose_threshold_takes_the_middle_of_the_plateau():
+    means = np.array([0.1, 0.2, 0.3, 0.42, 0.456, 0.453, 0.457, 0.418, 0.3, 0.2])
+    assert V.choose_threshold(means) == 0.5
+    assert V.choose_threshold(np.array([0.1, 0.5, 0.2, 0, 0, 0, 0, 0, 0, 0])) == 0.1
+
+
+def _toy(n, g):
+    """Bright discs (nodules, label 1) and thin dark-grey lines (vessels, label 0) in lung."""
+    P = V.HARVEST
+    hu = np.full((n, P, P), -850, np.int16)
+    mask = np.zeros((n, P, P), np.uint8)
+    lab = np.zeros(n, np.int8)
+    yy, xx = np.mgrid[:P, :P]
+    for i in range(n):
+        c = P // 2
+        if i % 2:
+            r = g.uniform(2, 6)
+            d = (yy - c) ** 2 + (xx - c) ** 2 <= r * r
+            lab[i] = 1
+        else:
+            d = (np.abs(yy - c) <= 1) & (np.abs(xx - c) <= 10)
+            if g.random() < 0.5:
+                d = d.T
+        hu[i][d] = 30 if lab[i] else -300
+        mask[i][d] = 1
+    return {"hu": hu, "mask": mask, "label": lab}
+
+
+def test_training_separates_a_toy_set_and_exports(tmp_path):
+    torch.set_num_threads(1)
+    g = np.random.default_rng(0)
+    c = _toy(256, g)
+    net = V.train_net(c, np.ones(256, bool), epochs=3, seed=0)
+    t = _toy(64, np.random.default_rng(1))
+    p = V.judge(net, t["hu"], t["mask"])
+    assert p[t["label"] == 1].min() > p[t["label"] == 0].max()
+    rep = V.export(net, str(tmp_path), V.net_input(t["hu"][:4], t["mask"][:4]))
+    assert len(rep["sha256"]) == 64
+    par = json.load(open(tmp_path / "verifier_parity.json"))
+    assert par["input_shape"] == [4, 2, V.PATCH, V.PATCH] and par["output_shape"] == [4, 1]
+    assert os.path.getsize(tmp_path / "verifier_parity_input.bin") == 4 * 2 * V.PATCH * V.PATCH * 4
+    import onnx
+
+    m = onnx.load(str(tmp_path / "verifier.onnx"))
+    onnx.checker.check_model(m)
+    dims = [d.dim_param or d.dim_value for d in m.graph.input[0].type.tensor_type.shape.dim]
+    assert dims[1:] == [2, V.PATCH, V.PATCH] and isinstance(dims[0], str)
+    y = np.fromfile(tmp_path / "verifier_parity_output.bin", "<f4")
+    with torch.no_grad():
+        np.testing.assert_allclose(y, net(V.net_input(t["hu"][:4], t["mask"][:4]))[:, 0].numpy(), atol=1e-6)
+
+
+def test_verified_dice_removes_rejected_components():
+    class Keep:  # accepts components whose centre HU is bright
+        def __call__(self, x):
+            return (x[:, 0, V.PATCH // 2, V.PATCH // 2] > 0.5).float()[:, None] * 20 - 10
+
+    hu = np.full((1, 64, 64), -850, np.float32)
+    truth = np.zeros((1, 64, 64), bool)
+    prob = np.zeros((1, 64, 64), np.float32)
+    hu[0, 10:15, 10:15] = 40
+    truth[0, 10:15, 10:15] = True
+    prob[0, 10:15, 10:15] = 0.9
+    prob[0, 40:43, 30:50] = 0.9  # a false component on dark lung
+    d = V.verified_dice(Keep(), prob, hu, truth, 0.5, (0.0, 0.5))
+    assert d.shape == (2, 1)
+    assert abs(d[0, 0] - 2 * 25 / (25 + 25 + 60)) < 1e-9 and d[1, 0] == 1.0
