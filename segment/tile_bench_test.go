@@ -10,6 +10,7 @@ import (
 	"github.com/lungseg/lungseg/pkg/testenv"
 	"github.com/lungseg/lungseg/segment"
 	"github.com/lungseg/lungseg/segment/infer"
+	"github.com/lungseg/lungseg/segment/verify"
 	"github.com/rs/zerolog"
 )
 
@@ -17,7 +18,10 @@ import (
 // (the shipped resnet50-unet-small-crop, one intra-op thread): windows
 // every 96 px (25 windows, the stride before 2026-12-03) as the baseline,
 // and every segment.TileStride px (49 windows), in the same run; the
-// ratio of the two ns/op is what the Gaussian tiling costs.
+// ratio of the two ns/op is what the Gaussian tiling costs. "verify" adds
+// the card's verifier (segment/verify) to the stride-TileStride tiling:
+// its ratio to that one is the verifier's cost, with the components it
+// judged per slice reported beside it.
 func BenchmarkTile(b *testing.B) {
 	reg, err := model.OpenRegistry(filepath.Join(testenv.RepoRoot(b), "models"))
 	if err != nil {
@@ -45,4 +49,27 @@ func BenchmarkTile(b *testing.B) {
 			}
 		})
 	}
+	if card.Verifier == nil {
+		return
+	}
+	cl, err := infer.OpenClassifier(card, infer.Options{IntraOpThreads: 1})
+	if err != nil {
+		b.Fatal(err)
+	}
+	defer cl.Close()
+	b.Run(fmt.Sprintf("stride%d+verify", segment.TileStride), func(b *testing.B) {
+		comps := 0
+		for range b.N {
+			prob, err := segment.Tile(sess, card, hu, segment.TileStride, false)
+			if err != nil {
+				b.Fatal(err)
+			}
+			res, err := verify.Apply(cl, card.Verifier, hu, prob, float32(card.Threshold), nil)
+			if err != nil {
+				b.Fatal(err)
+			}
+			comps += res.Components
+		}
+		b.ReportMetric(float64(comps)/float64(b.N), "components/op")
+	})
 }

@@ -72,7 +72,8 @@ func printModelsJSON(w io.Writer, reg *model.Registry) error {
 type modelOpener func(*model.Card) error
 
 // ortOpener opens each model with ONNX Runtime on the cpu (infer.Open runs
-// one all-zero image through it) and closes it again. ONNX Runtime is
+// one all-zero image through it), and its verifier when the card has one,
+// and closes them again. ONNX Runtime is
 // loaded on first use; a failure to load it is every model's error.
 func ortOpener(ctx context.Context, log zerolog.Logger) modelOpener {
 	var initErr error
@@ -91,7 +92,14 @@ func ortOpener(ctx context.Context, log zerolog.Logger) modelOpener {
 		if err != nil {
 			return err
 		}
-		return s.Close()
+		if err := s.Close(); err != nil || c.Verifier == nil {
+			return err
+		}
+		v, err := infer.OpenClassifier(c, infer.Options{})
+		if err != nil {
+			return err
+		}
+		return v.Close()
 	}
 }
 
@@ -143,6 +151,12 @@ func printModels(w io.Writer, reg *model.Registry, verify bool, open modelOpener
 		fmt.Fprintln(w, "cascades: none")
 	}
 	for _, name := range reg.AllNames() {
+		if c, _ := reg.Get(name); c.Verifier != nil {
+			fmt.Fprintf(w, "crop model %s has a verifier: %s (patch %d, window %g/%g, threshold %g)\n", c.Name,
+				c.Verifier.File, c.Verifier.Patch, c.Verifier.Normalisation.Center, c.Verifier.Normalisation.Width, c.Verifier.Threshold)
+		}
+	}
+	for _, name := range reg.AllNames() {
 		c, _ := reg.Get(name)
 		if c.IsCrop() {
 			if k, ok := reg.Crop(c.Detector); !ok || k.Name != c.Name {
@@ -162,6 +176,13 @@ func verifyModel(c *model.Card, open modelOpener, errs *[]error) string {
 			return "sha256 MISMATCH"
 		}
 		return "sha256 unreadable"
+	}
+	if err := c.VerifyVerifierChecksum(); err != nil {
+		*errs = append(*errs, err)
+		if errors.Is(err, model.ErrChecksum) {
+			return "verifier sha256 MISMATCH"
+		}
+		return "verifier sha256 unreadable"
 	}
 	cell := "sha256 ok"
 	if open == nil {

@@ -193,3 +193,66 @@ func TestModelsVerifyOpensWithORT(t *testing.T) {
 		t.Fatal("opened a model whose input name differs from its card")
 	}
 }
+
+// TestModelsVerifier: a crop model's verifier is listed, its sha256 is
+// checked with the model's, and ortOpener opens it with ONNX Runtime.
+func TestModelsVerifier(t *testing.T) {
+	shipped := filepath.Join(testenv.RepoRoot(t), "models", "resnet50-unet-small-crop")
+	src, err := model.LoadCard(shipped)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if src.Verifier == nil {
+		t.Fatal("the shipped resnet50-unet-small-crop has no verifier")
+	}
+	vb, err := os.ReadFile(src.VerifierPath())
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, tamper := range []bool{false, true} {
+		dir := testenv.TestRegistry(t, "tiny-det", "tiny-crop")
+		crop := filepath.Join(dir, "tiny-crop")
+		b := append([]byte(nil), vb...)
+		if tamper {
+			b[len(b)-1] ^= 1
+		}
+		if err := os.WriteFile(filepath.Join(crop, "verifier.onnx"), b, 0o644); err != nil {
+			t.Fatal(err)
+		}
+		var card map[string]any
+		cb, err := os.ReadFile(filepath.Join(crop, model.CardFile))
+		if err != nil {
+			t.Fatal(err)
+		}
+		if err := json.Unmarshal(cb, &card); err != nil {
+			t.Fatal(err)
+		}
+		card["verifier"] = src.Verifier
+		if cb, err = json.Marshal(card); err != nil {
+			t.Fatal(err)
+		}
+		if err := os.WriteFile(filepath.Join(crop, model.CardFile), cb, 0o644); err != nil {
+			t.Fatal(err)
+		}
+		reg, err := model.OpenRegistry(dir)
+		if err != nil {
+			t.Fatal(err)
+		}
+		var out bytes.Buffer
+		err = printModels(&out, reg, true, ortOpener(context.Background(), zerolog.Nop()))
+		s := out.String()
+		if !strings.Contains(s, "crop model tiny-crop has a verifier: verifier.onnx (patch 32") {
+			t.Errorf("no verifier line in\n%s", s)
+		}
+		cells := strings.Join(row(t, s, "tiny-crop")[12:], " ")
+		if tamper {
+			if !errors.Is(err, model.ErrChecksum) || cells != "verifier sha256 MISMATCH" {
+				t.Errorf("tampered verifier: err %v, cells %q", err, cells)
+			}
+			continue
+		}
+		if err != nil || cells != "sha256 ok, ort ok" {
+			t.Errorf("err %v, cells %q\n%s", err, cells, s)
+		}
+	}
+}

@@ -292,7 +292,21 @@ func (c *Card) validateVerifier() []string {
 
 // VerifyChecksum compares the model file's sha256 with the card's.
 func (c *Card) VerifyChecksum() error {
-	f, err := os.Open(c.Path())
+	return checkFile(c.Name, c.Path(), c.SHA256)
+}
+
+// VerifyVerifierChecksum compares the verifier file's sha256 with the
+// card's verifier section; nil without a verifier.
+func (c *Card) VerifyVerifierChecksum() error {
+	if c.Verifier == nil {
+		return nil
+	}
+	return checkFile(c.Name+" verifier", c.VerifierPath(), c.Verifier.SHA256)
+}
+
+// checkFile compares the sha256 of the file at path with want.
+func checkFile(what, path, want string) error {
+	f, err := os.Open(path)
 	if err != nil {
 		return err
 	}
@@ -302,8 +316,8 @@ func (c *Card) VerifyChecksum() error {
 		return err
 	}
 	got := hex.EncodeToString(h.Sum(nil))
-	if !strings.EqualFold(got, c.SHA256) {
-		return fmt.Errorf("%w: %s: file %s, card %s", ErrChecksum, c.Name, got, c.SHA256)
+	if !strings.EqualFold(got, want) {
+		return fmt.Errorf("%w: %s: file %s, card %s", ErrChecksum, what, got, want)
 	}
 	return nil
 }

@@ -1,12 +1,8 @@
 package infer
 
 import (
-	"crypto/sha256"
-	"encoding/hex"
 	"fmt"
-	"io"
 	"math"
-	"os"
 	"strings"
 	"sync"
 
@@ -45,7 +41,7 @@ func OpenClassifier(card *model.Card, opts Options) (*Classifier, error) {
 	}
 	v := card.Verifier
 	path := card.VerifierPath()
-	if err := checkSHA(path, v.SHA256); err != nil {
+	if err := card.VerifyVerifierChecksum(); err != nil {
 		return nil, fmt.Errorf("infer: verifying %s's verifier: %w", card.Name, err)
 	}
 	if err := checkClassifierIO(path, v.InputName, v.OutputName, v.Patch); err != nil {
@@ -62,23 +58,6 @@ func OpenClassifier(card *model.Card, opts Options) (*Classifier, error) {
 		return nil, err
 	}
 	return c, nil
-}
-
-// checkSHA compares a file's sha256 with want.
-func checkSHA(path, want string) error {
-	f, err := os.Open(path)
-	if err != nil {
-		return err
-	}
-	defer f.Close()
-	h := sha256.New()
-	if _, err := io.Copy(h, f); err != nil {
-		return err
-	}
-	if got := hex.EncodeToString(h.Sum(nil)); !strings.EqualFold(got, want) {
-		return fmt.Errorf("%w: %s: file %s, card %s", model.ErrChecksum, path, got, want)
-	}
-	return nil
 }
 
 // checkClassifierIO checks the verifier's declared input [N,2,P,P] and
