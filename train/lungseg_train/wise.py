@@ -59,6 +59,9 @@ def checkpoint_card(c0: dict, path: str) -> dict:
     c = copy.deepcopy(c0)
     c["training"] = {"init": "checkpoint", "checkpoint": os.path.basename(path),
                      "sha256_checkpoint": sha256_file(path)}
+    split = c0.get("training", {}).get("split")
+    if split is not None:  # every checkpoint here trains on the patient split of D.split_patients
+        c["training"]["split"] = split
     c.pop("version", None)
     c.pop("sha256", None)
     return c

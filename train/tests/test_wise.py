@@ -49,6 +49,10 @@ def test_from_state_dict_loads_a_checkpoint_and_its_card(tmp_path):
                              str(path))
     assert card["name"] == "x-crop" and "version" not in card and "sha256" not in card
     assert card["training"]["checkpoint"] == "ckpt.best.pt" and len(card["training"]["sha256_checkpoint"]) == 64
+    assert "split" not in card["training"]  # the base had none
+    split = {"train": ["A"], "val": ["B"], "test": ["C"]}
+    card = W.checkpoint_card({"name": "x-crop", "training": {"epochs": 3, "split": split}}, str(path))
+    assert card["training"]["split"] == split and "epochs" not in card["training"]  # heldout reads the split
     torch.save({"not": torch.zeros(1)}, tmp_path / "bad.pt")
     with pytest.raises(RuntimeError):
         W.from_state_dict(base, str(tmp_path / "bad.pt"))
