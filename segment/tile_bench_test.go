@@ -18,10 +18,11 @@ import (
 // (the shipped resnet50-unet-small-crop, one intra-op thread): windows
 // every 96 px (25 windows, the stride before 2026-12-03) as the baseline,
 // and every segment.TileStride px (49 windows), in the same run; the
-// ratio of the two ns/op is what the Gaussian tiling costs. "verify" adds
-// the card's verifier (segment/verify) to the stride-TileStride tiling:
-// its ratio to that one is the verifier's cost, with the components it
-// judged per slice reported beside it.
+// ratio of the two ns/op is what the Gaussian tiling costs. On a second,
+// lung-like slice with 40 soft-tissue discs, "+verify" adds the card's
+// verifier (segment/verify) to the tiling: its ratio to the plain tiling
+// of the same slice is the verifier's cost, with the components it judged
+// per slice reported beside it.
 func BenchmarkTile(b *testing.B) {
 	reg, err := model.OpenRegistry(filepath.Join(testenv.RepoRoot(b), "models"))
 	if err != nil {
@@ -40,6 +41,22 @@ func BenchmarkTile(b *testing.B) {
 	for i := range hu.Pix {
 		hu.Pix[i] = int16((i*7919)%1400 - 1000)
 	}
+	// the verifier's benchmark needs components: a lung of −850 HU with 40
+	// soft-tissue discs of radius 2–7 px (nodule- and vessel-sized)
+	lung := imgx.NewHU(512, 512)
+	for i := range lung.Pix {
+		lung.Pix[i] = int16(-850 + (i*7919)%60)
+	}
+	for k := range 40 {
+		cy, cx, r := 40+(k*97)%430, 40+(k*193)%430, 2+k%6
+		for y := cy - r; y <= cy+r; y++ {
+			for x := cx - r; x <= cx+r; x++ {
+				if (y-cy)*(y-cy)+(x-cx)*(x-cx) <= r*r {
+					lung.Pix[y*512+x] = 30
+				}
+			}
+		}
+	}
 	for _, stride := range []int{96, segment.TileStride} {
 		b.Run(fmt.Sprintf("stride%d", stride), func(b *testing.B) {
 			for range b.N {
@@ -57,14 +74,21 @@ func BenchmarkTile(b *testing.B) {
 		b.Fatal(err)
 	}
 	defer cl.Close()
-	b.Run(fmt.Sprintf("stride%d+verify", segment.TileStride), func(b *testing.B) {
+	b.Run(fmt.Sprintf("lung/stride%d", segment.TileStride), func(b *testing.B) {
+		for range b.N {
+			if _, err := segment.Tile(sess, card, lung, segment.TileStride, false); err != nil {
+				b.Fatal(err)
+			}
+		}
+	})
+	b.Run(fmt.Sprintf("lung/stride%d+verify", segment.TileStride), func(b *testing.B) {
 		comps := 0
 		for range b.N {
-			prob, err := segment.Tile(sess, card, hu, segment.TileStride, false)
+			prob, err := segment.Tile(sess, card, lung, segment.TileStride, false)
 			if err != nil {
 				b.Fatal(err)
 			}
-			res, err := verify.Apply(cl, card.Verifier, hu, prob, float32(card.Threshold), nil)
+			res, err := verify.Apply(cl, card.Verifier, lung, prob, float32(card.Threshold), nil)
 			if err != nil {
 				b.Fatal(err)
 			}
