@@ -31,6 +31,10 @@ type Cascade struct {
 	Slices  int    `json:"slices"`
 	// Source names the slices: a real series folder, or "phantoms".
 	Source string `json:"source"`
+	// Verified: the crop model's verifier (segment/verify) ran on the
+	// refined maps, as the refine stage runs it; its time is in the
+	// cascade's.
+	Verified bool `json:"verified,omitempty"`
 	// DetectorMs is the detector alone per slice (window, resize, run,
 	// resize back), median over rounds.
 	DetectorMs float64 `json:"detector_ms"`
@@ -113,13 +117,16 @@ func (r *runner) cascadeSlices() ([]cascadeSlice, string, error) {
 // cascadeLoop runs a detector (and, with crop set, its cascade through
 // the refine stage's code) over the slices as segment, refine and score
 // do and returns the time, the part of it refine took, and the crop
-// windows run. field: compute each slice's lung field and plan candidates
+// windows run; ver, when not nil, is the crop model's verifier. field: compute each slice's lung field and plan candidates
 // inside it.
-func cascadeLoop(det, crop *infer.Session, dcard, ccard *model.Card, slices []cascadeSlice, field bool) (total, refined time.Duration, windows int, err error) {
+func cascadeLoop(det, crop *infer.Session, ver *infer.Classifier, dcard, ccard *model.Card, slices []cascadeSlice, field bool) (total, refined time.Duration, windows int, err error) {
 	h, w := dcard.Input.Height, dcard.Input.Width
 	var rs *refine.Stage
 	if ccard != nil {
 		rs = &refine.Stage{Detector: dcard.Name, Crop: ccard, CropModel: crop}
+		if ver != nil {
+			rs.Verifier = ver
+		}
 	}
 	start := time.Now()
 	for _, s := range slices {
@@ -206,24 +213,32 @@ func (r *runner) cascades(ctx context.Context, reg *model.Registry, names []stri
 				det.Close()
 				return err
 			}
+			var ver *infer.Classifier
+			if ccard.Verifier != nil {
+				if ver, err = infer.OpenClassifier(ccard, r.o.infer(t)); err != nil {
+					crop.Close()
+					det.Close()
+					return err
+				}
+			}
 			err = func() error {
 				// warm-up: every path once on two slices
 				warm := slices[:min(2, len(slices))]
-				if _, _, _, err := cascadeLoop(det, crop, dcard, ccard, warm, true); err != nil {
+				if _, _, _, err := cascadeLoop(det, crop, ver, dcard, ccard, warm, true); err != nil {
 					return err
 				}
 				var dt, nf, wf, lf, rf []float64
 				var nw, fw int
 				for round := 0; round < r.o.Rounds; round++ {
-					d, _, _, err := cascadeLoop(det, nil, dcard, nil, slices, false)
+					d, _, _, err := cascadeLoop(det, nil, nil, dcard, nil, slices, false)
 					if err != nil {
 						return err
 					}
-					a, _, wa, err := cascadeLoop(det, crop, dcard, ccard, slices, false)
+					a, _, wa, err := cascadeLoop(det, crop, ver, dcard, ccard, slices, false)
 					if err != nil {
 						return err
 					}
-					b, rb, wb, err := cascadeLoop(det, crop, dcard, ccard, slices, true)
+					b, rb, wb, err := cascadeLoop(det, crop, ver, dcard, ccard, slices, true)
 					if err != nil {
 						return err
 					}
@@ -238,7 +253,7 @@ func (r *runner) cascades(ctx context.Context, reg *model.Registry, names []stri
 					wf = append(wf, 1e3*b.Seconds()/n)
 					nw, fw = wa, wb
 				}
-				c := Cascade{Model: dcard.Name + model.CropSuffix, Threads: t, Slices: len(slices), Source: source,
+				c := Cascade{Model: dcard.Name + model.CropSuffix, Threads: t, Slices: len(slices), Source: source, Verified: ver != nil,
 					DetectorMs: median(dt), NoFieldMs: median(nf), FieldMs: median(wf), LungFieldMs: median(lf),
 					NoFieldWindows: float64(nw) / n, FieldWindows: float64(fw) / n, RefineMs: median(rf),
 					DetectorSpread: spreadOf(dt), FieldSpread: spreadOf(wf), RatioFieldSpread: spreadOf(ratios(wf, dt))}
@@ -250,6 +265,9 @@ func (r *runner) cascades(ctx context.Context, reg *model.Registry, names []stri
 					c.Model, t, c.DetectorMs, c.NoFieldMs, c.NoFieldWindows, c.FieldMs, c.FieldWindows, c.RefineMs)
 				return nil
 			}()
+			if ver != nil {
+				ver.Close()
+			}
 			crop.Close()
 			det.Close()
 			if err != nil {

@@ -121,7 +121,11 @@ func (rep *Report) WriteTable(w io.Writer) error {
 		p("")
 		p("CASCADE\tTHREADS\tSLICES\tDETECTOR ms/slice [min–max]\tCASCADE ms/slice (windows)\tRATIO\tWITH LUNG FIELD ms/slice [min–max] (windows)\tRATIO (rounds: [min–max])\tFIELD ms/slice\tREFINE ms/slice\tBESIDE DETECTOR RATIO\tSLICES FROM")
 		for _, c := range rep.Cascade {
-			p("%s\t%d\t%d\t%s\t%.1f (%.2f)\t%.2f\t%s (%.2f)\t%.2f (%s)\t%.1f\t%.1f\t%.2f\t%s", c.Model, c.Threads, c.Slices, c.DetectorSpread.format(1),
+			name := c.Model
+			if c.Verified {
+				name += " (verified)"
+			}
+			p("%s\t%d\t%d\t%s\t%.1f (%.2f)\t%.2f\t%s (%.2f)\t%.2f (%s)\t%.1f\t%.1f\t%.2f\t%s", name, c.Threads, c.Slices, c.DetectorSpread.format(1),
 				c.NoFieldMs, c.NoFieldWindows, c.RatioNoField, c.FieldSpread.format(1), c.FieldWindows, c.RatioField, c.RatioFieldSpread.format(2),
 				c.LungFieldMs, c.RefineMs, c.RatioBeside, c.Source)
 		}
