@@ -261,8 +261,10 @@ def init_history(path: str) -> Dict[str, object]:
     t = c.get("training") or {}
     keep = ("device", "torch", "minutes", "epochs", "steps", "batch", "seed", "init")
     prev = {k: t[k] for k in keep if k in t}
-    if "recipe" in t:
+    if isinstance(t.get("recipe"), dict):
         prev["recipe"] = {k: t["recipe"].get(k) for k in ("name", "lr", "batch", "loss", "optimizer")}
+    elif "recipe" in t:
+        prev["recipe"] = {"name": str(t["recipe"])}
     val = c.get("validation") or {}
     if "dice" in val:
         prev["val_dice"] = val["dice"]
