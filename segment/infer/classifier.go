@@ -3,7 +3,6 @@ package infer
 import (
 	"fmt"
 	"math"
-	"strings"
 	"sync"
 
 	"github.com/lungseg/lungseg/pkg/model"
@@ -67,34 +66,11 @@ func checkClassifierIO(path, inName, outName string, p int) error {
 	if err != nil {
 		return fmt.Errorf("reading inputs and outputs: %w", err)
 	}
-	ok := func(got int64, want int) bool { return got < 0 || got == int64(want) }
-	find := func(kind, name string, infos []ort.InputOutputInfo, want []int) error {
-		var names []string
-		for _, i := range infos {
-			if i.Name != name {
-				names = append(names, i.Name)
-				continue
-			}
-			if i.OrtValueType != ort.ONNXTypeTensor || i.DataType != ort.TensorElementDataTypeFloat {
-				return fmt.Errorf("%s %q is %v of %v, want a float32 tensor", kind, name, i.OrtValueType, i.DataType)
-			}
-			d := i.Dimensions
-			if len(d) != len(want)+1 {
-				return fmt.Errorf("%s %q has shape %v, want [N %v]", kind, name, d, want)
-			}
-			for k, w := range want {
-				if !ok(d[k+1], w) {
-					return fmt.Errorf("%s %q has shape %v, want [N %v]", kind, name, d, want)
-				}
-			}
-			return nil
-		}
-		return fmt.Errorf("no %s %q (model has %s)", kind, name, strings.Join(names, ", "))
-	}
-	if err := find("input", inName, ins, []int{ClassifierChannels, p, p}); err != nil {
+	if _, err := findTensor("input", inName, ins, ClassifierChannels, p, p); err != nil {
 		return err
 	}
-	return find("output", outName, outs, []int{1})
+	_, err = findTensor("output", outName, outs, 1)
+	return err
 }
 
 // Patch returns the side of the verifier's input.

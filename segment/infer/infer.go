@@ -300,33 +300,38 @@ func checkIO(path, inName, outName string, h, w int) (int, error) {
 	if err != nil {
 		return 0, fmt.Errorf("reading inputs and outputs: %w", err)
 	}
-	fixed := 0
-	find := func(kind, name string, infos []ort.InputOutputInfo) error {
-		var names []string
-		for _, i := range infos {
-			if i.Name != name {
-				names = append(names, i.Name)
-				continue
-			}
-			if i.OrtValueType != ort.ONNXTypeTensor || i.DataType != ort.TensorElementDataTypeFloat {
-				return fmt.Errorf("%s %q is %v of %v, want a float32 tensor", kind, name, i.OrtValueType, i.DataType)
-			}
-			d := i.Dimensions
-			ok := func(got int64, want int) bool { return got < 0 || got == int64(want) }
-			if len(d) != 4 || !ok(d[1], 1) || !ok(d[2], h) || !ok(d[3], w) {
-				return fmt.Errorf("%s %q has shape %v, want [N 1 %d %d]", kind, name, d, h, w)
-			}
-			if kind == "input" && d[0] > 0 {
-				fixed = int(d[0])
-			}
-			return nil
-		}
-		return fmt.Errorf("no %s %q (model has %s)", kind, name, strings.Join(names, ", "))
-	}
-	if err := find("input", inName, ins); err != nil {
+	fixed, err := findTensor("input", inName, ins, 1, h, w)
+	if err != nil {
 		return 0, err
 	}
-	return fixed, find("output", outName, outs)
+	_, err = findTensor("output", outName, outs, 1, h, w)
+	return fixed, err
+}
+
+// findTensor checks that infos declare a float32 tensor called name of
+// shape [N, want...] (any dimension may be symbolic) and returns N, or 0
+// when that axis is symbolic.
+func findTensor(kind, name string, infos []ort.InputOutputInfo, want ...int) (int, error) {
+	var names []string
+	for _, i := range infos {
+		if i.Name != name {
+			names = append(names, i.Name)
+			continue
+		}
+		if i.OrtValueType != ort.ONNXTypeTensor || i.DataType != ort.TensorElementDataTypeFloat {
+			return 0, fmt.Errorf("%s %q is %v of %v, want a float32 tensor", kind, name, i.OrtValueType, i.DataType)
+		}
+		d := i.Dimensions
+		ok := len(d) == len(want)+1
+		for k := 0; ok && k < len(want); k++ {
+			ok = d[k+1] < 0 || d[k+1] == int64(want[k])
+		}
+		if !ok {
+			return 0, fmt.Errorf("%s %q has shape %v, want [N %s]", kind, name, d, strings.Trim(fmt.Sprint(want), "[]"))
+		}
+		return int(max(d[0], 0)), nil
+	}
+	return 0, fmt.Errorf("no %s %q (model has %s)", kind, name, strings.Join(names, ", "))
 }
 
 // Provider returns the execution provider actually in use.

@@ -33,8 +33,8 @@ const Chunk = 256
 
 // Component is one 8-connected component of the thresholded map.
 type Component struct {
-	// Pixels are the component's pixel indices (row*cols+col) in raster
-	// order of discovery.
+	// Pixels are the component's pixel indices (row*cols+col), in raster
+	// order.
 	Pixels []int
 	// CY, CX are its centroid, each mean rounded half to even (as
 	// Python's round, which trained the verifier).
@@ -43,46 +43,29 @@ type Component struct {
 
 // Components labels the 8-connected components of the pixels with prob ≥
 // thr (and field ≠ 0 when field is not nil), in raster order of each
-// component's first pixel.
+// component's first pixel (imgx.Labels).
 func Components(prob []float32, rows, cols int, thr float32, field *imgx.Mask) []Component {
-	seen := make([]bool, len(prob))
-	in := func(i int) bool { return prob[i] >= thr && (field == nil || field.Pix[i] != 0) }
-	var out []Component
-	for start := range prob {
-		if seen[start] || !in(start) {
+	m := imgx.NewMask(rows, cols)
+	for i, v := range prob {
+		if v >= thr && (field == nil || field.Pix[i] != 0) {
+			m.Pix[i] = 1
+		}
+	}
+	lab, n := imgx.Labels(m, 1)
+	out := make([]Component, n)
+	sy, sx := make([]float64, n), make([]float64, n)
+	for i, l := range lab {
+		if l == 0 {
 			continue
 		}
-		seen[start] = true
-		stack := []int{start}
-		var c Component
-		var sy, sx float64
-		for len(stack) > 0 {
-			i := stack[len(stack)-1]
-			stack = stack[:len(stack)-1]
-			c.Pixels = append(c.Pixels, i)
-			y, x := i/cols, i%cols
-			sy += float64(y)
-			sx += float64(x)
-			for dy := -1; dy <= 1; dy++ {
-				ny := y + dy
-				if ny < 0 || ny >= rows {
-					continue
-				}
-				for dx := -1; dx <= 1; dx++ {
-					nx := x + dx
-					if nx < 0 || nx >= cols {
-						continue
-					}
-					if j := ny*cols + nx; !seen[j] && in(j) {
-						seen[j] = true
-						stack = append(stack, j)
-					}
-				}
-			}
-		}
-		n := float64(len(c.Pixels))
-		c.CY, c.CX = int(math.RoundToEven(sy/n)), int(math.RoundToEven(sx/n))
-		out = append(out, c)
+		k := l - 1
+		out[k].Pixels = append(out[k].Pixels, i)
+		sy[k] += float64(i / cols)
+		sx[k] += float64(i % cols)
+	}
+	for k := range out {
+		c := float64(len(out[k].Pixels))
+		out[k].CY, out[k].CX = int(math.RoundToEven(sy[k]/c)), int(math.RoundToEven(sx[k]/c))
 	}
 	return out
 }
