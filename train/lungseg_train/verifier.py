@@ -227,6 +227,24 @@ def train_net(c: Dict[str, np.ndarray], keep: np.ndarray, epochs: int = 8, seed:
     return net.eval()
 
 
+class Mean(nn.Module):
+    """Several verifiers as one: the logit of the mean of their probabilities."""
+
+    def __init__(self, nets: Sequence[Net]):
+        super().__init__()
+        self.nets = nn.ModuleList(nets)
+
+    def forward(self, x):
+        p = torch.stack([torch.sigmoid(n(x)) for n in self.nets]).mean(0).clamp(1e-6, 1 - 1e-6)
+        return torch.log(p / (1 - p))
+
+
+def train_mean(c: Dict[str, np.ndarray], keep: np.ndarray, epochs: int, seeds: Sequence[int]) -> nn.Module:
+    """One Net per seed, averaged (Mean) when there are several."""
+    nets = [train_net(c, keep, epochs, s) for s in seeds]
+    return nets[0] if len(nets) == 1 else Mean(nets).eval()
+
+
 @torch.no_grad()
 def judge(net: Net, hu: np.ndarray, mask: np.ndarray) -> np.ndarray:
     x = net_input(hu, mask)
@@ -302,6 +320,8 @@ def main(argv=None) -> int:
     ap.add_argument("--out", required=True, help="registry root to write <name>/ into")
     ap.add_argument("--epochs", type=int, default=8)
     ap.add_argument("--seed", type=int, default=1)
+    ap.add_argument("--seeds", type=int, default=1,
+                    help="average this many verifiers (seeds seed, seed+1, ...) into one")
     ap.add_argument("--threads", type=int, default=0)
     a = ap.parse_args(argv)
     if a.threads:
@@ -327,10 +347,11 @@ def main(argv=None) -> int:
     cc, ww = float(norm.get("center", D.WINDOW_CENTER)), float(norm.get("width", D.WINDOW_WIDTH))
     probs = np.stack([np.where(keep_l[i], R.tile_probs(model, hu[i], cc, ww), 0.0) for i in range(len(hu))])
     pats = np.array([s.split("/")[0] for s in ids])
+    seeds = [a.seed + k for k in range(max(1, a.seeds))]
     per = []
     for held in CV_PATIENTS:
         t0 = time.time()
-        net = train_net(c, c["patient"] != held, a.epochs, a.seed)
+        net = train_mean(c, c["patient"] != held, a.epochs, seeds)
         k = pats == held
         d = verified_dice(net, probs[k], hu[k], truth[k], thr, VTHRS)
         per.append(d)
@@ -341,7 +362,7 @@ def main(argv=None) -> int:
     vthr = choose_threshold(means)
     print("verifier: pooled over the held-out slices " + " ".join(f"{t:.1f}:{m:.3f}" for t, m in zip(VTHRS, means))
           + f"; threshold {vthr:.1f}")
-    net = train_net(c, np.ones(len(c["label"]), bool), a.epochs, a.seed)
+    net = train_mean(c, np.ones(len(c["label"]), bool), a.epochs, seeds)
     folder = os.path.join(a.out, card["name"])
     if os.path.abspath(folder) != os.path.abspath(a.crop_folder):
         shutil.copytree(a.crop_folder, folder, dirs_exist_ok=True)
@@ -355,7 +376,7 @@ def main(argv=None) -> int:
         "normalisation": {"kind": "window", "center": CENTER, "width": WIDTH}, "threshold": vthr,
         "training": {
             "candidates": {s: int((c["src"] == s).sum()) for s in sorted(set(c["src"].tolist()))},
-            "on_nodule": int(c["label"].sum()), "epochs": a.epochs, "seed": a.seed,
+            "on_nodule": int(c["label"].sum()), "epochs": a.epochs, "seeds": seeds,
             "harvest_thresholds": [thr, LOW_THRESHOLD] if thr > LOW_THRESHOLD else [thr],
             "threshold_selected_on": "leave one patient out over " + ", ".join(CV_PATIENTS)
                                      + ": pooled mean Dice of their real slices",

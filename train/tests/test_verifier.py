@@ -108,3 +108,17 @@ def test_verified_dice_removes_rejected_components():
     d = V.verified_dice(Keep(), prob, hu, truth, 0.5, (0.0, 0.5))
     assert d.shape == (2, 1)
     assert abs(d[0, 0] - 2 * 25 / (25 + 25 + 60)) < 1e-9 and d[1, 0] == 1.0
+
+
+def test_mean_of_verifiers_is_the_logit_of_their_mean_probability(tmp_path):
+    torch.manual_seed(0)
+    nets = [V.Net().eval(), V.Net().eval()]
+    m = V.Mean(nets).eval()
+    x = torch.rand(5, 2, V.PATCH, V.PATCH)
+    with torch.no_grad():
+        p = (torch.sigmoid(nets[0](x)) + torch.sigmoid(nets[1](x))) / 2
+        np.testing.assert_allclose(torch.sigmoid(m(x)).numpy(), p.numpy(), atol=1e-6)
+    rep = V.export(m, str(tmp_path), x)  # one ONNX file, as the Go side reads it
+    assert len(rep["sha256"]) == 64
+    y = np.fromfile(tmp_path / "verifier_parity_output.bin", "<f4")
+    np.testing.assert_allclose(1 / (1 + np.exp(-y)), p[:, 0].numpy(), atol=1e-5)
