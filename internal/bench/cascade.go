@@ -117,8 +117,8 @@ func (r *runner) cascadeSlices() ([]cascadeSlice, string, error) {
 // cascadeLoop runs a detector (and, with crop set, its cascade through
 // the refine stage's code) over the slices as segment, refine and score
 // do and returns the time, the part of it refine took, and the crop
-// windows run; ver, when not nil, is the crop model's verifier. field: compute each slice's lung field and plan candidates
-// inside it.
+// windows run; ver, when not nil, is the crop model's verifier. field:
+// compute each slice's lung field and plan candidates inside it.
 func cascadeLoop(det, crop *infer.Session, ver *infer.Classifier, dcard, ccard *model.Card, slices []cascadeSlice, field bool) (total, refined time.Duration, windows int, err error) {
 	h, w := dcard.Input.Height, dcard.Input.Width
 	var rs *refine.Stage

@@ -23,6 +23,7 @@ import (
 	"github.com/lungseg/lungseg/segment"
 	"github.com/lungseg/lungseg/segment/infer"
 	"github.com/lungseg/lungseg/segment/refine"
+	"github.com/lungseg/lungseg/segment/verify"
 	"github.com/nats-io/nats.go/jetstream"
 	"github.com/rs/zerolog"
 )
@@ -217,13 +218,8 @@ func Run(ctx context.Context, js jetstream.JetStream, cfg Config, log zerolog.Lo
 				closers = append(closers, sess.Close)
 				log.Info().Str("model", name).Str("provider", sess.Provider()).Int("max_batch", cfg.Batch.MaxBatch).Msg("model loaded")
 				st := &segment.Stage{Card: card, Model: m, Objects: objects}
-				if card.Verifier != nil {
-					cl, err := infer.OpenClassifier(card, cfg.Infer)
-					if err != nil {
-						return fmt.Errorf("pipeline: opening model %s: %w", name, err)
-					}
-					closers = append(closers, cl.Close)
-					st.Verifier = cl
+				if st.Verifier, err = openVerifier(card, cfg.Infer, &closers); err != nil {
+					return err
 				}
 				if err := addN(sc, st, max(workers(Segment), cfg.Batch.MaxBatch)); err != nil {
 					return err
@@ -255,13 +251,8 @@ func Run(ctx context.Context, js jetstream.JetStream, cfg Config, log zerolog.Lo
 				rc := stage.Config{Name: Refine, Durable: refine.Durable(name), Stream: bus.StreamMasks,
 					FilterSubjects: []string{bus.MasksSubject(name)}}
 				rs := &refine.Stage{Detector: name, Crop: crop, CropModel: cs, Objects: objects}
-				if crop.Verifier != nil {
-					cl, err := infer.OpenClassifier(crop, cfg.Infer)
-					if err != nil {
-						return fmt.Errorf("pipeline: opening crop model %s of %s: %w", crop.Name, name, err)
-					}
-					closers = append(closers, cl.Close)
-					rs.Verifier = cl
+				if rs.Verifier, err = openVerifier(crop, cfg.Infer, &closers); err != nil {
+					return err
 				}
 				if err := add(rc, rs); err != nil {
 					return err
@@ -371,4 +362,19 @@ func selection(cfg Config) ([]string, error) {
 		selected = []string{"all"}
 	}
 	return cfg.Registry.Resolve(selected)
+}
+
+// openVerifier opens card's verifier (segment/verify) when the card has
+// one, adding its Close to closers; nil, nil without one (a nil
+// *infer.Classifier is never returned as a non-nil interface).
+func openVerifier(card *model.Card, o infer.Options, closers *[]func() error) (verify.Classifier, error) {
+	if card.Verifier == nil {
+		return nil, nil
+	}
+	cl, err := infer.OpenClassifier(card, o)
+	if err != nil {
+		return nil, fmt.Errorf("pipeline: opening the verifier of %s: %w", card.Name, err)
+	}
+	*closers = append(*closers, cl.Close)
+	return cl, nil
 }

@@ -73,9 +73,6 @@ func checkClassifierIO(path, inName, outName string, p int) error {
 	return err
 }
 
-// Patch returns the side of the verifier's input.
-func (c *Classifier) Patch() int { return c.patch }
-
 // Run classifies n images laid out as [n,2,Patch,Patch] and returns n
 // probabilities (the sigmoid of the verifier's logits).
 func (c *Classifier) Run(input []float32, n int) ([]float32, error) {

@@ -4,7 +4,7 @@
 // the hila, the chest wall.
 //
 // A crop model tiled over a whole slice finds most nodules and outlines
-// them well, but also marks vessels (train/README.md, "Verifier"). Apply
+// them well, but also marks vessels (train/README.md, "A verifier for the components of a tiled crop model"). Apply
 // cuts the map into 8-connected components of the pixels at or above the
 // crop model's threshold (inside the lung field when there is one), reads
 // a Patch×Patch window of native HU centred on each component's centroid
@@ -20,6 +20,7 @@ import (
 
 	"github.com/lungseg/lungseg/pkg/imgx"
 	"github.com/lungseg/lungseg/pkg/model"
+	"github.com/lungseg/lungseg/segment/cascade"
 )
 
 // Classifier runs the verifier on n patches laid out [n,2,P,P] and
@@ -71,23 +72,13 @@ func Components(prob []float32, rows, cols int, thr float32, field *imgx.Mask) [
 }
 
 // Patch writes component c's verifier input into dst (2·p·p values):
-// channel 0 the native HU of the p×p window whose top-left pixel is
-// (CY−p/2, CX−p/2), normalised by norm (imgx.AirHU beyond the image);
-// channel 1 is 1 on c's pixels inside the window, else 0.
+// channel 0 the p×p window of native HU whose top-left pixel is
+// (CY−p/2, CX−p/2), normalised by norm, as a crop model's window reads it
+// (cascade.Crop: air beyond the image); channel 1 is 1 on c's pixels
+// inside the window, else 0.
 func Patch(dst []float32, hu *imgx.HU, c Component, p int, norm model.Normalisation) {
 	y0, x0 := c.CY-p/2, c.CX-p/2
-	air := norm.Apply(imgx.AirHU)
-	for y := 0; y < p; y++ {
-		sy := y0 + y
-		for x := 0; x < p; x++ {
-			sx := x0 + x
-			v := air
-			if sy >= 0 && sy < hu.Rows && sx >= 0 && sx < hu.Cols {
-				v = norm.Apply(float64(hu.Pix[sy*hu.Cols+sx]))
-			}
-			dst[y*p+x] = v
-		}
-	}
+	copy(dst[:p*p], cascade.Crop(hu, cascade.Window{Y0: y0, X0: x0, H: p, W: p}, norm))
 	m := dst[p*p : 2*p*p]
 	clear(m)
 	for _, i := range c.Pixels {
