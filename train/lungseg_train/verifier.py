@@ -68,8 +68,9 @@ TEST_PATIENT = "LIDC-IDRI-0007"
 class Net(nn.Module):
     """Three double-conv blocks (24, 48, 96 channels), two max-pools, global mean, one logit."""
 
-    def __init__(self):
+    def __init__(self, patch: int = PATCH):
         super().__init__()
+        self.patch = patch  # the input side it is trained and exported for
 
         def blk(i, o):
             return nn.Sequential(nn.Conv2d(i, o, 3, padding=1), nn.BatchNorm2d(o), nn.ReLU(),
@@ -200,16 +201,17 @@ def augment(x: torch.Tensor, g: np.random.Generator) -> torch.Tensor:
     return torch.cat([hu.clamp(0, 1), x[:, 1:]], 1)
 
 
-def train_net(c: Dict[str, np.ndarray], keep: np.ndarray, epochs: int = 8, seed: int = 1, log=None) -> Net:
+def train_net(c: Dict[str, np.ndarray], keep: np.ndarray, epochs: int = 8, seed: int = 1, log=None,
+              patch: int = PATCH) -> Net:
     """Trains a Net on the candidates where keep; each batch half nodules, half not."""
     torch.manual_seed(seed)
     g = np.random.default_rng(seed)
-    X = net_input(c["hu"][keep], c["mask"][keep])
+    X = net_input(c["hu"][keep], c["mask"][keep], patch)
     y = torch.from_numpy(c["label"][keep].astype(np.float32))
     pos, neg = np.nonzero(y.numpy() == 1)[0], np.nonzero(y.numpy() == 0)[0]
     if len(pos) == 0 or len(neg) == 0:
         raise ValueError(f"verifier: {len(pos)} nodule and {len(neg)} other candidates to train on")
-    net = Net()
+    net = Net(patch)
     opt = torch.optim.AdamW(net.parameters(), 2e-3, weight_decay=1e-4)
     spe = max(len(pos), len(neg)) * 2 // 64
     sched = torch.optim.lr_scheduler.OneCycleLR(opt, 2e-3, total_steps=epochs * spe)
@@ -233,21 +235,23 @@ class Mean(nn.Module):
     def __init__(self, nets: Sequence[Net]):
         super().__init__()
         self.nets = nn.ModuleList(nets)
+        self.patch = nets[0].patch
 
     def forward(self, x):
         p = torch.stack([torch.sigmoid(n(x)) for n in self.nets]).mean(0).clamp(1e-6, 1 - 1e-6)
         return torch.log(p / (1 - p))
 
 
-def train_mean(c: Dict[str, np.ndarray], keep: np.ndarray, epochs: int, seeds: Sequence[int]) -> nn.Module:
+def train_mean(c: Dict[str, np.ndarray], keep: np.ndarray, epochs: int, seeds: Sequence[int],
+               patch: int = PATCH) -> nn.Module:
     """One Net per seed, averaged (Mean) when there are several."""
-    nets = [train_net(c, keep, epochs, s) for s in seeds]
+    nets = [train_net(c, keep, epochs, s, patch=patch) for s in seeds]
     return nets[0] if len(nets) == 1 else Mean(nets).eval()
 
 
 @torch.no_grad()
 def judge(net: Net, hu: np.ndarray, mask: np.ndarray) -> np.ndarray:
-    x = net_input(hu, mask)
+    x = net_input(hu, mask, getattr(net, "patch", PATCH))
     return np.concatenate([torch.sigmoid(net(x[s:s + 512]))[:, 0].numpy() for s in range(0, len(x), 512)]) \
         if len(x) else np.zeros(0, np.float32)
 
@@ -322,8 +326,12 @@ def main(argv=None) -> int:
     ap.add_argument("--seed", type=int, default=1)
     ap.add_argument("--seeds", type=int, default=1,
                     help="average this many verifiers (seeds seed, seed+1, ...) into one")
+    ap.add_argument("--patch", type=int, default=PATCH,
+                    help=f"the verifier's input side in native pixels ({PATCH}; at most {HARVEST}, even)")
     ap.add_argument("--threads", type=int, default=0)
     a = ap.parse_args(argv)
+    if not (8 <= a.patch <= HARVEST and a.patch % 2 == 0):
+        ap.error(f"--patch {a.patch}: want an even side from 8 to {HARVEST}")
     if a.threads:
         torch.set_num_threads(a.threads)
     model, card = R.load_crop_model(a.crop_folder)
@@ -345,13 +353,20 @@ def main(argv=None) -> int:
     keep_l = np.stack([R.dilate(l, 8) for l in lung])
     norm = card.get("normalisation", {})
     cc, ww = float(norm.get("center", D.WINDOW_CENTER)), float(norm.get("width", D.WINDOW_WIDTH))
-    probs = np.stack([np.where(keep_l[i], R.tile_probs(model, hu[i], cc, ww), 0.0) for i in range(len(hu))])
+    # the CV slices' tiled maps are cached beside the candidates: a second run
+    # on the same work folder (another seed, another patch) skips the tiling
+    ppath = os.path.join(a.work, "cv_probs.npz")
+    if os.path.exists(ppath) and list(np.load(ppath)["ids"]) == list(ids):
+        probs = np.load(ppath)["probs"]
+    else:
+        probs = np.stack([np.where(keep_l[i], R.tile_probs(model, hu[i], cc, ww), 0.0) for i in range(len(hu))])
+        np.savez_compressed(ppath, ids=np.array(ids), probs=probs.astype(np.float32))
     pats = np.array([s.split("/")[0] for s in ids])
     seeds = [a.seed + k for k in range(max(1, a.seeds))]
     per = []
     for held in CV_PATIENTS:
         t0 = time.time()
-        net = train_mean(c, c["patient"] != held, a.epochs, seeds)
+        net = train_mean(c, c["patient"] != held, a.epochs, seeds, a.patch)
         k = pats == held
         d = verified_dice(net, probs[k], hu[k], truth[k], thr, VTHRS)
         per.append(d)
@@ -362,17 +377,17 @@ def main(argv=None) -> int:
     vthr = choose_threshold(means)
     print("verifier: pooled over the held-out slices " + " ".join(f"{t:.1f}:{m:.3f}" for t, m in zip(VTHRS, means))
           + f"; threshold {vthr:.1f}")
-    net = train_mean(c, np.ones(len(c["label"]), bool), a.epochs, seeds)
+    net = train_mean(c, np.ones(len(c["label"]), bool), a.epochs, seeds, a.patch)
     folder = os.path.join(a.out, card["name"])
     if os.path.abspath(folder) != os.path.abspath(a.crop_folder):
         shutil.copytree(a.crop_folder, folder, dirs_exist_ok=True)
     g = torch.Generator().manual_seed(7)
     k = torch.randperm(len(c["label"]), generator=g)[:8].numpy()
-    rep = export(net, folder, net_input(c["hu"][k], c["mask"][k]))
+    rep = export(net, folder, net_input(c["hu"][k], c["mask"][k], a.patch))
     with open(os.path.join(folder, "card.json")) as f:
         out_card = json.load(f)
     out_card["verifier"] = {
-        "file": "verifier.onnx", "sha256": rep["sha256"], "patch": PATCH,
+        "file": "verifier.onnx", "sha256": rep["sha256"], "patch": a.patch,
         "normalisation": {"kind": "window", "center": CENTER, "width": WIDTH}, "threshold": vthr,
         "training": {
             "candidates": {s: int((c["src"] == s).sum()) for s in sorted(set(c["src"].tolist()))},

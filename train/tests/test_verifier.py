@@ -122,3 +122,18 @@ def test_mean_of_verifiers_is_the_logit_of_their_mean_probability(tmp_path):
     assert len(rep["sha256"]) == 64
     y = np.fromfile(tmp_path / "verifier_parity_output.bin", "<f4")
     np.testing.assert_allclose(1 / (1 + np.exp(-y)), p[:, 0].numpy(), atol=1e-5)
+
+
+def test_a_larger_patch_is_trained_judged_and_exported_at_its_side(tmp_path):
+    torch.set_num_threads(1)
+    c = _toy(128, np.random.default_rng(0))
+    net = V.train_net(c, np.ones(128, bool), epochs=1, seed=0, patch=V.HARVEST)
+    assert net.patch == V.HARVEST
+    t = _toy(16, np.random.default_rng(1))
+    with torch.no_grad():  # judge reads the net's own side from the stored windows
+        want = torch.sigmoid(net(V.net_input(t["hu"], t["mask"], V.HARVEST)))[:, 0].numpy()
+    np.testing.assert_allclose(V.judge(net, t["hu"], t["mask"]), want, atol=1e-6)
+    assert V.Mean([net, net]).patch == V.HARVEST
+    V.export(net, str(tmp_path), V.net_input(t["hu"][:4], t["mask"][:4], V.HARVEST))
+    par = json.load(open(tmp_path / "verifier_parity.json"))
+    assert par["input_shape"] == [4, 2, V.HARVEST, V.HARVEST]
