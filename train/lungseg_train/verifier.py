@@ -202,8 +202,12 @@ def augment(x: torch.Tensor, g: np.random.Generator) -> torch.Tensor:
 
 
 def train_net(c: Dict[str, np.ndarray], keep: np.ndarray, epochs: int = 8, seed: int = 1, log=None,
-              patch: int = PATCH) -> Net:
-    """Trains a Net on the candidates where keep; each batch half nodules, half not."""
+              patch: int = PATCH, real_pos: float = 0.0) -> Net:
+    """Trains a Net on the candidates where keep; each batch half nodules, half
+    not. With real_pos > 0, that share of each batch's nodules is drawn from
+    the real slices' nodule candidates (src "real"), the rest from the others:
+    most nodule candidates come from bare crops, most real-slice candidates
+    are not nodules, and a net may learn the source instead of the nodule."""
     torch.manual_seed(seed)
     g = np.random.default_rng(seed)
     X = net_input(c["hu"][keep], c["mask"][keep], patch)
@@ -211,14 +215,21 @@ def train_net(c: Dict[str, np.ndarray], keep: np.ndarray, epochs: int = 8, seed:
     pos, neg = np.nonzero(y.numpy() == 1)[0], np.nonzero(y.numpy() == 0)[0]
     if len(pos) == 0 or len(neg) == 0:
         raise ValueError(f"verifier: {len(pos)} nodule and {len(neg)} other candidates to train on")
+    n_real = int(round(32 * real_pos))
+    if n_real:
+        real = c["src"][keep][pos] == "real"
+        pos_real, pos = pos[real], pos[~real]
+        if len(pos_real) == 0 or len(pos) == 0:
+            raise ValueError(f"verifier: {len(pos_real)} real and {len(pos)} other nodule candidates for real_pos")
     net = Net(patch)
     opt = torch.optim.AdamW(net.parameters(), 2e-3, weight_decay=1e-4)
-    spe = max(len(pos), len(neg)) * 2 // 64
+    spe = max(len(pos) + (len(pos_real) if n_real else 0), len(neg)) * 2 // 64
     sched = torch.optim.lr_scheduler.OneCycleLR(opt, 2e-3, total_steps=epochs * spe)
     for ep in range(epochs):
         net.train()
         for _ in range(spe):
-            idx = np.concatenate([g.choice(pos, 32), g.choice(neg, 32)])
+            idx = np.concatenate([g.choice(pos, 32 - n_real), g.choice(neg, 32)]
+                                 + ([g.choice(pos_real, n_real)] if n_real else []))
             loss = F.binary_cross_entropy_with_logits(net(augment(X[idx], g))[:, 0], y[idx])
             opt.zero_grad()
             loss.backward()
@@ -243,9 +254,9 @@ class Mean(nn.Module):
 
 
 def train_mean(c: Dict[str, np.ndarray], keep: np.ndarray, epochs: int, seeds: Sequence[int],
-               patch: int = PATCH) -> nn.Module:
+               patch: int = PATCH, real_pos: float = 0.0) -> nn.Module:
     """One Net per seed, averaged (Mean) when there are several."""
-    nets = [train_net(c, keep, epochs, s, patch=patch) for s in seeds]
+    nets = [train_net(c, keep, epochs, s, patch=patch, real_pos=real_pos) for s in seeds]
     return nets[0] if len(nets) == 1 else Mean(nets).eval()
 
 
@@ -328,8 +339,12 @@ def main(argv=None) -> int:
                     help="average this many verifiers (seeds seed, seed+1, ...) into one")
     ap.add_argument("--patch", type=int, default=PATCH,
                     help=f"the verifier's input side in native pixels ({PATCH}; at most {HARVEST}, even)")
+    ap.add_argument("--real-pos", type=float, default=0.0,
+                    help="share of each batch's nodule candidates drawn from the real slices' (0: as they come)")
     ap.add_argument("--threads", type=int, default=0)
     a = ap.parse_args(argv)
+    if not 0 <= a.real_pos < 1:
+        ap.error(f"--real-pos {a.real_pos}: want 0 <= share < 1")
     if not (8 <= a.patch <= HARVEST and a.patch % 2 == 0):
         ap.error(f"--patch {a.patch}: want an even side from 8 to {HARVEST}")
     if a.threads:
@@ -366,7 +381,7 @@ def main(argv=None) -> int:
     per = []
     for held in CV_PATIENTS:
         t0 = time.time()
-        net = train_mean(c, c["patient"] != held, a.epochs, seeds, a.patch)
+        net = train_mean(c, c["patient"] != held, a.epochs, seeds, a.patch, a.real_pos)
         k = pats == held
         d = verified_dice(net, probs[k], hu[k], truth[k], thr, VTHRS)
         per.append(d)
@@ -377,7 +392,7 @@ def main(argv=None) -> int:
     vthr = choose_threshold(means)
     print("verifier: pooled over the held-out slices " + " ".join(f"{t:.1f}:{m:.3f}" for t, m in zip(VTHRS, means))
           + f"; threshold {vthr:.1f}")
-    net = train_mean(c, np.ones(len(c["label"]), bool), a.epochs, seeds, a.patch)
+    net = train_mean(c, np.ones(len(c["label"]), bool), a.epochs, seeds, a.patch, a.real_pos)
     folder = os.path.join(a.out, card["name"])
     if os.path.abspath(folder) != os.path.abspath(a.crop_folder):
         shutil.copytree(a.crop_folder, folder, dirs_exist_ok=True)
@@ -391,7 +406,7 @@ def main(argv=None) -> int:
         "normalisation": {"kind": "window", "center": CENTER, "width": WIDTH}, "threshold": vthr,
         "training": {
             "candidates": {s: int((c["src"] == s).sum()) for s in sorted(set(c["src"].tolist()))},
-            "on_nodule": int(c["label"].sum()), "epochs": a.epochs, "seeds": seeds,
+            "on_nodule": int(c["label"].sum()), "epochs": a.epochs, "seeds": seeds, "real_pos": a.real_pos,
             "harvest_thresholds": [thr, LOW_THRESHOLD] if thr > LOW_THRESHOLD else [thr],
             "threshold_selected_on": "leave one patient out over " + ", ".join(CV_PATIENTS)
                                      + ": pooled mean Dice of their real slices",

@@ -137,3 +137,30 @@ def test_a_larger_patch_is_trained_judged_and_exported_at_its_side(tmp_path):
     V.export(net, str(tmp_path), V.net_input(t["hu"][:4], t["mask"][:4], V.HARVEST))
     par = json.load(open(tmp_path / "verifier_parity.json"))
     assert par["input_shape"] == [4, 2, V.HARVEST, V.HARVEST]
+
+
+def test_real_pos_draws_that_share_of_the_nodules_from_real_slices(monkeypatch):
+    import pytest
+
+    c = _toy(96, np.random.default_rng(0))
+    c["src"] = np.array(["crop"] * 92 + ["real"] * 4)
+    c["label"][:] = 0
+    c["label"][::2] = 1
+    c["label"][92:] = 1  # 4 real nodule candidates among 50
+    o = (c["hu"].shape[-1] - V.PATCH) // 2
+    c["hu"][:, o, o] = V.CENTER - V.WIDTH / 2 + 10 * np.arange(96)  # each candidate's index, at the patch's corner
+    drawn = []
+
+    def spy(x, g):
+        drawn.append(np.rint(x[:, 0, 0, 0].numpy() * V.WIDTH / 10).astype(int))
+        return x
+
+    monkeypatch.setattr(V, "augment", spy)
+    V.train_net(c, np.ones(96, bool), epochs=1, seed=0, real_pos=0.5)
+    for b in drawn:  # 16 other nodules, 32 non-nodules, 16 real nodules
+        assert all(i < 92 and c["label"][i] == 1 for i in b[:16])
+        assert all(c["label"][i] == 0 for i in b[16:48])
+        assert all(i >= 92 for i in b[48:])
+    c["src"][:] = "crop"
+    with pytest.raises(ValueError):
+        V.train_net(c, np.ones(96, bool), epochs=1, seed=0, real_pos=0.5)
