@@ -4,14 +4,15 @@
 // the hila, the chest wall.
 //
 // A crop model tiled over a whole slice finds most nodules and outlines
-// them well, but also marks vessels (train/README.md, "A verifier for the components of a tiled crop model"). Apply
-// cuts the map into 8-connected components of the pixels at or above the
-// crop model's threshold (inside the lung field when there is one), reads
-// a Patch×Patch window of native HU centred on each component's centroid
-// and the component's own pixels in that window, runs the verifier on all
-// of them in batches, and lowers every pixel of a rejected component to
-// at most half the threshold, so that score's mask leaves it out while the
-// map keeps its shape for inspection.
+// them well, but also marks vessels (train/README.md, "A verifier for the
+// components of a tiled crop model"). Apply cuts the map into 8-connected
+// components of the pixels at or above the crop model's threshold (inside
+// the lung field when there is one), reads a Patch×Patch window of native
+// HU centred on each component's centroid and the component's own pixels
+// in that window, runs the verifier on all of them in batches, and lowers
+// every pixel of a rejected component to at most half the threshold, so
+// that score's mask leaves it out while the map keeps its shape for
+// inspection.
 package verify
 
 import (

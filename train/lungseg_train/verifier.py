@@ -215,6 +215,7 @@ def train_net(c: Dict[str, np.ndarray], keep: np.ndarray, epochs: int = 8, seed:
     pos, neg = np.nonzero(y.numpy() == 1)[0], np.nonzero(y.numpy() == 0)[0]
     if len(pos) == 0 or len(neg) == 0:
         raise ValueError(f"verifier: {len(pos)} nodule and {len(neg)} other candidates to train on")
+    spe = max(len(pos), len(neg)) * 2 // 64
     n_real = int(round(32 * real_pos))
     if n_real:
         real = c["src"][keep][pos] == "real"
@@ -223,7 +224,6 @@ def train_net(c: Dict[str, np.ndarray], keep: np.ndarray, epochs: int = 8, seed:
             raise ValueError(f"verifier: {len(pos_real)} real and {len(pos)} other nodule candidates for real_pos")
     net = Net(patch)
     opt = torch.optim.AdamW(net.parameters(), 2e-3, weight_decay=1e-4)
-    spe = max(len(pos) + (len(pos_real) if n_real else 0), len(neg)) * 2 // 64
     sched = torch.optim.lr_scheduler.OneCycleLR(opt, 2e-3, total_steps=epochs * spe)
     for ep in range(epochs):
         net.train()
@@ -371,8 +371,9 @@ def main(argv=None) -> int:
     # the CV slices' tiled maps are cached beside the candidates: a second run
     # on the same work folder (another seed, another patch) skips the tiling
     ppath = os.path.join(a.work, "cv_probs.npz")
-    if os.path.exists(ppath) and list(np.load(ppath)["ids"]) == list(ids):
-        probs = np.load(ppath)["probs"]
+    cached = np.load(ppath) if os.path.exists(ppath) else None
+    if cached is not None and list(cached["ids"]) == list(ids):
+        probs = cached["probs"]
     else:
         probs = np.stack([np.where(keep_l[i], R.tile_probs(model, hu[i], cc, ww), 0.0) for i in range(len(hu))])
         np.savez_compressed(ppath, ids=np.array(ids), probs=probs.astype(np.float32))
