@@ -104,8 +104,19 @@ type Verifier struct {
 	Threshold     float64       `json:"threshold"`
 	InputName     string        `json:"input_name,omitempty"`
 	OutputName    string        `json:"output_name,omitempty"`
+	// Zoom, when set, makes the window fit the component: its side is
+	// Patch·f native pixels, f the least block side (at most MaxFactor)
+	// whose window holds the component's box and Margin pixels on every
+	// side, averaged over f×f blocks (segment/verify.Patch).
+	Zoom *VerifierZoom `json:"zoom,omitempty"`
 	// Training is kept as written, for people to read.
 	Training json.RawMessage `json:"training,omitempty"`
+}
+
+// VerifierZoom is Verifier.Zoom.
+type VerifierZoom struct {
+	Margin    int `json:"margin"`
+	MaxFactor int `json:"max_factor"`
 }
 
 // VerifierPath returns the verifier file's path ("" without a verifier).
@@ -286,6 +297,9 @@ func (c *Card) validateVerifier() []string {
 	}
 	if v.Threshold < 0 || v.Threshold >= 1 {
 		errs = append(errs, fmt.Sprintf("verifier.threshold %v must be in [0,1)", v.Threshold))
+	}
+	if z := v.Zoom; z != nil && (z.Margin < 0 || z.Margin > v.Patch || z.MaxFactor < 1 || z.MaxFactor > 16) {
+		errs = append(errs, fmt.Sprintf("verifier.zoom margin %d / max_factor %d out of range (0..patch / 1..16)", z.Margin, z.MaxFactor))
 	}
 	return errs
 }

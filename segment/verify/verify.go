@@ -9,7 +9,8 @@
 // components of the pixels at or above the crop model's threshold (inside
 // the lung field when there is one), reads a Patch×Patch window of native
 // HU centred on each component's centroid and the component's own pixels
-// in that window, runs the verifier on all of them in batches, and lowers
+// in that window (with Zoom, a window fitted to the component and averaged
+// down to Patch×Patch), runs the verifier on all of them in batches, and lowers
 // every pixel of a rejected component to at most half the threshold, so
 // that score's mask leaves it out while the map keeps its shape for
 // inspection.
@@ -41,6 +42,8 @@ type Component struct {
 	// CY, CX are its centroid, each mean rounded half to even (as
 	// Python's round, which trained the verifier).
 	CY, CX int
+	// Side is the larger side of its bounding box, in pixels.
+	Side int
 }
 
 // Components labels the 8-connected components of the pixels with prob ≥
@@ -56,18 +59,25 @@ func Components(prob []float32, rows, cols int, thr float32, field *imgx.Mask) [
 	lab, n := imgx.Labels(m, 1)
 	out := make([]Component, n)
 	sy, sx := make([]float64, n), make([]float64, n)
+	box := make([][4]int, n) // min row, max row, min col, max col
 	for i, l := range lab {
 		if l == 0 {
 			continue
 		}
 		k := l - 1
+		y, x := i/cols, i%cols
+		if len(out[k].Pixels) == 0 {
+			box[k] = [4]int{y, y, x, x}
+		}
+		box[k] = [4]int{min(box[k][0], y), max(box[k][1], y), min(box[k][2], x), max(box[k][3], x)}
 		out[k].Pixels = append(out[k].Pixels, i)
-		sy[k] += float64(i / cols)
-		sx[k] += float64(i % cols)
+		sy[k] += float64(y)
+		sx[k] += float64(x)
 	}
 	for k := range out {
 		c := float64(len(out[k].Pixels))
 		out[k].CY, out[k].CX = int(math.RoundToEven(sy[k]/c)), int(math.RoundToEven(sx[k]/c))
+		out[k].Side = max(box[k][1]-box[k][0], box[k][3]-box[k][2]) + 1
 	}
 	return out
 }
@@ -87,6 +97,53 @@ func Patch(dst []float32, hu *imgx.HU, c Component, p int, norm model.Normalisat
 		if y >= 0 && y < p && x >= 0 && x < p {
 			m[y*p+x] = 1
 		}
+	}
+}
+
+// ZoomFactor is the block side f of ZoomPatch for component c: the least
+// f ≥ 1 with c's box and margin pixels on every side within p·f, at most
+// maxF (train/lungseg_train/verifier.zoom_factor).
+func ZoomFactor(c Component, p int, z model.VerifierZoom) int {
+	side := c.Side + 2*z.Margin
+	return max(1, min(z.MaxFactor, (side+p-1)/p))
+}
+
+// ZoomPatch writes component c's verifier input into dst (2·p·p values)
+// when the verifier zooms: the window of side p·f (f = ZoomFactor) whose
+// top-left pixel is (CY−p·f/2, CX−p·f/2), air beyond the image, averaged
+// over f×f blocks of HU and then normalised by norm; channel 1 is the
+// share of each block's pixels in c. With f = 1 it is Patch.
+func ZoomPatch(dst []float32, hu *imgx.HU, c Component, p int, z model.VerifierZoom, norm model.Normalisation) {
+	f := ZoomFactor(c, p, z)
+	s := p * f
+	y0, x0 := c.CY-s/2, c.CX-s/2
+	sum := make([]float64, p*p)
+	for y := 0; y < s; y++ {
+		sy := y0 + y
+		for x := 0; x < s; x++ {
+			sx := x0 + x
+			v := float64(cascade.OutsideHU)
+			if sy >= 0 && sy < hu.Rows && sx >= 0 && sx < hu.Cols {
+				v = float64(hu.Pix[sy*hu.Cols+sx])
+			}
+			sum[(y/f)*p+x/f] += v
+		}
+	}
+	n := float64(f * f)
+	for i, v := range sum {
+		// the mean rounded to float32 first, as numpy's pooled window is
+		dst[i] = norm.Apply(float64(float32(v / n)))
+	}
+	m := dst[p*p : 2*p*p]
+	clear(m)
+	for _, i := range c.Pixels {
+		y, x := i/hu.Cols-y0, i%hu.Cols-x0
+		if y >= 0 && y < s && x >= 0 && x < s {
+			m[(y/f)*p+x/f]++
+		}
+	}
+	for i := range m {
+		m[i] = float32(float64(m[i]) / n)
 	}
 }
 
@@ -116,7 +173,11 @@ func Apply(cl Classifier, v *model.Verifier, hu *imgx.HU, prob []float32, thr fl
 		chunk := comps[k:min(k+Chunk, len(comps))]
 		in := make([]float32, len(chunk)*size)
 		for j, c := range chunk {
-			Patch(in[j*size:(j+1)*size], hu, c, p, v.Normalisation)
+			if v.Zoom != nil {
+				ZoomPatch(in[j*size:(j+1)*size], hu, c, p, *v.Zoom, v.Normalisation)
+			} else {
+				Patch(in[j*size:(j+1)*size], hu, c, p, v.Normalisation)
+			}
 		}
 		out, err := cl.Run(in, len(chunk))
 		if err != nil {

@@ -199,3 +199,83 @@ func TestApplyChunks(t *testing.T) {
 		t.Errorf("%d verifier calls, want %d", len(f.calls), want)
 	}
 }
+
+// TestZoomPatch checks the zoomed window on the cases of train/tests/
+// test_verifier.py's test_zoom_window_fits_the_component_and_averages_blocks:
+// hu[y,x] = 10y+x on 40×40, patch 8, margin 4.
+func TestZoomPatch(t *testing.T) {
+	hu := &imgx.HU{Rows: 40, Cols: 40, Pix: make([]int16, 1600)}
+	for i := range hu.Pix {
+		hu.Pix[i] = int16(10*(i/40) + i%40)
+	}
+	norm := model.Normalisation{Kind: "window", Center: -600, Width: 1500}
+	z := model.VerifierZoom{Margin: 4, MaxFactor: 6}
+	const p = 8
+	raw := func(v float64) float32 { return norm.Apply(v) }
+
+	// a vertical line x = 20, y = 5..34: side 30 + 8 → f = 5, the window is the image
+	prob := make([]float32, 1600)
+	for y := 5; y < 35; y++ {
+		prob[y*40+20] = 1
+	}
+	cs := verify.Components(prob, 40, 40, 0.5, nil)
+	if len(cs) != 1 || cs[0].CY != 20 || cs[0].CX != 20 || cs[0].Side != 30 {
+		t.Fatalf("components %+v, want one at (20,20) of side 30", cs)
+	}
+	if f := verify.ZoomFactor(cs[0], p, z); f != 5 {
+		t.Fatalf("ZoomFactor = %d, want 5", f)
+	}
+	dst := make([]float32, 2*p*p)
+	verify.ZoomPatch(dst, hu, cs[0], p, z, norm)
+	for by := 0; by < p; by++ {
+		for bx := 0; bx < p; bx++ {
+			// the mean of 10y+x over a 5×5 block is 10·(5by+2) + 5bx+2
+			if got, want := dst[by*p+bx], raw(float64(10*(5*by+2)+5*bx+2)); got != want {
+				t.Errorf("HU block (%d,%d) = %v, want %v", by, bx, got, want)
+			}
+			wantM := float32(0)
+			if bx == 4 && by >= 1 && by <= 6 {
+				wantM = 0.2
+			}
+			if got := dst[p*p+by*p+bx]; got != wantM {
+				t.Errorf("mask block (%d,%d) = %v, want %v", by, bx, got, wantM)
+			}
+		}
+	}
+	if dst[0] != raw(22) || dst[p*p-1] != raw(407) {
+		t.Errorf("corner blocks %v, %v, want HU 22 and 407", dst[0], dst[p*p-1])
+	}
+
+	// one pixel in the corner: side 1 + 8 → f = 2, window 16 at (−8,−8), air beyond the image
+	c := verify.Component{Pixels: []int{0}, CY: 0, CX: 0, Side: 1}
+	if f := verify.ZoomFactor(c, p, z); f != 2 {
+		t.Fatalf("ZoomFactor = %d, want 2", f)
+	}
+	verify.ZoomPatch(dst, hu, c, p, z, norm)
+	if dst[3*p+3] != raw(-1024) || dst[4*p+3] != raw(-1024) || dst[4*p+4] != raw(5.5) || dst[4*p+5] != raw(7.5) {
+		t.Errorf("HU blocks (3,3) (4,3) (4,4) (4,5) = %v %v %v %v, want HU −1024 −1024 5.5 7.5",
+			dst[3*p+3], dst[4*p+3], dst[4*p+4], dst[4*p+5])
+	}
+	var sum float32
+	for _, v := range dst[p*p:] {
+		sum += v
+	}
+	if dst[p*p+4*p+4] != 0.25 || sum != 0.25 {
+		t.Errorf("mask block (4,4) = %v, sum %v, want 0.25 and 0.25", dst[p*p+4*p+4], sum)
+	}
+
+	// f = 1 (patch 16: side 2 + 8) is Patch
+	c = verify.Component{Pixels: []int{20*40 + 20, 21*40 + 20}, CY: 20, CX: 20, Side: 2}
+	a, b := make([]float32, 2*16*16), make([]float32, 2*16*16)
+	verify.ZoomPatch(a, hu, c, 16, z, norm)
+	verify.Patch(b, hu, c, 16, norm)
+	for i := range a {
+		if a[i] != b[i] {
+			t.Fatalf("f = 1: value %d is %v, Patch has %v", i, a[i], b[i])
+		}
+	}
+	// very large components stop at MaxFactor
+	if f := verify.ZoomFactor(verify.Component{Side: 301}, p, z); f != 6 {
+		t.Errorf("ZoomFactor of side 301 = %d, want 6", f)
+	}
+}

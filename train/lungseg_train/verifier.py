@@ -60,6 +60,8 @@ PATCH = 32  # the verifier's input side, native pixels
 HARVEST = 48  # the side of the stored candidate windows (PATCH is their centre)
 CENTER, WIDTH = -600.0, 1500.0  # the verifier's HU window
 LOW_THRESHOLD = 0.25  # a second harvest threshold, for more (and larger) negatives
+ZOOM_MARGIN = 4  # --zoom: native px kept around a component's box on every side
+ZOOM_MAX = 6  # --zoom: the largest block side (a component up to 6 * patch - 8 px wide is seen whole)
 CV_PATIENTS = ("LIDC-IDRI-0001", "LIDC-IDRI-0003", "LIDC-IDRI-0006")
 REAL_PATIENTS = CV_PATIENTS + ("LIDC-IDRI-0008",)
 TEST_PATIENT = "LIDC-IDRI-0007"
@@ -68,9 +70,10 @@ TEST_PATIENT = "LIDC-IDRI-0007"
 class Net(nn.Module):
     """Three double-conv blocks (24, 48, 96 channels), two max-pools, global mean, one logit."""
 
-    def __init__(self, patch: int = PATCH):
+    def __init__(self, patch: int = PATCH, zoom: bool = False):
         super().__init__()
         self.patch = patch  # the input side it is trained and exported for
+        self.zoom = zoom  # inputs are zoom_window's block means, not native windows
 
         def blk(i, o):
             return nn.Sequential(nn.Conv2d(i, o, 3, padding=1), nn.BatchNorm2d(o), nn.ReLU(),
@@ -112,6 +115,26 @@ def window(hu_padded: np.ndarray, pad: int, ys, xs, cy: int, cx: int, p: int = H
     return hu.astype(np.int16), m
 
 
+def zoom_factor(ys, xs, patch: int) -> int:
+    """The block side f of zoom_window: the least f >= 1 with the component's
+    box plus ZOOM_MARGIN on each side within patch * f, at most ZOOM_MAX."""
+    side = max(int(ys.max()) - int(ys.min()) + 1, int(xs.max()) - int(xs.min()) + 1) + 2 * ZOOM_MARGIN
+    return int(min(ZOOM_MAX, max(1, -(-side // patch))))
+
+
+def zoom_window(hu_padded: np.ndarray, pad: int, ys, xs, cy: int, cx: int, patch: int = PATCH):
+    """(HU patch x patch, component patch x patch), both float32: the window of
+    side patch * f (f = zoom_factor) with top-left (cy - patch*f//2, cx - patch*f//2)
+    averaged over f x f blocks, so that the verifier sees a large component
+    whole; the mask is the share of each block in the component. f = 1 is
+    window()'s centre patch. hu_padded is the image padded by pad >= patch * ZOOM_MAX."""
+    f = zoom_factor(ys, xs, patch)
+    hu, m = window(hu_padded, pad, ys, xs, cy, cx, patch * f)
+    def pool(a):
+        return a.astype(np.float32).reshape(patch, f, patch, f).mean((1, 3), dtype=np.float64).astype(np.float32)
+    return pool(hu), pool(m)
+
+
 def net_input(hu: np.ndarray, mask: np.ndarray, size: int = PATCH) -> torch.Tensor:
     """[N,2,size,size]: the centre size x size of stored windows, HU through the
     verifier's window (as Go's Normalisation.Apply) and the component mask."""
@@ -123,18 +146,19 @@ def net_input(hu: np.ndarray, mask: np.ndarray, size: int = PATCH) -> torch.Tens
 class Candidates:
     """Stored candidate windows with labels (1 nodule, 0 not), sources and patients."""
 
-    def __init__(self):
+    def __init__(self, zoom: int = 0):
         self.rows: List[tuple] = []
+        self.zoom = zoom  # > 0: store zoom_window patches of this side instead of HARVEST windows
 
     def add(self, prob, hu, truth, src, patient, thresholds, mirror=False):
-        pad = HARVEST
+        pad = self.zoom * ZOOM_MAX if self.zoom else HARVEST
         hp = np.pad(hu.astype(np.float32), pad, mode="reflect" if mirror else "constant",
                     **({} if mirror else {"constant_values": D.OUTSIDE_HU}))
         td = R.dilate(truth, 1) if truth is not None else None
         for t in thresholds:
             lab, comps = components(prob, t)
             for ys, xs, cy, cx in comps:
-                w, m = window(hp, pad, ys, xs, cy, cx)
+                w, m = zoom_window(hp, pad, ys, xs, cy, cx, self.zoom) if self.zoom else window(hp, pad, ys, xs, cy, cx)
                 label = 0 if td is None else int(td[ys, xs].any())
                 self.rows.append((w, m, label, src, patient))
 
@@ -146,12 +170,12 @@ class Candidates:
 
 
 def harvest(model, card, data: D.LidcData, ct_root: Optional[str], crop_step: int = 2,
-            log=print) -> Dict[str, np.ndarray]:
+            log=print, zoom: int = 0) -> Dict[str, np.ndarray]:
     thr = float(card["threshold"])
     norm = card.get("normalisation", {})
     c, w = float(norm.get("center", D.WINDOW_CENTER)), float(norm.get("width", D.WINDOW_WIDTH))
     ths = (thr, LOW_THRESHOLD) if thr > LOW_THRESHOLD else (thr,)
-    cand = Candidates()
+    cand = Candidates(zoom)
     t0 = time.time()
     cs = D.split_data(data)["train"]["crops"]
     idx = np.arange(0, len(cs), crop_step)
@@ -202,7 +226,7 @@ def augment(x: torch.Tensor, g: np.random.Generator) -> torch.Tensor:
 
 
 def train_net(c: Dict[str, np.ndarray], keep: np.ndarray, epochs: int = 8, seed: int = 1, log=None,
-              patch: int = PATCH, real_pos: float = 0.0) -> Net:
+              patch: int = PATCH, real_pos: float = 0.0, zoom: bool = False) -> Net:
     """Trains a Net on the candidates where keep; each batch half nodules, half
     not. With real_pos > 0, that share of each batch's nodules is drawn from
     the real slices' nodule candidates (src "real"), the rest from the others:
@@ -222,7 +246,7 @@ def train_net(c: Dict[str, np.ndarray], keep: np.ndarray, epochs: int = 8, seed:
         pos_real, pos = pos[real], pos[~real]
         if len(pos_real) == 0 or len(pos) == 0:
             raise ValueError(f"verifier: {len(pos_real)} real and {len(pos)} other nodule candidates for real_pos")
-    net = Net(patch)
+    net = Net(patch, zoom)
     opt = torch.optim.AdamW(net.parameters(), 2e-3, weight_decay=1e-4)
     sched = torch.optim.lr_scheduler.OneCycleLR(opt, 2e-3, total_steps=epochs * spe)
     for ep in range(epochs):
@@ -247,6 +271,7 @@ class Mean(nn.Module):
         super().__init__()
         self.nets = nn.ModuleList(nets)
         self.patch = nets[0].patch
+        self.zoom = nets[0].zoom
 
     def forward(self, x):
         p = torch.stack([torch.sigmoid(n(x)) for n in self.nets]).mean(0).clamp(1e-6, 1 - 1e-6)
@@ -254,9 +279,9 @@ class Mean(nn.Module):
 
 
 def train_mean(c: Dict[str, np.ndarray], keep: np.ndarray, epochs: int, seeds: Sequence[int],
-               patch: int = PATCH, real_pos: float = 0.0) -> nn.Module:
+               patch: int = PATCH, real_pos: float = 0.0, zoom: bool = False) -> nn.Module:
     """One Net per seed, averaged (Mean) when there are several."""
-    nets = [train_net(c, keep, epochs, s, patch=patch, real_pos=real_pos) for s in seeds]
+    nets = [train_net(c, keep, epochs, s, patch=patch, real_pos=real_pos, zoom=zoom) for s in seeds]
     return nets[0] if len(nets) == 1 else Mean(nets).eval()
 
 
@@ -281,8 +306,13 @@ def verified_dice(net: Net, probs: np.ndarray, hu: np.ndarray, truth: np.ndarray
         if not truth[i].any():
             continue
         lab, comps = components(probs[i], thr)
-        hp = np.pad(hu[i].astype(np.float32), HARVEST, mode="constant", constant_values=D.OUTSIDE_HU)
-        ws = [window(hp, HARVEST, ys, xs, cy, cx) for ys, xs, cy, cx in comps]
+        if getattr(net, "zoom", False):
+            pad = net.patch * ZOOM_MAX
+            hp = np.pad(hu[i].astype(np.float32), pad, mode="constant", constant_values=D.OUTSIDE_HU)
+            ws = [zoom_window(hp, pad, ys, xs, cy, cx, net.patch) for ys, xs, cy, cx in comps]
+        else:
+            hp = np.pad(hu[i].astype(np.float32), HARVEST, mode="constant", constant_values=D.OUTSIDE_HU)
+            ws = [window(hp, HARVEST, ys, xs, cy, cx) for ys, xs, cy, cx in comps]
         v = judge(net, np.stack([a for a, _ in ws]), np.stack([b for _, b in ws])) if ws else np.zeros(0)
         out.append([dice(np.isin(lab, np.nonzero(v >= vt)[0] + 1), truth[i]) for vt in vthrs])
     return np.array(out, np.float64).T.reshape(len(vthrs), -1)
@@ -341,6 +371,9 @@ def main(argv=None) -> int:
                     help=f"the verifier's input side in native pixels ({PATCH}; at most {HARVEST}, even)")
     ap.add_argument("--real-pos", type=float, default=0.0,
                     help="share of each batch's nodule candidates drawn from the real slices' (0: as they come)")
+    ap.add_argument("--zoom", action="store_true",
+                    help="judge each component whole: a window of patch * f px (f the least block side that holds "
+                         f"the component's box and {ZOOM_MARGIN} px, at most {ZOOM_MAX}) averaged over f x f blocks")
     ap.add_argument("--threads", type=int, default=0)
     a = ap.parse_args(argv)
     if not 0 <= a.real_pos < 1:
@@ -353,12 +386,12 @@ def main(argv=None) -> int:
     thr = float(card["threshold"])
     data = D.load(a.data, allow_synthetic=False)
     os.makedirs(a.work, exist_ok=True)
-    cpath = os.path.join(a.work, "candidates.npz")
+    cpath = os.path.join(a.work, f"candidates_zoom{a.patch}.npz" if a.zoom else "candidates.npz")
     if os.path.exists(cpath):
         c = dict(np.load(cpath))
         print(f"verifier: {len(c['label'])} candidates from {cpath}")
     else:
-        c = harvest(model, card, data, a.ct_series)
+        c = harvest(model, card, data, a.ct_series, zoom=a.patch if a.zoom else 0)
         np.savez_compressed(cpath, **c)
     for s in sorted(set(c["src"].tolist())):
         k = c["src"] == s
@@ -382,7 +415,7 @@ def main(argv=None) -> int:
     per = []
     for held in CV_PATIENTS:
         t0 = time.time()
-        net = train_mean(c, c["patient"] != held, a.epochs, seeds, a.patch, a.real_pos)
+        net = train_mean(c, c["patient"] != held, a.epochs, seeds, a.patch, a.real_pos, a.zoom)
         k = pats == held
         d = verified_dice(net, probs[k], hu[k], truth[k], thr, VTHRS)
         per.append(d)
@@ -393,7 +426,7 @@ def main(argv=None) -> int:
     vthr = choose_threshold(means)
     print("verifier: pooled over the held-out slices " + " ".join(f"{t:.1f}:{m:.3f}" for t, m in zip(VTHRS, means))
           + f"; threshold {vthr:.1f}")
-    net = train_mean(c, np.ones(len(c["label"]), bool), a.epochs, seeds, a.patch, a.real_pos)
+    net = train_mean(c, np.ones(len(c["label"]), bool), a.epochs, seeds, a.patch, a.real_pos, a.zoom)
     folder = os.path.join(a.out, card["name"])
     if os.path.abspath(folder) != os.path.abspath(a.crop_folder):
         shutil.copytree(a.crop_folder, folder, dirs_exist_ok=True)
@@ -404,6 +437,7 @@ def main(argv=None) -> int:
         out_card = json.load(f)
     out_card["verifier"] = {
         "file": "verifier.onnx", "sha256": rep["sha256"], "patch": a.patch,
+        **({"zoom": {"margin": ZOOM_MARGIN, "max_factor": ZOOM_MAX}} if a.zoom else {}),
         "normalisation": {"kind": "window", "center": CENTER, "width": WIDTH}, "threshold": vthr,
         "training": {
             "candidates": {s: int((c["src"] == s).sum()) for s in sorted(set(c["src"].tolist()))},

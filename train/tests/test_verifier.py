@@ -164,3 +164,55 @@ def test_real_pos_draws_that_share_of_the_nodules_from_real_slices(monkeypatch):
     c["src"][:] = "crop"
     with pytest.raises(ValueError):
         V.train_net(c, np.ones(96, bool), epochs=1, seed=0, real_pos=0.5)
+
+
+def test_zoom_window_fits_the_component_and_averages_blocks():
+    # the same cases as segment/verify's TestZoomPatch: hu[y, x] = 10y + x on 40 x 40, patch 8, margin 4
+    hu = (10 * np.arange(40)[:, None] + np.arange(40)[None, :]).astype(np.float32)
+    assert (V.ZOOM_MARGIN, V.ZOOM_MAX) == (4, 6)
+    pad = 8 * V.ZOOM_MAX
+    hp = np.pad(hu, pad, mode="constant", constant_values=-1024)
+    # a vertical line x = 20, y = 5..34: box side 30 + 8 -> f = 5, window 40 at (0, 0)
+    ys, xs = np.arange(5, 35), np.full(30, 20)
+    lab, comps = V.components(np.isin(np.arange(1600).reshape(40, 40), ys * 40 + xs).astype(np.float32), 0.5)
+    (_, _, cy, cx), = comps
+    assert (cy, cx) == (20, 20) and V.zoom_factor(ys, xs, 8) == 5
+    w, m = V.zoom_window(hp, pad, ys, xs, cy, cx, 8)
+    assert w.shape == m.shape == (8, 8) and w.dtype == m.dtype == np.float32
+    for by in range(8):
+        for bx in range(8):
+            assert w[by, bx] == hu[5 * by:5 * by + 5, 5 * bx:5 * bx + 5].mean()
+    assert (w[0, 0], w[7, 7]) == (22.0, 407.0)
+    assert m[1, 4] == m[6, 4] == np.float32(0.2) and m[0, 4] == m[7, 4] == 0 and m[:, :4].sum() == 0
+    # one pixel in the corner: side 1 + 8 -> f = 2, window 16 at (-8, -8), air beyond the image
+    ys, xs = np.array([0]), np.array([0])
+    w, m = V.zoom_window(hp, pad, ys, xs, 0, 0, 8)
+    assert V.zoom_factor(ys, xs, 8) == 2
+    assert w[3, 3] == w[4, 3] == -1024 and w[4, 4] == 5.5 and w[4, 5] == 7.5
+    assert m[4, 4] == 0.25 and m.sum() == 0.25
+    # f = 1 (patch 16: side 2 + 8) is the native window of that side
+    ys, xs = np.array([20, 21]), np.array([20, 20])
+    w1, m1 = V.zoom_window(hp, pad, ys, xs, 20, 20, 16)
+    w0, m0 = V.window(hp, pad, ys, xs, 20, 20, 16)
+    assert np.array_equal(w1, w0.astype(np.float32)) and np.array_equal(m1, m0.astype(np.float32))
+    # very large components stop at ZOOM_MAX
+    assert V.zoom_factor(np.array([0, 300]), np.array([0, 0]), 8) == V.ZOOM_MAX
+
+
+def test_zoom_verifier_is_trained_judged_and_exported(tmp_path):
+    g = np.random.default_rng(0)
+    n = 96
+    hu = g.normal(-800, 30, (n, 16, 16)).astype(np.float32)
+    mask = np.zeros((n, 16, 16), np.float32)
+    label = (np.arange(n) % 2).astype(np.int8)
+    hu[label == 1, 6:10, 6:10] = 0
+    mask[:, 6:10, 6:10] = 1
+    c = {"hu": hu, "mask": mask, "label": label, "src": np.array(["crop"] * n), "patient": np.array(["p"] * n)}
+    net = V.train_net(c, np.ones(n, bool), epochs=2, seed=1, patch=16, zoom=True)
+    assert net.zoom and net.patch == 16
+    probs = np.zeros((1, 40, 40), np.float32)
+    probs[0, 10:30, 18:22] = 0.9  # one component of side 20: f = 2
+    d = V.verified_dice(net, probs, np.full((1, 40, 40), -800, np.int16), probs > 0.5, 0.5, (0.0,))
+    assert d.shape == (1, 1) and d[0, 0] == 1.0
+    rep = V.export(net, str(tmp_path), V.net_input(hu[:4], mask[:4], 16))
+    assert rep["input_shape"] == [4, 2, 16, 16]
