@@ -38,6 +38,7 @@ from . import export as E
 from . import hucal
 from . import metrics as MX
 from . import models as M
+from . import realval as R
 
 
 def log(msg: str) -> None:
@@ -294,6 +295,20 @@ def run(args) -> Dict[str, object]:
     data = args.loaded_data if getattr(args, "loaded_data", None) is not None else D.load(args.data)
     parts = D.split_data(data)
     tr, va, te = parts["train"], parts["val"], parts["test"]
+    # --real-val-patients: training patients with whole slices held out of training (their slices and crops)
+    # to give the run a real-slice validation set of patients it never saw
+    rv_pats = [p for p in getattr(args, "real_val_patients", "").split(",") if p]
+    rv_slices = None
+    if rv_pats:
+        have = sorted(set(tr["slices"].patient.tolist()))
+        bad = [p for p in rv_pats if p not in have]
+        if bad:
+            raise SystemExit(f"--real-val-patients {','.join(bad)}: not a training patient with whole slices {have}")
+        ks, kc = np.isin(tr["slices"].patient, rv_pats), np.isin(tr["crops"].patient, rv_pats)
+        rv_slices = tr["slices"].subset(np.nonzero(ks)[0])
+        rv_crops = tr["crops"].subset(np.nonzero(kc)[0])
+        tr = dict(tr, slices=tr["slices"].subset(np.nonzero(~ks)[0]), crops=tr["crops"].subset(np.nonzero(~kc)[0]),
+                  patients=[p for p in tr["patients"] if p not in rv_pats])
     tr_crops = _subset_crops(tr["crops"], args.crop_limit)
     smooth = not crop  # crop models see the crops at their own resolution
     hu_cal = None
@@ -315,6 +330,23 @@ def run(args) -> Dict[str, object]:
     select_on = args.select_on if args.select_on != "auto" else ("bare" if crop else "windows")
     if select_on == "bare" and not crop:
         raise SystemExit("--select-on bare needs --task crop")
+    if select_on == "real" and not rv_pats:
+        raise SystemExit("--select-on real needs --real-val-patients")
+    real_val = None  # () -> Scores of the held-out patients' real slices
+    if rv_pats:
+        if crop:  # tiled over the whole slice at its native grid, as segment.Tile (realval)
+            _, rv_hu, rv_truth, rv_lung = R.real_slices(data, rv_pats)
+
+            def real_val():
+                with torch.no_grad():
+                    p = R.probs_of(model, rv_hu, {}, batch=eval_batch,
+                                   forward=(lambda x: model(x.to(device)).float().cpu()))
+                return R.scores(p, rv_truth, rv_lung)
+        else:  # at the model's grid, as the composites' real slices (512 -> 256 area-averaged)
+            real_rv = C.real_eval_set(C.make_bank(rv_crops, rv_slices, device, canvas, smooth, hu_cal=hu_cal), seed=1003)
+
+            def real_val():
+                return predict_scores(model, real_rv, device, cfg["amp"], eval_batch, channels_last=cl)[0]
     bare_frac = args.bare_frac if crop else 0.0
     bg_pool = None
     if args.bg_pool:
@@ -505,6 +537,16 @@ def run(args) -> Dict[str, object]:
                         "val_bare_threshold": bt, "val_bare_fp_empty": bsum["n_fp_empty"]})
             if select_on == "bare":
                 sel = bsum
+        if real_val is not None:
+            model.eval()
+            rs = real_val()
+            rsum = rs.summary(rs.best_threshold())
+            rec.update({"val_real_patients_mean_dice": rsum["mean_dice"], "val_real_patients_dice_pooled": rsum["dice"],
+                        "val_real_patients_threshold": rs.best_threshold()})
+            log(f"val real slices of {','.join(rv_pats)}: mean {rsum['mean_dice']:.4f} pooled {rsum['dice']:.4f}"
+                f"@{rs.best_threshold():.2f}")
+            if select_on == "real":
+                sel = rsum
         dice = sel["mean_dice"] if math.isfinite(sel["mean_dice"]) else 0.0
         elapsed = time.time() - t0
         rec.update({"select_on": select_on, "selected_mean_dice": dice, "lr": opt.param_groups[0]["lr"],
@@ -547,7 +589,8 @@ def run(args) -> Dict[str, object]:
     if crop:
         from .bare_eval import bare_scores
         bare_v = bare_scores(model, val_bare, eval_batch, forward=fwd)
-    thr = (bare_v if select_on == "bare" else sl_v).best_threshold()
+    rs_v = real_val() if real_val is not None else None
+    thr = {"bare": bare_v, "real": rs_v}.get(select_on, sl_v).best_threshold()
     rv, _ = predict_scores(model, val_real, device, cfg["amp"], eval_batch, channels_last=cl)
     if crop:
         test_comp = C.crop_eval_set(bank_te, seed=2001, win=size)
@@ -591,9 +634,11 @@ def run(args) -> Dict[str, object]:
                            "of each slice's nodule pixels",
         })
     validation = {
-        "threshold_selected_on": {"bare": "val bare crops", "windows": ("val crop windows" if crop else "val composites")}[select_on]
+        "threshold_selected_on": {"bare": "val bare crops", "windows": ("val crop windows" if crop else "val composites"),
+                                  "real": "the real slices of " + ",".join(rv_pats) + " (held out of training)"}[select_on]
                                  + ", mean Dice over images with truth, thresholds 0.05..0.95",
         "epoch_selected_on": f"val {select_on}, mean Dice over images with truth at each epoch's own best threshold",
+        **({"real_val_patients": rv_pats, "val_real_patients": rs_v.summary(thr)} if rs_v is not None else {}),
         **({"val_bare": bare_v.summary(thr), "test_bare": bare_t.summary(thr),
             "test_bare_mean_dice": bare_t.summary(thr)["mean_dice"]} if crop else {}),
         "mean_dice": vs["mean_dice"], "test_slices_mean_dice": ts["mean_dice"], "test_crops_mean_dice": tc["mean_dice"],
@@ -759,8 +804,13 @@ def parser() -> argparse.ArgumentParser:
     ap.add_argument("--p-bare-affine", type=float, default=0.0,
                     help="crop task: fraction of the bare training crops rotated by any angle and scaled "
                          "0.8-1.25 about their centre (composite.rotate_scale)")
-    ap.add_argument("--select-on", default="auto", choices=["auto", "bare", "windows"],
-                    help="epoch and threshold selection set (auto: bare crops for the crop task, else windows); "
+    ap.add_argument("--real-val-patients", default="",
+                    help="comma-separated training patients with whole slices (of 0001, 0003, 0006) held out of "
+                         "training, slices and crops, and scored on their real slices every epoch (crop models "
+                         "tiled as segment.Tile); --select-on real chooses the epoch and threshold there")
+    ap.add_argument("--select-on", default="auto", choices=["auto", "bare", "windows", "real"],
+                    help="epoch and threshold selection set (auto: bare crops for the crop task, else windows; "
+                         "real: the slices of --real-val-patients); "
                          "always by the mean Dice over images with truth")
     ap.add_argument("--bg-pool", type=int, default=0,
                     help="draw the synthetic backgrounds (crop task: of the windows) from a pool of this many chests "
