@@ -790,18 +790,21 @@ def bare_training_batch(crops: D.CropSet, r: Rand, b: int, win: int = CROP_WIN,
 AFFINE_SCALE = 1.25  # --p-bare-affine / zctx --affine: scale log-uniform in [1/this, this]
 
 
-def rotate_scale(x: np.ndarray, m: np.ndarray, centre: Tuple[float, float], angle: float, scale: float):
+def rotate_scale(x: np.ndarray, m: np.ndarray, centre: Tuple[float, float], angle: float, scale: float,
+                 beyond: str = "air"):
     """x [C,H,W] (HU) and m [H,W] (0/1) rotated by angle (radians) and scaled
     by scale about centre (row, col): HU bilinear, air (D.OUTSIDE_HU) from
-    beyond the array, the mask bilinear and kept where >= 0.5."""
+    beyond the array (beyond="mirror": the array mirrored, HU and mask alike),
+    the mask bilinear and kept where >= 0.5."""
     from scipy import ndimage as ndi
 
     c, s = math.cos(angle), math.sin(angle)
     inv = np.array([[c, s], [-s, c]]) / scale  # output -> input coordinates
     ctr = np.asarray(centre, np.float64)
     off = ctr - inv @ ctr
-    xo = np.stack([ndi.affine_transform(ch, inv, off, order=1, mode="constant", cval=D.OUTSIDE_HU) for ch in x])
-    mo = ndi.affine_transform(m.astype(np.float32), inv, off, order=1, mode="constant", cval=0.0)
+    mode = {"air": "constant", "mirror": "mirror"}[beyond]
+    xo = np.stack([ndi.affine_transform(ch, inv, off, order=1, mode=mode, cval=D.OUTSIDE_HU) for ch in x])
+    mo = ndi.affine_transform(m.astype(np.float32), inv, off, order=1, mode=mode, cval=0.0)
     return xo.astype(np.float32), (mo >= 0.5).astype(np.float32)
 
 

@@ -97,8 +97,10 @@ def bucket(h: int, w: int) -> int:
 
 
 class Batches:
-    def __init__(self, crops: D.CropSet, context: int, seed: int, upscale: int = 1, affine: float = 0.0):
+    def __init__(self, crops: D.CropSet, context: int, seed: int, upscale: int = 1, affine: float = 0.0,
+                 mirror: float = 0.0):
         self.crops, self.context, self.upscale, self.affine = crops, context, upscale, affine
+        self.mirror = mirror
         self.nb = neighbours(crops)
         self.rng = np.random.default_rng(seed)
         by = defaultdict(list)
@@ -126,11 +128,18 @@ class Batches:
             m = m[:win, :win]
             h, w = m.shape
             y0, x0 = int(r.integers(win - h + 1)), int(r.integers(win - w + 1))
-            x[j, :, y0:y0 + h, x0:x0 + w] = a
-            y[j, 0, y0:y0 + h, x0:x0 + w] = m
+            mirrored = self.mirror > 0 and r.random() < self.mirror
+            if mirrored:  # the whole window is the crop's own tissue, mirrored at its edges, mask alike
+                pad = ((y0, win - h - y0), (x0, win - w - x0))
+                x[j] = np.pad(a, ((0, 0),) + pad, mode="reflect")
+                y[j, 0] = np.pad(m, pad, mode="reflect")
+            else:
+                x[j, :, y0:y0 + h, x0:x0 + w] = a
+                y[j, 0, y0:y0 + h, x0:x0 + w] = m
             if self.affine > 0 and r.random() < self.affine:
                 ang, sc = r.uniform(0.0, 2 * math.pi), math.exp(r.uniform(-math.log(C.AFFINE_SCALE), math.log(C.AFFINE_SCALE)))
-                x[j], y[j, 0] = C.rotate_scale(x[j], y[j, 0], (y0 + (h - 1) / 2, x0 + (w - 1) / 2), ang, sc)
+                x[j], y[j, 0] = C.rotate_scale(x[j], y[j, 0], (y0 + (h - 1) / 2, x0 + (w - 1) / 2), ang, sc,
+                                               beyond="mirror" if mirrored else "air")
         x = torch.from_numpy(x)
         noise = torch.from_numpy(np.abs(r.standard_normal((b, 1, 1, 1))).clip(max=2.5).astype(np.float32))
         x = x + noise * 8.0 * torch.randn_like(x)
@@ -211,6 +220,9 @@ def main(argv=None) -> int:
                          "bilinear, masks nearest; probabilities pooled back to the native grid for scoring)")
     ap.add_argument("--affine", type=float, default=0.0,
                     help="share of training crops rotated by any angle and scaled by 0.8-1.25 about their centre")
+    ap.add_argument("--mirror", type=float, default=0.0,
+                    help="share of training crops that fill their whole window with their own tissue, mirrored "
+                         "at the crop's edges (HU and mask alike), instead of sitting in air")
     ap.add_argument("--data", default=None)
     ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--work", required=True, help="checkpoint folder")
@@ -221,13 +233,14 @@ def main(argv=None) -> int:
     torch.set_num_threads(a.threads)
     torch.manual_seed(a.seed)
     os.makedirs(a.work, exist_ok=True)
-    tag = f"zctx{a.context}" + (f"x{a.upscale}" if a.upscale > 1 else "") + (f"a{a.affine:g}" if a.affine else "")
+    tag = f"zctx{a.context}" + (f"x{a.upscale}" if a.upscale > 1 else "") + (f"a{a.affine:g}" if a.affine else "") \
+        + (f"m{a.mirror:g}" if a.mirror else "")
     ck = os.path.join(a.work, f"{tag}.resume.pt")
 
     sp = D.split_data(D.load(a.data, allow_synthetic=False))
     train, val, test = sp["train"]["crops"], sp["val"]["crops"], sp["test"]["crops"]
     print(f"zctx: context {a.context}; crops train {len(train)} val {len(val)} test {len(test)}", flush=True)
-    bt = Batches(train, a.context, a.seed, a.upscale, a.affine)
+    bt = Batches(train, a.context, a.seed, a.upscale, a.affine, a.mirror)
     ev_val = eval_set(val, a.context)
 
     model = build(a.context)
@@ -282,7 +295,7 @@ def main(argv=None) -> int:
 
     model.load_state_dict(best["state"])
     th = best["threshold"]
-    out = {"context": a.context, "upscale": a.upscale, "affine": a.affine, "steps": step, "minutes": round(elapsed / 60, 1),
+    out = {"context": a.context, "upscale": a.upscale, "affine": a.affine, "mirror": a.mirror, "steps": step, "minutes": round(elapsed / 60, 1),
            "kept_step": best["step"], "threshold": th, "history": hist}
     for name, ev in (("val", ev_val), ("test", eval_set(test, a.context))):
         out[name] = scores(model, ev, upscale=a.upscale).summary(th)
