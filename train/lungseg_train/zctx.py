@@ -96,6 +96,17 @@ def bucket(h: int, w: int) -> int:
     return BUCKETS[-1]
 
 
+def mirror_index(n: int, start: int, size: int) -> np.ndarray:
+    """Indices into an axis of length n that fill size positions with it
+    placed at start and mirrored beyond its ends without repeating the edge
+    (numpy's "reflect", but periodic however far it goes: period 2(n-1))."""
+    if n == 1:
+        return np.zeros(size, np.int64)
+    period = 2 * (n - 1)
+    k = (np.arange(size) - start) % period
+    return np.where(k < n, k, period - k)
+
+
 class Batches:
     def __init__(self, crops: D.CropSet, context: int, seed: int, upscale: int = 1, affine: float = 0.0,
                  mirror: float = 0.0):
@@ -130,9 +141,9 @@ class Batches:
             y0, x0 = int(r.integers(win - h + 1)), int(r.integers(win - w + 1))
             mirrored = self.mirror > 0 and r.random() < self.mirror
             if mirrored:  # the whole window is the crop's own tissue, mirrored at its edges, mask alike
-                pad = ((y0, win - h - y0), (x0, win - w - x0))
-                x[j] = np.pad(a, ((0, 0),) + pad, mode="reflect")
-                y[j, 0] = np.pad(m, pad, mode="reflect")
+                iy, ix = mirror_index(h, y0, win), mirror_index(w, x0, win)
+                x[j] = a[:, iy][:, :, ix]
+                y[j, 0] = m[iy][:, ix]
             else:
                 x[j, :, y0:y0 + h, x0:x0 + w] = a
                 y[j, 0, y0:y0 + h, x0:x0 + w] = m

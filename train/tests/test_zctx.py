@@ -127,3 +127,37 @@ def test_affine_batches_resample_only_their_share():
     x1, y1 = Z.Batches(c, 0, seed=3, affine=1.0).next(8)
     assert set(torch.unique(y1).tolist()) <= {0.0, 1.0} and x1.shape == x0.shape
     assert not torch.equal(x1, x0)
+
+
+def test_mirror_batches_fill_the_window_with_the_crop_and_mirror_the_mask_alike():
+    # crops of HU 0..4 (about 0.5 after the window; air about 0.22): mirrored, no air is left in the
+    # window, and every mirrored copy of the truth pixel sits on the crop's own HU
+    ids = [("A", f"n01_k{k:02d}") for k in range(5)]
+    c = _crops(ids, size=9)
+    x, y = Z.Batches(c, 0, seed=3, mirror=1.0).next(4)
+    assert x.shape == (4, 1, 64, 64)
+    for j in range(4):
+        assert bool((x[j, 0] > 0.36).all())
+        # a 9-px crop mirrored over 64 px repeats its centre pixel every 8 px (reflect without the edge):
+        # 7 or 8 copies along each axis, by where the crop sits
+        ys, xs = torch.nonzero(y[j, 0], as_tuple=True)
+        assert 49 <= len(ys) <= 64
+        assert set(torch.diff(torch.unique(ys)).tolist()) == {8} and set(torch.diff(torch.unique(xs)).tolist()) == {8}
+    x0, y0 = Z.Batches(c, 0, seed=3).next(4)
+    assert all(int(y0[j, 0].sum()) == 1 for j in range(4))
+    # with rotations too the window stays tissue (mirrored beyond it), masks binary
+    x2, y2 = Z.Batches(c, 0, seed=3, affine=1.0, mirror=1.0).next(4)
+    assert bool((x2 > 0.36).all()) and set(torch.unique(y2).tolist()) <= {0.0, 1.0}
+
+
+def test_mirror_index_is_numpy_reflect_when_the_pads_are_short_and_periodic_when_long():
+    a = np.arange(9)
+    for start in range(0, 9):
+        for size in (9, 12, 16):
+            if start + 9 <= size and size - 9 - start <= 8 and start <= 8:
+                want = np.pad(a, (start, size - 9 - start), mode="reflect")
+                assert np.array_equal(a[Z.mirror_index(9, start, size)], want), (start, size)
+    idx = Z.mirror_index(9, 3, 64)
+    assert set(np.diff(np.nonzero(a[idx] == 4)[0]).tolist()) == {8}
+    assert a[idx][3] == 0 and a[idx][2] == 1 and a[idx][11] == 8 and a[idx][12] == 7
+    assert np.array_equal(Z.mirror_index(1, 5, 4), np.zeros(4))
