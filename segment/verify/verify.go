@@ -85,31 +85,22 @@ func Components(prob []float32, rows, cols int, thr float32, field *imgx.Mask) [
 // Patch writes component c's verifier input into dst (2·p·p values):
 // channel 0 the p×p window of native HU whose top-left pixel is
 // (CY−p/2, CX−p/2), normalised by norm, as a crop model's window reads it
-// (cascade.Crop: air beyond the image); channel 1 is 1 on c's pixels
-// inside the window, else 0.
+// (air beyond the image); channel 1 is 1 on c's pixels inside the window,
+// else 0. It is ZoomPatch with blocks of one pixel.
 func Patch(dst []float32, hu *imgx.HU, c Component, p int, norm model.Normalisation) {
-	y0, x0 := c.CY-p/2, c.CX-p/2
-	copy(dst[:p*p], cascade.Crop(hu, cascade.Window{Y0: y0, X0: x0, H: p, W: p}, norm))
-	m := dst[p*p : 2*p*p]
-	clear(m)
-	for _, i := range c.Pixels {
-		y, x := i/hu.Cols-y0, i%hu.Cols-x0
-		if y >= 0 && y < p && x >= 0 && x < p {
-			m[y*p+x] = 1
-		}
-	}
+	ZoomPatch(dst, hu, c, p, model.VerifierZoom{MaxFactor: 1}, norm)
 }
 
 // ZoomFactor is the block side f of ZoomPatch for component c: the least
-// f ≥ 1 with c's box and margin pixels on every side within p·f, at most
-// maxF (train/lungseg_train/verifier.zoom_factor).
+// f ≥ 1 with c's box and z.Margin pixels on every side within p·f, at most
+// z.MaxFactor (train/lungseg_train/verifier.zoom_factor).
 func ZoomFactor(c Component, p int, z model.VerifierZoom) int {
 	side := c.Side + 2*z.Margin
 	return max(1, min(z.MaxFactor, (side+p-1)/p))
 }
 
-// ZoomPatch writes component c's verifier input into dst (2·p·p values)
-// when the verifier zooms: the window of side p·f (f = ZoomFactor) whose
+// ZoomPatch writes component c's verifier input into dst (2·p·p values):
+// the window of side p·f (f = ZoomFactor) whose
 // top-left pixel is (CY−p·f/2, CX−p·f/2), air beyond the image, averaged
 // over f×f blocks of HU and then normalised by norm; channel 1 is the
 // share of each block's pixels in c. With f = 1 it is Patch.
@@ -169,15 +160,15 @@ func Apply(cl Classifier, v *model.Verifier, hu *imgx.HU, prob []float32, thr fl
 	res := Result{Components: len(comps), Probs: make([]float32, 0, len(comps))}
 	p := v.Patch
 	size := 2 * p * p
+	zoom := model.VerifierZoom{MaxFactor: 1} // no zoom: Patch
+	if v.Zoom != nil {
+		zoom = *v.Zoom
+	}
 	for k := 0; k < len(comps); k += Chunk {
 		chunk := comps[k:min(k+Chunk, len(comps))]
 		in := make([]float32, len(chunk)*size)
 		for j, c := range chunk {
-			if v.Zoom != nil {
-				ZoomPatch(in[j*size:(j+1)*size], hu, c, p, *v.Zoom, v.Normalisation)
-			} else {
-				Patch(in[j*size:(j+1)*size], hu, c, p, v.Normalisation)
-			}
+			ZoomPatch(in[j*size:(j+1)*size], hu, c, p, zoom, v.Normalisation)
 		}
 		out, err := cl.Run(in, len(chunk))
 		if err != nil {

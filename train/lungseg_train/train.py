@@ -298,7 +298,6 @@ def run(args) -> Dict[str, object]:
     # --real-val-patients: training patients with whole slices held out of training (their slices and crops)
     # to give the run a real-slice validation set of patients it never saw
     rv_pats = [p for p in getattr(args, "real_val_patients", "").split(",") if p]
-    rv_slices = None
     if rv_pats:
         have = sorted(set(tr["slices"].patient.tolist()))
         bad = [p for p in rv_pats if p not in have]
@@ -540,11 +539,12 @@ def run(args) -> Dict[str, object]:
         if real_val is not None:
             model.eval()
             rs = real_val()
-            rsum = rs.summary(rs.best_threshold())
+            rthr = rs.best_threshold()
+            rsum = rs.summary(rthr)
             rec.update({"val_real_patients_mean_dice": rsum["mean_dice"], "val_real_patients_dice_pooled": rsum["dice"],
-                        "val_real_patients_threshold": rs.best_threshold()})
+                        "val_real_patients_threshold": rthr})
             log(f"val real slices of {','.join(rv_pats)}: mean {rsum['mean_dice']:.4f} pooled {rsum['dice']:.4f}"
-                f"@{rs.best_threshold():.2f}")
+                f"@{rthr:.2f}")
             if select_on == "real":
                 sel = rsum
         dice = sel["mean_dice"] if math.isfinite(sel["mean_dice"]) else 0.0

@@ -135,6 +135,19 @@ def zoom_window(hu_padded: np.ndarray, pad: int, ys, xs, cy: int, cx: int, patch
     return pool(hu), pool(m)
 
 
+def component_windows(hu: np.ndarray, comps, zoom_patch: int = 0, mirror: bool = False) -> List[tuple]:
+    """(HU, component mask) of each component of comps (components()) on the
+    image hu: zoom_window patches of side zoom_patch when it is set, else the
+    HARVEST windows of window(); beyond the image, air or (mirror) the image
+    mirrored."""
+    pad = zoom_patch * ZOOM_MAX if zoom_patch else HARVEST
+    hp = np.pad(hu.astype(np.float32), pad, mode="reflect" if mirror else "constant",
+                **({} if mirror else {"constant_values": D.OUTSIDE_HU}))
+    if zoom_patch:
+        return [zoom_window(hp, pad, ys, xs, cy, cx, zoom_patch) for ys, xs, cy, cx in comps]
+    return [window(hp, pad, ys, xs, cy, cx) for ys, xs, cy, cx in comps]
+
+
 def net_input(hu: np.ndarray, mask: np.ndarray, size: int = PATCH) -> torch.Tensor:
     """[N,2,size,size]: the centre size x size of stored windows, HU through the
     verifier's window (as Go's Normalisation.Apply) and the component mask."""
@@ -151,16 +164,11 @@ class Candidates:
         self.zoom = zoom  # > 0: store zoom_window patches of this side instead of HARVEST windows
 
     def add(self, prob, hu, truth, src, patient, thresholds, mirror=False):
-        pad = self.zoom * ZOOM_MAX if self.zoom else HARVEST
-        hp = np.pad(hu.astype(np.float32), pad, mode="reflect" if mirror else "constant",
-                    **({} if mirror else {"constant_values": D.OUTSIDE_HU}))
         td = R.dilate(truth, 1) if truth is not None else None
-        for t in thresholds:
-            lab, comps = components(prob, t)
-            for ys, xs, cy, cx in comps:
-                w, m = zoom_window(hp, pad, ys, xs, cy, cx, self.zoom) if self.zoom else window(hp, pad, ys, xs, cy, cx)
-                label = 0 if td is None else int(td[ys, xs].any())
-                self.rows.append((w, m, label, src, patient))
+        comps = [c for t in thresholds for c in components(prob, t)[1]]
+        for (ys, xs, _, _), (w, m) in zip(comps, component_windows(hu, comps, self.zoom, mirror)):
+            label = 0 if td is None else int(td[ys, xs].any())
+            self.rows.append((w, m, label, src, patient))
 
     def arrays(self) -> Dict[str, np.ndarray]:
         r = self.rows
@@ -306,13 +314,7 @@ def verified_dice(net: Net, probs: np.ndarray, hu: np.ndarray, truth: np.ndarray
         if not truth[i].any():
             continue
         lab, comps = components(probs[i], thr)
-        if getattr(net, "zoom", False):
-            pad = net.patch * ZOOM_MAX
-            hp = np.pad(hu[i].astype(np.float32), pad, mode="constant", constant_values=D.OUTSIDE_HU)
-            ws = [zoom_window(hp, pad, ys, xs, cy, cx, net.patch) for ys, xs, cy, cx in comps]
-        else:
-            hp = np.pad(hu[i].astype(np.float32), HARVEST, mode="constant", constant_values=D.OUTSIDE_HU)
-            ws = [window(hp, HARVEST, ys, xs, cy, cx) for ys, xs, cy, cx in comps]
+        ws = component_windows(hu[i], comps, net.patch if getattr(net, "zoom", False) else 0)
         v = judge(net, np.stack([a for a, _ in ws]), np.stack([b for _, b in ws])) if ws else np.zeros(0)
         out.append([dice(np.isin(lab, np.nonzero(v >= vt)[0] + 1), truth[i]) for vt in vthrs])
     return np.array(out, np.float64).T.reshape(len(vthrs), -1)
