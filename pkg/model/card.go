@@ -5,6 +5,7 @@
 package model
 
 import (
+	"bytes"
 	"crypto/sha256"
 	"encoding/hex"
 	"encoding/json"
@@ -107,10 +108,26 @@ type Verifier struct {
 	// Zoom, when set, makes the window fit the component: its side is
 	// Patch·f native pixels, f the least block side (at most MaxFactor)
 	// whose window holds the component's box and Margin pixels on every
-	// side, averaged over f×f blocks (segment/verify.Patch).
+	// side, averaged over f×f blocks (segment/verify.ZoomPatch).
 	Zoom *VerifierZoom `json:"zoom,omitempty"`
 	// Training is kept as written, for people to read.
 	Training json.RawMessage `json:"training,omitempty"`
+}
+
+// UnmarshalJSON decodes a verifier section and refuses a field it does not
+// know: each field changes what the verifier is fed, so a card written for
+// a newer pipeline (a zoomed window, say) must fail to load here rather
+// than run the verifier on inputs it was not trained on.
+func (v *Verifier) UnmarshalJSON(b []byte) error {
+	type plain Verifier // without this method
+	d := json.NewDecoder(bytes.NewReader(b))
+	d.DisallowUnknownFields()
+	var p plain
+	if err := d.Decode(&p); err != nil {
+		return fmt.Errorf("verifier: %w", err)
+	}
+	*v = Verifier(p)
+	return nil
 }
 
 // VerifierZoom is Verifier.Zoom.

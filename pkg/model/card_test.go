@@ -1,6 +1,7 @@
 package model_test
 
 import (
+	"bytes"
 	"crypto/sha256"
 	"encoding/hex"
 	"encoding/json"
@@ -326,5 +327,38 @@ func TestQuantizedLeftOutOfAll(t *testing.T) {
 	}
 	if got := r.QuantizedOf("b"); len(got) != 0 {
 		t.Errorf("QuantizedOf(b) = %v", got)
+	}
+}
+
+// TestVerifierUnknownField: a verifier section with a field this pipeline
+// does not know is refused when the card loads, and a known zoom section
+// loads.
+func TestVerifierUnknownField(t *testing.T) {
+	dir := t.TempDir()
+	writeModel(t, dir, "det", nil)
+	writeModel(t, dir, "m", func(c *model.Card) {
+		cropCard("det")(c)
+		c.Verifier = goodVerifier()
+		c.Verifier.Zoom = &model.VerifierZoom{Margin: 4, MaxFactor: 6}
+	})
+	c, err := model.LoadCard(filepath.Join(dir, "m"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if z := c.Verifier.Zoom; z == nil || *z != (model.VerifierZoom{Margin: 4, MaxFactor: 6}) {
+		t.Fatalf("zoom %+v, want margin 4, max_factor 6", z)
+	}
+	path := filepath.Join(dir, "m", model.CardFile)
+	b, err := os.ReadFile(path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	b = bytes.Replace(b, []byte(`"zoom"`), []byte(`"zoom_v2"`), 1)
+	if err := os.WriteFile(path, b, 0o644); err != nil {
+		t.Fatal(err)
+	}
+	_, err = model.LoadCard(filepath.Join(dir, "m"))
+	if !errors.Is(err, model.ErrBadCard) || !strings.Contains(err.Error(), "zoom_v2") {
+		t.Fatalf("LoadCard with verifier.zoom_v2: %v, want ErrBadCard naming the field", err)
 	}
 }
