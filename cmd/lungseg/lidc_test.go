@@ -17,9 +17,11 @@ import (
 // ResNet50-UNet detector, its +crop cascade and its crop model alone
 // (tiled, with its verifier). It guards both crop-model paths with the real
 // models, which the tiny-model tests cannot: the cascade must beat its
-// detector and the crop model alone must reach the aim of 0.60 mean
-// Dice per slice on real slices (measured 2026-12-04: detector 0.345,
-// cascade 0.384, crop model with its verifier 0.619; 0.385 without; the
+// detector and the dataset authors' 0.40, and the crop model alone must
+// reach the aim of 0.60 mean Dice per slice on real slices
+// (measured 2026-12-04: detector 0.345; cascade 0.384 at the detect
+// threshold 0.25 of 1.2.0, 0.422 at 1.2.1's 0.05, which the validation
+// bare crops chose; crop model with its verifier 0.619; 0.385 without; the
 // verifier recipe with seeds 2 and 3 gave 0.492 and 0.515, so this guards
 // the shipped verifier file, not the recipe).
 // Until 1.2.0 this test used 60 crops pasted into synthetic chests, where
@@ -57,6 +59,9 @@ func TestShippedCascadeOnHeldOutLIDC(t *testing.T) {
 		det, d.MeanDice.Mean, casc, c.MeanDice.Mean, crop, k.MeanDice.Mean, d.DicePooled, c.DicePooled, k.DicePooled)
 	if !(c.MeanDice.Mean > d.MeanDice.Mean) {
 		t.Errorf("the cascade (%.3f) does not beat its detector (%.3f)", c.MeanDice.Mean, d.MeanDice.Mean)
+	}
+	if !(c.MeanDice.Mean > 0.40) {
+		t.Errorf("the cascade: mean Dice %.3f, not above the dataset authors' 0.40", c.MeanDice.Mean)
 	}
 	if !(k.MeanDice.Mean >= 0.60) {
 		t.Errorf("crop model alone: mean Dice %.3f < 0.60", k.MeanDice.Mean)
