@@ -204,8 +204,13 @@ def scores(model: nn.Module, bs: C.BareSet, batch: int = 8, upscale: int = 1) ->
     return BE.bare_scores(model, bs, batch, forward=fwd)
 
 
-def build(context: int) -> nn.Module:
+def build(context: int, width: int = 16) -> nn.Module:
+    """The compact ResNet50-UNet; width (planes of the first stage, 16 in the
+    compact spec) scales the encoder and the decoder together."""
     kw = dict(M.SPECS["resnet50-unet-small"]["kw"])
+    if width != kw["width"]:
+        kw["decoder"] = tuple(d * width // kw["width"] for d in kw["decoder"])
+        kw["width"] = width
     m = M.ResNetUNet(in_ch=1 if context == 0 else 3, **kw)
     nn.init.constant_(m.head.bias, M.HEAD_BIAS)
     return m
@@ -234,6 +239,8 @@ def main(argv=None) -> int:
     ap.add_argument("--mirror", type=float, default=0.0,
                     help="share of training crops that fill their whole window with their own tissue, mirrored "
                          "at the crop's edges (HU and mask alike), instead of sitting in air")
+    ap.add_argument("--width", type=int, default=16,
+                    help="first-stage planes of the ResNet50-UNet (16: the compact spec; the decoder scales with it)")
     ap.add_argument("--data", default=None)
     ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--work", required=True, help="checkpoint folder")
@@ -245,7 +252,7 @@ def main(argv=None) -> int:
     torch.manual_seed(a.seed)
     os.makedirs(a.work, exist_ok=True)
     tag = f"zctx{a.context}" + (f"x{a.upscale}" if a.upscale > 1 else "") + (f"a{a.affine:g}" if a.affine else "") \
-        + (f"m{a.mirror:g}" if a.mirror else "")
+        + (f"m{a.mirror:g}" if a.mirror else "") + (f"w{a.width}" if a.width != 16 else "")
     ck = os.path.join(a.work, f"{tag}.resume.pt")
 
     sp = D.split_data(D.load(a.data, allow_synthetic=False))
@@ -254,7 +261,7 @@ def main(argv=None) -> int:
     bt = Batches(train, a.context, a.seed, a.upscale, a.affine, a.mirror)
     ev_val = eval_set(val, a.context)
 
-    model = build(a.context)
+    model = build(a.context, a.width)
     opt = torch.optim.AdamW(model.parameters(), lr=a.lr, weight_decay=1e-4)
     step, best, hist, elapsed = 0, None, [], 0.0
     if a.resume and os.path.exists(ck):
@@ -306,7 +313,7 @@ def main(argv=None) -> int:
 
     model.load_state_dict(best["state"])
     th = best["threshold"]
-    out = {"context": a.context, "upscale": a.upscale, "affine": a.affine, "mirror": a.mirror, "steps": step, "minutes": round(elapsed / 60, 1),
+    out = {"context": a.context, "width": a.width, "upscale": a.upscale, "affine": a.affine, "mirror": a.mirror, "steps": step, "minutes": round(elapsed / 60, 1),
            "kept_step": best["step"], "threshold": th, "history": hist}
     for name, ev in (("val", ev_val), ("test", eval_set(test, a.context))):
         out[name] = scores(model, ev, upscale=a.upscale).summary(th)

@@ -161,3 +161,13 @@ def test_mirror_index_is_numpy_reflect_when_the_pads_are_short_and_periodic_when
     assert set(np.diff(np.nonzero(a[idx] == 4)[0]).tolist()) == {8}
     assert a[idx][3] == 0 and a[idx][2] == 1 and a[idx][11] == 8 and a[idx][12] == 7
     assert np.array_equal(Z.mirror_index(1, 5, 4), np.zeros(4))
+
+
+def test_width_scales_encoder_and_decoder_and_keeps_the_grid():
+    base, wide = Z.build(0), Z.build(0, 24)
+    assert base.head.bias.item() == wide.head.bias.item()
+    n = lambda m: sum(p.numel() for p in m.parameters())
+    assert n(base) == 2585849 and n(wide) > 2 * n(base)
+    with torch.no_grad():
+        x = torch.zeros(2, 1, 64, 64)
+        assert wide.eval()(x).shape == base.eval()(x).shape == (2, 1, 64, 64)
