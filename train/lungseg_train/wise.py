@@ -76,6 +76,9 @@ def main(argv=None) -> int:
                     "(--alpha 1 only: a registry ResNet's BatchNorm is folded into its convolutions, a "
                     "checkpoint's is not, so the two do not mix)")
     ap.add_argument("--alpha", type=float, required=True)
+    ap.add_argument("--width", type=int, default=0,
+                    help="a .pt candidate of another width than the base's (zctx --width N): the compact "
+                         "ResNet50-UNet built at that width takes its weights")
     ap.add_argument("--version", required=True, help="card version of the mix")
     ap.add_argument("--out", required=True, help="writes OUT/<name>/")
     ap.add_argument("--data", default=None)
@@ -89,14 +92,20 @@ def main(argv=None) -> int:
     ckpt = a.candidate.endswith(".pt")
     if ckpt and a.alpha != 1.0:
         raise SystemExit("a .pt candidate is exported as it is: use --alpha 1")
+    if a.width and not ckpt:
+        raise SystemExit("--width goes with a .pt candidate")
     m0, c0, size = load_model_folder(a.base)
     if ckpt:
-        m1, c1, size1 = from_state_dict(m0, a.candidate), checkpoint_card(c0, a.candidate), size
+        arch = m0
+        if a.width:
+            from .zctx import build as zbuild
+            arch = zbuild(0, a.width)
+        m1, c1, size1 = from_state_dict(arch, a.candidate), checkpoint_card(c0, a.candidate), size
     else:
         m1, c1, size1 = load_model_folder(a.candidate)
     if c0.get("name") != c1.get("name") or size != size1:
         raise SystemExit(f"{a.base} and {a.candidate} are not the same model ({c0.get('name')}, {c1.get('name')})")
-    m = mix(m0, m1, a.alpha)
+    m = m1 if ckpt else mix(m0, m1, a.alpha)  # alpha is 1 for a checkpoint
     t0 = time.time()
     parts = D.split_data(D.load(a.data))
     bv, bt = (C.bare_eval_set(parts[k]["crops"], size) for k in ("val", "test"))
@@ -111,6 +120,9 @@ def main(argv=None) -> int:
     if ckpt:
         card["description"] = (f"{c1['name']} exported from the PyTorch checkpoint {os.path.basename(a.candidate)} "
                                f"(lungseg_train.wise, alpha 1; threshold chosen on validation bare crops)")
+        if a.width:
+            card["description"] += f"; first-stage width {a.width} (the compact spec has 16), decoder scaled with it"
+        card["parameters"] = int(sum(p.numel() for p in m.parameters()))
     else:
         card["description"] = (f"{c1['name']} {c0.get('version', '?')} and its fine-tuned successor mixed by weight "
                                f"(WiSE-FT, alpha {a.alpha}: {1 - a.alpha:.2f} of the first, {a.alpha:.2f} of the "

@@ -62,3 +62,17 @@ def test_checkpoint_candidate_needs_alpha_one(tmp_path):
     with pytest.raises(SystemExit, match="alpha 1"):
         W.main([str(tmp_path / "no-such-folder"), str(tmp_path / "c.pt"), "--alpha", "0.5",
                 "--version", "9", "--out", str(tmp_path)])
+
+
+def test_width_goes_with_a_checkpoint_of_that_width(tmp_path):
+    with pytest.raises(SystemExit, match="--width goes with a .pt"):
+        W.main([str(tmp_path / "no-such-folder"), str(tmp_path / "reg"), "--alpha", "1", "--width", "24",
+                "--version", "9", "--out", str(tmp_path)])
+    from lungseg_train import zctx as Z
+    wide = Z.build(0, 24)
+    path = tmp_path / "wide.best.pt"
+    torch.save(wide.state_dict(), path)
+    with pytest.raises(RuntimeError):  # the compact base's shapes
+        W.from_state_dict(M.build("resnet50-unet-small", 64), str(path))
+    m = W.from_state_dict(Z.build(0, 24), str(path))
+    assert torch.equal(m.state_dict()["head.weight"], wide.state_dict()["head.weight"])
