@@ -31,6 +31,8 @@ import torch
 
 from . import composite as C
 from . import data as D
+from . import models as M
+from . import zctx as Z
 from .bare_eval import bare_probs, scores_of
 from .export import export_model, sha256_file
 from .onnx_weights import load_model_folder
@@ -96,10 +98,7 @@ def main(argv=None) -> int:
         raise SystemExit("--width goes with a .pt candidate")
     m0, c0, size = load_model_folder(a.base)
     if ckpt:
-        arch = m0
-        if a.width:
-            from .zctx import build as zbuild
-            arch = zbuild(0, a.width)
+        arch = Z.build(0, a.width) if a.width else m0
         m1, c1, size1 = from_state_dict(arch, a.candidate), checkpoint_card(c0, a.candidate), size
     else:
         m1, c1, size1 = load_model_folder(a.candidate)
@@ -122,7 +121,7 @@ def main(argv=None) -> int:
                                f"(lungseg_train.wise, alpha 1; threshold chosen on validation bare crops)")
         if a.width:
             card["description"] += f"; first-stage width {a.width} (the compact spec has 16), decoder scaled with it"
-        card["parameters"] = int(sum(p.numel() for p in m.parameters()))
+        card["parameters"] = M.count_parameters(m)
     else:
         card["description"] = (f"{c1['name']} {c0.get('version', '?')} and its fine-tuned successor mixed by weight "
                                f"(WiSE-FT, alpha {a.alpha}: {1 - a.alpha:.2f} of the first, {a.alpha:.2f} of the "

@@ -208,9 +208,8 @@ def build(context: int, width: int = 16) -> nn.Module:
     """The compact ResNet50-UNet; width (planes of the first stage, 16 in the
     compact spec) scales the encoder and the decoder together."""
     kw = dict(M.SPECS["resnet50-unet-small"]["kw"])
-    if width != kw["width"]:
-        kw["decoder"] = tuple(d * width // kw["width"] for d in kw["decoder"])
-        kw["width"] = width
+    kw["decoder"] = tuple(d * width // kw["width"] for d in kw["decoder"])
+    kw["width"] = width
     m = M.ResNetUNet(in_ch=1 if context == 0 else 3, **kw)
     nn.init.constant_(m.head.bias, M.HEAD_BIAS)
     return m

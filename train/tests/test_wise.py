@@ -3,6 +3,7 @@ import torch
 
 from lungseg_train import models as M
 from lungseg_train import wise as W
+from lungseg_train import zctx as Z
 
 
 def test_mix_interpolates_every_floating_tensor():
@@ -68,7 +69,6 @@ def test_width_goes_with_a_checkpoint_of_that_width(tmp_path):
     with pytest.raises(SystemExit, match="--width goes with a .pt"):
         W.main([str(tmp_path / "no-such-folder"), str(tmp_path / "reg"), "--alpha", "1", "--width", "24",
                 "--version", "9", "--out", str(tmp_path)])
-    from lungseg_train import zctx as Z
     wide = Z.build(0, 24)
     path = tmp_path / "wide.best.pt"
     torch.save(wide.state_dict(), path)

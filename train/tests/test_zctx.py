@@ -3,6 +3,7 @@ import torch
 
 from lungseg_train import composite as C
 from lungseg_train import data as D
+from lungseg_train import models as M
 from lungseg_train import zctx as Z
 
 
@@ -166,7 +167,7 @@ def test_mirror_index_is_numpy_reflect_when_the_pads_are_short_and_periodic_when
 def test_width_scales_encoder_and_decoder_and_keeps_the_grid():
     base, wide = Z.build(0), Z.build(0, 24)
     assert base.head.bias.item() == wide.head.bias.item()
-    n = lambda m: sum(p.numel() for p in m.parameters())
+    n = M.count_parameters
     assert n(base) == 2585849 and n(wide) > 2 * n(base)
     with torch.no_grad():
         x = torch.zeros(2, 1, 64, 64)
